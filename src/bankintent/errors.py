@@ -1,0 +1,18 @@
+"""The project's error types. Each carries a one-line message naming the problem (file, row, field);
+the CLI prints it as ``error: <message>`` and exits with status 2, never with a traceback."""
+
+
+class BankintentError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class DataError(BankintentError):
+    """Malformed or missing training, evaluation or prediction data."""
+
+
+class ConfigError(BankintentError):
+    """An invalid option or configuration file."""
+
+
+class ModelError(BankintentError):
+    """A model folder that is missing, incomplete, unsafe or inconsistent."""

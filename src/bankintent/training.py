@@ -1,0 +1,277 @@
+"""Training: one function, ``train(cfg)``, for every method.
+
+    data -> base model (+ linear probe for lpft / linear-probe) -> LoRA or full fine-tuning with the
+    Hugging Face Trainer (dynamic padding, length-grouped batches, early stopping on validation
+    accuracy, per-epoch checkpoints) -> the best epoch is saved -> validation and test are evaluated
+    from the saved folder, exactly as ``bankintent predict`` will see it.
+
+The Trainer also brings mixed precision on a GPU and data-parallel training under torchrun or
+``accelerate launch`` with no code of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from bankintent import probe
+from bankintent.calibration import calibrate
+from bankintent.config import TrainConfig
+from bankintent.data import Splits, load_splits
+from bankintent.errors import ConfigError
+from bankintent.evaluation import evaluate_split
+from bankintent.modeling import (
+    ModelSpec,
+    add_lora,
+    build_model,
+    count_parameters,
+    layer_index,
+    load_tokenizer,
+    save_model,
+)
+from bankintent.predict import Predictor
+from bankintent.reports import write_history
+from bankintent.text import preprocess
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "adapter"
+
+
+class GradualUnfreezing(TrainerCallback):
+    """LoRA with gradual unfreezing (``lora-unfreeze``).
+
+    Schedule: in epoch 1 the LoRA weights of the top ``per_epoch`` encoder layers train (with the
+    head); each later epoch the next ``per_epoch`` layers below join, until all train. With the
+    6-layer default and ``per_epoch=2`` over 4 epochs: layers 4-5, then 2-5, then 0-5, then 0-5.
+    Frozen layers keep ``requires_grad`` (so the optimizer knows them) but their gradients are dropped
+    before each optimizer step, which AdamW then skips.
+    """
+
+    def __init__(self, num_layers: int, per_epoch: int):
+        self.num_layers, self.per_epoch = num_layers, per_epoch
+
+    def lowest_trainable_layer(self, epoch: int) -> int:
+        return max(0, self.num_layers - (epoch + 1) * self.per_epoch)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        steps_per_epoch = max(1, math.ceil(state.max_steps / max(1, state.num_train_epochs)))
+        lowest = self.lowest_trainable_layer(state.global_step // steps_per_epoch)
+        for name, parameter in model.named_parameters():
+            layer = layer_index(name)
+            if layer is not None and layer < lowest:
+                parameter.grad = None
+
+
+def _check_output(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe_file = folder / ".write-test"
+        probe_file.write_text("ok")
+        probe_file.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+    free = shutil.disk_usage(folder).free
+    if free < 500 * 2**20:
+        raise ConfigError(f"{folder}: only {free / 2**20:.0f} MiB free on disk; training needs at least 500 MiB")
+
+
+def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
+
+
+def _accuracy(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
+def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig) -> dict:
+    train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train")
+    val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation")
+    clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
+    probe.load_into_head(model, clf)
+    log.info("linear probe: C=%g, validation accuracy %.4f", c, val_acc)
+    return {"probe_c": c, "probe_val_accuracy": val_acc}
+
+
+def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 5),
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        save_total_limit=2,
+        train_sampling_strategy="group_by_length",
+        seed=cfg.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        label_names=["labels"],
+        remove_unused_columns=False,
+        report_to="none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train ``cfg.method``, save the best epoch to ``<output>/adapter`` and return metrics.json's content."""
+    out = Path(cfg.output)
+    _check_output(out)
+    set_seed(cfg.seed)
+    splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples)
+    cfg.save(out / "config.yaml")
+    preprocessing = {"normalize_entities": cfg.normalize_entities}
+    splits = prepare_splits(splits, cfg, preprocessing)
+    spec = ModelSpec(
+        base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
+        max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
+    )
+    tokenizer = load_tokenizer(cfg.base_model)
+    model = build_model(spec)
+    checkpoints = out / "checkpoints"
+    resume_from = get_last_checkpoint(str(checkpoints)) if cfg.resume and checkpoints.is_dir() else None
+    if cfg.resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
+
+    started = time.perf_counter()
+    extra: dict = {}
+    if cfg.method in ("linear-probe", "lpft") and resume_from is None:
+        extra.update(_fit_probe(model, tokenizer, splits, cfg))
+    if cfg.uses_lora:
+        model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+    elif cfg.method == "linear-probe":
+        model.encoder.requires_grad_(False)
+
+    history: list[dict] = []
+    best_epoch = 0
+    if cfg.method != "linear-probe" and cfg.epochs > 0:
+        train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
+        val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length)
+        steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
+        if cfg.method == "lora-unfreeze":
+            callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
+        trainer = Trainer(
+            model=model,
+            args=_training_arguments(cfg, checkpoints, steps_per_epoch),
+            train_dataset=train_set,
+            eval_dataset=val_set,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_accuracy,
+            callbacks=callbacks,
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
+        model = trainer.model
+        history = history_from_logs(trainer.state.log_history)
+        best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
+        extra["effective_batch_size"] = cfg.batch_size * trainer.args.world_size * trainer.args.gradient_accumulation_steps
+        extra["world_size"] = trainer.args.world_size
+        if not trainer.is_world_process_zero():
+            return {}
+    train_seconds = time.perf_counter() - started
+
+    trainable, total = count_parameters(model)
+    model.eval()
+    val_logits = Predictor(model, tokenizer, spec).logits(splits.validation.texts)
+    extra.update(calibrate(spec, val_logits, np.array(splits.ids(splits.validation))))
+    model_dir = out / MODEL_DIR
+    save_model(model, spec, model_dir)
+    write_history(history, out)
+
+    predictor = Predictor.load(model_dir)
+    val = evaluate_split(predictor, splits.validation, splits.labels)
+    test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
+    metrics = {
+        "method": cfg.method,
+        "base_model": cfg.base_model,
+        "pooling": cfg.pooling,
+        "val_accuracy": val["accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        "test_accuracy": test.get("accuracy"),
+        "test_macro_f1": test.get("macro_f1"),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100.0 * trainable / total,
+        "adapter_bytes": folder_bytes(model_dir),
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seed": cfg.seed,
+        "train_size": len(splits.train),
+        "val_size": len(splits.validation),
+        "test_size": len(splits.test) if splits.test is not None else 0,
+        "num_labels": len(splits.labels),
+        "data": splits.source,
+        "hardware": hardware(),
+        **extra,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
+    """Training-time text preparation: the model's preprocessing on train and validation (prediction
+    applies it to every query, test included) and augmentation of the training split."""
+    if cfg.augment is not None:
+        raise ConfigError(f"augment={cfg.augment!r} is not implemented yet")
+    for examples in (splits.train, splits.validation):
+        examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
+    return splits
+
+
+def history_from_logs(log_history: list[dict]) -> list[dict]:
+    """Per epoch: mean of the training-loss logs of that epoch, validation loss and accuracy."""
+    rows = []
+    losses: list[float] = []
+    for entry in log_history:
+        if "loss" in entry:
+            losses.append(entry["loss"])
+        elif "eval_accuracy" in entry:
+            rows.append({
+                "epoch": int(round(entry["epoch"])),
+                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                "val_loss": entry["eval_loss"],
+                "val_accuracy": entry["eval_accuracy"],
+            })
+            losses = []
+    return rows
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bankintent.cli import build_parser
+from bankintent.config import METHODS, RECIPES, TrainConfig, resolve_config
+from bankintent.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_config_file_matches_recipe(method):
+    from_file = resolve_config(CONFIGS / f"{method}.yaml")
+    from_flag = resolve_config(None, method=method)
+    assert from_file == from_flag
+    assert from_file.method == method
+    for key, value in RECIPES[method].items():
+        assert getattr(from_file, key) == value
+
+
+def test_precedence_flags_over_file_over_recipe(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"method": "lora", "lr": 3e-4, "epochs": 7}))
+    cfg = resolve_config(path, epochs=2, lora_r=None)
+    assert (cfg.method, cfg.lr, cfg.epochs, cfg.lora_r, cfg.pooling) == ("lora", 3e-4, 2, 8, "cls")
+    # a method given on the command line takes that method's recipe under the file's values
+    assert resolve_config(None, method="full").lr == 5e-5
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve_config(None, method="lora-unfreeze", target_modules="query,value", seed=3)
+    cfg.save(tmp_path / "config.yaml")
+    again = resolve_config(tmp_path / "config.yaml")
+    assert again == cfg and again.target_modules == ["query", "value"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("lr: [", "not valid YAML"), ("learning_rate: 1", r"unknown option\(s\) learning_rate"), ("- 1", "expected a mapping")],
+)
+def test_bad_config_file(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(path)
+
+
+def test_bad_values():
+    with pytest.raises(ConfigError, match="unknown method 'qlora'"):
+        resolve_config(None, method="qlora")
+    with pytest.raises(ConfigError, match="pooling"):
+        TrainConfig(pooling="max")
+    with pytest.raises(ConfigError, match="batch_size must be positive"):
+        TrainConfig(batch_size=0)
+
+
+def test_cli_flags_mirror_config_fields():
+    args = build_parser().parse_args(
+        ["train", "--output", "o", "--lora-r", "16", "--lr", "1e-5", "--target-modules", "q_lin,v_lin", "--resume"]
+    )
+    assert (args.lora_r, args.lr, args.target_modules, args.resume, args.epochs) == (16, 1e-5, ["q_lin", "v_lin"], True, None)

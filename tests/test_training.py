@@ -1,0 +1,117 @@
+"""Every method trains one epoch on tiny BERT and DistilBERT models and saves a folder that loads."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bankintent import Predictor, resolve_config, train
+from bankintent.config import METHODS
+from bankintent.errors import ConfigError, ModelError
+from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, build_model, layer_index, load_model
+from bankintent.training import GradualUnfreezing
+from conftest import tiny_options
+
+METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_macro_f1", "trainable_params", "total_params",
+               "trainable_pct", "adapter_bytes", "train_seconds", "best_epoch", "seed"}
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp_path):
+    metrics = train(resolve_config(None, method=method, **tiny_options(tiny_models[arch], tiny_data, tmp_path)))
+    assert METRIC_KEYS <= set(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    folder = tmp_path / "adapter"
+    assert json.loads((folder / "labels.json").read_text()) == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+    weights = folder / ("adapter_model.safetensors" if method in ("lpft", "lora", "lora-unfreeze") else "model.safetensors")
+    assert weights.is_file() and metrics["adapter_bytes"] >= weights.stat().st_size
+    if method == "full":
+        assert metrics["trainable_pct"] == 100.0
+    else:
+        assert metrics["trainable_pct"] < 50  # tiny models: the head is large relative to the encoder
+    history = pd.read_csv(tmp_path / "history.csv")
+    if method == "linear-probe":
+        assert history.empty and metrics["best_epoch"] == 0
+    else:
+        assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy"] and len(history) == 1
+        assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+        assert metrics["val_accuracy"] == pytest.approx(history.val_accuracy.max(), abs=1e-9)
+    predictor = Predictor.load(tmp_path)
+    result = predictor.predict(["my card was stolen", "what exchange rate"], top_k=2)
+    assert [len(r["top_k"]) for r in result] == [2, 2]
+    probs = predictor.probabilities(["my card was stolen"])
+    assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_target_modules_per_architecture(arch, tiny_models):
+    spec = ModelSpec(base_model=str(tiny_models[arch]), method="lora", pooling="cls", labels=["a", "b"], lora=True)
+    model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=None)
+    wrapped = {name.split(".base_layer")[0] for name, _ in model.named_modules() if name.endswith(".base_layer")}
+    layers = model.config.num_hidden_layers
+    assert len(wrapped) == 6 * layers  # six projections in each encoder layer
+    for target in TARGET_MODULES[arch]:
+        assert sum(name.endswith(target) for name in wrapped) >= layers
+
+
+def test_target_modules_override(tiny_bert):
+    spec = ModelSpec(base_model=str(tiny_bert), method="lora", pooling="mean", labels=["a", "b"], lora=True)
+    model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
+    wrapped = {name for name, _ in model.named_modules() if name.endswith(".base_layer")}
+    assert len(wrapped) == 4 and all(".query." in n or ".value." in n for n in wrapped)
+
+
+def test_unfreezing_schedule():
+    schedule = GradualUnfreezing(num_layers=6, per_epoch=2)
+    assert [schedule.lowest_trainable_layer(e) for e in range(4)] == [4, 2, 0, 0]
+    assert layer_index("base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.default.weight") == 3
+    assert layer_index("base_model.model.classifier.weight") is None
+
+
+def test_unfreezing_keeps_lower_layers_frozen_in_first_epoch(tiny_bert, tiny_data, tmp_path):
+    """With 2 layers and one layer joining per epoch, layer 0's LoRA weights must not move in epoch 1."""
+    options = tiny_options(tiny_bert, tiny_data, tmp_path, unfreeze_layers_per_epoch=1)
+    train(resolve_config(None, method="lora-unfreeze", **options))
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in tensors.items() if "lora_B" in k}
+    # LoRA B starts at zero: it stays zero exactly where the layer never trained
+    assert all(torch.count_nonzero(v) == 0 for k, v in lora_b.items() if layer_index(k) == 0)
+    assert all(torch.count_nonzero(v) > 0 for k, v in lora_b.items() if layer_index(k) == 1)
+
+
+def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
+    runs = [train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path / str(i)))) for i in range(2)]
+    for key in ("val_accuracy", "test_accuracy", "test_macro_f1", "best_epoch"):
+        assert runs[0][key] == runs[1][key]
+    a = Predictor.load(tmp_path / "0").logits(["i lost my card"])
+    b = Predictor.load(tmp_path / "1").logits(["i lost my card"])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_incomplete_folder_is_refused(tiny_bert, tiny_data, tmp_path):
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path)))
+    (tmp_path / "adapter" / "COMPLETE").unlink()
+    with pytest.raises(ModelError, match="incomplete model folder"):
+        Predictor.load(tmp_path)
+    with pytest.raises(ModelError, match="model folder not found"):
+        load_model(tmp_path / "missing")
+
+
+def test_label_count_must_match_head(tiny_bert, tiny_data, tmp_path):
+    train(resolve_config(None, method="lpft", **tiny_options(tiny_bert, tiny_data, tmp_path)))
+    (tmp_path / "adapter" / "labels.json").write_text(json.dumps(["a", "b", "c"]))
+    with pytest.raises(ModelError, match="3 labels"):
+        Predictor.load(tmp_path)
+
+
+def test_unwritable_output_fails_before_training(tiny_bert, tiny_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="not writable"):
+        train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, blocker / "out")))
