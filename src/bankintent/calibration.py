@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bankintent.modeling import ModelSpec
-from bankintent.predict import softmax
+from bankintent.config import TrainConfig
+from bankintent.data import Splits
+from bankintent.predict import Predictor, softmax
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -39,11 +40,14 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(log_t.exp().item())
 
 
-def calibrate(spec: ModelSpec, val_logits: np.ndarray, val_labels: np.ndarray) -> dict:
-    """Fit the softmax temperature on validation into ``spec``; report the ECE before and after."""
-    spec.temperature = fit_temperature(val_logits, val_labels)
+def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
+    """Fit the softmax temperature on validation into ``predictor.spec``; report the ECE before and after."""
+    logits = predictor.logits(splits.validation.texts)
+    labels = np.array(splits.ids(splits.validation))
+    spec = predictor.spec
+    spec.temperature = fit_temperature(logits, labels)
     return {
         "temperature": spec.temperature,
-        "val_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
-        "val_ece_after": expected_calibration_error(softmax(val_logits / spec.temperature), val_labels),
+        "val_ece_before": expected_calibration_error(softmax(logits), labels),
+        "val_ece_after": expected_calibration_error(softmax(logits / spec.temperature), labels),
     }

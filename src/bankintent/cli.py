@@ -23,7 +23,11 @@ def train(args: argparse.Namespace) -> None:
     from bankintent.reports import markdown_table, results_row
     from bankintent.training import train as run
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    if args.nproc and args.nproc > 1:
+        from bankintent.launch import relaunch
+
+        raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}
     cfg = resolve_config(args.config, **overrides)
     try:
         metrics = run(cfg)
@@ -143,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a classifier; writes the model, metrics and curves to --output")
     p.add_argument("--config", help="YAML file of options (configs/*.yaml); flags override it")
+    p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes on this machine (torchrun)")
     _add_config_options(p)
     p.set_defaults(func=train)
 

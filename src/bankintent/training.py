@@ -19,7 +19,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from transformers import (
@@ -202,8 +201,7 @@ def train(cfg: TrainConfig) -> dict:
 
     trainable, total = count_parameters(model)
     model.eval()
-    val_logits = Predictor(model, tokenizer, spec).logits(splits.validation.texts)
-    extra.update(calibrate(spec, val_logits, np.array(splits.ids(splits.validation))))
+    extra.update(calibrate(Predictor(model, tokenizer, spec), splits, cfg))  # fills spec.temperature
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
     write_history(history, out)
