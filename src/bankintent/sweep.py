@@ -1,0 +1,197 @@
+"""Sweeps: a YAML list of training runs -> ``results.csv`` (one row per run and seed) and
+``results.md`` (the method, hyperparameter and improvement tables, mean ± std over seeds).
+
+A sweep file::
+
+    base:                      # TrainConfig options shared by every run
+      data: banking77
+    runs:                      # run in this order; all seeds of a run before the next
+      - name: lpft
+        tables: [methods]      # methods | hyperparameters | improvements
+        seeds: 3               # seeds base.seed, base.seed + 1, ... (default 1; --seeds overrides)
+        options: {method: lpft}
+      - name: lpft+normalize-entities
+        tables: [improvements]
+        baseline: lpft         # improvements: the row it is measured against
+        options: {method: lpft, normalize_entities: true}
+
+Each run is the command ``bankintent train ... --output DIR/runs/NAME/seed-S``, started as a child
+process and recorded verbatim in ``results.csv``. A run whose ``metrics.json`` exists is skipped,
+so a stopped sweep started again continues where it stopped; a run stopped mid-training continues
+from its last checkpoint (``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from bankintent.config import FIELD_NAMES, TrainConfig, resolve_config
+from bankintent.errors import ConfigError
+from bankintent.reports import aggregate_runs, write_results_tables
+
+log = logging.getLogger(__name__)
+
+TABLES = ("methods", "hyperparameters", "improvements")
+RUN_KEYS = {"name", "tables", "seeds", "options", "baseline", "note"}
+
+
+@dataclass
+class RunSpec:
+    name: str
+    options: dict[str, Any]
+    seeds: list[int]
+    tables: list[str] = field(default_factory=lambda: ["methods"])
+    baseline: str | None = None
+    note: str = ""
+
+
+def _check_options(path: Path, where: str, options: Any) -> dict:
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: {where}: expected a mapping of option: value")
+    unknown = sorted(set(options) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"{path}: {where}: unknown option(s) {', '.join(unknown)}")
+    if "output" in options or "seed" in options and where != "base":
+        raise ConfigError(f"{path}: {where}: 'output' and 'seed' are set by the sweep")
+    return options
+
+
+def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[RunSpec]]:
+    """The sweep file's shared options and its runs, validated (every run's config is resolved once)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("runs"), list) or not content["runs"]:
+        raise ConfigError(f"{path}: expected 'runs:', a list of runs")
+    base = _check_options(path, "base", content.get("base") or {})
+    first_seed = int(base.pop("seed", TrainConfig.seed))
+    runs: list[RunSpec] = []
+    for number, entry in enumerate(content["runs"], start=1):
+        where = f"run {number}"
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise ConfigError(f"{path}: {where}: expected a mapping with a 'name'")
+        unknown = sorted(set(entry) - RUN_KEYS)
+        if unknown:
+            raise ConfigError(f"{path}: {where}: unknown key(s) {', '.join(unknown)}")
+        options = {**base, **_check_options(path, where, entry.get("options") or {})}
+        tables = entry.get("tables", ["methods"])
+        if not set(tables) <= set(TABLES):
+            raise ConfigError(f"{path}: {where}: tables must be among {', '.join(TABLES)}")
+        count = seeds or int(entry.get("seeds", 1))
+        if count < 1:
+            raise ConfigError(f"{path}: {where}: seeds must be at least 1")
+        resolve_config(None, **options)  # fail now, not an hour into the sweep
+        runs.append(RunSpec(str(entry["name"]), options, [first_seed + i for i in range(count)], list(tables),
+                            entry.get("baseline"), str(entry.get("note", ""))))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: run names must be unique")
+    for run in runs:
+        if run.baseline is not None and run.baseline not in names:
+            raise ConfigError(f"{path}: run {run.name!r}: baseline {run.baseline!r} is not a run of this sweep")
+    return content, runs
+
+
+def run_folder(out: Path, name: str, seed: int) -> Path:
+    """``DIR/runs/<name as a file name>/seed-S``."""
+    slug = re.sub(r"(?:[^A-Za-z0-9.=+-]|(?<![A-Za-z0-9])-)+", "_", name).strip("_")
+    return out / "runs" / slug / f"seed-{seed}"
+
+
+def train_command(options: dict[str, Any], seed: int, output: Path) -> list[str]:
+    """``bankintent train`` flags for these options (the CLI's flags are the TrainConfig field names)."""
+    args = ["bankintent", "train"]
+    for key, value in {**options, "seed": seed, "output": str(output)}.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        elif isinstance(value, list):
+            args += [flag, ",".join(map(str, value))]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _run_one(command: list[str], run_dir: Path) -> int:
+    if (run_dir / "checkpoints").is_dir() and not (run_dir / "metrics.json").is_file():
+        command = [*command, "--resume"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") as log_file:
+        # the child's progress bars go to the terminal; its log lines are kept beside the run
+        return subprocess.run([sys.executable, "-m", "bankintent.cli", *command[1:]], stdout=log_file).returncode
+
+
+def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None) -> pd.DataFrame:
+    """Run every run of the sweep file not yet finished, then write ``results.csv`` and ``results.md``."""
+    content, runs = read_sweep(config, seeds)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
+                               + (["--seeds", str(seeds)] if seeds else []))
+    jobs = [(run, seed) for run in runs for seed in run.seeds]
+    failed = []
+    with tqdm(jobs, desc="sweep", unit="run") as progress:
+        for run, seed in progress:
+            run_dir = run_folder(out, run.name, seed)
+            progress.set_postfix_str(f"{run.name} seed {seed}")
+            if (run_dir / "metrics.json").is_file():
+                continue
+            command = train_command(run.options, seed, run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
+            if _run_one(command, run_dir) != 0:
+                failed.append(f"{run.name} seed {seed} (see {run_dir}/train.log)")
+                log.error("run %s seed %d failed; see %s/train.log", run.name, seed, run_dir)
+            write_results(out, runs, sweep_command)
+    results = write_results(out, runs, sweep_command)
+    if failed:
+        raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; start the sweep again to retry them")
+    return results
+
+
+def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
+    """One row per finished run and seed: its metrics.json, its options and the exact command."""
+    rows = []
+    for run in runs:
+        for seed in run.seeds:
+            run_dir = run_folder(out, run.name, seed)
+            if not (run_dir / "metrics.json").is_file():
+                continue
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            cfg = resolve_config(None, **run.options)
+            rows.append({
+                "name": run.name, "tables": ",".join(run.tables), "baseline": run.baseline or "", "note": run.note,
+                **{k: metrics.get(k) for k in ("method", "seed", "val_accuracy", "val_macro_f1", "test_accuracy",
+                                               "test_macro_f1", "trainable_params", "total_params", "trainable_pct",
+                                               "adapter_bytes", "train_seconds", "best_epoch", "epochs_run")},
+                "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "epochs": cfg.epochs,
+                "max_length": cfg.max_length, "normalize_entities": cfg.normalize_entities, "augment": cfg.augment or "",
+                "hardware": metrics.get("hardware"), "run_dir": str(run_dir.relative_to(out)),
+                "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else "",
+            })
+    return pd.DataFrame(rows)
+
+
+def write_results(out: Path, runs: list[RunSpec], sweep_command: str) -> pd.DataFrame:
+    results = collect(out, runs)
+    results.to_csv(out / "results.csv", index=False, float_format="%.6g")
+    planned = {run.name: len(run.seeds) for run in runs}
+    write_results_tables(aggregate_runs(results), out / "results.md", sweep_command, planned)
+    return results
