@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -64,3 +65,93 @@ def markdown_table(rows: list[dict[str, str]], columns: list[str] = TABLE_COLUMN
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- sweeps: results.csv (one row per run and seed) -> tables of mean ± std over seeds -------------
+
+SCORES = {"val": "val_accuracy", "test": "test_accuracy", "f1": "test_macro_f1"}
+
+
+def mean_std(values: pd.Series) -> str:
+    """``93.38 ± 0.21%`` over seeds; one seed reads ``93.38%``."""
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values.iloc[0]:.2f}%"
+    return f"{100 * values.mean():.2f} ± {100 * values.std(ddof=1):.2f}%"
+
+
+def _delta(results: pd.DataFrame, name: str, baseline: str, column: str) -> str:
+    """Mean difference to the baseline run over the seeds both have (points of accuracy)."""
+    own = results[results.name == name].set_index("seed")[column]
+    base = results[results.name == baseline].set_index("seed")[column]
+    shared = own.index.intersection(base.index)
+    if shared.empty:
+        return "-"
+    return f"{100 * (own[shared] - base[shared]).mean():+.2f} pts"
+
+
+def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per sweep run (in sweep order): formatted mean ± std of the scores over its seeds, the
+    cost columns (mean over seeds) and, for improvement rows, the difference to their baseline."""
+    rows = []
+    if results.empty:
+        return rows
+    for name, group in results.groupby("name", sort=False):
+        first = group.iloc[0]
+        row = {
+            "name": name, "tables": str(first["tables"]).split(","), "method": first["method"], "seeds": len(group),
+            "Val Acc": mean_std(group.val_accuracy), "Test Acc": mean_std(group.test_accuracy),
+            "Macro-F1": mean_std(group.test_macro_f1), "Trainable %": f"{group.trainable_pct.mean():.3f}%",
+            "Adapter size": human_bytes(group.adapter_bytes.mean()),
+            "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
+            "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
+            "hardware": ", ".join(sorted(set(group.hardware.dropna()))),
+            "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",
+        }
+        baseline = first.get("baseline")
+        if isinstance(baseline, str) and baseline:
+            row.update({"Baseline": baseline, "Δ Val": _delta(results, name, baseline, "val_accuracy"),
+                        "Δ Test": _delta(results, name, baseline, "test_accuracy")})
+        rows.append(row)
+    return rows
+
+
+RESULT_TABLES = {
+    "methods": ("Method comparison", ["Method", "Seeds", *TABLE_COLUMNS[1:]]),
+    "hyperparameters": ("LoRA hyperparameters", ["Method", "LR", "r", "alpha", "Seeds", "Val Acc", "Test Acc"]),
+    "improvements": ("Suggested improvements", ["Method", "Baseline", "Seeds", "Val Acc", "Test Acc", "Δ Val", "Δ Test"]),
+}
+
+
+def results_tables(rows: list[dict[str, Any]], planned: dict[str, int] | None = None) -> dict[str, str]:
+    """Markdown of each results table that has rows. ``Seeds`` reads ``3`` or ``1 of 3`` while a run
+    is unfinished; a method with one seed is marked ``1 (single seed)``."""
+    tables = {}
+    for key, (_, columns) in RESULT_TABLES.items():
+        selected = []
+        for row in rows:
+            if key not in row["tables"]:
+                continue
+            wanted = (planned or {}).get(row["name"], row["seeds"])
+            seeds = f"{row['seeds']} of {wanted}" if row["seeds"] < wanted else str(row["seeds"])
+            selected.append({**row, "Method": row["name"], "Seeds": seeds + (" (single seed)" if wanted == 1 else "")})
+        if selected:
+            tables[key] = markdown_table(selected, columns)
+    return tables
+
+
+def write_results_tables(rows: list[dict[str, Any]], path: Path, command: str, planned: dict[str, int]) -> None:
+    """``results.md``: every table, the hardware and the command that produced them."""
+    lines = ["# Sweep results", "", f"Produced by `{command}`; each run's own command is in `results.csv`.",
+             "Scores are mean ± standard deviation over seeds (sample std); Macro-F1 is on test.", ""]
+    for key, table in results_tables(rows, planned).items():
+        lines += [f"## {RESULT_TABLES[key][0]}", "", table, ""]
+    hardware = sorted({h for row in rows for h in row["hardware"].split(", ") if h})
+    lines += ["Hardware: " + ("; ".join(hardware) or "-"), ""]
+    missing = [f"{name} ({n - next((r['seeds'] for r in rows if r['name'] == name), 0)} of {n} seeds)"
+               for name, n in planned.items() if next((r["seeds"] for r in rows if r["name"] == name), 0) < n]
+    if missing:
+        lines += ["Not finished yet (start the same command again to continue): " + ", ".join(missing), ""]
+    path.write_text("\n".join(lines))
