@@ -1,0 +1,210 @@
+"""The models a service answers for, by name.
+
+One model folder (``bankintent serve DIR``) is loaded as it is: merged LoRA, or whatever backend
+``Predictor.load`` finds there. A folder of model folders (``--models-dir DIR``) shares the base
+model: every LoRA adapter is loaded with PEFT's ``load_adapter`` onto one copy of the base (unmerged),
+and the active adapter is switched per batch under a lock. ``Predictor`` views over the shared model
+do the rest. Folders that are not PEFT adapters (full fine-tuning, exported models) load whole.
+
+Names are only ever looked up in the folder's listing, never joined into a path, so ``../x`` is just
+an unknown name. The listing is re-read at most every ``rescan_s`` seconds, and at once for a name it
+does not know: a folder dropped in is served without a restart, one rewritten (a new ``COMPLETE``
+marker) is reloaded and one removed is unloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+from peft.utils.other import ModulesToSaveWrapper
+from safetensors import safe_open
+from torch import nn
+
+from bankintent.errors import ModelError
+from bankintent.modeling import MARKER, ModelSpec, build_model, load_tokenizer, read_spec
+from bankintent.predict import Predictor, model_folder
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class UnknownModel(ModelError):
+    """A request named a model that is not served (or named none where several are)."""
+
+
+def model_name(path: str | Path) -> str:
+    """The name a single served folder answers to: the run folder's name (``runs/demo`` -> ``demo``)."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "adapter" else path.name
+
+
+class SharedBase:
+    """One base model in memory carrying any number of LoRA adapters."""
+
+    def __init__(self, name: str, folder: Path, spec: ModelSpec):
+        self.lock = threading.Lock()
+        self.tokenizer = load_tokenizer(spec.base_model)
+        self.model = PeftModel.from_pretrained(build_model(spec), folder, adapter_name=name).eval()
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.peft_config)
+
+    def add(self, name: str, folder: Path) -> None:
+        with self.lock:
+            self._fit_heads(name, folder)
+            self.model.load_adapter(folder, adapter_name=name)
+            self.model.eval()
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            self.model.delete_adapter(name)
+
+    def _fit_heads(self, name: str, folder: Path) -> None:
+        """PEFT gives a new adapter a copy of the first adapter's classification head, which only fits
+        the same number of labels; give it a head of the size its own checkpoint holds."""
+        with safe_open(folder / ADAPTER_WEIGHTS, "pt") as weights:
+            shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper) and isinstance(module.original_module, nn.Linear):
+                shape = shapes.get(module_name + ".weight")
+                original = module.original_module
+                if shape and list(original.weight.shape) != shape:
+                    module.modules_to_save[name] = nn.Linear(shape[1], shape[0], bias=original.bias is not None)
+
+
+@dataclass
+class ServedModel:
+    """A named predictor; on a shared base it activates its own adapter for each batch."""
+
+    name: str
+    predictor: Predictor
+    stamp: int = 0  # mtime of the folder's COMPLETE marker when loaded
+    base: SharedBase | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.predictor.labels
+
+    def predict(self, texts: list[str], top_k: int) -> list[dict]:
+        if self.base is None:
+            return self.predictor.predict(texts, top_k=top_k)
+        with self.base.lock:
+            self.base.model.set_adapter(self.name, inference_mode=True)
+            return self.predictor.predict(texts, top_k=top_k)
+
+
+def _stamp(folder: Path) -> int:
+    try:
+        return (folder / MARKER).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@dataclass
+class Registry:
+    """``Registry(model_dir=...)`` serves one folder; ``Registry(models_dir=...)`` every model folder in it."""
+
+    model_dir: str | Path | None = None
+    models_dir: str | Path | None = None
+    rescan_s: float = 1.0
+    _listing: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
+    _scanned: float = field(default=float("-inf"), init=False, repr=False)
+    _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
+    _bases: dict[tuple[str, str], SharedBase] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.model_dir) == bool(self.models_dir):
+            raise ModelError("give either a model folder or a folder of model folders")
+        if self.models_dir and not Path(self.models_dir).is_dir():
+            raise ModelError(f"{self.models_dir}: models folder not found")
+        if self.model_dir:
+            folder = model_folder(self.model_dir)
+            if not folder.is_dir():
+                raise ModelError(f"{self.model_dir}: model folder not found")
+            self._listing = {model_name(self.model_dir): folder}
+
+    def names(self) -> list[str]:
+        return sorted(self._scan(force=False))
+
+    def load_all(self) -> list[str]:
+        """Load every listed model now (at start-up); returns their names."""
+        return [self.get(name).name for name in self.names()]
+
+    def cached(self, name: str | None) -> ServedModel | None:
+        """The loaded model ``name`` while the listing is fresh; None where ``get`` has work to do."""
+        if time.monotonic() - self._scanned > self.rescan_s:
+            return None
+        if name is None:
+            return next(iter(self._loaded.values())) if len(self._loaded) == len(self._listing) == 1 else None
+        return self._loaded.get(name)
+
+    def get(self, name: str | None) -> ServedModel:
+        """The model called ``name`` (None: the only one), loaded on first use. May take seconds."""
+        with self._lock:
+            listing = self._scan(force=False)
+            if name not in listing and name is not None:
+                listing = self._scan(force=True)
+            if name is None:
+                if len(listing) != 1:
+                    raise UnknownModel(f"model: required when serving several models; one of {', '.join(sorted(listing)) or '(none yet)'}")
+                name = next(iter(listing))
+            if name not in listing:
+                raise UnknownModel(f"model: unknown model {name!r}; one of {', '.join(sorted(listing)) or '(none yet)'}")
+            served = self._loaded.get(name)
+            if served is None:
+                served = self._loaded[name] = self._load(name, listing[name])
+            return served
+
+    def _scan(self, force: bool) -> dict[str, Path]:
+        """Re-read the models folder's listing (at most every ``rescan_s``), unloading models whose
+        folder has gone or has been rewritten since they were loaded."""
+        if self.model_dir or (not force and time.monotonic() - self._scanned < self.rescan_s):
+            self._scanned = time.monotonic()
+            return self._listing
+        with self._lock:
+            listing = {}
+            for entry in os.scandir(self.models_dir):
+                folder = model_folder(entry.path)
+                if entry.is_dir() and not entry.name.startswith(".") and (folder / MARKER).is_file():
+                    listing[entry.name] = folder
+            for name, served in list(self._loaded.items()):
+                if name not in listing or _stamp(listing[name]) != served.stamp:
+                    self._unload(name)
+            self._listing, self._scanned = listing, time.monotonic()
+            return listing
+
+    def _load(self, name: str, folder: Path) -> ServedModel:
+        stamp = _stamp(folder)
+        if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
+            log.info("loading model %s from %s", name, folder)
+            return ServedModel(name, Predictor.load(folder), stamp)
+        spec = read_spec(folder)
+        key = (spec.base_model, spec.pooling)
+        base = self._bases.get(key)
+        if base is None:
+            log.info("loading base model %s with adapter %s", spec.base_model, name)
+            base = self._bases[key] = SharedBase(name, folder, spec)
+        else:
+            log.info("loading adapter %s onto %s", name, spec.base_model)
+            base.add(name, folder)
+        return ServedModel(name, Predictor(base.model, base.tokenizer, spec), stamp, base)
+
+    def _unload(self, name: str) -> None:
+        served = self._loaded.pop(name)
+        log.info("unloading model %s (folder removed or rewritten)", name)
+        if served.base is None:
+            return
+        if served.base.adapters == [name]:
+            self._bases = {key: base for key, base in self._bases.items() if base is not served.base}
+        else:
+            served.base.remove(name)
