@@ -1,0 +1,450 @@
+"""The HTTP service: ``bankintent serve DIR`` (FastAPI on uvicorn).
+
+    POST /v1/predict  {"texts": [...], "top_k": 3, "model": "optional name"}
+                      -> [{text, intent, confidence, out_of_scope, top_k: [{intent, confidence}]}]
+    GET  /v1/models   the names served      GET /healthz   alive         GET /readyz   models loaded
+    GET  /metrics     Prometheus            GET /docs      OpenAPI       GET /         a web page
+
+Concurrent requests are grouped into micro-batches (``MicroBatcher``): a batch leaves when it holds
+``max_batch`` texts or when its oldest request has waited ``max_wait_ms``, and the forward passes run
+one at a time on an inference thread, so requests arriving during a pass form the next batch and
+throughput grows with load. ``create_app`` builds the application (tests use it directly); ``serve``
+runs it. Every error is JSON, ``{"error": "one line naming the field"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Iterator
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bankintent.errors import BankintentError, ConfigError
+from bankintent.predict import MAX_CHARS
+from bankintent.registry import Registry, ServedModel, UnknownModel
+
+log = logging.getLogger(__name__)
+
+MAX_TEXTS = 128  # texts per request
+MAX_TOP_K = 20
+MAX_BODY_BYTES = 1 << 20
+ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
+PAGE = Path(__file__).parent / "static" / "index.html"
+PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json")
+
+
+# ---------------------------------------------------------------------------------------- schema
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty text")
+    return text
+
+
+Text = Annotated[StrictStr, StringConstraints(max_length=MAX_CHARS), AfterValidator(_not_blank)]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS, description=f"1 to {MAX_TEXTS} queries of at most {MAX_CHARS} characters")
+    top_k: StrictInt = Field(3, ge=1, le=MAX_TOP_K, description="alternatives listed per query")
+    model: StrictStr | None = Field(None, description="which model (GET /v1/models); optional when one is served")
+
+
+class Ranked(BaseModel):
+    intent: str
+    confidence: float
+
+
+class Prediction(BaseModel):
+    text: str
+    intent: str
+    confidence: float
+    out_of_scope: bool
+    top_k: list[Ranked]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 503)}
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own (one per application)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bankintent_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry)
+        self.errors = Counter("bankintent_errors", "HTTP requests answered with a 4xx or 5xx status", ["status"], registry=self.registry)
+        self.latency = Histogram("bankintent_request_latency_seconds", "time to answer a request", ["path"], registry=self.registry,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.batch_texts = Histogram("bankintent_batch_texts", "texts per forward pass (micro-batch size)", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        path = path if path in PATHS else "other"
+        self.requests.labels(path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+
+
+class Guard:
+    """ASGI middleware: counts and times every request, and answers 413 to a body over ``max_body``
+    bytes before the application reads any of it (the body is read here, then replayed)."""
+
+    def __init__(self, app, metrics: Metrics, max_body: int = MAX_BODY_BYTES):
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            body = await self._read_body(receive) if scope["method"] in ("POST", "PUT", "PATCH") else None
+            if body is None or isinstance(body, bytes):
+                await self.app(scope, self._replay(body, receive) if body is not None else receive, send_counted)
+            else:
+                await JSONResponse({"error": f"request body over {self.max_body} bytes"}, 413)(scope, receive, send_counted)
+        finally:
+            self.metrics.observe(scope["path"], status, time.perf_counter() - start)
+
+    async def _read_body(self, receive) -> bytes | bool:
+        """The whole body, or False when it is larger than allowed."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return False
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _replay(body: bytes, receive):
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
+
+
+# ------------------------------------------------------------------------------- micro-batching
+
+
+@dataclass
+class _Job:
+    model: ServedModel
+    texts: list[str]
+    top_k: int
+    future: asyncio.Future
+    queued: float
+
+
+@dataclass
+class MicroBatcher:
+    """Groups concurrent requests for one model into forward passes of up to ``max_batch`` texts,
+    waiting at most ``max_wait_s`` after a batch's first request, and runs them on ``executor``."""
+
+    executor: ThreadPoolExecutor
+    max_batch: int
+    max_wait_s: float
+    metrics: Metrics
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _full: asyncio.Event = field(default_factory=asyncio.Event)
+    _pending: int = 0
+    _task: asyncio.Task | None = None
+
+    async def submit(self, model: ServedModel, texts: list[str], top_k: int) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._run_forever())
+        job = _Job(model, texts, top_k, loop.create_future(), loop.time())
+        self.queue.put_nowait(job)
+        self._pending += len(texts)
+        if self._pending >= self.max_batch:
+            self._full.set()
+        return await job.future
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run_forever(self) -> None:
+        carried: _Job | None = None
+        while True:
+            first = carried or await self.queue.get()
+            jobs, carried = await self._collect(first)
+            await self._run(jobs)
+
+    async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """``first`` and the requests that join it, up to ``max_batch`` texts (a request that does
+        not fit, or is for another version of the model, is carried to the next batch)."""
+        loop = asyncio.get_running_loop()
+        remaining = first.queued + self.max_wait_s - loop.time()
+        if remaining > 0 and self._pending < self.max_batch:
+            self._full.clear()
+            try:
+                await asyncio.wait_for(self._full.wait(), remaining)
+            except TimeoutError:
+                pass
+        jobs, size = [first], len(first.texts)
+        while size < self.max_batch and not self.queue.empty():
+            job = self.queue.get_nowait()
+            if size + len(job.texts) > self.max_batch or job.model is not first.model:
+                return jobs, job
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs, None
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        texts = [text for job in jobs for text in job.texts]
+        self._pending -= len(texts)
+        self.metrics.batch_texts.observe(len(texts))
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, jobs[0].model.predict, texts, max(job.top_k for job in jobs))
+        except Exception as exc:  # handed to each request, which answers 422 or 500
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        start = 0
+        for job in jobs:
+            if not job.future.done():  # the client may have gone
+                job.future.set_result([_answer(r, job.top_k) for r in results[start : start + len(job.texts)]])
+            start += len(job.texts)
+
+
+def _answer(result: dict, top_k: int) -> dict:
+    return {"text": result["text"], "intent": result["intent"], "confidence": result["confidence"],
+            "out_of_scope": bool(result.get("out_of_scope", False)), "top_k": result["top_k"][:top_k]}
+
+
+# ----------------------------------------------------------------------------------------- the app
+
+
+@dataclass
+class Service:
+    registry: Registry
+    max_batch: int
+    max_wait_ms: float
+    metrics: Metrics = field(default_factory=Metrics)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="inference"))
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+
+    async def model(self, name: str | None) -> ServedModel:
+        served = self.registry.cached(name)
+        if served is not None:
+            return served
+        try:
+            return await asyncio.to_thread(self.registry.get, name)
+        except UnknownModel as exc:
+            raise HTTPException(404 if name else 400, str(exc)) from None
+
+    async def predict(self, request: PredictRequest) -> list[dict]:
+        served = await self.model(request.model)
+        if served.name not in self.batchers:
+            self.batchers[served.name] = MicroBatcher(self.executor, self.max_batch, self.max_wait_ms / 1000, self.metrics)
+        try:
+            return await self.batchers[served.name].submit(served, request.texts, request.top_k)
+        except BankintentError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def read_api_keys(path: str | Path) -> list[bytes]:
+    """The keys of an API key file: one a line; blank lines and ``#`` comments are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: API key file not found")
+    keys = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"{path}: no API keys in the file")
+    return [hashlib.sha256(key.encode()).digest() for key in keys]
+
+
+def bearer_auth(key_digests: list[bytes]):
+    """A dependency accepting ``Authorization: Bearer <key>`` for any of the keys. Digests of equal
+    length are compared in constant time, with every key, so timing tells nothing about a key."""
+    scheme = HTTPBearer(auto_error=False, description="an API key from the service's --api-key-file")
+
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
+        given = hashlib.sha256(credentials.credentials.encode()).digest() if credentials else b""
+        if not any([hmac.compare_digest(given, digest) for digest in key_digests]):
+            raise HTTPException(401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One line naming each bad field: ``texts[2]: empty text``."""
+    parts = []
+    for error in exc.errors()[:3]:
+        if error["type"] == "json_invalid":
+            parts.append(f"body: invalid JSON ({error.get('ctx', {}).get('error', 'decode error')})")
+            continue
+        loc = [str(p) for p in error["loc"] if p != "body"] or ["body"]
+        where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def create_app(model_dir: str | Path | None = None, models_dir: str | Path | None = None, api_key_file: str | Path | None = None,
+               max_batch: int = 64, max_wait_ms: float = 2.0) -> FastAPI:
+    """The service as an ASGI application, its models loaded (errors raise ``BankintentError``)."""
+    if max_batch < 1 or max_wait_ms < 0:
+        raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
+    auth = [Depends(bearer_auth(read_api_keys(api_key_file)))] if api_key_file else []
+    registry = Registry(model_dir=model_dir, models_dir=models_dir)
+    loaded = registry.load_all()
+    log.info("serving %s", ", ".join(loaded) or f"nothing yet (no model folders in {models_dir})")
+    service = Service(registry, max_batch, max_wait_ms)
+    page = PAGE.read_text()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = FastAPI(title="bankintent", version="1", lifespan=lifespan,
+                  description="Intent classification for banking chatbots: LoRA fine-tuned transformers.")
+    app.state.service = service
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("error answering %s", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc)}, 422)
+
+    @app.post("/v1/predict", response_model=list[Prediction], responses=ERRORS, dependencies=auth)
+    async def predict(request: PredictRequest) -> Response:
+        """Predict the intent of each text."""
+        return JSONResponse(await service.predict(request))
+
+    @app.get("/v1/models", responses=ERRORS, dependencies=auth)
+    async def models() -> dict[str, list[str]]:
+        """The names of the models served (the ``model`` field of /v1/predict)."""
+        return {"models": registry.names()}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=ERRORS)
+    async def readyz() -> dict[str, str | list[str]]:
+        """Ready: at least one model is loaded."""
+        names = registry.names()
+        if not names:
+            raise HTTPException(503, f"no model folders in {models_dir} yet")
+        return {"status": "ready", "models": names}
+
+    @app.get("/metrics", response_class=Response, dependencies=auth)
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes."""
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    app.add_middleware(Guard, metrics=service.metrics)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The application of each uvicorn worker process (``--workers N``); options come from the parent."""
+    return create_app(**json.loads(os.environ[ENVIRONMENT]))
+
+
+def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
+          max_batch: int, max_wait_ms: float) -> None:
+    import uvicorn
+
+    options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    settings = dict(host=host, port=port, access_log=False, log_level="info")
+    if workers <= 1:
+        app = create_app(**options)
+        print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs)", flush=True)
+        uvicorn.run(app, **settings)
+        return
+    Registry(model_dir=model_dir, models_dir=models_dir)  # fails here, once, on a missing folder
+    if api_key_file:
+        read_api_keys(api_key_file)
+    os.environ[ENVIRONMENT] = json.dumps(options)
+    print(f"bankintent: serving on http://{host}:{port} with {workers} worker processes", flush=True)
+    uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, **settings)
+
+
+@contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` on a real uvicorn server in a thread (tests, notebooks); yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
