@@ -1,12 +1,145 @@
-"""Text preprocessing shared by training and prediction (entity normalisation) and data augmentation."""
+"""Text preprocessing shared by training and prediction (entity normalisation) and data augmentation.
+
+Entity normalisation (``--normalize-entities``) replaces the parts of a query that vary without
+changing its intent by placeholders: card and account numbers by ``<NUMBER>``, dates by ``<DATE>``,
+currency symbols, codes and names by ``<CURRENCY>`` and amounts of money by ``<AMOUNT>``. It is
+idempotent: a normalised query comes out of it unchanged, which matters because validation queries
+are normalised at training time and again by the Predictor.
+
+Augmentation (``--augment confused-pairs``) adds perturbed copies (word dropout, adjacent word swap,
+keyboard typo) of the training queries of the intents a first run confuses most; the copies depend
+only on the texts and the seed.
+"""
 
 from __future__ import annotations
 
+import random
+import re
+
 from bankintent.errors import ConfigError
+
+PLACEHOLDERS = ("<AMOUNT>", "<CURRENCY>", "<DATE>", "<NUMBER>")
+AUGMENTATIONS = ("confused-pairs",)
+
+_MONTHS = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+           r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_CURRENCY = (r"(?:[$£€¥₹]|\b(?:usd|eur|gbp|chf|jpy|aud|cad|nzd|hkd|sgd|sek|nok|dkk|pln|czk|huf|ron|bgn|rub|inr|"
+             r"cny|mxn|brl|zar|thb)\b|\b(?:dollars?|euros?|pounds?|quid|yen|francs?|rupees?|pesos?|zloty|rubles?)\b)")
+_NUMBER = r"\d+(?:[.,]\d+)*"
+
+_RULES = [
+    # dates: 12/03/2020, 2020-03-12, 3rd of March 2020, March 3rd, 2020
+    (re.compile(r"\b(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4})\b"), " <DATE> "),
+    (re.compile(rf"\b(?:{_DAY}\s+(?:of\s+)?{_MONTHS}|{_MONTHS}\s+{_DAY}\b)(?:,?\s+\d{{4}})?\b", re.IGNORECASE), " <DATE> "),
+    # card and account numbers: 6 or more digits, possibly in groups separated by spaces or dashes
+    (re.compile(r"\b\d(?:[ -]?\d){5,}\b"), " <NUMBER> "),
+    # amounts next to a currency: £50, $ 1,000.00, 50€, 20 euros, 30 gbp
+    (re.compile(rf"{_CURRENCY}\s?{_NUMBER}\b", re.IGNORECASE), " <CURRENCY> <AMOUNT> "),
+    (re.compile(rf"\b{_NUMBER}\s?{_CURRENCY}", re.IGNORECASE), " <AMOUNT> <CURRENCY> "),
+    # remaining currencies, and remaining sums with decimals (12.50)
+    (re.compile(_CURRENCY, re.IGNORECASE), " <CURRENCY> "),
+    (re.compile(r"\b\d+(?:,\d{3})*\.\d{2}\b"), " <AMOUNT> "),
+]
+
+
+def normalize_entities(text: str) -> str:
+    text = " ".join(text.split())
+    for pattern, placeholder in _RULES:
+        text = pattern.sub(placeholder, text)
+    return re.sub(r"> ([?.!,])", r">\1", " ".join(text.split()))  # "<AMOUNT> ?" -> "<AMOUNT>?"
 
 
 def preprocess(text: str, options: dict) -> str:
     """Apply the preprocessing a model was trained with (``ModelSpec.preprocessing``) to one query."""
     if options.get("normalize_entities"):
-        raise ConfigError("normalize_entities is not implemented yet")
+        text = normalize_entities(text)
     return text
+
+
+# --- augmentation -----------------------------------------------------------------------------------
+
+_KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
+
+
+def _neighbours(char: str) -> str:
+    for row_index, row in enumerate(_KEYBOARD):
+        column = row.find(char)
+        if column >= 0:
+            near = row[max(0, column - 1) : column] + row[column + 1 : column + 2]
+            for other in (row_index - 1, row_index + 1):
+                if 0 <= other < len(_KEYBOARD):
+                    near += _KEYBOARD[other][max(0, column - 1) : column + 1]
+            return near
+    return ""
+
+
+def _word_dropout(words: list[str], rng: random.Random) -> list[str]:
+    if len(words) < 3:
+        return words
+    drop = rng.randrange(len(words))
+    return words[:drop] + words[drop + 1 :]
+
+
+def _word_swap(words: list[str], rng: random.Random) -> list[str]:
+    if len(words) < 2:
+        return words
+    i = rng.randrange(len(words) - 1)
+    return words[:i] + [words[i + 1], words[i]] + words[i + 2 :]
+
+
+def _keyboard_typo(words: list[str], rng: random.Random) -> list[str]:
+    candidates = [i for i, w in enumerate(words) if w not in PLACEHOLDERS and any(_neighbours(c) for c in w.lower())]
+    if not candidates:
+        return words
+    i = rng.choice(candidates)
+    word = words[i]
+    positions = [p for p, c in enumerate(word.lower()) if _neighbours(c)]
+    p = rng.choice(positions)
+    typo = rng.choice(_neighbours(word[p].lower()))
+    return words[:i] + [word[:p] + typo + word[p + 1 :]] + words[i + 1 :]
+
+
+PERTURBATIONS = (_word_dropout, _word_swap, _keyboard_typo)
+
+
+def perturb(text: str, rng: random.Random) -> str:
+    """One random perturbation of ``text``: word dropout, adjacent word swap or a keyboard typo."""
+    words = text.split()
+    return " ".join(rng.choice(PERTURBATIONS)(words, rng))
+
+
+def augment(texts: list[str], labels: list[str], intents: set[str], seed: int, copies: int = 2) -> tuple[list[str], list[str]]:
+    """The perturbed copies (``copies`` per query, duplicates of an original dropped) of the queries of
+    ``intents``; the same texts and seed give the same copies."""
+    rng = random.Random(seed)
+    new_texts, new_labels = [], []
+    for text, label in zip(texts, labels):
+        if label not in intents:
+            continue
+        variants = {perturb(text, rng) for _ in range(copies)} - {text}
+        for variant in sorted(variants):
+            new_texts.append(variant)
+            new_labels.append(label)
+    return new_texts, new_labels
+
+
+def check_augmentation(name: str | None) -> None:
+    if name is not None and name not in AUGMENTATIONS:
+        raise ConfigError(f"augment={name!r} is not known; choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:
+    """The first run of ``--augment confused-pairs``: a linear probe of the frozen base model fitted on
+    the (preprocessed) training split; returns its ``pairs`` most confused intent pairs on validation."""
+    from bankintent import probe
+    from bankintent.evaluation import confused_pairs
+    from bankintent.modeling import ModelSpec, build_model, load_tokenizer
+
+    spec = ModelSpec(base_model=cfg.base_model, method="linear-probe", pooling="mean", labels=splits.labels)
+    model, tokenizer = build_model(spec), load_tokenizer(cfg.base_model)
+    train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="augment: first run, train")
+    val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="augment: first run, validation")
+    clf, _, _ = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
+    y_true = splits.ids(splits.validation)
+    return confused_pairs(splits.validation.texts, y_true, clf.predict(val_x), splits.labels, top=pairs, examples=1)
