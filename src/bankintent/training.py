@@ -34,9 +34,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from bankintent import probe
 from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig
-from bankintent.data import Splits, load_splits
+from bankintent.data import Examples, Splits, load_splits
 from bankintent.errors import ConfigError
 from bankintent.evaluation import evaluate_split
+from bankintent.model_card import write_model_card
 from bankintent.modeling import (
     ModelSpec,
     add_lora,
@@ -48,7 +49,7 @@ from bankintent.modeling import (
 )
 from bankintent.predict import Predictor
 from bankintent.reports import write_history
-from bankintent.text import preprocess
+from bankintent.text import augment, check_augmentation, confused_intents, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -234,16 +235,23 @@ def train(cfg: TrainConfig) -> dict:
         **extra,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(model_dir, cfg, metrics)
     return metrics
 
 
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
     applies it to every query, test included) and augmentation of the training split."""
-    if cfg.augment is not None:
-        raise ConfigError(f"augment={cfg.augment!r} is not implemented yet")
+    check_augmentation(cfg.augment)
     for examples in (splits.train, splits.validation):
         examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
+    if cfg.augment == "confused-pairs":
+        pairs = confused_intents(splits, cfg)
+        intents = {p["intent_a"] for p in pairs} | {p["intent_b"] for p in pairs}
+        texts, labels = augment(splits.train.texts, splits.train.labels, intents, cfg.seed)
+        log.info("augment: %d perturbed copies of the queries of %d confused intents", len(texts), len(intents))
+        (Path(cfg.output) / "augmentation.json").write_text(json.dumps({"confused_pairs": pairs, "added": len(texts)}, indent=2))
+        splits.train = Examples(splits.train.texts + texts, splits.train.labels + labels)
     return splits
 
 
