@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def embed(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 128, desc: str = "embedding") -> np.ndarray:
+def embed(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: int, batch_size: int = 128, desc: str = "embedding", disable: bool = False) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with tqdm(total=len(texts), desc=desc, unit="q") as bar:
+    with tqdm(total=len(texts), desc=desc, unit="q", disable=disable) as bar:
         for positions, batch in encode_batches(tokenizer, texts, max_length, batch_size):
             out[positions] = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
             bar.update(len(positions))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import (
     DataCollatorWithPadding,
@@ -30,6 +31,7 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
 
 from bankintent import probe
 from bankintent.calibration import calibrate
@@ -104,9 +106,9 @@ def _accuracy(eval_pred) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig) -> dict:
-    train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train")
-    val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation")
+def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: bool = True) -> dict:
+    train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train", disable=not progress)
+    val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
     clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
     probe.load_into_head(model, clf)
     log.info("linear probe: C=%g, validation accuracy %.4f", c, val_acc)
@@ -140,16 +142,28 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # without a GPU, accelerate runs DDP over gloo only when told to use the CPU
+        average_tokens_across_devices=False,  # our losses are per-batch means: scaling them by the world size doubles DDP's gradients
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step
     )
 
 
 def train(cfg: TrainConfig) -> dict:
     """Train ``cfg.method``, save the best epoch to ``<output>/adapter`` and return metrics.json's content."""
     out = Path(cfg.output)
-    _check_output(out)
+    # one of the processes started by torchrun / accelerate launch (or the only one); only rank 0 writes,
+    # logs and shows progress
+    process = PartialState(cpu=not torch.cuda.is_available())
+    main = process.is_main_process
+    if main:
+        _check_output(out)
+    else:
+        logging.getLogger("bankintent").setLevel(logging.ERROR)
+        hf_logging.disable_progress_bar()
     set_seed(cfg.seed)
     splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples)
-    cfg.save(out / "config.yaml")
+    if main:
+        cfg.save(out / "config.yaml")
     preprocessing = {"normalize_entities": cfg.normalize_entities}
     splits = prepare_splits(splits, cfg, preprocessing)
     spec = ModelSpec(
@@ -166,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
     started = time.perf_counter()
     extra: dict = {}
     if cfg.method in ("linear-probe", "lpft") and resume_from is None:
-        extra.update(_fit_probe(model, tokenizer, splits, cfg))
+        extra.update(_fit_probe(model, tokenizer, splits, cfg, progress=main))
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     elif cfg.method == "linear-probe":
@@ -177,7 +191,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.method != "linear-probe" and cfg.epochs > 0:
         train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length)
-        steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
@@ -194,11 +208,18 @@ def train(cfg: TrainConfig) -> dict:
         model = trainer.model
         history = history_from_logs(trainer.state.log_history)
         best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
-        extra["effective_batch_size"] = cfg.batch_size * trainer.args.world_size * trainer.args.gradient_accumulation_steps
-        extra["world_size"] = trainer.args.world_size
-        if not trainer.is_world_process_zero():
-            return {}
+        args = trainer.args
+        extra.update({
+            "world_size": args.world_size,
+            "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+            "lr_scheduler": args.lr_scheduler_type.value,
+            "peak_lr": args.learning_rate,
+            "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
+            "optimizer_steps": trainer.state.max_steps,
+        })
     train_seconds = time.perf_counter() - started
+    if not main:
+        return {}
 
     trainable, total = count_parameters(model)
     model.eval()
