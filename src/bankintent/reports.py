@@ -107,7 +107,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Adapter size": human_bytes(group.adapter_bytes.mean()),
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
             "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
-            "hardware": ", ".join(sorted(set(group.hardware.dropna()))),
+            "hardware": "; ".join(sorted(set(group.hardware.dropna()))),
             "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",
         }
         baseline = first.get("baseline")
@@ -148,7 +148,7 @@ def write_results_tables(rows: list[dict[str, Any]], path: Path, command: str, p
              "Scores are mean ± standard deviation over seeds (sample std); Macro-F1 is on test.", ""]
     for key, table in results_tables(rows, planned).items():
         lines += [f"## {RESULT_TABLES[key][0]}", "", table, ""]
-    hardware = sorted({h for row in rows for h in row["hardware"].split(", ") if h})
+    hardware = sorted({h for row in rows for h in row["hardware"].split("; ") if h})
     lines += ["Hardware: " + ("; ".join(hardware) or "-"), ""]
     missing = [f"{name} ({n - next((r['seeds'] for r in rows if r['name'] == name), 0)} of {n} seeds)"
                for name, n in planned.items() if next((r["seeds"] for r in rows if r["name"] == name), 0) < n]

@@ -1,0 +1,327 @@
+"""The technical report: ``bankintent report RUN_OR_SWEEP_DIRS... --output DIR`` writes ``report.md``
+(figures in ``DIR/figures/``) and ``report.html``, the same document rendered with every figure
+embedded, which opens with no server.
+
+Sections: the data set, the result tables, learning curves, error analysis of the best run (by
+validation accuracy), what the adapter costs, and the command of every run. Everything comes from
+the files the runs wrote (metrics.json, history.csv, config.yaml, the model folder, a sweep's
+results.csv); the error analysis predicts the test split once with the saved model and keeps the
+predictions beside it (``test_predictions.csv``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
+
+from bankintent.config import read_yaml  # noqa: E402
+from bankintent.data import Examples, Splits, load_splits  # noqa: E402
+from bankintent.errors import ConfigError  # noqa: E402
+from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent  # noqa: E402
+from bankintent.reports import (  # noqa: E402
+    RESULT_TABLES,
+    aggregate_runs,
+    human_bytes,
+    markdown_table,
+    results_row,
+    results_tables,
+)
+
+WORST = 15  # intents highlighted in the per-intent F1 figure
+HEATMAP_INTENTS = 12  # intents in the confusion heat map
+DATA_KEYS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "max_train_samples")
+
+
+@dataclass
+class Run:
+    name: str
+    folder: Path
+    metrics: dict
+    command: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (seed {self.metrics.get('seed')})"
+
+
+@dataclass
+class Sweep:
+    folder: Path
+    results: pd.DataFrame
+    planned: dict[str, int]
+
+
+def _command(folder: Path) -> str:
+    if (folder / "command.txt").is_file():
+        return (folder / "command.txt").read_text().strip()
+    return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml")])
+
+
+def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
+    """The runs of every folder given: a training run (metrics.json) or a sweep (results.csv)."""
+    from bankintent.sweep import read_sweep
+
+    runs, sweeps = [], []
+    for folder in map(Path, dirs):
+        if (folder / "results.csv").is_file():
+            results = pd.read_csv(folder / "results.csv")
+            _, planned_runs = read_sweep(folder / "sweep.yaml")
+            sweeps.append(Sweep(folder, results, {r.name: len(r.seeds) for r in planned_runs}))
+            for row in results.itertuples():
+                run_dir = folder / row.run_dir
+                runs.append(Run(row.name, run_dir, json.loads((run_dir / "metrics.json").read_text()), row.command))
+        elif (folder / "metrics.json").is_file():
+            runs.append(Run(folder.name, folder, json.loads((folder / "metrics.json").read_text()), _command(folder)))
+        else:
+            raise ConfigError(f"{folder}: neither a training run (no metrics.json) nor a sweep (no results.csv)")
+    if not runs:
+        raise ConfigError("no finished runs in " + ", ".join(map(str, dirs)))
+    return runs, sweeps
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _figure(fig, folder: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return f"![{name}](figures/{name})"
+
+
+def _splits(run: Run) -> Splits:
+    saved = read_yaml(run.folder / "config.yaml")
+    return load_splits(**{k: saved[k] for k in DATA_KEYS if k in saved})
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+def dataset_section(splits: Splits, figures: Path) -> str:
+    parts = [("train", splits.train), ("validation", splits.validation)] + ([("test", splits.test)] if splits.test else [])
+    per_intent_counts = pd.Series(splits.train.labels).value_counts()
+    rows = [{"Split": name, "Queries": f"{len(ex):,}", "Intents": len(set(ex.labels)),
+             "Words per query (median, 95th pct)": f"{np.median(_words(ex)):.0f}, {np.percentile(_words(ex), 95):.0f}"}
+            for name, ex in parts]
+    fig, (count_ax, length_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    count_ax.hist(per_intent_counts.values, bins=20, color="C0")
+    count_ax.set(xlabel="training queries per intent", ylabel="intents", title="Queries per intent (train)")
+    bins = np.arange(0, max(max(_words(ex)) for _, ex in parts) + 2)
+    for name, ex in parts:
+        length_ax.hist(_words(ex), bins=bins, histtype="step", density=True, label=name, linewidth=1.5)
+    length_ax.set(xlabel="words per query", ylabel="share of queries", title="Query length")
+    length_ax.legend()
+    return "\n\n".join([
+        "## Data set",
+        f"`{splits.source}`: {len(splits.labels)} intents. The validation split is a stratified share of "
+        "the training file; the test file is only evaluated.",
+        markdown_table(rows, list(rows[0])),
+        f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():.0f}, "
+        f"max {per_intent_counts.max()} (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()}).",
+        _figure(fig, figures, "dataset.png"),
+    ])
+
+
+def _words(examples: Examples) -> list[int]:
+    return [len(t.split()) for t in examples.texts]
+
+
+def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
+    lines = ["## Results"]
+    swept = set()
+    for sweep in sweeps:
+        lines.append(f"Sweep `{sweep.folder}`: mean ± standard deviation over seeds; Macro-F1 on test. "
+                     "A `(single seed)` row ran once.")
+        for key, table in results_tables(aggregate_runs(sweep.results), sweep.planned).items():
+            lines += [f"### {RESULT_TABLES[key][0]}", table]
+        swept |= {str(sweep.folder / p) for p in sweep.results.run_dir}
+    single = [r for r in runs if str(r.folder) not in swept]
+    if single:
+        rows = [{"Run": r.name, **results_row(r.metrics)} for r in single]
+        lines += ["### Runs", markdown_table(rows, list(rows[0]))]
+    return "\n\n".join(lines)
+
+
+def curves_section(runs: list[Run], figures: Path) -> str:
+    histories = [(r, pd.read_csv(r.folder / "history.csv")) for r in runs if (r.folder / "history.csv").is_file()]
+    histories = [(r, h) for r, h in histories if not h.empty]
+    if not histories:
+        return "## Learning curves\n\nNo run trained for an epoch (linear probes have no curves)."
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for index, (run, history) in enumerate(histories):
+        style = dict(marker="o", color=f"C{index % 10}", label=run.label)
+        axes[0].plot(history.epoch, history.train_loss, **style)
+        axes[1].plot(history.epoch, history.val_loss, **style)
+        axes[2].plot(history.epoch, history.val_accuracy, **style)
+    for ax, title in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=7, loc="lower right")
+    no_curve = [r.label for r in runs if all(r is not h[0] for h in histories)]
+    note = f"Runs without an epoch of training (no curve): {', '.join(no_curve)}." if no_curve else ""
+    return "\n\n".join(filter(None, ["## Learning curves", "Per epoch, from each run's `history.csv`.",
+                                     _figure(fig, figures, "learning_curves.png"), note]))
+
+
+def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
+    """The saved model's predictions of ``examples``, cached in ``<run>/<split>_predictions.csv``."""
+    from bankintent.predict import Predictor
+
+    path = run.folder / f"{split}_predictions.csv"
+    if path.is_file():
+        cached = pd.read_csv(path, keep_default_na=False)
+        if cached.text.tolist() == examples.texts:
+            return cached
+    predictor = Predictor.load(run.folder)
+    predicted = predictor.logits(examples.texts).argmax(-1)
+    frame = pd.DataFrame({"text": examples.texts, "label": examples.labels,
+                          "predicted": [predictor.labels[i] for i in predicted]})
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def errors_section(run: Run, splits: Splits, figures: Path) -> str:
+    split, examples = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
+    frame = predictions(run, examples, split)
+    index = {label: i for i, label in enumerate(splits.labels)}
+    y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
+    intents = per_intent(y_true, y_pred, splits.labels)
+    pairs = confused_pairs(frame.text.tolist(), y_true, y_pred, splits.labels, top=10, examples=2)
+    lengths = accuracy_by_length(frame.text.tolist(), y_true, y_pred)
+    pair_rows = [{"Intents": f"{p['intent_a']} ↔ {p['intent_b']}", "Errors": p["count"],
+                  "Example queries": _cell(" / ".join(p["examples"]))} for p in pairs]
+    worst = intents.head(WORST)
+    worst_rows = [{"Intent": r.intent, "F1": f"{r.f1:.3f}", "Precision": f"{r.precision:.3f}",
+                   "Recall": f"{r.recall:.3f}", "Queries": int(r.support)} for r in worst.itertuples()]
+    length_rows = [{"Length": r.length, "Queries": r.queries, "Accuracy": "-" if np.isnan(r.accuracy) else f"{r.accuracy:.2%}"}
+                   for r in lengths.itertuples()]
+    return "\n\n".join([
+        "## Error analysis",
+        f"Run `{run.label}` (the best validation accuracy among the runs), on the {split} split "
+        f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{run.folder}/{split}_predictions.csv`.",
+        "### Most confused intents",
+        _heatmap(y_true, y_pred, splits.labels, figures),
+        "### Most confused pairs",
+        markdown_table(pair_rows, ["Intents", "Errors", "Example queries"]) if pair_rows else "No errors.",
+        f"### Per-intent F1 (worst {WORST} highlighted)",
+        _f1_figure(intents, figures),
+        markdown_table(worst_rows, list(worst_rows[0])),
+        "### Accuracy by query length",
+        markdown_table(length_rows, ["Length", "Queries", "Accuracy"]),
+    ])
+
+
+def _heatmap(y_true, y_pred, labels: list[str], figures: Path) -> str:
+    matrix = confusion_matrix(y_true, y_pred, labels=range(len(labels)))
+    errors = matrix - np.diag(np.diag(matrix))
+    involvement = errors.sum(0) + errors.sum(1)
+    keep = [i for i in np.argsort(-involvement, kind="stable")[:HEATMAP_INTENTS] if involvement[i] > 0] or [0]
+    keep = sorted(keep)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ConfusionMatrixDisplay(matrix[np.ix_(keep, keep)], display_labels=[labels[i] for i in keep]).plot(
+        ax=ax, cmap="Blues", xticks_rotation=70, colorbar=False)
+    ax.set_title(f"Confusions among the {len(keep)} intents involved in most errors")
+    return _figure(fig, figures, "confusion_heatmap.png")
+
+
+def _f1_figure(intents: pd.DataFrame, figures: Path) -> str:
+    ordered = intents.sort_values("f1")
+    fig, ax = plt.subplots(figsize=(14, 4.5))
+    colors = ["C3" if i < WORST else "C0" for i in range(len(ordered))]
+    ax.bar(range(len(ordered)), ordered.f1, color=colors)
+    ax.set_xticks(range(len(ordered)), ordered.intent, rotation=90, fontsize=6)
+    ax.set(ylabel="F1", title=f"Per-intent F1, worst {WORST} in red", ylim=(max(0, ordered.f1.min() - 0.05), 1.0))
+    return _figure(fig, figures, "per_intent_f1.png")
+
+
+def cost_section(runs: list[Run], figures: Path) -> str:
+    first = {}
+    for run in runs:
+        first.setdefault(run.name, run.metrics)
+    rows = []
+    for name, m in first.items():
+        full_bytes = 4 * m["total_params"]  # float32 weights of the whole classifier
+        rows.append({"Run": name, "Trainable parameters": f"{m['trainable_params']:,}",
+                     "Trainable %": f"{m['trainable_pct']:.3f}%", "Saved folder": human_bytes(m["adapter_bytes"]),
+                     "Full model (float32)": human_bytes(full_bytes),
+                     "Share of full model": f"{100 * m['adapter_bytes'] / full_bytes:.2f}%"})
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(first) + 1.2))
+    names = list(first)
+    ax.barh(names, [4 * first[n]["total_params"] for n in names], color="0.8", label="full model (float32)")
+    ax.barh(names, [first[n]["adapter_bytes"] for n in names], color="C2", label="saved folder")
+    ax.set(xscale="log", xlabel="bytes (log scale)", title="What each run ships on top of the base model")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    return "\n\n".join([
+        "## What the adapter costs",
+        "The saved folder is what a run ships on top of the public base model (LoRA adapter and head, or "
+        "every trained tensor); the full model is the whole classifier's weights in float32.",
+        markdown_table(rows, list(rows[0])),
+        _figure(fig, figures, "adapter_cost.png"),
+    ])
+
+
+def commands_section(runs: list[Run], report_command: str) -> str:
+    rows = [{"Run": r.name, "Seed": r.metrics.get("seed"), "Hardware": r.metrics.get("hardware", "-"),
+             "Training time": f"{r.metrics['train_seconds'] / 60:.1f} min", "Command": f"`{_cell(r.command)}`"}
+            for r in runs]
+    return "\n\n".join(["## How each run was made", f"This report: `{report_command}`.",
+                        markdown_table(rows, list(rows[0]))])
+
+
+# --- the document -----------------------------------------------------------------------------------
+
+def render_html(markdown: str, folder: Path, title: str) -> str:
+    """The Markdown rendered to one HTML file, with the figures embedded as base64 PNG."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[^"]+\.png)"', embed, body)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}code{font-size:.85em}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
+
+
+def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
+    """Write ``report.md`` (+ ``figures/``) and the self-contained ``report.html``; returns both paths."""
+    runs, sweeps = collect(dirs)
+    out = Path(output)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    best = max(runs, key=lambda r: r.metrics["val_accuracy"])
+    splits = _splits(best)
+    hardware = sorted({r.metrics.get("hardware", "-") for r in runs})
+    report_command = shlex.join(["bankintent", "report", *map(str, dirs), "--output", str(out)])
+    title = "bankintent: technical report"
+    markdown = "\n\n".join([
+        f"# {title}",
+        f"{len(runs)} run(s) from {', '.join(f'`{d}`' for d in dirs)}. Hardware: {'; '.join(hardware)}.",
+        dataset_section(splits, figures),
+        results_section(runs, sweeps),
+        curves_section(runs, figures),
+        errors_section(best, splits, figures),
+        cost_section(runs, figures),
+        commands_section(runs, report_command),
+    ]) + "\n"
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(render_html(markdown, out, title))
+    return [out / "report.html", out / "report.md"]
