@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class SharedBase:
             self.model.eval()
 
     def remove(self, name: str) -> None:
-        with self.lock:
+        with self.lock, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted")  # the next batch sets its own
             self.model.delete_adapter(name)
 
     def _fit_heads(self, name: str, folder: Path) -> None:
@@ -133,6 +135,11 @@ class Registry:
                 raise ModelError(f"{self.model_dir}: model folder not found")
             self._listing = {model_name(self.model_dir): folder}
 
+    @property
+    def bases(self) -> list[SharedBase]:
+        """The base models in memory that carry adapters (one per base model and pooling)."""
+        return list(self._bases.values())
+
     def names(self) -> list[str]:
         return sorted(self._scan(force=False))
 
@@ -142,7 +149,7 @@ class Registry:
 
     def cached(self, name: str | None) -> ServedModel | None:
         """The loaded model ``name`` while the listing is fresh; None where ``get`` has work to do."""
-        if time.monotonic() - self._scanned > self.rescan_s:
+        if self.models_dir and time.monotonic() - self._scanned > self.rescan_s:
             return None
         if name is None:
             return next(iter(self._loaded.values())) if len(self._loaded) == len(self._listing) == 1 else None

@@ -279,7 +279,7 @@ class Service:
         try:
             return await asyncio.to_thread(self.registry.get, name)
         except UnknownModel as exc:
-            raise HTTPException(404 if name else 400, str(exc)) from None
+            raise HTTPException(400 if name is None else 404, str(exc)) from None
 
     async def predict(self, request: PredictRequest) -> list[dict]:
         served = await self.model(request.model)
@@ -312,7 +312,7 @@ def bearer_auth(key_digests: list[bytes]):
     length are compared in constant time, with every key, so timing tells nothing about a key."""
     scheme = HTTPBearer(auto_error=False, description="an API key from the service's --api-key-file")
 
-    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         given = hashlib.sha256(credentials.credentials.encode()).digest() if credentials else b""
         if not any([hmac.compare_digest(given, digest) for digest in key_digests]):
             raise HTTPException(401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,145 @@
+"""Load test of the HTTP service: starts ``bankintent serve DIR`` in its own process, drives it over
+loopback from this one with 16 and 64 concurrent clients (each sends one Banking77 test query per
+request and sends the next when the answer arrives), and prints one table: latency p50/p95/p99,
+requests/s and errors per concurrency level.
+
+    python benchmarks/serve_load.py runs/demo                       # 10,000 requests per level
+    python benchmarks/serve_load.py runs/demo --clients 16 --requests 2000 --max-wait-ms 1
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000     # a service already running
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+from tqdm.auto import tqdm
+
+from bankintent.data import iter_queries, locate
+
+FALLBACK_QUERIES = ["I lost my debit card", "my card has not arrived yet", "what exchange rate do you use?",
+                    "why did my top-up fail", "how long does a transfer to Germany take"]
+
+
+def queries(limit: int = 3080) -> list[str]:
+    try:
+        return [text for _, text in itertools.islice(iter_queries(locate("banking77") / "test.csv"), limit)]
+    except Exception:  # no Banking77 here: a few fixed queries do
+        return FALLBACK_QUERIES
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def service(model_dir: str, extra: list[str]):
+    """``bankintent serve`` in a child process; yields its URL once /readyz answers."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    command = [sys.executable, "-m", "bankintent.cli", "serve", model_dir, "--port", str(port), *extra]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise SystemExit(f"the service did not start:\n{log.read().decode()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def drive(url: str, texts: list[str], clients: int, requests: int, model: str | None) -> dict:
+    """``clients`` concurrent closed-loop clients sharing ``requests`` requests; latency of each."""
+    latencies, errors = [], 0
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    body = {"top_k": 3} | ({"model": model} if model else {})
+    with tqdm(total=requests, desc=f"{clients} clients", unit="req", leave=False) as bar:
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+            async def one_client():
+                nonlocal errors
+                while (i := next(counter)) < requests:
+                    start = time.perf_counter()
+                    try:
+                        response = await client.post("/v1/predict", json=body | {"texts": [texts[i % len(texts)]]})
+                        ok = response.status_code == 200 and len(response.json()) == 1
+                    except httpx.HTTPError:
+                        ok = False
+                    latencies.append(time.perf_counter() - start)
+                    errors += not ok
+                    bar.update()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(one_client() for _ in range(clients)))
+            elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": requests, "errors": errors, "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": requests / elapsed}
+
+
+def run(url: str, args, texts: list[str]) -> list[dict]:
+    asyncio.run(drive(url, texts, max(args.clients), args.warmup, args.model))  # warm up: connections, allocator, caches
+    return [asyncio.run(drive(url, texts, clients, args.requests, args.model)) for clients in args.clients]
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    print("| clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s |")
+    print("|--:|--:|--:|--:|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests_per_s']:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", nargs="?", default="runs/demo", help="model or run folder to serve")
+    parser.add_argument("--url", help="drive a service that is already running instead")
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--requests", type=int, default=10_000, help="requests per concurrency level")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--model", help="the request's model field (with --models-dir services)")
+    parser.add_argument("--max-batch", type=int, default=None)
+    parser.add_argument("--max-wait-ms", type=float, default=None)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    texts = queries()
+    extra = [arg for name, value in (("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms)) if value is not None
+             for arg in (name, str(value))]
+    if args.url:
+        rows, where = run(args.url, args, texts), args.url
+    else:
+        with service(args.dir, extra) as url:
+            rows, where = run(url, args, texts), f"bankintent serve {args.dir} {' '.join(extra)}".strip()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The HTTP service on a real uvicorn server on 127.0.0.1, with tiny trained models: every endpoint,
+every kind of bad request, micro-batching, API keys, and many adapters on one base model."""
+
+import asyncio
+import csv
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bankintent import ConfigError, ModelError, Predictor, train
+from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
+from conftest import tiny_options, write_csv
+
+TEXTS = ["i lost my card", "top up failed again", "what exchange rate do you use", "where is my new card"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, tiny_data, tmp_path_factory):
+    """Two trained tiny models: bank_a (4 intents) and bank_b (3 intents: no exchange_rate)."""
+    folder = tmp_path_factory.mktemp("runs")
+    three = tmp_path_factory.mktemp("three_intents")
+    for split in ("train", "test"):
+        with open(tiny_data / f"{split}.csv", newline="") as handle:
+            write_csv(three / f"{split}.csv", [(r["text"], r["category"]) for r in csv.DictReader(handle) if r["category"] != "exchange_rate"])
+    train(**tiny_options(tiny_bert, tiny_data, folder / "bank_a"))
+    train(**tiny_options(tiny_bert, three, folder / "bank_b"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single(runs):
+    """One model served; micro-batches wait up to 50 ms so that concurrent requests meet."""
+    with serve_in_background(create_app(model_dir=runs / "bank_a", max_wait_ms=50)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def multi(runs, tmp_path_factory):
+    """A models folder holding both runs, served on one base model."""
+    models = tmp_path_factory.mktemp("models")
+    for name in ("bank_a", "bank_b"):
+        shutil.copytree(runs / name / "adapter", models / name)
+    app = create_app(models_dir=models)
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client, app, models
+
+
+def metric(client: httpx.Client, name: str, **labels) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_health_readiness_docs_page_and_models(single):
+    assert single.get("/healthz").json() == {"status": "ok"}
+    assert single.get("/readyz").json() == {"status": "ready", "models": ["bank_a"]}
+    assert single.get("/v1/models").json() == {"models": ["bank_a"]}
+    schema = single.get("/openapi.json").json()
+    assert set(schema["components"]["schemas"]["Prediction"]["properties"]) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
+    assert "422" in schema["paths"]["/v1/predict"]["post"]["responses"]
+    assert "swagger" in single.get("/docs").text.lower()
+    page = single.get("/")
+    assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
+
+
+def test_predictions_are_the_predictors(single, runs):
+    response = single.post("/v1/predict", json={"texts": TEXTS, "top_k": 2})
+    assert response.status_code == 200
+    expected = Predictor.load(runs / "bank_a").predict(TEXTS, top_k=2)
+    for got, want in zip(response.json(), expected, strict=True):
+        assert set(got) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
+        assert (got["text"], got["intent"], got["out_of_scope"]) == (want["text"], want["intent"], want.get("out_of_scope", False))
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+        assert [r["intent"] for r in got["top_k"]] == [r["intent"] for r in want["top_k"]]
+    # asking for the model by its name (the run folder's) is the same
+    named = single.post("/v1/predict", json={"texts": TEXTS[:1], "model": "bank_a"}).json()
+    assert named[0]["intent"] == expected[0]["intent"]
+
+
+BAD_REQUESTS = [
+    ({}, 422, "texts: Field required"),
+    ({"texts": []}, 422, "texts: List should have at least 1 item"),
+    ({"texts": "i lost my card"}, 422, "texts: Input should be a valid list"),
+    ({"texts": ["ok", 3]}, 422, "texts[1]: Input should be a valid string"),
+    ({"texts": ["ok", ""]}, 422, "texts[1]: empty text"),
+    ({"texts": ["   "]}, 422, "texts[0]: empty text"),
+    ({"texts": ["a"] * (MAX_TEXTS + 1)}, 422, f"texts: List should have at most {MAX_TEXTS} items"),
+    ({"texts": ["a" * 2001]}, 422, "texts[0]: String should have at most 2000 characters"),
+    ({"texts": ["ok"], "top_k": 0}, 422, "top_k: Input should be greater than or equal to 1"),
+    ({"texts": ["ok"], "top_k": "3"}, 422, "top_k: Input should be a valid integer"),
+    ({"texts": ["ok"], "extra": 1}, 422, "extra: Extra inputs are not permitted"),
+    ([1, 2], 422, "body: Input should be a valid dictionary"),
+    ({"texts": ["ok"], "model": "other"}, 404, "model: unknown model 'other'; one of bank_a"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_REQUESTS)
+def test_bad_requests_get_a_clear_4xx(single, body, status, message):
+    response = single.post("/v1/predict", json=body)
+    assert response.status_code == status
+    assert response.json()["error"].startswith(message)
+
+
+def test_malformed_and_oversized_bodies(single):
+    response = single.post("/v1/predict", content=b'{"texts": [', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"].startswith("body: invalid JSON")
+    response = single.post("/v1/predict", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json() == {"error": "request body over 1048576 bytes"}
+    assert metric(single, "bankintent_errors_total", status="413") >= 1
+    assert metric(single, "bankintent_requests_total", path="/v1/predict", status="422") >= 1
+    assert single.post("/v1/predict", json={"texts": ["still fine"]}).status_code == 200
+
+
+def test_concurrent_requests_share_forward_passes(single):
+    passes_before = metric(single, "bankintent_batch_texts_count")
+    queries = [f"{TEXTS[i % 4]} {i}" for i in range(12)]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=str(single.base_url), timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/predict", json={"texts": [q], "top_k": 1 + i % 4}) for i, q in enumerate(queries)))
+
+    responses = asyncio.run(send_all())
+    for i, (query, response) in enumerate(zip(queries, responses)):
+        [result] = response.json()
+        assert result["text"] == query and len(result["top_k"]) == 1 + i % 4
+    passes = metric(single, "bankintent_batch_texts_count") - passes_before
+    assert 1 <= passes < len(queries)
+    assert metric(single, "bankintent_requests_total", path="/v1/predict", status="200") >= len(queries)
+    assert metric(single, "bankintent_request_latency_seconds_count", path="/v1/predict") >= len(queries)
+
+
+def test_two_adapters_on_one_base_by_name(multi, runs):
+    client, app, _ = multi
+    assert client.get("/v1/models").json() == {"models": ["bank_a", "bank_b"]}
+    for name, intents in (("bank_a", 4), ("bank_b", 3)):
+        got = client.post("/v1/predict", json={"texts": TEXTS, "top_k": 20, "model": name}).json()
+        want = Predictor.load(runs / name).predict(TEXTS, top_k=20)
+        assert [g["intent"] for g in got] == [w["intent"] for w in want]
+        assert [g["confidence"] for g in got] == pytest.approx([w["confidence"] for w in want], abs=1e-5)
+        assert all(len(g["top_k"]) == intents for g in got)
+    [base] = app.state.service.registry.bases
+    assert sorted(base.adapters) == ["bank_a", "bank_b"]
+
+
+@pytest.mark.parametrize("name", ["../bank_a", "bank_a/../bank_b", "/etc", "bank_a/adapter", ""])
+def test_model_names_are_never_paths(multi, name):
+    response = multi[0].post("/v1/predict", json={"texts": ["hi"], "model": name})
+    assert response.status_code == 404 and "unknown model" in response.json()["error"]
+
+
+def test_model_required_when_several_are_served(multi):
+    response = multi[0].post("/v1/predict", json={"texts": ["hi"]})
+    assert response.status_code == 400
+    assert response.json()["error"] == "model: required when serving several models; one of bank_a, bank_b"
+
+
+def test_model_folders_come_and_go_without_restart(multi, runs):
+    client, app, models = multi
+    shutil.copytree(runs / "bank_b" / "adapter", models / "bank_c")
+    added = client.post("/v1/predict", json={"texts": ["hi"], "top_k": 20, "model": "bank_c"})
+    assert added.status_code == 200 and len(added.json()[0]["top_k"]) == 3
+    assert "bank_c" in client.get("/v1/models").json()["models"]
+
+    shutil.rmtree(models / "bank_c")  # rewritten: now the 4-intent model
+    shutil.copytree(runs / "bank_a" / "adapter", models / "bank_c")
+    time.sleep(1.1)  # the listing is re-read at most every second
+    rewritten = client.post("/v1/predict", json={"texts": ["hi"], "top_k": 20, "model": "bank_c"})
+    assert len(rewritten.json()[0]["top_k"]) == 4
+
+    shutil.rmtree(models / "bank_c")
+    time.sleep(1.1)
+    assert client.post("/v1/predict", json={"texts": ["hi"], "model": "bank_c"}).status_code == 404
+    [base] = app.state.service.registry.bases
+    assert sorted(base.adapters) == ["bank_a", "bank_b"]  # unloaded
+
+
+def test_api_keys(runs, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# service keys\nkey-one\n\nkey-two\n")
+    with serve_in_background(create_app(model_dir=runs / "bank_a", api_key_file=keys)) as url, httpx.Client(base_url=url) as client:
+        body = {"texts": ["i lost my card"]}
+        for headers in ({}, {"Authorization": "Bearer key-three"}, {"Authorization": "Basic key-one"}, {"Authorization": "Bearer key-one2"}):
+            response = client.post("/v1/predict", json=body, headers=headers)
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+            assert "key-" not in response.text
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-two"}).status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_bad_service_options(runs, tmp_path):
+    with pytest.raises(ModelError, match="nowhere: model folder not found"):
+        create_app(model_dir=tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="models folder not found"):
+        create_app(models_dir=tmp_path / "nowhere")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="empty.txt: no API keys"):
+        create_app(model_dir=runs / "bank_a", api_key_file=tmp_path / "empty.txt")
+    with pytest.raises(ConfigError, match="--max-batch must be >= 1"):
+        create_app(model_dir=runs / "bank_a", max_batch=0)
+
+
+def test_cli_serve_error_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bankintent.cli", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: model folder not found"
