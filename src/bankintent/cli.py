@@ -20,6 +20,7 @@ from bankintent.errors import BankintentError
 
 def train(args: argparse.Namespace) -> None:
     from bankintent.config import resolve_config
+    from bankintent.errors import TrainingInterrupted
     from bankintent.reports import markdown_table, results_row
     from bankintent.training import train as run
 
@@ -31,9 +32,9 @@ def train(args: argparse.Namespace) -> None:
     cfg = resolve_config(args.config, **overrides)
     try:
         metrics = run(cfg)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; checkpoints of finished epochs are in {cfg.output}/checkpoints. "
-              f"Continue with: bankintent train --config {cfg.output}/config.yaml --resume", file=sys.stderr)
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        print(f"\n{exc or 'interrupted'}. Continue with: bankintent train --config {cfg.output}/config.yaml --resume",
+              file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))

@@ -16,3 +16,7 @@ class ConfigError(BankintentError):
 
 class ModelError(BankintentError):
     """A model folder that is missing, incomplete, unsafe or inconsistent."""
+
+
+class TrainingInterrupted(BankintentError):
+    """Training was stopped by a signal after saving a checkpoint; ``--resume`` continues it."""

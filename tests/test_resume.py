@@ -1,0 +1,81 @@
+"""Training survives interruption: SIGKILL mid-epoch then --resume, and Ctrl-C saving a checkpoint."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bankintent import resolve_config, train
+from conftest import tiny_options
+
+EPOCHS = 2
+
+
+def _options(tiny_bert, tiny_data, out: Path) -> dict:
+    # 72 training queries at batch 4: 18 steps an epoch, slow enough to be stopped inside one
+    return tiny_options(tiny_bert, tiny_data, out, epochs=EPOCHS, batch_size=4, early_stopping_patience=5)
+
+
+def _cli_args(options: dict) -> list[str]:
+    args = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        args += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return args
+
+
+def _start(options: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bankintent.cli", "train", "--method", "lora", *_cli_args(options), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(out: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any((out / "checkpoints").glob("checkpoint-*")):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, tiny_data, tmp_path_factory) -> dict:
+    return train(resolve_config(None, method="lora", **_options(tiny_bert, tiny_data, tmp_path_factory.mktemp("ref"))))
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, tiny_data, tmp_path):
+    options = _options(tiny_bert, tiny_data, tmp_path)
+    process = _start(options)
+    _wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (tmp_path / "metrics.json").exists()
+    resumed = _start(options, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_epoch"] == reference["best_epoch"]
+    assert abs(metrics["val_accuracy"] - reference["val_accuracy"]) <= 0.002
+    assert metrics["epochs_run"] == EPOCHS
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, tiny_data, tmp_path):
+    options = _options(tiny_bert, tiny_data, tmp_path)
+    process = _start(options)
+    _wait_for_checkpoint(tmp_path, process)
+    before = {p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "checkpoint saved" in err and f"--config {tmp_path}/config.yaml --resume" in err
+    assert "Traceback" not in err
+    after = {p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
+    assert after - before, "Ctrl-C should add a checkpoint at the step where it stopped"
+    resumed = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--config", str(tmp_path / "config.yaml"), "--resume"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == EPOCHS
