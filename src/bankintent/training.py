@@ -16,6 +16,8 @@ import logging
 import math
 import platform
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from bankintent import probe
 from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig
 from bankintent.data import Examples, Splits, load_splits
-from bankintent.errors import ConfigError
+from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
 from bankintent.modeling import (
@@ -81,6 +83,38 @@ class GradualUnfreezing(TrainerCallback):
             layer = layer_index(name)
             if layer is not None and layer < lowest:
                 parameter.grad = None
+
+
+class SaveOnInterrupt(TrainerCallback):
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, save a checkpoint there and
+    stop; ``train`` then raises ``TrainingInterrupted`` and ``--resume`` continues from that step."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.interrupted:  # a second Ctrl-C stops at once
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.interrupted:  # no evaluation of a partial epoch: it is not a candidate for the best epoch
+            control.should_evaluate = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_output(folder: Path) -> None:
@@ -192,7 +226,8 @@ def train(cfg: TrainConfig) -> dict:
         train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length)
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
-        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
+        interrupt = SaveOnInterrupt()
+        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), interrupt]
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
         trainer = Trainer(
@@ -205,6 +240,8 @@ def train(cfg: TrainConfig) -> dict:
             callbacks=callbacks,
         )
         trainer.train(resume_from_checkpoint=resume_from)
+        if interrupt.interrupted:
+            raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}")
         model = trainer.model
         history = history_from_logs(trainer.state.log_history)
         best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
@@ -278,20 +315,21 @@ def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Spl
 
 def history_from_logs(log_history: list[dict]) -> list[dict]:
     """Per epoch: mean of the training-loss logs of that epoch, validation loss and accuracy."""
-    rows = []
+    rows: dict[int, dict] = {}
     losses: list[float] = []
     for entry in log_history:
         if "loss" in entry:
             losses.append(entry["loss"])
         elif "eval_accuracy" in entry:
-            rows.append({
-                "epoch": int(round(entry["epoch"])),
+            epoch = int(round(entry["epoch"]))
+            rows[epoch] = {  # a resumed run may log an epoch again: the last one counts
+                "epoch": epoch,
                 "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                 "val_loss": entry["eval_loss"],
                 "val_accuracy": entry["eval_accuracy"],
-            })
+            }
             losses = []
-    return rows
+    return sorted(rows.values(), key=lambda row: row["epoch"])
 
 
 def folder_bytes(folder: Path) -> int:
