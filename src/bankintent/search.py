@@ -1,0 +1,198 @@
+"""Bayesian hyperparameter search with Optuna: ``bankintent search --method lpft --trials N --storage
+sqlite:///DIR/study.db``.
+
+Each trial is the command ``bankintent train ... --output DIR/trial-N`` (a child process, as in a
+sweep) with hyperparameters drawn by the TPE sampler: learning rate, LoRA r, alpha and dropout,
+epochs and target modules (attention only, or attention and feed-forward). The objective is
+validation accuracy. After every epoch the child's checkpoint reports the epoch's validation
+accuracy to the study; a trial the median pruner judges poor is stopped there (SIGTERM: the child
+saves a checkpoint and exits) and marked pruned.
+
+The study lives in its SQLite file: running the command again continues it up to ``--trials``
+finished trials; a trial left running by an interrupted search is marked failed and retried with
+the same hyperparameters. At the end ``search.md`` and ``search.json`` give the best trial, the
+importance of each hyperparameter (Optuna's default evaluator) and every trial; the best trial's test accuracy is read
+once, there, and never used by the search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from transformers import AutoConfig
+
+from bankintent.config import read_yaml, resolve_config
+from bankintent.errors import ConfigError
+from bankintent.modeling import resolve_base_model, target_modules_for
+from bankintent.reports import markdown_table
+from bankintent.sweep import train_command
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+TARGETS = ("attention", "attention+ffn")
+
+
+def study_folder(storage: str) -> Path:
+    if not storage.startswith("sqlite:///"):
+        raise ConfigError(f"--storage {storage!r}: expected sqlite:///PATH/study.db")
+    return Path(storage.removeprefix("sqlite:///")).parent
+
+
+def suggest(trial: optuna.Trial, method: str) -> dict:
+    """The search space. LoRA options only for the LoRA methods; epochs >= 1 except for the probe."""
+    options = {"lr": trial.suggest_float("lr", 1e-5, 2e-3, log=True)}
+    if method != "linear-probe":
+        options["epochs"] = trial.suggest_int("epochs", 1, 3)
+    if method in ("lpft", "lora", "lora-unfreeze"):
+        options["lora_r"] = trial.suggest_categorical("lora_r", [4, 8, 16, 32])
+        options["lora_alpha"] = trial.suggest_categorical("lora_alpha", [8, 16, 32, 64])
+        options["lora_dropout"] = trial.suggest_float("lora_dropout", 0.0, 0.2)
+        options["target_modules"] = trial.suggest_categorical("target_modules", list(TARGETS))
+    return options
+
+
+def target_modules(choice: str, base_model: str) -> list[str]:
+    """``attention``: the four attention projections; ``attention+ffn``: those and the feed-forward pair."""
+    names = target_modules_for(AutoConfig.from_pretrained(resolve_base_model(base_model)).model_type)
+    return names[:4] if choice == "attention" else names
+
+
+def _epoch_accuracies(checkpoints: Path) -> dict[int, float]:
+    """Validation accuracy per finished epoch, from the newest checkpoint's trainer_state.json."""
+    states = sorted(checkpoints.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not states:
+        return {}
+    try:
+        history = json.loads(states[-1].read_text())["log_history"]
+    except (OSError, ValueError, KeyError):  # being written right now: read it at the next poll
+        return {}
+    return {int(round(e["epoch"])): e["eval_accuracy"] for e in history if "eval_accuracy" in e}
+
+
+def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
+    """Run one trial's training; report each epoch's validation accuracy; stop it if pruned."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
+    reported: set[int] = set()
+    with open(run_dir / "train.log", "a") as log_file:
+        child = subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:]], stdout=log_file)
+        while child.poll() is None:
+            time.sleep(POLL_SECONDS)
+            for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
+                if epoch in reported:
+                    continue
+                reported.add(epoch)
+                trial.report(accuracy, epoch)
+                if trial.should_prune():
+                    child.send_signal(signal.SIGTERM)  # the child saves a checkpoint and stops
+                    child.wait()
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                    raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
+    if child.returncode != 0 or not (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"trial {trial.number} failed (exit status {child.returncode}); see {run_dir}/train.log")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model folder is kept, the optimizer states not
+    return json.loads((run_dir / "metrics.json").read_text())["val_accuracy"]
+
+
+def _retry_interrupted(study: optuna.Study) -> None:
+    """Trials still RUNNING were left by an interrupted search (one search runs a study at a time):
+    mark them failed and queue their hyperparameters again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+        log.warning("trial %d was interrupted; it runs again with the same hyperparameters", trial.number)
+
+
+def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output: str | Path | None = None,
+               config_file: str | Path | None = None, **overrides) -> dict:
+    """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary."""
+    out = Path(output) if output else study_folder(storage)
+    study_folder(storage).mkdir(parents=True, exist_ok=True)
+    base = resolve_config(config_file, method=method, **overrides)  # validates the options before any trial
+    fixed = {**(read_yaml(config_file) if config_file else {}), "method": method, **overrides}
+    fixed = {k: v for k, v in fixed.items() if v is not None and k not in ("output", "seed")}
+    study = optuna.create_study(
+        study_name=f"bankintent-{method}", storage=storage, load_if_exists=True, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=base.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
+    _retry_interrupted(study)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def objective(trial: optuna.Trial) -> float:
+        options = {**fixed, **suggest(trial, method)}
+        if "target_modules" in options and isinstance(options["target_modules"], str):
+            options["target_modules"] = target_modules(options["target_modules"], base.base_model)
+        run_dir = out / f"trial-{trial.number}"
+        command = train_command(options, base.seed, run_dir)
+        trial.set_user_attr("command", shlex.join(command))
+        trial.set_user_attr("run_dir", str(run_dir))
+        return run_trial(trial, command, run_dir)
+
+    if trials > done:
+        study.optimize(objective, n_trials=trials - done, show_progress_bar=True)
+    return write_summary(study, out, storage)
+
+
+def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:
+        raise ConfigError(f"{storage}: no trial finished yet")
+    best = study.best_trial
+    try:
+        importance = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:  # e.g. a single finished trial
+        log.warning("hyperparameter importance not available: %s", exc)
+        importance = {}
+    best_metrics = json.loads((Path(best.user_attrs["run_dir"]) / "metrics.json").read_text())
+    summary = {
+        "study": study.study_name, "storage": storage,
+        "best_trial": best.number, "best_params": best.params, "best_val_accuracy": best.value,
+        "best_test_accuracy": best_metrics.get("test_accuracy"), "best_command": best.user_attrs["command"],
+        "importance": importance,
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                    "epochs_reported": len(t.intermediate_values)} for t in study.get_trials(deepcopy=False)],
+        "hardware": best_metrics.get("hardware"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search.json").write_text(json.dumps(summary, indent=2))
+    (out / "search.md").write_text(summary_markdown(summary))
+    print(summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    params = sorted({p for t in summary["trials"] for p in t["params"]})
+    rows = [{"Trial": t["number"], "State": t["state"].lower(), "Val Acc": "-" if t["value"] is None else f"{100 * t['value']:.2f}%",
+             "Epochs seen": t["epochs_reported"], **{p: _fmt(t["params"].get(p)) for p in params}} for t in summary["trials"]]
+    importance = [{"Hyperparameter": k, "Importance": f"{v:.3f}"} for k, v in summary["importance"].items()]
+    test = summary["best_test_accuracy"]
+    return "\n\n".join(filter(None, [
+        f"# Hyperparameter search `{summary['study']}`",
+        f"Storage `{summary['storage']}`; objective: validation accuracy; hardware: {summary['hardware']}.",
+        f"Best trial {summary['best_trial']}: validation accuracy {100 * summary['best_val_accuracy']:.2f}%, "
+        + ", ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + ".",
+        f"Test accuracy of the best trial (read once, here): {'-' if test is None else f'{100 * test:.2f}%'}.",
+        f"Command: `{summary['best_command']}`",
+        "## Importance of each hyperparameter (optuna.importance)",
+        markdown_table(importance, ["Hyperparameter", "Importance"]) if importance else "Not available (needs at least two finished trials).",
+        "## Trials",
+        markdown_table(rows, list(rows[0])),
+    ])) + "\n"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
