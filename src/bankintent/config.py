@@ -23,7 +23,7 @@ METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe")
 # head + LoRA); `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the
 # default because the embedded base model is a mean-pooling sentence encoder.
 RECIPES: dict[str, dict[str, Any]] = {
-    "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 2, "lora_r": 8, "lora_alpha": 32},
+    "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
     "lora": {"pooling": "cls", "lr": 1e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
     "full": {"pooling": "cls", "lr": 5e-5, "epochs": 4},
     "lora-unfreeze": {"pooling": "cls", "lr": 1e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
@@ -41,7 +41,7 @@ class TrainConfig:
     text_column: str = "text"
     label_column: str = "category"
     pooling: str = "mean"  # "mean" (mean-pooled, L2-normalised embeddings) or "cls" (the model's own head)
-    epochs: int = 2
+    epochs: int = 4
     lr: float = 5e-4
     batch_size: int = 32
     eval_batch_size: int = 128
