@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import psutil
 from tqdm.auto import tqdm
 
 from bankintent.data import iter_queries, locate
@@ -47,7 +49,7 @@ def free_port() -> int:
 
 @contextmanager
 def service(model_dir: str, extra: list[str]):
-    """``bankintent serve`` in a child process; yields its URL once /readyz answers."""
+    """``bankintent serve`` in a child process; yields its URL and process once /readyz answers."""
     port = free_port()
     log = tempfile.TemporaryFile()
     command = [sys.executable, "-m", "bankintent.cli", "serve", model_dir, "--port", str(port), *extra]
@@ -65,7 +67,7 @@ def service(model_dir: str, extra: list[str]):
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        yield url
+        yield url, psutil.Process(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -73,7 +75,7 @@ def service(model_dir: str, extra: list[str]):
 
 async def drive(url: str, texts: list[str], clients: int, requests: int, model: str | None) -> dict:
     """``clients`` concurrent closed-loop clients sharing ``requests`` requests; latency of each."""
-    latencies, errors = [], 0
+    latencies, failures = [], collections.Counter()
     counter = itertools.count()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     body = {"top_k": 3} | ({"model": model} if model else {})
@@ -81,37 +83,55 @@ async def drive(url: str, texts: list[str], clients: int, requests: int, model: 
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
 
             async def one_client():
-                nonlocal errors
                 while (i := next(counter)) < requests:
                     start = time.perf_counter()
                     try:
                         response = await client.post("/v1/predict", json=body | {"texts": [texts[i % len(texts)]]})
-                        ok = response.status_code == 200 and len(response.json()) == 1
-                    except httpx.HTTPError:
-                        ok = False
+                        if response.status_code != 200 or len(response.json()) != 1:
+                            failures[f"HTTP {response.status_code}"] += 1
+                    except httpx.HTTPError as exc:
+                        failures[type(exc).__name__] += 1
                     latencies.append(time.perf_counter() - start)
-                    errors += not ok
                     bar.update()
 
             start = time.perf_counter()
             await asyncio.gather(*(one_client() for _ in range(clients)))
             elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": requests, "errors": errors, "p50_ms": float(np.percentile(ms, 50)),
+    return {"clients": clients, "requests": requests, "errors": sum(failures.values()), "error_kinds": dict(failures), "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": requests / elapsed}
 
 
-def run(url: str, args, texts: list[str]) -> list[dict]:
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return float("nan")
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def run(url: str, args, texts: list[str], server: psutil.Process | None = None) -> list[dict]:
+    """One row per concurrency level; with the server's process at hand, its CPU time per request."""
     asyncio.run(drive(url, texts, max(args.clients), args.warmup, args.model))  # warm up: connections, allocator, caches
-    return [asyncio.run(drive(url, texts, clients, args.requests, args.model)) for clients in args.clients]
+    rows = []
+    for clients in args.clients:
+        server_before, client_before = cpu_seconds(server), cpu_seconds(psutil.Process())
+        row = asyncio.run(drive(url, texts, clients, args.requests, args.model))
+        row["server_cpu_ms_per_request"] = (cpu_seconds(server) - server_before) * 1000 / args.requests
+        row["client_cpu_ms_per_request"] = (cpu_seconds(psutil.Process()) - client_before) * 1000 / args.requests
+        rows.append(row)
+    return rows
 
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print("| clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s |")
-    print("|--:|--:|--:|--:|--:|--:|--:|")
+    print("| clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s | server CPU ms/req | client CPU ms/req |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests_per_s']:.0f} |")
+        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r['requests_per_s']:.0f} | {r['server_cpu_ms_per_request']:.2f} | {r['client_cpu_ms_per_request']:.2f} |")
+    for r in rows:
+        if r["errors"]:
+            print(f"errors with {r['clients']} clients: {r['error_kinds']}")
 
 
 def main() -> None:
@@ -133,12 +153,14 @@ def main() -> None:
     if args.url:
         rows, where = run(args.url, args, texts), args.url
     else:
-        with service(args.dir, extra) as url:
-            rows, where = run(url, args, texts), f"bankintent serve {args.dir} {' '.join(extra)}".strip()
+        with service(args.dir, extra) as (url, server):
+            rows, where = run(url, args, texts, server), f"bankintent serve {args.dir} {' '.join(extra)}".strip()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients")
+        load = os.getloadavg()[0]
+    print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients "
+                      f"(load average {load:.1f} at the end)")
 
 
 if __name__ == "__main__":
