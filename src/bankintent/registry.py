@@ -118,6 +118,7 @@ class Registry:
     model_dir: str | Path | None = None
     models_dir: str | Path | None = None
     rescan_s: float = 1.0
+    threads: int | None = None  # ONNX Runtime's intra-op threads (PyTorch's are set process-wide)
     _listing: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
     _scanned: float = field(default=float("-inf"), init=False, repr=False)
     _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
@@ -194,7 +195,7 @@ class Registry:
         stamp = _stamp(folder)
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)
-            return ServedModel(name, Predictor.load(folder), stamp)
+            return ServedModel(name, Predictor.load(folder, threads=self.threads), stamp)
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling)
         base = self._bases.get(key)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Iterator
 
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -339,7 +340,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     if max_batch < 1 or max_wait_ms < 0:
         raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
     auth = [Depends(bearer_auth(read_api_keys(api_key_file)))] if api_key_file else []
-    registry = Registry(model_dir=model_dir, models_dir=models_dir)
+    registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads())
     loaded = registry.load_all()
     log.info("serving %s", ", ".join(loaded) or f"nothing yet (no model folders in {models_dir})")
     service = Service(registry, max_batch, max_wait_ms)
@@ -403,8 +404,16 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     return app
 
 
+def inference_threads() -> int:
+    """Threads for the forward passes: $OMP_NUM_THREADS if set, else every core but one, which is
+    left to the event loop (parsing requests, JSON): on a 2-core machine two inference threads and
+    the HTTP work thrash one another."""
+    return int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1))
+
+
 def app_from_environment() -> FastAPI:
     """The application of each uvicorn worker process (``--workers N``); options come from the parent."""
+    torch.set_num_threads(inference_threads())
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
 
 
@@ -412,17 +421,20 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
           max_batch: int, max_wait_ms: float) -> None:
     import uvicorn
 
+    threads = inference_threads()
+    torch.set_num_threads(threads)
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms)
     settings = dict(host=host, port=port, access_log=False, log_level="info")
     if workers <= 1:
         app = create_app(**options)
-        print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs)", flush=True)
+        print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs; {threads} inference thread(s))", flush=True)
         uvicorn.run(app, **settings)
         return
     Registry(model_dir=model_dir, models_dir=models_dir)  # fails here, once, on a missing folder
     if api_key_file:
         read_api_keys(api_key_file)
     os.environ[ENVIRONMENT] = json.dumps(options)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads // workers)))  # the workers share the cores
     print(f"bankintent: serving on http://{host}:{port} with {workers} worker processes", flush=True)
     uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, **settings)
 
