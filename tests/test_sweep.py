@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from bankintent.errors import ConfigError
+from bankintent.reports import aggregate_runs, results_tables
 from bankintent.sweep import read_sweep, run_sweep
 
 
@@ -16,33 +17,46 @@ def sweep_file(path, tiny_bert, tiny_data, runs):
 
 
 def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path):
-    runs = [
-        {"name": "linear-probe", "tables": ["methods"], "seeds": 2, "options": {"method": "linear-probe"}},
-        {"name": "lora lr=1e-3 r=4 alpha=8", "tables": ["methods", "hyperparameters"],
-         "options": {"method": "lora", "lr": 1e-3, "lora_r": 4, "lora_alpha": 8}},
-    ]
+    runs = [{"name": "probe C=3", "tables": ["methods", "hyperparameters"], "seeds": 2,
+             "options": {"method": "linear-probe", "probe_c": [3.0], "lr": 1e-3}}]
     config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
     out = tmp_path / "sweep"
     results = run_sweep(config, out)
 
-    assert list(zip(results.name, results.seed)) == [("linear-probe", 42), ("linear-probe", 43), ("lora lr=1e-3 r=4 alpha=8", 42)]
+    assert list(zip(results.name, results.seed)) == [("probe C=3", 42), ("probe C=3", 43)]
     csv = pd.read_csv(out / "results.csv")
     assert {"method", "seed", "val_accuracy", "test_accuracy", "command", "hardware"} <= set(csv.columns)
     assert csv.test_accuracy.between(0, 1).all()
-    assert csv.command[2].startswith("bankintent train ") and "--lora-r 4" in csv.command[2] and "--seed 42" in csv.command[2]
-    probe = csv[csv.method == "linear-probe"]
-    mean, std = 100 * probe.test_accuracy.mean(), 100 * probe.test_accuracy.std(ddof=1)
+    command = csv.command[1].split(" --")
+    assert command[0] == "bankintent train" and csv.seed[1] == 43
+    assert {"method linear-probe", "probe-c 3.0", "lr 0.001", "seed 43", f"output {out}/runs/probe_C=3/seed-43"} <= set(command)
+    mean, std = 100 * csv.test_accuracy.mean(), 100 * csv.test_accuracy.std(ddof=1)
 
     md = (out / "results.md").read_text()
     assert "## Method comparison" in md and "## LoRA hyperparameters" in md
-    assert f"| linear-probe | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
-    assert "| lora lr=1e-3 r=4 alpha=8 | 0.001 | 4 | 8 | 1 (single seed) |" in md
-    assert "bankintent sweep --config" in md
+    assert f"| probe C=3 | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
+    assert "| probe C=3 | 0.001 | 8 | 32 | 2 |" in md
+    assert f"bankintent sweep --config {config} --output {out}" in md
 
-    first = (out / "runs" / "linear-probe" / "seed-42" / "metrics.json").stat().st_mtime_ns
+    first = (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns
     again = run_sweep(config, out)  # everything finished: nothing is trained again
-    assert (out / "runs" / "linear-probe" / "seed-42" / "metrics.json").stat().st_mtime_ns == first
+    assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first
     assert again.equals(results)
+
+
+def test_tables_mean_std_single_seed_and_deltas():
+    results = pd.DataFrame([
+        {"name": n, "tables": t, "baseline": b, "method": "lpft", "seed": s, "val_accuracy": v, "test_accuracy": a,
+         "test_macro_f1": a, "trainable_pct": 1.5, "adapter_bytes": 1.4e6, "train_seconds": 120, "lr": 5e-4,
+         "lora_r": 8, "lora_alpha": 32, "hardware": "CPU", "note": ""}
+        for n, t, b, s, v, a in [("lpft", "methods", "", 42, 0.94, 0.93), ("lpft", "methods", "", 43, 0.92, 0.95),
+                                 ("lpft+x", "improvements", "lpft", 43, 0.93, 0.96), ("full", "methods", "", 42, 0.9, 0.9)]
+    ])
+    tables = results_tables(aggregate_runs(results), {"lpft": 3, "lpft+x": 1, "full": 1})
+    assert "| lpft | 2 of 3 | 93.00 ± 1.41% | 94.00 ± 1.41% |" in tables["methods"]
+    assert "| full | 1 (single seed) | 90.00% | 90.00% |" in tables["methods"]
+    assert "| lpft+x | lpft | 1 (single seed) | 93.00% | 96.00% | +1.00 pts | +1.00 pts |" in tables["improvements"]
+    assert "hyperparameters" not in tables
 
 
 def test_sweep_file_errors_name_the_run(tiny_bert, tiny_data, tmp_path):
