@@ -22,8 +22,6 @@ import logging
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from bankintent.config import read_yaml, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.reports import markdown_table
-from bankintent.sweep import train_command
+from bankintent.sweep import start_run, train_command
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +80,20 @@ def _epoch_accuracies(checkpoints: Path) -> dict[int, float]:
 
 def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
     """Run one trial's training; report each epoch's validation accuracy; stop it if pruned."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
     reported: set[int] = set()
-    with open(run_dir / "train.log", "a") as log_file:
-        child = subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:]], stdout=log_file)
-        while child.poll() is None:
-            time.sleep(POLL_SECONDS)
-            for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
-                if epoch in reported:
-                    continue
-                reported.add(epoch)
-                trial.report(accuracy, epoch)
-                if trial.should_prune():
-                    child.send_signal(signal.SIGTERM)  # the child saves a checkpoint and stops
-                    child.wait()
-                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-                    raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
+    child = start_run(command, run_dir)
+    while child.poll() is None:
+        time.sleep(POLL_SECONDS)
+        for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
+            if epoch in reported:
+                continue
+            reported.add(epoch)
+            trial.report(accuracy, epoch)
+            if trial.should_prune():
+                child.send_signal(signal.SIGTERM)  # the child saves a checkpoint and stops
+                child.wait()
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
     if child.returncode != 0 or not (run_dir / "metrics.json").is_file():
         raise ConfigError(f"trial {trial.number} failed (exit status {child.returncode}); see {run_dir}/train.log")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model folder is kept, the optimizer states not

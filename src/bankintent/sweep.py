@@ -128,13 +128,15 @@ def train_command(options: dict[str, Any], seed: int, output: Path) -> list[str]
     return args
 
 
-def _run_one(command: list[str], run_dir: Path) -> int:
-    if (run_dir / "checkpoints").is_dir() and not (run_dir / "metrics.json").is_file():
-        command = [*command, "--resume"]
+def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subprocess.Popen:
+    """Start ``command`` (``bankintent train ...``) as a child process and record it in
+    ``run_dir/command.txt``; the child's log lines go to ``run_dir/train.log``, its progress bars to
+    the terminal."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
     with open(run_dir / "train.log", "a") as log_file:
-        # the child's progress bars go to the terminal; its log lines are kept beside the run
-        return subprocess.run([sys.executable, "-m", "bankintent.cli", *command[1:]], stdout=log_file).returncode
+        return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], *(["--resume"] if resume else [])],
+                                stdout=log_file)
 
 
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None) -> pd.DataFrame:
@@ -153,10 +155,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None) 
             progress.set_postfix_str(f"{run.name} seed {seed}")
             if (run_dir / "metrics.json").is_file():
                 continue
-            command = train_command(run.options, seed, run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-            if _run_one(command, run_dir) != 0:
+            resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
+            if start_run(train_command(run.options, seed, run_dir), run_dir, resume).wait() != 0:
                 failed.append(f"{run.name} seed {seed} (see {run_dir}/train.log)")
                 log.error("run %s seed %d failed; see %s/train.log", run.name, seed, run_dir)
             write_results(out, runs, sweep_command)
