@@ -100,3 +100,17 @@ def test_unknown_augmentation_is_a_config_error(tiny_bert, tiny_data, tmp_path):
     cfg = resolve_config(None, augment="back-translation", **tiny_options(tiny_bert, tiny_data, tmp_path))
     with pytest.raises(ConfigError, match="augment='back-translation' is not known"):
         prepare_splits(load_splits(cfg.data), cfg, {})
+
+
+def test_a_model_trained_with_normalisation_normalises_at_prediction(tiny_bert, tiny_data, tmp_path):
+    import numpy as np
+
+    from bankintent import Predictor, train
+
+    train(resolve_config(None, method="linear-probe", normalize_entities=True, **tiny_options(tiny_bert, tiny_data, tmp_path)))
+    assert json.loads((tmp_path / "adapter" / "bankintent.json").read_text())["preprocessing"] == {"normalize_entities": True}
+    predictor = Predictor.load(tmp_path)
+    raw, placeholders, other = predictor.logits(["top up of £25 on 3rd of May failed", "top up of <CURRENCY> <AMOUNT> on <DATE> failed",
+                                                 "top up of failed"])
+    np.testing.assert_allclose(raw, placeholders, rtol=1e-5)
+    assert not np.allclose(raw, other)
