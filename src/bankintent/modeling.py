@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from bankintent.errors import ModelError
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
+OOD_FILE = "ood.safetensors"  # the out-of-scope score's statistics (class centroids, whitening matrix)
 
 # LoRA target modules per architecture (the original study's choice: attention and feed-forward).
 TARGET_MODULES = {
@@ -76,7 +78,10 @@ class ModelSpec:
     lora: bool = False
     temperature: float = 1.0
     preprocessing: dict = field(default_factory=dict)
+    oos_score: str | None = None  # the default out-of-scope score (bankintent.ood.SCORES); None: no fallback
+    oos_thresholds: dict = field(default_factory=dict)  # score name -> threshold chosen on validation
     format_version: int = FORMAT_VERSION
+    ood: dict = field(default_factory=dict, repr=False)  # arrays for the OOS scores, kept in OOD_FILE
 
 
 class MeanPoolClassifier(nn.Module):
@@ -161,23 +166,15 @@ def layer_index(parameter_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
-    """Write the model folder atomically: everything goes to ``<folder>.partial`` (the COMPLETE marker
-    last, after an fsync), which then replaces ``folder``. A reader sees the old folder, the new one or
-    none, never half of one."""
+@contextmanager
+def atomic_folder(folder: Path):
+    """Yield ``<folder>.partial`` to write into; then fsync its files, write the COMPLETE marker last
+    and let it replace ``folder``. A reader sees the old folder, the new one or none, never half of one."""
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if isinstance(model, PeftModel):
-        # record the portable name (a hub id) rather than the local folder it was resolved to
-        model.peft_config["default"].base_model_name_or_path = spec.base_model
-        model.save_pretrained(partial, save_embedding_layers=False)
-    else:
-        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, partial / "model.safetensors")
-    (partial / "labels.json").write_text(json.dumps(spec.labels, indent=1))
-    (partial / "bankintent.json").write_text(json.dumps({k: v for k, v in asdict(spec).items() if k != "labels"}, indent=1))
+    yield partial
     for path in partial.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -185,6 +182,28 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
+
+
+def write_spec(spec: ModelSpec, folder: Path) -> None:
+    """``labels.json``, ``bankintent.json`` and, where the spec has them, the OOS statistics."""
+    (folder / "labels.json").write_text(json.dumps(spec.labels, indent=1))
+    values = {k: v for k, v in asdict(spec).items() if k not in ("labels", "ood")}
+    (folder / "bankintent.json").write_text(json.dumps(values, indent=1))
+    if spec.ood:
+        save_file({k: torch.as_tensor(v).contiguous() for k, v in spec.ood.items()}, folder / OOD_FILE)
+
+
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
+    """Write the model folder atomically (``atomic_folder``)."""
+    with atomic_folder(folder) as partial:
+        if isinstance(model, PeftModel):
+            # record the portable name (a hub id) rather than the local folder it was resolved to
+            model.peft_config["default"].base_model_name_or_path = spec.base_model
+            model.save_pretrained(partial, save_embedding_layers=False)
+        else:
+            tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(tensors, partial / "model.safetensors")
+        write_spec(spec, partial)
 
 
 def read_spec(folder: Path) -> ModelSpec:
@@ -196,6 +215,8 @@ def read_spec(folder: Path) -> ModelSpec:
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")
     values = json.loads((folder / "bankintent.json").read_text())
     values["labels"] = json.loads((folder / "labels.json").read_text())
+    if (folder / OOD_FILE).is_file():
+        values["ood"] = {k: v.numpy() for k, v in load_file(folder / OOD_FILE).items()}
     return ModelSpec(**values)
 
 

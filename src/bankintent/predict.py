@@ -1,24 +1,41 @@
 """Prediction: ``Predictor.load(DIR).predict(["I lost my debit card"])``.
 
-``DIR`` is a training run's output folder (its ``adapter/`` is used) or a model folder itself. LoRA
-weights are merged into the base model at load time, so inference costs what the bare model costs.
+``DIR`` is a training run's output folder (its ``adapter/`` is used), a model folder, or a folder
+written by ``bankintent export``: ``Predictor.load`` is the one entry point for every backend.
+
+- PyTorch: LoRA weights are merged into the base model at load time, so inference costs what the
+  bare model costs.
+- ONNX Runtime: a folder with ``model.onnx`` (fp32 or int8), ``tokenizer.json`` and the labels.
+
+Both backends return the logits and the classifier head's input (the query embedding), which the
+Mahalanobis out-of-scope score needs. Queries are tokenized by the Rust ``tokenizers`` library,
+grouped by length and padded to the longest of each batch only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+import tokenizers
 import torch
+from peft import PeftModel
+from torch import nn
+from tqdm.auto import tqdm
 
-from bankintent.errors import DataError
-from bankintent.modeling import ModelSpec, encode_batches, load_model, load_tokenizer
+from bankintent import ood
+from bankintent.errors import ConfigError, DataError, ModelError
+from bankintent.modeling import MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import preprocess
 
 log = logging.getLogger(__name__)
 
 MAX_CHARS = 2000  # longer queries are truncated (with a warning); the model sees max_length tokens anyway
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+OUT_OF_SCOPE = "out_of_scope"
 
 
 def model_folder(path: str | Path) -> Path:
@@ -48,41 +65,167 @@ def check_texts(texts) -> list[str]:
     return clean
 
 
-class Predictor:
-    def __init__(self, model: torch.nn.Module, tokenizer, spec: ModelSpec, batch_size: int = 64):
-        self.model, self.tokenizer, self.spec, self.batch_size = model, tokenizer, spec, batch_size
+def fast_tokenizer(tokenizer, max_length: int) -> tokenizers.Tokenizer:
+    """A private copy of the Rust tokenizer behind ``tokenizer`` (a Hugging Face tokenizer or a
+    ``tokenizers.Tokenizer``) that truncates to ``max_length`` and pads to the longest of a batch."""
+    rust = tokenizer if isinstance(tokenizer, tokenizers.Tokenizer) else tokenizer.backend_tokenizer
+    padding = rust.padding or {"pad_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token}
+    copy = tokenizers.Tokenizer.from_str(rust.to_str())
+    copy.enable_truncation(max_length)
+    copy.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"])
+    return copy
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The classification layer whose input is the query embedding."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = base.head if isinstance(base, MeanPoolClassifier) else getattr(base, "classifier", None)
+    if head is None:
+        raise ModelError(f"{type(base).__name__}: no classifier layer found")
+    return head
+
+
+class WithFeatures(nn.Module):
+    """``model(input_ids, attention_mask)`` -> (logits, embedding), the embedding being the classifier
+    layer's input (caught by a forward pre-hook, so every architecture and PEFT wrapper works)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.head = model, head_module(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        caught = []
+        hook = self.head.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        finally:
+            hook.remove()
+        features = caught[-1]
+        return logits, features[:, 0] if features.dim() == 3 else features
+
+
+class TorchModel:
+    """The PyTorch backend: numpy token ids in, numpy (logits, embeddings) out."""
+
+    def __init__(self, model: nn.Module):
+        self.module = WithFeatures(model).eval()
         self.device = next(model.parameters()).device
 
+    @torch.inference_mode()
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.module(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device))
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+
+class OnnxModel:
+    """The ONNX Runtime backend (CPU). ``threads``: intra-op threads (default: every core)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise ModelError(f"{path}: cannot load the ONNX model ({str(exc).splitlines()[0]})") from None
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(["logits", "features"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return logits, features
+
+
+class Predictor:
+    """Intents, calibrated confidences and the out-of-scope decision for queries.
+
+    ``model`` is a PyTorch module (merged, or a PEFT model) or an ``OnnxModel``. The out-of-scope
+    decision uses ``oos_score`` (default: the model's, chosen at training) with ``oos_threshold``
+    (default: the one chosen on validation for that score); with no threshold nothing is out of scope.
+    """
+
+    def __init__(self, model, tokenizer, spec: ModelSpec, batch_size: int = 64,
+                 oos_score: str | None = None, oos_threshold: float | None = None):
+        self.model, self.spec, self.batch_size = model, spec, batch_size
+        self.backend = model if isinstance(model, OnnxModel) else TorchModel(model)
+        self.tokenizer = fast_tokenizer(tokenizer, spec.max_length)
+        self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
+        if self.oos_score is not None and self.oos_score not in ood.SCORES:
+            raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
+        self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
+
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, batch_size: int = 64) -> "Predictor":
-        model, spec = load_model(model_folder(path))
+    def load(cls, path: str | Path, device: str | None = None, batch_size: int = 64, threads: int | None = None,
+             oos_score: str | None = None, oos_threshold: float | None = None) -> "Predictor":
+        """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only."""
+        folder = model_folder(path)
+        options = dict(batch_size=batch_size, oos_score=oos_score, oos_threshold=oos_threshold)
+        if (folder / ONNX_FILE).is_file():
+            spec = read_spec(folder)
+            tokenizer = tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+            return cls(OnnxModel(folder / ONNX_FILE, threads), tokenizer, spec, **options)
+        model, spec = load_model(folder)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), load_tokenizer(spec.base_model), spec, batch_size)
+        return cls(model.to(device), load_tokenizer(spec.base_model), spec, **options)
 
     @property
     def labels(self) -> list[str]:
         return self.spec.labels
 
-    @torch.inference_mode()
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask (int64), padded to the longest text."""
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask
+
+    def outputs(self, texts: list[str], desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, embeddings) of ``texts``, computed in batches of texts of similar length; with a
+        progress bar titled ``desc`` if given."""
         texts = [preprocess(t, self.spec.preprocessing) for t in check_texts(texts)]
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for positions, batch in encode_batches(self.tokenizer, texts, self.spec.max_length, self.batch_size):
-            batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            out[positions] = self.model(**batch).logits.float().cpu().numpy()
-        return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        logits, features = [], []
+        with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch_logits, batch_features = self.backend(*self.encode([texts[i] for i in order[start : start + self.batch_size]]))
+                logits.append(batch_logits)
+                features.append(batch_features)
+                bar.update(len(batch_logits))
+        inverse = np.argsort(order)
+        return np.concatenate(logits)[inverse], np.concatenate(features)[inverse]
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.outputs(texts)[0]
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts) / self.spec.temperature)
 
+    def oos_scores(self, probabilities: np.ndarray, features: np.ndarray, name: str | None = None) -> np.ndarray:
+        """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
+        return ood.score(name or self.oos_score or "msp", probabilities, features, self.spec.ood)
+
     def predict(self, texts: list[str] | str, top_k: int = 3) -> list[dict]:
-        """One dict per text: ``text``, ``intent``, ``confidence``, ``top_k`` ([{intent, confidence}])."""
+        """One dict per text: ``text``, ``intent`` (``out_of_scope`` when the out-of-scope score crosses
+        the threshold), ``confidence`` (calibrated, of the top intent), ``out_of_scope`` and ``top_k``
+        ([{intent, confidence}], the top intents even for an out-of-scope query)."""
         texts = check_texts(texts)
-        probs = self.probabilities(texts)
+        logits, features = self.outputs(texts)
+        probs = softmax(logits / self.spec.temperature)
+        if self.oos_threshold is None:
+            outside = np.zeros(len(texts), dtype=bool)
+        else:
+            outside = self.oos_scores(probs, features) > self.oos_threshold
         top_k = max(1, min(top_k, len(self.labels)))
         results = []
-        for text, row in zip(texts, probs):
+        for text, row, out in zip(texts, probs, outside):
             order = np.argsort(-row)[:top_k]
             ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in order]
-            results.append({"text": text, "intent": ranked[0]["intent"], "confidence": ranked[0]["confidence"], "top_k": ranked})
+            results.append({
+                "text": text,
+                "intent": OUT_OF_SCOPE if out else ranked[0]["intent"],
+                "confidence": ranked[0]["confidence"],
+                "out_of_scope": bool(out),
+                "top_k": ranked,
+            })
         return results

@@ -1,0 +1,93 @@
+"""Out-of-scope (OOS) scores: how unlike the 77 intents a query is. Higher means more out of scope.
+
+- ``msp``: 1 - the calibrated maximum softmax probability (Hendrycks & Gimpel, 2017).
+- ``mahalanobis``: the squared Mahalanobis distance of the query's embedding (the classifier head's
+  input) to the nearest intent centroid, with one covariance shared by all intents, estimated with
+  Ledoit-Wolf shrinkage (Lee et al., 2018). Centroids and the whitening matrix are fitted on the
+  training split and stored in the model folder (``ood.safetensors``).
+
+A query is out of scope when its score exceeds a threshold, chosen on the validation split so that a
+target share of in-scope queries (the coverage, default 0.95) stays in scope. The probe set
+(``resources/out_of_scope.txt``: unrelated questions, chit-chat and banking requests outside the
+Banking77 intents, written for this project and never trained on) measures how many out-of-scope
+queries the threshold catches.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+
+from bankintent.errors import ConfigError, ModelError
+
+SCORES = ("msp", "mahalanobis")
+COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+
+
+def probe_set() -> list[str]:
+    """The out-of-scope probe queries (one a line; ``#`` lines are comments)."""
+    text = resources.files("bankintent").joinpath("resources/out_of_scope.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
+    """Intent centroids and a whitening matrix ``W`` (``W @ W.T`` = the shared precision matrix), both
+    whitened so that a distance is a plain squared Euclidean distance after ``features @ W``."""
+    features = features.astype(np.float64)
+    centroids = np.stack([features[labels == c].mean(0) if (labels == c).any() else np.zeros(features.shape[1])
+                          for c in range(num_labels)])
+    covariance = LedoitWolf().fit(features - centroids[labels]).covariance_
+    whitening = np.linalg.cholesky(np.linalg.inv(covariance))
+    return {"centroids": (centroids @ whitening).astype(np.float32), "whitening": whitening.astype(np.float32)}
+
+
+def mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Squared Mahalanobis distance of each row of ``features`` to its nearest intent centroid."""
+    z = features.astype(np.float32) @ stats["whitening"]
+    centroids = stats["centroids"]
+    distances = (z * z).sum(1, keepdims=True) - 2 * z @ centroids.T + (centroids * centroids).sum(1)
+    return np.maximum(distances.min(1), 0.0)
+
+
+def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """The OOS score ``name`` of each query (higher: more out of scope)."""
+    if name == "msp":
+        return 1.0 - probabilities.max(-1)
+    if name == "mahalanobis":
+        if not stats:
+            raise ModelError("the model folder has no ood.safetensors; the mahalanobis score needs it (retrain, or use msp)")
+        return mahalanobis(features, stats)
+    raise ConfigError(f"unknown out-of-scope score {name!r}; choose one of {', '.join(SCORES)}")
+
+
+def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> float:
+    """The threshold that keeps ``coverage`` of the given in-scope queries in scope."""
+    if not 0 < coverage <= 1:
+        raise ConfigError(f"oos_coverage must be in (0, 1], got {coverage}")
+    return float(np.quantile(in_scope_scores, coverage, method="higher"))
+
+
+def auroc(in_scope_scores: np.ndarray, out_of_scope_scores: np.ndarray) -> float:
+    """Area under the ROC curve of telling out-of-scope from in-scope queries by the score (1: perfect)."""
+    truth = np.r_[np.zeros(len(in_scope_scores)), np.ones(len(out_of_scope_scores))]
+    return float(roc_auc_score(truth, np.r_[in_scope_scores, out_of_scope_scores]))
+
+
+def coverage_curve(scores: np.ndarray, correct: np.ndarray, probe_scores: np.ndarray,
+                   coverages=COVERAGES) -> list[dict]:
+    """Rows of (coverage, threshold, accuracy on the queries kept, share of the probe set flagged)."""
+    rows = []
+    for coverage in coverages:
+        threshold = threshold_for_coverage(scores, coverage)
+        kept = scores <= threshold
+        rows.append({
+            "coverage": coverage,
+            "threshold": threshold,
+            "kept": float(kept.mean()),
+            "accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+            "probe_recall": float((probe_scores > threshold).mean()),
+        })
+    return rows

@@ -1,0 +1,107 @@
+"""Backends: merged PyTorch and ONNX Runtime (fp32, int8) exports predict what the PyTorch model
+predicts, load through ``Predictor.load`` and fail with one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import INTENTS, tiny_options
+
+import bankintent
+from bankintent.errors import ConfigError, ModelError
+from bankintent.export import export
+from bankintent.predict import OnnxModel, Predictor
+
+QUERIES = [phrase for phrases in INTENTS.values() for phrase in phrases] + [
+    "hello, my top-up failed again yesterday evening and I would like to know why", "rate?"]
+
+
+def decisions(results: list[dict]) -> list[list[str]]:
+    """The ranked intents (the out-of-scope flag is checked through the features: a query sitting
+    exactly on the threshold may flip on a last-digit difference)."""
+    return [[t["intent"] for t in r["top_k"]] for r in results]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, tiny_distilbert, tiny_data, tmp_path_factory):
+    """A LoRA run on mean-pooled BERT (lpft) and one on DistilBERT's own classification head (lora)."""
+    out = tmp_path_factory.mktemp("export_runs")
+    bankintent.train(**tiny_options(tiny_bert, tiny_data, out / "bert", method="lpft", lr=5e-3))
+    bankintent.train(**tiny_options(tiny_distilbert, tiny_data, out / "distilbert", method="lora", lr=5e-3))
+    return {"bert": out / "bert", "distilbert": out / "distilbert"}
+
+
+def test_onnx_fp32_matches_pytorch(runs, tmp_path):
+    for name, run in runs.items():
+        torch_predictor = Predictor.load(run)
+        folder = export(run, tmp_path / name, format="onnx")
+        onnx_predictor = Predictor.load(folder)
+        assert isinstance(onnx_predictor.model, OnnxModel)
+        assert sorted(p.name for p in folder.iterdir()) == ["COMPLETE", "bankintent.json", "export.json", "labels.json",
+                                                            "model.onnx", "ood.safetensors", "tokenizer.json"]
+        expected, features = torch_predictor.outputs(QUERIES)
+        logits, onnx_features = onnx_predictor.outputs(QUERIES)
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+        np.testing.assert_allclose(onnx_features, features, atol=1e-4)
+        assert decisions(onnx_predictor.predict(QUERIES, top_k=3)) == decisions(torch_predictor.predict(QUERIES, top_k=3))
+
+
+def test_onnx_graph_is_fused_and_has_dynamic_axes(runs, tmp_path):
+    graph = onnx.load(str(export(runs["bert"], tmp_path / "onnx") / "model.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
+    assert dims == [["batch", "sequence"], ["batch", "sequence"]]
+    assert [o.name for o in graph.output] == ["logits", "features"]
+
+
+def test_int8_quantizes_the_encoder_and_keeps_the_head_float(runs, tmp_path):
+    fp32 = export(runs["bert"], tmp_path / "fp32")
+    int8 = export(runs["bert"], tmp_path / "int8", quantize="int8")
+    nodes = onnx.load(str(int8 / "model.onnx")).graph.node
+    assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in nodes) >= 8
+    assert any(n.name.startswith("/model/head/") and n.op_type in ("MatMul", "Gemm") for n in nodes)
+    # a random tiny model has near-tied logits: compare values, not only the winner
+    diff = np.abs(Predictor.load(int8).logits(QUERIES) - Predictor.load(fp32).logits(QUERIES))
+    assert diff.max() < 0.05
+
+
+def test_merged_folder_loads_without_peft_and_predicts_the_same(runs, tmp_path):
+    run = runs["distilbert"]
+    folder = export(run, tmp_path / "merged", format="merged")
+    assert not (folder / "adapter_config.json").exists()
+    assert not bankintent.modeling.read_spec(folder).lora
+    np.testing.assert_allclose(Predictor.load(folder).logits(QUERIES), Predictor.load(run).logits(QUERIES), atol=1e-5)
+
+
+def test_export_errors(runs, tmp_path):
+    with pytest.raises(ModelError, match="model folder not found"):
+        export(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(ConfigError, match="needs --format onnx"):
+        export(runs["bert"], tmp_path / "out", format="merged", quantize="int8")
+    with pytest.raises(ConfigError, match="must differ"):
+        export(runs["bert"], runs["bert"] / "adapter")
+    broken = export(runs["bert"], tmp_path / "broken")
+    (broken / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot load the ONNX model"):
+        Predictor.load(broken)
+
+
+def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, "-m", "bankintent.cli", "export", str(runs["bert"]), "--output", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"exported to {out}" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "bankintent.cli", "predict", str(out), "i lost my card", "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert '"out_of_scope"' in done.stdout
+    done = subprocess.run([sys.executable, "-m", "bankintent.cli", "export", str(tmp_path / "nope"), "--output", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: ") and "model folder not found" in done.stderr
