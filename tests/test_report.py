@@ -65,7 +65,7 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
 
 
 def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="neither a training run"):
+    with pytest.raises(ConfigError, match="neither a training run .no metrics.json. nor a sweep .no sweep.yaml."):
         write_report([tmp_path], tmp_path / "report")
 
 

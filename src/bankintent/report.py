@@ -5,7 +5,7 @@ embedded, which opens with no server.
 Sections: the data set, the result tables, learning curves, error analysis of the best run (by
 validation accuracy), what the adapter costs, and the command of every run. Everything comes from
 the files the runs wrote (metrics.json, history.csv, config.yaml, the model folder, a sweep's
-results.csv); the error analysis predicts the test split once with the saved model and keeps the
+sweep.yaml); the error analysis predicts the test split once with the saved model and keeps the
 predictions beside it (``test_predictions.csv``).
 """
 
@@ -72,14 +72,14 @@ def _command(folder: Path) -> str:
 
 
 def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
-    """The runs of every folder given: a training run (metrics.json) or a sweep (results.csv)."""
-    from bankintent.sweep import read_sweep
+    """The runs of every folder given: a training run (metrics.json) or a sweep (sweep.yaml)."""
+    from bankintent.sweep import collect as sweep_results, read_sweep
 
     runs, sweeps = [], []
     for folder in map(Path, dirs):
-        if (folder / "results.csv").is_file():
-            results = pd.read_csv(folder / "results.csv")
+        if (folder / "sweep.yaml").is_file():
             _, planned_runs = read_sweep(folder / "sweep.yaml")
+            results = sweep_results(folder, planned_runs)  # every finished run, also one finished since results.csv
             sweeps.append(Sweep(folder, results, {r.name: len(r.seeds) for r in planned_runs}))
             for row in results.itertuples():
                 run_dir = folder / row.run_dir
@@ -87,7 +87,7 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
         elif (folder / "metrics.json").is_file():
             runs.append(Run(folder.name, folder, json.loads((folder / "metrics.json").read_text()), _command(folder)))
         else:
-            raise ConfigError(f"{folder}: neither a training run (no metrics.json) nor a sweep (no results.csv)")
+            raise ConfigError(f"{folder}: neither a training run (no metrics.json) nor a sweep (no sweep.yaml)")
     if not runs:
         raise ConfigError("no finished runs in " + ", ".join(map(str, dirs)))
     return runs, sweeps
@@ -148,7 +148,7 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
                      "A `(single seed)` row ran once.")
         for key, table in results_tables(aggregate_runs(sweep.results), sweep.planned).items():
             lines += [f"### {RESULT_TABLES[key][0]}", table]
-        swept |= {str(sweep.folder / p) for p in sweep.results.run_dir}
+        swept |= {str(sweep.folder / p) for p in sweep.results.get("run_dir", [])}
     single = [r for r in runs if str(r.folder) not in swept]
     if single:
         rows = [{"Run": r.name, **results_row(r.metrics)} for r in single]
