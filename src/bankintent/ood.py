@@ -67,7 +67,7 @@ def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> floa
     """The threshold that keeps ``coverage`` of the given in-scope queries in scope."""
     if not 0 < coverage <= 1:
         raise ConfigError(f"oos_coverage must be in (0, 1], got {coverage}")
-    return float(np.quantile(in_scope_scores, coverage, method="higher"))
+    return float(np.quantile(in_scope_scores, coverage, method="inverted_cdf"))
 
 
 def auroc(in_scope_scores: np.ndarray, out_of_scope_scores: np.ndarray) -> float:

@@ -1,0 +1,167 @@
+"""Inference latency and throughput of every backend, measured side by side in one run.
+
+    python benchmarks/latency.py runs/demo [--queries 300] [--batches 30] [--accuracy] [--json]
+
+Backends, all on the CPU:
+- ``hf-peft-unmerged`` (the baseline): the code a user would write with Hugging Face + PEFT, the
+  LoRA adapter left unmerged: ``tokenizer(texts, padding=True, return_tensors="pt")``, ``model(**batch)``;
+- ``pytorch-merged``: ``Predictor.load(DIR)`` (LoRA merged into the base at load);
+- ``onnx-fp32`` and ``onnx-int8``: ``Predictor.load`` of ``bankintent export DIR [--quantize int8]``.
+The ``Predictor`` rows include everything a caller gets: tokenization, the forward pass, calibrated
+probabilities, the out-of-scope score and the result dicts.
+
+Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend in
+turn (round robin, so that a change in machine load hits all backends alike); p50 and p95 in ms.
+Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a client would send them
+(not sorted by length), each one call; queries per second. ``ratio_to_baseline`` is the baseline's
+p50 divided by the backend's (a speed-up: 2.0 = twice as fast); ``throughput_ratio`` likewise for
+throughput. ``--accuracy`` adds each backend's accuracy on the whole test split and its agreement
+with ``pytorch-merged``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from bankintent.data import load_splits  # noqa: E402
+from bankintent.export import export  # noqa: E402
+from bankintent.modeling import load_model, load_tokenizer  # noqa: E402
+from bankintent.predict import Predictor, model_folder  # noqa: E402
+from bankintent.reports import markdown_table  # noqa: E402
+
+BATCH = 64
+WARMUP = 10
+BASELINE = "hf-peft-unmerged"
+COLUMNS = ["backend", "p50 ms", "p95 ms", "batch-64 q/s", "p50 speed-up", "throughput speed-up"]
+
+
+def baseline(folder: Path):
+    """The plain Hugging Face + PEFT code, adapter unmerged: texts -> intent names."""
+    model, spec = load_model(folder, merge=False)
+    tokenizer = load_tokenizer(spec.base_model)
+
+    @torch.inference_mode()
+    def predict(texts: list[str]) -> list[str]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        probs = torch.softmax(logits / spec.temperature, dim=-1)
+        return [spec.labels[i] for i in probs.argmax(-1).tolist()]
+
+    return predict
+
+
+def predictor_backend(path: Path, threads: int | None):
+    predictor = Predictor.load(path, device="cpu", batch_size=BATCH, threads=threads)
+    return lambda texts: [r["intent"] for r in predictor.predict(texts, top_k=3)]
+
+
+def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
+    folder = model_folder(run)
+    onnx_fp32, onnx_int8 = export_dir / "onnx-fp32", export_dir / "onnx-int8"
+    for target, quantize in ((onnx_fp32, None), (onnx_int8, "int8")):
+        if not (target / "COMPLETE").is_file():
+            export(folder, target, format="onnx", quantize=quantize)
+    return {
+        BASELINE: baseline(folder),
+        "pytorch-merged": predictor_backend(folder, threads),
+        "onnx-fp32": predictor_backend(onnx_fp32, threads),
+        "onnx-int8": predictor_backend(onnx_int8, threads),
+    }
+
+
+def timed(fn, texts: list[str]) -> float:
+    start = time.perf_counter()
+    fn(texts)
+    return time.perf_counter() - start
+
+
+def measure(backends: dict, texts: list[str], queries: int, batches: int) -> dict[str, dict]:
+    singles = {name: [] for name in backends}
+    batch_seconds = {name: 0.0 for name in backends}
+    for name, fn in backends.items():
+        for text in texts[:WARMUP]:
+            fn([text])
+        fn(texts[:BATCH])
+    for text in tqdm(texts[WARMUP : WARMUP + queries], desc="single queries", unit="q"):
+        for name, fn in backends.items():
+            singles[name].append(timed(fn, [text]))
+    chunks = [texts[i : i + BATCH] for i in range(0, BATCH * batches, BATCH)]
+    for chunk in tqdm(chunks, desc="batches of 64", unit="batch"):
+        for name, fn in backends.items():
+            batch_seconds[name] += timed(fn, chunk)
+    return {
+        name: {
+            "p50_ms": 1000 * statistics.median(singles[name]),
+            "p95_ms": 1000 * float(np.percentile(singles[name], 95)),
+            "throughput_qps": BATCH * len(chunks) / batch_seconds[name],
+        }
+        for name in backends
+    }
+
+
+def accuracy(backends: dict, texts: list[str], labels: list[str]) -> dict[str, dict]:
+    predicted = {}
+    for name, fn in tqdm(backends.items(), desc="accuracy on the test split", unit="backend"):
+        predicted[name] = [intent for i in range(0, len(texts), 256) for intent in fn(texts[i : i + 256])]
+    reference = np.array(predicted["pytorch-merged"])
+    return {
+        name: {"test_accuracy": float(np.mean(np.array(p) == np.array(labels))), "agreement_with_pytorch": float(np.mean(np.array(p) == reference))}
+        for name, p in predicted.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", help="a training run or model folder (LoRA)")
+    parser.add_argument("--data", default="banking77", help="where the test queries come from")
+    parser.add_argument("--queries", type=int, default=300, help="single queries timed per backend")
+    parser.add_argument("--batches", type=int, default=30, help="batches of 64 timed per backend")
+    parser.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime (default: all cores)")
+    parser.add_argument("--export-dir", help="keep (and reuse) the ONNX exports here")
+    parser.add_argument("--accuracy", action="store_true", help="also accuracy on the whole test split and agreement with PyTorch")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    test = load_splits(args.data).test
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = build_backends(Path(args.dir), Path(args.export_dir or tmp), args.threads)
+        results = measure(backends, test.texts, args.queries, args.batches)
+        if args.accuracy:
+            for name, values in accuracy(backends, test.texts, test.labels).items():
+                results[name].update(values)
+    base = results[BASELINE]
+    rows = [{"backend": name, **values, "ratio_to_baseline": base["p50_ms"] / values["p50_ms"],
+             "throughput_ratio": values["throughput_qps"] / base["throughput_qps"]} for name, values in results.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    columns = COLUMNS + (["test accuracy", "agreement"] if args.accuracy else [])
+    table = [{
+        "backend": r["backend"], "p50 ms": f"{r['p50_ms']:.2f}", "p95 ms": f"{r['p95_ms']:.2f}",
+        "batch-64 q/s": f"{r['throughput_qps']:.0f}", "p50 speed-up": f"{r['ratio_to_baseline']:.2f}x",
+        "throughput speed-up": f"{r['throughput_ratio']:.2f}x",
+        **({"test accuracy": f"{100 * r['test_accuracy']:.2f}%", "agreement": f"{100 * r['agreement_with_pytorch']:.2f}%"} if args.accuracy else {}),
+    } for r in rows]
+    print(f"{args.dir}: {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPUs, "
+          f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend")
+    print(markdown_table(table, columns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Out-of-scope scores, thresholds, the probe set and the ``out_of_scope`` answer of ``Predictor``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import BANKING77, tiny_options
+from sklearn.covariance import LedoitWolf
+
+import bankintent
+from bankintent import ood
+from bankintent.errors import ConfigError, ModelError
+from bankintent.predict import Predictor, softmax
+
+
+def test_probe_set_is_a_few_hundred_distinct_queries_kept_apart_from_banking77():
+    queries = ood.probe_set()
+    assert 250 <= len(queries) <= 500
+    assert len({q.lower() for q in queries}) == len(queries)
+    assert not any(q.startswith("#") for q in queries)
+    if (BANKING77 / "train.csv").is_file():
+        banking = set()
+        for split in ("train", "test"):
+            with open(BANKING77 / f"{split}.csv", newline="") as handle:
+                banking |= {row["text"].strip().lower() for row in csv.DictReader(handle)}
+        assert not {q.lower() for q in queries} & banking
+
+
+def test_mahalanobis_is_the_distance_to_the_nearest_centroid_under_the_shared_covariance():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0]])
+    mixing = rng.normal(size=(4, 4))
+    labels = rng.integers(0, 3, 600)
+    features = means[labels] + rng.normal(size=(600, 4)) @ mixing
+    stats = ood.fit_mahalanobis(features, labels, 3)
+    centroids = np.stack([features[labels == c].mean(0) for c in range(3)])
+    precision = np.linalg.inv(LedoitWolf().fit(features - centroids[labels]).covariance_)
+    queries = np.vstack([centroids[1], centroids[2] + 0.5, [40.0, -40, 10, 3]])
+    direct = np.array([min((q - c) @ precision @ (q - c) for c in centroids) for q in queries])
+    np.testing.assert_allclose(ood.mahalanobis(queries, stats), direct, rtol=1e-3, atol=1e-3)
+    assert ood.mahalanobis(queries, stats)[0] == pytest.approx(0, abs=1e-3)
+    assert ood.mahalanobis(queries, stats)[2] > 100
+
+
+def test_scores_thresholds_and_auroc():
+    probs = np.array([[0.9, 0.1], [0.5, 0.5]])
+    np.testing.assert_allclose(ood.score("msp", probs, None, {}), [0.1, 0.5])
+    with pytest.raises(ModelError, match="ood.safetensors"):
+        ood.score("mahalanobis", probs, np.zeros((2, 3)), {})
+    with pytest.raises(ConfigError, match="unknown out-of-scope score 'energy'"):
+        ood.score("energy", probs, None, {})
+    scores = np.arange(100) / 100
+    threshold = ood.threshold_for_coverage(scores, 0.95)
+    assert (scores <= threshold).mean() == 0.95
+    assert ood.threshold_for_coverage(scores, 1.0) == 0.99
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="oos_coverage"):
+            ood.threshold_for_coverage(scores, bad)
+    assert ood.auroc(np.array([0.1, 0.2]), np.array([0.3, 0.9])) == 1.0
+    assert ood.auroc(np.array([0.1, 0.5]), np.array([0.3, 0.9])) == 0.75
+
+
+def test_coverage_curve_drops_the_least_confident_first():
+    scores = np.array([0.1, 0.2, 0.3, 0.4])
+    correct = np.array([True, True, False, False])
+    rows = {row["coverage"]: row for row in ood.coverage_curve(scores, correct, np.array([0.25, 0.35, 0.5]), coverages=(1.0, 0.5))}
+    assert rows[1.0]["accuracy"] == 0.5 and rows[1.0]["probe_recall"] == 1 / 3
+    assert rows[0.5]["accuracy"] == 1.0 and rows[0.5]["threshold"] == 0.2 and rows[0.5]["probe_recall"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ood_run") / "run"
+    bankintent.train(**tiny_options(tiny_bert, tiny_data, out, method="linear-probe"))
+    return out
+
+
+def test_threshold_returns_out_of_scope_where_it_should(run):
+    texts = ["where is my new card", "what exchange rate do you use", "my card was stolen"]
+    predictor = Predictor.load(run)
+    logits, features = predictor.outputs(texts)
+    scores = predictor.oos_scores(softmax(logits / predictor.spec.temperature), features, "mahalanobis")
+    order = np.argsort(scores)
+    middle = float((scores[order[1]] + scores[order[2]]) / 2)  # the highest-scoring query alone crosses it
+    plain = Predictor.load(run, oos_threshold=float("inf")).predict(texts)
+    results = Predictor.load(run, oos_score="mahalanobis", oos_threshold=middle).predict(texts)
+    for i, (result, reference) in enumerate(zip(results, plain)):
+        assert set(result) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
+        assert result["top_k"] == reference["top_k"] and result["confidence"] == reference["confidence"]
+        assert result["out_of_scope"] == (i == order[2])
+        assert result["intent"] == ("out_of_scope" if i == order[2] else reference["intent"])
+        assert not reference["out_of_scope"] and reference["intent"] == reference["top_k"][0]["intent"]
+    everything = Predictor.load(run, oos_score="msp", oos_threshold=-1.0).predict(texts)
+    assert [r["intent"] for r in everything] == ["out_of_scope"] * 3
+    with pytest.raises(ConfigError, match="unknown out-of-scope score"):
+        Predictor.load(run, oos_score="distance")
+
+
+def test_the_model_folder_carries_the_default_score_and_thresholds(run):
+    spec = json.loads((run / "adapter" / "bankintent.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert spec["oos_score"] == metrics["oos_score"] == max(ood.SCORES, key=lambda s: metrics[f"oos_auroc_{s}"])
+    assert set(spec["oos_thresholds"]) == set(ood.SCORES)
+    assert spec["oos_thresholds"][spec["oos_score"]] == metrics["oos_threshold"]
+    assert (run / "adapter" / "ood.safetensors").is_file()
+    predictor = Predictor.load(run)
+    assert (predictor.oos_score, predictor.oos_threshold) == (spec["oos_score"], metrics["oos_threshold"])
+    assert 0 <= metrics["oos_probe_recall"] <= 1 and metrics["oos_probe_size"] == len(ood.probe_set())
+
+
+@pytest.mark.e2e
+def test_real_model_sends_unrelated_queries_to_the_fallback(banking77_subset, tmp_path):
+    """5 Banking77 intents, 1 epoch of the default recipe on the embedded MiniLM."""
+    out = tmp_path / "run"
+    metrics = bankintent.train(data=str(banking77_subset), output=str(out), epochs=1, probe_c=[10.0])
+    assert metrics[f"oos_auroc_{metrics['oos_score']}"] > 0.9
+    assert metrics["oos_probe_recall"] > 0.7
+    results = Predictor.load(out).predict(["what's the weather like in Paris tomorrow", "tell me a joke",
+                                           "my card still hasn't arrived", "I lost my card yesterday"])
+    assert [r["out_of_scope"] for r in results] == [True, True, False, False]
+    assert [r["intent"] for r in results[2:]] == ["card_arrival", "lost_or_stolen_card"]
