@@ -1,0 +1,78 @@
+"""Data-parallel training: 2 CPU processes (gloo, launched by torchrun through ``--nproc``) train what
+one process trains with the same effective batch size."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bankintent.launch import torchrun_command, without_nproc
+from conftest import _save_tiny, _tiny_rows, write_csv
+
+OPTIONS = {"method": "lpft", "epochs": 2, "lr": 1e-2, "max_length": 24, "probe_c": [1.0], "lora_dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory):
+    """Tiny BERT without dropout: the two runs then differ only by float rounding."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return _save_tiny(BertModel(config), tmp_path_factory.mktemp("no_dropout_bert"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """144 training queries: 9 full steps of 16, so no process pads its last batch."""
+    folder = tmp_path_factory.mktemp("ddp_data")
+    write_csv(folder / "train.csv", _tiny_rows(0, 40))
+    write_csv(folder / "test.csv", _tiny_rows(1, 5))
+    return folder
+
+
+def cli_train(nproc: int, batch_size: int, output, **options) -> subprocess.CompletedProcess:
+    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items()]
+    result = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--nproc", str(nproc), *flags,
+                             f"--batch-size={batch_size}", f"--output={output}"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_train_like_one_with_the_same_effective_batch(no_dropout_bert, data, tmp_path):
+    common = {**OPTIONS, "base_model": no_dropout_bert, "data": data}
+    out = tmp_path / "ddp"
+    cli_train(1, 16, tmp_path / "single", **common)
+    result = cli_train(2, 8, out, **common)
+    single, ddp = (json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "single", out))
+
+    assert (ddp["world_size"], ddp["effective_batch_size"]) == (2, 16)
+    assert (single["world_size"], single["effective_batch_size"]) == (1, 16)
+    for key in ("optimizer_steps", "warmup_steps", "lr_scheduler", "peak_lr"):
+        assert ddp[key] == single[key]
+    assert ddp["optimizer_steps"] == 2 * 144 // 16 and ddp["lr_scheduler"] == "linear"
+    assert abs(ddp["val_accuracy"] - single["val_accuracy"]) <= 0.01
+    # every rank trained on its own half of each step's batch: the loss curves are the single run's
+    curves = [pd.read_csv(folder / "history.csv") for folder in (out, tmp_path / "single")]
+    pd.testing.assert_frame_equal(curves[0], curves[1], rtol=1e-3)
+    assert curves[0].val_loss.iloc[-1] < curves[0].val_loss.iloc[0]  # it learned
+
+    assert [p.parent for p in out.rglob("COMPLETE")] == [out / "adapter"]  # one model folder
+    assert not list(out.glob("*.partial"))
+    assert result.stdout.count("| lpft |") == 1  # only rank 0 reports ...
+    assert result.stderr.count("linear probe: C=") == 1  # ... logs ...
+    assert result.stderr.count("probe: embedding train: 100%") == 1  # ... and shows progress
+
+
+def test_nproc_is_not_passed_on():
+    argv = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "--output", "runs/x"]
+    assert without_nproc(argv) == ["train", "--epochs", "1", "--output", "runs/x"]
+    command = torchrun_command(4, argv)
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
+    assert command[6:] == ["bankintent.cli", "train", "--epochs", "1", "--output", "runs/x"]
