@@ -181,6 +181,17 @@ def test_model_folders_come_and_go_without_restart(multi, runs):
     assert sorted(base.adapters) == ["bank_a", "bank_b"]  # unloaded
 
 
+def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path):
+    shutil.copytree(runs / "bank_a" / "adapter", tmp_path / "good")
+    shutil.copytree(runs / "bank_b" / "adapter", tmp_path / "broken")
+    (tmp_path / "broken" / "adapter_model.safetensors").write_bytes(b"damaged")
+    with serve_in_background(create_app(models_dir=tmp_path)) as url, httpx.Client(base_url=url) as client:
+        assert client.post("/v1/predict", json={"texts": ["hi"], "model": "good"}).status_code == 200
+        response = client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"})
+        assert response.status_code == 503
+        assert response.json()["error"].startswith(f"model broken: cannot be loaded: {tmp_path / 'broken'}: cannot load the model")
+
+
 def test_api_keys(runs, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("# service keys\nkey-one\n\nkey-two\n")

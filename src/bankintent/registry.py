@@ -61,8 +61,13 @@ class SharedBase:
 
     def add(self, name: str, folder: Path) -> None:
         with self.lock:
-            self._fit_heads(name, folder)
-            self.model.load_adapter(folder, adapter_name=name)
+            try:
+                self._fit_heads(name, folder)
+                self.model.load_adapter(folder, adapter_name=name)
+            except Exception:
+                if name in self.model.peft_config:  # half loaded
+                    self.model.delete_adapter(name)
+                raise
             self.model.eval()
 
     def remove(self, name: str) -> None:
@@ -145,8 +150,18 @@ class Registry:
         return sorted(self._scan(force=False))
 
     def load_all(self) -> list[str]:
-        """Load every listed model now (at start-up); returns their names."""
-        return [self.get(name).name for name in self.names()]
+        """Load every listed model now (at start-up); returns the names loaded. With a models folder
+        a folder that fails to load is logged and skipped (requests for it get its error), so one
+        broken model does not take the others down; a single model's error is raised."""
+        loaded = []
+        for name in self.names():
+            try:
+                loaded.append(self.get(name).name)
+            except ModelError as exc:
+                if self.model_dir:
+                    raise
+                log.error("model %s not loaded: %s", name, exc)
+        return loaded
 
     def cached(self, name: str | None) -> ServedModel | None:
         """The loaded model ``name`` while the listing is fresh; None where ``get`` has work to do."""
@@ -192,6 +207,14 @@ class Registry:
             return listing
 
     def _load(self, name: str, folder: Path) -> ServedModel:
+        try:
+            return self._load_unchecked(name, folder)
+        except ModelError:
+            raise
+        except Exception as exc:  # a damaged folder: safetensors, PEFT and ONNX Runtime raise their own types
+            raise ModelError(f"{folder}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+    def _load_unchecked(self, name: str, folder: Path) -> ServedModel:
         stamp = _stamp(folder)
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)

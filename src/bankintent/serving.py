@@ -132,25 +132,27 @@ class Guard:
             await send(message)
 
         try:
-            body = await self._read_body(receive) if scope["method"] in ("POST", "PUT", "PATCH") else None
-            if body is None or isinstance(body, bytes):
-                await self.app(scope, self._replay(body, receive) if body is not None else receive, send_counted)
-            else:
-                await JSONResponse({"error": f"request body over {self.max_body} bytes"}, 413)(scope, receive, send_counted)
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(receive)
+                if body is None:
+                    too_large = JSONResponse({"error": f"request body over {self.max_body} bytes"}, 413)
+                    return await too_large(scope, receive, send_counted)
+                receive = self._replay(body, receive)
+            await self.app(scope, receive, send_counted)
         finally:
             self.metrics.observe(scope["path"], status, time.perf_counter() - start)
 
-    async def _read_body(self, receive) -> bytes | bool:
-        """The whole body, or False when it is larger than allowed."""
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None as soon as it grows larger than allowed."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b""
+                break
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return False
+                return None
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
@@ -281,6 +283,8 @@ class Service:
             return await asyncio.to_thread(self.registry.get, name)
         except UnknownModel as exc:
             raise HTTPException(400 if name is None else 404, str(exc)) from None
+        except BankintentError as exc:  # a model folder that cannot be loaded
+            raise HTTPException(503, f"model {name}: cannot be loaded: {exc}") from None
 
     async def predict(self, request: PredictRequest) -> list[dict]:
         served = await self.model(request.model)
