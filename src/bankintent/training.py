@@ -260,7 +260,7 @@ def train(cfg: TrainConfig) -> dict:
 
     trainable, total = count_parameters(model)
     model.eval()
-    extra.update(calibrate(Predictor(model, tokenizer, spec), splits, cfg))  # fills spec.temperature
+    extra.update(calibrate(Predictor(model, tokenizer, spec), splits, cfg))  # fills spec: temperature, out-of-scope score, thresholds, statistics
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
     write_history(history, out)
