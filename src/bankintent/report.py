@@ -231,9 +231,9 @@ def _heatmap(y_true, y_pred, labels: list[str], figures: Path) -> str:
     involvement = errors.sum(0) + errors.sum(1)
     keep = [i for i in np.argsort(-involvement, kind="stable")[:HEATMAP_INTENTS] if involvement[i] > 0] or [0]
     keep = sorted(keep)
-    fig, ax = plt.subplots(figsize=(9, 8))
+    fig, ax = plt.subplots(figsize=(10, 10))
     ConfusionMatrixDisplay(matrix[np.ix_(keep, keep)], display_labels=[labels[i] for i in keep]).plot(
-        ax=ax, cmap="Blues", xticks_rotation=70, colorbar=False)
+        ax=ax, cmap="Blues", xticks_rotation="vertical", colorbar=False)
     ax.set_title(f"Confusions among the {len(keep)} intents involved in most errors")
     return _figure(fig, figures, "confusion_heatmap.png")
 
