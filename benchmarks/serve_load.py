@@ -5,6 +5,7 @@ requests/s and errors per concurrency level.
 
     python benchmarks/serve_load.py runs/demo                       # 10,000 requests per level
     python benchmarks/serve_load.py runs/demo --clients 16 --requests 2000 --max-wait-ms 1
+    python benchmarks/serve_load.py --models-dir runs --model demo  # one adapter of many on a shared base
     python benchmarks/serve_load.py --url http://127.0.0.1:8000     # a service already running
 """
 
@@ -48,11 +49,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(model_dir: str, extra: list[str]):
-    """``bankintent serve`` in a child process; yields its URL and process once /readyz answers."""
+def service(arguments: list[str]):
+    """``bankintent serve ARGUMENTS`` in a child process; yields its URL and process once /readyz answers."""
     port = free_port()
     log = tempfile.TemporaryFile()
-    command = [sys.executable, "-m", "bankintent.cli", "serve", model_dir, "--port", str(port), *extra]
+    command = [sys.executable, "-m", "bankintent.cli", "serve", *arguments, "--port", str(port)]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--requests", type=int, default=10_000, help="requests per concurrency level")
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--models-dir", help="serve this folder of model folders instead (adapters on one base); name one with --model")
     parser.add_argument("--model", help="the request's model field (with --models-dir services)")
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait-ms", type=float, default=None)
@@ -148,13 +150,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = queries()
-    extra = [arg for name, value in (("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms)) if value is not None
-             for arg in (name, str(value))]
+    options = (("--models-dir", args.models_dir), ("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms))
+    arguments = ([] if args.models_dir else [args.dir]) + [arg for name, value in options if value is not None for arg in (name, str(value))]
     if args.url:
         rows, where = run(args.url, args, texts), args.url
     else:
-        with service(args.dir, extra) as (url, server):
-            rows, where = run(url, args, texts, server), f"bankintent serve {args.dir} {' '.join(extra)}".strip()
+        with service(arguments) as (url, server):
+            rows, where = run(url, args, texts, server), f"bankintent serve {' '.join(arguments)}"
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

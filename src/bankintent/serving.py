@@ -440,7 +440,8 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     os.environ[ENVIRONMENT] = json.dumps(options)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads // workers)))  # the workers share the cores
     print(f"bankintent: serving on http://{host}:{port} with {workers} worker processes", flush=True)
-    uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, **settings)
+    # a worker answers the parent's health check only once torch is imported and its model loaded
+    uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, timeout_worker_healthcheck=120, **settings)
 
 
 @contextmanager
