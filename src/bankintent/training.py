@@ -179,6 +179,7 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
         use_cpu=not cuda,  # without a GPU, accelerate runs DDP over gloo only when told to use the CPU
         average_tokens_across_devices=False,  # our losses are per-batch means: scaling them by the world size doubles DDP's gradients
         ddp_find_unused_parameters=False,  # every trainable parameter takes part in each step
+        disable_tqdm=False,  # the progress bar, on global rank 0 only (quiet transformers logging would print every node's logs instead)
     )
 
 
