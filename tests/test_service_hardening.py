@@ -1,0 +1,134 @@
+"""The service under attack: schema fuzzing (Schemathesis), hostile bodies, path-like model names,
+API keys kept out of logs, and a graceful SIGTERM that finishes the requests in flight."""
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+from schemathesis.checks import not_a_server_error
+
+from bankintent import train
+from bankintent.cli import build_parser
+from bankintent.serving import create_app, serve_in_background
+from conftest import tiny_options
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert, tiny_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    train(**tiny_options(tiny_bert, tiny_data, folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def url(run):
+    with serve_in_background(create_app(model_dir=run)) as base:
+        yield base
+
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def test_schemathesis_no_server_error_and_schema_conformance(url):
+    """Schemathesis generates requests from the service's own OpenAPI schema, valid and invalid, for
+    every operation: none may get a 5xx, and every answer must match the schema."""
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/predict", "/healthz", "/readyz", "/metrics"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40 if operation.path == "/v1/predict" else 5, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case):
+            case.call_and_validate(checks=CHECKS)
+
+        check()
+
+
+def _post(url: str, content: bytes, content_type: str = "application/json") -> httpx.Response:
+    return httpx.post(f"{url}/v1/predict", content=content, headers={"content-type": content_type}, timeout=30)
+
+
+@pytest.mark.parametrize("content, content_type", [
+    (b'{"texts": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json"),   # deeply nested JSON
+    (b'{"texts": ["hi"], "top_k": {"a": {"b": {"c": [1]}}}}', "application/json"),
+    (b"texts=hello", "application/x-www-form-urlencoded"),                    # wrong content types
+    (b"hello", "text/plain"),
+    (b"\xff\xfe\x00garbage", "application/json"),
+])
+def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(url, content, content_type):
+    response = _post(url, content, content_type)
+    assert 400 <= response.status_code < 500 and response.json()["error"]
+    assert _post(url, json.dumps({"texts": ["i lost my card"]}).encode()).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["..%2Fadapter", "%2e%2e%2f%2e%2e%2fetc", "/etc/passwd", "adapter\x00", "..\\..\\x", "~root"])
+def test_path_like_model_names_are_refused(url, name):
+    response = _post(url, json.dumps({"texts": ["hi"], "model": name}).encode())
+    assert response.status_code in (400, 404, 422) and "error" in response.json()
+
+
+def test_binds_loopback_unless_told():
+    assert build_parser().parse_args(["serve", "runs/x"]).host == "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_cli_server(run, *extra) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bankintent.cli", "serve", str(run), "--port", str(port), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.2)
+
+
+def test_api_keys_never_appear_in_logs(run, tmp_path):
+    secret, wrong = "s3cret-key-Zq81", "wrong-key-Pp42"
+    (tmp_path / "keys.txt").write_text(f"{secret}\n")
+    process, base = _start_cli_server(run, "--api-key-file", str(tmp_path / "keys.txt"))
+    try:
+        assert httpx.get(f"{base}/healthz").status_code == 200  # health stays open
+        body = {"texts": ["i lost my card"]}
+        assert httpx.post(f"{base}/v1/predict", json=body).status_code == 401
+        assert httpx.post(f"{base}/v1/predict", json=body, headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        assert httpx.post(f"{base}/v1/predict", json=body, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert secret not in output and wrong not in output
+
+
+def test_sigterm_finishes_requests_in_flight(run):
+    process, base = _start_cli_server(run, "--max-wait-ms", "200")  # requests wait in the micro-batcher
+    body = {"texts": ["my card has not arrived yet"] * 32}
+    with httpx.Client(base_url=base, timeout=60) as client, concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client.post, "/v1/predict", json=body) for _ in range(16)]
+        time.sleep(0.1)  # the requests are in flight
+        process.send_signal(signal.SIGTERM)
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * 16
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
