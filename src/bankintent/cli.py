@@ -24,12 +24,12 @@ def train(args: argparse.Namespace) -> None:
     from bankintent.reports import markdown_table, results_row
     from bankintent.training import train as run
 
-    if args.nproc and args.nproc > 1:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}
+    cfg = resolve_config(args.config, **overrides)
+    if args.nproc and args.nproc > 1:  # options checked once, before N processes start
         from bankintent.launch import relaunch
 
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}
-    cfg = resolve_config(args.config, **overrides)
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
