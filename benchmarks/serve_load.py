@@ -159,8 +159,8 @@ def main() -> None:
             rows, where = run(url, args, texts, server), f"bankintent serve {' '.join(arguments)}"
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        load = os.getloadavg()[0]
+        return
+    load = os.getloadavg()[0]
     print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients "
                       f"(load average {load:.1f} at the end)")
 
