@@ -65,6 +65,7 @@ def test_int8_quantizes_the_encoder_and_keeps_the_head_float(runs, tmp_path):
     nodes = onnx.load(str(int8 / "model.onnx")).graph.node
     ops = [n.op_type for n in nodes]
     assert ops.count("MatMulInteger") == 3 * 2 and ops.count("QAttention") == 2  # 2 layers: QKV, output, 2 feed-forward
+    assert "EmbedLayerNormalization" in ops and "QEmbedLayerNormalization" not in ops
     assert any(n.name.startswith("/model/head/") and n.op_type in ("MatMul", "Gemm") for n in nodes)
     # a random tiny model has near-tied logits: compare values, not only the winner
     diff = np.abs(Predictor.load(int8).logits(QUERIES) - Predictor.load(fp32).logits(QUERIES))
@@ -106,3 +107,15 @@ def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: ") and "model folder not found" in done.stderr
+
+
+def test_concurrent_threads_get_their_own_embeddings(runs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = Predictor.load(runs["bert"])
+    chunks = [QUERIES[i : i + 3] for i in range(0, len(QUERIES), 3)]
+    expected = [predictor.outputs(chunk)[1] for chunk in chunks]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            for got, want in zip(pool.map(lambda chunk: predictor.outputs(chunk)[1], chunks), expected):
+                np.testing.assert_allclose(got, want, atol=1e-5)

@@ -6,8 +6,8 @@
   out-of-scope score uses) and dynamic batch and sequence axes. It is exported by the TorchScript-based
   exporter from eager attention, then fused by ONNX Runtime's transformer optimizer (attention,
   embedding and skip layer normalisation, GELU). ``--quantize int8`` quantizes the weights of the
-  encoder's matrix products to int8 (dynamic quantization: activations are quantized on the fly),
-  leaving the classifier layer in float. The tokenizer (``tokenizer.json``), labels and spec go beside
+  encoder's matrix products and attention to int8 with per-channel scales (dynamic quantization:
+  activations are quantized on the fly), leaving the embeddings and the classifier layer in float. The tokenizer (``tokenizer.json``), labels and spec go beside
   it, so ``Predictor.load`` and ``bankintent serve`` use the folder directly.
 
 The output folder is written atomically, with a COMPLETE marker last, like every model folder.
@@ -99,12 +99,14 @@ def optimize(source: Path, target: Path, config) -> None:
 
 
 def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
-    """Dynamic int8 quantization of the matrix products' weights, except the classifier layer's."""
+    """Dynamic int8 quantization of the attention and matrix products' weights, except the classifier layer's."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nodes = onnx.load(str(source), load_external_data=False).graph.node
     keep_float = [node.name for node in nodes if node.name.startswith(exclude_prefix)]
     keep_float += [name + "_MatMul" for name in keep_float]  # the quantizer turns Gemm X into MatMul X_MatMul first
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types
+    # per-channel scales, embeddings left in float: on runs/demo, Banking77 test accuracy -0.32 points against
+    # fp32, where per-tensor weights lost 0.56 and quantized embeddings another 0.16 (see the README)
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
+                     nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,8 @@ class WithFeatures(nn.Module):
         self.model, self.head = model, head_module(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        caught = []
-        hook = self.head.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
+        caught, thread = [], threading.get_ident()  # other threads may run the same model meanwhile
+        hook = self.head.register_forward_pre_hook(lambda module, args: caught.append(args[0]) if threading.get_ident() == thread else None)
         try:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         finally:
