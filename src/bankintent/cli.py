@@ -71,7 +71,7 @@ def predict(args: argparse.Namespace) -> None:
         raise BankintentError("give either query texts or --input FILE")
     if args.input and not args.output:
         raise BankintentError("--input needs --output FILE.jsonl")
-    predictor = Predictor.load(args.dir)
+    predictor = Predictor.load(args.dir, allow_pickle=args.allow_pickle)
     if args.input:
         from bankintent.streaming import predict_file
 
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights")
     p.set_defaults(func=predict)
 
     p = sub.add_parser("export", help="export a model folder for fast inference (ONNX, optionally int8)")

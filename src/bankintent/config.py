@@ -62,6 +62,7 @@ class TrainConfig:
     split_seed: int = 42  # fixed so that every run sees the same validation split
     max_train_samples: int | None = None
     seed: int = 42
+    allow_pickle: bool = False  # accept a base model stored as pickled .bin weights (they can run code)
     output: str = "runs/latest"
     resume: bool = False
 

@@ -111,11 +111,24 @@ def load_tokenizer(base_model: str):
     return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def _refuse_pickles(folder: Path, what: str) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(f"{folder}: {what} holds pickled weights ({', '.join(pickles)}), which can run code when "
+                         f"loaded; convert them to safetensors, or pass --allow-pickle if you trust their source")
+
+
+def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     """The base model with a fresh head for ``spec.labels``, in float32 (transformers 5 otherwise
-    keeps the stored dtype, and half-precision training on CPU silently diverges)."""
+    keeps the stored dtype, and half-precision training on CPU silently diverges). Weights are read
+    from safetensors only unless ``allow_pickle``; remote code is never run."""
     path = resolve_base_model(spec.base_model)
-    kwargs = dict(dtype=torch.float32, use_safetensors=True)
+    if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        _refuse_pickles(Path(path), "the base model")
+    kwargs = dict(dtype=torch.float32, use_safetensors=None if allow_pickle else True)
     num_labels = len(spec.labels)
     try:
         if spec.pooling == "cls":
@@ -128,7 +141,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
             )
         return MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels)
     except OSError as exc:
-        raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}") from None
+        hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
+        raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
 
 
 def add_lora(model: nn.Module, spec: ModelSpec, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
@@ -213,6 +227,7 @@ def read_spec(folder: Path) -> ModelSpec:
         raise ModelError(f"{folder}: not a bankintent model folder (no bankintent.json)")
     if not (folder / MARKER).is_file():
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")
+    _refuse_pickles(folder, "the model folder")
     values = json.loads((folder / "bankintent.json").read_text())
     values["labels"] = json.loads((folder / "labels.json").read_text())
     if (folder / OOD_FILE).is_file():
@@ -220,11 +235,12 @@ def read_spec(folder: Path) -> ModelSpec:
     return ModelSpec(**values)
 
 
-def load_model(folder: Path, merge: bool = True) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the classifier of a model folder, in eval mode; LoRA weights merged unless ``merge=False``."""
+def load_model(folder: Path, merge: bool = True, allow_pickle: bool = False) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the classifier of a model folder, in eval mode; LoRA weights merged unless ``merge=False``.
+    ``allow_pickle`` concerns the base model only: a model folder never holds pickles."""
     folder = Path(folder)
     spec = read_spec(folder)
-    model = build_model(spec)
+    model = build_model(spec, allow_pickle)
     if spec.lora:
         try:
             model = PeftModel.from_pretrained(model, folder)

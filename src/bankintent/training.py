@@ -206,7 +206,7 @@ def train(cfg: TrainConfig) -> dict:
         max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
     )
     tokenizer = load_tokenizer(cfg.base_model)
-    model = build_model(spec)
+    model = build_model(spec, cfg.allow_pickle)
     checkpoints = out / "checkpoints"
     resume_from = get_last_checkpoint(str(checkpoints)) if cfg.resume and checkpoints.is_dir() else None
     if cfg.resume and resume_from is None:
@@ -266,7 +266,7 @@ def train(cfg: TrainConfig) -> dict:
     save_model(model, spec, model_dir)
     write_history(history, out)
 
-    predictor = Predictor.load(model_dir)
+    predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
     val = evaluate_split(predictor, splits.validation, splits.labels)
     test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
     metrics = {

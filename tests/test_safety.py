@@ -1,0 +1,45 @@
+"""Safe loading: safetensors only unless --allow-pickle, never remote code, label count must fit."""
+
+from pathlib import Path
+
+import pytest
+
+from bankintent import ModelError, Predictor, resolve_config, train
+from conftest import _save_tiny, tiny_options
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "bankintent"
+
+
+@pytest.fixture(scope="module")
+def pickled_bert(tmp_path_factory) -> Path:
+    """A tiny BERT stored the old way: pytorch_model.bin (a pickle), no safetensors."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    folder = tmp_path_factory.mktemp("pickled")
+    _save_tiny(model, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickled_base_model_is_refused_without_the_flag(pickled_bert, tiny_data, tmp_path):
+    with pytest.raises(ModelError, match=r"pickled weights \(pytorch_model.bin\).*--allow-pickle"):
+        train(resolve_config(None, method="linear-probe", **tiny_options(pickled_bert, tiny_data, tmp_path)))
+    assert not (tmp_path / "adapter").exists()
+    metrics = train(resolve_config(None, method="linear-probe", allow_pickle=True, **tiny_options(pickled_bert, tiny_data, tmp_path)))
+    assert metrics["test_accuracy"] is not None
+
+
+def test_model_folder_with_pickles_is_refused(tiny_bert, tiny_data, tmp_path):
+    train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path)))
+    (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ModelError, match="holds pickled weights"):
+        Predictor.load(tmp_path)
+
+
+def test_remote_code_is_never_trusted():
+    for path in SOURCE.rglob("*.py"):
+        assert "trust_remote_code" not in path.read_text(), path
