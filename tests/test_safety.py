@@ -43,3 +43,12 @@ def test_model_folder_with_pickles_is_refused(tiny_bert, tiny_data, tmp_path):
 def test_remote_code_is_never_trusted():
     for path in SOURCE.rglob("*.py"):
         assert "trust_remote_code" not in path.read_text(), path
+
+
+def test_huge_query_is_truncated_with_a_warning(tiny_bert, tiny_data, tmp_path, caplog):
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path)))
+    predictor = Predictor.load(tmp_path)
+    huge = "my card was stolen " * 55_000  # about 1 MB
+    [result] = predictor.predict([huge])
+    assert "text 1: 1045000 characters, truncated to 2000" in caplog.text
+    assert result["intent"] == predictor.predict([huge[:2000]])[0]["intent"]
