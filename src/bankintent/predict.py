@@ -158,15 +158,16 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, batch_size: int = 64, threads: int | None = None,
-             oos_score: str | None = None, oos_threshold: float | None = None) -> "Predictor":
-        """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only."""
+             oos_score: str | None = None, oos_threshold: float | None = None, allow_pickle: bool = False) -> "Predictor":
+        """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only;
+        ``allow_pickle``: accept a base model stored as pickled .bin weights."""
         folder = model_folder(path)
         options = dict(batch_size=batch_size, oos_score=oos_score, oos_threshold=oos_threshold)
         if (folder / ONNX_FILE).is_file():
             spec = read_spec(folder)
             tokenizer = tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
             return cls(OnnxModel(folder / ONNX_FILE, threads), tokenizer, spec, **options)
-        model, spec = load_model(folder)
+        model, spec = load_model(folder, allow_pickle=allow_pickle)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), load_tokenizer(spec.base_model), spec, **options)
 
