@@ -42,6 +42,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    from bankintent.calibration import coverage_report
     from bankintent.config import read_yaml
     from bankintent.data import load_splits
     from bankintent.evaluation import evaluate as run
@@ -55,13 +56,18 @@ def evaluate(args: argparse.Namespace) -> None:
     examples = splits.test if args.split == "test" else splits.validation
     if examples is None:
         raise BankintentError(f"{splits.source}: no test file; use --split validation")
-    summary = run(Predictor.load(run_dir), examples, run_dir, args.split)
+    predictor = Predictor.load(run_dir)
+    summary = run(predictor, examples, run_dir, args.split)
+    coverage = coverage_report(predictor, examples, run_dir, args.split)
     print(f"{args.split}: {summary['queries']} queries, accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.2%}")
     print("accuracy by length: " + ", ".join(f"{r['length']} {r['accuracy']:.1%} ({r['queries']})" for r in summary["accuracy_by_length"]))
     print("most confused intent pairs:")
     for pair in summary["confused_pairs"]:
         print(f"  {pair['count']:3d}  {pair['intent_a']} <-> {pair['intent_b']}   e.g. {pair['examples'][0]}")
-    print(f"written: {run_dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv")
+    if "threshold" in coverage:
+        print(f"out-of-scope ({coverage['oos_score']}, threshold {coverage['threshold']:.4g}): answers {coverage['coverage']:.1%}, "
+              f"accuracy on those {coverage['accuracy_kept']:.2%}, probe-set recall {coverage['probe_recall']:.1%}")
+    print(f"written: {run_dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv, _coverage.csv/.png")
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -71,7 +77,7 @@ def predict(args: argparse.Namespace) -> None:
         raise BankintentError("give either query texts or --input FILE")
     if args.input and not args.output:
         raise BankintentError("--input needs --output FILE.jsonl")
-    predictor = Predictor.load(args.dir, allow_pickle=args.allow_pickle)
+    predictor = Predictor.load(args.dir, allow_pickle=args.allow_pickle, oos_score=args.oos_score, oos_threshold=args.oos_threshold)
     if args.input:
         from bankintent.streaming import predict_file
 
@@ -171,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights")
+    p.add_argument("--oos-score", choices=("msp", "mahalanobis"), help="out-of-scope score (default: the one chosen at training)")
+    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
     p.set_defaults(func=predict)
 
     p = sub.add_parser("export", help="export a model folder for fast inference (ONNX, optionally int8)")
