@@ -10,14 +10,22 @@ from pathlib import Path
 import pytest
 
 from bankintent import resolve_config, train
-from conftest import tiny_options
+from conftest import _tiny_rows, tiny_options, write_csv
 
-EPOCHS = 2
+EPOCHS = 3
 
 
-def _options(tiny_bert, tiny_data, out: Path) -> dict:
-    # 72 training queries at batch 4: 18 steps an epoch, slow enough to be stopped inside one
-    return tiny_options(tiny_bert, tiny_data, out, epochs=EPOCHS, batch_size=4, early_stopping_patience=5)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """4 intents, 150 queries each: 135 steps an epoch at batch 4, long enough to be stopped inside one."""
+    folder = tmp_path_factory.mktemp("resume_data")
+    write_csv(folder / "train.csv", _tiny_rows(2, 150))
+    write_csv(folder / "test.csv", _tiny_rows(3, 5))
+    return folder
+
+
+def _options(tiny_bert, data, out: Path) -> dict:
+    return tiny_options(tiny_bert, data, out, epochs=EPOCHS, batch_size=4, early_stopping_patience=5)
 
 
 def _cli_args(options: dict) -> list[str]:
@@ -39,16 +47,16 @@ def _wait_for_checkpoint(out: Path, process: subprocess.Popen, timeout: float = 
         assert process.poll() is None, process.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "no checkpoint written in time"
         time.sleep(0.05)
-    time.sleep(0.5)  # into the next epoch
+    time.sleep(0.2)  # into the next epoch
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bert, tiny_data, tmp_path_factory) -> dict:
-    return train(resolve_config(None, method="lora", **_options(tiny_bert, tiny_data, tmp_path_factory.mktemp("ref"))))
+def reference(tiny_bert, data, tmp_path_factory) -> dict:
+    return train(resolve_config(None, method="lora", **_options(tiny_bert, data, tmp_path_factory.mktemp("ref"))))
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, tiny_data, tmp_path):
-    options = _options(tiny_bert, tiny_data, tmp_path)
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, data, tmp_path):
+    options = _options(tiny_bert, data, tmp_path)
     process = _start(options)
     _wait_for_checkpoint(tmp_path, process)
     process.send_signal(signal.SIGKILL)
@@ -63,8 +71,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, tin
     assert metrics["epochs_run"] == EPOCHS
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, tiny_data, tmp_path):
-    options = _options(tiny_bert, tiny_data, tmp_path)
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_path):
+    options = _options(tiny_bert, data, tmp_path)
     process = _start(options)
     _wait_for_checkpoint(tmp_path, process)
     before = {p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
