@@ -44,13 +44,17 @@ def _tiny_rows(seed: int, per_intent: int) -> list[tuple[str, str]]:
     return rows
 
 
+def write_tiny_data(folder: Path, train_per_intent: int, test_per_intent: int = 5, seed: int = 0) -> Path:
+    """train.csv and test.csv of the 4 synthetic intents in ``folder``."""
+    write_csv(folder / "train.csv", _tiny_rows(seed, train_per_intent))
+    write_csv(folder / "test.csv", _tiny_rows(seed + 1, test_per_intent))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """4 intents, 20 training and 5 test queries each."""
-    folder = tmp_path_factory.mktemp("tiny_data")
-    write_csv(folder / "train.csv", _tiny_rows(0, 20))
-    write_csv(folder / "test.csv", _tiny_rows(1, 5))
-    return folder
+    return write_tiny_data(tmp_path_factory.mktemp("tiny_data"), 20)
 
 
 def _tokenizer_source() -> Path:

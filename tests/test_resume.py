@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bankintent import resolve_config, train
-from conftest import _tiny_rows, tiny_options, write_csv
+from conftest import tiny_options, write_tiny_data
 
 EPOCHS = 3
 
@@ -18,10 +18,7 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """4 intents, 150 queries each: 135 steps an epoch at batch 4, long enough to be stopped inside one."""
-    folder = tmp_path_factory.mktemp("resume_data")
-    write_csv(folder / "train.csv", _tiny_rows(2, 150))
-    write_csv(folder / "test.csv", _tiny_rows(3, 5))
-    return folder
+    return write_tiny_data(tmp_path_factory.mktemp("resume_data"), 150, seed=2)
 
 
 def _options(tiny_bert, data, out: Path) -> dict:
