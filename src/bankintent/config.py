@@ -93,14 +93,19 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def load_yaml_file(path: Path, what: str = "config file") -> Any:
+    """The parsed content of a YAML file; a missing file or bad YAML raises a one-line ConfigError."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    values = load_yaml_file(path)
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
     unknown = sorted(set(values) - set(FIELD_NAMES))

@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import FIELD_NAMES, TrainConfig, resolve_config
+from bankintent.config import FIELD_NAMES, TrainConfig, load_yaml_file, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.reports import aggregate_runs, write_results_tables
 
@@ -71,12 +71,7 @@ def _check_options(path: Path, where: str, options: Any) -> dict:
 def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[RunSpec]]:
     """The sweep file's shared options and its runs, validated (every run's config is resolved once)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    content = load_yaml_file(path, "sweep file")
     if not isinstance(content, dict) or not isinstance(content.get("runs"), list) or not content["runs"]:
         raise ConfigError(f"{path}: expected 'runs:', a list of runs")
     base = _check_options(path, "base", content.get("base") or {})
