@@ -1,6 +1,8 @@
 """Training survives interruption: SIGKILL mid-epoch then --resume, and Ctrl-C saving a checkpoint."""
 
 import json
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 
 from bankintent import resolve_config, train
 from conftest import tiny_options, write_tiny_data
+from bankintent.training import last_checkpoint
 
 EPOCHS = 3
 
@@ -33,9 +36,9 @@ def _cli_args(options: dict) -> list[str]:
     return args
 
 
-def _start(options: dict, *extra: str) -> subprocess.Popen:
+def _start(options: dict, *extra: str, preexec_fn=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bankintent.cli", "train", "--method", "lora", *_cli_args(options), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
 def _wait_for_checkpoint(out: Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -84,3 +87,34 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_p
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == EPOCHS
+
+
+def _file_size_limit(limit: int):
+    """In the child: files can not grow past ``limit`` bytes, as on a disk that fills up (writes fail
+    with EFBIG instead of the process being killed by SIGXFSZ)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_while_checkpointing_gives_one_line_error_and_resume_finishes(tiny_bert, tiny_data, tmp_path):
+    # the tiny model's checkpoint holds files of 37 kB (adapter) and 700 kB (tokenizer.json): the first
+    # checkpoint is cut short while being written
+    options = tiny_options(tiny_bert, tiny_data, tmp_path, epochs=2)
+    process = _start(options, preexec_fn=_file_size_limit(60_000))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert "Traceback" not in err
+    [message] = re.findall(r"error: .*", err)  # one line (after the progress bar's control characters)
+    assert message.startswith(f"error: {tmp_path}: writing failed (File too large)")
+    assert message.endswith(f"bankintent train --config {tmp_path}/config.yaml --resume")
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "adapter").exists()
+    cut_short = list((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert cut_short and last_checkpoint(tmp_path / "checkpoints", remove_incomplete=False) is None
+
+    resumed = _start(options, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "is incomplete" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 2

@@ -115,3 +115,13 @@ def test_unwritable_output_fails_before_training(tiny_bert, tiny_data, tmp_path)
     blocker.write_text("")
     with pytest.raises(ConfigError, match="not writable"):
         train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, blocker / "out")))
+
+
+def test_nearly_full_disk_fails_before_training(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr("bankintent.training.shutil.disk_usage", lambda path: usage._replace(free=100 * 2**20))
+    with pytest.raises(ConfigError, match="only 100 MiB free on disk"):
+        train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path / "out")))
+    assert not (tmp_path / "out" / "config.yaml").exists()

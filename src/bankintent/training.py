@@ -11,9 +11,11 @@ The Trainer also brings mixed precision on a GPU and data-parallel training unde
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import signal
@@ -32,7 +34,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from bankintent import probe
@@ -58,6 +59,10 @@ from bankintent.text import augment, check_augmentation, confused_intents, prepr
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "adapter"
+# how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
+# exceptions that tokenizers, safetensors ("... (os error 28)") and torch.save ("file write failed") raise
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL_DISK_MESSAGES = tuple(os.strerror(e) for e in _FULL_DISK_ERRNOS) + ("file write failed",)
 
 
 class GradualUnfreezing(TrainerCallback):
@@ -184,7 +189,43 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train ``cfg.method``, save the best epoch to ``<output>/adapter`` and return metrics.json's content."""
+    """Train ``cfg.method``, save the best epoch to ``<output>/adapter`` and return metrics.json's content.
+
+    A disk that fills up while training writes (a checkpoint, the model) ends it with a one-line
+    ``ConfigError``; the checkpoints written before are intact and ``--resume`` continues from them."""
+    try:
+        return _train(cfg)
+    except Exception as exc:
+        reason = _full_disk(exc)
+        if reason is None:
+            raise
+        raise ConfigError(f"{cfg.output}: writing failed ({reason}); free disk space, then continue with: "
+                          f"bankintent train --config {cfg.output}/config.yaml --resume") from None
+
+
+def _full_disk(exc: Exception) -> str | None:
+    if isinstance(exc, OSError) and exc.errno in _FULL_DISK_ERRNOS:
+        return exc.strerror
+    return next((message for message in _FULL_DISK_MESSAGES if message in str(exc)), None)
+
+
+def last_checkpoint(folder: Path, remove_incomplete: bool = True) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``folder``. The Trainer writes ``trainer_state.json``
+    last, so a checkpoint without it was cut short (killed, disk full): it is skipped, and removed
+    (with a warning) where ``remove_incomplete``."""
+    complete = []
+    for checkpoint in folder.glob("checkpoint-*"):
+        if not checkpoint.name.removeprefix("checkpoint-").isdigit():
+            continue
+        if (checkpoint / "trainer_state.json").is_file():
+            complete.append(checkpoint)
+        elif remove_incomplete:
+            log.warning("--resume: %s is incomplete (cut short while being written); removing it", checkpoint)
+            shutil.rmtree(checkpoint)
+    return str(max(complete, key=lambda c: int(c.name.rsplit("-", 1)[1]))) if complete else None
+
+
+def _train(cfg: TrainConfig) -> dict:
     out = Path(cfg.output)
     # one of the processes started by torchrun / accelerate launch (or the only one); only rank 0 writes,
     # logs and shows progress
@@ -208,7 +249,7 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg.base_model)
     model = build_model(spec, cfg.allow_pickle)
     checkpoints = out / "checkpoints"
-    resume_from = get_last_checkpoint(str(checkpoints)) if cfg.resume and checkpoints.is_dir() else None
+    resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
     if cfg.resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
 
