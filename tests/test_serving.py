@@ -222,3 +222,33 @@ def test_cli_serve_error_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bankintent.cli", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: model folder not found"
+
+
+MMAP_CHECK = """
+import ctypes, sys
+from bankintent.serving import return_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert return_freed_memory()
+libc.free(libc.malloc(8 << 20))  # glibc's default now raises its mmap threshold to 8 MiB
+before = libc.mallinfo2().hblks
+block = libc.malloc(512 << 10)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_freed_batch_memory_goes_back_to_the_system():
+    """A 512 KiB block (a batch's activations) is mmapped, so freeing it shrinks the process, even after
+    larger blocks were freed; by glibc's default it would come from the heap instead."""
+    def mmapped(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", MMAP_CHECK, mode], capture_output=True, text=True, check=True).stdout)
+
+    assert mmapped("default") == 0
+    assert mmapped("fixed") == 1
