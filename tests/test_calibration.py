@@ -66,7 +66,9 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
         assert rows.kept.is_monotonic_decreasing and (rows.kept >= rows.coverage).all()
     splits = load_splits(str(tiny_data))
     predictor = Predictor.load(run)
-    summary = coverage_report(predictor, splits.test, tmp_path, "test")
+    logits, features = predictor.outputs(splits.test.texts)
+    correct = logits.argmax(-1) == np.array(splits.ids(splits.test))
+    summary = coverage_report(predictor, correct, logits, features, tmp_path, "test")
     test_table = pd.read_csv(tmp_path / "test_coverage.csv")
     full = test_table[(test_table.score == "msp") & (test_table.coverage == 1.0)].iloc[0]
     expected_accuracy = np.mean(predictor.logits(splits.test.texts).argmax(-1) == np.array(splits.ids(splits.test)))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -45,6 +46,11 @@ def test_train_evaluate_predict_through_the_cli(lpft_run, tmp_path):
     for pair in evaluation["confused_pairs"]:
         assert pair["count"] >= 1 and pair["examples"]
     assert (lpft_run / "test_per_intent.csv").read_text().count("\n") == 6
+    oos = evaluation["out_of_scope"]
+    assert oos["oos_score"] == metrics["oos_score"] and oos["threshold"] == pytest.approx(metrics["oos_threshold"])
+    coverage = pd.read_csv(lpft_run / "test_coverage.csv")
+    everything = coverage[(coverage.score == oos["oos_score"]) & (coverage.coverage == 1.0)].iloc[0]
+    assert everything.accuracy == pytest.approx(metrics["test_accuracy"])
 
     single = json.loads(cli("predict", lpft_run, "I lost my debit card", "--top-k", 3, "--json").stdout)
     assert single[0]["intent"] == "lost_or_stolen_card" and len(single[0]["top_k"]) == 3

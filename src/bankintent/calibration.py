@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig  # noqa: E402
-from bankintent.data import Examples, Splits  # noqa: E402
+from bankintent.data import Splits  # noqa: E402
 from bankintent.predict import Predictor, softmax  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,14 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     return metrics
 
 
-def coverage_report(predictor: Predictor, examples: Examples, out: Path, split: str) -> dict:
-    """Accuracy against coverage on ``examples`` and the probe set's recall at the model's threshold;
-    writes ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``; returns a summary."""
-    labels = np.array([predictor.labels.index(label) for label in examples.labels])
-    probs, scores = scores_of(predictor, *predictor.outputs(examples.texts, desc=f"coverage: {split}"))
+def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarray, features: np.ndarray,
+                    out: Path, split: str) -> dict:
+    """Accuracy against coverage on a split (whether each query was ``correct``, and the predictor's
+    ``outputs`` for it) and the probe set's recall at the model's threshold; writes
+    ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``; returns a summary."""
+    _, scores = scores_of(predictor, logits, features)
     _, probe_scores = scores_of(predictor, *predictor.outputs(ood.probe_set()))
-    return write_coverage(probs.argmax(-1) == labels, scores, probe_scores, predictor, Path(out), split)
+    return write_coverage(correct, scores, probe_scores, predictor, Path(out), split)
 
 
 def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], probe_scores: dict[str, np.ndarray],

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import typing
-from pathlib import Path
 
 from bankintent.errors import BankintentError
 
@@ -42,23 +41,10 @@ def train(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from bankintent.calibration import coverage_report
-    from bankintent.config import read_yaml
-    from bankintent.data import load_splits
-    from bankintent.evaluation import evaluate as run
-    from bankintent.predict import Predictor
+    from bankintent.evaluation import evaluate_run
 
-    run_dir = Path(args.dir)
-    saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    data = {k: saved[k] for k in ("data", "text_column", "label_column", "val_fraction", "split_seed") if k in saved}
-    data.update({k: v for k, v in (("data", args.data), ("text_column", args.text_column), ("label_column", args.label_column)) if v})
-    splits = load_splits(**data)
-    examples = splits.test if args.split == "test" else splits.validation
-    if examples is None:
-        raise BankintentError(f"{splits.source}: no test file; use --split validation")
-    predictor = Predictor.load(run_dir)
-    summary = run(predictor, examples, run_dir, args.split)
-    coverage = coverage_report(predictor, examples, run_dir, args.split)
+    summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
+    coverage, run_dir = summary["out_of_scope"], args.dir
     print(f"{args.split}: {summary['queries']} queries, accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.2%}")
     print("accuracy by length: " + ", ".join(f"{r['length']} {r['accuracy']:.1%} ({r['queries']})" for r in summary["accuracy_by_length"]))
     print("most confused intent pairs:")

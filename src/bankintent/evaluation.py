@@ -1,5 +1,6 @@
 """Evaluation: accuracy, macro-F1, per-intent scores, the most confused intent pairs, accuracy by
-query length. Scores come from scikit-learn's metrics."""
+query length, and accuracy against coverage of the out-of-scope fallback. Scores come from
+scikit-learn's metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from bankintent.data import Examples
+from bankintent.calibration import coverage_report
+from bankintent.config import read_yaml
+from bankintent.data import Examples, load_splits
+from bankintent.errors import BankintentError
 from bankintent.predict import Predictor
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
@@ -66,11 +70,28 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
+                 label_column: str | None = None) -> dict:
+    """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
+    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``."""
+    run_dir = Path(run_dir)
+    saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    options = {k: saved[k] for k in ("data", "text_column", "label_column", "val_fraction", "split_seed") if k in saved}
+    options.update({k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v})
+    splits = load_splits(**options)
+    examples = splits.test if split == "test" else splits.validation
+    if examples is None:
+        raise BankintentError(f"{splits.source}: no test file; use --split validation")
+    return evaluate(Predictor.load(run_dir), examples, run_dir, split)
+
+
 def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str) -> dict:
-    """Full evaluation of one split; writes ``<split>_*.csv`` and ``<split>_evaluation.json`` to ``out``."""
+    """Full evaluation of one split; writes ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and
+    ``<split>_evaluation.json`` to ``out``. The queries go through the model once."""
     labels = predictor.labels
     y_true = _ids(examples, labels)
-    y_pred = predictor.logits(examples.texts).argmax(-1)
+    logits, features = predictor.outputs(examples.texts, desc=f"evaluating: {split}")
+    y_pred = logits.argmax(-1)
     summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred)}
     intents = per_intent(y_true, y_pred, labels)
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
@@ -83,6 +104,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str) ->
         "worst_intents": intents.head(5)[["intent", "f1"]].to_dict("records"),
         "confused_pairs": pairs,
         "accuracy_by_length": lengths.to_dict("records"),
+        "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split),
     })
     (out / f"{split}_evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary
