@@ -10,13 +10,13 @@ Backends, all on the CPU:
 The ``Predictor`` rows include everything a caller gets: tokenization, the forward pass, calibrated
 probabilities, the out-of-scope score and the result dicts.
 
-Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend in
-turn (round robin, so that a change in machine load hits all backends alike); p50 and p95 in ms.
-Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a client would send them
-(not sorted by length), each one call; queries per second. ``ratio_to_baseline`` is the baseline's
+Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend;
+p50 and p95 in ms. Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a
+client would send them (not sorted by length), each one call; queries per second. The backends take
+turns in blocks, over three rounds in rotating order (see ``measure``). ``ratio_to_baseline`` is the baseline's
 p50 divided by the backend's (a speed-up: 2.0 = twice as fast); ``throughput_ratio`` likewise for
-throughput. ``--accuracy`` adds each backend's accuracy on the whole test split and its agreement
-with ``pytorch-merged``.
+throughput. ``--accuracy`` adds each backend's accuracy on the whole test split (of its top intent,
+the out-of-scope fallback aside) and its agreement with ``pytorch-merged``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from bankintent.reports import markdown_table  # noqa: E402
 
 BATCH = 64
 WARMUP = 10
+ROUNDS = 3
 BASELINE = "hf-peft-unmerged"
 COLUMNS = ["backend", "p50 ms", "p95 ms", "batch-64 q/s", "p50 speed-up", "throughput speed-up"]
 
@@ -65,8 +66,10 @@ def baseline(folder: Path):
 
 
 def predictor_backend(path: Path, threads: int | None):
+    """``Predictor.predict``, timed whole; the top intent, so that accuracy compares the models
+    (``intent`` itself is ``out_of_scope`` for the queries past the fallback's threshold)."""
     predictor = Predictor.load(path, device="cpu", batch_size=BATCH, threads=threads)
-    return lambda texts: [r["intent"] for r in predictor.predict(texts, top_k=3)]
+    return lambda texts: [r["top_k"][0]["intent"] for r in predictor.predict(texts, top_k=3)]
 
 
 def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
@@ -89,20 +92,27 @@ def timed(fn, texts: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(backends: dict, texts: list[str], queries: int, batches: int) -> dict[str, dict]:
+def measure(backends: dict, texts: list[str], queries: int, batches: int, rounds: int = ROUNDS) -> dict[str, dict]:
+    """Each backend in turn runs a block of single queries, then of batches; ``rounds`` rounds, each
+    in another order, so that a change in machine load hits all backends alike. Blocks, not one query
+    per backend in turn: PyTorch's OpenMP threads keep spinning for a while after each call, and
+    would take a core from whichever backend ran next."""
     singles = {name: [] for name in backends}
     batch_seconds = {name: 0.0 for name in backends}
-    for name, fn in backends.items():
-        for text in texts[:WARMUP]:
-            fn([text])
-        fn(texts[:BATCH])
-    for text in tqdm(texts[WARMUP : WARMUP + queries], desc="single queries", unit="q"):
-        for name, fn in backends.items():
-            singles[name].append(timed(fn, [text]))
+    names = list(backends)
+    single_texts = texts[WARMUP : WARMUP + queries]
     chunks = [texts[i : i + BATCH] for i in range(0, BATCH * batches, BATCH)]
-    for chunk in tqdm(chunks, desc="batches of 64", unit="batch"):
-        for name, fn in backends.items():
-            batch_seconds[name] += timed(fn, chunk)
+    with tqdm(total=rounds * len(names), desc="blocks of single queries and batches", unit="block") as bar:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                fn = backends[name]
+                for text in texts[:WARMUP]:
+                    fn([text])
+                for text in single_texts[r::rounds]:
+                    singles[name].append(timed(fn, [text]))
+                for chunk in chunks[r::rounds]:
+                    batch_seconds[name] += timed(fn, chunk)
+                bar.update()
     return {
         name: {
             "p50_ms": 1000 * statistics.median(singles[name]),
