@@ -74,25 +74,35 @@ def service(arguments: list[str]):
         process.wait(timeout=30)
 
 
+def client_for(url: str, clients: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=30)
+
+
+async def request(client: httpx.AsyncClient, body: dict, text: str, latencies: list, failures: collections.Counter) -> None:
+    """One /v1/predict request of one text: its latency goes to ``latencies``, a failure (not 200 with
+    one prediction, or no answer) to ``failures`` by kind."""
+    start = time.perf_counter()
+    try:
+        response = await client.post("/v1/predict", json=body | {"texts": [text]})
+        if response.status_code != 200 or len(response.json()) != 1:
+            failures[f"HTTP {response.status_code}"] += 1
+    except httpx.HTTPError as exc:
+        failures[type(exc).__name__] += 1
+    latencies.append(time.perf_counter() - start)
+
+
 async def drive(url: str, texts: list[str], clients: int, requests: int, model: str | None) -> dict:
     """``clients`` concurrent closed-loop clients sharing ``requests`` requests; latency of each."""
     latencies, failures = [], collections.Counter()
     counter = itertools.count()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     body = {"top_k": 3} | ({"model": model} if model else {})
     with tqdm(total=requests, desc=f"{clients} clients", unit="req", leave=False) as bar:
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async with client_for(url, clients) as client:
 
             async def one_client():
                 while (i := next(counter)) < requests:
-                    start = time.perf_counter()
-                    try:
-                        response = await client.post("/v1/predict", json=body | {"texts": [texts[i % len(texts)]]})
-                        if response.status_code != 200 or len(response.json()) != 1:
-                            failures[f"HTTP {response.status_code}"] += 1
-                    except httpx.HTTPError as exc:
-                        failures[type(exc).__name__] += 1
-                    latencies.append(time.perf_counter() - start)
+                    await request(client, body, texts[i % len(texts)], latencies, failures)
                     bar.update()
 
             start = time.perf_counter()

@@ -17,11 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import queries, service  # noqa: E402
+from serve_load import client_for, queries, request, service  # noqa: E402
 
 
 async def soak(url: str, server, texts: list[str], clients: int, seconds: float) -> dict:
@@ -35,20 +34,11 @@ async def soak(url: str, server, texts: list[str], clients: int, seconds: float)
             rss.append((time.monotonic() - start, server.memory_info().rss))
             await asyncio.sleep(0.5)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with client_for(url, clients) as client:
 
         async def one_client():
             while time.monotonic() < end:
-                text = texts[next(counter) % len(texts)]
-                began = time.perf_counter()
-                try:
-                    response = await client.post("/v1/predict", json={"texts": [text], "top_k": 3})
-                    if response.status_code != 200:
-                        failures[f"HTTP {response.status_code}"] += 1
-                except httpx.HTTPError as exc:
-                    failures[type(exc).__name__] += 1
-                latencies.append(time.perf_counter() - began)
+                await request(client, {"top_k": 3}, texts[next(counter) % len(texts)], latencies, failures)
 
         await asyncio.gather(sample_memory(), *(one_client() for _ in range(clients)))
     window = min(10.0, seconds / 3)

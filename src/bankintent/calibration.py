@@ -89,8 +89,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     auroc = {name: ood.auroc(val_scores[name], probe_scores[name]) for name in val_scores}
     spec.oos_score = max(auroc, key=auroc.get)
     spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}
-    predictor.oos_score, predictor.oos_threshold = spec.oos_score, spec.oos_thresholds[spec.oos_score]
     threshold = spec.oos_thresholds[spec.oos_score]
+    predictor.oos_score, predictor.oos_threshold = spec.oos_score, threshold
     metrics.update({
         "oos_score": spec.oos_score,
         "oos_threshold": threshold,

@@ -44,7 +44,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from bankintent.evaluation import evaluate_run
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
-    coverage, run_dir = summary["out_of_scope"], args.dir
+    coverage = summary["out_of_scope"]
     print(f"{args.split}: {summary['queries']} queries, accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.2%}")
     print("accuracy by length: " + ", ".join(f"{r['length']} {r['accuracy']:.1%} ({r['queries']})" for r in summary["accuracy_by_length"]))
     print("most confused intent pairs:")
@@ -53,7 +53,7 @@ def evaluate(args: argparse.Namespace) -> None:
     if "threshold" in coverage:
         print(f"out-of-scope ({coverage['oos_score']}, threshold {coverage['threshold']:.4g}): answers {coverage['coverage']:.1%}, "
               f"accuracy on those {coverage['accuracy_kept']:.2%}, probe-set recall {coverage['probe_recall']:.1%}")
-    print(f"written: {run_dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv, _coverage.csv/.png")
+    print(f"written: {args.dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv, _coverage.csv/.png")
 
 
 def predict(args: argparse.Namespace) -> None:

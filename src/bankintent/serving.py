@@ -433,10 +433,17 @@ def return_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD))
 
 
+def prepare_process() -> int:
+    """Set up a serving process: its inference threads (returned) and its allocator."""
+    threads = inference_threads()
+    torch.set_num_threads(threads)
+    return_freed_memory()
+    return threads
+
+
 def app_from_environment() -> FastAPI:
     """The application of each uvicorn worker process (``--workers N``); options come from the parent."""
-    return_freed_memory()
-    torch.set_num_threads(inference_threads())
+    prepare_process()
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
 
 
@@ -444,9 +451,7 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
           max_batch: int, max_wait_ms: float) -> None:
     import uvicorn
 
-    threads = inference_threads()
-    torch.set_num_threads(threads)
-    return_freed_memory()
+    threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms)
     settings = dict(host=host, port=port, access_log=False, log_level="info")
     if workers <= 1:

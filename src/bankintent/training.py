@@ -213,16 +213,17 @@ def last_checkpoint(folder: Path, remove_incomplete: bool = True) -> str | None:
     """The newest complete ``checkpoint-N`` in ``folder``. The Trainer writes ``trainer_state.json``
     last, so a checkpoint without it was cut short (killed, disk full): it is skipped, and removed
     (with a warning) where ``remove_incomplete``."""
-    complete = []
+    complete = {}
     for checkpoint in folder.glob("checkpoint-*"):
-        if not checkpoint.name.removeprefix("checkpoint-").isdigit():
+        step = checkpoint.name.removeprefix("checkpoint-")
+        if not step.isdigit():
             continue
         if (checkpoint / "trainer_state.json").is_file():
-            complete.append(checkpoint)
+            complete[int(step)] = checkpoint
         elif remove_incomplete:
             log.warning("--resume: %s is incomplete (cut short while being written); removing it", checkpoint)
             shutil.rmtree(checkpoint)
-    return str(max(complete, key=lambda c: int(c.name.rsplit("-", 1)[1]))) if complete else None
+    return str(complete[max(complete)]) if complete else None
 
 
 def _train(cfg: TrainConfig) -> dict:
