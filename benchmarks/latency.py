@@ -12,7 +12,9 @@ probabilities, the out-of-scope score and the result dicts.
 
 Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend;
 p50 and p95 in ms. Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a
-client would send them (not sorted by length), each one call; queries per second. The backends take
+client would send them (not sorted by length), each one call; queries per second. The baseline pads
+each chunk to its longest query, as the plain code does; ``Predictor`` sorts the chunk by length and
+runs it in batches of its default size (``predict.CPU_BATCH``). The backends take
 turns in blocks, over three rounds in rotating order (see ``measure``). ``ratio_to_baseline`` is the baseline's
 p50 divided by the backend's (a speed-up: 2.0 = twice as fast); ``throughput_ratio`` likewise for
 throughput. ``--accuracy`` adds each backend's accuracy on the whole test split (of its top intent,
@@ -68,7 +70,7 @@ def baseline(folder: Path):
 def predictor_backend(path: Path, threads: int | None):
     """``Predictor.predict``, timed whole; the top intent, so that accuracy compares the models
     (``intent`` itself is ``out_of_scope`` for the queries past the fallback's threshold)."""
-    predictor = Predictor.load(path, device="cpu", batch_size=BATCH, threads=threads)
+    predictor = Predictor.load(path, device="cpu", threads=threads)
     return lambda texts: [r["top_k"][0]["intent"] for r in predictor.predict(texts, top_k=3)]
 
 

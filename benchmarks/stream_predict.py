@@ -11,7 +11,7 @@ fresh process, so its peak resident memory (``ru_maxrss``) is its own:
 - ``streaming``: ``bankintent predict DIR --input FILE --output FILE.jsonl``, i.e.
   ``streaming.predict_file`` (chunks of batches, appended as they finish).
 
-Both use the same forward batch size (``--batch-size``, default: the streaming default for the
+Both use the same forward batch size (``--batch-size``, default: the predictor's for the
 backend). ``growth`` is the peak minus the memory after the model was loaded: what the input's
 size costs. ``agreement`` is the share of lines whose intent equals the in-memory path's.
 """
@@ -37,7 +37,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from bankintent.data import iter_queries, load_splits  # noqa: E402
 from bankintent.predict import Predictor  # noqa: E402
 from bankintent.reports import markdown_table  # noqa: E402
-from bankintent.streaming import default_batch_size, predict_file  # noqa: E402
+from bankintent.streaming import predict_file  # noqa: E402
 
 PATHS = ("in-memory", "streaming")
 COLUMNS = ["path", "queries", "seconds", "queries/s", "peak MiB", "growth MiB", "agreement"]
@@ -67,18 +67,16 @@ def in_memory(predictor: Predictor, input_path: Path, output_path: Path) -> None
 def run_path(name: str, model_dir: str, input_path: Path, output_path: Path, batch_size: int | None) -> dict:
     """One path in this (fresh) process: timings and memory as a dict."""
     hf_logging.set_verbosity_error()
-    predictor = Predictor.load(model_dir)
-    batch_size = batch_size or default_batch_size(predictor)
-    predictor.batch_size = batch_size
+    predictor = Predictor.load(model_dir, batch_size=batch_size)
     predictor.predict(["warm up"])
     loaded = peak_mib()
     started = time.perf_counter()
     if name == "in-memory":
         in_memory(predictor, input_path, output_path)
     else:
-        predict_file(predictor, input_path, output_path, batch_size=batch_size)
+        predict_file(predictor, input_path, output_path)
     seconds = time.perf_counter() - started
-    return {"path": name, "seconds": seconds, "peak_mib": peak_mib(), "loaded_mib": loaded, "batch_size": batch_size}
+    return {"path": name, "seconds": seconds, "peak_mib": peak_mib(), "loaded_mib": loaded, "batch_size": predictor.batch_size}
 
 
 def intents(path: Path) -> list[str]:

@@ -119,3 +119,16 @@ def test_concurrent_threads_get_their_own_embeddings(runs):
         for _ in range(3):
             for got, want in zip(pool.map(lambda chunk: predictor.outputs(chunk)[1], chunks), expected):
                 np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "onnx"])
+def test_batches_sorted_by_length_answer_in_input_order(runs, tmp_path, backend):
+    """Queries of different lengths go through in length-sorted, padded batches; each answer is the
+    one the query gets alone, in the order given."""
+    folder = runs["bert"] if backend == "pytorch" else export(runs["bert"], tmp_path / "onnx", format="onnx")
+    queries = QUERIES[::-1]
+    alone = np.concatenate([Predictor.load(folder, batch_size=1).logits([q]) for q in queries])
+    batched = Predictor.load(folder, batch_size=4)
+    np.testing.assert_allclose(batched.logits(queries), alone, atol=1e-4)
+    lengths = [len(e.ids) for e in batched.tokenizer.encode_batch(queries)]
+    assert len(set(lengths)) > 3 and lengths != sorted(lengths)  # the batches do reorder

@@ -12,7 +12,8 @@ import pytest
 
 from bankintent import Predictor, resolve_config, train
 from bankintent.errors import DataError
-from bankintent.streaming import CPU_BATCH, default_batch_size, predict_file
+from bankintent.predict import CPU_BATCH
+from bankintent.streaming import predict_file
 from conftest import INTENTS, tiny_options
 
 QUERIES = 4000
@@ -125,5 +126,5 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
 
 
 def test_batches_are_sized_for_the_backend(model_dir):
-    predictor = Predictor.load(model_dir, device="cpu")
-    assert default_batch_size(predictor) == CPU_BATCH
+    assert Predictor.load(model_dir, device="cpu").batch_size == CPU_BATCH
+    assert Predictor.load(model_dir, device="cpu", batch_size=3).batch_size == 3

@@ -9,7 +9,10 @@ written by ``bankintent export``: ``Predictor.load`` is the one entry point for 
 
 Both backends return the logits and the classifier head's input (the query embedding), which the
 Mahalanobis out-of-scope score needs. Queries are tokenized by the Rust ``tokenizers`` library,
-grouped by length and padded to the longest of each batch only.
+sorted by length and cut into batches, each padded to its longest query only. On a CPU the batches
+are small (``CPU_BATCH``): a matrix product costs what its padded tokens cost, and a batch of 64
+Banking77 test queries as a client sends them pads its ~15 tokens a query to ~40, while batches of 8
+of similar length pad almost nothing (``benchmarks/latency.py`` measures the difference).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tokenizers
 import torch
 from peft import PeftModel
 from torch import nn
+from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from bankintent import ood
@@ -37,11 +41,31 @@ MAX_CHARS = 2000  # longer queries are truncated (with a warning); the model see
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 OUT_OF_SCOPE = "out_of_scope"
+CPU_BATCH = 8  # queries per forward pass on a CPU: similar lengths, little padding
+GPU_BATCH = 512  # on a GPU: large batches keep it busy
 
 
 def model_folder(path: str | Path) -> Path:
     path = Path(path)
     return path / "adapter" if (path / "adapter").is_dir() else path
+
+
+def default_batch_size(device: torch.device | None) -> int:
+    """Queries per forward pass on ``device`` (``None``: ONNX Runtime, on the CPU)."""
+    return GPU_BATCH if device is not None and device.type == "cuda" else CPU_BATCH
+
+
+_blas = None
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS uses one thread. The small matrix products after a forward pass
+    (the Mahalanobis score) run while PyTorch's or ONNX Runtime's threads still spin on both cores,
+    and a two-thread BLAS fighting them took 22 ms a batch of 64 instead of 0.3 ms."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -146,18 +170,21 @@ class Predictor:
     (default: the one chosen on validation for that score); with no threshold nothing is out of scope.
     """
 
-    def __init__(self, model, tokenizer, spec: ModelSpec, batch_size: int = 64,
+    def __init__(self, model, tokenizer, spec: ModelSpec, batch_size: int | None = None,
                  oos_score: str | None = None, oos_threshold: float | None = None):
-        self.model, self.spec, self.batch_size = model, spec, batch_size
+        self.model, self.spec = model, spec
         self.backend = model if isinstance(model, OnnxModel) else TorchModel(model)
+        self.batch_size = batch_size or default_batch_size(getattr(self.backend, "device", None))
         self.tokenizer = fast_tokenizer(tokenizer, spec.max_length)
+        self.pad_id = self.tokenizer.padding["pad_id"]
+        self.tokenizer.no_padding()  # batches are padded after sorting by length (``outputs``)
         self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, batch_size: int = 64, threads: int | None = None,
+    def load(cls, path: str | Path, device: str | None = None, batch_size: int | None = None, threads: int | None = None,
              oos_score: str | None = None, oos_threshold: float | None = None, allow_pickle: bool = False) -> "Predictor":
         """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only;
         ``allow_pickle``: accept a base model stored as pickled .bin weights."""
@@ -175,22 +202,25 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.spec.labels
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask (int64), padded to the longest text."""
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    def pad(self, encodings: list[tokenizers.Encoding]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask (int64), padded to the longest of ``encodings``."""
+        ids = np.full((len(encodings), max(len(e.ids) for e in encodings)), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
         return ids, mask
 
     def outputs(self, texts: list[str], desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, embeddings) of ``texts``, computed in batches of texts of similar length; with a
-        progress bar titled ``desc`` if given."""
+        """(logits, embeddings) of ``texts``, computed in batches of texts of similar length in tokens;
+        with a progress bar titled ``desc`` if given."""
         texts = [preprocess(t, self.spec.preprocessing) for t in check_texts(texts)]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        encodings = self.tokenizer.encode_batch(texts)
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         logits, features = [], []
         with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
             for start in range(0, len(order), self.batch_size):
-                batch_logits, batch_features = self.backend(*self.encode([texts[i] for i in order[start : start + self.batch_size]]))
+                batch_logits, batch_features = self.backend(*self.pad([encodings[i] for i in order[start : start + self.batch_size]]))
                 logits.append(batch_logits)
                 features.append(batch_features)
                 bar.update(len(batch_logits))
@@ -217,7 +247,8 @@ class Predictor:
         if self.oos_threshold is None:
             outside = np.zeros(len(texts), dtype=bool)
         else:
-            outside = self.oos_scores(probs, features) > self.oos_threshold
+            with one_blas_thread():
+                outside = self.oos_scores(probs, features) > self.oos_threshold
         top_k = max(1, min(top_k, len(self.labels)))
         results = []
         for text, row, out in zip(texts, probs, outside):

@@ -2,8 +2,8 @@
 
 The input (.txt one query a line, .csv or .jsonl) is validated in a first streaming pass, so a bad
 row fails before any output is written and the progress bar knows the total (it shows the rate and
-the time left). Queries are then read in chunks of ``CHUNK_BATCHES`` forward passes; the predictor
-sorts each chunk by length so batches pad little, and the chunk's predictions are appended to the
+the time left). Queries are then read in chunks of ``CHUNK`` queries; the predictor sorts each chunk by
+length so its batches pad little, and the chunk's predictions are appended to the
 output as JSON lines, in input order, each with the input ``row`` it answers. Memory holds one chunk,
 whatever the size of the file.
 
@@ -25,15 +25,7 @@ from bankintent.data import iter_queries
 from bankintent.errors import DataError
 from bankintent.predict import Predictor, check_texts
 
-GPU_BATCH = 512  # queries per forward pass on a GPU: large batches keep it busy
-CPU_BATCH = 64  # on a CPU larger batches gain little and pad more
-CHUNK_BATCHES = 16  # forward passes per chunk read, sorted by length and written at once
-
-
-def default_batch_size(predictor: Predictor) -> int:
-    """Queries per forward pass for the predictor's backend (PyTorch on a GPU or CPU, ONNX Runtime)."""
-    device = getattr(predictor.backend, "device", None)
-    return GPU_BATCH if device is not None and device.type == "cuda" else CPU_BATCH
+CHUNK = 4096  # queries read, sorted by length, predicted and written at once
 
 
 def _complete_lines(output: Path) -> tuple[int, bytes | None]:
@@ -84,13 +76,14 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
     if not output_path.parent.is_dir():
         raise DataError(f"{output_path}: folder {output_path.parent} does not exist")
     done = _resume_point(output_path, input_path, text_column, total) if resume else 0
-    predictor = copy.copy(predictor)  # the caller's keeps its batch size
-    predictor.batch_size = batch_size or default_batch_size(predictor)
+    if batch_size:
+        predictor = copy.copy(predictor)  # the caller's keeps its batch size
+        predictor.batch_size = batch_size
     queries = islice(iter_queries(input_path, text_column), done, None)
     written = 0
     with open(output_path, "a", encoding="utf-8") as out, \
             tqdm(total=total, initial=done, unit="q", desc="predicting", smoothing=0.1) as bar:
-        while chunk := list(islice(queries, predictor.batch_size * CHUNK_BATCHES)):
+        while chunk := list(islice(queries, CHUNK)):
             rows = [row for row, _ in chunk]
             results = predictor.predict([text for _, text in chunk], top_k=top_k)
             out.writelines(json.dumps({"row": row, **result}) + "\n" for row, result in zip(rows, results))
