@@ -11,7 +11,7 @@ from bankintent import Predictor, resolve_config, train
 from bankintent.config import METHODS
 from bankintent.errors import ConfigError, ModelError
 from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, build_model, layer_index, load_model
-from bankintent.training import GradualUnfreezing
+from bankintent.training import GradualUnfreezing, WeightAveraging
 from conftest import tiny_options
 
 METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_macro_f1", "trainable_params", "total_params",
@@ -23,6 +23,7 @@ METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_ma
 def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp_path):
     metrics = train(resolve_config(None, method=method, **tiny_options(tiny_models[arch], tiny_data, tmp_path)))
     assert METRIC_KEYS <= set(metrics)
+    assert metrics.get("averaged_epochs", 0) == (1 if method == "lpft" else 0)  # lpft's recipe averages the epochs' weights
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     folder = tmp_path / "adapter"
@@ -125,3 +126,36 @@ def test_nearly_full_disk_fails_before_training(tiny_bert, tiny_data, tmp_path, 
     with pytest.raises(ConfigError, match="only 100 MiB free on disk"):
         train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path / "out")))
     assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_weight_averaging_means_the_epoch_ends_and_survives_a_resume(tmp_path):
+    from types import SimpleNamespace
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    seen = []
+
+    def epoch_end(averaging, epoch, value):
+        with torch.no_grad():
+            model[1].weight.fill_(value)
+        seen.append(value)
+        averaging.on_epoch_end(args, SimpleNamespace(epoch=epoch), None, model=model)
+
+    averaging = WeightAveraging()
+    epoch_end(averaging, 1.0, 1.0)
+    epoch_end(averaging, 1.5, 100.0)  # an interrupted, partial epoch: not averaged
+    seen.pop()
+    epoch_end(averaging, 2.0, 4.0)
+    assert averaging.count == 2 and set(averaging.mean) == {"1.weight", "1.bias"}
+    (tmp_path / "checkpoint-20").mkdir()
+    averaging.on_save(args, SimpleNamespace(global_step=20, is_world_process_zero=True), None)
+
+    resumed = WeightAveraging()
+    resumed.restore(str(tmp_path / "checkpoint-20"))
+    assert resumed.count == 2
+    epoch_end(resumed, 3.0, 10.0)
+    resumed.apply(model)
+    assert torch.allclose(model[1].weight, torch.full((2, 2), sum(seen) / 3))  # (1 + 4 + 10) / 3
+    assert torch.equal(model[0].weight, frozen)

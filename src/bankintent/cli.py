@@ -124,7 +124,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
             continue
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind)

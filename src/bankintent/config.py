@@ -23,7 +23,7 @@ METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe")
 # head + LoRA); `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the
 # default because the embedded base model is a mean-pooling sentence encoder.
 RECIPES: dict[str, dict[str, Any]] = {
-    "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
+    "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32, "average_weights": True},
     "lora": {"pooling": "cls", "lr": 1e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
     "full": {"pooling": "cls", "lr": 5e-5, "epochs": 4},
     "lora-unfreeze": {"pooling": "cls", "lr": 1e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
@@ -53,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     early_stopping_patience: int = 2
+    average_weights: bool = False  # keep the mean of the weights at each epoch's end, not the best epoch's
     unfreeze_layers_per_epoch: int = 2  # lora-unfreeze: encoder layers joining per epoch, top first
     probe_c: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0])  # probe: C grid, 5-fold CV
     normalize_entities: bool = False  # replace amounts, currencies, dates, numbers by placeholders

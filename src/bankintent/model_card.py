@@ -57,6 +57,8 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
         if cfg.normalize_entities else "none"
     lora = f"r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, target modules: {', '.join(cfg.target_modules) if cfg.target_modules else 'attention and feed-forward projections'}" \
         if cfg.uses_lora else "not used"
+    kept = f"the mean of the weights at the end of its {metrics['averaged_epochs']} epochs kept" if metrics.get("averaged_epochs") \
+        else f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
     return f"""---
 {front}---
 
@@ -101,7 +103,7 @@ Preprocessing: {preprocessing}. Augmentation: {cfg.augment or 'none'}.
 ## Training procedure
 
 - method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
-- epochs: {cfg.epochs} (best epoch {metrics['best_epoch']} kept, selected on validation accuracy),
+- epochs: {cfg.epochs} ({kept}),
   learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio
   {cfg.warmup_ratio}, max length {cfg.max_length} tokens, seed {cfg.seed}
 - hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min
