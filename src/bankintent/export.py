@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,6 +86,16 @@ def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None)
             fused.replace(path)
 
 
+@contextmanager
+def quiet_logging():
+    """ONNX Runtime's optimizer and quantizer log each fusion and tensor (about 150 lines an export)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def optimize(source: Path, target: Path, config) -> None:
     """ONNX Runtime's transformer fusions where the architecture is known, else the graph as exported."""
     if config.model_type not in FUSABLE:
@@ -95,7 +106,8 @@ def optimize(source: Path, target: Path, config) -> None:
 
     heads = getattr(config, "num_attention_heads", None) or config.n_heads
     hidden = getattr(config, "hidden_size", None) or config.dim
-    optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0).save_model_to_file(str(target))
+    with quiet_logging():
+        optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0).save_model_to_file(str(target))
 
 
 def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
@@ -108,6 +120,8 @@ def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
     keep_float += [name + "_MatMul" for name in keep_float]  # the quantizer turns Gemm X into MatMul X_MatMul first
     # per-channel scales, embeddings left in float: on the first (2-epoch) demo model, Banking77 test accuracy
     # -0.32 points against fp32, where per-tensor weights lost 0.56 and quantized embeddings another 0.16;
-    # on the current runs/demo +0.19 (README, benchmarks/latency.py --accuracy)
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
-                     nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types
+    # on the later best-epoch demo model +0.19, on the current (weight-averaged) runs/demo -0.19 (README,
+    # benchmarks/latency.py --accuracy)
+    with quiet_logging():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
+                         nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types
