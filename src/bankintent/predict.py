@@ -26,8 +26,8 @@ import numpy as np
 import tokenizers
 import torch
 from peft import PeftModel
-from torch import nn
 from threadpoolctl import ThreadpoolController
+from torch import nn
 from tqdm.auto import tqdm
 
 from bankintent import ood
