@@ -50,7 +50,7 @@ def queries(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_pass(model_dir, queries, tmp_path_factory):
     output = tmp_path_factory.mktemp("stream_single") / "single.jsonl"
-    assert predict_file(Predictor.load(model_dir), queries, output, batch_size=BATCH) == QUERIES
+    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output) == QUERIES
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
@@ -99,7 +99,7 @@ def test_resume_cuts_a_torn_last_line(model_dir, queries, single_pass, tmp_path)
     kept = 1234
     lines = [json.dumps(r) + "\n" for r in single_pass]
     output.write_text("".join(lines[:kept]) + lines[kept][:17])
-    written = predict_file(Predictor.load(model_dir), queries, output, batch_size=BATCH, resume=True)
+    written = predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True)
     assert written == QUERIES - kept
     assert_same_lines(output, single_pass)
     assert predict_file(Predictor.load(model_dir), queries, output, resume=True) == 0  # already complete

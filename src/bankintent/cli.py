@@ -63,12 +63,13 @@ def predict(args: argparse.Namespace) -> None:
         raise BankintentError("give either query texts or --input FILE")
     if args.input and not args.output:
         raise BankintentError("--input needs --output FILE.jsonl")
-    predictor = Predictor.load(args.dir, allow_pickle=args.allow_pickle, oos_score=args.oos_score, oos_threshold=args.oos_threshold)
+    predictor = Predictor.load(args.dir, batch_size=args.batch_size, allow_pickle=args.allow_pickle,
+                               oos_score=args.oos_score, oos_threshold=args.oos_threshold)
     if args.input:
         from bankintent.streaming import predict_file
 
         written = predict_file(predictor, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
-                               batch_size=args.batch_size, resume=args.resume)
+                               resume=args.resume)
         print(f"{written} predictions written to {args.output}")
         return
     results = predictor.predict(args.texts, top_k=args.top_k)

@@ -17,6 +17,7 @@ of similar length pad almost nothing (``benchmarks/latency.py`` measures the dif
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -55,17 +56,16 @@ def default_batch_size(device: torch.device | None) -> int:
     return GPU_BATCH if device is not None and device.type == "cuda" else CPU_BATCH
 
 
-_blas = None
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded libraries once (a few ms)
 
 
 def one_blas_thread():
     """A context in which numpy's BLAS uses one thread. The small matrix products after a forward pass
     (the Mahalanobis score) run while PyTorch's or ONNX Runtime's threads still spin on both cores,
     and a two-thread BLAS fighting them took 22 ms a batch of 64 instead of 0.3 ms."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+    return _threadpools().limit(limits=1, user_api="blas")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

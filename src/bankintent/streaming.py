@@ -14,7 +14,6 @@ are predicted, so no line is duplicated or lost.
 
 from __future__ import annotations
 
-import copy
 import json
 from itertools import islice
 from pathlib import Path
@@ -64,7 +63,7 @@ def _resume_point(output: Path, input_path: Path, text_column: str, total: int) 
 
 
 def predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path, text_column: str = "text",
-                 top_k: int = 3, batch_size: int | None = None, resume: bool = False) -> int:
+                 top_k: int = 3, resume: bool = False) -> int:
     """Predict every query of ``input_path`` into ``output_path`` (JSON lines: ``row`` and the fields of
     ``Predictor.predict``); returns the number of lines written by this call."""
     input_path, output_path = Path(input_path), Path(output_path)
@@ -76,9 +75,6 @@ def predict_file(predictor: Predictor, input_path: str | Path, output_path: str 
     if not output_path.parent.is_dir():
         raise DataError(f"{output_path}: folder {output_path.parent} does not exist")
     done = _resume_point(output_path, input_path, text_column, total) if resume else 0
-    if batch_size:
-        predictor = copy.copy(predictor)  # the caller's keeps its batch size
-        predictor.batch_size = batch_size
     queries = islice(iter_queries(input_path, text_column), done, None)
     written = 0
     with open(output_path, "a", encoding="utf-8") as out, \
