@@ -11,8 +11,8 @@ Both backends return the logits and the classifier head's input (the query embed
 Mahalanobis out-of-scope score needs. Queries are tokenized by the Rust ``tokenizers`` library,
 sorted by length and cut into batches, each padded to its longest query only. On a CPU the batches
 are small (``CPU_BATCH``): a matrix product costs what its padded tokens cost, and a batch of 64
-Banking77 test queries as a client sends them pads its ~15 tokens a query to ~40, while batches of 8
-of similar length pad almost nothing (``benchmarks/latency.py`` measures the difference).
+queries as a client sends them pads most of them to a length several times theirs, while batches of
+8 of similar length pad almost nothing (``benchmarks/latency.py`` measures the difference).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _threadpools() -> ThreadpoolController:
 def one_blas_thread():
     """A context in which numpy's BLAS uses one thread. The small matrix products after a forward pass
     (the Mahalanobis score) run while PyTorch's or ONNX Runtime's threads still spin on both cores,
-    and a two-thread BLAS fighting them took 22 ms a batch of 64 instead of 0.3 ms."""
+    and a two-thread BLAS fighting them for the cores took many times as long as one thread alone."""
     return _threadpools().limit(limits=1, user_api="blas")
 
 
