@@ -5,10 +5,12 @@
 - ``onnx``: ``model.onnx`` with two outputs, ``logits`` and ``features`` (the query embedding the
   out-of-scope score uses) and dynamic batch and sequence axes. It is exported by the TorchScript-based
   exporter from eager attention, then fused by ONNX Runtime's transformer optimizer (attention,
-  embedding and skip layer normalisation, GELU). ``--quantize int8`` quantizes the weights of the
+  embedding layer normalisation, GELU; not skip layer normalisation and bias GELU, whose fused CPU
+  kernels are slower than the ops they replace). ``--quantize int8`` quantizes the weights of the
   encoder's matrix products and attention to int8 with per-channel scales (dynamic quantization:
-  activations are quantized on the fly), leaving the embeddings and the classifier layer in float. The tokenizer (``tokenizer.json``), labels and spec go beside
-  it, so ``Predictor.load`` and ``bankintent serve`` use the folder directly.
+  activations are quantized on the fly), leaving the embeddings and the classifier layer in float.
+  The tokenizer (``tokenizer.json``), labels and spec go beside it, so ``Predictor.load`` and
+  ``bankintent serve`` use the folder directly.
 
 The output folder is written atomically, with a COMPLETE marker last, like every model folder.
 """
@@ -102,12 +104,17 @@ def optimize(source: Path, target: Path, config) -> None:
         log.warning("no ONNX Runtime fusions for model type %s; exporting the unfused graph", config.model_type)
         source.replace(target)
         return
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False  # the fused kernels are slower on a CPU than the ops they
+    options.enable_bias_gelu = False  # replace (predict.SLOW_FUSIONS); the session must not fuse them either
     heads = getattr(config, "num_attention_heads", None) or config.n_heads
     hidden = getattr(config, "hidden_size", None) or config.dim
     with quiet_logging():
-        optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0).save_model_to_file(str(target))
+        optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                       optimization_options=options).save_model_to_file(str(target))
 
 
 def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
