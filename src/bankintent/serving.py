@@ -410,10 +410,10 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
 
 def inference_threads() -> int:
-    """Threads for the forward passes: $OMP_NUM_THREADS if set, else every core but one, which is
-    left to the event loop (parsing requests, JSON): on a 2-core machine two inference threads and
-    the HTTP work thrash one another."""
-    return int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1))
+    """Threads for the forward passes: $OMP_NUM_THREADS if set, else every core. The forward passes
+    take most of a request's CPU time, and the event loop's work (HTTP, JSON) fits between them:
+    on 2 cores, 2 inference threads served 16 clients faster than 1 (README, benchmarks/serve_load.py)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
 MMAP_THRESHOLD = 128 * 1024
