@@ -104,6 +104,8 @@ def optimize(source: Path, target: Path, config) -> None:
         log.warning("no ONNX Runtime fusions for model type %s; exporting the unfused graph", config.model_type)
         source.replace(target)
         return
+    import onnxruntime
+    import transformers
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -113,8 +115,13 @@ def optimize(source: Path, target: Path, config) -> None:
     heads = getattr(config, "num_attention_heads", None) or config.n_heads
     hidden = getattr(config, "hidden_size", None) or config.dim
     with quiet_logging():
-        optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
-                       optimization_options=options).save_model_to_file(str(target))
+        optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0,
+                                   optimization_options=options)
+        optimized.save_model_to_file(str(target))
+        fused = optimized.get_fused_operator_statistics()
+    if not fused.get("Attention"):  # seen on a machine with torch 2.11, transformers 5.17, onnxruntime 1.30
+        log.warning("ONNX Runtime fused no attention in this graph (transformers %s, onnxruntime %s): the export predicts "
+                    "the same, only slower", transformers.__version__, onnxruntime.__version__)
 
 
 def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
