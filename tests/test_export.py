@@ -3,6 +3,7 @@ predicts, load through ``Predictor.load`` and fail with one-line errors."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -10,11 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
+import transformers
 from conftest import INTENTS, tiny_options
 
 import bankintent
 from bankintent.errors import ConfigError, ModelError
-from bankintent.export import export
+from bankintent.export import export, optimize
 from bankintent.predict import SLOW_FUSIONS, OnnxModel, Predictor
 
 QUERIES = [phrase for phrases in INTENTS.values() for phrase in phrases] + [
@@ -59,8 +62,10 @@ def session_ops(path, disabled: list[str]) -> set[str]:
     return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
 
 
-def test_onnx_graph_is_fused_without_the_slow_fusions_and_has_dynamic_axes(runs, tmp_path):
-    path = export(runs["bert"], tmp_path / "onnx") / "model.onnx"
+def test_onnx_graph_is_fused_without_the_slow_fusions_and_has_dynamic_axes(runs, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="bankintent.export"):
+        path = export(runs["bert"], tmp_path / "onnx") / "model.onnx"
+    assert "fused no attention" not in caplog.text
     graph = onnx.load(str(path)).graph
     ops = {node.op_type for node in graph.node}
     assert {"Attention", "EmbedLayerNormalization", "LayerNormalization", "Gelu"} <= ops
@@ -71,6 +76,16 @@ def test_onnx_graph_is_fused_without_the_slow_fusions_and_has_dynamic_axes(runs,
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
     assert dims == [["batch", "sequence"], ["batch", "sequence"]]
     assert [o.name for o in graph.output] == ["logits", "features"]
+
+
+def test_export_warns_when_no_attention_is_fused(tmp_path, caplog):
+    """A graph ONNX Runtime's optimizer finds no attention in (here: one with none) is kept, with a warning."""
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(torch.nn.Linear(8, 4), (torch.ones(2, 8),), str(raw), dynamo=False, opset_version=17)
+    with caplog.at_level(logging.WARNING, logger="bankintent.export"):
+        optimize(raw, tmp_path / "fused.onnx", transformers.BertConfig(hidden_size=8, num_attention_heads=2))
+    assert "ONNX Runtime fused no attention" in caplog.text
+    assert len(onnx.load(str(tmp_path / "fused.onnx")).graph.node) >= 1
 
 
 def test_int8_quantizes_the_encoder_and_keeps_the_head_float(runs, tmp_path):
