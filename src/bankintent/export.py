@@ -134,8 +134,8 @@ def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
     keep_float += [name + "_MatMul" for name in keep_float]  # the quantizer turns Gemm X into MatMul X_MatMul first
     # per-channel scales, embeddings left in float: on the first (2-epoch) demo model, Banking77 test accuracy
     # -0.32 points against fp32, where per-tensor weights lost 0.56 and quantized embeddings another 0.16;
-    # on the later best-epoch demo model +0.19, on the current (weight-averaged) runs/demo -0.19 (README,
-    # benchmarks/latency.py --accuracy)
+    # on the later best-epoch demo model +0.19, on the current (weight-averaged) runs/demo -0.16 with the
+    # present fusions (README, benchmarks/latency.py --accuracy)
     with quiet_logging():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
                          nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types
