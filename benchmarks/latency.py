@@ -43,7 +43,7 @@ from bankintent.data import load_splits  # noqa: E402
 from bankintent.export import export  # noqa: E402
 from bankintent.modeling import load_model, load_tokenizer  # noqa: E402
 from bankintent.predict import Predictor, model_folder  # noqa: E402
-from bankintent.reports import markdown_table  # noqa: E402
+from bankintent.results import markdown_table  # noqa: E402
 
 BATCH = 64
 WARMUP = 10

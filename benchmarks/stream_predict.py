@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bankintent.data import iter_queries, load_splits  # noqa: E402
 from bankintent.predict import Predictor  # noqa: E402
-from bankintent.reports import markdown_table  # noqa: E402
+from bankintent.results import markdown_table  # noqa: E402
 from bankintent.streaming import predict_file  # noqa: E402
 
 PATHS = ("in-memory", "streaming")

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from bankintent.errors import ConfigError
-from bankintent.reports import aggregate_runs, results_tables
+from bankintent.results import aggregate_runs, results_tables
 from bankintent.sweep import read_sweep, run_sweep
 
 

@@ -20,7 +20,7 @@ from bankintent.errors import BankintentError
 def train(args: argparse.Namespace) -> None:
     from bankintent.config import resolve_config
     from bankintent.errors import TrainingInterrupted
-    from bankintent.reports import markdown_table, results_row
+    from bankintent.results import markdown_table, results_row
     from bankintent.training import train as run
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}

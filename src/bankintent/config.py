@@ -65,7 +65,11 @@ class TrainConfig:
     seed: int = 42
     allow_pickle: bool = False  # accept a base model stored as pickled .bin weights (they can run code)
     output: str = "runs/latest"
+    overwrite: bool = False  # replace what a non-empty --output folder holds (without it, training refuses)
     resume: bool = False
+    strict_data: bool = False  # refuse a data file with empty rows instead of skipping them with a warning
+    oos_label: str = "out_of_scope"  # rows with this label are out-of-scope examples, not an intent
+    oos_file: str | None = None  # a file of out-of-scope example queries (.txt one a line, or .csv/.jsonl)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

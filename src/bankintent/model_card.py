@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from bankintent.config import TrainConfig
-from bankintent.reports import human_bytes
+from bankintent.results import human_bytes
 
 METHOD_TEXT = {
     "lpft": "a linear probe on the frozen encoder's mean-pooled embeddings, then LoRA fine-tuning that starts from the probe's head (LP-FT)",

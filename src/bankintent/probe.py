@@ -14,7 +14,8 @@ import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from tqdm.auto import tqdm
 
-from bankintent.modeling import MeanPoolClassifier, encode_batches
+from bankintent.evaluation import confused_pairs
+from bankintent.modeling import MeanPoolClassifier, ModelSpec, build_model, encode_batches, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +49,15 @@ def load_into_head(model: MeanPoolClassifier, clf: LogisticRegression) -> None:
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(clf.coef_, dtype=model.head.weight.dtype))
         model.head.bias.copy_(torch.as_tensor(clf.intercept_, dtype=model.head.bias.dtype))
+
+
+def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:
+    """The first run of ``--augment confused-pairs``: a linear probe of the frozen base model fitted on
+    the (preprocessed) training split; returns its ``pairs`` most confused intent pairs on validation."""
+    spec = ModelSpec(base_model=cfg.base_model, method="linear-probe", pooling="mean", labels=splits.labels)
+    model, tokenizer = build_model(spec), load_tokenizer(cfg.base_model)
+    train_x = embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="augment: first run, train")
+    val_x = embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="augment: first run, validation")
+    clf, _, _ = fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
+    y_true = splits.ids(splits.validation)
+    return confused_pairs(splits.validation.texts, y_true, clf.predict(val_x), splits.labels, top=pairs, examples=1)

@@ -32,7 +32,7 @@ from bankintent.config import read_yaml  # noqa: E402
 from bankintent.data import Examples, Splits, load_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent  # noqa: E402
-from bankintent.reports import (  # noqa: E402
+from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
     aggregate_runs,
     human_bytes,

@@ -32,7 +32,7 @@ from transformers import AutoConfig
 from bankintent.config import read_yaml, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
-from bankintent.reports import markdown_table
+from bankintent.results import markdown_table
 from bankintent.sweep import start_run, train_command
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from bankintent.config import FIELD_NAMES, TrainConfig, load_yaml_file, resolve_config
 from bankintent.errors import ConfigError
-from bankintent.reports import aggregate_runs, write_results_tables
+from bankintent.results import aggregate_runs, write_results_tables
 
 log = logging.getLogger(__name__)
 

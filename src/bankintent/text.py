@@ -128,18 +128,3 @@ def check_augmentation(name: str | None) -> None:
     if name is not None and name not in AUGMENTATIONS:
         raise ConfigError(f"augment={name!r} is not known; choose one of {', '.join(AUGMENTATIONS)}")
 
-
-def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:
-    """The first run of ``--augment confused-pairs``: a linear probe of the frozen base model fitted on
-    the (preprocessed) training split; returns its ``pairs`` most confused intent pairs on validation."""
-    from bankintent import probe
-    from bankintent.evaluation import confused_pairs
-    from bankintent.modeling import ModelSpec, build_model, load_tokenizer
-
-    spec = ModelSpec(base_model=cfg.base_model, method="linear-probe", pooling="mean", labels=splits.labels)
-    model, tokenizer = build_model(spec), load_tokenizer(cfg.base_model)
-    train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="augment: first run, train")
-    val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="augment: first run, validation")
-    clf, _, _ = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
-    y_true = splits.ids(splits.validation)
-    return confused_pairs(splits.validation.texts, y_true, clf.predict(val_x), splits.labels, top=pairs, examples=1)

@@ -56,8 +56,8 @@ from bankintent.modeling import (
     save_model,
 )
 from bankintent.predict import Predictor
-from bankintent.reports import write_history
-from bankintent.text import augment, check_augmentation, confused_intents, preprocess
+from bankintent.results import write_history
+from bankintent.text import augment, check_augmentation, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Spl
     for examples in (splits.train, splits.validation):
         examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
     if cfg.augment == "confused-pairs":
-        pairs = confused_intents(splits, cfg)
+        pairs = probe.confused_intents(splits, cfg)
         intents = {p["intent_a"] for p in pairs} | {p["intent_b"] for p in pairs}
         texts, labels = augment(splits.train.texts, splits.train.labels, intents, cfg.seed)
         log.info("augment: %d perturbed copies of the queries of %d confused intents", len(texts), len(intents))

@@ -1,4 +1,6 @@
-"""Reports: per-epoch history (CSV + learning-curve PNG) and the results table."""
+"""Results of runs: per-epoch history (CSV + learning-curve PNG) and the results tables (one run, sweeps).
+
+The HTML/Markdown report that gathers them is ``bankintent.report``."""
 
 from __future__ import annotations
 
