@@ -241,27 +241,39 @@ class Predictor:
         return ood.score(name or self.oos_score or "msp", probabilities, features, self.spec.ood)
 
     def predict(self, texts: list[str] | str, top_k: int = 3) -> list[dict]:
-        """One dict per text: ``text``, ``intent`` (``out_of_scope`` when the out-of-scope score crosses
-        the threshold), ``confidence`` (calibrated, of the top intent), ``out_of_scope`` and ``top_k``
-        ([{intent, confidence}], the top intents even for an out-of-scope query)."""
+        """One dict per text:
+
+        - ``intent``: the answer, an intent or ``out_of_scope`` when the out-of-scope score crosses the
+          threshold; ``out_of_scope``: whether it did;
+        - ``confidence``: the calibrated probability of ``intent``; ``None`` for an out-of-scope answer,
+          whose own evidence is ``oos_score`` against ``oos_threshold`` (higher: further from every
+          intent; ``oos_method`` names the score; all three ``None`` without a detector);
+        - ``closest_intent``: the most probable intent, also when the answer is out of scope;
+        - ``top_k``: [{intent, confidence}], the most probable intents."""
         texts = check_texts(texts)
         logits, features = self.outputs(texts)
         probs = softmax(logits / self.spec.temperature)
         if self.oos_threshold is None:
-            outside = np.zeros(len(texts), dtype=bool)
+            scores = np.full(len(texts), np.nan)
         else:
             with one_blas_thread():
-                outside = self.oos_scores(probs, features) > self.oos_threshold
+                scores = self.oos_scores(probs, features)
         top_k = max(1, min(top_k, len(self.labels)))
         results = []
-        for text, row, out in zip(texts, probs, outside):
+        for text, row, score in zip(texts, probs, scores):
             order = np.argsort(-row)[:top_k]
             ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in order]
+            detector = not np.isnan(score)
+            out = bool(detector and score > self.oos_threshold)
             results.append({
                 "text": text,
                 "intent": OUT_OF_SCOPE if out else ranked[0]["intent"],
-                "confidence": ranked[0]["confidence"],
-                "out_of_scope": bool(out),
+                "confidence": None if out else ranked[0]["confidence"],
+                "out_of_scope": out,
+                "oos_score": round(float(score), 6) if detector else None,
+                "oos_threshold": round(float(self.oos_threshold), 6) if detector else None,
+                "oos_method": self.oos_score if detector else None,
+                "closest_intent": ranked[0]["intent"],
                 "top_k": ranked,
             })
         return results
