@@ -43,7 +43,7 @@ GOOD = [(f"query {i}", "a" if i % 2 else "b") for i in range(40)]
 
 
 def test_missing_folder_and_file(tmp_path):
-    with pytest.raises(DataError, match="data folder not found"):
+    with pytest.raises(DataError, match="nope: no such data folder or file"):
         load_splits(str(tmp_path / "nope"))
     with pytest.raises(DataError, match="no train.csv or train.jsonl"):
         load_splits(str(tmp_path))
@@ -56,10 +56,18 @@ def test_missing_column(tmp_path):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
 
 
-def test_empty_text_names_the_row(tmp_path):
-    rows = GOOD[:3] + [("   ", "a")] + GOOD[3:]
-    with pytest.raises(DataError, match=r"train.csv: row 5: empty text in column 'text'"):
-        load_splits(_folder(tmp_path, rows))
+def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
+    rows = GOOD[:3] + [("   ", "a")] + GOOD[3:] + [("", "b")]
+    splits = load_splits(_folder(tmp_path, rows))
+    assert len(splits.train) + len(splits.validation) == len(GOOD)
+    assert all(t.strip() for t in splits.train.texts + splits.validation.texts)
+    assert "2 row(s) with an empty text skipped" in caplog.text
+    assert splits.notes["empty_rows_skipped"] == 2 and splits.notes["empty_rows_skipped_by_file"] == {"train.csv": 2}
+    with pytest.raises(DataError, match=r"train.csv: row 5: empty text in column 'text' \(strict_data"):
+        load_splits(str(tmp_path), strict_data=True)
+    (tmp_path / "train.csv").write_text("text,category\n ,a\n,b\n")
+    with pytest.raises(DataError, match=r"no rows with a text \(2 empty row\(s\) skipped\)"):
+        load_splits(str(tmp_path))
 
 
 def test_non_utf8(tmp_path):
@@ -102,16 +110,90 @@ def test_iter_queries(tmp_path):
     (tmp_path / "q.txt").write_text("I lost my card\nwhat is the rate\n")
     assert list(iter_queries(tmp_path / "q.txt")) == [(1, "I lost my card"), (2, "what is the rate")]
     (tmp_path / "q.txt").write_text("one\n\nthree\n")
-    with pytest.raises(DataError, match=r"q.txt: row 2: empty text"):
-        list(iter_queries(tmp_path / "q.txt"))
+    assert list(iter_queries(tmp_path / "q.txt")) == [(1, "one"), (3, "three")]  # blank lines skipped (issue 12)
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"query": "b"}\n')
     with pytest.raises(DataError, match=r"q.jsonl: row 2: missing column 'text'"):
         list(iter_queries(tmp_path / "q.jsonl"))
     (tmp_path / "q.csv").write_text("id,query\n1,hello\n")
-    assert list(iter_queries(tmp_path / "q.csv", text_column="query")) == [(2, "hello")]
+    assert list(iter_queries(tmp_path / "q.csv", text_column="query")) == [(1, "hello")]  # row n: the n-th data row
 
 
 def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nonly text\n")
     with pytest.raises(DataError, match=r"train.csv: row 3: expected 2 fields"):
         load_splits(str(tmp_path))
+
+
+def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", GOOD)
+    own = [("my own check a", "a"), ("my own check b", "b")]
+    for name in ("valid.csv", "dev.jsonl"):
+        write_csv(tmp_path / "valid.csv", own) if name == "valid.csv" else (tmp_path / name).write_text('{"text": "x", "category": "a"}\n')
+    splits = load_splits(str(tmp_path))
+    assert splits.validation.texts == [t for t, _ in own] and splits.train.texts == [t for t, _ in GOOD]  # nothing carved from train
+    assert splits.notes["validation"] == str(tmp_path / "valid.csv")
+    assert "validation files valid.csv, dev.jsonl: using valid.csv, not dev.jsonl" in caplog.text
+    write_csv(tmp_path / "valid.csv", own + [("new", "zzz")])
+    with pytest.raises(DataError, match=r"valid.csv: row 4: label 'zzz' never seen in training"):
+        load_splits(str(tmp_path))
+
+
+def test_validation_csv_and_jsonl_names(tmp_path):
+    write_csv(tmp_path / "train.csv", GOOD)
+    (tmp_path / "validation.jsonl").write_text('{"text": "held out", "category": "a"}\n')
+    assert load_splits(str(tmp_path)).validation.texts == ["held out"]
+
+
+def test_train_csv_beside_train_jsonl_says_which_is_used(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", GOOD)
+    (tmp_path / "train.jsonl").write_text('{"text": "other", "category": "a"}\n')
+    (tmp_path / "extra.csv").write_text("text,category\nx,a\n")
+    splits = load_splits(str(tmp_path))
+    assert len(splits.train) + len(splits.validation) == len(GOOD)
+    assert "training files train.csv, train.jsonl: using train.csv, not train.jsonl" in caplog.text
+    assert "not read: extra.csv" in caplog.text
+
+
+def test_data_can_be_a_file(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", GOOD)
+    write_csv(tmp_path / "test.csv", GOOD[:4])
+    splits = load_splits(str(tmp_path / "train.csv"))
+    assert "data folder not found" not in caplog.text
+    assert len(splits.train) + len(splits.validation) == len(GOOD) and splits.test is None
+    assert splits.source == str((tmp_path / "train.csv").resolve())
+    assert "test.csv beside it are not used" in caplog.text
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="must be .csv or .jsonl"):
+        load_splits(str(tmp_path / "notes.txt"))
+
+
+def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
+    rows = GOOD + [("what is the weather", "out_of_scope"), ("tell me a joke", "out_of_scope")]
+    write_csv(tmp_path / "train.csv", rows)
+    write_csv(tmp_path / "valid.csv", [("a check", "a"), ("b check", "b"), ("sing a song", "out_of_scope")])
+    write_csv(tmp_path / "test.csv", [("x", "a"), ("who won the match", "out_of_scope")])
+    (tmp_path / "more_oos.txt").write_text("# comment\nbook a flight\n\nfind a restaurant\n")
+    splits = load_splits(str(tmp_path), oos_file=str(tmp_path / "more_oos.txt"))
+    assert splits.labels == ["a", "b"]  # out_of_scope is not an intent
+    assert "out_of_scope" not in splits.train.labels + splits.validation.labels + splits.test.labels
+    assert splits.out_of_scope.texts == ["what is the weather", "tell me a joke", "sing a song", "book a flight", "find a restaurant"]
+    assert splits.out_of_scope.describe() == ("train.csv: 2 rows labelled 'out_of_scope'; valid.csv: 1 rows labelled 'out_of_scope'; "
+                                               "more_oos.txt: 2 queries")
+    assert splits.test_out_of_scope.texts == ["who won the match"] and splits.test.texts == ["x"]
+    other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent
+    assert "out_of_scope" in other.labels and not other.out_of_scope.texts
+    (tmp_path / "oos.csv").write_text("query\nbook a taxi\n")
+    with pytest.raises(DataError, match=r"oos.csv: row 1: missing column 'text'"):
+        load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))
+
+
+def test_thin_validation_is_flagged():
+    from bankintent.data import Examples, Splits, thin_validation
+
+    def splits(per_intent):
+        labels = [label for label in ("a", "b") for _ in range(per_intent)]
+        return Splits(Examples(["t"] * 20, ["a", "b"] * 10), Examples(["v"] * len(labels), labels), None, ["a", "b"], "x")
+
+    assert thin_validation(splits(5)) is None
+    warning = thin_validation(splits(2))
+    assert "2 of 2 intents have fewer than 5 validation queries ('a': 2; 4 queries in all)" in warning

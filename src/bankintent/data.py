@@ -1,7 +1,18 @@
 """Data: Banking77 or a user's own CSV/JSONL, validated row by row, split reproducibly.
 
-The validation split is a stratified 10% of the training file drawn with a fixed seed (Banking77:
-9,002 train / 1,001 validation); the official test file (3,080 queries) is only ever evaluated.
+``--data`` names Banking77 (``banking77``), a folder or one file:
+
+- a folder: ``train.csv`` (or ``.jsonl``); a validation file ``valid``, ``validation`` or ``dev``
+  (``.csv``/``.jsonl``) if present, else the validation split is a stratified share
+  (``val_fraction``) of the training file drawn with a fixed seed (Banking77: 9,002 train / 1,001
+  validation); ``test.csv`` (or ``.jsonl``) if present, only ever evaluated. Files present and not
+  used are named in a warning.
+- a file: the training file alone (validation carved from it, no test set); the files beside it are
+  not read (a warning names those a folder would have used).
+
+Rows labelled ``oos_label`` (default ``out_of_scope``) are not an intent: they are out-of-scope
+examples (``Splits.out_of_scope``), as are the queries of ``oos_file``. Rows with an empty text are
+skipped and counted (refused with ``strict_data``).
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import logging
 import os
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +36,11 @@ log = logging.getLogger(__name__)
 BANKING77 = "banking77"
 BANKING77_URL = "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/{split}.csv"
 CACHE_DIR = Path(os.environ.get("BANKINTENT_CACHE", Path.home() / ".cache" / "bankintent"))
+DATA_SUFFIXES = (".csv", ".jsonl")
+VALIDATION_STEMS = ("valid", "validation", "dev")
+# fewer validation queries than this for an intent and its validation accuracy, the calibration and
+# the out-of-scope threshold rest on too little: training warns and records it
+MIN_VALIDATION_PER_INTENT = 5
 
 
 @dataclass
@@ -32,9 +48,31 @@ class Examples:
     texts: list[str]
     labels: list[str]
     rows: list[int] | None = None  # line numbers in the source file, for error messages
+    empty_skipped: int = 0  # rows of the source file skipped because their text was empty
+    duplicates: int = 0  # rows repeating an earlier (text, label) of the file, kept
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@dataclass
+class OutOfScope:
+    """Out-of-scope example queries: not an intent, never trained on; they choose the out-of-scope
+    score and measure how many out-of-scope queries its threshold catches."""
+
+    texts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # where they came from, e.g. "train.csv: 12 rows labelled 'out_of_scope'"
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def describe(self) -> str:
+        return "; ".join(self.sources) if self.sources else "none"
+
+    def add(self, texts: list[str], source: str) -> None:
+        if texts:
+            self.texts.extend(texts)
+            self.sources.append(source)
 
 
 @dataclass
@@ -43,7 +81,10 @@ class Splits:
     validation: Examples
     test: Examples | None
     labels: list[str]  # intent names in the order of the classifier's outputs
-    source: str
+    source: str  # what --data named: "banking77", or an absolute folder or file path
+    out_of_scope: OutOfScope = field(default_factory=OutOfScope)  # from the training and validation files and oos_file
+    test_out_of_scope: OutOfScope = field(default_factory=OutOfScope)  # from the test file
+    notes: dict = field(default_factory=dict)  # what loading did (files read, validation source, rows skipped): metrics.json's "data_notes"
 
     def ids(self, split: Examples) -> list[int]:
         index = {name: i for i, name in enumerate(self.labels)}
@@ -120,25 +161,39 @@ def clean_text(path: Path, number: int, value, column: str) -> str:
     return value.strip()
 
 
-def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category") -> Examples:
-    """Read a labelled .csv or .jsonl file; every row needs a non-empty text and label."""
+def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
+                  strict: bool = False) -> Examples:
+    """Read a labelled .csv or .jsonl file. A row whose text is empty or whitespace is skipped and
+    counted (one blank row should not refuse a whole public data set); with ``strict`` it is refused.
+    Every other row needs a text and a label."""
     path = Path(path)
     texts: list[str] = []
     labels: list[str] = []
     numbers: list[int] = []
+    empty = 0
     for number, row in iter_rows(path, (text_column, label_column)):
-        texts.append(clean_text(path, number, row[text_column], text_column))
+        value = row[text_column]
+        if value is None or isinstance(value, str) and not value.strip():
+            if strict:
+                raise DataError(f"{path}: row {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
+            empty += 1
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
+        texts.append(value.strip())
         label = row[label_column]
         if label is None or not str(label).strip():
             raise DataError(f"{path}: row {number}: empty label in column {label_column!r}")
         labels.append(str(label).strip())
         numbers.append(number)
     if not texts:
-        raise DataError(f"{path}: no rows after the header")
+        raise DataError(f"{path}: no rows with a text ({empty} empty row(s) skipped)" if empty else f"{path}: no rows after the header")
+    if empty:
+        log.warning("%s: %d row(s) with an empty text skipped (strict_data / --strict-data refuses them)", path, empty)
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
         log.warning("%s: %d duplicated row(s) kept", path, duplicates)
-    return Examples(texts, labels, numbers)
+    return Examples(texts, labels, numbers, empty, duplicates)
 
 
 def iter_queries(path: str | Path, text_column: str = "text") -> Iterator[tuple[int, str]]:
@@ -168,14 +223,8 @@ def _download_banking77() -> Path:
     return target
 
 
-def locate(data: str) -> Path:
-    """A folder holding train.csv/.jsonl: the path given, or for ``banking77`` a local copy
-    ($BANKINTENT_DATA_DIR, ../shared/data/banking77, the cache) or a download."""
-    if data != BANKING77:
-        path = Path(data)
-        if not path.is_dir():
-            raise DataError(f"{path}: data folder not found")
-        return path
+def _banking77_folder() -> Path:
+    """A local copy of Banking77 ($BANKINTENT_DATA_DIR, ../shared/data/banking77, the cache) or a download."""
     candidates = [os.environ.get("BANKINTENT_DATA_DIR"), Path.cwd().parent / "shared" / "data" / BANKING77]
     for candidate in candidates:
         if candidate and (Path(candidate) / "train.csv").is_file():
@@ -183,11 +232,136 @@ def locate(data: str) -> Path:
     return _download_banking77()
 
 
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in (".csv", ".jsonl"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
+@dataclass
+class DataFiles:
+    """The files ``--data`` stands for."""
+
+    source: str  # "banking77", or the absolute path of the folder or file given
+    train: Path
+    validation: Path | None = None
+    test: Path | None = None
+
+
+def _pick(folder: Path, stems: tuple[str, ...], what: str) -> Path | None:
+    """The first of ``folder``'s files named stem + .csv/.jsonl (stems in order of preference);
+    a warning names the others, which are not read."""
+    present = [folder / f"{stem}{suffix}" for stem in stems for suffix in DATA_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(present) > 1:
+        log.warning("%s: %s files %s: using %s, not %s", folder, what, ", ".join(p.name for p in present),
+                    present[0].name, ", ".join(p.name for p in present[1:]))
+    return present[0] if present else None
+
+
+def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
+    """Resolve ``--data``: ``banking77``, a folder (train, optional valid|validation|dev and test
+    files) or a single training file. Files present and not used are named in a warning (``exclude``:
+    files used otherwise, such as the out-of-scope file)."""
+    if data == BANKING77:
+        folder = _banking77_folder()
+        return DataFiles(BANKING77, folder / "train.csv", None, folder / "test.csv" if (folder / "test.csv").is_file() else None)
+    path = Path(data).expanduser().resolve()
+    if path.is_file():
+        if path.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{path}: a data file must be .csv or .jsonl (or give the folder holding train.csv)")
+        beside = [p.name for p in sorted(path.parent.iterdir()) if p != path and p.suffix in DATA_SUFFIXES
+                  and p.stem in ("train", "test", *VALIDATION_STEMS) and p not in exclude]
+        if beside:
+            log.warning("%s: --data names one file, so %s beside it are not used (validation is carved from %s, "
+                        "there is no test set); give --data %s to use them", path, ", ".join(beside), path.name, path.parent)
+        return DataFiles(str(path), path)
+    if not path.is_dir():
+        raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv/.jsonl file)")
+    train = _pick(path, ("train",), "training")
+    if train is None:
+        raise DataError(f"{path}: no train.csv or train.jsonl")
+    files = DataFiles(str(path), train, _pick(path, VALIDATION_STEMS, "validation"), _pick(path, ("test",), "test"))
+    used = {files.train, files.validation, files.test, *(Path(p).resolve() for p in exclude)}
+    unused = [p.name for p in sorted(path.iterdir()) if p.suffix in (*DATA_SUFFIXES, ".tsv") and p not in used]
+    if unused:
+        log.warning("%s: not read: %s (a data folder holds train, valid|validation|dev and test .csv/.jsonl files)",
+                    path, ", ".join(unused))
+    return files
+
+
+def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[str]:
+    """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
+    or .csv/.jsonl (the text column; every row is an out-of-scope example)."""
+    path = Path(path).expanduser()
+    if path.suffix not in (".txt", *DATA_SUFFIXES):
+        raise DataError(f"{path}: an out-of-scope file must be .txt (one query a line), .csv or .jsonl")
+    column = "text" if path.suffix == ".txt" else text_column
+    texts, empty = [], 0
+    for number, row in iter_rows(path, (column,)):
+        value = row[column]
+        if value is None or isinstance(value, str) and not value.strip():
+            empty += path.suffix != ".txt"
+            continue
+        if path.suffix == ".txt" and value.lstrip().startswith("#"):
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {number}: column {column!r} holds {type(value).__name__}, not text")
+        texts.append(value.strip())
+    if empty:
+        log.warning("%s: %d row(s) with an empty text skipped", path, empty)
+    if not texts:
+        raise DataError(f"{path}: no out-of-scope queries in the file")
+    return texts
+
+
+def _set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
+    """(the rows of intents, the texts of the rows labelled ``oos_label``)."""
+    if not oos_label or oos_label not in examples.labels:
+        return examples, []
+    keep = [i for i, label in enumerate(examples.labels) if label != oos_label]
+    oos = [examples.texts[i] for i, label in enumerate(examples.labels) if label == oos_label]
+    rows = [examples.rows[i] for i in keep] if examples.rows else None
+    return Examples([examples.texts[i] for i in keep], [examples.labels[i] for i in keep], rows,
+                    examples.empty_skipped, examples.duplicates), oos
+
+
+def _subset(examples: Examples, indices) -> Examples:
+    return Examples([examples.texts[i] for i in indices], [examples.labels[i] for i in indices],
+                    [examples.rows[i] for i in indices] if examples.rows else None)
+
+
+def split_validation(full: Examples, validation: Examples | None, train_file: Path, val_fraction: float,
+                     split_seed: int) -> tuple[Examples, Examples, str]:
+    """The validation split, in one place: the user's own validation file when there is one (then
+    every row of the training file trains), else a stratified ``val_fraction`` of the training file
+    drawn with ``split_seed``, so that every run sees the same split. Returns (train, validation, how
+    the validation split was made)."""
+    labels = sorted(set(full.labels))
+    if validation is not None:
+        return full, validation, "file"
+    counts = Counter(full.labels)
+    rare = sorted(label for label, n in counts.items() if n < 2)
+    if rare:
+        raise DataError(f"{train_file}: label {rare[0]!r} has {counts[rare[0]]} example(s); at least 2 are needed for a stratified "
+                        f"validation split (or give a validation file: valid.csv beside train.csv)")
+    if round(len(full) * val_fraction) < len(labels):
+        raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over "
+                        f"{len(labels)} labels (raise val_fraction, or give a validation file: valid.csv beside train.csv)")
+    train_idx, val_idx = train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels, random_state=split_seed)
+    return _subset(full, train_idx), _subset(full, val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
+
+
+def thin_validation(splits: Splits) -> str | None:
+    """A one-line warning when the validation split has fewer than ``MIN_VALIDATION_PER_INTENT``
+    queries for some intent, else None."""
+    counts = Counter(splits.validation.labels)
+    thin = sorted((counts[label], label) for label in splits.labels if counts[label] < MIN_VALIDATION_PER_INTENT)
+    if not thin:
+        return None
+    fewest, name = thin[0]
+    return (f"the validation split is thin: {len(thin)} of {len(splits.labels)} intents have fewer than {MIN_VALIDATION_PER_INTENT} "
+            f"validation queries ({name!r}: {fewest}; {len(splits.validation)} queries in all), so validation accuracy, "
+            f"calibration and the out-of-scope threshold rest on little; add validation queries (valid.csv) or raise val_fraction")
+
+
+def _check_known(examples: Examples, path: Path, known: set[str]) -> None:
+    for row, label in zip(examples.rows or [], examples.labels):
+        if label not in known:
+            raise DataError(f"{path}: row {row}: label {label!r} never seen in training")
 
 
 def load_splits(
@@ -197,33 +371,53 @@ def load_splits(
     val_fraction: float = 0.1,
     split_seed: int = 42,
     max_train_samples: int | None = None,
+    strict_data: bool = False,
+    oos_label: str | None = "out_of_scope",
+    oos_file: str | None = None,
 ) -> Splits:
-    folder = locate(data)
-    train_file = _find(folder, "train")
-    if train_file is None:
-        raise DataError(f"{folder}: no train.csv or train.jsonl")
-    full = read_examples(train_file, text_column, label_column)
-    counts = Counter(full.labels)
-    rare = sorted(label for label, n in counts.items() if n < 2)
-    if rare:
-        raise DataError(f"{train_file}: label {rare[0]!r} has {counts[rare[0]]} example(s); at least 2 are needed for a stratified validation split")
-    labels = sorted(counts)
-    if round(len(full) * val_fraction) < len(labels):
-        raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over {len(labels)} labels")
-    tr_x, va_x, tr_y, va_y = train_test_split(
-        full.texts, full.labels, test_size=val_fraction, stratify=full.labels, random_state=split_seed
-    )
-    if max_train_samples is not None and max_train_samples < len(tr_x):
-        tr_x, _, tr_y, _ = train_test_split(
-            tr_x, tr_y, train_size=max_train_samples, stratify=tr_y, random_state=split_seed
-        )
+    """Train, validation and (if present) test examples of ``data`` (see the module docstring), the
+    out-of-scope examples set apart, and notes on what was read."""
+    oos_path = Path(oos_file).expanduser().resolve() if oos_file else None
+    files = data_files(data, exclude=(oos_path,) if oos_path else ())
+    read = lambda path: _set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
+    out_of_scope, test_out_of_scope = OutOfScope(), OutOfScope()
+    full, oos = read(files.train)
+    out_of_scope.add(oos, f"{files.train.name}: {len(oos)} rows labelled {oos_label!r}")
+    if not full.texts:
+        raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
+    validation = None
+    if files.validation is not None:
+        validation, oos = read(files.validation)
+        out_of_scope.add(oos, f"{files.validation.name}: {len(oos)} rows labelled {oos_label!r}")
+        _check_known(validation, files.validation, set(full.labels))
+        log.info("validation split: %s (%d queries)", files.validation, len(validation))
+    if oos_path is not None:
+        texts = read_out_of_scope_file(oos_path, text_column)
+        out_of_scope.add(texts, f"{oos_path.name}: {len(texts)} queries")
+    labels = sorted(set(full.labels))
+    train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
+    if max_train_samples is not None and max_train_samples < len(train):
+        keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
+        train = _subset(train, keep)
     test = None
-    test_file = _find(folder, "test")
-    if test_file is not None:
-        test = read_examples(test_file, text_column, label_column)
-        known = set(labels)
-        for row, label in zip(test.rows, test.labels):
-            if label not in known:
-                raise DataError(f"{test_file}: row {row}: label {label!r} never seen in training")
-    return Splits(Examples(list(tr_x), list(tr_y)), Examples(list(va_x), list(va_y)), test, labels, str(folder))
-
+    if files.test is not None:
+        test, oos = read(files.test)
+        test_out_of_scope.add(oos, f"{files.test.name}: {len(oos)} rows labelled {oos_label!r}")
+        _check_known(test, files.test, set(labels))
+        if not test.texts:
+            test = None
+    empty = {p.name: e.empty_skipped for p, e in ((files.train, full), (files.validation, validation), (files.test, test))
+             if p is not None and e is not None and e.empty_skipped}
+    notes = {
+        "train_file": str(files.train),
+        "validation": str(files.validation) if how == "file" else how,
+        "test_file": str(files.test) if files.test else None,
+        "empty_rows_skipped": sum(empty.values()),
+        "empty_rows_skipped_by_file": empty,
+        "duplicate_rows": full.duplicates,
+    }
+    splits = Splits(train, validation, test, labels, files.source, out_of_scope, test_out_of_scope, notes)
+    missing = [label for label in labels if label not in set(validation.labels)]
+    if missing:
+        log.warning("%s: %d intent(s) have no validation query (e.g. %r)", files.validation or files.train, len(missing), missing[0])
+    return splits
