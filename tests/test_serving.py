@@ -3,6 +3,8 @@ every kind of bad request, micro-batching, API keys, and many adapters on one ba
 
 import asyncio
 import csv
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +15,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bankintent import ConfigError, ModelError, Predictor, train
+from bankintent.predict import model_folder
 from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
 from conftest import tiny_options, write_csv
 
 TEXTS = ["i lost my card", "top up failed again", "what exchange rate do you use", "where is my new card"]
+FIELDS = {"text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k"}
+
+
+def with_threshold(run, copy, threshold: float):
+    """A copy of a trained run's model folder with every out-of-scope threshold set to ``threshold``
+    (-1e6: every answer is out of scope; 1e6: none is)."""
+    shutil.copytree(model_folder(run), copy)
+    spec = json.loads((copy / "bankintent.json").read_text())
+    assert spec["oos_thresholds"], "the run has no out-of-scope fallback"
+    spec["oos_thresholds"] = {name: threshold for name in spec["oos_thresholds"]}
+    (copy / "bankintent.json").write_text(json.dumps(spec))
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +78,38 @@ def test_health_readiness_docs_page_and_models(single):
     assert single.get("/readyz").json() == {"status": "ready", "models": ["bank_a"]}
     assert single.get("/v1/models").json() == {"models": ["bank_a"]}
     schema = single.get("/openapi.json").json()
-    assert set(schema["components"]["schemas"]["Prediction"]["properties"]) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
+    assert set(schema["components"]["schemas"]["Prediction"]["properties"]) == FIELDS
     assert "422" in schema["paths"]["/v1/predict"]["post"]["responses"]
-    assert "swagger" in single.get("/docs").text.lower()
     page = single.get("/")
     assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
+
+
+def test_docs_load_their_scripts_and_styles_from_the_service(single):
+    """/docs and /redoc work offline: every script and style sheet they reference is served here."""
+    for path in ("/docs", "/redoc"):
+        page = single.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', page.text)
+        assert any(a.endswith(".js") for a in assets), assets
+        assert not [a for a in assets if "//" in a], f"{path} references another host: {assets}"
+        for asset in assets:
+            response = single.get(asset)
+            assert response.status_code == 200 and len(response.content) > 1000, asset
+    swagger = single.get("/docs").text
+    css = re.search(r'href="([^"]+\.css)"', swagger).group(1)
+    assert single.get(css).headers["content-type"].startswith("text/css")
+    assert "/openapi.json" in swagger
+
+
+def test_model_info_names_the_intents_and_the_fallback(single, runs):
+    info = single.get("/v1/models/bank_a").json()
+    predictor = Predictor.load(runs / "bank_a")
+    assert info == {"name": "bank_a", "method": predictor.spec.method, "base_model": predictor.spec.base_model,
+                    "intents": ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"],
+                    "oos_method": predictor.oos_score, "oos_threshold": pytest.approx(predictor.oos_threshold)}
+    assert info["oos_method"] in ("msp", "mahalanobis")
+    missing = single.get("/v1/models/nothing")
+    assert missing.status_code == 404 and missing.json()["error"].startswith("model: unknown model 'nothing'")
 
 
 def test_predictions_are_the_predictors(single, runs):
@@ -75,10 +117,16 @@ def test_predictions_are_the_predictors(single, runs):
     assert response.status_code == 200
     expected = Predictor.load(runs / "bank_a").predict(TEXTS, top_k=2)
     for got, want in zip(response.json(), expected, strict=True):
-        assert set(got) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
-        assert (got["text"], got["intent"], got["out_of_scope"]) == (want["text"], want["intent"], want.get("out_of_scope", False))
+        assert set(got) == FIELDS
+        assert (got["text"], got["intent"], got["out_of_scope"]) == (want["text"], want["intent"], want["out_of_scope"])
         assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
         assert [r["intent"] for r in got["top_k"]] == [r["intent"] for r in want["top_k"]]
+        assert (got["oos_method"], got["closest_intent"]) == (want["oos_method"], want["top_k"][0]["intent"])
+        assert got["oos_score"] == pytest.approx(want["oos_score"], abs=1e-4)
+        assert got["oos_threshold"] == pytest.approx(want["oos_threshold"])
+        if not got["out_of_scope"]:  # an in-scope answer: the intent is the closest, its score within the threshold
+            assert got["intent"] == got["closest_intent"] and got["oos_score"] <= got["oos_threshold"]
+            assert got["confidence"] == got["top_k"][0]["confidence"]
     # asking for the model by its name (the run folder's) is the same
     named = single.post("/v1/predict", json={"texts": TEXTS[:1], "model": "bank_a"}).json()
     assert named[0]["intent"] == expected[0]["intent"]
@@ -134,6 +182,57 @@ def test_concurrent_requests_share_forward_passes(single):
     assert 1 <= passes < len(queries)
     assert metric(single, "bankintent_requests_total", path="/v1/predict", status="200") >= len(queries)
     assert metric(single, "bankintent_request_latency_seconds_count", path="/v1/predict") >= len(queries)
+
+
+@pytest.fixture(scope="module")
+def thresholds(runs, tmp_path_factory):
+    """bank_a twice: ``inside`` answers every query with an intent, ``outside`` answers none."""
+    models = tmp_path_factory.mktemp("thresholds")
+    with_threshold(runs / "bank_a", models / "inside", 1e6)
+    with_threshold(runs / "bank_a", models / "outside", -1e6)
+    with serve_in_background(create_app(models_dir=models)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def test_in_scope_and_out_of_scope_answers_in_the_json(thresholds, runs):
+    want = Predictor.load(runs / "bank_a").predict(TEXTS, top_k=2)
+    inside = thresholds.post("/v1/predict", json={"texts": TEXTS, "top_k": 2, "model": "inside"})
+    outside = thresholds.post("/v1/predict", json={"texts": TEXTS, "top_k": 2, "model": "outside"})
+    assert inside.status_code == outside.status_code == 200
+    for a, b, w in zip(inside.json(), outside.json(), want, strict=True):
+        assert set(a) == set(b) == FIELDS
+        # in scope: the most probable intent with its calibrated probability; the score under the threshold
+        assert (a["intent"], a["out_of_scope"], a["closest_intent"]) == (w["closest_intent"], False, w["closest_intent"])
+        assert a["confidence"] == pytest.approx(w["top_k"][0]["confidence"], abs=1e-5)
+        assert a["oos_threshold"] == 1e6 and a["oos_score"] == pytest.approx(w["oos_score"], rel=1e-4, abs=1e-4)
+        # out of scope: no confidence borrowed from an intent; its own evidence; the closest intent named apart
+        assert (b["intent"], b["out_of_scope"], b["confidence"]) == ("out_of_scope", True, None)
+        assert b["oos_threshold"] == -1e6 and b["oos_score"] == pytest.approx(w["oos_score"], rel=1e-4, abs=1e-4)
+        assert b["oos_method"] == a["oos_method"] == w["oos_method"] in ("msp", "mahalanobis")
+        assert b["closest_intent"] == w["closest_intent"] and b["top_k"] == a["top_k"]
+    assert '"confidence":null' in outside.text.replace(" ", "")
+
+
+def test_metrics_count_answers_by_intent_and_out_of_scope(thresholds):
+    def counts() -> dict:
+        return {model: (metric(thresholds, "bankintent_out_of_scope_total", model=model),
+                        {intent: metric(thresholds, "bankintent_answers_total", model=model, intent=intent)
+                         for intent in ("card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed", "out_of_scope")})
+                for model in ("inside", "outside")}
+
+    before = counts()
+    answers = {model: thresholds.post("/v1/predict", json={"texts": TEXTS, "model": model}).json() for model in ("inside", "outside")}
+    after = counts()
+    for model, results in answers.items():
+        expected = {intent: sum(r["intent"] == intent for r in results) for intent in after[model][1]}
+        assert {k: after[model][1][k] - before[model][1][k] for k in expected} == expected
+        assert after[model][0] - before[model][0] == sum(r["out_of_scope"] for r in results)
+    assert after["outside"][1]["out_of_scope"] - before["outside"][1]["out_of_scope"] == len(TEXTS)
+    assert after["inside"][1]["out_of_scope"] == 0
+    assert metric(thresholds, "bankintent_out_of_scope_ratio", model="outside") == 1.0
+    assert metric(thresholds, "bankintent_out_of_scope_ratio", model="inside") == 0.0
+    assert metric(thresholds, "bankintent_answer_confidence_count", model="inside") >= len(TEXTS)
+    assert metric(thresholds, "bankintent_answer_confidence_count", model="outside") == 0
 
 
 def test_two_adapters_on_one_base_by_name(multi, runs):

@@ -1,9 +1,15 @@
 """The HTTP service: ``bankintent serve DIR`` (FastAPI on uvicorn).
 
     POST /v1/predict  {"texts": [...], "top_k": 3, "model": "optional name"}
-                      -> [{text, intent, confidence, out_of_scope, top_k: [{intent, confidence}]}]
-    GET  /v1/models   the names served      GET /healthz   alive         GET /readyz   models loaded
-    GET  /metrics     Prometheus            GET /docs      OpenAPI       GET /         a web page
+                      -> [{text, intent, confidence, out_of_scope, oos_score, oos_threshold, oos_method,
+                           closest_intent, top_k: [{intent, confidence}]}]
+    GET  /v1/models   the names served      GET /v1/models/NAME   its intents and out-of-scope fallback
+    GET  /healthz     alive                 GET /readyz   models loaded
+    GET  /metrics     Prometheus            GET /docs     OpenAPI (Swagger UI, served from here)
+    GET  /            a web page
+
+An out-of-scope answer has ``intent`` ``out_of_scope`` and ``confidence`` null: its evidence is
+``oos_score`` against ``oos_threshold``, and ``closest_intent`` names the most probable intent apart.
 
 Concurrent requests are grouped into micro-batches (``MicroBatcher``): a batch leaves when it holds
 ``max_batch`` texts or when its oldest request has waited ``max_wait_ms``, and the forward passes run
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -30,15 +37,16 @@ from typing import Annotated, Iterator
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bankintent.errors import BankintentError, ConfigError
-from bankintent.predict import MAX_CHARS
+from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE
 from bankintent.registry import Registry, ServedModel, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,8 @@ MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
 PAGE = Path(__file__).parent / "static" / "index.html"
-PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json")
+PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/redoc", "/openapi.json")
+RECENT_ANSWERS = 1000  # the out-of-scope ratio gauge covers this many latest answers of a model
 
 
 # ---------------------------------------------------------------------------------------- schema
@@ -78,10 +87,24 @@ class Ranked(BaseModel):
 
 class Prediction(BaseModel):
     text: str
-    intent: str
-    confidence: float
+    intent: str = Field(description=f"the answer: an intent, or {OUT_OF_SCOPE!r} when oos_score is above oos_threshold")
+    confidence: float | None = Field(description="calibrated probability of intent; null for an out-of-scope answer")
     out_of_scope: bool
+    oos_score: float | None = Field(description="out-of-scope score of the text (higher: further from every intent); "
+                                                "null when the model has no out-of-scope fallback")
+    oos_threshold: float | None = Field(description="the answer is out of scope when oos_score is above this")
+    oos_method: str | None = Field(description="which out-of-scope score: msp or mahalanobis")
+    closest_intent: str = Field(description="the most probable intent, also when the answer is out of scope")
     top_k: list[Ranked]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    method: str = Field(description="how it was trained (lpft, lora, full, linear-probe...)")
+    base_model: str
+    intents: list[str]
+    oos_method: str | None = Field(description="the out-of-scope score; null: no out-of-scope fallback")
+    oos_threshold: float | None
 
 
 class ErrorBody(BaseModel):
@@ -105,9 +128,30 @@ class Metrics:
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
         self.batch_texts = Histogram("bankintent_batch_texts", "texts per forward pass (micro-batch size)", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        # what a team watches for drift: the mix of answers, how many fall out of scope, how sure the rest are
+        self.answers = Counter("bankintent_answers", "answers by model and intent (out_of_scope included)", ["model", "intent"],
+                               registry=self.registry)
+        self.out_of_scope = Counter("bankintent_out_of_scope", "answers that were out of scope, by model", ["model"], registry=self.registry)
+        self.out_of_scope_ratio = Gauge("bankintent_out_of_scope_ratio", f"share of the model's last {RECENT_ANSWERS} answers that were out of scope",
+                                        ["model"], registry=self.registry)
+        self.confidence = Histogram("bankintent_answer_confidence", "calibrated confidence of the in-scope answers", ["model"],
+                                    registry=self.registry, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+        self._recent: dict[str, deque] = {}
+
+    def count_answers(self, model: str, results: list[dict]) -> None:
+        """Count each answer by intent, the out-of-scope ones, and the out-of-scope share of the recent answers."""
+        recent = self._recent.setdefault(model, deque(maxlen=RECENT_ANSWERS))
+        for result in results:
+            self.answers.labels(model, result["intent"]).inc()
+            recent.append(result["out_of_scope"])
+            if result["out_of_scope"]:
+                self.out_of_scope.labels(model).inc()
+            elif result["confidence"] is not None:
+                self.confidence.labels(model).observe(result["confidence"])
+        self.out_of_scope_ratio.labels(model).set(sum(recent) / len(recent) if recent else 0.0)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
-        path = path if path in PATHS else "other"
+        path = path if path in PATHS else "/v1/models/{name}" if path.startswith("/v1/models/") else "other"
         self.requests.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
         if status >= 400:
@@ -252,6 +296,7 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        self.metrics.count_answers(jobs[0].model.name, results)
         start = 0
         for job in jobs:
             if not job.future.done():  # the client may have gone
@@ -259,9 +304,20 @@ class MicroBatcher:
             start += len(job.texts)
 
 
+ANSWER_FIELDS = ("text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent")
+
+
 def _answer(result: dict, top_k: int) -> dict:
-    return {"text": result["text"], "intent": result["intent"], "confidence": result["confidence"],
-            "out_of_scope": bool(result.get("out_of_scope", False)), "top_k": result["top_k"][:top_k]}
+    """The fields of ``Prediction`` from a ``Predictor.predict`` result, with ``top_k`` alternatives."""
+    return {**{key: result[key] for key in ANSWER_FIELDS}, "top_k": result["top_k"][:top_k]}
+
+
+def _model_info(served: ServedModel) -> dict:
+    predictor = served.predictor
+    detector = predictor.oos_threshold is not None
+    return {"name": served.name, "method": predictor.spec.method, "base_model": predictor.spec.base_model,
+            "intents": list(predictor.labels), "oos_method": predictor.oos_score if detector else None,
+            "oos_threshold": float(predictor.oos_threshold) if detector else None}
 
 
 # ----------------------------------------------------------------------------------------- the app
@@ -356,8 +412,9 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         yield
         service.close()
 
-    app = FastAPI(title="bankintent", version="1", lifespan=lifespan,
-                  description="Intent classification for banking chatbots: LoRA fine-tuned transformers.")
+    # FastAPIOffline serves Swagger UI's and ReDoc's scripts and styles from the service itself: /docs works offline
+    app = FastAPIOffline(title="bankintent", version="1", lifespan=lifespan,
+                         description="Intent classification for banking chatbots: LoRA fine-tuned transformers.")
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)
@@ -382,6 +439,11 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     async def models() -> dict[str, list[str]]:
         """The names of the models served (the ``model`` field of /v1/predict)."""
         return {"models": registry.names()}
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, responses=ERRORS, dependencies=auth)
+    async def model_info(name: str) -> dict:
+        """What a model answers: its intents, how it was trained, and its out-of-scope fallback."""
+        return _model_info(await service.model(name))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
