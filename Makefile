@@ -1,4 +1,5 @@
-# bankintent: `make demo` trains, evaluates and reports the default recipe; `make test` runs the tests.
+# bankintent: `make demo` trains and evaluates the default recipe (into runs/demo, replacing an earlier demo);
+# `make test` runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/bankintent train --config configs/lpft.yaml --output runs/demo
+	$(BIN)/bankintent train --config configs/lpft.yaml --output runs/demo --overwrite
 	$(BIN)/bankintent evaluate runs/demo --split test
 
 # The web page's browser test drives Debian's chromium; without it (no root, no apt) that test skips.
