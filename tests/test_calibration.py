@@ -11,7 +11,8 @@ import pytest
 from conftest import tiny_options
 
 import bankintent
-from bankintent.calibration import coverage_report, expected_calibration_error, fit_temperature
+from bankintent import ood
+from bankintent.calibration import _plot_coverage, coverage_report, expected_calibration_error, fit_temperature, temperature_problem
 from bankintent.data import load_splits
 from bankintent.predict import Predictor, softmax
 
@@ -46,7 +47,33 @@ def test_training_writes_calibration_and_out_of_scope_metrics(run):
     assert metrics["temperature"] == spec["temperature"] > 0
     assert 0 <= metrics["val_ece_after"] <= 1 and 0 <= metrics["val_ece_before"] <= 1
     assert metrics["oos_coverage_target"] == 0.75
-    assert {"oos_score", "oos_threshold", "oos_auroc_msp", "oos_auroc_mahalanobis", "oos_probe_recall"} <= set(metrics)
+    assert {"oos_score", "oos_threshold", "oos_auroc_msp", "oos_auroc_mahalanobis", "oos_recall"} <= set(metrics)
+    # the tiny data's intents are Banking77's: the built-in probe set is the out-of-scope set
+    assert metrics["oos_examples"] == ood.PROBE_SET and metrics["oos_examples_size"] == len(ood.probe_set())
+    assert metrics["oos_score_reason"] == f"best AUROC on {ood.PROBE_SET}"
+    assert spec["oos_choice"] == {"reason": metrics["oos_score_reason"], "examples": ood.PROBE_SET, "examples_size": len(ood.probe_set())}
+
+
+def test_a_tiny_validation_split_is_flagged_and_fits_no_temperature(run):
+    """8 validation queries (2 an intent): the temperature is not fitted, and metrics.json says why."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_size"] == 8 and metrics["val_min_per_intent"] == 2
+    assert "4 of 4 intents have fewer than 5 validation queries" in metrics["val_warning"]
+    assert metrics["temperature"] == 1.0 and metrics["temperature_fitted"] is False
+    assert metrics["temperature_note"] == "not fitted: 8 validation queries, fewer than 50"
+    assert metrics["val_ece_before"] == metrics["val_ece_after"]
+
+
+def test_temperature_is_fitted_only_where_it_can_be():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    separable = rng.normal(size=(300, 3)) + 6 * np.eye(3)[labels]  # every query classified right
+    # what the old code did with such a split: a temperature towards 0, every confidence 1.000
+    assert softmax(separable[:9] / fit_temperature(separable[:9], labels[:9])).max(-1).min() > 0.9995
+    assert temperature_problem(separable[:9], labels[:9]) == "not fitted: 9 validation queries, fewer than 50"
+    assert "every validation query is classified right" in temperature_problem(separable, labels)
+    noisy = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[labels]
+    assert temperature_problem(noisy, labels) is None
 
 
 def test_threshold_keeps_the_target_coverage_of_validation(run, tiny_data):
@@ -59,7 +86,7 @@ def test_threshold_keeps_the_target_coverage_of_validation(run, tiny_data):
 
 def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     table = pd.read_csv(run / "validation_coverage.csv")
-    assert list(table.columns) == ["score", "coverage", "threshold", "kept", "accuracy", "probe_recall"]
+    assert list(table.columns) == ["score", "coverage", "threshold", "kept", "accuracy", "oos_recall"]
     assert set(table.score) == {"msp", "mahalanobis"}
     assert (run / "validation_coverage.png").stat().st_size > 10_000
     for _, rows in table.groupby("score"):
@@ -74,5 +101,21 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     expected_accuracy = np.mean(predictor.logits(splits.test.texts).argmax(-1) == np.array(splits.ids(splits.test)))
     assert full.accuracy == pytest.approx(expected_accuracy) and full.kept == 1.0
     assert summary["oos_score"] == predictor.oos_score and summary["threshold"] == predictor.oos_threshold
-    assert 0 <= summary["probe_recall"] <= 1 and set(summary["auroc"]) == {"msp", "mahalanobis"}
+    assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == {"msp", "mahalanobis"}
+    assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"].startswith("best AUROC on")
     assert (tmp_path / "test_coverage.png").is_file()
+
+
+def test_the_coverage_plot_marks_the_operating_point_and_says_why(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr("bankintent.calibration.plt.close", figures.append)
+    scores = {"msp": np.linspace(0, 1, 20), "mahalanobis": np.linspace(0, 5, 20)}
+    correct = np.array([True] * 15 + [False] * 5)
+    point = {"oos_score": "mahalanobis", "threshold": 4.2, "coverage": 0.85, "accuracy_kept": 0.88,
+             "oos_score_reason": "default: no out-of-scope examples"}
+    _plot_coverage(correct, scores, tmp_path / "c.png", "validation", point)
+    ax = figures[0].axes[0]
+    assert "mahalanobis: default: no out-of-scope examples" in ax.get_title()
+    marker = [line for line in ax.lines if line.get_label().startswith("operating point")]
+    assert len(marker) == 1 and list(marker[0].get_xdata()) == [0.85] and list(marker[0].get_ydata()) == [0.88]
+    assert "mahalanobis > 4.2 is out of scope" in marker[0].get_label()

@@ -6,12 +6,14 @@ import csv
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import BANKING77, tiny_options
+from conftest import BANKING77, tiny_options, write_csv
 from sklearn.covariance import LedoitWolf
 
 import bankintent
 from bankintent import ood
+from bankintent.calibration import coverage_report
 from bankintent.errors import ConfigError, ModelError
 from bankintent.predict import Predictor, softmax
 
@@ -67,8 +69,10 @@ def test_coverage_curve_drops_the_least_confident_first():
     scores = np.array([0.1, 0.2, 0.3, 0.4])
     correct = np.array([True, True, False, False])
     rows = {row["coverage"]: row for row in ood.coverage_curve(scores, correct, np.array([0.25, 0.35, 0.5]), coverages=(1.0, 0.5))}
-    assert rows[1.0]["accuracy"] == 0.5 and rows[1.0]["probe_recall"] == 1 / 3
-    assert rows[0.5]["accuracy"] == 1.0 and rows[0.5]["threshold"] == 0.2 and rows[0.5]["probe_recall"] == 1.0
+    assert rows[1.0]["accuracy"] == 0.5 and rows[1.0]["oos_recall"] == 1 / 3
+    assert rows[0.5]["accuracy"] == 1.0 and rows[0.5]["threshold"] == 0.2 and rows[0.5]["oos_recall"] == 1.0
+    no_examples = ood.coverage_curve(scores, correct, None, coverages=(1.0,))
+    assert np.isnan(no_examples[0]["oos_recall"]) and no_examples[0]["accuracy"] == 0.5
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +92,10 @@ def test_threshold_returns_out_of_scope_where_it_should(run):
     plain = Predictor.load(run, oos_threshold=float("inf")).predict(texts)
     results = Predictor.load(run, oos_score="mahalanobis", oos_threshold=middle).predict(texts)
     for i, (result, reference) in enumerate(zip(results, plain)):
-        assert set(result) == {"text", "intent", "confidence", "out_of_scope", "top_k"}
-        assert result["top_k"] == reference["top_k"] and result["confidence"] == reference["confidence"]
+        assert {"text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "closest_intent", "top_k"} <= set(result)
+        assert result["top_k"] == reference["top_k"] and result["closest_intent"] == reference["intent"]
         assert result["out_of_scope"] == (i == order[2])
+        assert result["confidence"] == (None if i == order[2] else reference["confidence"])
         assert result["intent"] == ("out_of_scope" if i == order[2] else reference["intent"])
         assert not reference["out_of_scope"] and reference["intent"] == reference["top_k"][0]["intent"]
     everything = Predictor.load(run, oos_score="msp", oos_threshold=-1.0).predict(texts)
@@ -108,7 +113,7 @@ def test_the_model_folder_carries_the_default_score_and_thresholds(run):
     assert (run / "adapter" / "ood.safetensors").is_file()
     predictor = Predictor.load(run)
     assert (predictor.oos_score, predictor.oos_threshold) == (spec["oos_score"], metrics["oos_threshold"])
-    assert 0 <= metrics["oos_probe_recall"] <= 1 and metrics["oos_probe_size"] == len(ood.probe_set())
+    assert 0 <= metrics["oos_recall"] <= 1 and metrics["oos_examples_size"] == len(ood.probe_set())
 
 
 @pytest.mark.e2e
@@ -117,8 +122,67 @@ def test_real_model_sends_unrelated_queries_to_the_fallback(banking77_subset, tm
     out = tmp_path / "run"
     metrics = bankintent.train(data=str(banking77_subset), output=str(out), epochs=1, probe_c=[10.0])
     assert metrics[f"oos_auroc_{metrics['oos_score']}"] > 0.9
-    assert metrics["oos_probe_recall"] > 0.7
+    assert metrics["oos_recall"] > 0.7
     results = Predictor.load(out).predict(["what's the weather like in Paris tomorrow", "tell me a joke",
                                            "my card still hasn't arrived", "I lost my card yesterday"])
     assert [r["out_of_scope"] for r in results] == [True, True, False, False]
     assert [r["intent"] for r in results[2:]] == ["card_arrival", "lost_or_stolen_card"]
+
+
+def test_banking77_like_intents():
+    assert ood.banking77_like(["card_arrival", "exchange_rate"])
+    assert not ood.banking77_like(["card_arrival", "loan_info"]) and not ood.banking77_like([])
+    assert len(ood.banking77_intents()) == 77
+
+
+# A bank's own intents, which some probe-set queries ("how do I open a joint account", "what time does
+# the branch open", "how do I apply for a mortgage") belong to.
+CUSTOM = {
+    "loan_info": ["how do I apply for a mortgage", "what is the interest rate on a personal loan", "can I borrow money",
+                  "loan repayment options", "how much can I borrow for a house"],
+    "open_account": ["how do I open a joint account", "I want to open a savings account", "open a new account please",
+                     "what do I need to open an account", "can I open an account online"],
+    "branch_hours": ["what time does the branch open", "when does the branch close", "is the branch open on saturday",
+                     "branch opening hours", "are you open on sundays"],
+}
+
+
+def _custom_data(folder, oos_rows=()):
+    rows = [(f"{prefix}{text}", intent) for intent, texts in CUSTOM.items() for text in texts for prefix in ("", "hi ")]
+    write_csv(folder / "train.csv", rows + [(text, "out_of_scope") for text in oos_rows])
+    return folder
+
+
+def test_custom_intents_are_not_judged_against_the_banking_probe_set(tiny_bert, tmp_path):
+    probe = {q.lower() for q in ood.probe_set()}
+    assert {"how do i apply for a mortgage", "what time does the branch open on saturday",
+            "how do i open a joint account with my wife"} <= probe  # the overlap this test is about
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    metrics = bankintent.train(**tiny_options(tiny_bert, _custom_data(data), out, method="linear-probe"))
+    assert metrics["oos_examples"] == "none" and metrics["oos_examples_size"] == 0
+    assert metrics["oos_score"] == ood.DEFAULT_SCORE and metrics["oos_score_reason"] == "default: no out-of-scope examples"
+    assert metrics["oos_auroc_msp"] is None and metrics["oos_auroc_mahalanobis"] is None and metrics["oos_recall"] is None
+    assert metrics["oos_threshold"] is not None  # the fallback still works, at the coverage rule's threshold
+    table = pd.read_csv(out / "validation_coverage.csv")
+    assert table.oos_recall.isna().all()
+    predictor = Predictor.load(out)
+    logits, features = predictor.outputs(["open a new account please"])
+    summary = coverage_report(predictor, np.array([True]), logits, features, tmp_path / "eval", "test")
+    assert summary["oos_examples_size"] == 0 and summary["oos_recall"] is None and summary["auroc"] == {}
+
+
+def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _custom_data(data, ["what's the weather tomorrow", "tell me a joke", "who won the football", "play some music"])
+    (tmp_path / "more.txt").write_text("book a flight to Rome\nhow tall is the Eiffel Tower\n")
+    out = tmp_path / "run"
+    metrics = bankintent.train(**tiny_options(tiny_bert, data, out, method="linear-probe", oos_file=str(tmp_path / "more.txt")))
+    assert metrics["oos_examples"] == "train.csv: 4 rows labelled 'out_of_scope'; more.txt: 2 queries"
+    assert metrics["oos_examples_size"] == 6 and metrics["num_labels"] == 3  # out_of_scope is not an intent
+    auroc = {name: metrics[f"oos_auroc_{name}"] for name in ood.SCORES}
+    assert metrics["oos_score"] == max(auroc, key=auroc.get) and all(0 <= v <= 1 for v in auroc.values())
+    assert metrics["oos_score_reason"] == f"best AUROC on {metrics['oos_examples']}"
+    assert metrics["oos_recall"] in {k / 6 for k in range(7)}
+    assert json.loads((out / "adapter" / "labels.json").read_text()) == ["branch_hours", "loan_info", "open_account"]

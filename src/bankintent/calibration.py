@@ -1,13 +1,18 @@
 """Confidence calibration and the out-of-scope fallback, fitted when training ends.
 
 - Temperature scaling fitted on the validation split (Guo et al., 2017); the expected calibration
-  error (ECE) before and after.
+  error (ECE) before and after. A temperature fitted on too few validation queries, or on queries
+  all classified right (the likelihood then keeps rising as the temperature falls towards 0, and
+  every confidence becomes 1.0), would be wrong with confidence: it is then not fitted (1.0) and
+  metrics.json says why.
 - The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics are fitted on the
   training split's embeddings; the default score is the one that best separates the validation
-  queries from the out-of-scope probe set (area under the ROC curve); each score's threshold keeps
+  queries from the out-of-scope examples (area under the ROC curve; ``out_of_scope_examples`` says
+  which examples), or ``ood.DEFAULT_SCORE`` without examples; each score's threshold keeps
   ``cfg.oos_coverage`` of the validation queries in scope.
 - Accuracy against coverage (``<split>_coverage.csv`` and ``.png``): the accuracy on the queries kept
-  when the least confident are sent to the fallback, and the share of the probe set caught.
+  when the least confident are sent to the fallback, the share of the out-of-scope examples caught,
+  and the operating point chosen.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ import torch  # noqa: E402
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig  # noqa: E402
-from bankintent.data import Splits  # noqa: E402
+from bankintent.data import OutOfScope, Splits  # noqa: E402
 from bankintent.predict import Predictor, softmax  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# fewer validation queries than this and the temperature is not fitted (one parameter, but the
+# likelihood of a few queries is dominated by the one or two the model gets wrong, or by none)
+MIN_TEMPERATURE_QUERIES = 50
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -68,83 +77,153 @@ def scores_of(predictor: Predictor, logits: np.ndarray, features: np.ndarray) ->
     return probs, {name: predictor.oos_scores(probs, features, name) for name in names}
 
 
+def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
+    """The out-of-scope examples to choose the score on and to measure recall with: the user's own
+    (rows labelled ``oos_label``, ``oos_file``), else the built-in probe set for Banking77-like
+    intents, else none."""
+    if len(splits.out_of_scope):
+        return splits.out_of_scope
+    if ood.banking77_like(labels):
+        return OutOfScope(ood.probe_set(), [ood.PROBE_SET])
+    return OutOfScope()
+
+
+def temperature_problem(logits: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why a temperature cannot be fitted on these validation outputs, or None."""
+    if len(labels) < MIN_TEMPERATURE_QUERIES:
+        return f"not fitted: {len(labels)} validation queries, fewer than {MIN_TEMPERATURE_QUERIES}"
+    wrong = int((logits.argmax(-1) != labels).sum())
+    if wrong == 0:
+        return "not fitted: every validation query is classified right, so no temperature is best (it would go to 0)"
+    return None
+
+
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     """Fit the temperature, the Mahalanobis statistics, the default out-of-scope score and the
     thresholds into ``predictor.spec``; write ``validation_coverage.{csv,png}`` to ``cfg.output``.
-    Returns the metrics: ECE before and after, the score chosen, its threshold, each score's AUROC
-    and the probe set's recall at the threshold."""
+    Returns the metrics: ECE before and after, whether and why the temperature was fitted, the score
+    chosen and why, its threshold, the out-of-scope examples used (source, count), each score's AUROC
+    and the examples' recall at the threshold (None without examples)."""
     spec = predictor.spec
     logits, features = predictor.outputs(splits.validation.texts, desc="calibrating: validation")
     labels = np.array(splits.ids(splits.validation))
-    spec.temperature = fit_temperature(logits, labels)
+    problem = temperature_problem(logits, labels)
+    spec.temperature = 1.0 if problem else fit_temperature(logits, labels)
+    if problem:
+        log.warning("temperature %s; confidences are the model's own softmax", problem)
     metrics = {
         "temperature": spec.temperature,
+        "temperature_fitted": problem is None,
+        "temperature_note": problem,
         "val_ece_before": expected_calibration_error(softmax(logits), labels),
         "val_ece_after": expected_calibration_error(softmax(logits / spec.temperature), labels),
     }
     _, train_features = predictor.outputs(splits.train.texts, desc="out-of-scope: embedding train")
     spec.ood = ood.fit_mahalanobis(train_features, np.array(splits.ids(splits.train)), len(spec.labels))
     probs, val_scores = scores_of(predictor, logits, features)
-    _, probe_scores = scores_of(predictor, *predictor.outputs(ood.probe_set()))
-    auroc = {name: ood.auroc(val_scores[name], probe_scores[name]) for name in val_scores}
-    spec.oos_score = max(auroc, key=auroc.get)
+    examples = out_of_scope_examples(splits, spec.labels)
+    oos_scores = None
+    if len(examples):
+        _, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts, desc="out-of-scope: examples"))
+        auroc = {name: ood.auroc(val_scores[name], oos_scores[name]) for name in val_scores}
+        spec.oos_score = max(auroc, key=auroc.get)
+        reason = f"best AUROC on {examples.describe()}"
+    else:
+        auroc = {name: None for name in val_scores}
+        spec.oos_score = ood.DEFAULT_SCORE
+        reason = "default: no out-of-scope examples"
+        log.warning("out-of-scope: no examples to choose the score on or to measure recall with (intents are not Banking77's: "
+                    "label some rows %r or give --oos-file); using the default score, %s", cfg.oos_label, spec.oos_score)
+    spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples)}
     spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}
     threshold = spec.oos_thresholds[spec.oos_score]
     predictor.oos_score, predictor.oos_threshold = spec.oos_score, threshold
+    recall = float((oos_scores[spec.oos_score] > threshold).mean()) if oos_scores else None
     metrics.update({
         "oos_score": spec.oos_score,
+        "oos_score_reason": reason,
         "oos_threshold": threshold,
         "oos_coverage_target": cfg.oos_coverage,
+        "oos_examples": examples.describe(),
+        "oos_examples_size": len(examples),
         **{f"oos_auroc_{name}": value for name, value in auroc.items()},
-        "oos_probe_recall": float((probe_scores[spec.oos_score] > threshold).mean()),
-        "oos_probe_size": len(probe_scores[spec.oos_score]),
+        "oos_recall": recall,
     })
-    log.info("out-of-scope: %s score (AUROC %s), threshold %.4g catches %.1f%% of the probe set",
-             spec.oos_score, ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), threshold, 100 * metrics["oos_probe_recall"])
-    write_coverage(probs.argmax(-1) == labels, val_scores, probe_scores, predictor, Path(cfg.output), "validation")
+    if oos_scores:
+        log.info("out-of-scope: %s score (AUROC %s on %s), threshold %.4g catches %.1f%% of them", spec.oos_score,
+                 ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall)
+    write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
     return metrics
 
 
 def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarray, features: np.ndarray,
-                    out: Path, split: str) -> dict:
+                    out: Path, split: str, examples: OutOfScope | None = None) -> dict:
     """Accuracy against coverage on a split (whether each query was ``correct``, and the predictor's
-    ``outputs`` for it) and the probe set's recall at the model's threshold; writes
-    ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``; returns a summary."""
+    ``outputs`` for it) and the out-of-scope ``examples``' recall at the model's threshold; writes
+    ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``; returns a summary. ``examples``
+    None: the built-in probe set where the model's intents are Banking77's, else none."""
     _, scores = scores_of(predictor, logits, features)
-    _, probe_scores = scores_of(predictor, *predictor.outputs(ood.probe_set()))
-    return write_coverage(correct, scores, probe_scores, predictor, Path(out), split)
+    if examples is None:
+        examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET]) if ood.banking77_like(predictor.labels) else OutOfScope()
+    oos_scores = scores_of(predictor, *predictor.outputs(examples.texts))[1] if len(examples) else None
+    return write_coverage(correct, scores, oos_scores, predictor, Path(out), split, examples)
 
 
-def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], probe_scores: dict[str, np.ndarray],
-                   predictor: Predictor, out: Path, split: str) -> dict:
-    table = pd.DataFrame([{"score": name, **row} for name in scores for row in ood.coverage_curve(scores[name], correct, probe_scores[name])])
+def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_scores: dict[str, np.ndarray] | None,
+                   predictor: Predictor, out: Path, split: str, examples: OutOfScope) -> dict:
+    table = pd.DataFrame([{"score": name, **row} for name in scores
+                          for row in ood.coverage_curve(scores[name], correct, oos_scores[name] if oos_scores else None)])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{split}_coverage.csv", index=False, float_format="%.4f")
-    _plot_coverage(correct, scores, out / f"{split}_coverage.png", split)
-    summary = {"split": split, "auroc": {name: ood.auroc(scores[name], probe_scores[name]) for name in scores}}
+    summary = {"split": split, "oos_examples": examples.describe(), "oos_examples_size": len(examples),
+               "auroc": {name: ood.auroc(scores[name], oos_scores[name]) for name in scores} if oos_scores else {}}
+    point = None
     if predictor.oos_threshold is not None:
         name, threshold = predictor.oos_score, predictor.oos_threshold
         kept = scores[name] <= threshold
         summary.update({
             "oos_score": name,
+            "oos_score_reason": _reason(predictor),
             "threshold": threshold,
             "coverage": float(kept.mean()),
             "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),
-            "probe_recall": float((probe_scores[name] > threshold).mean()),
+            "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
+        point = summary
+    _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point)
     return summary
 
 
-def _plot_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], path: Path, split: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _reason(predictor: Predictor) -> str:
+    """Why the predictor uses its out-of-scope score: the choice made at training, or the caller's."""
+    spec = predictor.spec
+    if predictor.oos_score != spec.oos_score:
+        return "given (oos_score option)"
+    if predictor.oos_threshold != spec.oos_thresholds.get(spec.oos_score):
+        return f"{spec.oos_choice.get('reason', 'chosen at training')}; threshold given (oos_threshold option)"
+    return spec.oos_choice.get("reason", "chosen at training")
+
+
+def _plot_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], path: Path, split: str, point: dict | None) -> None:
+    """One accuracy-against-coverage curve per score; the operating point (the chosen score at its
+    threshold) marked, and why that score was chosen in the title."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, values in scores.items():
         order = np.argsort(values, kind="stable")  # most confident first
         kept = np.arange(1, len(order) + 1)
         ax.plot(kept / len(order), np.cumsum(correct[order]) / kept, label=name)
-    ax.set(xlabel="coverage (share of queries answered)", ylabel="accuracy on the queries answered",
-           title=f"Accuracy against coverage ({split})", xlim=(0.5, 1.0))
+    title = f"Accuracy against coverage ({split})"
+    if point is not None:
+        ax.plot([point["coverage"]], [point["accuracy_kept"]], marker="o", markersize=9, color="black", linestyle="none",
+                label=f"operating point: {point['oos_score']} > {point['threshold']:.4g} is out of scope "
+                      f"(answers {point['coverage']:.1%})")
+        ax.axvline(point["coverage"], color="black", linewidth=0.8, linestyle=":")
+        title += f"\n{point['oos_score']}: {point['oos_score_reason']}"
+    low = min(0.5, point["coverage"] - 0.05) if point is not None else 0.5
+    ax.set(xlabel="coverage (share of queries answered)", ylabel="accuracy on the queries answered", xlim=(low, 1.0))
+    ax.set_title(title, fontsize=9 if point is not None else None, wrap=True)
     ax.grid(alpha=0.3)
-    ax.legend(title="out-of-scope score")
+    ax.legend(title="out-of-scope score", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -80,6 +80,7 @@ class ModelSpec:
     preprocessing: dict = field(default_factory=dict)
     oos_score: str | None = None  # the default out-of-scope score (bankintent.ood.SCORES); None: no fallback
     oos_thresholds: dict = field(default_factory=dict)  # score name -> threshold chosen on validation
+    oos_choice: dict = field(default_factory=dict)  # why oos_score: {"reason", "examples" (their source), "examples_size"}
     format_version: int = FORMAT_VERSION
     ood: dict = field(default_factory=dict, repr=False)  # arrays for the OOS scores, kept in OOD_FILE
 
@@ -189,6 +190,7 @@ def atomic_folder(folder: Path):
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     yield partial
+    match_permissions(partial)
     for path in partial.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -196,6 +198,19 @@ def atomic_folder(folder: Path):
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
+
+
+def match_permissions(folder: Path) -> None:
+    """Give the files in ``folder`` the permissions any new file gets here (0666 less the umask):
+    safetensors (the model's weights, the out-of-scope statistics, PEFT's adapter) writes owner-only
+    files (0600), which another user of a shared model folder, or a service account, cannot read."""
+    probe_file = folder / ".permissions"
+    probe_file.write_text("")
+    mode = probe_file.stat().st_mode & 0o777
+    probe_file.unlink()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
 
 def write_spec(spec: ModelSpec, folder: Path) -> None:
