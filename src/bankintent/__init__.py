@@ -1,15 +1,53 @@
-"""bankintent: parameter-efficient (LoRA) intent classification for banking chatbots."""
+"""bankintent: parameter-efficient (LoRA) intent classification for banking chatbots.
 
-from bankintent.config import TrainConfig, resolve_config
+The names below are imported when first used (PEP 562), so that ``import bankintent`` and the
+command's ``--help`` do not pay for PyTorch and Transformers: ``from bankintent import Predictor``
+imports them, ``from bankintent.errors import DataError`` does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
-from bankintent.predict import Predictor
+
+if TYPE_CHECKING:
+    from bankintent.config import TrainConfig, resolve_config
+    from bankintent.predict import Predictor
 
 __all__ = ["Predictor", "TrainConfig", "resolve_config", "train", "BankintentError", "ConfigError", "DataError", "ModelError"]
-__version__ = "0.1.0"
+
+_LAZY = {"Predictor": "bankintent.predict", "TrainConfig": "bankintent.config", "resolve_config": "bankintent.config"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bankintent")  # pyproject.toml's, the one place it is written
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0+unknown"
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = _version()
+        return globals()[name]
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bankintent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
 
 
 def train(config: TrainConfig | None = None, **options) -> dict:
     """Train and evaluate; returns the content of metrics.json. ``train(method="lora", output="runs/x")``."""
+    from bankintent.config import resolve_config
     from bankintent.training import train as run
 
     return run(config or resolve_config(None, **options))

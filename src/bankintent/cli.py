@@ -1,7 +1,10 @@
-"""The ``bankintent`` command: one typed function per subcommand, no logic of its own.
+"""The ``bankintent`` command: one function per subcommand, each parsing nothing, calling one function of
+the package and printing its result.
 
-``train``'s options are generated from ``TrainConfig``'s fields, so the flags, the YAML keys and the
-Python API never drift apart.
+The arguments are parsed before anything heavy is imported: PyTorch, Transformers and ONNX Runtime
+are imported inside the commands, so ``--help`` and a mistyped option answer at once. ``train``'s
+options are generated from ``TrainConfig``'s fields and their documentation, so the flags, the YAML
+keys and the Python API never drift apart.
 """
 
 from __future__ import annotations
@@ -12,16 +15,25 @@ import json
 import logging
 import os
 import sys
+import types
 import typing
+from numbers import Real
 
+from bankintent import progress
 from bankintent.errors import BankintentError
+
+TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
+
+
+def _status(message: str) -> None:
+    """A line on a terminal while a command imports and loads (seconds before its first result); kept
+    out of logs and pipes, whose readers want results and errors only."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
 
 
 def train(args: argparse.Namespace) -> None:
     from bankintent.config import resolve_config
-    from bankintent.errors import TrainingInterrupted
-    from bankintent.results import markdown_table, results_row
-    from bankintent.training import train as run
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}
     cfg = resolve_config(args.config, **overrides)
@@ -29,6 +41,11 @@ def train(args: argparse.Namespace) -> None:
         from bankintent.launch import relaunch
 
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
+    _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
+    from bankintent.errors import TrainingInterrupted
+    from bankintent.results import markdown_table, results_row
+    from bankintent.training import train as run
+
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
@@ -40,48 +57,88 @@ def train(args: argparse.Namespace) -> None:
         print(f"\nmodel: {cfg.output}/adapter   metrics: {cfg.output}/metrics.json")
 
 
+def _pct(value, digits: int = 2) -> str:
+    return f"{value:.{digits}%}" if isinstance(value, Real) else "n/a"
+
+
 def evaluate(args: argparse.Namespace) -> None:
+    _status(f"evaluating {args.dir} on its {args.split} split ...")
     from bankintent.evaluation import evaluate_run
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
-    coverage = summary["out_of_scope"]
-    print(f"{args.split}: {summary['queries']} queries, accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.2%}")
-    print("accuracy by length: " + ", ".join(f"{r['length']} {r['accuracy']:.1%} ({r['queries']})" for r in summary["accuracy_by_length"]))
-    print("most confused intent pairs:")
-    for pair in summary["confused_pairs"]:
-        print(f"  {pair['count']:3d}  {pair['intent_a']} <-> {pair['intent_b']}   e.g. {pair['examples'][0]}")
-    if "threshold" in coverage:
-        print(f"out-of-scope ({coverage['oos_score']}, threshold {coverage['threshold']:.4g}): answers {coverage['coverage']:.1%}, "
-              f"accuracy on those {coverage['accuracy_kept']:.2%}, probe-set recall {coverage['probe_recall']:.1%}")
+    print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}, "
+          f"macro-F1 {_pct(summary.get('macro_f1'))}")
+    lengths = summary.get("accuracy_by_length") or []
+    if lengths:
+        print("accuracy by length: " + ", ".join(f"{r.get('length')} {_pct(r.get('accuracy'), 1)} ({r.get('queries')})" for r in lengths))
+    pairs = summary.get("confused_pairs") or []
+    if pairs:
+        print("most confused intent pairs:")
+    for pair in pairs:
+        example = (pair.get("examples") or [""])[0]
+        print(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
+    coverage = summary.get("out_of_scope") or {}
+    if isinstance(coverage.get("threshold"), Real):
+        probe = f", {coverage['probe_set']} probe set" if coverage.get("probe_set") else ""
+        print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
+              f"{_pct(coverage.get('coverage'), 1)}, accuracy on those {_pct(coverage.get('accuracy_kept'))}, "
+              f"probe-set recall {_pct(coverage.get('probe_recall'), 1)}{probe}")
     print(f"written: {args.dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv, _coverage.csv/.png")
 
 
-def predict(args: argparse.Namespace) -> None:
-    from bankintent.predict import Predictor
+def prediction_line(result: dict) -> str:
+    """One prediction as the command prints it. An out-of-scope answer shows its own evidence (the
+    out-of-scope score against the threshold) and names the closest intent with that intent's
+    probability, never as the confidence of ``out_of_scope``."""
+    if result.get("out_of_scope"):
+        score, threshold = result.get("oos_score"), result.get("oos_threshold")
+        evidence = (f"{result.get('oos_method') or 'score'} {score:.4g} > threshold {threshold:.4g}"
+                    if isinstance(score, Real) and isinstance(threshold, Real) else "out of scope")
+        closest = result.get("closest_intent")
+        probability = next((t.get("confidence") for t in result.get("top_k") or [] if t.get("intent") == closest), None)
+        if closest:
+            evidence += f"; closest: {closest}" + (f" {probability:.2f}" if isinstance(probability, Real) else "")
+        return f"{result.get('intent', 'out_of_scope'):<40} ({evidence})   {result.get('text')}"
+    alternatives = ", ".join(f"{t['intent']} {t['confidence']:.2f}" for t in (result.get("top_k") or [])[1:])
+    return (f"{result['intent']:<40} {_number(result.get('confidence'))}   {result.get('text')}"
+            + (f"   (then: {alternatives})" if alternatives else ""))
 
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, Real) else "  n/a"
+
+
+def predict(args: argparse.Namespace) -> None:
     if bool(args.texts) == bool(args.input):
         raise BankintentError("give either query texts or --input FILE")
     if args.input and not args.output:
-        raise BankintentError("--input needs --output FILE.jsonl")
-    predictor = Predictor.load(args.dir, batch_size=args.batch_size, allow_pickle=args.allow_pickle,
-                               oos_score=args.oos_score, oos_threshold=args.oos_threshold)
-    if args.input:
-        from bankintent.streaming import predict_file
+        raise BankintentError("--input needs --output FILE (.jsonl, .csv or .parquet; - for stdout)")
 
-        written = predict_file(predictor, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
+    def load():
+        _status(f"loading {args.dir} ...")
+        from bankintent.predict import Predictor
+
+        return Predictor.load(args.dir, batch_size=args.batch_size, allow_pickle=args.allow_pickle,
+                              oos_score=args.oos_score, oos_threshold=args.oos_threshold)
+
+    if args.input:
+        from bankintent.streaming import STDOUT, predict_file
+
+        written = predict_file(load, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
                                resume=args.resume)
-        print(f"{written} predictions written to {args.output}")
+        to_stdout = args.output == STDOUT
+        print(f"{written} predictions written to {'stdout' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)
         return
-    results = predictor.predict(args.texts, top_k=args.top_k)
+    results = load().predict(args.texts, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for r in results:
-            alternatives = ", ".join(f"{t['intent']} {t['confidence']:.2f}" for t in r["top_k"][1:])
-            print(f"{r['intent']:<40} {r['confidence']:.3f}   {r['text']}" + (f"   (then: {alternatives})" if alternatives else ""))
+        for result in results:
+            print(prediction_line(result))
 
 
 def export(args: argparse.Namespace) -> None:
+    _status(f"exporting {args.dir} to {args.output} ...")
     from bankintent.export import export as run
 
     folder = run(args.dir, args.output, format=args.format, quantize=args.quantize)
@@ -89,21 +146,24 @@ def export(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from bankintent.serving import serve as run
-
     if bool(args.dir) == bool(args.models_dir):
         raise BankintentError("give either a model DIR or --models-dir DIR")
+    _status(f"loading {args.dir or args.models_dir} ...")
+    from bankintent.serving import serve as run
+
     run(model_dir=args.dir, models_dir=args.models_dir, host=args.host, port=args.port, workers=args.workers,
         api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
 def sweep(args: argparse.Namespace) -> None:
+    _status(f"sweep {args.config} into {args.output} ...")
     from bankintent.sweep import run_sweep
 
     run_sweep(args.config, args.output, seeds=args.seeds)
 
 
 def search(args: argparse.Namespace) -> None:
+    _status(f"search: {args.trials} trials of {args.method} in {args.storage} ...")
     from bankintent.search import run_search
 
     overrides = {k: v for k, v in (("data", args.data), ("base_model", args.base_model), ("max_train_samples", args.max_train_samples)) if v is not None}
@@ -111,119 +171,177 @@ def search(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
+    _status(f"report of {len(args.dirs)} folder(s) into {args.output} ...")
     from bankintent.report import write_report
 
     paths = write_report(args.dirs, args.output)
     print("written: " + ", ".join(map(str, paths)))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to an option's help, unless there is nothing to show (no default, or a
+    flag that is off) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_show, value))
+    return str(value)
+
+
+def config_option_help(option: dataclasses.Field) -> str:
+    """A ``TrainConfig`` field's help with its default, and the recipes that set another default
+    (``lr``: "... (default: 0.0005; lora, lora-unfreeze: 0.0001; full: 5e-05)")."""
+    from bankintent.config import RECIPES
+
+    help = option.metadata.get("help", "")
+    if "default" in help:  # a default that a value cannot say ("chosen from the base model")
+        return help
+    default = option.default_factory() if option.default is dataclasses.MISSING else option.default
+    recipes: dict[str, list[str]] = {}
+    for method, recipe in RECIPES.items():
+        if option.name in recipe and recipe[option.name] != default:
+            recipes.setdefault(_show(recipe[option.name]), []).append(method)
+    others = "".join(f"; {', '.join(methods)}: {value}" for value, methods in recipes.items())
+    return f"{help} (default: {_show(default)}{others})"
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from bankintent.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
+    for option in dataclasses.fields(TrainConfig):
+        flag = "--" + option.name.replace("_", "-")
+        help = config_option_help(option).replace("%", "%%")
+        kind = hints[option.name]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
             continue
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind)
-        if typing.get_origin(base) is list:
-            parser.add_argument(flag, type=lambda s, t=typing.get_args(base)[0]: [t(x) for x in s.split(",") if x.strip()], default=None, metavar="A,B")
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, type=lambda s, t=item: [t(x) for x in s.split(",") if x.strip()], default=None,
+                                metavar="A,B", help=help)
         else:
-            parser.add_argument(flag, type=base, default=None)
+            choices = option.metadata.get("choices")
+            metavar = None if choices else {int: "N", float: "X"}.get(kind, option.name.upper())
+            parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bankintent", description="LoRA intent classification for banking chatbots.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from bankintent import __version__
 
-    p = sub.add_parser("train", help="train a classifier; writes the model, metrics and curves to --output")
-    p.add_argument("--config", help="YAML file of options (configs/*.yaml); flags override it")
-    p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes on this machine (torchrun)")
+    parser = argparse.ArgumentParser(prog="bankintent", description="LoRA intent classification for banking chatbots.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bankintent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=options.pop("description", help), formatter_class=HelpFormatter, **options)
+
+    p = command("train", "train a classifier; writes the model, metrics and curves to --output",
+                epilog="'(default: X; lora: Y)': the lora recipe's default is Y (configs/METHOD.yaml holds each "
+                       "method's recipe). Flags override --config, which overrides the recipe.")
+    p.add_argument("--config", help="YAML file of options (configs/*.yaml; keys are the flags' names with _); flags override it")
+    p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes on this machine (torchrun) (default: 1)")
     _add_config_options(p)
     p.set_defaults(func=train)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length")
+    p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
     p.add_argument("dir", help="a training run's output folder")
     p.add_argument("--data", help="data folder or 'banking77' (default: the run's)")
-    p.add_argument("--split", choices=("test", "validation"), default="test")
-    p.add_argument("--text-column")
-    p.add_argument("--label-column")
+    p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
+    p.add_argument("--text-column", help="column holding the query text (default: the run's)")
+    p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
     p.set_defaults(func=evaluate)
 
-    p = sub.add_parser("predict", help="predict intents of queries or of a file")
-    p.add_argument("dir", help="a training run's output folder or a model folder")
-    p.add_argument("texts", nargs="*", help="queries")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--input", help=".txt (one query a line), .csv or .jsonl file")
-    p.add_argument("--output", help="write predictions as JSON lines")
-    p.add_argument("--text-column", default="text")
+    p = command("predict", "predict the intents of queries, or of a file of them")
+    p.add_argument("dir", help="a training run's output folder, a model folder or an exported folder")
+    p.add_argument("texts", nargs="*", help="queries (or give --input)")
+    p.add_argument("--top-k", type=int, default=3, help="most probable intents listed per query")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--input", help="file of queries: .txt (one a line), .csv or .jsonl; empty rows are skipped and counted")
+    p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
+    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
     p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
-    p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
     p.add_argument("--oos-score", choices=("msp", "mahalanobis"), help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
     p.set_defaults(func=predict)
 
-    p = sub.add_parser("export", help="export a model folder for fast inference (ONNX, optionally int8)")
-    p.add_argument("dir")
-    p.add_argument("--format", choices=("onnx", "merged"), default="onnx")
-    p.add_argument("--quantize", choices=("int8",), default=None)
-    p.add_argument("--output", required=True)
+    p = command("export", "export a model folder for fast inference (ONNX, optionally int8)")
+    p.add_argument("dir", help="a training run's output folder or a model folder")
+    p.add_argument("--format", choices=("onnx", "merged"), default="onnx", help="onnx: ONNX Runtime model; merged: LoRA merged into the weights")
+    p.add_argument("--quantize", choices=("int8",), default=None, help="quantize the ONNX model's weights (default: none)")
+    p.add_argument("--output", required=True, help="folder to write")
     p.set_defaults(func=export)
 
-    p = sub.add_parser("serve", help="HTTP service: POST /v1/predict, /healthz, /readyz, /metrics, /docs, web page at /")
+    p = command("serve", "HTTP service: POST /v1/predict, /healthz, /readyz, /metrics, /docs, web page at /")
     p.add_argument("dir", nargs="?", help="a model folder (or training run folder)")
     p.add_argument("--models-dir", help="serve every model folder in this folder, on one base model")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--api-key-file", help="require 'Authorization: Bearer <key>' with a key from this file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="service processes")
+    p.add_argument("--api-key-file", help="require 'Authorization: Bearer <key>' with a key from this file (default: no key)")
     p.add_argument("--max-batch", type=int, default=64, help="micro-batch: most texts per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch: longest wait for more requests")
     p.set_defaults(func=serve)
 
-    p = sub.add_parser("sweep", help="run a list of training runs; writes results.csv and results.md")
+    p = command("sweep", "run a list of training runs; writes results.csv and results.md")
     p.add_argument("--config", required=True, help="sweep YAML (configs/sweep_reference.yaml)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per run (mean +- std)")
+    p.add_argument("--output", required=True, help="folder of the runs and their results")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per run, reported as mean +- std (default: the sweep file's)")
     p.set_defaults(func=sweep)
 
-    p = sub.add_parser("search", help="Bayesian hyperparameter search with Optuna on validation accuracy")
-    p.add_argument("--method", default="lpft")
-    p.add_argument("--trials", type=int, default=20)
+    p = command("search", "Bayesian hyperparameter search with Optuna on validation accuracy")
+    p.add_argument("--method", default="lpft", help="training recipe whose hyperparameters are searched")
+    p.add_argument("--trials", type=int, default=20, help="trials to run (a resumed study adds them)")
     p.add_argument("--storage", required=True, help="sqlite:///DIR/study.db (resumable)")
     p.add_argument("--output", default=None, help="folder for the trials' runs (default: beside the study)")
-    p.add_argument("--config", default=None, help="base YAML config")
-    p.add_argument("--data")
-    p.add_argument("--base-model")
-    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--config", default=None, help="base YAML config (default: the method's recipe)")
+    p.add_argument("--data", help="training data, as train --data (default: the config's)")
+    p.add_argument("--base-model", help="encoder to fine-tune, as train --base-model (default: the config's)")
+    p.add_argument("--max-train-samples", type=int, help="train each trial on this many queries (default: all)")
     p.set_defaults(func=search)
 
-    p = sub.add_parser("report", help="self-contained HTML + Markdown report of runs and sweeps")
+    p = command("report", "self-contained HTML + Markdown report of runs and sweeps")
     p.add_argument("dirs", nargs="+", help="run or sweep folders")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="folder to write report.html and report.md to")
     p.set_defaults(func=report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below
+    progress.configure(loading_bars=args.command in TRAINING_COMMANDS)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except BankintentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ flags. The files in ``configs/`` hold exactly the recipes below (a test checks t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -31,45 +31,60 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def option(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A ``TrainConfig`` field with its one-line documentation: the help of its ``train`` flag and the
+    meaning of its YAML key, written once here (``bankintent train --help`` shows them)."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Every option of ``bankintent train``; the YAML keys are these field names."""
+    """Every option of ``bankintent train``; the YAML keys are these field names, documented by their
+    ``help`` (``dataclasses.fields(TrainConfig)[i].metadata["help"]``)."""
 
-    method: str = "lpft"
-    base_model: str = DEFAULT_BASE_MODEL
-    data: str = "banking77"
-    text_column: str = "text"
-    label_column: str = "category"
-    pooling: str = "mean"  # "mean" (mean-pooled, L2-normalised embeddings) or "cls" (the model's own head)
-    epochs: int = 4
-    lr: float = 5e-4
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_length: int = 64
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: chosen from the base model's architecture
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    early_stopping_patience: int = 2
-    average_weights: bool = False  # keep the mean of the weights at each epoch's end, not the best epoch's
-    unfreeze_layers_per_epoch: int = 2  # lora-unfreeze: encoder layers joining per epoch, top first
-    probe_c: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0])  # probe: C grid, 5-fold CV
-    normalize_entities: bool = False  # replace amounts, currencies, dates, numbers by placeholders
-    augment: str | None = None  # "confused-pairs": perturbed copies of the most confused intents' queries
-    oos_coverage: float = 0.95  # out-of-scope threshold: share of in-scope validation queries kept
-    val_fraction: float = 0.1
-    split_seed: int = 42  # fixed so that every run sees the same validation split
-    max_train_samples: int | None = None
-    seed: int = 42
-    allow_pickle: bool = False  # accept a base model stored as pickled .bin weights (they can run code)
-    output: str = "runs/latest"
-    overwrite: bool = False  # replace what a non-empty --output folder holds (without it, training refuses)
-    resume: bool = False
-    strict_data: bool = False  # refuse a data file with empty rows instead of skipping them with a warning
-    oos_label: str = "out_of_scope"  # rows with this label are out-of-scope examples, not an intent
-    oos_file: str | None = None  # a file of out-of-scope example queries (.txt one a line, or .csv/.jsonl)
+    method: str = option("lpft", "recipe: lpft (linear probe, then LoRA), lora, full (every weight), "
+                         "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder)", choices=METHODS)
+    base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
+    data: str = option("banking77", "'banking77', or a folder holding train.csv or train.jsonl (a test file beside it is evaluated)")
+    text_column: str = option("text", "column holding the query text in the data files")
+    label_column: str = option("category", "column holding the intent label in the data files")
+    pooling: str = option("mean", "query embedding: mean (mean-pooled, L2-normalised) or cls (the model's own head)",
+                          choices=("mean", "cls"))
+    epochs: int = option(4, "passes over the training data (0: the linear probe only)")
+    lr: float = option(5e-4, "peak learning rate")
+    batch_size: int = option(32, "training queries per step")
+    eval_batch_size: int = option(128, "queries per batch when evaluating")
+    max_length: int = option(64, "tokens kept of each query; longer queries are truncated")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha: the update is scaled by alpha / rank")
+    lora_dropout: float = option(0.05, "dropout on the LoRA layers' input")
+    target_modules: list[str] | None = option(None, "layers LoRA adapts, comma-separated (default: chosen from the base model's architecture)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "share of the training steps spent warming the learning rate up")
+    early_stopping_patience: int = option(2, "epochs without a better validation score before training stops")
+    average_weights: bool = option(False, "keep the mean of the weights at each epoch's end, not the best epoch's")
+    unfreeze_layers_per_epoch: int = option(2, "lora-unfreeze: encoder layers joining the training each epoch, top first")
+    probe_c: list[float] = option(help="linear probe: inverse regularisation strengths tried, best by 5-fold cross-validation",
+                                  factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0])
+    normalize_entities: bool = option(False, "replace amounts, currencies, dates and numbers by placeholders")
+    augment: str | None = option(None, "confused-pairs: add perturbed copies of the most confused intents' queries (default: none)",
+                                 choices=("confused-pairs",))
+    oos_coverage: float = option(0.95, "out-of-scope threshold: share of in-scope validation queries still answered")
+    val_fraction: float = option(0.1, "share of the training file held out for validation")
+    split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")
+    max_train_samples: int | None = option(None, "train on a stratified sample of this many queries (default: all)")
+    seed: int = option(42, "seed of the training run (initialisation, shuffling)")
+    allow_pickle: bool = option(False, "accept a base model stored as pickled .bin weights (loading them can run code)")
+    output: str = option("runs/latest", "run folder: the model, its metrics, curves and evaluation")
+    overwrite: bool = option(False, "replace what a non-empty output folder holds (without it, training refuses)")
+    resume: bool = option(False, "continue the interrupted run in the output folder from its last checkpoint")
+    strict_data: bool = option(False, "refuse a data file with empty rows instead of skipping them with a warning")
+    oos_label: str = option("out_of_scope", "rows with this label are out-of-scope examples, not an intent")
+    oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -196,12 +196,37 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     return Examples(texts, labels, numbers, empty, duplicates)
 
 
-def iter_queries(path: str | Path, text_column: str = "text") -> Iterator[tuple[int, str]]:
-    """Stream (row number, query) from a .txt (one query a line), .csv or .jsonl file."""
+def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool = False,
+                 warn: bool = True) -> Iterator[tuple]:
+    """Stream (row, query) from a .txt (one query a line), .csv or .jsonl file, in constant memory;
+    with ``columns=True``, (row, query, the row's other columns as a dict).
+
+    ``row`` is numbered alike for every format: the n-th data row is row n, a header not counted
+    (line n of a .txt or .jsonl file; the n-th record after a .csv's header, where blank lines are no
+    records, as for Python's csv module and pandas). Rows whose text is empty or blank are skipped,
+    keeping their number; once the file is read, ``warn`` logs how many were skipped and which."""
     path = Path(path)
     column = "text" if path.suffix not in (".csv", ".jsonl") else text_column
-    for number, row in iter_rows(path, (column,)):
-        yield number, clean_text(path, number, row[column], column)
+    skipped: list[int] = []
+    previous = 0
+    for record, (number, row) in enumerate(iter_rows(path, (column,)), start=1):
+        row_number = record if path.suffix == ".csv" else number
+        skipped.extend(range(previous + 1, row_number))  # blank .jsonl lines, which iter_rows passes over
+        previous = row_number
+        value = row[column]
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{path}: row {row_number}: expected text in column {column!r}, got {type(value).__name__}")
+        if value is None or not value.strip():
+            skipped.append(row_number)
+            continue
+        text = value.strip()
+        if columns:
+            yield row_number, text, {k: v for k, v in row.items() if k != column}
+        else:
+            yield row_number, text
+    if skipped and warn:
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        log.warning("%s: %d empty row(s) skipped (row%s %s)", path, len(skipped), "s" if len(skipped) > 1 else "", shown)
 
 
 def _download_banking77() -> Path:

@@ -1,30 +1,45 @@
-"""Streaming batch prediction: a file of any size in constant memory, resumable.
+"""Streaming batch prediction: a file of any size in constant memory.
 
-The input (.txt one query a line, .csv or .jsonl) is validated in a first streaming pass, so a bad
-row fails before any output is written and the progress bar knows the total (it shows the rate and
-the time left). Queries are then read in chunks of ``CHUNK`` queries; the predictor sorts each chunk by
-length so its batches pad little, and the chunk's predictions are appended to the
-output as JSON lines, in input order, each with the input ``row`` it answers. Memory holds one chunk,
+The input (.txt one query a line, .csv or .jsonl) is read in a first streaming pass, so a bad row
+fails before any output is written or the model is loaded, and the progress bar knows the total (it
+shows the rate and the time left). Rows with an empty text are skipped with a warning that counts
+them. Queries are then read in chunks of ``CHUNK``; the predictor sorts each chunk by length so its
+batches pad little, and the chunk's predictions are written in input order. Memory holds one chunk,
 whatever the size of the file.
 
-``resume=True`` continues an interrupted output file: a torn last line (from a killed run) is cut off,
-the last complete line is checked against the input (same row, same text) and the queries after it
-are predicted, so no line is duplicated or lost.
+Each output row is ``row`` (the n-th data row of the input is row n, a header not counted, whatever
+the input format; see ``data.iter_queries``), the input row's other columns (an ``id``, say; one named
+like a prediction field is renamed ``input_<name>``), then the fields of ``Predictor.predict``. The
+output's format follows its extension: ``.jsonl`` (one JSON object a line), ``.csv`` (``top_k``
+spread over ``top1_intent``, ``top1_confidence``, ... columns), ``.parquet`` (needs pyarrow), or
+``-`` for JSON lines on stdout. A .csv or .parquet file is written beside its name as ``.part`` and
+renamed when complete, so a killed run never leaves a file that looks whole.
+
+``resume=True`` continues an interrupted .jsonl output: a torn last line (from a killed run) is cut
+off, the last complete line is checked against the input (same row, same text) and the queries after
+it are predicted, so no line is duplicated or lost.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from tqdm.auto import tqdm
 
 from bankintent.data import iter_queries
 from bankintent.errors import DataError
-from bankintent.predict import Predictor, check_texts
+
+if TYPE_CHECKING:
+    from bankintent.predict import Predictor
 
 CHUNK = 4096  # queries read, sorted by length, predicted and written at once
+STDOUT = "-"
+FORMATS = (".jsonl", ".csv", ".parquet")
 
 
 def _complete_lines(output: Path) -> tuple[int, bytes | None]:
@@ -43,6 +58,8 @@ def _complete_lines(output: Path) -> tuple[int, bytes | None]:
 
 def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text: str) -> None:
     """The output's last line must be the prediction of query ``row`` of the input."""
+    from bankintent.predict import check_texts
+
     try:
         result = json.loads(last)
         same = result["row"] == row and result["text"] == check_texts([text])[0]
@@ -57,33 +74,225 @@ def _resume_point(output: Path, input_path: Path, text_column: str, total: int) 
     if done > total:
         raise DataError(f"{output}: holds {done} lines but {input_path} has only {total} queries; not its output")
     if done:
-        row, text = next(islice(iter_queries(input_path, text_column), done - 1, None))
+        row, text = next(islice(iter_queries(input_path, text_column, warn=False), done - 1, None))
         _check_continues(output, last, input_path, row, text)
     return done
 
 
-def predict_file(predictor: Predictor, input_path: str | Path, output_path: str | Path, text_column: str = "text",
-                 top_k: int = 3, resume: bool = False) -> int:
-    """Predict every query of ``input_path`` into ``output_path`` (JSON lines: ``row`` and the fields of
-    ``Predictor.predict``); returns the number of lines written by this call."""
-    input_path, output_path = Path(input_path), Path(output_path)
-    total = sum(1 for _ in iter_queries(input_path, text_column))  # validates every row first
+def output_format(output: str | Path) -> str:
+    """``jsonl``, ``csv``, ``parquet`` or ``stdout``, from the output's name; DataError if unknown or
+    if .parquet is asked for without pyarrow."""
+    if str(output) == STDOUT:
+        return "stdout"
+    suffix = Path(output).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{output}: unknown output format {suffix or '(no extension)'!r}; "
+                        f"use {', '.join(FORMATS)}, or - for JSON lines on stdout")
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise DataError(f"{output}: writing .parquet needs pyarrow (pip install pyarrow); "
+                            "or write .jsonl or .csv") from None
+    return suffix[1:]
+
+
+def _check_output(output: str | Path, kind: str, resume: bool) -> None:
+    if kind == "stdout":
+        if resume:
+            raise DataError("--resume continues an output file; it cannot continue stdout")
+        return
+    output = Path(output)
+    if resume and kind != "jsonl":
+        raise DataError(f"{output}: --resume continues .jsonl output only (a killed .{kind} run leaves no "
+                        "file to continue: it is written as .part and renamed when complete)")
+    if output.exists() and not resume:
+        hint = "pass --resume to continue it or remove it" if kind == "jsonl" else "remove it first"
+        raise DataError(f"{output}: already exists; {hint}")
+    if not output.parent.is_dir():
+        raise DataError(f"{output}: folder {output.parent} does not exist")
+
+
+def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]]:
+    """(number of queries, the input's other columns and the value types each holds), reading the
+    whole input once, which validates every row."""
+    total, columns = 0, {}
+    for _, _, extra in iter_queries(input_path, text_column, columns=True):
+        total += 1
+        for name, value in extra.items():
+            columns.setdefault(name, set()).add(type(value))
+    return total, columns
+
+
+def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str | Path, output_path: str | Path,
+                 text_column: str = "text", top_k: int = 3, resume: bool = False) -> int:
+    """Predict every query of ``input_path`` into ``output_path`` (format from its extension, ``-``:
+    stdout); returns the number of predictions written by this call. ``predictor``: a Predictor, or a
+    function returning one, called once the input and output have been checked."""
+    input_path = Path(input_path)
+    kind = output_format(output_path)
+    _check_output(output_path, kind, resume)
+    total, columns = _scan(input_path, text_column)
     if total == 0:
         raise DataError(f"{input_path}: no queries")
-    if output_path.exists() and not resume:
-        raise DataError(f"{output_path}: already exists; pass --resume to continue it or remove it")
-    if not output_path.parent.is_dir():
-        raise DataError(f"{output_path}: folder {output_path.parent} does not exist")
-    done = _resume_point(output_path, input_path, text_column, total) if resume else 0
-    queries = islice(iter_queries(input_path, text_column), done, None)
-    written = 0
-    with open(output_path, "a", encoding="utf-8") as out, \
-            tqdm(total=total, initial=done, unit="q", desc="predicting", smoothing=0.1) as bar:
-        while chunk := list(islice(queries, CHUNK)):
-            rows = [row for row, _ in chunk]
-            results = predictor.predict([text for _, text in chunk], top_k=top_k)
-            out.writelines(json.dumps({"row": row, **result}) + "\n" for row, result in zip(rows, results))
-            out.flush()
-            written += len(chunk)
-            bar.update(len(chunk))
+    done = _resume_point(Path(output_path), input_path, text_column, total) if resume else 0
+    if callable(predictor):
+        predictor = predictor()
+    queries = islice(iter_queries(input_path, text_column, columns=True, warn=False), done, None)
+    writer, names, written = None, {}, 0
+    try:
+        with tqdm(total=total, initial=done, unit="q", desc="predicting", smoothing=0.1) as bar:
+            while chunk := list(islice(queries, CHUNK)):
+                results = predictor.predict([text for _, text, _ in chunk], top_k=top_k)
+                if writer is None:
+                    names = _output_names(columns, results[0])
+                    writer = _WRITERS[kind](output_path, {names[c]: kinds for c, kinds in columns.items()})
+                writer.write([{"row": row, **{names[c]: extra.get(c) for c in columns}, **result}
+                              for (row, _, extra), result in zip(chunk, results)])
+                written += len(chunk)
+                bar.update(len(chunk))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
     return written
+
+
+def _output_names(columns: dict[str, Any], result: dict[str, Any]) -> dict[str, str]:
+    """The output name of each input column: its own, or ``input_<name>`` where it clashes with
+    ``row`` or a prediction field."""
+    names: dict[str, str] = {}
+    for column in columns:
+        name = column
+        while name == "row" or name in result or name in names.values():
+            name = f"input_{name}"
+        names[column] = name
+    return names
+
+
+class _JsonLines:
+    """Appends JSON lines to a file (continued by ``resume``) or to stdout."""
+
+    def __init__(self, output: str | Path, columns: dict[str, set[type]]):
+        self.stdout = str(output) == STDOUT
+        self.handle = sys.stdout if self.stdout else open(output, "a", encoding="utf-8")
+
+    def write(self, rows: list[dict]) -> None:
+        self.handle.writelines(json.dumps(row) + "\n" for row in rows)
+        self.handle.flush()
+
+    def abort(self) -> None:  # what is written stays: --resume continues it
+        self.close()
+
+    def close(self) -> None:
+        if not self.stdout:
+            self.handle.close()
+
+
+class _WholeFile:
+    """A file written as ``<name>.part`` and renamed to ``<name>`` when complete."""
+
+    def __init__(self, output: str | Path, columns: dict[str, set[type]]):
+        self.output = Path(output)
+        self.part = self.output.with_name(self.output.name + ".part")
+        self.columns = columns
+
+    def abort(self) -> None:
+        self.finish()
+        self.part.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.finish()
+        self.part.replace(self.output)
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class _Csv(_WholeFile):
+    def __init__(self, output, columns):
+        super().__init__(output, columns)
+        self.handle = open(self.part, "w", encoding="utf-8", newline="")
+        self.writer = None
+
+    def write(self, rows: list[dict]) -> None:
+        rows = [self._flat(row) for row in rows]
+        if self.writer is None:  # every row holds every column (None where the input row had none)
+            self.writer = csv.DictWriter(self.handle, fieldnames=list(rows[0]))
+            self.writer.writeheader()
+        self.writer.writerows(rows)
+
+    @staticmethod
+    def _flat(row: dict) -> dict:
+        flat = {}
+        for name, value in row.items():
+            if name == "top_k" and isinstance(value, list):
+                for rank, item in enumerate(value, start=1):
+                    flat[f"top{rank}_intent"], flat[f"top{rank}_confidence"] = item["intent"], item["confidence"]
+            else:
+                flat[name] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        return flat
+
+    def finish(self) -> None:
+        self.handle.close()
+
+
+class _Parquet(_WholeFile):
+    """Parquet through pyarrow, one row group per chunk. Input columns take the type of their values
+    (strings, integers, floats or booleans; anything else is stored as JSON text)."""
+
+    def __init__(self, output, columns):
+        super().__init__(output, columns)
+        self.writer = None
+
+    def _schema(self, rows: list[dict]):
+        import pyarrow as pa
+
+        known = {
+            "row": pa.int64(), "text": pa.string(), "intent": pa.string(), "confidence": pa.float64(),
+            "out_of_scope": pa.bool_(), "oos_score": pa.float64(), "oos_threshold": pa.float64(),
+            "oos_method": pa.string(), "closest_intent": pa.string(),
+            "top_k": pa.list_(pa.struct([("intent", pa.string()), ("confidence", pa.float64())])),
+        }
+        known.update({name: _arrow_type(kinds) for name, kinds in self.columns.items()})
+        others = [name for name in rows[0] if name not in known]  # fields Predictor.predict may add
+        inferred = pa.Table.from_pylist([{name: row[name] for name in others} for row in rows]).schema if others else None
+        return pa.schema([pa.field(name, known[name]) if name in known else inferred.field(name) for name in rows[0]])
+
+    def _convert(self, rows: list[dict]) -> list[dict]:
+        import pyarrow as pa
+
+        strings = {name for name in self.columns if pa.types.is_string(self.schema.field(name).type)}
+        return [{k: json.dumps(v) if k in strings and v is not None and not isinstance(v, str) else v for k, v in row.items()}
+                for row in rows]
+
+    def write(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.schema = self._schema(rows)
+            self.writer = pq.ParquetWriter(self.part, self.schema)
+        self.writer.write_table(pa.Table.from_pylist(self._convert(rows), schema=self.schema))
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _arrow_type(types: set[type]):
+    import pyarrow as pa
+
+    types = types - {type(None)}
+    if types == {bool}:
+        return pa.bool_()
+    if types == {int}:
+        return pa.int64()
+    if types and types <= {int, float}:
+        return pa.float64()
+    return pa.string()
+
+
+_WRITERS = {"jsonl": _JsonLines, "stdout": _JsonLines, "csv": _Csv, "parquet": _Parquet}
