@@ -117,3 +117,13 @@ def tiny_options(base: Path, data: Path, output: Path, **extra) -> dict:
     """Options for a fast run on a tiny model."""
     return {"base_model": str(base), "data": str(data), "output": str(output), "epochs": 1, "batch_size": 16,
             "max_length": 24, "probe_c": [1.0], **extra}
+
+
+@pytest.fixture(scope="session")
+def tiny_probe_run(tiny_bert, tiny_data, tmp_path_factory) -> Path:
+    """A linear probe on the tiny BERT, the quickest run to train: a model folder for prediction tests."""
+    from bankintent import resolve_config, train
+
+    out = tmp_path_factory.mktemp("tiny_probe_run")
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))
+    return out
