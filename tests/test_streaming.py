@@ -1,4 +1,5 @@
-"""Streaming prediction of a file: killed in the middle and resumed, it matches a single pass line by line."""
+"""Streaming prediction of a file: killed in the middle and resumed, it matches a single pass line by line;
+empty rows skipped and counted; row numbers, kept input columns and output formats alike for every input."""
 
 import json
 import os
@@ -10,11 +11,11 @@ import time
 
 import pytest
 
-from bankintent import Predictor, resolve_config, train
+from bankintent import Predictor
 from bankintent.errors import DataError
 from bankintent.predict import CPU_BATCH
 from bankintent.streaming import predict_file
-from conftest import INTENTS, tiny_options
+from conftest import INTENTS
 
 QUERIES = 4000
 BATCH = 2  # small batches: many chunks, so the kill lands in the middle
@@ -32,10 +33,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_bert, tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stream_model")
-    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))
-    return out
+def model_dir(tiny_probe_run):
+    return tiny_probe_run
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +127,123 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
 def test_batches_are_sized_for_the_backend(model_dir):
     assert Predictor.load(model_dir, device="cpu").batch_size == CPU_BATCH
     assert Predictor.load(model_dir, device="cpu", batch_size=3).batch_size == 3
+
+
+# the same queries in the three input formats, with an id column and empty rows; row n is the n-th data row
+ROWS = [("a1", "my card was stolen"), ("a2", ""), ("a3", "where is my new card"), ("a4", "   "), ("a5", "top up failed")]
+EXPECTED_ROWS = [1, 3, 5]
+
+
+def write_inputs(folder):
+    txt = folder / "q.txt"
+    txt.write_text("".join(f"{text}\n" for _, text in ROWS))
+    csv_path = folder / "q.csv"
+    csv_path.write_text("id,text\n" + "".join(f"{i},{text}\n" for i, text in ROWS))
+    jsonl = folder / "q.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": text, "intent": "gold"}) + "\n" for i, text in ROWS))
+    return txt, csv_path, jsonl
+
+
+def read_output(path):
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_every_input_format_gives_the_same_rows_in_every_output_format(model_dir, tmp_path, suffix, caplog):
+    predictor = Predictor.load(model_dir)
+    txt, csv_input, jsonl = write_inputs(tmp_path)
+    outputs = {}
+    for source in (txt, csv_input, jsonl):
+        out = tmp_path / f"{source.suffix[1:]}_out{suffix}"
+        assert predict_file(predictor, source, out) == 3
+        assert f"{source.name}: 2 empty row(s) skipped (rows 2, 4)" in caplog.text
+        outputs[source.suffix] = read_output(out)
+        assert not list(tmp_path.glob("*.part"))
+    for rows in outputs.values():
+        assert [int(r["row"]) for r in rows] == EXPECTED_ROWS
+        assert [r["text"] for r in rows] == ["my card was stolen", "where is my new card", "top up failed"]
+        assert {r["intent"] for r in rows} <= {*INTENTS, "out_of_scope"}
+    assert "id" not in outputs[".txt"][0]
+    assert [r["id"] for r in outputs[".csv"]] == [r["id"] for r in outputs[".jsonl"]] == ["a1", "a3", "a5"]
+    # the input's own "intent" column is kept beside the prediction's, renamed
+    assert [r["input_intent"] for r in outputs[".jsonl"]] == ["gold"] * 3
+    first = outputs[".jsonl"][0]
+    if suffix == ".csv":
+        assert list(first)[:4] == ["row", "id", "input_intent", "text"]
+        assert first["top1_intent"] == first["closest_intent"] and float(first["top1_confidence"]) > 0
+    else:
+        assert first["top_k"][0]["intent"] == first["closest_intent"]
+        assert (first["confidence"] is None) == first["out_of_scope"]
+
+
+def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": 1, "score": 0.5, "flag": true, "text": "my card was stolen"}\n'
+                    '{"id": 2, "score": 1, "flag": false, "meta": {"a": 1}, "text": "top up failed"}\n')
+    out = tmp_path / "out.parquet"
+    predict_file(Predictor.load(model_dir), path, out)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert [str(table.schema.field(name).type) for name in ("row", "id", "score", "flag", "meta", "confidence")] == \
+        ["int64", "int64", "double", "bool", "string", "double"]
+    assert table.column("meta").to_pylist() == [None, '{"a": 1}']
+
+
+def test_output_to_stdout(model_dir, tmp_path, capsys):
+    txt, _, _ = write_inputs(tmp_path)
+    assert predict_file(Predictor.load(model_dir), txt, "-") == 3
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["row"] for line in lines] == EXPECTED_ROWS
+
+
+def never_loaded():
+    raise AssertionError("the model was loaded before the input and output were checked")
+
+
+def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
+    txt, csv_input, _ = write_inputs(tmp_path)
+    with pytest.raises(DataError, match=r"out.xlsx: unknown output format '.xlsx'; use .jsonl, .csv, .parquet, or -"):
+        predict_file(never_loaded, txt, tmp_path / "out.xlsx")
+    (tmp_path / "out.csv").write_text("row\n")
+    with pytest.raises(DataError, match=r"out.csv: --resume continues .jsonl output only"):
+        predict_file(never_loaded, txt, tmp_path / "out.csv", resume=True)
+    with pytest.raises(DataError, match=r"out.csv: already exists; remove it first"):
+        predict_file(never_loaded, txt, tmp_path / "out.csv")
+    with pytest.raises(DataError, match="cannot continue stdout"):
+        predict_file(never_loaded, txt, "-", resume=True)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="empty.txt: no queries"):
+        predict_file(never_loaded, empty, tmp_path / "out.jsonl")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
+    with pytest.raises(DataError, match=r"out.parquet: writing .parquet needs pyarrow"):
+        predict_file(never_loaded, txt, tmp_path / "out.parquet")
+
+
+def test_a_failed_csv_run_leaves_no_file(model_dir, tmp_path, monkeypatch):
+    """A .csv is written as .part and renamed when complete: a run that dies leaves nothing that looks whole."""
+    predictor = Predictor.load(model_dir)
+    calls = []
+
+    def failing(texts, top_k=3):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return Predictor.predict(predictor, texts, top_k=top_k)
+
+    monkeypatch.setattr(predictor, "predict", failing)
+    monkeypatch.setattr("bankintent.streaming.CHUNK", 1)
+    txt, _, _ = write_inputs(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(predictor, txt, tmp_path / "out.csv")
+    assert calls == [1, 1] and list(tmp_path.glob("out*")) == []

@@ -58,7 +58,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _pct(value, digits: int = 2) -> str:
-    return f"{value:.{digits}%}" if isinstance(value, Real) else "n/a"
+    return f"{value:.{digits}%}" if isinstance(value, Real) and value == value else "n/a"  # NaN: no queries
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -79,11 +79,16 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
     coverage = summary.get("out_of_scope") or {}
     if isinstance(coverage.get("threshold"), Real):
-        probe = f", {coverage['probe_set']} probe set" if coverage.get("probe_set") else ""
+        recall = coverage.get("oos_recall", coverage.get("probe_recall"))
+        examples = coverage.get("oos_examples")
         print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
-              f"{_pct(coverage.get('coverage'), 1)}, accuracy on those {_pct(coverage.get('accuracy_kept'))}, "
-              f"probe-set recall {_pct(coverage.get('probe_recall'), 1)}{probe}")
-    print(f"written: {args.dir}/{args.split}_evaluation.json, _per_intent.csv, _confused_pairs.csv, _by_length.csv, _coverage.csv/.png")
+              f"{_pct(coverage.get('coverage'), 1)}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
+              + (f", recall on out-of-scope examples {_pct(recall, 1)}" if isinstance(recall, Real) else "")
+              + (f" ({examples})" if examples and examples != "none" else ""))
+        if coverage.get("oos_score_reason"):
+            print(f"  score: {coverage['oos_score_reason']}")
+    print(f"written: {args.dir}/{args.split}_evaluation.json, _predictions.csv, _per_intent.csv, _confused_pairs.csv, "
+          "_by_length.csv, _coverage.csv/.png")
 
 
 def prediction_line(result: dict) -> str:

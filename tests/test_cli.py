@@ -1,0 +1,174 @@
+"""The command line: help without heavy imports, every option documented with its default, out-of-scope
+answers shown with their own evidence, and progress that stays small in a log."""
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bankintent
+from bankintent import cli
+from bankintent.config import TrainConfig
+from bankintent.progress import LOG_INTERVAL
+
+HEAVY = ("torch", "transformers", "onnxruntime")
+SET_BY_THE_CLI = ("TQDM_MININTERVAL", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """main() in this process: the variables it sets are removed again after the test."""
+    for name in SET_BY_THE_CLI:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # help on one line per option
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_help_and_import_load_no_heavy_module():
+    """--help answers in well under a second because it imports neither PyTorch, Transformers nor ONNX Runtime."""
+    code = f"""
+import argparse, sys
+import bankintent
+from bankintent import TrainConfig, DataError
+from bankintent.cli import build_parser
+parser = build_parser()
+commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+for argv in [["--help"], ["--version"], *[[name, "--help"] for name in commands]]:
+    try:
+        parser.parse_args(argv)
+    except SystemExit:
+        pass
+print("heavy:", sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: bankintent train" in result.stdout and "bankintent " + bankintent.__version__ in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+def test_the_package_api_loads_on_first_use():
+    from bankintent.predict import Predictor
+
+    assert bankintent.Predictor is Predictor and bankintent.TrainConfig is TrainConfig
+    from bankintent import resolve_config, train  # noqa: F401  (the documented entry points still import)
+
+    assert {"Predictor", "TrainConfig", "train", "__version__"} <= set(dir(bankintent))
+    with pytest.raises(AttributeError, match="no attribute 'Predicter'"):
+        bankintent.Predicter  # noqa: B018
+
+
+def test_version(capsys, clean_env):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"bankintent {version('bankintent')}"
+
+
+def test_train_help_documents_every_option_from_the_config(capsys, clean_env):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    options = {block.split()[0].rstrip(","): " ".join(block.split()) for block in re.split(r"\n(?=  -)", text)}
+    for field in dataclasses.fields(TrainConfig):
+        help = field.metadata.get("help", "")
+        assert help and "\n" not in help, f"{field.name}: no one-line help"
+        option = options["--" + field.name.replace("_", "-")]
+        assert help in option and "default: " in option, option
+    assert "--method {lpft,lora,full,lora-unfreeze,linear-probe}" in text
+    assert "(default: 0.0005; lora, lora-unfreeze: 0.0001; full: 5e-05)" in text  # the recipes' defaults
+    assert "(default: off; lpft: on)" in text  # average_weights
+    assert "--probe-c A,B" in text and "(default: 1,3,10,30,100)" in text
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    parser = cli.build_parser()
+    for name, sub in subcommands(parser).items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.dest}: no help"
+            if action.option_strings and action.default is not None and action.default is not False:
+                assert "default" in formatter._get_help_string(action), f"{name} {action.dest}: default not shown"
+
+
+def test_list_options_parse():
+    args = cli.build_parser().parse_args(["train", "--probe-c", "1,3", "--target-modules", "query,value"])
+    assert (args.probe_c, args.target_modules) == ([1.0, 3.0], ["query", "value"])
+
+
+IN_SCOPE = {"text": "where is my card", "intent": "card_arrival", "confidence": 0.873, "out_of_scope": False,
+            "oos_score": 12.5, "oos_threshold": 98.7, "oos_method": "mahalanobis", "closest_intent": "card_arrival",
+            "top_k": [{"intent": "card_arrival", "confidence": 0.873}, {"intent": "lost_or_stolen_card", "confidence": 0.1}]}
+OUT_OF_SCOPE = {"text": "what's the weather", "intent": "out_of_scope", "confidence": None, "out_of_scope": True,
+                "oos_score": 312.4, "oos_threshold": 98.7, "oos_method": "mahalanobis", "closest_intent": "card_arrival",
+                "top_k": [{"intent": "card_arrival", "confidence": 0.41}, {"intent": "exchange_rate", "confidence": 0.2}]}
+
+
+def test_an_out_of_scope_answer_shows_its_own_evidence():
+    assert cli.prediction_line(IN_SCOPE).split() == ["card_arrival", "0.873", "where", "is", "my", "card",
+                                                     "(then:", "lost_or_stolen_card", "0.10)"]
+    line = cli.prediction_line(OUT_OF_SCOPE)
+    assert line.startswith("out_of_scope ")
+    assert "(mahalanobis 312.4 > threshold 98.7; closest: card_arrival 0.41)   what's the weather" in line
+    assert line.split()[1].startswith("("), "no number in the confidence column of an out-of-scope answer"
+    bare = {**OUT_OF_SCOPE, "oos_score": None, "oos_threshold": None, "oos_method": None, "top_k": []}
+    assert cli.prediction_line(bare).split()[:4] == ["out_of_scope", "(out", "of", "scope;"]
+
+
+def test_predict_prints_out_of_scope_answers_apart(tiny_probe_run, capsys, clean_env):
+    cli.main(["predict", str(tiny_probe_run), "my card was stolen", "--oos-score", "msp", "--oos-threshold", "-1"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("out_of_scope ") and "> threshold -1; closest: " in line and line.endswith("my card was stolen")
+    cli.main(["predict", str(tiny_probe_run), "my card was stolen", "--oos-score", "msp", "--oos-threshold", "2"])
+    intent, confidence = capsys.readouterr().out.split()[:2]
+    assert intent != "out_of_scope" and 0 < float(confidence) <= 1
+
+
+@pytest.mark.parametrize("summary", [
+    {"queries": 3, "accuracy": 2 / 3},  # whatever the evaluation leaves out
+    {"queries": 3, "accuracy": 1.0, "macro_f1": 1.0, "confused_pairs": [{"count": 2, "intent_a": "a", "intent_b": "b", "examples": []}],
+     "accuracy_by_length": [{"length": "<=5 words", "queries": 3, "accuracy": 1.0}, {"length": ">20 words", "queries": 0, "accuracy": float("nan")}],
+     "out_of_scope": {"oos_score": "msp", "threshold": 0.5, "coverage": 0.9, "accuracy_kept": 0.95, "oos_recall": None,
+                      "oos_examples": "none", "oos_score_reason": "default", "new_key": [1]}},
+])
+def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys, clean_env):
+    monkeypatch.setattr("bankintent.evaluation.evaluate_run", lambda *args: summary)
+    cli.main(["evaluate", "runs/x"])
+    out = capsys.readouterr().out
+    assert out.startswith("test: 3 queries, accuracy ") and "written: runs/x/test_evaluation.json" in out
+    assert ("accuracy by length: <=5 words 100.0% (3), >20 words n/a (0)" in out) == ("accuracy_by_length" in summary)
+    assert ("(msp, threshold 0.5): answers 90.0%, accuracy on those 95.00%\n  score: default" in out) == ("out_of_scope" in summary)
+
+
+def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_path):
+    """stderr to a pipe (a log): a bar frame every LOG_INTERVAL seconds at most, no "Loading weights"
+    bar; empty lines skipped with their count; ``--output -``: JSON lines on stdout."""
+    queries = 1500
+    path = tmp_path / "queries.txt"
+    path.write_text("".join(f"my card was stolen {i}\n" + ("\n" if i % 500 == 0 else "") for i in range(queries)))
+    env = {k: v for k, v in os.environ.items() if k not in SET_BY_THE_CLI}
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(path),
+                             "--output", "-", "--batch-size", "1"], capture_output=True, text=True, timeout=300, env=env)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == queries and lines[1]["row"] == 3  # row 2 is the empty line
+    assert "queries.txt: 3 empty row(s) skipped (rows 2, 503, 1004)" in result.stderr
+    assert f"{queries} predictions written to stdout" in result.stderr
+    assert "Loading weights" not in result.stderr
+    frames = result.stderr.count("predicting:")
+    assert frames <= 3 + elapsed / LOG_INTERVAL, result.stderr[-3000:]
+    assert f"{queries}/{queries}" in result.stderr  # the last frame
