@@ -265,13 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
     p.add_argument("dir", help="a training run's output folder")
-    p.add_argument("--data", help="data folder or 'banking77' (default: the run's)")
+    p.add_argument("--data", help="'banking77', a data folder or a file, as train --data (default: the run's)")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
     p.set_defaults(func=evaluate)
 
-    p = command("predict", "predict the intents of queries, or of a file of them")
+    p = command("predict", "predict the intents of queries, or of a file of them",
+                epilog="With --input, each output row holds 'row' (the n-th data row of the input is row n, a header "
+                       "not counted, whatever the format), the input row's other columns (one named like a prediction "
+                       "field becomes input_<name>), then the prediction. A .csv or .parquet output is written as "
+                       "NAME.part and renamed when complete; --resume continues a .jsonl output.")
     p.add_argument("dir", help="a training run's output folder, a model folder or an exported folder")
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
     p.add_argument("--top-k", type=int, default=3, help="most probable intents listed per query")

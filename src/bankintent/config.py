@@ -49,7 +49,7 @@ class TrainConfig:
     method: str = option("lpft", "recipe: lpft (linear probe, then LoRA), lora, full (every weight), "
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder)", choices=METHODS)
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
-    data: str = option("banking77", "'banking77', or a folder holding train.csv or train.jsonl (a test file beside it is evaluated)")
+    data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.jsonl), or one training file")
     text_column: str = option("text", "column holding the query text in the data files")
     label_column: str = option("category", "column holding the intent label in the data files")
     pooling: str = option("mean", "query embedding: mean (mean-pooled, L2-normalised) or cls (the model's own head)",
@@ -74,7 +74,7 @@ class TrainConfig:
     augment: str | None = option(None, "confused-pairs: add perturbed copies of the most confused intents' queries (default: none)",
                                  choices=("confused-pairs",))
     oos_coverage: float = option(0.95, "out-of-scope threshold: share of in-scope validation queries still answered")
-    val_fraction: float = option(0.1, "share of the training file held out for validation")
+    val_fraction: float = option(0.1, "share of the training file held out for validation when the data has no validation file")
     split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")
     max_train_samples: int | None = option(None, "train on a stratified sample of this many queries (default: all)")
     seed: int = option(42, "seed of the training run (initialisation, shuffling)")
