@@ -141,6 +141,9 @@ def test_predict_prints_out_of_scope_answers_apart(tiny_probe_run, capsys, clean
      "accuracy_by_length": [{"length": "<=5 words", "queries": 3, "accuracy": 1.0}, {"length": ">20 words", "queries": 0, "accuracy": float("nan")}],
      "out_of_scope": {"oos_score": "msp", "threshold": 0.5, "coverage": 0.9, "accuracy_kept": 0.95, "oos_recall": None,
                       "oos_examples": "none", "oos_score_reason": "default", "new_key": [1]}},
+    {"queries": 3, "accuracy": 1.0, "out_of_scope": {"oos_score": "msp", "threshold": 0.5, "coverage": 0.9, "accuracy_kept": 0.95,
+                                                     "oos_recall": 0.8, "oos_examples": "rows labelled out_of_scope",
+                                                     "oos_score_reason": "default"}},
 ])
 def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys, clean_env):
     monkeypatch.setattr("bankintent.evaluation.evaluate_run", lambda *args: summary)
@@ -148,7 +151,9 @@ def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys
     out = capsys.readouterr().out
     assert out.startswith("test: 3 queries, accuracy ") and "written: runs/x/test_evaluation.json" in out
     assert ("accuracy by length: <=5 words 100.0% (3), >20 words n/a (0)" in out) == ("accuracy_by_length" in summary)
-    assert ("(msp, threshold 0.5): answers 90.0%, accuracy on those 95.00%\n  score: default" in out) == ("out_of_scope" in summary)
+    recall = (summary.get("out_of_scope") or {}).get("oos_recall")
+    assert (f"(msp, threshold 0.5): answers 90.0%, accuracy on those 95.00%{', recall 80.0% on rows labelled out_of_scope' if recall else ''}"
+            "\n  score: default" in out) == ("out_of_scope" in summary)
 
 
 def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_path):

@@ -83,8 +83,8 @@ def evaluate(args: argparse.Namespace) -> None:
         examples = coverage.get("oos_examples")
         print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
               f"{_pct(coverage.get('coverage'), 1)}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
-              + (f", recall on out-of-scope examples {_pct(recall, 1)}" if isinstance(recall, Real) else "")
-              + (f" ({examples})" if examples and examples != "none" else ""))
+              + (f", recall {_pct(recall, 1)} on {examples if examples and examples != 'none' else 'out-of-scope examples'}"
+                 if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):
             print(f"  score: {coverage['oos_score_reason']}")
     print(f"written: {args.dir}/{args.split}_evaluation.json, _predictions.csv, _per_intent.csv, _confused_pairs.csv, "
