@@ -3,20 +3,28 @@ trained model folder gets a model card."""
 
 import base64
 import json
+import os
 import re
 import shlex
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from bankintent import resolve_config, train
+from bankintent import Predictor, resolve_config, train
 from bankintent.errors import ConfigError
-from bankintent.report import write_report
+from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
+from bankintent.model_card import fallback_text
+from bankintent.modeling import MARKER
+from bankintent.predict import model_folder
+from bankintent.report import f1_figure, write_report
+from bankintent.results import learning_curves_figure, write_history
 from bankintent.sweep import read_sweep, run_folder, train_command, write_results
 from conftest import tiny_options
 
 SECTIONS = ["## Data set", "## Results", "### Method comparison", "### LoRA hyperparameters", "## Learning curves",
-            "## Error analysis", "### Most confused intents", "### Most confused pairs", "### Per-intent F1 (worst 15 highlighted)",
+            "## Calibration and the out-of-scope fallback", "## Error analysis", "### Most confused intents", "### Most confused pairs", "### Per-intent F1 (worst 15 highlighted)",
             "### Accuracy by query length", "## What the adapter costs", "## How each run was made"]
 
 
@@ -54,14 +62,85 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
                 json.loads((single / "metrics.json").read_text())], key=lambda m: m["val_accuracy"])
     assert f"accuracy {best['test_accuracy']:.2%})" in md
     assert md.count("`bankintent train ") == 3 and f"bankintent train --config {single}/config.yaml" in md
+    # calibration and the fallback of every run, from its metrics.json
+    for m, name in ((lpft, "lpft"), (json.loads((single / "metrics.json").read_text()), "single")):
+        assert f"| {name} (seed 42) | {m['temperature']:.3g}" in md
+        assert f"| {m['oos_score']} | {m['oos_score_reason']} | {m['oos_threshold']:.4g} | {m['oos_coverage_target']:.1%} |" in md
 
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
-    assert len(figures) == 5 and all((tmp_path / "report" / f).stat().st_size > 5000 for f in figures)
+    assert len(figures) == 6 and "figures/coverage.png" in figures
+    assert all((tmp_path / "report" / f).stat().st_size > 5000 for f in figures)
     html = html_path.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 5 and 'src="figures/' not in html
+    assert len(images) == 6 and 'src="figures/' not in html
     assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
     assert "<table>" in html and "&lt;=5 words" in html  # tables rendered, text escaped
+
+
+def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):
+    """No run of the sweep was evaluated: the best one's test predictions are made once and kept, in
+    the columns ``evaluate`` writes."""
+    kept = [pd.read_csv(path) for path in tiny_sweep.glob("runs/*/seed-42/test_predictions.csv")]
+    assert len(kept) == 1 and list(kept[0].columns) == PREDICTION_COLUMNS and len(kept[0]) == 20
+
+
+def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(**tiny_options(tiny_bert, tiny_data, run))
+    summary = evaluate_run(run)
+    table = pd.read_csv(run / "test_predictions.csv")
+    assert list(table.columns) == PREDICTION_COLUMNS and len(table) == summary["queries"] == 20
+    expected = Predictor.load(run).predict(table.text.tolist(), top_k=1)
+    assert table.predicted.tolist() == [e["closest_intent"] for e in expected]
+    assert table.answer.tolist() == [e["intent"] for e in expected]
+    assert table.out_of_scope.tolist() == [e["out_of_scope"] for e in expected]
+    assert table.confidence.to_numpy() == pytest.approx([e["top_k"][0]["confidence"] for e in expected], abs=1e-5)
+    assert table.oos_score.to_numpy() == pytest.approx([e["oos_score"] for e in expected], rel=1e-4)
+    assert table.correct.mean() == pytest.approx(summary["accuracy"])
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("the report predicted the test split again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Predictor, "load", no_prediction)
+        md = write_report([run], tmp_path / "report")[1].read_text()
+    answered = ~table.out_of_scope
+    assert (f"on the test split (20 queries): the fallback answers {answered.mean():.1%} of them with an intent, "
+            f"{table.correct[answered].mean():.2%} of those right (all queries answered: {table.correct.mean():.2%})") in md
+    assert f"accuracy {summary['accuracy']:.2%})" in md
+
+    # a model trained after the predictions were written: they are not reused
+    marker = model_folder(run) / MARKER
+    later = (run / "test_predictions.csv").stat().st_mtime + 10
+    os.utime(marker, (later, later))
+    write_report([run], tmp_path / "report")
+    assert (run / "test_predictions.csv").stat().st_mtime > later - 10
+
+
+def test_per_intent_f1_is_one_horizontal_bar_per_intent_worst_first():
+    names = [f"intent_number_{i}_with_a_long_descriptive_name" for i in range(77)]
+    f1 = np.linspace(1.0, 0.5, 77)
+    fig = f1_figure(pd.DataFrame({"intent": names, "precision": f1, "recall": f1, "f1": f1, "support": 40}))
+    [ax] = fig.axes
+    assert [label.get_text() for label in ax.get_yticklabels()] == names[::-1]  # full names, worst first
+    bars = ax.patches
+    assert len(bars) == 77 and [bar.get_width() for bar in bars] == pytest.approx(sorted(f1))
+    assert bars[0].get_y() < bars[-1].get_y() and ax.yaxis_inverted()  # the worst bar at the top
+    width, height = fig.get_size_inches()
+    assert height > width  # tall enough for 77 readable names
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 12])
+def test_learning_curves_have_whole_epochs(epochs, tmp_path):
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "val_accuracy": 1 - 1 / (e + 1)} for e in range(1, epochs + 1)]
+    fig = learning_curves_figure(pd.DataFrame(history))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks) and len(ticks) <= 11
+    write_history(history, tmp_path)
+    assert (tmp_path / "learning_curves.png").stat().st_size > 5000
 
 
 def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
@@ -81,3 +160,17 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     for heading in ("## Intended uses and limitations", "## How to use", "## Training data", "## Training procedure", "## Evaluation"):
         assert heading in card
     assert "Predictor.load" in card and "Model Card for Model ID" not in card  # not PEFT's generic card
+    # the out-of-scope fallback as metrics.json has it, not the old "no none-of-these class"
+    assert "no \"none of these\"" not in card
+    assert f"is answered `out_of_scope` when its out-of-scope score" in card
+    assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set so that " \
+           f"{metrics['oos_coverage_target']:.0%} of the validation queries are answered" in card
+    assert f"Why this score: {metrics['oos_score_reason']}." in card
+    assert f"- temperature {metrics['temperature']:.3g}" in card
+    assert f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}" in card
+
+
+def test_model_card_of_a_model_without_fallback():
+    assert fallback_text({}).startswith("Every query gets one of these intents: this model has no \"none of these\" answer")
+    with_examples = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows"})
+    assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples

@@ -1,6 +1,7 @@
 """Evaluation: accuracy, macro-F1, per-intent scores, the most confused intent pairs, accuracy by
 query length, and accuracy against coverage of the out-of-scope fallback. Scores come from
-scikit-learn's metrics."""
+scikit-learn's metrics. ``evaluate`` also keeps every query's prediction (``<split>_predictions.csv``),
+so that the report analyses the errors without predicting the split again."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report
 from bankintent.config import read_yaml
-from bankintent.data import Examples, load_splits
+from bankintent.data import Examples, OutOfScope, load_splits
 from bankintent.errors import BankintentError
-from bankintent.predict import Predictor
+from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
+SPLIT_OPTIONS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "strict_data", "oos_label", "oos_file")
+PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
 
 
 def _ids(examples: Examples, labels: list[str]) -> np.ndarray:
@@ -76,27 +79,53 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``."""
     run_dir = Path(run_dir)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    options = {k: saved[k] for k in ("data", "text_column", "label_column", "val_fraction", "split_seed") if k in saved}
+    options = {k: saved[k] for k in SPLIT_OPTIONS if k in saved}
     options.update({k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v})
     splits = load_splits(**options)
     examples = splits.test if split == "test" else splits.validation
     if examples is None:
         raise BankintentError(f"{splits.source}: no test file; use --split validation")
-    return evaluate(Predictor.load(run_dir), examples, run_dir, split)
+    # the recall of the fallback is measured on the test file's own out-of-scope rows, else on those
+    # training chose the score with, else (None) on the built-in probe set where the intents are Banking77's
+    own = splits.test_out_of_scope if split == "test" else OutOfScope()
+    out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
+    return evaluate(Predictor.load(run_dir), examples, run_dir, split, out_of_scope)
 
 
-def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str) -> dict:
-    """Full evaluation of one split; writes ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and
-    ``<split>_evaluation.json`` to ``out``. The queries go through the model once."""
+def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarray, features: np.ndarray) -> pd.DataFrame:
+    """One row per query from the predictor's ``outputs``: its label, the most probable intent
+    (``predicted``) with its calibrated ``confidence``, whether that is right, and the service's
+    ``answer`` (``out_of_scope`` where the out-of-scope score is above the threshold)."""
+    probs = softmax(logits / predictor.spec.temperature)
+    predicted = probs.argmax(-1)
+    if predictor.oos_threshold is None:
+        scores, out = np.full(len(predicted), np.nan), np.zeros(len(predicted), dtype=bool)
+    else:
+        scores = predictor.oos_scores(probs, features)
+        out = scores > predictor.oos_threshold
+    names = np.array(predictor.labels, dtype=object)[predicted]
+    return pd.DataFrame({
+        "text": examples.texts, "label": examples.labels, "predicted": names, "confidence": probs.max(-1),
+        "correct": names == np.array(examples.labels, dtype=object), "answer": np.where(out, OUT_OF_SCOPE, names),
+        "out_of_scope": out, "oos_score": scores,
+    }, columns=PREDICTION_COLUMNS)
+
+
+def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, out_of_scope: OutOfScope | None = None) -> dict:
+    """Full evaluation of one split; writes ``<split>_predictions.csv`` (every query's prediction),
+    ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and ``<split>_evaluation.json`` to ``out``.
+    The queries go through the model once. ``out_of_scope``: examples to measure the fallback's
+    recall on (None: the built-in probe set where the intents are Banking77's)."""
     labels = predictor.labels
     y_true = _ids(examples, labels)
     logits, features = predictor.outputs(examples.texts, desc=f"evaluating: {split}")
     y_pred = logits.argmax(-1)
+    out.mkdir(parents=True, exist_ok=True)
+    prediction_table(predictor, examples, logits, features).to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
     summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred)}
     intents = per_intent(y_true, y_pred, labels)
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
     lengths = accuracy_by_length(examples.texts, y_true, y_pred)
-    out.mkdir(parents=True, exist_ok=True)
     intents.to_csv(out / f"{split}_per_intent.csv", index=False, float_format="%.4f")
     lengths.to_csv(out / f"{split}_by_length.csv", index=False, float_format="%.4f")
     pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
@@ -104,7 +133,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str) ->
         "worst_intents": intents.head(5)[["intent", "f1"]].to_dict("records"),
         "confused_pairs": pairs,
         "accuracy_by_length": lengths.to_dict("records"),
-        "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split),
+        "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split, out_of_scope),
     })
     (out / f"{split}_evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary

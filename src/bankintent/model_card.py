@@ -1,7 +1,8 @@
 """The model card: ``README.md`` in each trained model folder, in the Hugging Face model-card layout
 (YAML metadata with a ``model-index`` of the measured results, then description, intended use and
-limitations, how to load it, training data and procedure, evaluation). It replaces the generic card
-PEFT writes beside an adapter."""
+limitations with the out-of-scope fallback, how to load it, training data and procedure, evaluation
+with calibration). It replaces the generic card PEFT writes beside an adapter. Every figure comes from
+the run's metrics.json."""
 
 from __future__ import annotations
 
@@ -51,6 +52,58 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+SCORE_TEXT = {
+    "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
+    "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
+}
+
+
+def _confidences(metrics: dict) -> str:
+    if metrics.get("temperature_fitted") is False:
+        return "the confidences are the model's own softmax: the temperature was not fitted"
+    return "the confidences are temperature-calibrated on validation"
+
+
+def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
+    """How the model answers a query that fits none of its intents, from metrics.json."""
+    score = metrics.get("oos_score")
+    if score is None or metrics.get("oos_threshold") is None:
+        return ("Every query gets one of these intents: this model has no \"none of these\" answer, so route "
+                f"low-confidence predictions ({_confidences(metrics)}) to a person or a fallback.")
+    target = metrics.get("oos_coverage_target")
+    kept = f" (a threshold set so that {target:.0%} of the validation queries are answered with an intent)" if target is not None else ""
+    text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
+            f"{SCORE_TEXT.get(score, f'`{score}`')}, is above {metrics['oos_threshold']:.4g}{kept}. "
+            "Such an answer has no confidence of its own: it carries the score and the threshold, and names the "
+            "closest intent apart (`closest_intent`).")
+    reason = metrics.get("oos_score_reason")
+    if reason:
+        text += f" Why this score: {reason}."
+    recall = metrics.get("oos_recall", metrics.get("oos_probe_recall"))
+    if recall is not None:
+        text += f" At this threshold it catches {recall:.1%} of the out-of-scope examples, {metrics.get('oos_examples', 'the probe set')}."
+    else:
+        text += (" There were no out-of-scope examples to measure how many out-of-scope queries it catches; train with some "
+                 f"(rows labelled `{oos_label}`, or `--oos-file`) to know.")
+    return text + f" Route out-of-scope and low-confidence answers ({_confidences(metrics)}) to a person or another flow."
+
+
+def calibration_rows(metrics: dict) -> str:
+    """Calibration and out-of-scope lines of the evaluation section (empty for runs without them)."""
+    lines = []
+    if metrics.get("temperature") is not None:
+        fitted = "" if metrics.get("temperature_fitted", True) else f" ({metrics.get('temperature_note') or 'not fitted'})"
+        line = f"- temperature {metrics['temperature']:.3g}{fitted}"
+        if metrics.get("val_ece_before") is not None:
+            line += f"; expected calibration error on validation {metrics['val_ece_before']:.3f} before, {metrics['val_ece_after']:.3f} after"
+        lines.append(line)
+    if metrics.get("oos_score") is not None:
+        auroc = ", ".join(f"{name} {metrics[f'oos_auroc_{name}']:.3f}" for name in SCORE_TEXT if metrics.get(f"oos_auroc_{name}") is not None)
+        lines.append(f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}"
+                     + (f"; AUROC against the out-of-scope examples: {auroc}" if auroc else ""))
+    return "\n".join(lines)
+
+
 def model_card(cfg: TrainConfig, metrics: dict) -> str:
     front = yaml.safe_dump(_metadata(cfg, metrics), sort_keys=False, allow_unicode=True)
     preprocessing = "entity normalisation (amounts, currencies, dates and card/account numbers become placeholders)" \
@@ -73,9 +126,7 @@ on top of the base model).
 ## Intended uses and limitations
 
 Routing English customer-service queries of a bank or payment app to one of the intents in
-`labels.json`. Every query gets one of these intents: the model has no "none of these" class, so
-route low-confidence predictions (the reported confidences are temperature-calibrated on validation)
-to a person or a fallback. It was trained on short, single-intent, written queries
+`labels.json`. {fallback_text(metrics, cfg.oos_label)} It was trained on short, single-intent, written queries
 ({metrics['train_size']:,} training queries); expect lower accuracy on long, multi-intent, spoken or
 non-English queries, on products and intents the data does not cover, and on data whose distribution
 differs from {cfg.data}. It is not meant for decisions about customers without human review.
@@ -116,8 +167,10 @@ Preprocessing: {preprocessing}. Augmentation: {cfg.augment or 'none'}.
 | validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
 | test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
 
-The test split was evaluated once, after training; the epoch and the temperature were chosen on
-validation.
+The test split was evaluated once, after training; the epoch, the temperature and the out-of-scope
+threshold were chosen on validation.
+
+{calibration_rows(metrics)}
 """
 
 

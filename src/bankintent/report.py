@@ -2,11 +2,12 @@
 (figures in ``DIR/figures/``) and ``report.html``, the same document rendered with every figure
 embedded, which opens with no server.
 
-Sections: the data set, the result tables, learning curves, error analysis of the best run (by
-validation accuracy), what the adapter costs, and the command of every run. Everything comes from
-the files the runs wrote (metrics.json, history.csv, config.yaml, the model folder, a sweep's
-sweep.yaml); the error analysis predicts the test split once with the saved model and keeps the
-predictions beside it (``test_predictions.csv``).
+Sections: the data set, the result tables, learning curves, calibration and the out-of-scope
+fallback, error analysis of the best run (by validation accuracy), what the adapter costs, and the
+command of every run. Everything comes from the files the runs wrote (metrics.json, history.csv,
+config.yaml, the model folder, a sweep's sweep.yaml, and what ``bankintent evaluate`` wrote:
+``test_predictions.csv``, ``test_evaluation.json``, ``test_coverage.png``). Only where a run has no
+predictions of the split newer than its model does the report predict it, once, and keep them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import html
 import json
 import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 from bankintent.config import read_yaml  # noqa: E402
 from bankintent.data import Examples, Splits, load_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
-from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent  # noqa: E402
+from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table  # noqa: E402
+from bankintent.modeling import MARKER  # noqa: E402
 from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
     aggregate_runs,
@@ -39,6 +42,7 @@ from bankintent.results import (  # noqa: E402
     markdown_table,
     results_row,
     results_tables,
+    whole_epochs,
 )
 
 WORST = 15  # intents highlighted in the per-intent F1 figure
@@ -169,6 +173,7 @@ def curves_section(runs: list[Run], figures: Path) -> str:
         axes[2].plot(history.epoch, history.val_accuracy, **style)
     for ax, title in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
         ax.set(xlabel="epoch", title=title)
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7, loc="lower right")
     no_curve = [r.label for r in runs if all(r is not h[0] for h in histories)]
@@ -177,26 +182,109 @@ def curves_section(runs: list[Run], figures: Path) -> str:
                                      _figure(fig, figures, "learning_curves.png"), note]))
 
 
-def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
-    """The saved model's predictions of ``examples``, cached in ``<run>/<split>_predictions.csv``."""
-    from bankintent.predict import Predictor
+def saved_predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame | None:
+    """The predictions ``bankintent evaluate`` wrote (``<run>/<split>_predictions.csv``), if they are
+    of these queries and newer than the model; else None."""
+    from bankintent.predict import model_folder
 
     path = run.folder / f"{split}_predictions.csv"
-    if path.is_file():
-        cached = pd.read_csv(path, keep_default_na=False)
-        if cached.text.tolist() == examples.texts:
-            return cached
+    if not path.is_file():
+        return None
+    marker = model_folder(run.folder) / MARKER
+    if marker.is_file() and path.stat().st_mtime_ns < marker.stat().st_mtime_ns:
+        return None  # written for an earlier model in this folder
+    saved = pd.read_csv(path, dtype={"text": str, "label": str, "predicted": str, "answer": str}, keep_default_na=False,
+                        na_values={"oos_score": [""], "confidence": [""]})
+    if "predicted" not in saved or saved.text.tolist() != examples.texts:
+        return None
+    return saved
+
+
+def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
+    """The saved model's predictions of ``examples``: those ``bankintent evaluate`` wrote, else
+    predicted now (once) and kept in ``<run>/<split>_predictions.csv``."""
+    saved = saved_predictions(run, examples, split)
+    if saved is not None:
+        return saved
+    from bankintent.predict import Predictor
+
     predictor = Predictor.load(run.folder)
-    predicted = predictor.logits(examples.texts).argmax(-1)
-    frame = pd.DataFrame({"text": examples.texts, "label": examples.labels,
-                          "predicted": [predictor.labels[i] for i in predicted]})
-    frame.to_csv(path, index=False)
+    frame = prediction_table(predictor, examples, *predictor.outputs(examples.texts, desc=f"report: predicting {split}"))
+    frame.to_csv(run.folder / f"{split}_predictions.csv", index=False, float_format="%.6g")
     return frame
 
 
-def errors_section(run: Run, splits: Splits, figures: Path) -> str:
-    split, examples = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
-    frame = predictions(run, examples, split)
+def evaluated_split(splits: Splits) -> tuple[str, Examples]:
+    return ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
+
+
+def _number(value, digits: int = 4, style: str = "g") -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}{style}}"
+
+
+def _share(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.1%}"
+
+
+def _temperature(m: dict) -> str:
+    if m.get("temperature") is None:
+        return "-"
+    if m.get("temperature_fitted") is False:
+        return f"{m['temperature']:.3g} ({m.get('temperature_note') or 'not fitted'})"
+    return f"{m['temperature']:.3g}"
+
+
+def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path) -> str:
+    """Temperature and ECE of every run; the out-of-scope score each chose and why, its threshold and
+    what it catches; the best run's fallback on the evaluated split."""
+    calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics), "Validation ECE before": _number(r.metrics.get("val_ece_before"), 3, "f"),
+                    "Validation ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
+    fallback = []
+    for r in runs:
+        m = r.metrics
+        recall = m.get("oos_recall", m.get("oos_probe_recall"))
+        fallback.append({
+            "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
+            "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
+            "AUROC msp": _number(m.get("oos_auroc_msp"), 3, "f"), "AUROC mahalanobis": _number(m.get("oos_auroc_mahalanobis"), 3, "f"),
+            "Out-of-scope examples": _cell(m.get("oos_examples") or "-"), "Caught": _share(recall),
+        })
+    parts = [
+        "## Calibration and the out-of-scope fallback",
+        "A confidence is the softmax of the logits divided by a temperature fitted on the validation split; the "
+        "expected calibration error (ECE, 15 bins) measures how far confidences are from the accuracy they claim.",
+        markdown_table(calibration, list(calibration[0])),
+        "A query whose out-of-scope score is above the threshold is answered `out_of_scope` (the closest intent is "
+        "still named). With out-of-scope examples, the score is the one that best separates the validation queries "
+        "from them (area under the ROC curve, AUROC), else the default one (*Why this score* says which); its "
+        "threshold keeps the target share of the validation queries in scope. *Caught*: the share of the "
+        "out-of-scope examples above the threshold.",
+        markdown_table(fallback, list(fallback[0])),
+    ]
+    if "out_of_scope" in frame and best.metrics.get("oos_threshold") is not None:
+        answered = ~frame.out_of_scope.astype(bool)
+        correct = frame.correct.astype(bool) if "correct" in frame else frame.predicted == frame.label
+        line = (f"Run `{best.label}` on the {split} split ({len(frame):,} queries): the fallback answers "
+                f"{answered.mean():.1%} of them with an intent, {correct[answered].mean() if answered.any() else float('nan'):.2%} "
+                f"of those right (all queries answered: {correct.mean():.2%}).")
+        evaluation = run_evaluation(best, split)
+        if evaluation.get("oos_recall") is not None:
+            line += f" It catches {evaluation['oos_recall']:.1%} of {evaluation.get('oos_examples', 'the out-of-scope examples')}."
+        parts.append(line)
+    coverage = next((best.folder / f"{name}_coverage.png" for name in (split, "validation") if (best.folder / f"{name}_coverage.png").is_file()), None)
+    if coverage is not None:
+        shutil.copy(coverage, figures / "coverage.png")
+        parts.append("![coverage.png](figures/coverage.png)")
+    return "\n\n".join(parts)
+
+
+def run_evaluation(run: Run, split: str) -> dict:
+    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split`` (empty if none)."""
+    path = run.folder / f"{split}_evaluation.json"
+    return json.loads(path.read_text()).get("out_of_scope", {}) if path.is_file() else {}
+
+
+def errors_section(run: Run, splits: Splits, split: str, frame: pd.DataFrame, figures: Path) -> str:
     index = {label: i for i, label in enumerate(splits.labels)}
     y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
     intents = per_intent(y_true, y_pred, splits.labels)
@@ -239,13 +327,23 @@ def _heatmap(y_true, y_pred, labels: list[str], figures: Path) -> str:
 
 
 def _f1_figure(intents: pd.DataFrame, figures: Path) -> str:
-    ordered = intents.sort_values("f1")
-    fig, ax = plt.subplots(figsize=(14, 4.5))
+    return _figure(f1_figure(intents), figures, "per_intent_f1.png")
+
+
+def f1_figure(intents: pd.DataFrame):
+    """One horizontal bar per intent, worst at the top, its full name beside it and its F1 at its end."""
+    ordered = intents.sort_values("f1", kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 0.24 * len(ordered) + 1.2))
     colors = ["C3" if i < WORST else "C0" for i in range(len(ordered))]
-    ax.bar(range(len(ordered)), ordered.f1, color=colors)
-    ax.set_xticks(range(len(ordered)), ordered.intent, rotation=90, fontsize=6)
-    ax.set(ylabel="F1", title=f"Per-intent F1, worst {WORST} in red", ylim=(max(0, ordered.f1.min() - 0.05), 1.0))
-    return _figure(fig, figures, "per_intent_f1.png")
+    ax.barh(range(len(ordered)), ordered.f1, color=colors, height=0.7)
+    ax.set_yticks(range(len(ordered)), ordered.intent, fontsize=8)
+    ax.invert_yaxis()  # the worst first
+    for i, f1 in enumerate(ordered.f1):
+        ax.text(f1 + 0.005, i, f"{f1:.2f}", va="center", fontsize=7)
+    ax.set(xlabel="F1", xlim=(0, 1.06), title=f"Per-intent F1 ({len(ordered)} intents), worst {min(WORST, len(ordered))} in red")
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(y=0.01)
+    return fig
 
 
 def cost_section(runs: list[Run], figures: Path) -> str:
@@ -309,6 +407,8 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     figures.mkdir(parents=True, exist_ok=True)
     best = max(runs, key=lambda r: r.metrics["val_accuracy"])
     splits = _splits(best)
+    split, examples = evaluated_split(splits)
+    frame = predictions(best, examples, split)
     hardware = sorted({r.metrics.get("hardware", "-") for r in runs})
     report_command = shlex.join(["bankintent", "report", *map(str, dirs), "--output", str(out)])
     title = "bankintent: technical report"
@@ -318,7 +418,8 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         dataset_section(splits, figures),
         results_section(runs, sweeps),
         curves_section(runs, figures),
-        errors_section(best, splits, figures),
+        calibration_section(runs, best, split, frame, figures),
+        errors_section(best, splits, split, frame, figures),
         cost_section(runs, figures),
         commands_section(runs, report_command),
     ]) + "\n"

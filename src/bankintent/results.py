@@ -12,9 +12,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy"]
 TABLE_COLUMNS = ["Method", "Val Acc", "Test Acc", "Macro-F1", "Trainable %", "Adapter size", "Training time"]
+
+
+def whole_epochs(ax) -> None:
+    """Ticks of an epoch axis at whole epochs only (never 1.5), at most about ten of them."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True, min_n_ticks=1))
 
 
 def write_history(history: list[dict], out: Path) -> None:
@@ -23,6 +29,13 @@ def write_history(history: list[dict], out: Path) -> None:
     frame.to_csv(out / "history.csv", index=False, float_format="%.5f")
     if frame.empty:
         return
+    fig = learning_curves_figure(frame)
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def learning_curves_figure(frame: pd.DataFrame):
+    """Loss (train and validation) and validation accuracy against the epoch."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(frame.epoch, frame.train_loss, "o-", label="train")
     loss_ax.plot(frame.epoch, frame.val_loss, "o-", label="validation")
@@ -32,11 +45,10 @@ def write_history(history: list[dict], out: Path) -> None:
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
-        ax.set_xticks(frame.epoch)
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def human_bytes(n: float) -> str:
