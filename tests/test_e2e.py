@@ -54,7 +54,9 @@ def test_train_evaluate_predict_through_the_cli(lpft_run, tmp_path):
 
     single = json.loads(cli("predict", lpft_run, "I lost my debit card", "--top-k", 3, "--json").stdout)
     assert single[0]["intent"] == "lost_or_stolen_card" and len(single[0]["top_k"]) == 3
-    assert set(single[0]) == {"text", "intent", "confidence", "out_of_scope", "top_k"} and single[0]["out_of_scope"] is False
+    assert set(single[0]) == {"text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method",
+                              "closest_intent", "top_k"} and single[0]["out_of_scope"] is False
+    assert single[0]["closest_intent"] == single[0]["intent"] and single[0]["oos_score"] <= single[0]["oos_threshold"]
 
     queries = tmp_path / "q.txt"
     queries.write_text("my card still has not arrived\nhow long does a transfer take\n")
