@@ -460,7 +460,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.get("/metrics", response_class=Response, dependencies=auth)
     async def metrics() -> Response:
-        """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes."""
+        """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes; answers by model and
+        intent, out-of-scope answers and their share of the recent answers, confidence of in-scope answers."""
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
