@@ -126,11 +126,13 @@ def train_command(options: dict[str, Any], seed: int, output: Path) -> list[str]
 def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subprocess.Popen:
     """Start ``command`` (``bankintent train ...``) as a child process and record it in
     ``run_dir/command.txt``; the child's log lines go to ``run_dir/train.log``, its progress bars to
-    the terminal."""
+    the terminal. The run folder is the sweep's: a run started afresh replaces what an earlier,
+    unfinished attempt left there (``--overwrite``, which keeps command.txt and train.log); otherwise
+    it continues from its checkpoint (``--resume``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
     with open(run_dir / "train.log", "a") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], *(["--resume"] if resume else [])],
+        return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], "--resume" if resume else "--overwrite"],
                                 stdout=log_file)
 
 

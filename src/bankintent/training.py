@@ -12,6 +12,7 @@ The Trainer also brings mixed precision on a GPU and data-parallel training unde
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -22,6 +23,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -42,7 +44,7 @@ from transformers.utils import logging as hf_logging
 from bankintent import probe
 from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig
-from bankintent.data import Examples, Splits, load_splits
+from bankintent.data import BANKING77, Examples, Splits, load_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
@@ -53,6 +55,7 @@ from bankintent.modeling import (
     count_parameters,
     layer_index,
     load_tokenizer,
+    match_permissions,
     save_model,
 )
 from bankintent.predict import Predictor
@@ -100,9 +103,9 @@ class WeightAveraging(TrainerCallback):
     lpft), where ``torch.optim.swa_utils.AveragedModel`` would copy the whole model. The mean travels
     with each checkpoint (``weight_average.safetensors``), so ``--resume`` continues it.
 
-    Why lpft uses it: with three seeds, each way of choosing was made on one half of the validation
-    split and scored on the other (2,000 random halvings): always the mean 93.81%, the best epoch
-    93.73% (``experiments/weight_averaging.py``; docs/results/README.md)."""
+    Why lpft uses it: choosing the weights on one half of the validation split and scoring them on
+    the other, the mean did better than the best epoch (``experiments/weight_averaging.py``; the
+    figures are in docs/results/README.md)."""
 
     FILE = "weight_average.safetensors"
 
@@ -125,6 +128,7 @@ class WeightAveraging(TrainerCallback):
         if state.is_world_process_zero and self.count:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             save_file({n: t.contiguous().cpu() for n, t in self.mean.items()}, folder / self.FILE, metadata={"count": str(self.count)})
+            match_permissions(folder)
 
     def restore(self, checkpoint: str) -> None:
         """Continue the mean saved with ``checkpoint`` (``--resume``)."""
@@ -141,6 +145,16 @@ class WeightAveraging(TrainerCallback):
             for name, parameter in model.named_parameters():
                 if name in self.mean:
                     parameter.copy_(self.mean[name].to(parameter.device, parameter.dtype))
+
+
+class CheckpointPermissions(TrainerCallback):
+    """safetensors writes its files owner-only (0600): give a checkpoint's files the permissions of the
+    others (the umask's), as ``save_model`` does for the model folder."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            match_permissions(folder)
 
 
 class SaveOnInterrupt(TrainerCallback):
@@ -175,17 +189,86 @@ class SaveOnInterrupt(TrainerCallback):
             signal.signal(signum, handler)
 
 
-def _check_output(folder: Path) -> None:
+# files that a launcher (the sweep, a job script's ``> train.log``) writes into the run folder before
+# training starts: they do not make the folder "not empty", and --overwrite keeps them
+LAUNCHER_FILES = ("command.txt", "train.log")
+# what marks a folder as a bankintent run folder, which --overwrite may empty
+RUN_MARKERS = ("config.yaml", "metrics.json", MODEL_DIR, "checkpoints")
+
+
+def _contents(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name not in LAUNCHER_FILES) if folder.is_dir() else []
+
+
+def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
+    """Check ``--output`` before anything is loaded: a folder holding something is refused unless
+    ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
+    checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
+    and returns the folders it created (removed again if the run fails before training starts)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: output exists and is not a folder")
+    contents = _contents(folder)
+    if contents and not (cfg.overwrite or cfg.resume):
+        shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
+        raise ConfigError(f"{folder}: output folder is not empty ({shown}); pass --overwrite to replace it, "
+                          f"--resume to continue its training, or choose another --output")
+    if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
+        raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
+                          f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe_file = folder / ".write-test"
         probe_file.write_text("ok")
         probe_file.unlink()
     except OSError as exc:
+        _remove_created(created)
         raise ConfigError(f"{folder}: output folder is not writable ({exc.strerror})") from None
     free = shutil.disk_usage(folder).free
     if free < 500 * 2**20:
+        _remove_created(created)
         raise ConfigError(f"{folder}: only {free / 2**20:.0f} MiB free on disk; training needs at least 500 MiB")
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders ``_prepare_output`` created, deepest first, where they are still empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _empty_run_folder(folder: Path) -> None:
+    """--overwrite: remove what the run folder holds (but the launcher's files), so that no file of the
+    previous run (its evaluation, its report) outlives the model it describes. Symbolic links are
+    removed, never followed."""
+    removed = _contents(folder)
+    for path in removed:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    if removed:
+        log.warning("--overwrite: removed the previous content of %s (%s)", folder, ", ".join(p.name for p in removed))
+
+
+def _remove_stale_evaluation(folder: Path) -> None:
+    """--resume replaces the model: the files ``bankintent evaluate`` wrote about the previous one go."""
+    stale = [p for pattern in ("test_*", "validation_*") for p in folder.glob(pattern) if p.is_file() or p.is_symlink()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("--resume: removed the previous model's evaluation files (%s)", ", ".join(p.name for p in stale))
+
+
+def saved_config(cfg: TrainConfig) -> TrainConfig:
+    """The configuration as config.yaml records it: the data and out-of-scope file as absolute paths,
+    so that the run folder's config works from any directory (``bankintent evaluate RUN``)."""
+    data = cfg.data if cfg.data == BANKING77 else str(Path(cfg.data).expanduser().resolve())
+    oos_file = str(Path(cfg.oos_file).expanduser().resolve()) if cfg.oos_file else None
+    return dataclasses.replace(cfg, data=data, oos_file=oos_file)
 
 
 def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
@@ -285,23 +368,36 @@ def _train(cfg: TrainConfig) -> dict:
     # logs and shows progress
     process = PartialState(cpu=not torch.cuda.is_available())
     main = process.is_main_process
-    if main:
-        _check_output(out)
-    else:
+    created = _prepare_output(out, cfg) if main else []
+    if not main:
         logging.getLogger("bankintent").setLevel(logging.ERROR)
         hf_logging.disable_progress_bar()
-    set_seed(cfg.seed)
-    splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples)
-    if main:
-        cfg.save(out / "config.yaml")
     preprocessing = {"normalize_entities": cfg.normalize_entities}
+    try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
+        set_seed(cfg.seed)
+        splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
+                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file)
+        check_augmentation(cfg.augment)
+        spec = ModelSpec(
+            base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
+            max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
+        )
+        tokenizer = load_tokenizer(cfg.base_model)
+        model = build_model(spec, cfg.allow_pickle)
+    except BaseException:
+        if main:
+            _remove_created(created)
+        raise
+    thin = thin_validation(splits)
+    if main:
+        if thin:
+            log.warning("%s", thin)
+        if cfg.overwrite and not cfg.resume:
+            _empty_run_folder(out)
+        elif cfg.resume:
+            _remove_stale_evaluation(out)
+        saved_config(cfg).save(out / "config.yaml")
     splits = prepare_splits(splits, cfg, preprocessing)
-    spec = ModelSpec(
-        base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
-        max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
-    )
-    tokenizer = load_tokenizer(cfg.base_model)
-    model = build_model(spec, cfg.allow_pickle)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
     if cfg.resume and resume_from is None:
@@ -323,7 +419,7 @@ def _train(cfg: TrainConfig) -> dict:
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length)
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
-        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), interrupt]
+        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), interrupt, CheckpointPermissions()]
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
         averaging = WeightAveraging()
@@ -394,6 +490,11 @@ def _train(cfg: TrainConfig) -> dict:
         "test_size": len(splits.test) if splits.test is not None else 0,
         "num_labels": len(splits.labels),
         "data": splits.source,
+        "validation": splits.notes.get("validation"),
+        "val_min_per_intent": min(Counter(splits.validation.labels)[label] for label in splits.labels),
+        "val_warning": thin,
+        "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
+        "duplicate_rows": splits.notes.get("duplicate_rows", 0),
         "hardware": hardware(),
         **extra,
     }

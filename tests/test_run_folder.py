@@ -1,0 +1,135 @@
+"""The run folder: `train` refuses to overwrite a run unless told to (issue 12, item 2), leaves nothing
+behind when it fails before training, records an absolute data path (item 8) and writes every file
+with the same permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import yaml
+
+from bankintent import resolve_config, train
+from bankintent.errors import ConfigError, DataError
+from bankintent.evaluation import evaluate_run
+from bankintent.sweep import start_run
+from conftest import tiny_options, write_csv
+
+
+def _train(tiny_bert, data, out, **extra):
+    return train(resolve_config(None, **{"method": "linear-probe", **tiny_options(tiny_bert, data, out), **extra}))
+
+
+@pytest.fixture()
+def previous_run(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    _train(tiny_bert, tiny_data, out)
+    (out / "test_evaluation.json").write_text('{"accuracy": 0.99}')  # what `evaluate` wrote about this model
+    return out
+
+
+def test_an_existing_run_is_refused_without_overwrite(tiny_bert, tiny_data, previous_run):
+    before = (previous_run / "adapter" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"run: output folder is not empty \(adapter, .*\); pass --overwrite to replace it, "
+                                          r"--resume to continue its training, or choose another --output") as error:
+        _train(tiny_bert, tiny_data, previous_run, seed=7)
+    assert "\n" not in str(error.value)
+    assert (previous_run / "adapter" / "model.safetensors").read_bytes() == before
+
+
+def test_overwrite_replaces_the_whole_run(tiny_bert, tiny_data, previous_run, tmp_path):
+    outside = tmp_path / "keep-me"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("x")
+    (previous_run / "link").symlink_to(outside)  # a link inside the run folder: removed, never followed
+    (previous_run / "command.txt").write_text("bankintent train ...")  # a launcher's file: kept
+    _train(tiny_bert, tiny_data, previous_run, overwrite=True, method="lora")
+    assert not (previous_run / "test_evaluation.json").exists() and not (previous_run / "link").exists()
+    assert (outside / "precious.txt").read_text() == "x"
+    assert (previous_run / "command.txt").is_file()
+    assert json.loads((previous_run / "metrics.json").read_text())["method"] == "lora"
+    assert (previous_run / "adapter" / "adapter_model.safetensors").is_file() and not (previous_run / "adapter" / "model.safetensors").exists()
+
+
+def test_overwrite_empties_only_a_run_folder(tiny_bert, tiny_data, tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="--overwrite only empties a run folder"):
+        _train(tiny_bert, tiny_data, tmp_path / "home", overwrite=True)
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_launchers_files_do_not_make_the_folder_non_empty(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.log").write_text("")  # `bankintent train ... > run/train.log`
+    _train(tiny_bert, tiny_data, out)
+    assert (out / "metrics.json").is_file() and (out / "train.log").is_file()
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(tiny_bert, tiny_data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_csv(bad / "train.csv", [("only one", "a")] * 3 + [("x", "b")])
+    out = tmp_path / "new" / "run"
+    with pytest.raises(DataError):
+        _train(tiny_bert, bad, out)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match="augment='nonsense' is not known"):
+        _train(tiny_bert, tiny_data, out, augment="nonsense")
+    assert not (tmp_path / "new").exists()
+
+
+def test_overwrite_with_bad_data_keeps_the_previous_run(tiny_bert, previous_run, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.csv").write_text("text,label\nx,a\n")
+    with pytest.raises(DataError, match="missing column"):
+        _train(tiny_bert, bad, previous_run, overwrite=True)
+    assert (previous_run / "adapter" / "model.safetensors").is_file() and (previous_run / "test_evaluation.json").is_file()
+
+
+def test_resume_removes_the_previous_models_evaluation(tiny_bert, tiny_data, previous_run):
+    _train(tiny_bert, tiny_data, previous_run, resume=True)
+    assert not (previous_run / "test_evaluation.json").exists() and (previous_run / "validation_coverage.csv").is_file()
+
+
+def test_config_records_an_absolute_data_path_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_data.parent)
+    out = tmp_path / "run"
+    _train(tiny_bert, tiny_data.name, out)  # a relative --data
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"] == str(tiny_data.resolve()) and os.path.isabs(saved["data"])
+    assert json.loads((out / "metrics.json").read_text())["data"] == str(tiny_data.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    summary = evaluate_run(out, "test")
+    assert summary["queries"] == 20
+
+
+def test_banking77_stays_a_name_in_config(tiny_bert, tmp_path, monkeypatch):
+    from bankintent.training import saved_config
+
+    cfg = resolve_config(None, data="banking77", output=str(tmp_path))
+    assert saved_config(cfg).data == "banking77" and cfg.data == "banking77"
+
+
+def test_model_files_have_the_permissions_of_the_other_files(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(resolve_config(None, method="lpft", **tiny_options(tiny_bert, tiny_data, out)))
+    expected = stat.S_IMODE((out / "config.yaml").stat().st_mode)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+            if stat.S_IMODE(p.stat().st_mode) != expected} == {}
+
+
+def test_the_sweep_starts_a_fresh_run_with_overwrite(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr("bankintent.sweep.subprocess.Popen", lambda args, **kwargs: started.append(args))
+    start_run(["bankintent", "train", "--output", str(tmp_path / "a")], tmp_path / "a")
+    start_run(["bankintent", "train", "--output", str(tmp_path / "b")], tmp_path / "b", resume=True)
+    assert started[0][-1] == "--overwrite" and started[1][-1] == "--resume"
