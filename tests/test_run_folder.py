@@ -133,3 +133,18 @@ def test_the_sweep_starts_a_fresh_run_with_overwrite(tmp_path, monkeypatch):
     start_run(["bankintent", "train", "--output", str(tmp_path / "a")], tmp_path / "a")
     start_run(["bankintent", "train", "--output", str(tmp_path / "b")], tmp_path / "b", resume=True)
     assert started[0][-1] == "--overwrite" and started[1][-1] == "--resume"
+
+
+def test_metrics_record_the_users_validation_file_and_the_rows_skipped(tiny_bert, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (tiny_data / "train.csv").read_text().splitlines()
+    (data / "train.csv").write_text("\n".join(rows[:5] + ['"   ",card_arrival'] + rows[5:]) + "\n")  # one blank query
+    write_csv(data / "valid.csv", [("where is my new card", "card_arrival"), ("exchange rates today", "exchange_rate"),
+                                   ("my card was stolen", "lost_or_stolen_card"), ("top up failed again", "top_up_failed")])
+    metrics = _train(tiny_bert, data, tmp_path / "run")
+    assert metrics["empty_rows_skipped"] == 1 and metrics["train_size"] == 80 and metrics["val_size"] == 4
+    assert metrics["validation"] == str(data / "valid.csv") and metrics["val_min_per_intent"] == 1
+    with pytest.raises(DataError, match=r"train.csv: row 6: empty text"):
+        _train(tiny_bert, data, tmp_path / "strict", strict_data=True)
+    assert not (tmp_path / "strict").exists()
