@@ -161,7 +161,7 @@ def test_data_can_be_a_file(tmp_path, caplog):
     assert "data folder not found" not in caplog.text
     assert len(splits.train) + len(splits.validation) == len(GOOD) and splits.test is None
     assert splits.source == str((tmp_path / "train.csv").resolve())
-    assert "test.csv beside it are not used" in caplog.text
+    assert "the files beside it (test.csv) are not used" in caplog.text
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="must be .csv or .jsonl"):
         load_splits(str(tmp_path / "notes.txt"))
@@ -177,7 +177,7 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
     assert splits.labels == ["a", "b"]  # out_of_scope is not an intent
     assert "out_of_scope" not in splits.train.labels + splits.validation.labels + splits.test.labels
     assert splits.out_of_scope.texts == ["what is the weather", "tell me a joke", "sing a song", "book a flight", "find a restaurant"]
-    assert splits.out_of_scope.describe() == ("train.csv: 2 rows labelled 'out_of_scope'; valid.csv: 1 rows labelled 'out_of_scope'; "
+    assert splits.out_of_scope.describe() == ("train.csv: 2 rows labelled 'out_of_scope'; valid.csv: 1 row labelled 'out_of_scope'; "
                                                "more_oos.txt: 2 queries")
     assert splits.test_out_of_scope.texts == ["who won the match"] and splits.test.texts == ["x"]
     other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent

@@ -126,7 +126,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     if len(examples):
         _, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts, desc="out-of-scope: examples"))
         auroc = {name: ood.auroc(val_scores[name], oos_scores[name]) for name in val_scores}
-        spec.oos_score = max(auroc, key=auroc.get)
+        spec.oos_score = max(auroc, key=lambda name: (auroc[name], name == ood.DEFAULT_SCORE))  # a tie: the default
         reason = f"best AUROC on {examples.describe()}"
     else:
         auroc = {name: None for name in val_scores}
