@@ -291,7 +291,7 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
         beside = [p.name for p in sorted(path.parent.iterdir()) if p != path and p.suffix in DATA_SUFFIXES
                   and p.stem in ("train", "test", *VALIDATION_STEMS) and p not in exclude]
         if beside:
-            log.warning("%s: --data names one file, so %s beside it are not used (validation is carved from %s, "
+            log.warning("%s: --data names one file, so the files beside it (%s) are not used (validation is carved from %s, "
                         "there is no test set); give --data %s to use them", path, ", ".join(beside), path.name, path.parent)
         return DataFiles(str(path), path)
     if not path.is_dir():
@@ -331,6 +331,10 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[
     if not texts:
         raise DataError(f"{path}: no out-of-scope queries in the file")
     return texts
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
@@ -407,13 +411,13 @@ def load_splits(
     read = lambda path: _set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
     out_of_scope, test_out_of_scope = OutOfScope(), OutOfScope()
     full, oos = read(files.train)
-    out_of_scope.add(oos, f"{files.train.name}: {len(oos)} rows labelled {oos_label!r}")
+    out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
-        out_of_scope.add(oos, f"{files.validation.name}: {len(oos)} rows labelled {oos_label!r}")
+        out_of_scope.add(oos, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}")
         _check_known(validation, files.validation, set(full.labels))
         log.info("validation split: %s (%d queries)", files.validation, len(validation))
     if oos_path is not None:
@@ -427,7 +431,7 @@ def load_splits(
     test = None
     if files.test is not None:
         test, oos = read(files.test)
-        test_out_of_scope.add(oos, f"{files.test.name}: {len(oos)} rows labelled {oos_label!r}")
+        test_out_of_scope.add(oos, f"{files.test.name}: {_rows(len(oos))} labelled {oos_label!r}")
         _check_known(test, files.test, set(labels))
         if not test.texts:
             test = None
