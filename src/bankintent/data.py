@@ -308,6 +308,11 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
     return files
 
 
+def locate(data: str) -> Path:
+    """The folder holding ``data``'s training file (``banking77``: a local copy or a download)."""
+    return data_files(data).train.parent
+
+
 def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[str]:
     """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
     or .csv/.jsonl (the text column; every row is an out-of-scope example)."""
