@@ -127,3 +127,15 @@ def tiny_probe_run(tiny_bert, tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_probe_run")
     train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_bert, tiny_distilbert, tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """A LoRA run on mean-pooled BERT (lpft) and one on DistilBERT's own classification head (lora):
+    the two ways a model reaches its head, for the export and batch-independence tests."""
+    import bankintent
+
+    out = tmp_path_factory.mktemp("tiny_runs")
+    bankintent.train(**tiny_options(tiny_bert, tiny_data, out / "bert", method="lpft", lr=5e-3))
+    bankintent.train(**tiny_options(tiny_distilbert, tiny_data, out / "distilbert", method="lora", lr=5e-3))
+    return {"bert": out / "bert", "distilbert": out / "distilbert"}

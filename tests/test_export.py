@@ -3,7 +3,9 @@ predicts, load through ``Predictor.load`` and fail with one-line errors."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -13,11 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 import transformers
-from conftest import INTENTS, tiny_options
+from conftest import INTENTS
 
 import bankintent
-from bankintent.errors import ConfigError, ModelError
-from bankintent.export import export, optimize
+from bankintent.errors import ConfigError, DataError, ModelError
+from bankintent.export import CALIBRATION_QUERIES, export, optimize
 from bankintent.predict import SLOW_FUSIONS, OnnxModel, Predictor
 
 QUERIES = [phrase for phrases in INTENTS.values() for phrase in phrases] + [
@@ -31,12 +33,9 @@ def decisions(results: list[dict]) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert, tiny_distilbert, tiny_data, tmp_path_factory):
+def runs(tiny_runs):
     """A LoRA run on mean-pooled BERT (lpft) and one on DistilBERT's own classification head (lora)."""
-    out = tmp_path_factory.mktemp("export_runs")
-    bankintent.train(**tiny_options(tiny_bert, tiny_data, out / "bert", method="lpft", lr=5e-3))
-    bankintent.train(**tiny_options(tiny_distilbert, tiny_data, out / "distilbert", method="lora", lr=5e-3))
-    return {"bert": out / "bert", "distilbert": out / "distilbert"}
+    return tiny_runs
 
 
 def test_onnx_fp32_matches_pytorch(runs, tmp_path):
@@ -93,12 +92,64 @@ def test_int8_quantizes_the_encoder_and_keeps_the_head_float(runs, tmp_path):
     int8 = export(runs["bert"], tmp_path / "int8", quantize="int8")
     nodes = onnx.load(str(int8 / "model.onnx")).graph.node
     ops = [n.op_type for n in nodes]
-    assert ops.count("MatMulInteger") == 3 * 2 and ops.count("QAttention") == 2  # 2 layers: QKV, output, 2 feed-forward
+    # 2 layers: QKV in QAttention; attention output and 2 feed-forward products as integer products
+    assert ops.count("MatMulIntegerToFloat") == 3 * 2 and ops.count("QAttention") == 2
+    assert not {"MatMulInteger", "DynamicQuantizeLinear"} & set(ops)  # fused, and no scale computed per batch
     assert "EmbedLayerNormalization" in ops and "QEmbedLayerNormalization" not in ops
     assert any(n.name.startswith("/model/head/") and n.op_type in ("MatMul", "Gemm") for n in nodes)
+    # the session keeps them (its own fusions undo none of it)
+    assert {"MatMulIntegerToFloat", "QAttention"} <= session_ops(int8 / "model.onnx", disabled=SLOW_FUSIONS)
     # a random tiny model has near-tied logits: compare values, not only the winner
     diff = np.abs(Predictor.load(int8).logits(QUERIES) - Predictor.load(fp32).logits(QUERIES))
     assert diff.max() < 0.05
+
+
+def int8_scales(folder) -> dict[str, float]:
+    """The activation scales (constants) of an int8 export, by tensor."""
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    return {n.input[0]: float(constants[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_int8_is_calibrated_on_the_runs_training_data_by_default(runs, tiny_data, tmp_path):
+    int8 = export(runs["bert"], tmp_path / "int8", quantize="int8")
+    record = json.loads((int8 / "export.json").read_text())
+    train_rows = len((tiny_data / "train.csv").read_text().splitlines()) - 1
+    assert record["calibration"] == {"data": str((tiny_data / "train.csv").resolve()), "queries": min(train_rows, CALIBRATION_QUERIES),
+                                     "method": "minmax"}
+    # reproducible: the same export twice has the same scales
+    assert int8_scales(int8) == int8_scales(export(runs["bert"], tmp_path / "again", quantize="int8"))
+
+
+def test_int8_calibration_data_sets_the_scales(runs, tmp_path):
+    """``calibration_data`` (``--calibration-data``): a .txt file of queries, or a data folder's training file."""
+    default = int8_scales(export(runs["bert"], tmp_path / "default", quantize="int8"))
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(["what is the exchange rate", "", "my card never arrived, where is it?",
+                                   "top up failed twice today and I was still charged for it"]) + "\n")
+    folder = export(runs["bert"], tmp_path / "own", quantize="int8", calibration_data=queries)
+    assert json.loads((folder / "export.json").read_text())["calibration"]["data"] == str(queries)
+    assert json.loads((folder / "export.json").read_text())["calibration"]["queries"] == 3  # the blank line skipped
+    own = int8_scales(folder)
+    assert own.keys() == default.keys() and own != default
+    np.testing.assert_allclose(Predictor.load(folder).logits(QUERIES), Predictor.load(runs["bert"]).logits(QUERIES), atol=0.1)
+
+
+def test_int8_calibration_errors(runs, tmp_path):
+    # a model folder away from its run: nothing records the training data
+    alone = tmp_path / "model"
+    shutil.copytree(runs["bert"] / "adapter", alone)
+    with pytest.raises(ConfigError, match="no config.yaml records the training data.*--calibration-data"):
+        export(alone, tmp_path / "out", quantize="int8")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="calibration data: .*missing.txt"):
+        export(alone, tmp_path / "out", quantize="int8", calibration_data=tmp_path / "missing.txt")
+    with pytest.raises(ConfigError, match="--calibration-data is for --quantize int8"):
+        export(runs["bert"], tmp_path / "out", calibration_data=tmp_path / "missing.txt")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    with pytest.raises(DataError, match="no queries to calibrate"):
+        export(alone, tmp_path / "out", quantize="int8", calibration_data=blank)
 
 
 def test_merged_folder_loads_without_peft_and_predicts_the_same(runs, tmp_path):

@@ -6,11 +6,36 @@
   out-of-scope score uses) and dynamic batch and sequence axes. It is exported by the TorchScript-based
   exporter from eager attention, then fused by ONNX Runtime's transformer optimizer (attention,
   embedding layer normalisation, GELU; not skip layer normalisation and bias GELU, whose fused CPU
-  kernels are slower than the ops they replace). ``--quantize int8`` quantizes the weights of the
-  encoder's matrix products and attention to int8 with per-channel scales (dynamic quantization:
-  activations are quantized on the fly), leaving the embeddings and the classifier layer in float.
-  The tokenizer (``tokenizer.json``), labels and spec go beside it, so ``Predictor.load`` and
-  ``bankintent serve`` use the folder directly.
+  kernels are slower than the ops they replace). The tokenizer (``tokenizer.json``), labels and spec
+  go beside it, so ``Predictor.load`` and ``bankintent serve`` use the folder directly.
+- ``--quantize int8``: the encoder's matrix products and attention run on int8 weights (per-channel
+  scales) and int8 activations; the embeddings and the classifier layer stay in float.
+
+Why int8 activations get fixed (static) scales, calibrated at export. A query's answer must not
+depend on the queries it is batched with: the service micro-batches concurrent requests and
+``Predictor`` pads and batches each call's queries. ONNX Runtime's dynamic quantization computes each
+activation's scale from the whole batch tensor, padding included, so one customer's confidence (and
+at times intent) moved with other customers' traffic. With fixed scales the int8 model is a function
+of each query alone. Of the alternatives compared on the MiniLM encoder: per-row activation
+scales exist in ONNX Runtime only in the weight-only ``MatMulNBits`` operator, whose 8-bit kernels ran
+batches several times slower than the integer matrix products used here and leave the fused attention
+in float; per-row scales built from standard operators would add several operators to every
+product; standard static quantization (``quantize_static``) has no quantized form of the fused
+attention. So ONNX Runtime's calibrator measures each quantized input's min-max range over
+``CALIBRATION_QUERIES`` queries, each run alone (padding never widens a range), and the integer-op
+quantizer that ``quantize_dynamic`` runs is given those ranges: it writes constant scales where it
+would compute them per call, and the graph keeps the same fast kernels (``QAttention``, integer matrix
+products) without the per-call range reduction. The integer products with their rescaling and bias
+are then written as ONNX Runtime's ``MatMulIntegerToFloat``: the session's own fusion into it does
+not fire once its constant-folding has merged the two constant scales.
+
+Calibration queries are queries like those the model will answer: by default a sample of the training
+data the run records in its ``config.yaml``; ``calibration_data`` (``--calibration-data``) names other
+ones (a .txt file, one query a line; a .csv or .jsonl file's text column; a data folder or
+``banking77``: its training file), e.g. to export a model folder that did not come with its run.
+Queries go through the model's own preprocessing and tokenizer, as ``Predictor`` sends them.
+Queries whose activations exceed the calibrated ranges are clipped to them, so a query unlike any
+calibration query is answered less precisely, but still the same alone or in a batch.
 
 The output folder is written atomically, with a COMPLETE marker last, like every model folder.
 """
@@ -24,48 +49,116 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.errors import ConfigError
-from bankintent.modeling import atomic_folder, load_model, load_tokenizer, write_spec
+from bankintent.config import read_yaml
+from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
+from bankintent.modeling import ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
+from bankintent.text import preprocess
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "merged")
 OPSET = 17
 FUSABLE = ("bert", "distilbert", "roberta", "xlm-roberta")  # encoders ONNX Runtime's "bert" fusions know
+CALIBRATION_QUERIES = 512  # sampled from the calibration data; each one forward pass at export
+CALIBRATION_SEED = 0
 
 
-def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None) -> Path:
-    """Export the model of ``dir`` (a run or model folder) to the folder ``output``; returns it."""
+def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
+           calibration_data: str | Path | None = None) -> Path:
+    """Export the model of ``dir`` (a run or model folder) to the folder ``output``; returns it.
+    ``calibration_data``: int8 only, the queries that set the activation scales (default: the run's
+    training data, from its ``config.yaml``)."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
         raise ConfigError(f"unknown quantization {quantize!r}; only int8 is supported")
     if quantize and format != "onnx":
         raise ConfigError("--quantize int8 needs --format onnx")
+    if calibration_data is not None and not quantize:
+        raise ConfigError("--calibration-data is for --quantize int8 (only int8 activations are calibrated)")
     source, output = model_folder(dir), Path(output)
     if output.resolve() in (source.resolve(), Path(dir).resolve()):
         raise ConfigError(f"{output}: the output folder must differ from the model folder")
+    queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     model, spec = load_model(source, merge=True)
+    record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source)}
     with atomic_folder(output) as folder:
         if format == "merged":
             save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters()}, folder / "model.safetensors")
             spec.lora = False
         else:
-            export_onnx(model.cpu().float(), folder / ONNX_FILE, quantize)
-            fast_tokenizer(load_tokenizer(spec.base_model), spec.max_length).save(str(folder / TOKENIZER_FILE))
+            tokenizer = fast_tokenizer(load_tokenizer(spec.base_model), spec.max_length)
+            calibration = calibration_inputs(queries, tokenizer, spec) if quantize else None
+            export_onnx(model.cpu().float(), folder / ONNX_FILE, quantize, calibration)
+            tokenizer.save(str(folder / TOKENIZER_FILE))
+            if quantize:
+                record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax"}
         write_spec(spec, folder)
-        (folder / "export.json").write_text(json.dumps({"format": format, "quantize": quantize, "opset": OPSET, "source": str(source)}, indent=1))
+        (folder / "export.json").write_text(json.dumps(record, indent=1))
     log.info("exported %s to %s", source, output)
     return output
 
 
-def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None) -> None:
-    """Write ``model`` (merged, eval mode) as an ONNX graph (logits, features) to ``path``."""
+def run_config(dir: str | Path) -> Path | None:
+    """The ``config.yaml`` of the run ``dir`` is (or whose model folder it is), if any."""
+    dir = Path(dir)
+    for folder in (dir, model_folder(dir).parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def calibration_queries(dir: str | Path, data: str | Path | None = None) -> tuple[list[str], str]:
+    """Up to ``CALIBRATION_QUERIES`` queries of ``data`` (default: the training data recorded in the
+    run's ``config.yaml``), a fixed random sample so that an export is reproducible; and where they came from."""
+    from bankintent.data import data_files, iter_queries
+
+    text_column = "text"
+    if data is None:
+        config = run_config(dir)
+        if config is None:
+            raise ConfigError(f"{dir}: no config.yaml records the training data to calibrate the int8 scales on; "
+                              f"pass --calibration-data (a file of queries like those the model will answer)")
+        saved = read_yaml(config)
+        data, text_column = saved.get("data", "banking77"), saved.get("text_column", "text")
+    data = str(data)
+    path = Path(data).expanduser()
+    try:
+        file = path if path.is_file() else data_files(data).train
+        texts = [text for _, text in iter_queries(file, text_column)]
+    except BankintentError as exc:
+        raise DataError(f"calibration data: {exc}") from None
+    if not texts:
+        raise DataError(f"{file}: no queries to calibrate the int8 scales on")
+    if len(texts) < CALIBRATION_QUERIES // 4:
+        log.warning("%s: only %d calibration queries; the int8 scales may not cover the queries the model will answer",
+                    file, len(texts))
+    if len(texts) > CALIBRATION_QUERIES:
+        keep = np.random.default_rng(CALIBRATION_SEED).choice(len(texts), CALIBRATION_QUERIES, replace=False)
+        texts = [texts[i] for i in sorted(keep)]
+    return texts, str(file)
+
+
+def calibration_inputs(queries: list[str], tokenizer, spec: ModelSpec) -> list[dict[str, np.ndarray]]:
+    """The model inputs of each query alone (no padding), preprocessed and tokenized as ``Predictor`` does."""
+    encodings = tokenizer.encode_batch([preprocess(q, spec.preprocessing) for q in queries])
+    return [{"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
+            for e in encodings]
+
+
+def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None,
+                calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+    """Write ``model`` (merged, eval mode) as an ONNX graph (logits, features) to ``path``;
+    ``quantize="int8"`` needs ``calibration``, the inputs its activation scales are measured on."""
+    if quantize == "int8" and not calibration:
+        raise ConfigError("int8 export needs calibration inputs")
     encoder = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
     encoder.set_attn_implementation("eager")  # the attention pattern ONNX Runtime fuses into one op
     wrapper = WithFeatures(model).eval()
@@ -83,7 +176,7 @@ def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None)
         fused = Path(tmp) / "fused.onnx"
         optimize(raw, fused, encoder.config)
         if quantize == "int8":
-            quantize_int8(fused, path, exclude_prefix="/" + head.replace(".", "/") + "/")
+            quantize_int8(fused, path, "/" + head.replace(".", "/") + "/", calibration)
         else:
             fused.replace(path)
 
@@ -124,18 +217,104 @@ def optimize(source: Path, target: Path, config) -> None:
                     "the same, only slower", transformers.__version__, onnxruntime.__version__)
 
 
-def quantize_int8(source: Path, target: Path, exclude_prefix: str) -> None:
-    """Dynamic int8 quantization of the attention and matrix products' weights, except the classifier layer's."""
+def quantize_int8(source: Path, target: Path, exclude_prefix: str, calibration: list[dict[str, np.ndarray]]) -> None:
+    """int8 weights (per channel) and calibrated, fixed activation scales for the attention and matrix
+    products, except the classifier layer's (nodes named ``exclude_prefix``...)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, create_calibrator
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    nodes = onnx.load(str(source), load_external_data=False).graph.node
-    keep_float = [node.name for node in nodes if node.name.startswith(exclude_prefix)]
-    keep_float += [name + "_MatMul" for name in keep_float]  # the quantizer turns Gemm X into MatMul X_MatMul first
-    # per-channel scales, embeddings left in float: on the first (2-epoch) demo model, Banking77 test accuracy
-    # -0.32 points against fp32, where per-tensor weights lost 0.56 and quantized embeddings another 0.16;
-    # on the later best-epoch demo model +0.19, on the current (weight-averaged) runs/demo -0.16 with the
-    # present fusions (README, benchmarks/latency.py --accuracy)
-    with quiet_logging():
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
-                         nodes_to_exclude=keep_float, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no inferred types
+    class Feeds(CalibrationDataReader):
+        """The prepared inputs, one query each, with a progress bar."""
+
+        def __init__(self):
+            self.inputs = iter(calibration)
+            self.bar = tqdm(total=len(calibration), desc="calibrating int8 scales", unit="q", leave=False)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            feed = next(self.inputs, None)
+            if feed is None:
+                self.bar.close()
+            else:
+                self.bar.update()
+            return feed
+
+    op_types = ["MatMul", "Attention"]
+    with tempfile.TemporaryDirectory() as tmp, quiet_logging():
+        # ONNX Runtime's own shape inference types the outputs of its fused operators (attention,
+        # embedding layer normalisation, GELU), without which the calibrator and quantizer skip them
+        model = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+        typed = Path(tmp) / "typed.onnx"
+        onnx.save(model, str(typed))
+        # Gemm too: the quantizer turns a Gemm (a linear layer on a 2-D input) into a MatMul
+        calibrator = create_calibrator(typed, op_types + ["Gemm"], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(Feeds())
+        ranges = calibrator.compute_data()
+        keep_float = [node.name for node in model.graph.node if node.name.startswith(exclude_prefix)]
+        keep_float += [name + "_MatMul" for name in keep_float]  # the quantizer turns Gemm X into MatMul X_MatMul first
+        # the quantizer quantize_dynamic runs (integer ops: QAttention, MatMulInteger, per-channel int8 weights)
+        # given the calibrated ranges: it writes QuantizeLinear with constant scales where it would compute them
+        quantizer = ONNXQuantizer(model, True, False, QuantizationMode.IntegerOps, False, QuantType.QInt8, QuantType.QUInt8,
+                                  ranges, [], keep_float, op_types,
+                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantizer.quantize_model()
+        graph = quantizer.model.model.graph
+    dynamic = [node.input[0] for node in graph.node if node.op_type == "DynamicQuantizeLinear"]
+    if dynamic:
+        raise ModelError(f"int8 export: no calibrated range for {', '.join(dynamic[:3])}: its scale would depend on the batch")
+    fuse_integer_matmuls(graph)
+    onnx.save(quantizer.model.model, str(target))
+
+
+def fuse_integer_matmuls(graph) -> None:
+    """Rewrite each ``MatMulInteger -> Cast -> Mul(scale) [-> Add(bias)]`` of the quantizer as one
+    ``MatMulIntegerToFloat`` (ONNX Runtime's contrib operator for it): with constant scales, the
+    session's constant folding merges the two scales before its own fusion could match them."""
+    from onnx import helper
+
+    producer = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {tensor.name for tensor in graph.initializer}
+    replaced, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type != "MatMulInteger":
+            continue
+        cast = _only(consumers, node.output[0], "Cast")
+        mul = cast and _only(consumers, cast.output[0], "Mul")
+        scales = mul and producer.get(next(name for name in mul.input if name != cast.output[0]))
+        quantize = producer.get(node.input[0])
+        if (scales is None or scales.op_type != "Mul" or not set(scales.input) <= constants or quantize is None
+                or quantize.op_type != "QuantizeLinear" or quantize.input[1] not in scales.input):
+            continue
+        a_scale = quantize.input[1]
+        b_scale = next((name for name in scales.input if name != a_scale), a_scale)
+        inputs = [node.input[0], node.input[1], a_scale, b_scale, node.input[2], node.input[3]]
+        output, drop = mul.output[0], [cast, mul, scales]
+        add = _only(consumers, mul.output[0], "Add")
+        bias = add and [name for name in add.input if name != mul.output[0]]
+        if bias and bias[0] in constants and _shape(graph, bias[0]) is not None and len(_shape(graph, bias[0])) == 1:
+            inputs.append(bias[0])
+            output = add.output[0]
+            drop.append(add)
+        replaced[id(node)] = helper.make_node("MatMulIntegerToFloat", inputs, [output], node.name, domain="com.microsoft")
+        dropped.update(id(n) for n in drop)
+    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _only(consumers: dict, name: str, op_type: str):
+    """The single consumer of ``name`` if it is an ``op_type`` node, else None."""
+    users = consumers.get(name, [])
+    return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+
+def _shape(graph, name: str) -> list[int] | None:
+    tensor = next((t for t in graph.initializer if t.name == name), None)
+    return None if tensor is None else list(tensor.dims)

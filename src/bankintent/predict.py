@@ -13,6 +13,11 @@ sorted by length and cut into batches, each padded to its longest query only. On
 are small (``CPU_BATCH``): a matrix product costs what its padded tokens cost, and a batch of 64
 queries as a client sends them pads most of them to a length several times theirs, while batches of
 8 of similar length pad almost nothing (``benchmarks/latency.py`` measures the difference).
+
+A query's answer does not depend on the queries batched with it (the service batches concurrent
+requests): padding is masked out of attention and pooling, and the int8 export's activation scales
+are constants (``bankintent.export``), so alone or in any batch a query gets the same intent and
+confidence, to float rounding (``tests/test_batch_independence.py``).
 """
 
 from __future__ import annotations
