@@ -19,6 +19,13 @@ turns in blocks, over three rounds in rotating order (see ``measure``). ``ratio_
 p50 divided by the backend's (a speed-up: 2.0 = twice as fast); ``throughput_ratio`` likewise for
 throughput. ``--accuracy`` adds each backend's accuracy on the whole test split (of its top intent,
 the out-of-scope fallback aside) and its agreement with ``pytorch-merged``.
+
+Batch independence (the ``Predictor`` rows): ``INDEPENDENCE_QUERIES`` test queries are predicted
+alone (one call each), then in chunks of 64 as a client sends them (``Predictor`` runs them in
+batches of similar length) and as single forward passes of 64, each padded to its longest query.
+``batch Δconf`` is the largest difference, over the queries and the intents, between a calibrated
+probability alone and in a batch; ``intents changed``, how many queries got another top intent.
+A query's answer should not depend on its neighbours: both are zero up to float rounding.
 """
 
 from __future__ import annotations
@@ -47,9 +54,10 @@ from bankintent.results import markdown_table  # noqa: E402
 
 BATCH = 64
 WARMUP = 10
+INDEPENDENCE_QUERIES = 256
 ROUNDS = 3
 BASELINE = "hf-peft-unmerged"
-COLUMNS = ["backend", "p50 ms", "p95 ms", "batch-64 q/s", "p50 speed-up", "throughput speed-up"]
+COLUMNS = ["backend", "p50 ms", "p95 ms", "batch-64 q/s", "p50 speed-up", "throughput speed-up", "batch Δconf", "intents changed"]
 
 
 def baseline(folder: Path):
@@ -67,11 +75,15 @@ def baseline(folder: Path):
     return predict
 
 
-def predictor_backend(path: Path, threads: int | None):
+class PredictorBackend:
     """``Predictor.predict``, timed whole; the top intent, so that accuracy compares the models
     (``intent`` itself is ``out_of_scope`` for the queries past the fallback's threshold)."""
-    predictor = Predictor.load(path, device="cpu", threads=threads)
-    return lambda texts: [r["top_k"][0]["intent"] for r in predictor.predict(texts, top_k=3)]
+
+    def __init__(self, path: Path, threads: int | None):
+        self.predictor = Predictor.load(path, device="cpu", threads=threads)
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        return [r["top_k"][0]["intent"] for r in self.predictor.predict(texts, top_k=3)]
 
 
 def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
@@ -82,9 +94,9 @@ def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
             export(folder, target, format="onnx", quantize=quantize)
     return {
         BASELINE: baseline(folder),
-        "pytorch-merged": predictor_backend(folder, threads),
-        "onnx-fp32": predictor_backend(onnx_fp32, threads),
-        "onnx-int8": predictor_backend(onnx_int8, threads),
+        "pytorch-merged": PredictorBackend(folder, threads),
+        "onnx-fp32": PredictorBackend(onnx_fp32, threads),
+        "onnx-int8": PredictorBackend(onnx_int8, threads),
     }
 
 
@@ -136,6 +148,30 @@ def accuracy(backends: dict, texts: list[str], labels: list[str]) -> dict[str, d
     }
 
 
+def batch_independence(backends: dict, texts: list[str]) -> dict[str, dict]:
+    """For each ``Predictor`` backend: the largest difference of a calibrated probability between a
+    query alone and in a batch (``Predictor``'s batches of similar length, and one padded batch of
+    64), and how many queries changed top intent."""
+    results = {}
+    for name, fn in tqdm(backends.items(), desc="batch independence", unit="backend"):
+        if not isinstance(fn, PredictorBackend):
+            continue
+        predictor = fn.predictor
+        alone = np.concatenate([predictor.probabilities([text]) for text in texts])
+        batched = [np.concatenate([predictor.probabilities(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)])]
+        default = predictor.batch_size
+        predictor.batch_size = BATCH
+        try:
+            batched.append(np.concatenate([predictor.probabilities(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]))
+        finally:
+            predictor.batch_size = default
+        results[name] = {
+            "batch_max_confidence_diff": float(max(np.abs(b - alone).max() for b in batched)),
+            "batch_intents_changed": int(max((b.argmax(1) != alone.argmax(1)).sum() for b in batched)),
+        }
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a training run or model folder (LoRA)")
@@ -154,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         backends = build_backends(Path(args.dir), Path(args.export_dir or tmp), args.threads)
         results = measure(backends, test.texts, args.queries, args.batches)
+        for name, values in batch_independence(backends, test.texts[:INDEPENDENCE_QUERIES]).items():
+            results[name].update(values)
         if args.accuracy:
             for name, values in accuracy(backends, test.texts, test.labels).items():
                 results[name].update(values)
@@ -168,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         "backend": r["backend"], "p50 ms": f"{r['p50_ms']:.2f}", "p95 ms": f"{r['p95_ms']:.2f}",
         "batch-64 q/s": f"{r['throughput_qps']:.0f}", "p50 speed-up": f"{r['ratio_to_baseline']:.2f}x",
         "throughput speed-up": f"{r['throughput_ratio']:.2f}x",
+        "batch Δconf": f"{r['batch_max_confidence_diff']:.1e}" if "batch_max_confidence_diff" in r else "-",
+        "intents changed": str(r["batch_intents_changed"]) if "batch_intents_changed" in r else "-",
         **({"test accuracy": f"{100 * r['test_accuracy']:.2f}%", "agreement": f"{100 * r['agreement_with_pytorch']:.2f}%"} if args.accuracy else {}),
     } for r in rows]
     print(f"{args.dir}: {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPUs, "
