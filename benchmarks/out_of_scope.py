@@ -180,18 +180,10 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -temperature * logsumexp(logits / temperature, axis=-1)
 
 
-def knn_distance(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    """1 - cosine similarity to the k-th nearest of the ``bank`` embeddings (Sun et al., 2022)."""
-    query = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
-    similarity = query @ bank.T
-    return 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
-
-
 def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], temperature: float,
                train_features: np.ndarray, train_labels: np.ndarray, num_labels: int) -> dict[str, dict[str, np.ndarray]]:
     """{score name: {set name: scores}} for every score, from each set's logits and embeddings."""
-    stats = ood.fit_mahalanobis(train_features, train_labels, num_labels)
-    bank = train_features / np.linalg.norm(train_features, axis=1, keepdims=True).clip(1e-12)
+    stats = ood.fit(train_features, train_labels, num_labels)
     result: dict[str, dict[str, np.ndarray]] = {}
     for set_name in logits:
         probs = softmax(logits[set_name] / temperature)
@@ -199,7 +191,7 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
             "msp": ood.score("msp", probs, features[set_name], stats),
             "energy": energy(logits[set_name], temperature),
             "mahalanobis": ood.score("mahalanobis", probs, features[set_name], stats),
-            **{f"knn{k}": knn_distance(features[set_name], bank, k) for k in KS},
+            **{f"knn{k}": ood.knn(features[set_name], stats, k) for k in KS},
         }
         for name, v in values.items():
             result.setdefault(name, {})[set_name] = v

@@ -87,7 +87,7 @@ def test_threshold_keeps_the_target_coverage_of_validation(run, tiny_data):
 def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     table = pd.read_csv(run / "validation_coverage.csv")
     assert list(table.columns) == ["score", "coverage", "threshold", "kept", "accuracy", "oos_recall"]
-    assert set(table.score) == {"msp", "mahalanobis"}
+    assert set(table.score) == set(ood.SCORES)
     assert (run / "validation_coverage.png").stat().st_size > 10_000
     for _, rows in table.groupby("score"):
         assert rows.kept.is_monotonic_decreasing and (rows.kept >= rows.coverage).all()
@@ -101,7 +101,7 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     expected_accuracy = np.mean(predictor.logits(splits.test.texts).argmax(-1) == np.array(splits.ids(splits.test)))
     assert full.accuracy == pytest.approx(expected_accuracy) and full.kept == 1.0
     assert summary["oos_score"] == predictor.oos_score and summary["threshold"] == predictor.oos_threshold
-    assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == {"msp", "mahalanobis"}
+    assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == set(ood.SCORES)
     assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"].startswith("best AUROC on")
     assert (tmp_path / "test_coverage.png").is_file()
 

@@ -47,6 +47,37 @@ def test_mahalanobis_is_the_distance_to_the_nearest_centroid_under_the_shared_co
     assert ood.mahalanobis(queries, stats)[2] > 100
 
 
+def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8))
+    stats = ood.fit_knn(train)
+    assert stats["knn_bank"].dtype == np.float16 and stats["knn_bank"].shape == (50, 8)
+    queries = np.vstack([train[3] * 5.0, -train[7], rng.normal(size=(1, 8))])  # a scaled copy, an opposite, a new one
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    direct = 1 - (unit(queries) @ unit(train).T).max(1)
+    np.testing.assert_allclose(ood.knn(queries, stats), direct, atol=2e-3)
+    assert ood.knn(queries, stats)[0] == pytest.approx(0, abs=2e-3) and ood.knn(queries, stats)[1] > 0.05
+    second = 1 - np.sort(unit(queries) @ unit(train).T, axis=1)[:, -2]
+    np.testing.assert_allclose(ood.knn(queries, stats, k=2), second, atol=2e-3)
+    many = ood.fit_knn(rng.normal(size=(ood.KNN_BANK + 10, 4)))
+    assert len(many["knn_bank"]) == ood.KNN_BANK
+
+
+def test_embedding_scores_rank_a_far_away_query_above_the_training_queries(tiny_bert, tiny_data, tmp_path):
+    """On the tiny random model only the embedding scores can be asked this: its classifier's
+    probabilities carry no meaning (msp is checked on set probabilities above)."""
+    run = tmp_path / "run"
+    bankintent.train(**tiny_options(tiny_bert, tiny_data, run, method="linear-probe"))
+    predictor = Predictor.load(run)
+    in_scope = ["i lost my card", "my top-up failed", "what exchange rate do you use", "where is my new card"]
+    far = "zxqv blorp 1234 %%% quantum chromodynamics lattice"
+    logits, features = predictor.outputs(in_scope + [far])
+    probs = softmax(logits / predictor.spec.temperature)
+    for name in ("mahalanobis", "knn"):
+        values = predictor.oos_scores(probs, features, name)
+        assert values[-1] > values[:-1].max(), name
+
+
 def test_scores_thresholds_and_auroc():
     probs = np.array([[0.9, 0.1], [0.5, 0.5]])
     np.testing.assert_allclose(ood.score("msp", probs, None, {}), [0.1, 0.5])
@@ -184,7 +215,7 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     assert metrics["oos_examples_size"] == 6 and metrics["num_labels"] == 3  # out_of_scope is not an intent
     auroc = {name: metrics[f"oos_auroc_{name}"] for name in ood.SCORES}
     assert auroc[metrics["oos_score"]] == max(auroc.values()) and all(0 <= v <= 1 for v in auroc.values())
-    if auroc["msp"] == auroc["mahalanobis"]:
+    if auroc[ood.DEFAULT_SCORE] == max(auroc.values()):
         assert metrics["oos_score"] == ood.DEFAULT_SCORE  # a tie goes to the default
     assert metrics["oos_score_reason"] == f"best AUROC on {metrics['oos_examples']}"
     assert metrics["oos_recall"] in {k / 6 for k in range(7)}

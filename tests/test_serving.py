@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bankintent import ConfigError, ModelError, Predictor, train
+from bankintent import ConfigError, ModelError, Predictor, ood, train
 from bankintent.predict import model_folder
 from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
 from conftest import tiny_options, write_csv
@@ -107,7 +107,7 @@ def test_model_info_names_the_intents_and_the_fallback(single, runs):
     assert info == {"name": "bank_a", "method": predictor.spec.method, "base_model": predictor.spec.base_model,
                     "intents": ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"],
                     "oos_method": predictor.oos_score, "oos_threshold": pytest.approx(predictor.oos_threshold)}
-    assert info["oos_method"] in ("msp", "mahalanobis")
+    assert info["oos_method"] in ood.SCORES
     missing = single.get("/v1/models/nothing")
     assert missing.status_code == 404 and missing.json()["error"].startswith("model: unknown model 'nothing'")
 
@@ -208,7 +208,7 @@ def test_in_scope_and_out_of_scope_answers_in_the_json(thresholds, runs):
         # out of scope: no confidence borrowed from an intent; its own evidence; the closest intent named apart
         assert (b["intent"], b["out_of_scope"], b["confidence"]) == ("out_of_scope", True, None)
         assert b["oos_threshold"] == -1e6 and b["oos_score"] == pytest.approx(w["oos_score"], rel=1e-4, abs=1e-4)
-        assert b["oos_method"] == a["oos_method"] == w["oos_method"] in ("msp", "mahalanobis")
+        assert b["oos_method"] == a["oos_method"] == w["oos_method"] in ood.SCORES
         assert b["closest_intent"] == w["closest_intent"] and b["top_k"] == a["top_k"]
     assert '"confidence":null' in outside.text.replace(" ", "")
 

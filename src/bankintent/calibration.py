@@ -5,8 +5,8 @@
   all classified right (the likelihood then keeps rising as the temperature falls towards 0, and
   every confidence becomes 1.0), would be wrong with confidence: it is then not fitted (1.0) and
   metrics.json says why.
-- The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics are fitted on the
-  training split's embeddings; the default score is the one that best separates the validation
+- The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics and the kNN bank are
+  fitted on the training split's embeddings; the default score is the one that best separates the validation
   queries from the out-of-scope examples (area under the ROC curve; ``out_of_scope_examples`` says
   which examples), or ``ood.DEFAULT_SCORE`` without examples; each score's threshold keeps
   ``cfg.oos_coverage`` of the validation queries in scope.
@@ -73,7 +73,8 @@ def scores_of(predictor: Predictor, logits: np.ndarray, features: np.ndarray) ->
     """(calibrated probabilities, {score name: out-of-scope scores}) from a predictor's outputs, for
     every score the model folder supports."""
     probs = softmax(logits / predictor.spec.temperature)
-    names = ood.SCORES if predictor.spec.ood else ("msp",)
+    stats = predictor.spec.ood
+    names = [name for name in ood.SCORES if name == "msp" or ood.NEEDS[name] in stats]
     return probs, {name: predictor.oos_scores(probs, features, name) for name in names}
 
 
@@ -119,7 +120,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
         "val_ece_after": expected_calibration_error(softmax(logits / spec.temperature), labels),
     }
     _, train_features = predictor.outputs(splits.train.texts, desc="out-of-scope: embedding train")
-    spec.ood = ood.fit_mahalanobis(train_features, np.array(splits.ids(splits.train)), len(spec.labels))
+    spec.ood = ood.fit(train_features, np.array(splits.ids(splits.train)), len(spec.labels), cfg.seed)
     probs, val_scores = scores_of(predictor, logits, features)
     examples = out_of_scope_examples(splits, spec.labels)
     oos_scores = None

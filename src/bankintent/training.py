@@ -49,6 +49,7 @@ from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
 from bankintent.modeling import (
+    OOD_FILE,
     ModelSpec,
     add_lora,
     build_model,
@@ -464,6 +465,7 @@ def _train(cfg: TrainConfig) -> dict:
     extra.update(calibrate(Predictor(model, tokenizer, spec), splits, cfg))  # fills spec: temperature, out-of-scope score, thresholds, statistics
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
+    oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
     write_history(history, out)
 
     predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
@@ -480,7 +482,8 @@ def _train(cfg: TrainConfig) -> dict:
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
-        "adapter_bytes": folder_bytes(model_dir),
+        "adapter_bytes": folder_bytes(model_dir) - oos_bytes,
+        "oos_detector_bytes": oos_bytes,
         "train_seconds": round(train_seconds, 1),
         "best_epoch": best_epoch,
         "epochs_run": len(history),
