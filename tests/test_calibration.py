@@ -50,7 +50,8 @@ def test_training_writes_calibration_and_out_of_scope_metrics(run):
     assert {"oos_score", "oos_threshold", "oos_auroc_msp", "oos_auroc_mahalanobis", "oos_recall"} <= set(metrics)
     # the tiny data's intents are Banking77's: the built-in probe set is the out-of-scope set
     assert metrics["oos_examples"] == ood.PROBE_SET and metrics["oos_examples_size"] == len(ood.probe_set())
-    assert metrics["oos_score_reason"] == f"best AUROC on {ood.PROBE_SET}"
+    # the probe set measures the fallback but does not choose the score: the protocol's default does
+    assert metrics["oos_score"] == ood.DEFAULT_SCORE and metrics["oos_score_reason"] == ood.DEFAULT_REASON
     assert spec["oos_choice"] == {"reason": metrics["oos_score_reason"], "examples": ood.PROBE_SET, "examples_size": len(ood.probe_set())}
 
 
@@ -102,7 +103,7 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     assert full.accuracy == pytest.approx(expected_accuracy) and full.kept == 1.0
     assert summary["oos_score"] == predictor.oos_score and summary["threshold"] == predictor.oos_threshold
     assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == set(ood.SCORES)
-    assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"].startswith("best AUROC on")
+    assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"] == ood.DEFAULT_REASON
     assert (tmp_path / "test_coverage.png").is_file()
 
 

@@ -193,7 +193,7 @@ def test_custom_intents_are_not_judged_against_the_banking_probe_set(tiny_bert, 
     data.mkdir()
     metrics = bankintent.train(**tiny_options(tiny_bert, _custom_data(data), out, method="linear-probe"))
     assert metrics["oos_examples"] == "none" and metrics["oos_examples_size"] == 0
-    assert metrics["oos_score"] == ood.DEFAULT_SCORE and metrics["oos_score_reason"] == "default: no out-of-scope examples"
+    assert metrics["oos_score"] == ood.DEFAULT_SCORE and metrics["oos_score_reason"] == ood.DEFAULT_REASON + ood.NO_EXAMPLES
     assert metrics["oos_auroc_msp"] is None and metrics["oos_auroc_mahalanobis"] is None and metrics["oos_recall"] is None
     assert metrics["oos_threshold"] is not None  # the fallback still works, at the coverage rule's threshold
     table = pd.read_csv(out / "validation_coverage.csv")

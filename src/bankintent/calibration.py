@@ -127,14 +127,17 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     if len(examples):
         _, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts, desc="out-of-scope: examples"))
         auroc = {name: ood.auroc(val_scores[name], oos_scores[name]) for name in val_scores}
-        spec.oos_score = max(auroc, key=lambda name: (auroc[name], name == ood.DEFAULT_SCORE))  # a tie: the default
-        reason = f"best AUROC on {examples.describe()}"
     else:
         auroc = {name: None for name in val_scores}
+    if len(splits.out_of_scope):  # the user's own examples: their traffic, so they choose
+        spec.oos_score = max(auroc, key=lambda name: (auroc[name], name == ood.DEFAULT_SCORE))  # a tie: the default
+        reason = f"best AUROC on {examples.describe()}"
+    else:  # the built-in probe set is mostly chatter, easy for every score: it measures, it does not choose
         spec.oos_score = ood.DEFAULT_SCORE
-        reason = "default: no out-of-scope examples"
-        log.warning("out-of-scope: no examples to choose the score on or to measure recall with (intents are not Banking77's: "
-                    "label some rows %r or give --oos-file); using the default score, %s", cfg.oos_label, spec.oos_score)
+        reason = ood.DEFAULT_REASON + ("" if len(examples) else ood.NO_EXAMPLES)
+        if not len(examples):
+            log.warning("out-of-scope: no examples to measure the fallback with (intents are not Banking77's: label some rows "
+                        "%r or give --oos-file); using the default score, %s", cfg.oos_label, spec.oos_score)
     spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples)}
     spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}
     threshold = spec.oos_thresholds[spec.oos_score]

@@ -17,14 +17,15 @@
 A query is out of scope when its score exceeds a threshold, chosen on the validation split so that a
 target share of in-scope queries (the coverage, default 0.95) stays in scope.
 
-Which score is the default, and how many out-of-scope queries its threshold catches (recall), is
-measured on out-of-scope examples: the user's own (rows labelled ``out_of_scope`` in their data,
-``--oos-file``), else, for a model whose intents are Banking77's or some of them, the built-in probe
-set (``resources/out_of_scope.txt``: unrelated questions, chit-chat and banking requests outside the
-Banking77 intents, written for this project and never trained on). The probe set is never used for
-other intents: for a bank whose intents include ``open_account`` its "how do I open a joint account"
-is in scope. With no examples there is nothing to measure: ``DEFAULT_SCORE`` is used, and no AUROC or
-recall is reported.
+How many out-of-scope queries a threshold catches (recall) is measured on out-of-scope examples: the
+user's own (rows labelled ``out_of_scope`` in their data, ``--oos-file``), else, for a model whose
+intents are Banking77's or some of them, the built-in probe set (``resources/out_of_scope.txt``:
+unrelated questions, chit-chat and banking requests outside the Banking77 intents, written for this
+project and never trained on). The probe set is never used for other intents: for a bank whose intents
+include ``open_account`` its "how do I open a joint account" is in scope. The user's own examples also
+choose the score (best AUROC); otherwise ``DEFAULT_SCORE`` is used, chosen by the held-out-intents
+protocol, since the probe set is mostly chatter that every score catches. With no examples no AUROC
+or recall is reported.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ SCORES = ("msp", "mahalanobis", "knn")
 # measures the classifier's hesitation between intents; of the two, kNN caught more of the held-out
 # intents' validation queries.
 DEFAULT_SCORE = "knn"
+DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
+NO_EXAMPLES = ": no out-of-scope examples"
 KNN_K = 1
 KNN_BANK = 20_000  # most training embeddings kept for the knn score (a seeded sample of larger sets)
 NEEDS = {"mahalanobis": "centroids", "knn": "knn_bank"}  # the array of ood.safetensors each score needs
