@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from bankintent.data import iter_queries, load_splits, read_examples
+from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, read_examples
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -90,14 +90,62 @@ def test_unseen_test_label(tmp_path):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
 
 
-def test_label_too_rare_to_stratify(tmp_path):
-    with pytest.raises(DataError, match=r"label 'lonely' has 1 example\(s\)"):
+def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
+    with pytest.raises(DataError, match=r"train.csv: label 'lonely' has 1 example; every intent needs at least 2 \(one to learn "
+                                        r"from, one to check the choices on by cross-validation\)"):
         load_splits(_folder(tmp_path, GOOD + [("only one", "lonely")]))
 
 
+def test_one_example_trains_beside_a_validation_file(tmp_path):
+    write_csv(tmp_path / "valid.csv", [("query 1", "a"), ("query 2", "b"), ("only one", "lonely")])
+    splits = load_splits(_folder(tmp_path, GOOD + [("only one", "lonely")]))
+    assert Counter(splits.train.labels)["lonely"] == 1 and len(splits.validation) == 3
+
+
+def test_small_data_is_not_split(tmp_path, caplog):
+    """Below SMALL_DATA_PER_INTENT examples per intent (median) and without a validation file, every row
+    trains and the validation split is empty; the old code refused 6 rows over 2 labels."""
+    splits = load_splits(_folder(tmp_path, GOOD[:6]))
+    assert len(splits.train) == 6 and len(splits.validation) == 0 and splits.small_data
+    assert splits.notes["validation"].startswith("none: small data (median 3 examples per intent")
+    assert "none: small data" in caplog.text
+
+
+def test_large_enough_data_is_still_split(tmp_path):
+    rows = [(f"query {i}", "a" if i % 2 else "b") for i in range(SMALL_DATA_PER_INTENT * 2)]  # median exactly the limit
+    splits = load_splits(_folder(tmp_path, rows))
+    assert not splits.small_data and len(splits.validation) == 4 and len(splits.train) == len(rows) - 4
+
+
 def test_too_few_rows_to_split(tmp_path):
-    with pytest.raises(DataError, match="6 rows are too few for a stratified 10% validation split over 2 labels"):
-        load_splits(_folder(tmp_path, GOOD[:6]))
+    rows = [(f"query {i}", f"intent {i % 30}") for i in range(30 * SMALL_DATA_PER_INTENT)] + [(f"x {i}", "big") for i in range(5)]
+    with pytest.raises(DataError, match="605 rows are too few for a stratified 1% validation split over 31 labels"):
+        load_splits(_folder(tmp_path, rows), val_fraction=0.01)
+
+
+def test_shots_are_stratified_deterministic_and_seeded(tmp_path):
+    rows = [(f"{label} query {i}", label) for label in ("a", "b", "c") for i in range(30)] + [("rare 1", "d"), ("rare 2", "d")]
+    folder = _folder(tmp_path, rows)
+    first = load_splits(folder, shots=5, shots_seed=1)
+    assert Counter(first.train.labels) == {"a": 5, "b": 5, "c": 5, "d": 2}  # an intent with fewer keeps all
+    assert first.small_data and first.notes["shots"] == {"per_intent": 5, "seed": 1, "rows": 17, "of_rows": 92}
+    assert load_splits(folder, shots=5, shots_seed=1).train.texts == first.train.texts
+    other = load_splits(folder, shots=5, shots_seed=2)
+    assert other.train.texts != first.train.texts and Counter(other.train.labels) == Counter(first.train.labels)
+    assert set(first.train.texts) <= {text for text, _ in rows}
+    # each intent's draw is its own: the same seed draws the same 'a' rows whatever the other intents hold
+    (tmp_path / "alone").mkdir()
+    alone = load_splits(_folder(tmp_path / "alone", [r for r in rows if r[1] == "a"] + rows[-2:]), shots=5, shots_seed=1)
+    assert [t for t in alone.train.texts if t.startswith("a ")] == [t for t in first.train.texts if t.startswith("a ")]
+    with pytest.raises(DataError, match="shots must be at least 1"):
+        load_splits(folder, shots=0)
+
+
+def test_shots_keep_a_validation_file_whole(tmp_path):
+    rows = [(f"{label} query {i}", label) for label in ("a", "b") for i in range(30)]
+    write_csv(tmp_path / "valid.csv", rows[:25])
+    splits = load_splits(_folder(tmp_path, rows), shots=3)
+    assert len(splits.train) == 6 and len(splits.validation) == 25 and not splits.small_data
 
 
 def test_duplicates_are_counted_and_kept(tmp_path, caplog):

@@ -13,6 +13,20 @@
 Rows labelled ``oos_label`` (default ``out_of_scope``) are not an intent: they are out-of-scope
 examples (``Splits.out_of_scope``), as are the queries of ``oos_file``. Rows with an empty text are
 skipped and counted (refused with ``strict_data``).
+
+Small data: without a validation file, a training file whose median intent has fewer than
+``SMALL_DATA_PER_INTENT`` examples is not split: a 10% share would leave one or two validation
+queries per intent, too few to choose an epoch or fit a calibration on, and each of them is an
+example the model no longer learns from. Every row then trains, the validation split is empty
+(``Splits.small_data``), and training makes its choices by cross-validation on the training data
+(see ``bankintent.training``). Without a validation file every intent needs at least 2 examples
+(cross-validation needs one to learn from and one to check on): an intent with 1 stops with a
+one-line error naming it; with a validation file, choices are made on it and 1 example trains.
+
+``shots`` (``--shots K``, ``--shots-seed``) keeps K training examples per intent, drawn from the
+training file, stratified and seeded, before any validation split is carved (an intent with fewer
+keeps all): a K-shot data set is then what a user with K examples per intent would have, small-data
+rule included. The user's validation file, if any, is kept whole.
 """
 
 from __future__ import annotations
@@ -22,11 +36,13 @@ import json
 import logging
 import os
 import urllib.request
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from bankintent.errors import DataError
@@ -41,6 +57,9 @@ VALIDATION_STEMS = ("valid", "validation", "dev")
 # fewer validation queries than this for an intent and its validation accuracy, the calibration and
 # the out-of-scope threshold rest on too little: training warns and records it
 MIN_VALIDATION_PER_INTENT = 5
+# without a validation file, a training file whose median intent has fewer examples than this is
+# "small data": no validation split is carved from it (see the module docstring)
+SMALL_DATA_PER_INTENT = 20
 
 
 @dataclass
@@ -85,6 +104,11 @@ class Splits:
     out_of_scope: OutOfScope = field(default_factory=OutOfScope)  # from the training and validation files and oos_file
     test_out_of_scope: OutOfScope = field(default_factory=OutOfScope)  # from the test file
     notes: dict = field(default_factory=dict)  # what loading did (files read, validation source, rows skipped): metrics.json's "data_notes"
+
+    @property
+    def small_data(self) -> bool:
+        """No validation split: small data without a validation file (every training row trains)."""
+        return len(self.validation) == 0
 
     def ids(self, split: Examples) -> list[int]:
         index = {name: i for i, name in enumerate(self.labels)}
@@ -358,20 +382,56 @@ def _subset(examples: Examples, indices) -> Examples:
                     [examples.rows[i] for i in indices] if examples.rows else None)
 
 
-def split_validation(full: Examples, validation: Examples | None, train_file: Path, val_fraction: float,
-                     split_seed: int) -> tuple[Examples, Examples, str]:
-    """The validation split, in one place: the user's own validation file when there is one (then
-    every row of the training file trains), else a stratified ``val_fraction`` of the training file
-    drawn with ``split_seed``, so that every run sees the same split. Returns (train, validation, how
-    the validation split was made)."""
-    labels = sorted(set(full.labels))
-    if validation is not None:
-        return full, validation, "file"
+def draw_shots(examples: Examples, shots: int, seed: int) -> Examples:
+    """``shots`` examples of each label, drawn without replacement with ``seed`` (a label with fewer
+    keeps all), in the file's order. The same seed draws the same rows; each label's draw does not
+    depend on the other labels'."""
+    if shots < 1:
+        raise DataError(f"shots must be at least 1, got {shots}")
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(examples.labels):
+        by_label.setdefault(label, []).append(i)
+    keep: list[int] = []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        if len(rows) > shots:
+            rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+            rows = sorted(rng.choice(rows, size=shots, replace=False).tolist())
+        keep.extend(rows)
+    subset = _subset(examples, sorted(keep))
+    subset.empty_skipped, subset.duplicates = examples.empty_skipped, examples.duplicates
+    return subset
+
+
+def is_small(labels: list[str]) -> bool:
+    """Whether a training file is small data: its median intent has fewer than ``SMALL_DATA_PER_INTENT`` examples."""
+    counts = sorted(Counter(labels).values())
+    return bool(counts) and float(np.median(counts)) < SMALL_DATA_PER_INTENT
+
+
+def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     counts = Counter(full.labels)
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
-        raise DataError(f"{train_file}: label {rare[0]!r} has {counts[rare[0]]} example(s); at least 2 are needed for a stratified "
-                        f"validation split (or give a validation file: valid.csv beside train.csv)")
+        more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
+        raise DataError(f"{train_file}: label {rare[0]!r}{more} has 1 example; every intent needs at least 2 (one to learn from, one "
+                        f"to check the choices on by cross-validation): add an example of it or remove its row")
+
+
+def split_validation(full: Examples, validation: Examples | None, train_file: Path, val_fraction: float,
+                     split_seed: int) -> tuple[Examples, Examples, str]:
+    """The validation split, in one place: the user's own validation file when there is one (then
+    every row of the training file trains); small data (``is_small``): none, every row trains; else a
+    stratified ``val_fraction`` of the training file drawn with ``split_seed``, so that every run sees
+    the same split. Returns (train, validation, how the validation split was made)."""
+    labels = sorted(set(full.labels))
+    if validation is not None:
+        return full, validation, "file"
+    _check_two_per_intent(full, train_file)
+    if is_small(full.labels):
+        median = float(np.median(list(Counter(full.labels).values())))
+        return full, Examples([], [], []), (f"none: small data (median {median:g} examples per intent, fewer than {SMALL_DATA_PER_INTENT}, "
+                                            f"and no validation file): every row trains, choices are cross-validated")
     if round(len(full) * val_fraction) < len(labels):
         raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over "
                         f"{len(labels)} labels (raise val_fraction, or give a validation file: valid.csv beside train.csv)")
@@ -408,6 +468,8 @@ def load_splits(
     strict_data: bool = False,
     oos_label: str | None = "out_of_scope",
     oos_file: str | None = None,
+    shots: int | None = None,
+    shots_seed: int = 42,
 ) -> Splits:
     """Train, validation and (if present) test examples of ``data`` (see the module docstring), the
     out-of-scope examples set apart, and notes on what was read."""
@@ -429,6 +491,10 @@ def load_splits(
         texts = read_out_of_scope_file(oos_path, text_column)
         out_of_scope.add(texts, f"{oos_path.name}: {len(texts)} queries")
     labels = sorted(set(full.labels))
+    file_rows = len(full)
+    if shots is not None:
+        full = draw_shots(full, shots, shots_seed)
+        log.info("shots: %d training example(s) per intent drawn (seed %d): %d of %d rows", shots, shots_seed, len(full), file_rows)
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
@@ -450,8 +516,12 @@ def load_splits(
         "empty_rows_skipped_by_file": empty,
         "duplicate_rows": full.duplicates,
     }
+    if shots is not None:
+        notes["shots"] = {"per_intent": shots, "seed": shots_seed, "rows": len(full), "of_rows": file_rows}
     splits = Splits(train, validation, test, labels, files.source, out_of_scope, test_out_of_scope, notes)
     missing = [label for label in labels if label not in set(validation.labels)]
-    if missing:
+    if splits.small_data:
+        log.warning("validation: %s", how)
+    elif missing:
         log.warning("%s: %d intent(s) have no validation query (e.g. %r)", files.validation or files.train, len(missing), missing[0])
     return splits
