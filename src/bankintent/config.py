@@ -17,7 +17,7 @@ from bankintent.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe")
+METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
 
 # The recipes. `lora` is the reference recipe of the original study (CLS-pooled sequence-classification
 # head + LoRA); `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the
@@ -28,6 +28,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "full": {"pooling": "cls", "lr": 5e-5, "epochs": 4},
     "lora-unfreeze": {"pooling": "cls", "lr": 1e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32},
     "linear-probe": {"pooling": "mean", "epochs": 0},
+    # few-shot: the sentence encoder fine-tuned contrastively on pairs of same-intent queries
+    # (sentence-transformers, in-batch negatives), then the linear probe on its embeddings
+    "contrastive": {"pooling": "mean", "lr": 5e-5, "epochs": 1, "batch_size": 32},
 }
 
 
@@ -47,7 +50,8 @@ class TrainConfig:
     ``help`` (``dataclasses.fields(TrainConfig)[i].metadata["help"]``)."""
 
     method: str = option("lpft", "recipe: lpft (linear probe, then LoRA), lora, full (every weight), "
-                         "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder)", choices=METHODS)
+                         "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
+                         "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=METHODS)
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
     data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.jsonl), or one training file")
     text_column: str = option("text", "column holding the query text in the data files")
@@ -77,6 +81,10 @@ class TrainConfig:
     val_fraction: float = option(0.1, "share of the training file held out for validation when the data has no validation file")
     split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")
     max_train_samples: int | None = option(None, "train on a stratified sample of this many queries (default: all)")
+    shots: int | None = option(None, "keep this many training examples per intent, drawn from the training file before any "
+                               "validation split (few-shot experiments; default: all)")
+    shots_seed: int = option(42, "seed of the --shots draw (the same seed draws the same examples)")
+    pairs_per_example: int = option(4, "contrastive: same-intent pairs drawn per training query for each epoch")
     seed: int = option(42, "seed of the training run (initialisation, shuffling)")
     allow_pickle: bool = option(False, "accept a base model stored as pickled .bin weights (loading them can run code)")
     output: str = option("runs/latest", "run folder: the model, its metrics, curves and evaluation")
@@ -95,7 +103,9 @@ class TrainConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.probe_c, (int, float)):
             self.probe_c = [float(self.probe_c)]
-        for name in ("epochs", "batch_size", "max_length", "lora_r"):
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"shots must be at least 1, got {self.shots}")
+        for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -8,6 +8,19 @@
 
 The Trainer also brings mixed precision on a GPU and data-parallel training under torchrun or
 ``accelerate launch`` with no code of ours.
+
+``contrastive`` (few-shot) fine-tunes the encoder on pairs of same-intent queries first
+(``bankintent.contrastive``), then fits the linear probe on its embeddings.
+
+Small data (``Splits.small_data``: no validation file and too few examples per intent to carve a
+validation split from, see ``bankintent.data``): every row trains and no choice rests on a
+validation split. The probe's C is cross-validated on the training split; the fine-tuning methods
+run their recipe's epochs with no early stopping (the last epoch, or the epochs' mean, is kept); the
+calibration is cross-fitted: the training split is cut in two stratified halves (``split_seed``),
+the out-of-scope statistics (kNN bank, centroids) are fitted on one and the temperature and the
+thresholds on the other's queries, which are not in the bank but were trained on, so the threshold
+errs towards sending in-scope queries out of scope and the temperature is usually left unfitted.
+metrics.json says so (``calibration``) and has no validation accuracy.
 """
 
 from __future__ import annotations
@@ -39,12 +52,13 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from sklearn.model_selection import train_test_split
 from transformers.utils import logging as hf_logging
 
-from bankintent import probe
+from bankintent import contrastive, model_card, probe
 from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig
-from bankintent.data import BANKING77, Examples, Splits, load_splits, thin_validation
+from bankintent.data import BANKING77, Examples, Splits, is_small, load_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
@@ -64,6 +78,9 @@ from bankintent.results import write_history
 from bankintent.text import augment, check_augmentation, preprocess
 
 log = logging.getLogger(__name__)
+
+# the model card's description of the contrastive method (model_card.METHOD_TEXT has the others)
+model_card.METHOD_TEXT.setdefault("contrastive", contrastive.METHOD_TEXT)
 
 MODEL_DIR = "adapter"
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
@@ -285,13 +302,18 @@ def _accuracy(eval_pred) -> dict[str, float]:
 def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: bool = True) -> dict:
     train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train", disable=not progress)
     val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
-    clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
+    # small training data beside the user's validation file: C is chosen on that file, else cross-validated
+    on_validation = bool(len(splits.validation)) and is_small(splits.train.labels)
+    clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed,
+                                choose_on_validation=on_validation)
     probe.load_into_head(model, clf)
-    log.info("linear probe: C=%g, validation accuracy %.4f", c, val_acc)
-    return {"probe_c": c, "probe_val_accuracy": val_acc}
+    chosen = "on the validation file" if on_validation else "by cross-validation on the training split"
+    log.info("linear probe: C=%g (chosen %s)%s", c, chosen, "" if val_acc is None else f", validation accuracy {val_acc:.4f}")
+    return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}
 
 
-def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int) -> TrainingArguments:
+def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int, validate: bool = True) -> TrainingArguments:
+    """``validate`` False (small data): no evaluation, no best epoch; checkpoints still each epoch."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints),
@@ -301,12 +323,12 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
         per_device_eval_batch_size=cfg.eval_batch_size,
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        eval_strategy="epoch",
+        eval_strategy="epoch" if validate else "no",
         save_strategy="epoch",
         logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5),
-        load_best_model_at_end=not cfg.average_weights,
-        metric_for_best_model="accuracy",
+        load_best_model_at_end=validate and not cfg.average_weights,
+        metric_for_best_model="accuracy" if validate else None,
         greater_is_better=True,
         save_total_limit=2,
         train_sampling_strategy="group_by_length",
@@ -377,7 +399,11 @@ def _train(cfg: TrainConfig) -> dict:
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
         set_seed(cfg.seed)
         splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file)
+                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
+                             shots=cfg.shots, shots_seed=cfg.shots_seed)
+        if splits.small_data and cfg.augment:
+            raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
+                              f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
         check_augmentation(cfg.augment)
         spec = ModelSpec(
             base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
@@ -389,7 +415,7 @@ def _train(cfg: TrainConfig) -> dict:
         if main:
             _remove_created(created)
         raise
-    thin = thin_validation(splits)
+    thin = None if splits.small_data else thin_validation(splits)
     if main:
         if thin:
             log.warning("%s", thin)
@@ -406,21 +432,27 @@ def _train(cfg: TrainConfig) -> dict:
 
     started = time.perf_counter()
     extra: dict = {}
-    if cfg.method in ("linear-probe", "lpft") and resume_from is None:
+    if cfg.method == "contrastive" and cfg.epochs > 0:
+        extra.update(contrastive.fine_tune(model, splits, cfg, checkpoints / "contrastive", progress=main))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if cfg.method in ("linear-probe", "lpft", "contrastive") and resume_from is None:
         extra.update(_fit_probe(model, tokenizer, splits, cfg, progress=main))
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
-    elif cfg.method == "linear-probe":
+    elif cfg.method == "linear-probe" or cfg.method == "contrastive" and cfg.epochs == 0:
         model.encoder.requires_grad_(False)
 
     history: list[dict] = []
     best_epoch = 0
-    if cfg.method != "linear-probe" and cfg.epochs > 0:
+    validate = not splits.small_data
+    if cfg.method not in ("linear-probe", "contrastive") and cfg.epochs > 0:
         train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
-        val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length)
+        val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
-        callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), interrupt, CheckpointPermissions()]
+        callbacks = [interrupt, CheckpointPermissions()]
+        if validate:  # small data: no validation split to stop on, the recipe's epochs run
+            callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
         averaging = WeightAveraging()
@@ -430,11 +462,11 @@ def _train(cfg: TrainConfig) -> dict:
                 averaging.restore(resume_from)
         trainer = Trainer(
             model=model,
-            args=_training_arguments(cfg, checkpoints, steps_per_epoch),
+            args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate),
             train_dataset=train_set,
             eval_dataset=val_set,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=_accuracy,
+            compute_metrics=_accuracy if validate else None,
             callbacks=callbacks,
         )
         trainer.train(resume_from_checkpoint=resume_from)
@@ -446,6 +478,8 @@ def _train(cfg: TrainConfig) -> dict:
             log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
         history = history_from_logs(trainer.state.log_history)
         best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
+        if not validate and not averaging.count:
+            best_epoch = math.ceil(trainer.state.epoch or 0)  # no validation: the last epoch is kept
         args = trainer.args
         extra.update({
             "averaged_epochs": averaging.count,
@@ -462,14 +496,16 @@ def _train(cfg: TrainConfig) -> dict:
 
     trainable, total = count_parameters(model)
     model.eval()
-    extra.update(calibrate(Predictor(model, tokenizer, spec), splits, cfg))  # fills spec: temperature, out-of-scope score, thresholds, statistics
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg))  # fills spec: temperature, out-of-scope score, thresholds, statistics
+    if splits.small_data:
+        extra["calibration"] = CROSS_FITTED
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
     oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
     write_history(history, out)
 
     predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
-    val = evaluate_split(predictor, splits.validation, splits.labels)
+    val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
     test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
     metrics = {
         "method": cfg.method,
@@ -495,6 +531,7 @@ def _train(cfg: TrainConfig) -> dict:
         "data": splits.source,
         "validation": splits.notes.get("validation"),
         "val_min_per_intent": min(Counter(splits.validation.labels)[label] for label in splits.labels),
+        "shots": splits.notes.get("shots"),
         "val_warning": thin,
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
@@ -504,6 +541,21 @@ def _train(cfg: TrainConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(model_dir, cfg, metrics)
     return metrics
+
+
+CROSS_FITTED = ("cross-fitted (small data, no validation split): out-of-scope statistics fitted on a stratified half of the training "
+                "split, temperature and thresholds on the other half's queries (trained on, so the threshold errs towards out of scope)")
+
+
+def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
+    """What the calibration fits on: the splits themselves, or with small data (no validation split) two
+    stratified halves of the training split as its training and validation splits (see the module
+    docstring)."""
+    if not splits.small_data:
+        return splits
+    fitted, held = train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
+    part = lambda idx: Examples([splits.train.texts[i] for i in idx], [splits.train.labels[i] for i in idx])  # noqa: E731
+    return dataclasses.replace(splits, train=part(fitted), validation=part(held))
 
 
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:

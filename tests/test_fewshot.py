@@ -1,0 +1,96 @@
+"""Few-shot (issue 15): data of a few examples per intent trains with the default command (no validation
+split carved, choices cross-validated, calibration cross-fitted); ``--shots``; the ``contrastive`` method."""
+
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bankintent import Predictor, resolve_config, train
+from bankintent.cli import build_parser, main
+from bankintent.contrastive import pairs
+from bankintent.training import CROSS_FITTED
+from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
+
+OOS_FIELDS = ("oos_score", "oos_threshold", "oos_method")
+
+
+@pytest.fixture(scope="module")
+def three_shot(tmp_path_factory):
+    """The 4 tiny intents with 3 training examples each (12 rows: the old code refused them)."""
+    return write_tiny_data(tmp_path_factory.mktemp("three_shot"), 3)
+
+
+def test_three_examples_per_intent_train_with_the_default_method(tiny_bert, three_shot, tmp_path):
+    metrics = train(resolve_config(None, **tiny_options(tiny_bert, three_shot, tmp_path, epochs=2, lr=5e-3)))
+    assert metrics["method"] == "lpft" and metrics["train_size"] == 12 and metrics["val_size"] == 0
+    assert metrics["validation"].startswith("none: small data (median 3 examples per intent")
+    assert metrics["val_accuracy"] is None and metrics["test_accuracy"] is not None
+    assert metrics["optimizer_steps"] == 2  # no early stopping: the recipe's 2 epochs of 1 step (12 rows, batches of 16)
+    assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
+    # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
+    assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
+    assert metrics["temperature_fitted"] is False and "fewer than 50" in metrics["temperature_note"]
+    result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
+    assert result["closest_intent"] in INTENTS and all(result[k] is not None for k in OOS_FIELDS)
+    assert (tmp_path / "adapter" / "README.md").is_file()
+
+
+def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text((three_shot / "train.csv").read_text())
+    write_csv(data / "valid.csv", [(text, intent) for intent, texts in INTENTS.items() for text in texts])
+    metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "run", probe_c=[0.1, 10.0])))
+    assert metrics["val_size"] == 16 and metrics["val_accuracy"] is not None and "calibration" not in metrics
+    assert metrics["probe_c_chosen"] == "on the validation file" and metrics["probe_val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_shots_flag_draws_k_per_intent(tiny_bert, tiny_data, tmp_path):
+    args = build_parser().parse_args(["train", "--output", "o", "--shots", "5", "--shots-seed", "7"])
+    assert (args.shots, args.shots_seed) == (5, 7)
+    metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path, shots=5, shots_seed=7)))
+    assert metrics["train_size"] == 20 and metrics["shots"] == {"per_intent": 5, "seed": 7, "rows": 20, "of_rows": 80}
+    assert metrics["val_size"] == 0  # 5 per intent is small data: no validation split carved
+
+
+def test_a_label_with_one_example_is_a_one_line_error(tiny_bert, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", [("where is my card", "card_arrival"), ("card not here", "card_arrival"), ("i lost it", "lost")])
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", str(data), "--base-model", str(tiny_bert), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("error: ") and "label 'lost' has 1 example; every intent needs at least 2" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_pairs_are_same_intent_seeded_and_counted():
+    texts = ["a1", "a2", "a3", "b1", "b2", "c1"]
+    labels = ["a", "a", "a", "b", "b", "c"]
+    anchors, positives = pairs(texts, labels, 3, seed=0)
+    intent = dict(zip(texts, labels))
+    assert len(anchors) == 5 * 3  # c has one query: no pair
+    assert all(intent[a] == intent[p] and a != p for a, p in zip(anchors, positives))
+    assert Counter(anchors) == {"a1": 3, "a2": 3, "a3": 3, "b1": 3, "b2": 3}
+    assert pairs(texts, labels, 3, seed=0) == (anchors, positives) and pairs(texts, labels, 3, seed=1) != (anchors, positives)
+
+
+def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_path):
+    metrics = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
+    assert metrics["contrastive_pairs"] == 12 * 4 and metrics["contrastive_steps"] == 6
+    assert metrics["trainable_pct"] == 100.0 and metrics["oos_threshold"] is not None
+    assert not (tmp_path / "checkpoints").exists()
+    saved = load_file(tmp_path / "adapter" / "model.safetensors")
+    base = load_file(tiny_bert / "model.safetensors")
+    name = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(saved[name], base[name.removeprefix("encoder.")])  # the encoder was fine-tuned
+    assert {"head.weight", "head.bias"} <= set(saved)
+    predictor = Predictor.load(tmp_path)
+    assert predictor.spec.method == "contrastive"
+    results = predictor.predict(["my card was stolen", "what exchange rate"], top_k=2)
+    assert [len(r["top_k"]) for r in results] == [2, 2]
+    assert all(r[k] is not None for r in results for k in OOS_FIELDS)
+    assert "contrastive fine-tuning of the encoder" in (tmp_path / "adapter" / "README.md").read_text()
