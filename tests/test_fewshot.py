@@ -53,6 +53,8 @@ def test_shots_flag_draws_k_per_intent(tiny_bert, tiny_data, tmp_path):
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path, shots=5, shots_seed=7)))
     assert metrics["train_size"] == 20 and metrics["shots"] == {"per_intent": 5, "seed": 7, "rows": 20, "of_rows": 80}
     assert metrics["val_size"] == 0  # 5 per intent is small data: no validation split carved
+    default = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "default", shots=5, seed=3)))
+    assert default["shots"]["seed"] == 3  # without --shots-seed, the run's seed draws
 
 
 def test_a_label_with_one_example_is_a_one_line_error(tiny_bert, tmp_path, capsys):

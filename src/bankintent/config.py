@@ -83,7 +83,8 @@ class TrainConfig:
     max_train_samples: int | None = option(None, "train on a stratified sample of this many queries (default: all)")
     shots: int | None = option(None, "keep this many training examples per intent, drawn from the training file before any "
                                "validation split (few-shot experiments; default: all)")
-    shots_seed: int = option(42, "seed of the --shots draw (the same seed draws the same examples)")
+    shots_seed: int | None = option(None, "seed of the --shots draw: the same seed draws the same examples (default: --seed, so "
+                                    "that a sweep's seeds are also different draws)")
     pairs_per_example: int = option(4, "contrastive: same-intent pairs drawn per training query for each epoch")
     seed: int = option(42, "seed of the training run (initialisation, shuffling)")
     allow_pickle: bool = option(False, "accept a base model stored as pickled .bin weights (loading them can run code)")

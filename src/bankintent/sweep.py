@@ -180,6 +180,7 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
                                                "adapter_bytes", "train_seconds", "best_epoch", "epochs_run")},
                 "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "epochs": cfg.epochs,
                 "max_length": cfg.max_length, "normalize_entities": cfg.normalize_entities, "augment": cfg.augment or "",
+                "shots": cfg.shots, "train_size": metrics.get("train_size"),
                 "hardware": metrics.get("hardware"), "run_dir": str(run_dir.relative_to(out)),
                 "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else "",
             })

@@ -400,7 +400,7 @@ def _train(cfg: TrainConfig) -> dict:
         set_seed(cfg.seed)
         splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
                              strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                             shots=cfg.shots, shots_seed=cfg.shots_seed)
+                             shots=cfg.shots, shots_seed=cfg.seed if cfg.shots_seed is None else cfg.shots_seed)
         if splits.small_data and cfg.augment:
             raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                               f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
