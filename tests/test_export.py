@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import transformers
+import yaml
 from conftest import INTENTS
 
 import bankintent
@@ -150,6 +151,14 @@ def test_int8_calibration_errors(runs, tmp_path):
     blank.write_text("\n \n")
     with pytest.raises(DataError, match="no queries to calibrate"):
         export(alone, tmp_path / "out", quantize="int8", calibration_data=blank)
+    # a run whose training data has moved away
+    moved = tmp_path / "run"
+    shutil.copytree(runs["bert"], moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    (moved / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(tmp_path / "gone")}))
+    with pytest.raises(DataError, match=r"config.yaml: the training data it records: .*gone.*; pass --calibration-data"):
+        export(moved, tmp_path / "out", quantize="int8")
+    assert not (tmp_path / "out").exists()
 
 
 def test_merged_folder_loads_without_peft_and_predicts_the_same(runs, tmp_path):

@@ -120,21 +120,22 @@ def calibration_queries(dir: str | Path, data: str | Path | None = None) -> tupl
     run's ``config.yaml``), a fixed random sample so that an export is reproducible; and where they came from."""
     from bankintent.data import data_files, iter_queries
 
-    text_column = "text"
+    config = run_config(dir)
+    saved = read_yaml(config) if config else {}
+    text_column = saved.get("text_column", "text")  # a file in the training data's format
+    hint = "pass --calibration-data (a file of queries like those the model will answer)"
     if data is None:
-        config = run_config(dir)
         if config is None:
-            raise ConfigError(f"{dir}: no config.yaml records the training data to calibrate the int8 scales on; "
-                              f"pass --calibration-data (a file of queries like those the model will answer)")
-        saved = read_yaml(config)
-        data, text_column = saved.get("data", "banking77"), saved.get("text_column", "text")
-    data = str(data)
-    path = Path(data).expanduser()
+            raise ConfigError(f"{dir}: no config.yaml records the training data to calibrate the int8 scales on; {hint}")
+        source, data = f"{config}: the training data it records: ", saved.get("data", "banking77")
+    else:
+        source, hint = "calibration data: ", ""
+    path = Path(str(data)).expanduser()
     try:
-        file = path if path.is_file() else data_files(data).train
+        file = path if path.is_file() else data_files(str(data)).train
         texts = [text for _, text in iter_queries(file, text_column)]
     except BankintentError as exc:
-        raise DataError(f"calibration data: {exc}") from None
+        raise DataError(f"{source}{exc}" + (f"; {hint}" if hint else "")) from None
     if not texts:
         raise DataError(f"{file}: no queries to calibrate the int8 scales on")
     if len(texts) < CALIBRATION_QUERIES // 4:
