@@ -20,8 +20,9 @@ from conftest import INTENTS
 
 import bankintent
 from bankintent.errors import ConfigError, DataError, ModelError
-from bankintent.export import CALIBRATION_QUERIES, export, optimize
-from bankintent.predict import SLOW_FUSIONS, OnnxModel, Predictor
+from bankintent.export import CALIBRATION_QUERIES, calibration_inputs, export, optimize
+from bankintent.modeling import load_tokenizer
+from bankintent.predict import SLOW_FUSIONS, OnnxModel, Predictor, fast_tokenizer
 
 QUERIES = [phrase for phrases in INTENTS.values() for phrase in phrases] + [
     "hello, my top-up failed again yesterday evening and I would like to know why", "rate?"]
@@ -120,6 +121,17 @@ def test_int8_is_calibrated_on_the_runs_training_data_by_default(runs, tiny_data
                                      "method": "minmax"}
     # reproducible: the same export twice has the same scales
     assert int8_scales(int8) == int8_scales(export(runs["bert"], tmp_path / "again", quantize="int8"))
+
+
+def test_calibration_inputs_are_single_unpadded_queries(runs):
+    predictor = Predictor.load(runs["bert"])
+    tokenizer = fast_tokenizer(load_tokenizer(predictor.spec.base_model), predictor.spec.max_length)  # pads, as exported
+    inputs = calibration_inputs(QUERIES, tokenizer, predictor.spec)
+    assert len(inputs) == len(QUERIES)
+    for query, feed in zip(QUERIES, inputs):
+        assert feed["input_ids"].shape == feed["attention_mask"].shape == (1, len(predictor.tokenizer.encode(query).ids))
+        assert feed["attention_mask"].all() and feed["input_ids"].dtype == np.int64
+    assert len({feed["input_ids"].shape[1] for feed in inputs}) > 3
 
 
 def test_int8_calibration_data_sets_the_scales(runs, tmp_path):

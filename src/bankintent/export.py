@@ -149,6 +149,8 @@ def calibration_queries(dir: str | Path, data: str | Path | None = None) -> tupl
 
 def calibration_inputs(queries: list[str], tokenizer, spec: ModelSpec) -> list[dict[str, np.ndarray]]:
     """The model inputs of each query alone (no padding), preprocessed and tokenized as ``Predictor`` does."""
+    tokenizer = fast_tokenizer(tokenizer, spec.max_length)  # a copy: the one saved with the model pads
+    tokenizer.no_padding()
     encodings = tokenizer.encode_batch([preprocess(q, spec.preprocessing) for q in queries])
     return [{"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
             for e in encodings]
