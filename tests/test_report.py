@@ -95,7 +95,7 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     assert table.answer.tolist() == [e["intent"] for e in expected]
     assert table.out_of_scope.tolist() == [e["out_of_scope"] for e in expected]
     assert table.confidence.to_numpy() == pytest.approx([e["top_k"][0]["confidence"] for e in expected], abs=1e-5)
-    assert table.oos_score.to_numpy() == pytest.approx([e["oos_score"] for e in expected], rel=1e-4)
+    assert table.oos_score.to_numpy() == pytest.approx([e["oos_score"] for e in expected], rel=1e-4, abs=1e-5)
     assert table.correct.mean() == pytest.approx(summary["accuracy"])
 
     def no_prediction(*args, **kwargs):

@@ -32,10 +32,6 @@ from bankintent.modeling import MeanPoolClassifier, resolve_base_model
 
 log = logging.getLogger(__name__)
 
-METHOD_TEXT = ("contrastive fine-tuning of the encoder on pairs of same-intent queries (in-batch negatives, "
-               "sentence-transformers), then a logistic regression on its mean-pooled, normalised embeddings")
-
-
 def pairs(texts: list[str], labels: list[str], per_example: int, seed: int) -> tuple[list[str], list[str]]:
     """(anchors, positives): each query paired with ``per_example`` other queries of its intent, drawn
     without replacement while they last (then again), seeded. An intent with one query has no pair."""

@@ -20,7 +20,8 @@ from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
-SPLIT_OPTIONS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "strict_data", "oos_label", "oos_file")
+SPLIT_OPTIONS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "strict_data", "oos_label", "oos_file",
+                 "shots")
 PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
 
 
@@ -80,11 +81,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     run_dir = Path(run_dir)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     options = {k: saved[k] for k in SPLIT_OPTIONS if k in saved}
+    if saved.get("shots"):  # the same draw as training (its seed defaults to the run's seed)
+        options["shots_seed"] = saved.get("shots_seed") if saved.get("shots_seed") is not None else saved.get("seed", 42)
     options.update({k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v})
     splits = load_splits(**options)
     examples = splits.test if split == "test" else splits.validation
     if examples is None:
         raise BankintentError(f"{splits.source}: no test file; use --split validation")
+    if not len(examples):
+        raise BankintentError(f"{splits.source}: no validation split (small data trains on every row); give a validation file "
+                              "(valid.csv) or evaluate --split test")
     # the recall of the fallback is measured on the test file's own out-of-scope rows, else on those
     # training chose the score with, else (None) on the built-in probe set where the intents are Banking77's
     own = splits.test_out_of_scope if split == "test" else OutOfScope()

@@ -19,6 +19,8 @@ METHOD_TEXT = {
     "lora-unfreeze": "LoRA with gradual unfreezing: the top encoder layers' adapters train first, lower layers join epoch by epoch",
     "full": "full fine-tuning of every weight with the model's [CLS] sequence-classification head",
     "linear-probe": "a logistic regression on the frozen encoder's mean-pooled, normalised embeddings",
+    "contrastive": "contrastive fine-tuning of the encoder on pairs of same-intent queries (in-batch negatives, "
+                   "sentence-transformers), then a logistic regression on its mean-pooled, normalised embeddings",
 }
 
 
@@ -55,6 +57,7 @@ def _pct(value) -> str:
 SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
     "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
+    "knn": "one minus the cosine similarity of the query's embedding to the nearest training query's (`knn`)",
 }
 
 
@@ -147,8 +150,8 @@ weights are merged into it at load time, so inference costs what the base model 
 ## Training data
 
 {_source(cfg, metrics)}: {metrics['train_size']:,} training and
-{metrics['val_size']:,} validation queries (a stratified {cfg.val_fraction:.0%} of the training file,
-split seed {cfg.split_seed}), {metrics['test_size']:,} test queries, {metrics['num_labels']} intents.
+{metrics['val_size']:,} validation queries ({metrics.get('validation') or f'a stratified {cfg.val_fraction:.0%} of the training file'}),
+{metrics['test_size']:,} test queries, {metrics['num_labels']} intents.
 Preprocessing: {preprocessing}. Augmentation: {cfg.augment or 'none'}.
 
 ## Training procedure

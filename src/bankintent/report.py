@@ -246,7 +246,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
             "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
-            "AUROC msp": _number(m.get("oos_auroc_msp"), 3, "f"), "AUROC mahalanobis": _number(m.get("oos_auroc_mahalanobis"), 3, "f"),
+            **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in ("knn", "mahalanobis", "msp")},
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"), "Caught": _share(recall),
         })
     parts = [
@@ -405,7 +405,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     out = Path(output)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    best = max(runs, key=lambda r: r.metrics["val_accuracy"])
+    best = max(runs, key=lambda r: r.metrics.get("val_accuracy") or 0.0)  # None: a small-data run has no validation split
     splits = _splits(best)
     split, examples = evaluated_split(splits)
     frame = predictions(best, examples, split)

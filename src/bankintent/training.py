@@ -79,9 +79,6 @@ from bankintent.text import augment, check_augmentation, preprocess
 
 log = logging.getLogger(__name__)
 
-# the model card's description of the contrastive method (model_card.METHOD_TEXT has the others)
-model_card.METHOD_TEXT.setdefault("contrastive", contrastive.METHOD_TEXT)
-
 MODEL_DIR = "adapter"
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
 # exceptions that tokenizers, safetensors ("... (os error 28)") and torch.save ("file write failed") raise
