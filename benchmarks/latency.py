@@ -8,7 +8,7 @@ Backends, all on the CPU:
 - ``pytorch-merged``: ``Predictor.load(DIR)`` (LoRA merged into the base at load);
 - ``onnx-fp32`` and ``onnx-int8``: ``Predictor.load`` of ``bankintent export DIR [--quantize int8]``.
 The ``Predictor`` rows include everything a caller gets: tokenization, the forward pass, calibrated
-probabilities, the out-of-scope score and the result dicts.
+probabilities, the out-of-scope score (the model's, or ``--oos-score``) and the result dicts.
 
 Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend;
 p50 and p95 in ms. Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a
@@ -49,7 +49,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bankintent.data import load_splits  # noqa: E402
 from bankintent.export import export  # noqa: E402
-from bankintent.modeling import load_model, load_tokenizer  # noqa: E402
+from bankintent.modeling import load_model, load_tokenizer, read_spec  # noqa: E402
+from bankintent.ood import SCORES  # noqa: E402
 from bankintent.predict import Predictor, model_folder  # noqa: E402
 from bankintent.results import markdown_table  # noqa: E402
 
@@ -80,14 +81,14 @@ class PredictorBackend:
     """``Predictor.predict``, timed whole; the top intent, so that accuracy compares the models
     (``intent`` itself is ``out_of_scope`` for the queries past the fallback's threshold)."""
 
-    def __init__(self, path: Path, threads: int | None):
-        self.predictor = Predictor.load(path, device="cpu", threads=threads)
+    def __init__(self, path: Path, threads: int | None, oos_score: str | None = None):
+        self.predictor = Predictor.load(path, device="cpu", threads=threads, oos_score=oos_score)
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [r["top_k"][0]["intent"] for r in self.predictor.predict(texts, top_k=3)]
 
 
-def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
+def build_backends(run: Path, export_dir: Path, threads: int | None, oos_score: str | None = None) -> dict:
     folder = model_folder(run)
     onnx_fp32, onnx_int8 = export_dir / "onnx-fp32", export_dir / "onnx-int8"
     for target, quantize in ((onnx_fp32, None), (onnx_int8, "int8")):
@@ -95,9 +96,9 @@ def build_backends(run: Path, export_dir: Path, threads: int | None) -> dict:
             export(folder, target, format="onnx", quantize=quantize)
     return {
         BASELINE: baseline(folder),
-        "pytorch-merged": PredictorBackend(folder, threads),
-        "onnx-fp32": PredictorBackend(onnx_fp32, threads),
-        "onnx-int8": PredictorBackend(onnx_int8, threads),
+        "pytorch-merged": PredictorBackend(folder, threads, oos_score),
+        "onnx-fp32": PredictorBackend(onnx_fp32, threads, oos_score),
+        "onnx-int8": PredictorBackend(onnx_int8, threads, oos_score),
     }
 
 
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=30, help="batches of 64 timed per backend")
     parser.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime (default: all cores)")
     parser.add_argument("--export-dir", help="keep (and reuse) the ONNX exports here")
+    parser.add_argument("--oos-score", choices=SCORES,
+                        help="out-of-scope score of the Predictor backends (default: the model's); msp costs nothing beside the forward pass")
     parser.add_argument("--accuracy", action="store_true", help="also accuracy on the whole test split and agreement with PyTorch")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     test = load_splits(args.data).test
     with tempfile.TemporaryDirectory() as tmp:
-        backends = build_backends(Path(args.dir), Path(args.export_dir or tmp), args.threads)
+        backends = build_backends(Path(args.dir), Path(args.export_dir or tmp), args.threads, args.oos_score)
         results = measure(backends, test.texts, args.queries, args.batches)
         for name, values in batch_independence(backends, test.texts[:INDEPENDENCE_QUERIES]).items():
             results[name].update(values)
@@ -221,8 +224,9 @@ def main(argv: list[str] | None = None) -> None:
         "answers changed": str(r["batch_answers_changed"]) if "batch_answers_changed" in r else "-",
         **({"test accuracy": f"{100 * r['test_accuracy']:.2f}%", "agreement": f"{100 * r['agreement_with_pytorch']:.2f}%"} if args.accuracy else {}),
     } for r in rows]
+    score = args.oos_score or read_spec(model_folder(Path(args.dir))).oos_score
     print(f"{args.dir}: {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPUs, "
-          f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend")
+          f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend, out-of-scope score {score}")
     print(markdown_table(table, columns))
 
 
