@@ -146,7 +146,7 @@ def export(args: argparse.Namespace) -> None:
     _status(f"exporting {args.dir} to {args.output} ...")
     from bankintent.export import export as run
 
-    folder = run(args.dir, args.output, format=args.format, quantize=args.quantize)
+    folder = run(args.dir, args.output, format=args.format, quantize=args.quantize, calibration_data=args.calibration_data)
     print(f"exported to {folder}")
 
 
@@ -293,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", "export a model folder for fast inference (ONNX, optionally int8)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
     p.add_argument("--format", choices=("onnx", "merged"), default="onnx", help="onnx: ONNX Runtime model; merged: LoRA merged into the weights")
-    p.add_argument("--quantize", choices=("int8",), default=None, help="quantize the ONNX model's weights (default: none)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8 weights and activations, the activation scales calibrated at export (default: none)")
+    p.add_argument("--calibration-data", metavar="PATH", default=None,
+                   help="int8: queries that set the activation scales: a .txt (one a line), .csv/.jsonl (text column), "
+                        "a data folder or banking77 (default: the training data in the run's config.yaml)")
     p.add_argument("--output", required=True, help="folder to write")
     p.set_defaults(func=export)
 

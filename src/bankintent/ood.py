@@ -101,9 +101,14 @@ def fit_knn(features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     return {"knn_bank": _unit(features).astype(np.float16)}
 
 
+def for_scoring(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``stats`` with the float16 kNN bank in float32 once, rather than converted on every call."""
+    return {name: value.astype(np.float32) if value.dtype == np.float16 else value for name, value in stats.items()}
+
+
 def knn(features: np.ndarray, stats: dict[str, np.ndarray], k: int = KNN_K) -> np.ndarray:
     """1 - the cosine similarity of each row of ``features`` to its ``k``-th nearest training embedding."""
-    similarity = _unit(features) @ stats["knn_bank"].astype(np.float32).T
+    similarity = _unit(features) @ stats["knn_bank"].astype(np.float32, copy=False).T
     k = min(k, similarity.shape[1])
     return 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
 

@@ -243,7 +243,9 @@ class Predictor:
 
     def oos_scores(self, probabilities: np.ndarray, features: np.ndarray, name: str | None = None) -> np.ndarray:
         """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
-        return ood.score(name or self.oos_score or "msp", probabilities, features, self.spec.ood)
+        if getattr(self, "_stats_of", None) is not self.spec.ood:  # calibration replaces spec.ood while it runs
+            self._stats_of, self._stats = self.spec.ood, ood.for_scoring(self.spec.ood)
+        return ood.score(name or self.oos_score or "msp", probabilities, features, self._stats)
 
     def predict(self, texts: list[str] | str, top_k: int = 3) -> list[dict]:
         """One dict per text:
