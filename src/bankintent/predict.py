@@ -190,6 +190,7 @@ class Predictor:
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
+        self._stats_of, self._stats = None, {}  # spec.ood as the scores use it (oos_scores)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, batch_size: int | None = None, threads: int | None = None,
@@ -243,7 +244,7 @@ class Predictor:
 
     def oos_scores(self, probabilities: np.ndarray, features: np.ndarray, name: str | None = None) -> np.ndarray:
         """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
-        if getattr(self, "_stats_of", None) is not self.spec.ood:  # calibration replaces spec.ood while it runs
+        if self._stats_of is not self.spec.ood:  # calibration replaces spec.ood while it runs
             self._stats_of, self._stats = self.spec.ood, ood.for_scoring(self.spec.ood)
         return ood.score(name or self.oos_score or "msp", probabilities, features, self._stats)
 
