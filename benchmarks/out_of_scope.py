@@ -10,23 +10,32 @@ taught); the project's probe set (``resources/out_of_scope.txt``) is **out-of-do
 intents' validation queries may be used to choose scores and settings; their test queries are only
 scored.
 
-Every out-of-scope score of ``bankintent.ood`` is computed twice: on the fine-tuned model's embedding
-(the classifier head's input) and logits, and on the frozen base model's mean-pooled embedding with a
-linear probe fitted on the known intents. Each score's threshold keeps 95% of the known intents'
-validation queries in scope (the project's default rule). Reported per score, mean ± std over seeds:
-in-scope accuracy of the answered test queries, AUROC and FPR at 95% TPR against each kind of
-out-of-scope query, and at the threshold the recall of in-domain and of out-of-domain queries.
+Every out-of-scope score of ``bankintent.ood`` (and the energy score, Liu et al., 2020, and other
+combinations) is computed twice: on the fine-tuned model's embedding (the classifier head's input)
+and logits, and on the frozen base model's mean-pooled embedding with a linear probe fitted on the
+known intents. Each score's threshold keeps 95% of the known intents' validation queries in scope
+(the project's default rule). Reported per score, mean ± std over seeds: in-scope accuracy of the
+answered test queries, AUROC and FPR at 95% TPR against each kind of out-of-scope query, and at the
+threshold the recall of in-domain and of out-of-domain queries; ``recall_id_val`` in the CSV is the
+held-out intents' validation queries' recall, which chose the project's settings (``ood.DEFAULT_SCORE``,
+``ood.COMBINED_WEIGHT``, ``ood.KNN_K``). ``shipped (SCORE)`` is the score the trained model folder
+serves with: the default without examples, the examples' choice (``ood.choose``) with them.
 
-Also reported: ``shipped (SCORE)``, the score and threshold the trained model folder itself chose and
-will use when serving.
+``--arms`` picks what is measured. The held-out intents are split in two with a seed; ``label`` and
+``class`` give the training queries of one half to the model as out-of-scope examples and measure
+the in-domain recall on the test queries of the *other* half only, so no example comes from a tested
+intent (``recall in-domain (untouched half)`` is that same half in every arm, for a like-for-like
+comparison):
 
-``--oos-examples label|class`` measures what out-of-scope examples add. The held-out intents are split
-in two with a seed; the training queries of one half join the training data, as ``out_of_scope`` rows
-(``label``: the project's out-of-scope examples, which the model uses to choose its score and
-threshold) or as one more intent (``class``: its probability becomes the ``oos class`` score). The
-in-domain recall is then measured on the test queries of the *other* half only, so no example comes
-from a tested intent; ``recall in-domain (untouched half)`` is that same half in every arm, for a
-like-for-like comparison.
+- ``none``: no out-of-scope examples.
+- ``label``: the examples are ``out_of_scope`` rows, which never train the classifier (so ``none``
+  and ``label`` share one trained model): they choose the score, and ``knn contrast`` scores how much
+  nearer a query is to an example than to a training query of an intent.
+- ``class``: the examples are one more intent (a model of its own); its probability is the ``oos
+  class`` score.
+
+Each trained model's outputs are kept in ``--workdir`` (``outputs-MODE-SEED.npz``): run the command
+again with the same folder and the scores are computed again without training.
 """
 
 from __future__ import annotations
@@ -80,26 +89,28 @@ def fpr_at_95_tpr(in_scope: np.ndarray, out_of_scope: np.ndarray) -> float:
     return float((out_of_scope <= np.quantile(in_scope, 0.95)).mean())
 
 
-def measure(scores: dict[str, dict[str, np.ndarray]], correct: np.ndarray, thresholds: dict[str, float]) -> list[dict]:
+def measure(scores: dict[str, dict[str, np.ndarray]], correct: np.ndarray, tested: np.ndarray,
+            untouched: np.ndarray) -> list[dict]:
     """One row per score from its values on the sets ``val`` (known intents' validation), ``test``
-    (known intents' test), ``id_oos`` (held-out intents' test), ``id_oos_half`` (the test queries of the
-    held-out intents that never give out-of-scope examples), ``id_oos_val`` (their validation) and
-    ``ood`` (the probe set). A score's threshold keeps 95% of ``val`` in scope unless ``thresholds``
-    names one."""
+    (known intents' test), ``id_oos`` (held-out intents' test: ``tested`` marks those the arm is
+    tested on, ``untouched`` those of the intents that never give out-of-scope examples),
+    ``id_oos_val`` (the held-out intents' validation) and ``ood`` (the probe set). A score's threshold
+    keeps 95% of ``val`` in scope."""
     rows = []
     for name, s in scores.items():
-        threshold = thresholds.get(name, ood.threshold_for_coverage(s["val"], COVERAGE))
+        threshold = ood.threshold_for_coverage(s["val"], COVERAGE)
         kept = s["test"] <= threshold
+        id_oos = s["id_oos"][tested]
         rows.append({
             "score": name,
             "coverage": float(kept.mean()),
             "accuracy_answered": float(correct[kept].mean()),
-            "auroc_id": ood.auroc(s["test"], s["id_oos"]),
+            "auroc_id": ood.auroc(s["test"], id_oos),
             "auroc_ood": ood.auroc(s["test"], s["ood"]),
-            "fpr95_id": fpr_at_95_tpr(s["test"], s["id_oos"]),
+            "fpr95_id": fpr_at_95_tpr(s["test"], id_oos),
             "fpr95_ood": fpr_at_95_tpr(s["test"], s["ood"]),
-            "recall_id": float((s["id_oos"] > threshold).mean()),
-            "recall_id_half": float((s["id_oos_half"] > threshold).mean()),
+            "recall_id": float((id_oos > threshold).mean()),
+            "recall_id_half": float((s["id_oos"][untouched] > threshold).mean()),
             "recall_ood": float((s["ood"] > threshold).mean()),
             "recall_id_val": float((s["id_oos_val"] > threshold).mean()),
         })
@@ -109,70 +120,119 @@ def measure(scores: dict[str, dict[str, np.ndarray]], correct: np.ndarray, thres
 OOS_CLASS = "zz_out_of_scope_class"
 
 
-def run_seed(seed: int, args, splits, workdir: Path) -> list[dict]:
-    known, held_out = held_out_split(splits.labels, args.known, seed)
-    # half of the held-out intents may give out-of-scope examples (--oos-examples); the other half is
-    # what every arm's ``recall_id_half`` is measured on
+def protocol_split(splits, known_share: float, seed: int) -> dict[str, list[str]]:
+    """The seed's intents: ``known`` (trained), ``held_out``; of these, ``example_intents`` (may give
+    out-of-scope examples) and ``untouched`` (never do: what the arms with examples are tested on)."""
+    known, held_out = held_out_split(splits.labels, known_share, seed)
     example_intents = sorted(random.Random(seed + 1).sample(held_out, len(held_out) // 2))
-    untouched = sorted(set(held_out) - set(example_intents))
-    tested = untouched if args.oos_examples != "none" else held_out
-    data = workdir / f"data-{args.oos_examples}-{seed}"
+    return {"known": known, "held_out": held_out, "example_intents": example_intents,
+            "untouched": sorted(set(held_out) - set(example_intents))}
+
+
+def model_outputs(seed: int, mode: str, args, splits, workdir: Path) -> dict:
+    """Train the seed's model (``mode`` ``label``: the example intents' training queries are
+    ``out_of_scope`` rows, which never train the classifier, so this one model serves the arms
+    ``none`` and ``label``; ``class``: they are one more intent) and return its outputs on every set
+    of the protocol, cached in ``workdir`` (``outputs-MODE-SEED.npz``) so the scores can be studied
+    again without training."""
+    cache = workdir / f"outputs-{mode}-{seed}.npz"
+    intents = protocol_split(splits, args.known, seed)
+    known, examples_of = set(intents["known"]), set(intents["example_intents"])
+    train, val, test = (subset(e, known) for e in (splits.train, splits.validation, splits.test))
+    examples = subset(splits.train, examples_of)
+    sets = {
+        "val": val, "test": test, "train": train, "examples": examples,
+        "id_oos": subset(splits.test, set(intents["held_out"])),
+        "id_oos_val": subset(splits.validation, set(intents["held_out"])),
+        "ood": Examples(ood.probe_set(), ["ood"] * len(ood.probe_set())),
+    }
+    if cache.is_file():
+        stored = np.load(cache, allow_pickle=False)
+        return {**{key: stored[key] for key in stored.files}, "intents": intents, "sets": sets,
+                "labels": [str(x) for x in stored["labels"]]}
+    data = workdir / f"data-{mode}-{seed}"
     data.mkdir(parents=True, exist_ok=True)
-    train, val, test = (subset(e, set(known)) for e in (splits.train, splits.validation, splits.test))
-    examples = subset(splits.train, set(example_intents)) if args.oos_examples != "none" else Examples([], [])
-    example_label = {"none": "", "label": "out_of_scope", "class": OOS_CLASS}[args.oos_examples]
-    write_csv(data / "train.csv", (train.texts, train.labels), (examples.texts, [example_label] * len(examples)))
+    write_csv(data / "train.csv", (train.texts, train.labels),
+              (examples.texts, [{"label": "out_of_scope", "class": OOS_CLASS}[mode]] * len(examples)))
     write_csv(data / "valid.csv", (val.texts, val.labels))
     write_csv(data / "test.csv", (test.texts, test.labels))
-    (data / "held_out.json").write_text(json.dumps({"known": known, "held_out": held_out, "example_intents": example_intents}, indent=1))
+    (data / "held_out.json").write_text(json.dumps(intents, indent=1))
 
     from bankintent.training import train as run_training
 
-    output = workdir / f"run-{args.oos_examples}-{seed}"
+    output = workdir / f"run-{mode}-{seed}"
     cfg = resolve_config(None, method=args.method, data=str(data), output=str(output), seed=seed, overwrite=True,
                          base_model=args.base_model, epochs=args.epochs)
-    metrics = run_training(cfg)
+    run_training(cfg)
     predictor = Predictor.load(output)
-    sets = {
-        "val": val.texts,
-        "test": test.texts,
-        "id_oos": subset(splits.test, set(tested)).texts,
-        "id_oos_half": subset(splits.test, set(untouched)).texts,
-        "id_oos_val": subset(splits.validation, set(tested)).texts,
-        "ood": ood.probe_set(),
-    }
-    outputs = {name: predictor.outputs(texts, desc=f"seed {seed}: {name}") for name, texts in sets.items()}
-    labels = predictor.labels
-    bank_examples = Examples(train.texts + (examples.texts if args.oos_examples == "class" else []),
-                             train.labels + ([OOS_CLASS] * len(examples) if args.oos_examples == "class" else []))
-    train_features = predictor.outputs(bank_examples.texts, desc=f"seed {seed}: train")[1]
-    train_ids = np.array([labels.index(x) for x in bank_examples.labels])
-    test_true = np.array([labels.index(label) for label in test.labels])
-    rows = []
-    variants = {"fine-tuned": ({n: o[0] for n, o in outputs.items()}, {n: o[1] for n, o in outputs.items()},
-                               predictor.spec.temperature, train_features)}
+    result = {"labels": np.array(predictor.labels), "temperature": np.array(predictor.spec.temperature)}
+    for name, examples_set in sets.items():
+        logits, features = predictor.outputs(examples_set.texts, desc=f"seed {seed}: {name}")
+        result[f"logits/{name}"], result[f"features/{name}"] = logits, features
     if args.frozen_base:
-        variants["frozen base"] = frozen_base_outputs(args.base_model, sets, bank_examples, val, labels, seed)
-    for embedding, (logits, features, temperature, bank) in variants.items():
-        scores = all_scores(logits, features, temperature, bank, train_ids, len(labels))
+        bank = train if mode == "label" else Examples(train.texts + examples.texts, train.labels + [OOS_CLASS] * len(examples))
+        logits, features, temperature, bank_features = frozen_base_outputs(
+            args.base_model, {n: e.texts for n, e in sets.items()}, bank, val, predictor.labels, seed)
+        result["frozen/temperature"] = np.array(temperature)
+        result["frozen/bank"] = bank_features
+        for name in sets:
+            result[f"frozen/logits/{name}"], result[f"frozen/features/{name}"] = logits[name], features[name]
+    np.savez(cache, **result)
+    return model_outputs(seed, mode, args, splits, workdir)
+
+
+def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
+    """The rows of one arm: ``none`` (no out-of-scope examples; tested on every held-out intent),
+    ``label`` (the example intents' training queries are out-of-scope examples; tested on the untouched
+    half) or ``class`` (they were trained as one more intent; tested on the untouched half)."""
+    sets, intents, labels = outputs["sets"], outputs["intents"], outputs["labels"]
+    untouched = np.isin(sets["id_oos"].labels, intents["untouched"])
+    tested = untouched if arm != "none" else np.ones(len(untouched), bool)
+    test_true = np.array([labels.index(label) for label in sets["test"].labels])
+    bank_labels = sets["train"].labels + ([OOS_CLASS] * len(sets["examples"]) if OOS_CLASS in labels else [])
+    bank_ids = np.array([labels.index(x) for x in bank_labels])
+    variants = {"fine-tuned": ""} | ({"frozen base": "frozen/"} if "frozen/bank" in outputs else {})
+    rows = []
+    for embedding, prefix in variants.items():
+        names = [n for n in sets if n not in ("train", "examples") or arm == "label"]
+        logits = {n: outputs[f"{prefix}logits/{n}"] for n in names}
+        features = {n: outputs[f"{prefix}features/{n}"] for n in names}
+        temperature = float(outputs[f"{prefix}temperature"])
+        if prefix:
+            bank = outputs["frozen/bank"]
+        else:
+            bank = outputs["features/train"]
+            if OOS_CLASS in labels:
+                bank = np.concatenate([bank, outputs["features/examples"]])
+        scores = all_scores(logits, features, temperature, bank, bank_ids, len(labels))
         k = scores.pop("_k")
-        thresholds = {}
         if OOS_CLASS in labels:
             column = labels.index(OOS_CLASS)
             scores["oos class"] = {n: softmax(l / temperature)[:, column] for n, l in logits.items()}
-        if embedding == "fine-tuned" and predictor.oos_threshold is not None:
-            name = f"shipped ({predictor.oos_score})"
-            scores[name] = {n: predictor.oos_scores(softmax(logits[n] / temperature), features[n]) for n in logits}
-            thresholds[name] = predictor.oos_threshold
+        shipped = ood.DEFAULT_SCORE
+        if arm == "label" and not prefix:  # the model's own choice from the examples (as bankintent.calibration makes it)
+            shipped = ood.choose({n: scores[n]["val"] for n in ood.SCORES}, {n: scores[n]["examples"] for n in ood.SCORES}, COVERAGE)
+            scores.update(example_scores(features, bank))
+        if not prefix:
+            scores[f"shipped ({shipped})"] = scores[shipped]
         correct = logits["test"].argmax(-1) == test_true
-        for row in measure(scores, correct, thresholds):
-            rows.append({"seed": seed, "method": args.method, "embedding": embedding, "oos_examples": args.oos_examples,
-                         "known_intents": len(known), "knn_k": k, "test_accuracy": float(correct.mean()),
-                         "model_oos_score": metrics.get("oos_score"), **row})
+        for row in measure(scores, correct, tested, untouched):
+            rows.append({"seed": seed, "method": args.method, "embedding": embedding, "oos_examples": arm,
+                         "known_intents": len(intents["known"]), "knn_k": k, "test_accuracy": float(correct.mean()), **row})
     return rows
 
 
+def example_scores(features: dict, bank: np.ndarray) -> dict:
+    """Scores that use the out-of-scope examples (the example intents' training queries, set
+    ``examples``) beyond choosing among the others: ``knn contrast``, the similarity to the nearest
+    example minus that to the nearest training query of an intent."""
+    examples = ood.fit_knn(features["examples"])
+    return {"knn contrast": {n: ood.knn(features[n], ood.fit_knn(bank)) - ood.knn(features[n], examples)
+                             for n in features if n not in ("train", "examples")}}
+
+
 KS = (1, 5, 10, 25, 50)
+WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -195,9 +255,12 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
         }
         for name, v in values.items():
             result.setdefault(name, {})[set_name] = v
-    # kNN: k chosen on the held-out intents' validation queries (AUROC against the known ones')
+    # kNN: the project's k (ood.KNN_K); the k the held-out intents' validation queries would choose
+    # (AUROC against the known ones') is reported (column knn_k), and scored too where it differs
     best_k = max(KS, key=lambda k: ood.auroc(result[f"knn{k}"]["val"], result[f"knn{k}"]["id_oos_val"]))
-    result["knn"] = result[f"knn{best_k}"]
+    result["knn"] = result[f"knn{ood.KNN_K}"]
+    if best_k != ood.KNN_K:
+        result[f"knn (k={best_k})"] = result[f"knn{best_k}"]
     for k in KS:
         del result[f"knn{k}"]
     # combination: each score standardised on the known intents' validation queries, then averaged
@@ -205,6 +268,9 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
         reference = result[name]["val"]
         return (result[name][set_name] - reference.mean()) / reference.std().clip(1e-12)
 
+    for weight in WEIGHTS:  # knn+msp as the project computes it, with msp's weight chosen here (ood.COMBINED_WEIGHT)
+        name = "knn+msp" if weight == ood.COMBINED_WEIGHT else f"knn+msp (weight {weight})"
+        result[name] = {s: z("knn", s) + weight * z("msp", s) for s in logits}
     result["mahalanobis+knn"] = {s: (z("mahalanobis", s) + z("knn", s)) / 2 for s in logits}
     result["msp+mahalanobis+knn"] = {s: (z("msp", s) + z("mahalanobis", s) + z("knn", s)) / 3 for s in logits}
     result["_k"] = best_k  # type: ignore[assignment]
@@ -256,9 +322,10 @@ def main() -> None:
     parser.add_argument("--method", default="lpft")
     parser.add_argument("--base-model", default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override the method's recipe (for a quick check)")
-    parser.add_argument("--oos-examples", choices=("none", "label", "class"), default="none",
-                        help="half of the held-out intents' training queries join the training data: 'label' as out-of-scope "
-                             "examples (the project's out_of_scope rows), 'class' as one more intent whose probability is a score")
+    parser.add_argument("--arms", nargs="+", choices=("none", "label", "class"), default=["none", "label"],
+                        help="none: no out-of-scope examples; half of the held-out intents' training queries are out-of-scope "
+                             "examples: 'label' as the project's out_of_scope rows (the same model as 'none'), 'class' as one "
+                             "more intent whose probability is a score (a model of its own)")
     parser.add_argument("--frozen-base", action=argparse.BooleanOptionalAction, default=True, help="also score the frozen base's embeddings")
     parser.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -269,7 +336,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         for seed in args.seeds:
-            rows += run_seed(seed, args, splits, workdir)
+            for mode in dict.fromkeys("class" if arm == "class" else "label" for arm in args.arms):
+                outputs = model_outputs(seed, mode, args, splits, workdir)
+                for arm in args.arms:
+                    if (arm == "class") == (mode == "class"):
+                        rows += arm_rows(arm, seed, outputs, args)
             pd.DataFrame(rows).to_csv(out / "results.csv", index=False, float_format="%.4f")
     table = summarise(rows)
     command = "python " + " ".join(sys.argv)

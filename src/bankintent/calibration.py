@@ -6,9 +6,9 @@
   every confidence becomes 1.0), would be wrong with confidence: it is then not fitted (1.0) and
   metrics.json says why.
 - The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics and the kNN bank are
-  fitted on the training split's embeddings; the default score is the one that best separates the validation
-  queries from the out-of-scope examples (area under the ROC curve; ``out_of_scope_examples`` says
-  which examples), or ``ood.DEFAULT_SCORE`` without examples; each score's threshold keeps
+  fitted on the training split's embeddings; the default score is the one that catches the most
+  out-of-scope examples at its threshold (``ood.choose``; ``out_of_scope_examples`` says which
+  examples), or ``ood.DEFAULT_SCORE`` without them; each score's threshold keeps
   ``cfg.oos_coverage`` of the validation queries in scope.
 - Accuracy against coverage (``<split>_coverage.csv`` and ``.png``): the accuracy on the queries kept
   when the least confident are sent to the fallback, the share of the out-of-scope examples caught,
@@ -74,7 +74,7 @@ def scores_of(predictor: Predictor, logits: np.ndarray, features: np.ndarray) ->
     every score the model folder supports."""
     probs = softmax(logits / predictor.spec.temperature)
     stats = predictor.spec.ood
-    names = [name for name in ood.SCORES if name == "msp" or ood.NEEDS[name] in stats]
+    names = [name for name in ood.SCORES if ood.supports(name, stats)]
     return probs, {name: predictor.oos_scores(probs, features, name) for name in names}
 
 
@@ -122,6 +122,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     _, train_features = predictor.outputs(splits.train.texts, desc="out-of-scope: embedding train")
     spec.ood = ood.fit(train_features, np.array(splits.ids(splits.train)), len(spec.labels), cfg.seed)
     probs, val_scores = scores_of(predictor, logits, features)
+    spec.ood = {**spec.ood, **ood.fit_combination(val_scores["knn"], val_scores["msp"])}
+    probs, val_scores = scores_of(predictor, logits, features)
     examples = out_of_scope_examples(splits, spec.labels)
     oos_scores = None
     if len(examples):
@@ -130,8 +132,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     else:
         auroc = {name: None for name in val_scores}
     if len(splits.out_of_scope):  # the user's own examples: their traffic, so they choose
-        spec.oos_score = max(auroc, key=lambda name: (auroc[name], name == ood.DEFAULT_SCORE))  # a tie: the default
-        reason = f"best AUROC on {examples.describe()}"
+        spec.oos_score = ood.choose(val_scores, oos_scores, cfg.oos_coverage)
+        reason = f"catches the most of {examples.describe()} at the threshold"
     else:  # the built-in probe set is mostly chatter, easy for every score: it measures, it does not choose
         spec.oos_score = ood.DEFAULT_SCORE
         reason = ood.DEFAULT_REASON + ("" if len(examples) else ood.NO_EXAMPLES)

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
-    p.add_argument("--oos-score", choices=("msp", "mahalanobis", "knn"), help="out-of-scope score (default: the one chosen at training)")
+    p.add_argument("--oos-score", choices=("msp", "mahalanobis", "knn", "knn+msp"), help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
     p.set_defaults(func=predict)
 

@@ -58,6 +58,8 @@ SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
     "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
     "knn": "one minus the cosine similarity of the query's embedding to the nearest training query's (`knn`)",
+    "knn+msp": "the distance to the nearest training query (`knn`) plus, weighted, the classifier's hesitation between "
+               "intents (`msp`), each standardised on the validation queries (`knn+msp`)",
 }
 
 
@@ -85,6 +87,11 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     recall = metrics.get("oos_recall", metrics.get("oos_probe_recall"))
     if recall is not None:
         text += f" At this threshold it catches {recall:.1%} of the out-of-scope examples, {metrics.get('oos_examples', 'the probe set')}."
+        from bankintent.ood import PROBE_SET
+
+        if metrics.get("oos_examples") == PROBE_SET:
+            text += (" That set is mostly questions far from banking; banking requests that no intent covers are harder to catch "
+                     "(the held-out-intents protocol, `benchmarks/out_of_scope.py`, measures those).")
     else:
         text += (" There were no out-of-scope examples to measure how many out-of-scope queries it catches; train with some "
                  f"(rows labelled `{oos_label}`, or `--oos-file`) to know.")

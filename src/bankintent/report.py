@@ -246,7 +246,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
             "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
-            **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in ("knn", "mahalanobis", "msp")},
+            **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in ("knn+msp", "knn", "mahalanobis", "msp")},
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"), "Caught": _share(recall),
         })
     parts = [
@@ -255,8 +255,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "expected calibration error (ECE, 15 bins) measures how far confidences are from the accuracy they claim.",
         markdown_table(calibration, list(calibration[0])),
         "A query whose out-of-scope score is above the threshold is answered `out_of_scope` (the closest intent is "
-        "still named). With out-of-scope examples, the score is the one that best separates the validation queries "
-        "from them (area under the ROC curve, AUROC), else the default one (*Why this score* says which); its "
+        "still named). With out-of-scope examples, the score is the one that catches the most of them at its "
+        "threshold, else the default one (*Why this score* says which); its "
         "threshold keeps the target share of the validation queries in scope. *Caught*: the share of the "
         "out-of-scope examples above the threshold.",
         markdown_table(fallback, list(fallback[0])),

@@ -93,7 +93,7 @@ class Prediction(BaseModel):
     oos_score: float | None = Field(description="out-of-scope score of the text (higher: further from every intent); "
                                                 "null when the model has no out-of-scope fallback")
     oos_threshold: float | None = Field(description="the answer is out of scope when oos_score is above this")
-    oos_method: str | None = Field(description="which out-of-scope score: knn, mahalanobis or msp")
+    oos_method: str | None = Field(description="which out-of-scope score: knn+msp, knn, mahalanobis or msp")
     closest_intent: str = Field(description="the most probable intent, also when the answer is out of scope")
     top_k: list[Ranked]
 
