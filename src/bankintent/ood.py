@@ -56,7 +56,7 @@ DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
 NO_EXAMPLES = ": no out-of-scope examples"
 KNN_K = 1
 KNN_BANK = 20_000  # most training embeddings kept for the knn score (a seeded sample of larger sets)
-COMBINED_WEIGHT = 0.5  # msp's weight in knn+msp
+COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
 # the arrays of ood.safetensors each score needs
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale")}
 PROBE_SET = "the built-in probe set (resources/out_of_scope.txt)"
