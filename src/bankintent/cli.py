@@ -126,6 +126,19 @@ def predict(args: argparse.Namespace) -> None:
         return Predictor.load(args.dir, batch_size=args.batch_size, allow_pickle=args.allow_pickle,
                               oos_score=args.oos_score, oos_threshold=args.oos_threshold)
 
+    if args.engine == "spark":
+        if not args.input:
+            raise BankintentError("--engine spark scores a file: give --input FILE and --output FILE.parquet")
+        _status(f"starting Spark ({args.master or 'the master spark-submit or the environment names'}) ...")
+        from bankintent.spark import score_file
+
+        written = score_file(args.dir, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
+                             master=args.master, batch_size=args.batch_size, oos_score=args.oos_score,
+                             oos_threshold=args.oos_threshold)
+        print(f"{written} predictions written to {args.output}")
+        return
+    if args.master:
+        raise BankintentError("--master is for --engine spark")
     if args.input:
         from bankintent.streaming import STDOUT, predict_file
 
@@ -288,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
     p.add_argument("--oos-score", choices=("msp", "mahalanobis", "knn", "knn+msp"), help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
+    p.add_argument("--engine", choices=("local", "spark"), default="local",
+                   help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl, "
+                        "--output .parquet; needs pip install 'bankintent[spark]')")
+    p.add_argument("--master", help="with --engine spark: the Spark master, e.g. local[2] (default: spark-submit's or the environment's)")
     p.set_defaults(func=predict)
 
     p = command("export", "export a model folder for fast inference (ONNX, optionally int8)")

@@ -1,0 +1,162 @@
+"""Batch scoring on Apache Spark: the same model folder, the same answers as ``Predictor``, on a cluster.
+
+``predict_udf(model_dir)`` is a pandas UDF of the iterator-of-batches form: each Python worker loads
+the model once (``Predictor.load``: a training run, a model folder or an ONNX export) and then
+scores the Arrow batches Spark hands it, so the cluster's scheduler, retries and progress (Spark's
+UI and logs) do the work that a home-made job runner would. The model folder is read from a path
+every executor can see (a shared file system, DBFS), or shipped with ``SparkContext.addFile(DIR,
+recursive=True)`` / ``spark-submit --files``: a path that does not exist on the executor is looked up
+by its folder name with ``SparkFiles.get``.
+
+Each input row gives one output row: the fields of ``Predictor.predict`` (``FIELDS``), and
+``error`` for a row that could not be scored (a null or empty text), whose other fields are null:
+such rows are kept, never dropped. ``score_file`` is ``bankintent predict --engine spark``: Parquet,
+CSV or JSONL in, Parquet out, every input column kept.
+
+One model copy per Python worker: with ``threads`` (default 1) intra-op threads each, give Spark one
+task slot per core (``spark.task.cpus`` 1) and the executor's cores are all busy; docs/spark.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from bankintent.errors import DataError
+
+FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
+INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+_TYPES = {
+    "intent": "string", "confidence": "double", "out_of_scope": "boolean", "oos_score": "double",
+    "oos_threshold": "double", "oos_method": "string", "closest_intent": "string",
+    "top_k": "array<struct<intent: string, confidence: double>>", "error": "string",
+}
+
+
+def schema(columns: Sequence[str] = FIELDS) -> str:
+    """The UDF's return type (a Spark DDL struct) for these prediction fields, plus ``error``."""
+    unknown = [c for c in columns if c not in FIELDS]
+    if unknown:
+        raise DataError(f"unknown prediction field {unknown[0]!r}; choose from {', '.join(FIELDS)}")
+    return ", ".join(f"{name} {_TYPES[name]}" for name in [*columns, "error"])
+
+
+def _model_path(model_dir: str) -> str:
+    """``model_dir`` if this process sees it, else the copy shipped with ``addFile`` / ``--files``."""
+    if os.path.exists(model_dir):
+        return model_dir
+    from pyspark import SparkFiles
+
+    shipped = SparkFiles.get(Path(model_dir.rstrip("/")).name)
+    if not os.path.exists(shipped):
+        raise DataError(f"{model_dir}: no such model folder on this executor, nor shipped with SparkContext.addFile")
+    return shipped
+
+
+def score_batch(predictor, texts: pd.Series, columns: Sequence[str] = FIELDS, top_k: int = 3) -> pd.DataFrame:
+    """The prediction fields of a batch of texts (one row each, in order); null or empty texts get
+    nulls and an ``error``."""
+    valid = [isinstance(t, str) and bool(t.strip()) for t in texts]
+    results = iter(predictor.predict([t for t, ok in zip(texts, valid) if ok], top_k=top_k)) if any(valid) else iter(())
+    rows = []
+    for text, ok in zip(texts, valid):
+        if ok:
+            result = next(results)
+            rows.append({**{c: result[c] for c in columns}, "error": None})
+        else:
+            problem = "empty text" if isinstance(text, str) else "null text" if pd.isna(text) else f"not text ({type(text).__name__})"
+            rows.append({**{c: None for c in columns}, "error": problem})
+    return pd.DataFrame(rows, columns=[*columns, "error"])
+
+
+def predict_udf(model_dir: str | Path, top_k: int = 3, columns: Sequence[str] = FIELDS, batch_size: int | None = None,
+                threads: int | None = 1, oos_score: str | None = None, oos_threshold: float | None = None):
+    """A pandas UDF mapping a text column to a struct of the prediction fields ``columns`` and ``error``:
+
+        df.withColumn("prediction", predict_udf("runs/demo")("text")).select("id", "prediction.*")
+
+    ``threads``: intra-op threads per model copy (torch or ONNX Runtime); one copy runs in each Python
+    worker, so 1 suits one task slot per core. ``oos_score``, ``oos_threshold``: as for ``Predictor.load``."""
+    from pyspark.sql.functions import pandas_udf
+
+    model_dir, columns = str(model_dir), tuple(columns)
+    return_type = schema(columns)
+
+    @pandas_udf(return_type)
+    def predict(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from bankintent.predict import Predictor
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        predictor = Predictor.load(_model_path(model_dir), batch_size=batch_size, threads=threads,
+                                   oos_score=oos_score, oos_threshold=oos_threshold)
+        for texts in batches:
+            yield score_batch(predictor, texts, columns, top_k)
+
+    return predict
+
+
+def session(master: str | None = None, app_name: str = "bankintent"):
+    """The active Spark session, or a new one on ``master`` (``local[2]``: two cores of this machine)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise DataError("Spark scoring needs pyspark (and Java 17 or later): pip install 'bankintent[spark]'") from None
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    if (master or "").startswith("local"):  # the workers run this Python, which has bankintent (a cluster's is its own)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")  # Spark's stage progress bar stays; its INFO/WARN chatter goes
+    return spark
+
+
+def read_queries(spark, input_path: str | Path, text_column: str = "text"):
+    """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``."""
+    path = Path(input_path)
+    kind = INPUT_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown input format {path.suffix or '(no extension)'!r}; use {', '.join(INPUT_FORMATS)}")
+    if not path.exists() and "://" not in str(input_path):
+        raise DataError(f"{path}: no such file")
+    reader = spark.read
+    if kind == "csv":
+        reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
+    frame = getattr(reader, kind)(str(input_path))
+    if text_column not in frame.columns:
+        raise DataError(f"{path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
+    return frame
+
+
+def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, text_column: str = "text",
+               top_k: int = 3, master: str | None = None, batch_size: int | None = None, threads: int | None = 1,
+               oos_score: str | None = None, oos_threshold: float | None = None) -> int:
+    """``bankintent predict --engine spark``: score every row of ``input_path`` into the Parquet
+    folder ``output_path`` (the input's columns, then the prediction fields and ``error``); returns
+    the number of rows written."""
+    output = Path(output_path)
+    if output.suffix.lower() != ".parquet":
+        raise DataError(f"{output}: --engine spark writes Parquet; name the output .parquet")
+    if output.exists():
+        raise DataError(f"{output}: already exists; remove it first")
+    from bankintent.modeling import read_spec
+    from bankintent.predict import model_folder
+
+    folder = model_folder(Path(model_dir).expanduser().resolve())
+    read_spec(folder)  # a missing or unfinished model folder fails here, before Spark starts
+    spark = session(master)
+    frame = read_queries(spark, input_path, text_column)
+    udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
+    clash = [c for c in frame.columns if c in (*FIELDS, "error")]
+    if clash:
+        raise DataError(f"{input_path}: column {clash[0]!r} would clash with a prediction field; rename it")
+    scored = frame.withColumn("_prediction", udf(frame[text_column])).select(*frame.columns, "_prediction.*")
+    scored.write.parquet(str(output))
+    return spark.read.parquet(str(output)).count()

@@ -1,0 +1,102 @@
+"""Batch scoring on Spark (bankintent.spark) on a local Spark session with the tiny model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("pyspark")
+if shutil.which("java") is None:
+    pytest.skip("Spark needs Java (make test installs it)", allow_module_level=True)
+
+from bankintent.errors import DataError  # noqa: E402
+from bankintent.export import export  # noqa: E402
+from bankintent.predict import Predictor  # noqa: E402
+from bankintent.spark import FIELDS, predict_udf, score_batch  # noqa: E402
+
+QUERIES = ["where is my new card", "i lost my card", None, "   ", "exchange rates today", "my top-up failed"]
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from bankintent.spark import session as spark_session
+
+    session = spark_session("local[1]", "bankintent-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def queries(spark):
+    frame = pd.DataFrame({"id": range(len(QUERIES)), "text": QUERIES, "channel": ["app"] * len(QUERIES)})
+    return spark.createDataFrame(frame, "id long, text string, channel string")
+
+
+def _scored(spark, queries, model) -> pd.DataFrame:
+    udf = predict_udf(model, top_k=2)
+    rows = queries.withColumn("p", udf("text")).select("id", "channel", "p.*")
+    return rows.toPandas().sort_values("id").reset_index(drop=True)
+
+
+def test_the_udf_gives_the_predictors_answers_and_keeps_bad_rows(spark, queries, tiny_probe_run):
+    out = _scored(spark, queries, tiny_probe_run)
+    assert list(out.columns) == ["id", "channel", *FIELDS, "error"] and len(out) == len(QUERIES)
+    assert (out["channel"] == "app").all()  # key columns kept
+    assert list(out["error"].fillna("")) == ["", "", "null text", "empty text", "", ""]
+    assert out.loc[[2, 3], "intent"].isna().all()
+    good = [0, 1, 4, 5]
+    expected = Predictor.load(tiny_probe_run).predict([QUERIES[i] for i in good], top_k=2)
+    assert list(out.loc[good, "intent"]) == [e["intent"] for e in expected]
+    assert list(out.loc[good, "closest_intent"]) == [e["closest_intent"] for e in expected]
+    for got, want in zip(out.loc[good].itertuples(), expected):
+        assert got.oos_score == pytest.approx(want["oos_score"], abs=1e-5)
+        assert [t["intent"] for t in got.top_k] == [t["intent"] for t in want["top_k"]]
+        assert [t["confidence"] for t in got.top_k] == pytest.approx([t["confidence"] for t in want["top_k"]], abs=1e-5)
+        assert isinstance(got.out_of_scope, bool)
+
+
+def test_the_schema_types(spark, queries, tiny_probe_run):
+    schema = {f.name: f.dataType.simpleString() for f in queries.withColumn("p", predict_udf(tiny_probe_run)("text")).select("p.*").schema}
+    assert schema == {"intent": "string", "confidence": "double", "out_of_scope": "boolean", "oos_score": "double",
+                      "oos_threshold": "double", "oos_method": "string", "closest_intent": "string",
+                      "top_k": "array<struct<intent:string,confidence:double>>", "error": "string"}
+    with pytest.raises(DataError, match="unknown prediction field 'intnet'"):
+        predict_udf(tiny_probe_run, columns=["intnet"])
+
+
+def test_an_onnx_int8_export_and_a_folder_shipped_with_add_file(spark, queries, tiny_probe_run, tmp_path):
+    onnx = export(tiny_probe_run, tmp_path / "int8", quantize="int8")
+    out = _scored(spark, queries, onnx)
+    expected = Predictor.load(onnx).predict([QUERIES[i] for i in (0, 1, 4, 5)])
+    assert list(out.loc[[0, 1, 4, 5], "intent"]) == [e["intent"] for e in expected]
+    # a path the executors do not see (as on a cluster): the copy shipped with addFile, found by its folder name
+    shipped = shutil.copytree(onnx, tmp_path / "shipped_model")
+    spark.sparkContext.addFile(str(shipped), recursive=True)
+    unseen = tmp_path / "on_the_driver_only" / "shipped_model"
+    assert not unseen.exists()
+    again = _scored(spark, queries, str(unseen))
+    assert list(again["intent"].fillna("-")) == list(out["intent"].fillna("-"))
+
+
+def test_score_batch_without_spark(tiny_probe_run):
+    frame = score_batch(Predictor.load(tiny_probe_run), pd.Series(["i lost my card", None, 3]), columns=("intent",))
+    assert list(frame.columns) == ["intent", "error"]
+    assert frame["intent"].notna().tolist() == [True, False, False]
+    assert frame["error"].fillna("").tolist() == ["", "null text", "not text (int)"]
+
+
+def test_cli_engine_spark_end_to_end(tiny_probe_run, tmp_path):
+    pd.DataFrame({"ticket": ["a", "b", "c"], "text": ["i lost my card", "", "exchange rates today"]}).to_parquet(tmp_path / "logs.parquet")
+    command = [sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(tmp_path / "logs.parquet"),
+               "--output", str(tmp_path / "scored.parquet"), "--engine", "spark", "--master", "local[1]"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 predictions written" in done.stdout
+    scored = pd.read_parquet(tmp_path / "scored.parquet").sort_values("ticket")
+    assert list(scored["ticket"]) == ["a", "b", "c"] and list(scored["error"].fillna("")) == ["", "empty text", ""]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # the output exists: one line, no traceback
+    assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
