@@ -140,7 +140,8 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
                oos_score: str | None = None, oos_threshold: float | None = None) -> int:
     """``bankintent predict --engine spark``: score every row of ``input_path`` into the Parquet
     folder ``output_path`` (the input's columns, then the prediction fields and ``error``); returns
-    the number of rows written."""
+    the number of rows written. An input of fewer partitions than the session's cores (one small
+    file) is repartitioned so that every core scores; rows keep their columns, not their order."""
     output = Path(output_path)
     if output.suffix.lower() != ".parquet":
         raise DataError(f"{output}: --engine spark writes Parquet; name the output .parquet")
@@ -157,6 +158,9 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     clash = [c for c in frame.columns if c in (*FIELDS, "error")]
     if clash:
         raise DataError(f"{input_path}: column {clash[0]!r} would clash with a prediction field; rename it")
+    cores = spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
+        frame = frame.repartition(cores)
     scored = frame.withColumn("_prediction", udf(frame[text_column])).select(*frame.columns, "_prediction.*")
     scored.write.parquet(str(output))
     return spark.read.parquet(str(output)).count()
