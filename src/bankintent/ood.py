@@ -30,8 +30,9 @@ intents are Banking77's or some of them, the built-in probe set (``resources/out
 unrelated questions, chit-chat and banking requests outside the Banking77 intents, written for this
 project and never trained on). The probe set is never used for other intents: for a bank whose intents
 include ``open_account`` its "how do I open a joint account" is in scope. The user's own examples also
-choose the score (the most of them caught at the threshold, ``choose``); otherwise ``DEFAULT_SCORE`` is used, chosen by the held-out-intents
-protocol, since the probe set is mostly chatter that every score catches. With no examples no AUROC
+choose the score (the one catching the most of them at its threshold, ``choose``); otherwise
+``DEFAULT_SCORE`` is used, chosen by the held-out-intents protocol, since the probe set is mostly
+chatter that every score catches. With no examples no AUROC
 or recall is reported.
 """
 
@@ -47,10 +48,9 @@ from bankintent.errors import ConfigError, ModelError
 
 SCORES = ("msp", "mahalanobis", "knn", "knn+msp")
 # The score used when there are no out-of-scope examples to choose on, chosen by the held-out-intents
-# protocol's validation results (benchmarks/out_of_scope.py): kNN and Mahalanobis measure how far a
-# query lies from the intents' training queries, which is what out of scope means, where msp only
-# measures the classifier's hesitation between intents; of the two, kNN caught more of the held-out
-# intents' validation queries.
+# protocol's validation results (benchmarks/out_of_scope.py): of the scores that measure how far a
+# query lies from the intents' training queries, kNN caught more of the held-out intents' validation
+# queries than Mahalanobis, and adding msp's hesitation between intents caught more still.
 DEFAULT_SCORE = "knn+msp"
 DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
 NO_EXAMPLES = ": no out-of-scope examples"
