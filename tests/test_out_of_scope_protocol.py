@@ -61,3 +61,13 @@ def test_no_held_out_intent_trains_and_the_outputs_are_kept(protocol, tiny_bert,
         assert 0 <= row["recall_id"] <= 1 and 0 <= row["recall_ood"] <= 1 and 0 < row["coverage"] <= 1
     # the label arm is tested on the untouched half only
     assert rows[("label", "knn")]["recall_id"] == rows[("label", "knn")]["recall_id_half"]
+
+
+def test_the_class_arm_trains_the_examples_as_one_more_intent(protocol, tiny_bert, tiny_data, tmp_path):
+    splits = load_splits(str(tiny_data))
+    args = Namespace(known=0.5, method="linear-probe", base_model=str(tiny_bert), epochs=None, frozen_base=False)
+    outputs = protocol.model_outputs(0, "class", args, splits, tmp_path)
+    assert outputs["labels"] == sorted(outputs["intents"]["known"] + [protocol.OOS_CLASS])
+    rows = {row["score"]: row for row in protocol.arm_rows("class", 0, outputs, args)}
+    assert "oos class" in rows and 0 <= rows["oos class"]["recall_id"] <= 1
+    assert rows["oos class"]["recall_id"] == rows["oos class"]["recall_id_half"]  # tested on the untouched half
