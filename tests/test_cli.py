@@ -14,7 +14,7 @@ import pytest
 
 import bankintent
 from bankintent import cli
-from bankintent.config import METHODS, TrainConfig
+from bankintent.config import AUTO, METHODS, TrainConfig
 from bankintent.progress import LOG_INTERVAL
 
 HEAVY = ("torch", "transformers", "onnxruntime")
@@ -84,7 +84,7 @@ def test_train_help_documents_every_option_from_the_config(capsys, clean_env):
         assert help and "\n" not in help, f"{field.name}: no one-line help"
         option = options["--" + field.name.replace("_", "-")]
         assert help in option and "default: " in option, option
-    assert "--method {" + ",".join(METHODS) + "}" in text
+    assert "--method {" + ",".join((AUTO, *METHODS)) + "}" in text
     assert "(default: 0.0005; lora, lora-unfreeze: 0.0001; full, contrastive: 5e-05)" in text  # the recipes' defaults
     assert "(default: off; lpft: on)" in text  # average_weights
     assert "--probe-c A,B" in text and "(default: 1,3,10,30,100)" in text

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from bankintent import Predictor, resolve_config, train
 from bankintent.cli import build_parser, main
+from bankintent.config import AUTO, for_data
 from bankintent.contrastive import pairs
 from bankintent.training import CROSS_FITTED
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
@@ -22,8 +23,8 @@ def three_shot(tmp_path_factory):
     return write_tiny_data(tmp_path_factory.mktemp("three_shot"), 3)
 
 
-def test_three_examples_per_intent_train_with_the_default_method(tiny_bert, three_shot, tmp_path):
-    metrics = train(resolve_config(None, **tiny_options(tiny_bert, three_shot, tmp_path, epochs=2, lr=5e-3)))
+def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_path):
+    metrics = train(resolve_config(None, method="lpft", **tiny_options(tiny_bert, three_shot, tmp_path, epochs=2, lr=5e-3)))
     assert metrics["method"] == "lpft" and metrics["train_size"] == 12 and metrics["val_size"] == 0
     assert metrics["validation"].startswith("none: small data (median 3 examples per intent")
     assert metrics["val_accuracy"] is None and metrics["test_accuracy"] is not None
@@ -35,6 +36,18 @@ def test_three_examples_per_intent_train_with_the_default_method(tiny_bert, thre
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
     assert result["closest_intent"] in INTENTS and all(result[k] is not None for k in OOS_FIELDS)
     assert (tmp_path / "adapter" / "README.md").is_file()
+
+
+def test_the_default_method_is_contrastive_for_small_data_and_lpft_otherwise(tiny_bert, three_shot, tmp_path):
+    auto = resolve_config(None, lr=1e-3)
+    assert auto.method == AUTO
+    small, large = for_data(auto, small_data=True), for_data(auto, small_data=False)
+    assert (small.method, small.epochs, small.average_weights, small.lr) == ("contrastive", 1, False, 1e-3)  # lr was given
+    assert large == resolve_config(None, method="lpft", lr=1e-3)
+    assert for_data(resolve_config(None, method="lora"), small_data=True).method == "lora"  # a named method is kept
+    metrics = train(resolve_config(None, **tiny_options(tiny_bert, three_shot, tmp_path, epochs=None)))
+    assert metrics["method"] == "contrastive" and metrics["val_size"] == 0
+    assert resolve_config(tmp_path / "config.yaml").method == "contrastive"  # the run's config says what ran
 
 
 def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tmp_path):

@@ -18,6 +18,10 @@ from bankintent.errors import ConfigError
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
+# The default method: decided by the data once it is read (``for_data``): ``contrastive`` for small
+# data (no validation file and few examples per intent, ``Splits.small_data``), where it scored above
+# lpft and the linear probe at 5 and 10 examples per intent (docs/results/fewshot), else ``lpft``.
+AUTO = "auto"
 
 # The recipes. `lora` is the reference recipe of the original study (CLS-pooled sequence-classification
 # head + LoRA); `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the
@@ -49,9 +53,10 @@ class TrainConfig:
     """Every option of ``bankintent train``; the YAML keys are these field names, documented by their
     ``help`` (``dataclasses.fields(TrainConfig)[i].metadata["help"]``)."""
 
-    method: str = option("lpft", "recipe: lpft (linear probe, then LoRA), lora, full (every weight), "
+    method: str = option(AUTO, "recipe: auto (lpft, or contrastive for small data: no validation file and few examples per "
+                         "intent), lpft (linear probe, then LoRA), lora, full (every weight), "
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
-                         "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=METHODS)
+                         "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=(AUTO, *METHODS))
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
     data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.jsonl), or one training file")
     text_column: str = option("text", "column holding the query text in the data files")
@@ -96,8 +101,8 @@ class TrainConfig:
     oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in (AUTO, *METHODS):
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join((AUTO, *METHODS))}")
         if self.pooling not in ("mean", "cls"):
             raise ConfigError(f"pooling must be 'mean' or 'cls', not {self.pooling!r}")
         if isinstance(self.target_modules, str):
@@ -153,6 +158,22 @@ def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> T
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
     method = given.get("method", file_values.get("method", TrainConfig.method))
-    if method not in RECIPES:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return TrainConfig(**{**RECIPES[method], **file_values, **given, "method": method})
+    if method not in RECIPES and method != AUTO:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join((AUTO, *METHODS))}")
+    recipe = RECIPES["lpft" if method == AUTO else method]  # auto: lpft's, until the data decides (for_data)
+    return TrainConfig(**{**recipe, **file_values, **given, "method": method})
+
+
+def for_data(cfg: TrainConfig, small_data: bool) -> TrainConfig:
+    """``cfg`` with the ``auto`` method decided by the data: ``contrastive`` for small data, else
+    ``lpft``. Options still at lpft's recipe values take the chosen recipe's (an option set to
+    exactly lpft's value is taken for one left at it); options given otherwise are kept."""
+    if cfg.method != AUTO:
+        return cfg
+    method = "contrastive" if small_data else "lpft"
+    defaults = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(TrainConfig)}
+    lpft = {**defaults, **RECIPES["lpft"]}
+    chosen = {**defaults, **RECIPES[method]}
+    changes = {name: chosen[name] for name in set(RECIPES["lpft"]) | set(RECIPES[method])
+               if getattr(cfg, name) == lpft[name]}
+    return dataclasses.replace(cfg, **changes, method=method)

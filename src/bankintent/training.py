@@ -57,7 +57,7 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, model_card, probe
 from bankintent.calibration import calibrate
-from bankintent.config import TrainConfig
+from bankintent.config import AUTO, TrainConfig, for_data
 from bankintent.data import BANKING77, Examples, Splits, is_small, load_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
@@ -398,10 +398,15 @@ def _train(cfg: TrainConfig) -> dict:
         splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
                              strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
                              shots=cfg.shots, shots_seed=cfg.seed if cfg.shots_seed is None else cfg.shots_seed)
+        if cfg.method == AUTO:
+            cfg = for_data(cfg, splits.small_data)
+            log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
         if splits.small_data and cfg.augment:
             raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                               f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
         check_augmentation(cfg.augment)
+        if splits.small_data and cfg.method not in ("contrastive", "linear-probe"):
+            log.info("small data: --method contrastive is the few-shot recipe (docs/training.md, 'Your own data')")
         spec = ModelSpec(
             base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
             max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
