@@ -100,3 +100,15 @@ def test_cli_engine_spark_end_to_end(tiny_probe_run, tmp_path):
     assert list(scored["ticket"]) == ["a", "b", "c"] and list(scored["error"].fillna("")) == ["", "empty text", ""]
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # the output exists: one line, no traceback
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_bad_inputs_get_one_line_errors(spark, tmp_path):
+    from bankintent.spark import read_queries, score_file
+
+    (tmp_path / "logs.csv").write_text("ticket,body\na,i lost my card\n")
+    with pytest.raises(DataError, match=r"logs.csv: missing column 'text' \(columns: ticket, body\)"):
+        read_queries(spark, tmp_path / "logs.csv")
+    with pytest.raises(DataError, match="unknown input format '.txt'"):
+        score_file(tmp_path, tmp_path / "logs.txt", tmp_path / "out.parquet")
+    with pytest.raises(DataError, match="writes Parquet"):
+        score_file(tmp_path, tmp_path / "logs.csv", tmp_path / "out.csv")

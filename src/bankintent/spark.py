@@ -118,20 +118,27 @@ def session(master: str | None = None, app_name: str = "bankintent"):
     return spark
 
 
-def read_queries(spark, input_path: str | Path, text_column: str = "text"):
-    """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``."""
+def input_format(input_path: str | Path) -> str:
+    """Spark's reader for the input file (``parquet``, ``csv`` or ``json``); DataError for another
+    extension or a local file that does not exist."""
     path = Path(input_path)
     kind = INPUT_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown input format {path.suffix or '(no extension)'!r}; use {', '.join(INPUT_FORMATS)}")
     if not path.exists() and "://" not in str(input_path):
         raise DataError(f"{path}: no such file")
+    return kind
+
+
+def read_queries(spark, input_path: str | Path, text_column: str = "text"):
+    """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``."""
+    kind = input_format(input_path)
     reader = spark.read
     if kind == "csv":
         reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
     frame = getattr(reader, kind)(str(input_path))
     if text_column not in frame.columns:
-        raise DataError(f"{path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
+        raise DataError(f"{input_path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
     return frame
 
 
@@ -150,8 +157,9 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     from bankintent.modeling import read_spec
     from bankintent.predict import model_folder
 
+    input_format(input_path)  # these fail before Spark starts
     folder = model_folder(Path(model_dir).expanduser().resolve())
-    read_spec(folder)  # a missing or unfinished model folder fails here, before Spark starts
+    read_spec(folder)
     spark = session(master)
     frame = read_queries(spark, input_path, text_column)
     udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
