@@ -56,7 +56,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     for method, group in both.groupby("method"):
         ax.errorbar(group["per_intent"], group["mean"], yerr=group["std"].fillna(0), marker="o", capsize=3,
-                    label=f"{method} (this project, mean of {int(group['count'].min())}-{int(group['count'].max())} draws)")
+                    label=f"{method} (this project, mean of {int(group['count'].max())} runs)")
     for (name, values), marker in zip(PUBLISHED.items(), "s^vD"):
         ax.scatter(*zip(*values), marker=marker, facecolors="none", edgecolors="black", s=60, label=f"{name}, published")
     ax.set_xscale("log")
