@@ -123,7 +123,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     spec.ood = ood.fit(train_features, np.array(splits.ids(splits.train)), len(spec.labels), cfg.seed)
     probs, val_scores = scores_of(predictor, logits, features)
     spec.ood = {**spec.ood, **ood.fit_combination(val_scores["knn"], val_scores["msp"])}
-    probs, val_scores = scores_of(predictor, logits, features)
+    val_scores["knn+msp"] = ood.combined(val_scores["knn"], val_scores["msp"], spec.ood)
     examples = out_of_scope_examples(splits, spec.labels)
     oos_scores = None
     if len(examples):

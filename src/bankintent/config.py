@@ -116,6 +116,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
+    def draw_seed(self) -> int:
+        """The seed of the ``shots`` draw: ``shots_seed``, else the run's ``seed``."""
+        return self.seed if self.shots_seed is None else self.shots_seed
+
+    @property
     def uses_lora(self) -> bool:
         return self.method in ("lpft", "lora", "lora-unfreeze")
 

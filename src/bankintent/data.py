@@ -73,6 +73,11 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def take(self, indices) -> "Examples":
+        """The rows at ``indices``, in that order."""
+        return Examples([self.texts[i] for i in indices], [self.labels[i] for i in indices],
+                        [self.rows[i] for i in indices] if self.rows else None)
+
 
 @dataclass
 class OutOfScope:
@@ -377,11 +382,6 @@ def _set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, lis
                     examples.empty_skipped, examples.duplicates), oos
 
 
-def _subset(examples: Examples, indices) -> Examples:
-    return Examples([examples.texts[i] for i in indices], [examples.labels[i] for i in indices],
-                    [examples.rows[i] for i in indices] if examples.rows else None)
-
-
 def draw_shots(examples: Examples, shots: int, seed: int) -> Examples:
     """``shots`` examples of each label, drawn without replacement with ``seed`` (a label with fewer
     keeps all), in the file's order. The same seed draws the same rows; each label's draw does not
@@ -398,7 +398,7 @@ def draw_shots(examples: Examples, shots: int, seed: int) -> Examples:
             rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
             rows = sorted(rng.choice(rows, size=shots, replace=False).tolist())
         keep.extend(rows)
-    subset = _subset(examples, sorted(keep))
+    subset = examples.take(sorted(keep))
     subset.empty_skipped, subset.duplicates = examples.empty_skipped, examples.duplicates
     return subset
 
@@ -436,7 +436,7 @@ def split_validation(full: Examples, validation: Examples | None, train_file: Pa
         raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over "
                         f"{len(labels)} labels (raise val_fraction, or give a validation file: valid.csv beside train.csv)")
     train_idx, val_idx = train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels, random_state=split_seed)
-    return _subset(full, train_idx), _subset(full, val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
+    return full.take(train_idx), full.take(val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
 
 
 def thin_validation(splits: Splits) -> str | None:
@@ -498,7 +498,7 @@ def load_splits(
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
-        train = _subset(train, keep)
+        train = train.take(keep)
     test = None
     if files.test is not None:
         test, oos = read(files.test)

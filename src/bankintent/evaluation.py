@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from bankintent.calibration import coverage_report
-from bankintent.config import read_yaml
+from bankintent.config import TrainConfig, read_yaml
 from bankintent.data import Examples, OutOfScope, load_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
@@ -81,8 +81,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     run_dir = Path(run_dir)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     options = {k: saved[k] for k in SPLIT_OPTIONS if k in saved}
-    if saved.get("shots"):  # the same draw as training (its seed defaults to the run's seed)
-        options["shots_seed"] = saved.get("shots_seed") if saved.get("shots_seed") is not None else saved.get("seed", 42)
+    if saved.get("shots"):  # the same draw as training
+        options["shots_seed"] = TrainConfig(**saved).draw_seed
     options.update({k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v})
     splits = load_splits(**options)
     examples = splits.test if split == "test" else splits.validation

@@ -137,9 +137,13 @@ def combined(knn_scores: np.ndarray, msp_scores: np.ndarray, stats: dict[str, np
     return (knn_scores - knn_mean) / knn_std + COMBINED_WEIGHT * (msp_scores - msp_mean) / msp_std
 
 
+def _missing(name: str, stats: dict[str, np.ndarray] | None) -> list[str]:
+    return [needed for needed in NEEDS[name] if needed not in (stats or {})]
+
+
 def supports(name: str, stats: dict[str, np.ndarray] | None) -> bool:
     """Whether a model folder's ``ood.safetensors`` arrays (``stats``) hold what score ``name`` needs."""
-    return all(needed in (stats or {}) for needed in NEEDS[name])
+    return not _missing(name, stats)
 
 
 def fit(features: np.ndarray, labels: np.ndarray, num_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -151,7 +155,7 @@ def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dic
     """The OOS score ``name`` of each query (higher: more out of scope)."""
     if name not in SCORES:
         raise ConfigError(f"unknown out-of-scope score {name!r}; choose one of {', '.join(SCORES)}")
-    missing = [needed for needed in NEEDS[name] if needed not in (stats or {})]
+    missing = _missing(name, stats)
     if missing:
         raise ModelError(f"the model folder's ood.safetensors has no {missing[0]}; the {name} score needs it (retrain, or use msp)")
     if name == "msp":

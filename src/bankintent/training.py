@@ -397,7 +397,7 @@ def _train(cfg: TrainConfig) -> dict:
         set_seed(cfg.seed)
         splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
                              strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                             shots=cfg.shots, shots_seed=cfg.seed if cfg.shots_seed is None else cfg.shots_seed)
+                             shots=cfg.shots, shots_seed=cfg.draw_seed)
         if cfg.method == AUTO:
             cfg = for_data(cfg, splits.small_data)
             log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
@@ -556,8 +556,7 @@ def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
     if not splits.small_data:
         return splits
     fitted, held = train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
-    part = lambda idx: Examples([splits.train.texts[i] for i in idx], [splits.train.labels[i] for i in idx])  # noqa: E731
-    return dataclasses.replace(splits, train=part(fitted), validation=part(held))
+    return dataclasses.replace(splits, train=splits.train.take(fitted), validation=splits.train.take(held))
 
 
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
