@@ -72,8 +72,7 @@ def held_out_split(labels: list[str], known_share: float, seed: int) -> tuple[li
 
 
 def subset(examples: Examples, intents: set[str]) -> Examples:
-    keep = [i for i, label in enumerate(examples.labels) if label in intents]
-    return Examples([examples.texts[i] for i in keep], [examples.labels[i] for i in keep])
+    return examples.take([i for i, label in enumerate(examples.labels) if label in intents])
 
 
 def write_csv(path: Path, *parts: tuple[list[str], list[str]]) -> None:
@@ -194,7 +193,7 @@ def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
     variants = {"fine-tuned": ""} | ({"frozen base": "frozen/"} if "frozen/bank" in outputs else {})
     rows = []
     for embedding, prefix in variants.items():
-        names = [n for n in sets if n not in ("train", "examples") or arm == "label"]
+        names = [n for n in sets if n != "train" and (n != "examples" or arm == "label")]  # the bank is outputs' own
         logits = {n: outputs[f"{prefix}logits/{n}"] for n in names}
         features = {n: outputs[f"{prefix}features/{n}"] for n in names}
         temperature = float(outputs[f"{prefix}temperature"])
@@ -226,9 +225,8 @@ def example_scores(features: dict, bank: np.ndarray) -> dict:
     """Scores that use the out-of-scope examples (the example intents' training queries, set
     ``examples``) beyond choosing among the others: ``knn contrast``, the similarity to the nearest
     example minus that to the nearest training query of an intent."""
-    examples = ood.fit_knn(features["examples"])
-    return {"knn contrast": {n: ood.knn(features[n], ood.fit_knn(bank)) - ood.knn(features[n], examples)
-                             for n in features if n not in ("train", "examples")}}
+    intents, examples = ood.fit_knn(bank), ood.fit_knn(features["examples"])
+    return {"knn contrast": {n: ood.knn(features[n], intents) - ood.knn(features[n], examples) for n in features if n != "examples"}}
 
 
 KS = (1, 5, 10, 25, 50)
