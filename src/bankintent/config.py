@@ -182,3 +182,29 @@ def for_data(cfg: TrainConfig, small_data: bool) -> TrainConfig:
     changes = {name: chosen[name] for name in set(RECIPES["lpft"]) | set(RECIPES[method])
                if getattr(cfg, name) == lpft[name]}
     return dataclasses.replace(cfg, **changes, method=method)
+
+
+@dataclass
+class DistillConfig:
+    """The options of ``bankintent distill`` (``bankintent.distill.distill``'s keyword arguments), each
+    documented once by its ``help``, as ``TrainConfig``'s."""
+
+    layers: int = option(3, "encoder layers the student keeps: the top layer of each of LAYERS equal blocks of the teacher's")
+    unlabelled: str | None = option(None, "a .txt, .csv or .jsonl file of unlabelled queries (e.g. chat logs) the teacher labels "
+                                    "(default: none)")
+    epochs: int = option(5, "passes over the distillation queries; the epoch with the best validation accuracy is kept")
+    temperature: float = option(2.0, "softens the teacher's and the student's probabilities in the KL term")
+    alpha: float = option(0.5, "weight of the cross-entropy on the true labels; 1 - alpha: the KL term's")
+    learning_rate: float = option(1e-4, "peak of AdamW's linear warm-up and decay")
+    batch_size: int = option(32, "queries per optimizer step")
+    augment_copies: int = option(1, "perturbed copies of each training query, labelled by the teacher")
+    seed: int = option(42, "seed of the copies, the order of the queries and the student's dropout")
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 0), ("batch_size", 1), ("augment_copies", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.temperature <= 0 or self.learning_rate <= 0:
+            raise ConfigError(f"temperature and learning_rate must be positive, got {self.temperature} and {self.learning_rate}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be between 0 and 1, got {self.alpha}")

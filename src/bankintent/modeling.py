@@ -9,7 +9,8 @@ Two heads share one code path:
 
 A saved model folder holds only what ships on top of the base model: a PEFT adapter
 (``adapter_config.json`` + ``adapter_model.safetensors``) for LoRA methods, or ``model.safetensors``
-with the trained tensors otherwise; ``bankintent.json`` (the spec below), ``labels.json`` and a
+with the trained tensors otherwise (every tensor for a distilled student, which keeps only some of the
+base model's encoder layers: ``ModelSpec.layers``); ``bankintent.json`` (the spec below), ``labels.json`` and a
 ``COMPLETE`` marker written last.
 """
 
@@ -81,6 +82,7 @@ class ModelSpec:
     oos_score: str | None = None  # the default out-of-scope score (bankintent.ood.SCORES); None: no fallback
     oos_thresholds: dict = field(default_factory=dict)  # score name -> threshold chosen on validation
     oos_choice: dict = field(default_factory=dict)  # why oos_score: {"reason", "examples" (their source), "examples_size"}
+    layers: list[int] | None = None  # the base model's encoder layers kept, in order (a distilled student); None: all
     format_version: int = FORMAT_VERSION
     ood: dict = field(default_factory=dict, repr=False)  # arrays for the OOS scores, kept in OOD_FILE
 
@@ -133,17 +135,49 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     num_labels = len(spec.labels)
     try:
         if spec.pooling == "cls":
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 path,
                 num_labels=num_labels,
                 id2label=dict(enumerate(spec.labels)),
                 label2id={label: i for i, label in enumerate(spec.labels)},
                 **kwargs,
             )
-        return MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels)
+        else:
+            model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels)
     except OSError as exc:
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
+    return model if spec.layers is None else keep_layers(model, spec.layers)
+
+
+def _layer_owner(model: nn.Module) -> nn.Module:
+    """The module holding the encoder's list of layers: ``encoder`` (BERT, RoBERTa) or ``transformer`` (DistilBERT)."""
+    base = (model.encoder if isinstance(model, MeanPoolClassifier) else model).base_model
+    for name in ("encoder", "transformer"):
+        owner = getattr(base, name, None)
+        if isinstance(getattr(owner, "layer", None), nn.ModuleList):
+            return owner
+    raise ModelError(f"model type {model.config.model_type!r}: no list of encoder layers found to keep some of")
+
+
+def num_layers(model: nn.Module) -> int:
+    """The number of encoder layers of a classifier (plain, not PEFT-wrapped)."""
+    return len(_layer_owner(model).layer)
+
+
+def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
+    """Drop every encoder layer of ``model`` but ``layers`` (indices of its current layers, increasing), in
+    place, and record the new depth in its config: the shallower student of ``bankintent.distill``, whose
+    layers keep the weights they had in the deeper model."""
+    owner = _layer_owner(model)
+    count = len(owner.layer)
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= count:
+        raise ModelError(f"layers {list(layers)}: expected increasing indices of the model's {count} encoder layers")
+    owner.layer = nn.ModuleList(owner.layer[i] for i in layers)
+    if hasattr(owner, "n_layers"):  # DistilBERT's Transformer keeps its own count
+        owner.n_layers = len(layers)
+    model.config.num_hidden_layers = len(layers)  # DistilBERT: n_layers, through the config's attribute map
+    return model
 
 
 def add_lora(model: nn.Module, spec: ModelSpec, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
@@ -230,7 +264,8 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
             model.peft_config["default"].base_model_name_or_path = spec.base_model
             model.save_pretrained(partial, save_embedding_layers=False)
         else:
-            tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+                       if p.requires_grad or spec.layers is not None}  # a student's frozen weights are not the base's either
             save_file(tensors, partial / "model.safetensors")
         write_spec(spec, partial)
 
@@ -271,6 +306,11 @@ def load_model(folder: Path, merge: bool = True, allow_pickle: bool = False) -> 
                 raise ModelError(f"{folder}/model.safetensors: unexpected tensor {name!r}")
             if own[name].shape != tensor.shape:
                 raise ModelError(f"{folder}/model.safetensors: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} (labels.json has {len(spec.labels)} labels)")
+        if spec.layers is not None:  # kept layers hold trained weights, never the base model's: the file has every one
+            missing = [name for name, _ in model.named_parameters() if name not in state]
+            if missing:
+                raise ModelError(f"{folder}/model.safetensors: no tensor {missing[0]!r} ({len(missing)} missing); a model with "
+                                 f"dropped layers (bankintent.json: layers) stores every weight")
         model.load_state_dict(state, strict=False)
     return model.eval(), spec
 

@@ -55,7 +55,7 @@ from transformers import (
 from sklearn.model_selection import train_test_split
 from transformers.utils import logging as hf_logging
 
-from bankintent import contrastive, model_card, probe
+from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
 from bankintent.config import AUTO, TrainConfig, for_data
 from bankintent.data import BANKING77, Examples, Splits, is_small, load_splits, thin_validation
@@ -496,32 +496,13 @@ def _train(cfg: TrainConfig) -> dict:
     if not main:
         return {}
 
-    trainable, total = count_parameters(model)
-    model.eval()
-    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg))  # fills spec: temperature, out-of-scope score, thresholds, statistics
-    if splits.small_data:
-        extra["calibration"] = CROSS_FITTED
     model_dir = out / MODEL_DIR
-    save_model(model, spec, model_dir)
-    oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
-    write_history(history, out)
-
-    predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
-    val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
-    test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
+    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra)
     metrics = {
         "method": cfg.method,
         "base_model": cfg.base_model,
         "pooling": cfg.pooling,
-        "val_accuracy": val["accuracy"],
-        "val_macro_f1": val["macro_f1"],
-        "test_accuracy": test.get("accuracy"),
-        "test_macro_f1": test.get("macro_f1"),
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_pct": 100.0 * trainable / total,
-        "adapter_bytes": folder_bytes(model_dir) - oos_bytes,
-        "oos_detector_bytes": oos_bytes,
+        **scores,
         "train_seconds": round(train_seconds, 1),
         "best_epoch": best_epoch,
         "epochs_run": len(history),
@@ -543,6 +524,39 @@ def _train(cfg: TrainConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(model_dir, cfg, metrics)
     return metrics
+
+
+def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict) -> dict:
+    """How every way of making a model ends (training, ``bankintent.distill``): the temperature and the
+    out-of-scope detector fitted (they fill ``spec``; ``extra`` gets what the calibration reports), the
+    model folder saved in OUTPUT/adapter, the history written, and the saved folder, loaded as a user
+    loads it, scored on validation and test. Returns those scores and the model's sizes."""
+    out = Path(cfg.output)
+    trainable, total = count_parameters(model)
+    model.eval()
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg))
+    if splits.small_data:
+        extra["calibration"] = CROSS_FITTED
+    model_dir = out / MODEL_DIR
+    save_model(model, spec, model_dir)
+    oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
+    write_history(history, out)
+
+    predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
+    validate = not splits.small_data
+    val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
+    test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
+    return {
+        "val_accuracy": val["accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        "test_accuracy": test.get("accuracy"),
+        "test_macro_f1": test.get("macro_f1"),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100.0 * trainable / total,
+        "adapter_bytes": folder_bytes(model_dir) - oos_bytes,
+        "oos_detector_bytes": oos_bytes,
+    }
 
 
 CROSS_FITTED = ("cross-fitted (small data, no validation split): out-of-scope statistics fitted on a stratified half of the training "

@@ -1,0 +1,259 @@
+"""Distillation: ``distill(RUN, OUTPUT, layers=3)`` trains a shallower copy of a trained classifier.
+
+The student starts as the teacher itself (LoRA merged) with only ``layers`` of its encoder layers
+kept: the embeddings, the kept layers' weights and the head (mean-pooled or the model's own) are the
+teacher's, so training starts near the teacher's answers rather than from a base model that never
+saw the intents.
+
+Which layers (``student_layers``): the top layer of each of ``layers`` equal blocks of the teacher's
+layers, TinyBERT's uniform mapping (student layer m takes teacher layer m * L / layers, counting from
+1): the teacher's last layer is always kept, so the head still reads the kind of representation it
+was trained on. DistilBERT's other choice, every other layer from the first, drops it.
+
+Loss: the student matches the teacher's temperature-softened probabilities, KL divergence times T^2
+(Hinton et al., 2015: the gradients then keep their size whatever T), plus ``alpha`` times the
+cross-entropy on the true label where a query has one: ``(1 - alpha) T^2 KL + alpha CE``. The queries:
+the run's own training split (loaded with the run's saved options, so the split is the one training
+saw), perturbed copies of them (``bankintent.text.perturb``) and optionally a file of unlabelled
+queries; the copies and the unlabelled queries have the KL term only, since a perturbation can change
+the intent and the teacher's probabilities say what the copy still means. The teacher's logits are
+computed once, before training. The epoch kept is the one with the best validation accuracy (the
+last without a validation split); the test split is evaluated, never chosen on.
+
+The output is a run folder like any other: ``adapter/`` (a model folder holding every student tensor,
+``ModelSpec.layers`` naming the base model's layers kept), calibrated and with the out-of-scope
+detector fitted as training does, ``metrics.json``, ``history.csv`` and the teacher's ``config.yaml``
+(its data and split options, which ``bankintent evaluate`` and ``export`` read).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup, set_seed
+
+from bankintent.config import DistillConfig, TrainConfig, read_yaml
+from bankintent.data import iter_queries, load_splits
+from bankintent.errors import ConfigError, DataError, ModelError
+from bankintent.export import run_config
+from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
+from bankintent.predict import ONNX_FILE, model_folder
+from bankintent.text import augment, preprocess
+from bankintent.training import _empty_run_folder, _prepare_output, _remove_created, hardware, save_and_score, saved_config
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1  # the label id of augmented copies and unlabelled queries: no cross-entropy term
+EVAL_BATCH = 128
+
+
+def student_layers(teacher_layers: int, layers: int) -> list[int]:
+    """The teacher's layers the student keeps (0-based): the top one of each of ``layers`` equal blocks."""
+    if not 1 <= layers < teacher_layers:
+        raise ConfigError(f"layers must be between 1 and {teacher_layers - 1} (the teacher has {teacher_layers} encoder layers), "
+                          f"got {layers}")
+    return [(m + 1) * teacher_layers // layers - 1 for m in range(layers)]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
+                      alpha: float) -> torch.Tensor:
+    """Mean over the batch of ``(1 - alpha) T^2 KL(teacher || student)`` at temperature T, plus ``alpha``
+    times the cross-entropy for the queries with a label (``labels`` >= 0)."""
+    log_p = nn.functional.log_softmax(student / temperature, -1)
+    kl = nn.functional.kl_div(log_p, nn.functional.log_softmax(teacher / temperature, -1), log_target=True, reduction="none").sum(-1)
+    ce = nn.functional.cross_entropy(student, labels.clamp(min=0), reduction="none") * (labels >= 0)
+    return ((1 - alpha) * temperature**2 * kl + alpha * ce).mean()
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, tokenizer, texts: list[str], max_length: int, desc: str | None = None) -> torch.Tensor:
+    """The model's logits for ``texts`` (already preprocessed), on the CPU, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = None
+    with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
+        for positions, batch in encode_batches(tokenizer, texts, max_length, EVAL_BATCH):
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.cpu()
+            out = torch.empty(len(texts), logits.shape[-1]) if out is None else out
+            out[positions] = logits
+            bar.update(len(positions))
+    return out
+
+
+def read_unlabelled(path: str | Path, text_column: str) -> list[str]:
+    """The queries of a .txt (one a line), .csv or .jsonl file, read as training reads query files."""
+    path = Path(path).expanduser()
+    if path.suffix not in (".txt", ".csv", ".jsonl"):
+        raise DataError(f"{path}: a file of unlabelled queries must be .txt (one query a line), .csv or .jsonl")
+    texts = [text for _, text in iter_queries(path, text_column)]
+    if not texts:
+        raise DataError(f"{path}: no queries in the file")
+    return texts
+
+
+def distill(run: str | Path, output: str | Path, overwrite: bool = False, progress: bool = True, **options) -> dict:
+    """Distil the model of ``run`` (a run folder, or its model folder) into a student with
+    ``options["layers"]`` encoder layers (``DistillConfig`` has the options), saved as the run folder
+    ``output`` (refused if it holds something, unless ``overwrite``, as training does); returns its
+    metrics.json content."""
+    unknown = sorted(set(options) - {f.name for f in fields(DistillConfig)})
+    if unknown:
+        raise ConfigError(f"unknown distill option(s) {', '.join(unknown)}")
+    opts = DistillConfig(**options)
+    source, out = model_folder(run), Path(output)
+    teacher_spec = read_spec(source)  # a missing or incomplete model folder says so here
+    if (source / ONNX_FILE).is_file():
+        raise ConfigError(f"{source}: an ONNX export cannot be distilled; give the run folder it was exported from")
+    config = run_config(run)
+    if config is None:
+        raise ConfigError(f"{run}: no config.yaml beside the model records its training data; give the run folder "
+                          f"`bankintent train` wrote")
+    if out.resolve() in (source.resolve(), *source.resolve().parents):
+        raise ConfigError(f"{out}: the output folder must not hold the teacher ({source}); choose another --output")
+    saved = TrainConfig(**read_yaml(config))
+    # the teacher's data and split options (config.yaml of the output), this run's seed and folder
+    cfg = dataclasses.replace(saved, output=str(out), overwrite=overwrite, resume=False, seed=opts.seed,
+                              shots_seed=saved.draw_seed if saved.shots else saved.shots_seed)
+
+    created = _prepare_output(out, cfg)
+    try:  # what can refuse the run is checked before the output folder changes
+        set_seed(opts.seed)
+        splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
+                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
+                             shots=cfg.shots, shots_seed=cfg.draw_seed)
+        if splits.labels != teacher_spec.labels:
+            raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
+                             f"was the data changed since training?")
+        extra_texts = read_unlabelled(opts.unlabelled, cfg.text_column) if opts.unlabelled else []
+        teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
+        depth = num_layers(teacher)
+        kept = student_layers(depth, opts.layers)
+    except BaseException:
+        _remove_created(created)
+        raise
+    if overwrite:
+        _empty_run_folder(out)
+    saved_config(cfg).save(out / "config.yaml")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(teacher_spec.base_model)
+    spec = dataclasses.replace(teacher_spec, method="distill", lora=False, temperature=1.0, oos_score=None, oos_thresholds={},
+                               oos_choice={}, ood={}, layers=[teacher_spec.layers[i] for i in kept] if teacher_spec.layers else kept)
+    for examples in (splits.train, splits.validation):  # the model's preprocessing, as training applies it
+        examples.texts = [preprocess(t, spec.preprocessing) for t in examples.texts]
+    augmented = augment(splits.train.texts, splits.train.labels, set(splits.labels), opts.seed, opts.augment_copies)[0]
+    texts = splits.train.texts + augmented + [preprocess(t, spec.preprocessing) for t in extra_texts]
+    labels = torch.tensor(splits.ids(splits.train) + [UNLABELLED] * (len(texts) - len(splits.train)))
+    log.info("distilling %d teacher layers into %s: %d training queries, %d perturbed copies, %d unlabelled", depth, kept,
+             len(splits.train), len(augmented), len(extra_texts))
+
+    started = time.perf_counter()
+    teacher.to(device)
+    targets = logits_of(teacher, tokenizer, texts, spec.max_length, desc="distill: teacher logits" if progress else None)
+    student = keep_layers(copy.deepcopy(teacher), kept).requires_grad_(True)
+    del teacher
+    validation = (splits.validation.texts, torch.tensor(splits.ids(splits.validation)))
+    history, best_epoch, steps = train_student(student, tokenizer, texts, labels, targets, validation, spec.max_length, opts,
+                                               saved.weight_decay, saved.warmup_ratio, progress)
+    train_seconds = time.perf_counter() - started
+
+    extra: dict = {}
+    scores = save_and_score(student, tokenizer, spec, splits, cfg, history, extra)
+    teacher_metrics = json.loads((config.parent / "metrics.json").read_text()) if (config.parent / "metrics.json").is_file() else {}
+    metrics = {
+        "method": "distill",
+        "base_model": spec.base_model,
+        "pooling": spec.pooling,
+        **scores,
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seed": opts.seed,
+        "train_size": len(splits.train),
+        "augmented_size": len(augmented),
+        "unlabelled_size": len(extra_texts),
+        "distill_queries": len(texts),
+        "val_size": len(splits.validation),
+        "test_size": len(splits.test) if splits.test is not None else 0,
+        "num_labels": len(splits.labels),
+        "data": splits.source,
+        "validation": splits.notes.get("validation"),
+        "teacher": str(source.resolve()),
+        "teacher_method": teacher_spec.method,
+        "teacher_layers": depth,
+        "layers": len(kept),
+        "kept_layers": kept,
+        "base_model_layers": spec.layers,
+        "teacher_val_accuracy": teacher_metrics.get("val_accuracy"),
+        "teacher_test_accuracy": teacher_metrics.get("test_accuracy"),
+        "teacher_total_params": teacher_metrics.get("total_params"),
+        "distill_temperature": opts.temperature,
+        "distill_alpha": opts.alpha,
+        "augment_copies": opts.augment_copies,
+        "unlabelled_file": str(Path(opts.unlabelled).expanduser().resolve()) if opts.unlabelled else None,
+        "peak_lr": opts.learning_rate,
+        "batch_size": opts.batch_size,
+        "optimizer_steps": steps,
+        "hardware": hardware(),
+        **extra,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def train_student(student: nn.Module, tokenizer, texts: list[str], labels: torch.Tensor, targets: torch.Tensor,
+                  validation: tuple[list[str], torch.Tensor], max_length: int, opts: DistillConfig, weight_decay: float,
+                  warmup_ratio: float, progress: bool) -> tuple[list[dict], int, int]:
+    """AdamW with a linear warm-up and decay over every epoch; after each epoch the accuracy on the
+    ``validation`` (texts, label ids), and at the end the weights of the best epoch (the last without
+    validation queries) are put back. Returns (history rows, the epoch kept, optimizer steps)."""
+    device = next(student.parameters()).device
+    decay = [p for p in student.parameters() if p.dim() >= 2]  # no weight decay on biases and layer norms
+    rest = [p for p in student.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                                  lr=opts.learning_rate)
+    steps = opts.epochs * math.ceil(len(texts) / opts.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
+    generator = torch.Generator().manual_seed(opts.seed)
+    val_texts, val_labels = validation
+    history, best, best_state = [], None, None
+    bar = tqdm(total=steps, desc="distill", unit="step", disable=not progress)
+    for epoch in range(1, opts.epochs + 1):
+        student.train()
+        losses = []
+        for batch_ids in torch.randperm(len(texts), generator=generator).split(opts.batch_size):
+            batch = tokenizer([texts[i] for i in batch_ids], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = student(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            loss = distillation_loss(logits, targets[batch_ids].to(device), labels[batch_ids].to(device), opts.temperature, opts.alpha)
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+        row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "val_loss": None, "val_accuracy": None}
+        if val_texts:
+            val_logits = logits_of(student, tokenizer, val_texts, max_length)
+            row.update(val_loss=nn.functional.cross_entropy(val_logits, val_labels).item(),
+                       val_accuracy=(val_logits.argmax(-1) == val_labels).float().mean().item())
+            if best is None or row["val_accuracy"] > best["val_accuracy"]:
+                best, best_state = row, {k: v.detach().clone() for k, v in student.state_dict().items()}
+            log.info("epoch %d: validation accuracy %.4f", epoch, row["val_accuracy"])
+        history.append(row)
+    bar.close()
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    student.eval()
+    return history, best["epoch"] if best else opts.epochs, steps

@@ -1,0 +1,197 @@
+"""Distillation: the layers a student keeps, its initialisation from the teacher, and a student run
+folder that saves, loads, exports, evaluates and answers with the out-of-scope fields; one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import _save_tiny, _tiny_rows, tiny_options, write_csv
+from safetensors.torch import load_file, save_file
+
+from bankintent import Predictor, resolve_config, train
+from bankintent.distill import distill, student_layers
+from bankintent.errors import ConfigError, DataError, ModelError
+from bankintent.evaluation import evaluate_run
+from bankintent.export import export
+from bankintent.modeling import ModelSpec, build_model, keep_layers, load_model, num_layers, save_model
+
+QUERIES = ["my card was stolen", "what exchange rate do you use", "top up failed again", "where is my new card"]
+LABELS = {"card_arrival": "delivery", "exchange_rate": "fx", "lost_or_stolen_card": "stolen", "top_up_failed": "top_up"}
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory) -> dict:
+    """Tiny BERT and DistilBERT with 4 encoder layers (the shared fixtures have 2)."""
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    distilbert = DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=4, n_heads=2, hidden_dim=64,
+                                                  max_position_embeddings=128))
+    return {name: _save_tiny(model, tmp_path_factory.mktemp(name)) for name, model in (("bert", bert), ("distilbert", distilbert))}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The tiny data set with intents that are not Banking77's, so that calibration and evaluation skip
+    the built-in out-of-scope probe set (hundreds of queries)."""
+    folder = tmp_path_factory.mktemp("data")
+    for split, seed, per_intent in (("train", 0, 20), ("test", 1, 5)):
+        write_csv(folder / f"{split}.csv", [(text, LABELS[label]) for text, label in _tiny_rows(seed, per_intent)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher(four_layers, data, tmp_path_factory) -> Path:
+    """A linear probe on the 4-layer tiny BERT (mean pooling): the quickest real training run."""
+    out = tmp_path_factory.mktemp("teacher")
+    train(resolve_config(None, method="linear-probe", **tiny_options(four_layers["bert"], data, out)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cls_teacher(four_layers, data, tmp_path_factory) -> Path:
+    """A DistilBERT run with the model's own head, written directly (untrained: only the plumbing is tested)."""
+    out = tmp_path_factory.mktemp("cls_teacher")
+    cfg = resolve_config(None, method="full", pooling="cls", **tiny_options(four_layers["distilbert"], data, out))
+    spec = ModelSpec(base_model=cfg.base_model, method="full", pooling="cls", labels=sorted(LABELS.values()), max_length=24)
+    torch.manual_seed(1)
+    save_model(build_model(spec), spec, out / "adapter")
+    cfg.save(out / "config.yaml")
+    return out
+
+
+def test_student_layers_are_the_top_of_equal_blocks():
+    assert student_layers(6, 3) == [1, 3, 5]
+    assert student_layers(6, 2) == [2, 5]
+    assert student_layers(6, 4) == [0, 2, 3, 5]
+    assert student_layers(6, 1) == [5]
+    assert student_layers(4, 2) == [1, 3]
+    assert student_layers(12, 6) == [1, 3, 5, 7, 9, 11]
+    for layers in (0, 6, 7):
+        with pytest.raises(ConfigError, match=r"layers must be between 1 and 5 \(the teacher has 6 encoder layers\)"):
+            student_layers(6, layers)
+
+
+@pytest.mark.parametrize("arch,pooling", [("bert", "mean"), ("bert", "cls"), ("distilbert", "mean"), ("distilbert", "cls")])
+def test_kept_layers_are_the_teachers(arch, pooling, four_layers):
+    spec = ModelSpec(base_model=str(four_layers[arch]), method="full", pooling=pooling, labels=["a", "b"])
+    full = build_model(spec)
+    student = keep_layers(build_model(spec), [1, 3])
+    assert num_layers(student) == 2 and student.config.num_hidden_layers == 2
+    assert not any(".layer.2." in name or ".layer.3." in name for name, _ in student.named_parameters())
+    for new, old in ((0, 1), (1, 3)):
+        prefix = {"bert": "encoder.layer.{}.", "distilbert": "transformer.layer.{}."}[arch]
+        theirs = {n.replace(prefix.format(old), prefix.format(new)): p for n, p in full.named_parameters() if prefix.format(old) in n}
+        ours = {n: p for n, p in student.named_parameters() if prefix.format(new) in n}
+        assert theirs.keys() == ours.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+    rebuilt = build_model(dataclasses.replace(spec, layers=[1, 3]))  # the spec field does the same from the base model
+    ours, head = student.state_dict(), ("head.", "classifier.", "pre_classifier.")  # heads start random in each build
+    assert rebuilt.state_dict().keys() == ours.keys()
+    assert all(torch.equal(t, ours[n]) for n, t in rebuilt.state_dict().items() if not n.startswith(head))
+    ids = torch.tensor([[101, 2026, 4003, 102]])
+    assert student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (1, 2)
+    with pytest.raises(ModelError, match="expected increasing indices of the model's 4 encoder layers"):
+        keep_layers(build_model(spec), [3, 1])
+
+
+def test_distilled_run_saves_loads_exports_and_answers(teacher, tmp_path):
+    unlabelled = tmp_path / "queries.txt"
+    unlabelled.write_text("is my card on its way\n\nwhat rate for pounds\nmy top up is stuck\n")
+    out = tmp_path / "student"
+    metrics = distill(teacher, out, layers=2, unlabelled=unlabelled, epochs=1, batch_size=16, progress=False)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["method"] == "distill" and metrics["teacher_layers"] == 4 and metrics["kept_layers"] == [1, 3]
+    assert metrics["unlabelled_size"] == 3 and metrics["augmented_size"] > 0  # the blank line is skipped
+    assert metrics["distill_queries"] == metrics["train_size"] + metrics["augmented_size"] + 3
+    assert metrics["val_accuracy"] is not None and metrics["test_accuracy"] is not None and metrics["epochs_run"] == 1
+    teacher_total = json.loads((teacher / "metrics.json").read_text())["total_params"]
+    assert metrics["teacher_test_accuracy"] is not None and metrics["total_params"] < teacher_total
+
+    folder = out / "adapter"
+    spec = json.loads((folder / "bankintent.json").read_text())
+    assert spec["layers"] == [1, 3] and spec["method"] == "distill" and not spec["lora"] and spec["oos_score"]
+    model, _ = load_model(folder)
+    assert set(load_file(folder / "model.safetensors")) == {name for name, _ in model.named_parameters()}  # every tensor
+    predictor = Predictor.load(out)
+    answers = predictor.predict(QUERIES)
+    assert all(a["oos_score"] is not None and a["oos_threshold"] is not None and a["oos_method"] for a in answers)
+
+    onnx = Predictor.load(export(out, tmp_path / "onnx"))
+    np.testing.assert_allclose(onnx.logits(QUERIES), predictor.logits(QUERIES), atol=1e-4)
+    assert [a["closest_intent"] for a in onnx.predict(QUERIES)] == [a["closest_intent"] for a in answers]
+    assert evaluate_run(out)["queries"] == metrics["test_size"]  # config.yaml leads evaluate to the run's data
+
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if ".layer.1." not in k}, folder / "model.safetensors")
+    with pytest.raises(ModelError, match="no tensor .*layer.1.* stores every weight"):
+        load_model(folder)
+
+
+def test_cls_student_starts_as_the_teachers_layers_and_can_be_distilled_again(cls_teacher, tmp_path):
+    distill(cls_teacher, tmp_path / "student", layers=2, epochs=0, progress=False)  # no training: the initialisation
+    teacher_model, _ = load_model(cls_teacher / "adapter")
+    student, spec = load_model(tmp_path / "student" / "adapter")
+    assert spec.layers == [1, 3] and student.config.n_layers == 2
+    expected = keep_layers(teacher_model, [1, 3]).state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in student.state_dict().items())
+    assert Predictor.load(tmp_path / "student").predict(QUERIES[:1])[0]["oos_score"] is not None
+
+    metrics = distill(tmp_path / "student" / "adapter", tmp_path / "again", layers=1, epochs=1, batch_size=16, progress=False)
+    assert metrics["kept_layers"] == [1] and metrics["base_model_layers"] == [3]  # the base model's layer, through both
+    assert Predictor.load(tmp_path / "again").predict(QUERIES[:1])[0]["closest_intent"] in LABELS.values()
+
+
+def test_folder_without_layers_loads_as_before(teacher, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(teacher / "adapter", tmp_path / "old")
+    values = json.loads((folder / "bankintent.json").read_text())
+    del values["layers"]
+    (folder / "bankintent.json").write_text(json.dumps(values))
+    model, spec = load_model(folder)
+    assert spec.layers is None and num_layers(model) == 4
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"layers must be between 1 and 3 \(the teacher has 4") as exc:
+        distill(teacher, out, layers=4)
+    one_line(exc)
+    with pytest.raises(ConfigError, match="layers must be between 1 and 3"):
+        distill(teacher, out, layers=0)
+    with pytest.raises(ConfigError, match="alpha must be between 0 and 1"):
+        distill(teacher, out, alpha=2)
+    with pytest.raises(ConfigError, match="unknown distill option.*lr"):
+        distill(teacher, out, lr=0.1)
+    with pytest.raises(ModelError, match="model folder not found") as exc:
+        distill(tmp_path / "missing", out)
+    one_line(exc)
+    with pytest.raises(DataError, match="file not found"):
+        distill(teacher, out, unlabelled=tmp_path / "missing.txt")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("query\nhello\n")
+    with pytest.raises(DataError, match="missing column 'text'") as exc:
+        distill(teacher, out, unlabelled=bad)
+    one_line(exc)
+    with pytest.raises(DataError, match=r"must be \.txt"):
+        distill(teacher, out, unlabelled=tmp_path / "queries.tsv")
+    with pytest.raises(ConfigError, match="must not hold the teacher"):
+        distill(teacher / "adapter", teacher, overwrite=True)
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="output folder is not empty .*--overwrite") as exc:
+        distill(teacher, out)
+    one_line(exc)
