@@ -196,6 +196,48 @@ def report(args: argparse.Namespace) -> None:
     print("written: " + ", ".join(map(str, paths)))
 
 
+def audit(args: argparse.Namespace) -> None:
+    _status(f"auditing {args.data} ...")
+    from bankintent.audit import audit as run
+
+    found = run(args.data, args.output, base_model=args.base_model, text_column=args.text_column, label_column=args.label_column,
+                oos_label=args.oos_label, duplicate_threshold=args.duplicate_threshold, seed=args.seed)
+    print(f"audit of {found['queries']:,} queries, {found['intents']} intents: {found['label_issues']} likely label errors, "
+          f"{found['conflicting_duplicates']} near-duplicates with different labels, {found['thin_intents']} thin intents, "
+          f"{found['short_queries']} very short and {found['truncated_queries']} truncated queries -> {args.output}/summary.md")
+
+
+def discover(args: argparse.Namespace) -> None:
+    _status(f"loading {args.dir} ...")
+    from bankintent.discover import discover as run
+
+    found = run(args.dir, args.input, args.output, all_queries=args.all, text_column=args.text_column,
+                distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed)
+    chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
+    print(f"{found['queries']:,} queries, {chosen} clustered: {found['clusters']} candidate intents, "
+          f"{found['unclustered']} queries unclustered -> {args.output}/clusters.csv, queries.csv, map.png")
+
+
+def select(args: argparse.Namespace) -> None:
+    _status(f"loading {args.dir} ...")
+    from bankintent.selection import select as run
+
+    found = run(args.dir, args.input, args.budget, args.output, text_column=args.text_column, seed=args.seed)
+    print(f"{found['selected']} of {found['queries']:,} queries to label next -> {args.output} "
+          f"(median margin {found['median_margin_selected']:.3f}, all queries {found['median_margin_all']:.3f})")
+
+
+def distill(args: argparse.Namespace) -> None:
+    _status(f"distilling {args.dir} into {args.output} ...")
+    from bankintent.distill import distill as run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
+    metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
+    teacher = metrics.get("teacher_test_accuracy")
+    print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {_pct(metrics['val_accuracy'])}, "
+          f"test {_pct(metrics['test_accuracy'])} (teacher {_pct(teacher)}) -> {args.output}/adapter")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds ``(default: X)`` to an option's help, unless there is nothing to show (no default, or a
     flag that is off) or the help already says it."""
@@ -217,30 +259,29 @@ def _show(value) -> str:
     return str(value)
 
 
-def config_option_help(option: dataclasses.Field) -> str:
-    """A ``TrainConfig`` field's help with its default, and the recipes that set another default
-    (``lr``: "... (default: 0.0005; lora, lora-unfreeze: 0.0001; full: 5e-05)")."""
+def config_option_help(option: dataclasses.Field, recipes: bool = True) -> str:
+    """A ``TrainConfig`` field's help with its default, and (``recipes``) the recipes that set another
+    default (``lr``: "... (default: 0.0005; lora, lora-unfreeze: 0.0001; full: 5e-05)")."""
     from bankintent.config import RECIPES
 
     help = option.metadata.get("help", "")
     if "default" in help:  # a default that a value cannot say ("chosen from the base model")
         return help
     default = option.default_factory() if option.default is dataclasses.MISSING else option.default
-    recipes: dict[str, list[str]] = {}
-    for method, recipe in RECIPES.items():
+    differ: dict[str, list[str]] = {}
+    for method, recipe in RECIPES.items() if recipes else ():
         if option.name in recipe and recipe[option.name] != default:
-            recipes.setdefault(_show(recipe[option.name]), []).append(method)
-    others = "".join(f"; {', '.join(methods)}: {value}" for value, methods in recipes.items())
+            differ.setdefault(_show(recipe[option.name]), []).append(method)
+    others = "".join(f"; {', '.join(methods)}: {value}" for value, methods in differ.items())
     return f"{help} (default: {_show(default)}{others})"
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from bankintent.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for option in dataclasses.fields(TrainConfig):
+def _add_config_options(parser: argparse.ArgumentParser, options: type) -> None:
+    """A flag for each field of the dataclass ``options`` (``TrainConfig``, ``DistillConfig``)."""
+    hints = typing.get_type_hints(options)
+    for option in dataclasses.fields(options):
         flag = "--" + option.name.replace("_", "-")
-        help = config_option_help(option).replace("%", "%%")
+        help = config_option_help(option, recipes=options.__name__ == "TrainConfig").replace("%", "%%")
         kind = hints[option.name]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
@@ -259,6 +300,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from bankintent import __version__
+    from bankintent.config import DEFAULT_BASE_MODEL, DistillConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="bankintent", description="LoRA intent classification for banking chatbots.",
                                      formatter_class=HelpFormatter)
@@ -273,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "method's recipe). Flags override --config, which overrides the recipe.")
     p.add_argument("--config", help="YAML file of options (configs/*.yaml; keys are the flags' names with _); flags override it")
     p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes on this machine (torchrun) (default: 1)")
-    _add_config_options(p)
+    _add_config_options(p, TrainConfig)
     p.set_defaults(func=train)
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
@@ -350,6 +392,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="run or sweep folders")
     p.add_argument("--output", required=True, help="folder to write report.html and report.md to")
     p.set_defaults(func=report)
+
+    p = command("audit", "likely label errors, conflicting near-duplicates, confusable and thin intents of a labelled data set")
+    p.add_argument("--data", required=True, help="'banking77', a data folder (train and validation files are audited) or a file")
+    p.add_argument("--output", default="audit", help="folder for the findings (CSV per finding, summary.md/.html)")
+    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="encoder whose frozen embeddings the audit uses")
+    p.add_argument("--text-column", default="text", help="column holding the query text")
+    p.add_argument("--label-column", default="category", help="column holding the intent label")
+    p.add_argument("--oos-label", default="out_of_scope", help="label of out-of-scope example rows, left out of the audit")
+    p.add_argument("--duplicate-threshold", type=float, default=0.95, help="cosine similarity at which two queries are near-duplicates")
+    p.add_argument("--seed", type=int, default=42, help="seed of the cross-validation folds")
+    p.set_defaults(func=audit)
+
+    p = command("discover", "group out-of-scope queries into candidate new intents (clusters, keywords, examples, a map)")
+    p.add_argument("dir", help="a training run's output folder or a model folder")
+    p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv or .jsonl")
+    p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv and map.png")
+    p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
+    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
+    p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
+    p.add_argument("--min-size", type=int, default=5, help="smallest cluster reported; smaller groups stay unclustered")
+    p.add_argument("--seed", type=int, default=42, help="seed of the map's layout")
+    p.set_defaults(func=discover)
+
+    p = command("select", "the unlabelled queries most worth labelling next (uncertain and diverse)")
+    p.add_argument("dir", help="a training run's output folder or a model folder")
+    p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv or .jsonl")
+    p.add_argument("--budget", type=int, required=True, help="how many queries to pick")
+    p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
+    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
+    p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
+    p.set_defaults(func=select)
+
+    p = command("distill", "train a smaller student (fewer encoder layers) to match a trained model; a run folder like any other")
+    p.add_argument("dir", help="the teacher: a training run's output folder")
+    p.add_argument("--output", required=True, help="the student's run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    _add_config_options(p, DistillConfig)
+    p.set_defaults(func=distill)
     return parser
 
 

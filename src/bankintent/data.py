@@ -371,7 +371,7 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
-def _set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
+def set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
     """(the rows of intents, the texts of the rows labelled ``oos_label``)."""
     if not oos_label or oos_label not in examples.labels:
         return examples, []
@@ -475,7 +475,7 @@ def load_splits(
     out-of-scope examples set apart, and notes on what was read."""
     oos_path = Path(oos_file).expanduser().resolve() if oos_file else None
     files = data_files(data, exclude=(oos_path,) if oos_path else ())
-    read = lambda path: _set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
+    read = lambda path: set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
     out_of_scope, test_out_of_scope = OutOfScope(), OutOfScope()
     full, oos = read(files.train)
     out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")

@@ -1,0 +1,161 @@
+"""The data tools: ``audit`` (label errors, conflicting duplicates, thin intents), ``discover`` (new
+intents in out-of-scope traffic) and ``select`` (what to label next)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bankintent import cli
+from bankintent.discover import cluster, keywords
+from bankintent.selection import margins, rank
+from conftest import write_csv
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return [(r["text"], r["category"]) for r in csv.DictReader(handle)]
+
+
+@pytest.mark.e2e
+def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_intent(banking77_subset, tmp_path):
+    rows = _rows(banking77_subset / "train.csv")
+    planted = next(i for i, (text, label) in enumerate(rows) if label == "exchange_rate")
+    rows[planted] = (rows[planted][0], "card_arrival")  # an exchange-rate question labelled card_arrival
+    copy_of = next(i for i, (_, label) in enumerate(rows) if label == "lost_or_stolen_card")
+    rows.append((rows[copy_of][0], "top_up_failed"))  # the same text under another intent
+    rows += [("How do I close my account?", "terminate_account"), ("Close my account please", "terminate_account")]
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", rows)
+
+    cli.main(["audit", "--data", str(data), "--output", str(tmp_path / "audit")])
+
+    out = tmp_path / "audit"
+    issues = pd.read_csv(out / "label_issues.csv")
+    top = issues[issues["line"] == planted + 2].iloc[0]  # the header is line 1
+    assert top["rank"] <= 3 and top["label"] == "card_arrival" and top["suggested_label"] == "exchange_rate"
+    duplicates = pd.read_csv(out / "conflicting_duplicates.csv")
+    assert {duplicates.iloc[0]["label_a"], duplicates.iloc[0]["label_b"]} == {"lost_or_stolen_card", "top_up_failed"}
+    assert duplicates.iloc[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    intents = pd.read_csv(out / "intents.csv").set_index("intent")
+    assert intents.loc["terminate_account", "examples"] == 2 and intents.loc["terminate_account", "flag"].startswith("thin")
+    assert intents["flag"].fillna("").eq("").sum() == 5
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["queries"] == len(rows) and summary["intents"] == 6 and summary["thin_intents"] == 1
+    markdown = (out / "summary.md").read_text()
+    assert rows[planted][0][:40] in markdown and "<table>" in (out / "summary.html").read_text()
+    assert (data / "train.csv").read_text().count("\n") == len(rows) + 1  # nothing changed in the data
+
+
+def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    with open(bad / "train.csv", "a") as handle:
+        handle.write("where is my card,\n")
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--data", str(bad), "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "train.csv: row 82: empty label in column 'category'" in error
+    one = tmp_path / "one"
+    one.mkdir()
+    write_csv(one / "train.csv", [("hello", "greet"), ("hi", "greet")])
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--data", str(one), "--output", str(tmp_path / "out")])
+    assert "at least 2 intents, found 1" in capsys.readouterr().err
+
+
+def _blobs(rng, centres, per, noise=0.05):
+    features = np.concatenate([c + noise * rng.standard_normal((per, len(c))) for c in centres])
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def test_two_planted_clusters_are_separated_and_stragglers_left_out():
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:2]
+    features = np.concatenate([_blobs(rng, centres, 20), np.eye(16)[5:7]])  # two stragglers far from both
+    found = cluster(features, min_size=5)
+    assert set(found[:20]) == {0} and set(found[20:40]) == {1} and list(found[40:]) == [-1, -1]
+    texts = ["raise my card limit"] * 20 + ["change my home address"] * 20 + ["weather", "joke"]
+    words = keywords(texts, found)
+    assert "limit" in words[0] and "address" in words[1] and not set(words[0]) & set(words[1])
+
+
+def test_select_prefers_uncertain_queries_spreads_them_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    n = 100
+    probabilities = np.full((n, 3), 0.0)
+    probabilities[:, 0] = np.linspace(0.99, 0.6, n)  # margins fall along the rows...
+    probabilities[:, 1] = 1 - probabilities[:, 0]
+    probabilities[90:, :2] = [[0.5, 0.5]] * 10  # ...and the last 10 are the least certain, and near-copies
+    features = rng.standard_normal((n, 8))
+    features[90:] = features[90] + 1e-4 * rng.standard_normal((10, 8))
+    picked = rank(probabilities, features, budget=5, seed=1)
+    assert len(picked) == 5 and len(set(picked.tolist())) == 5
+    assert sum(i >= 90 for i in picked) == 1  # one of the near-copies, not five
+    assert all(margins(probabilities)[picked] <= np.sort(margins(probabilities))[15])  # from the 3 x 5 least certain
+    assert picked[0] >= 90  # the least certain first
+    assert np.array_equal(picked, rank(probabilities, features, budget=5, seed=1))
+    assert list(rank(probabilities, features, budget=5, candidates=1)) == list(range(90, 95))  # uncertainty alone
+
+
+@pytest.fixture(scope="module")
+def subset_run(banking77_subset, tmp_path_factory):
+    """A linear probe of the real embedded model on 5 Banking77 intents (seconds to train)."""
+    out = tmp_path_factory.mktemp("subset_run")
+    cli.main(["train", "--data", str(banking77_subset), "--method", "linear-probe", "--output", str(out), "--overwrite"])
+    return out
+
+
+@pytest.mark.e2e
+def test_discover_separates_two_intents_the_model_never_saw(subset_run, tmp_path):
+    from conftest import BANKING77
+
+    unseen = ("apple_pay_or_google_pay", "terminate_account")  # not among the run's 5 intents
+    rows = [row for row in _rows(BANKING77 / "test.csv") if row[1] in unseen]
+    write_csv(tmp_path / "traffic.csv", rows)
+    cli.main(["discover", str(subset_run), "--input", str(tmp_path / "traffic.csv"), "--output", str(tmp_path / "out"), "--all"])
+
+    queries = pd.read_csv(tmp_path / "out" / "queries.csv")
+    assert len(queries) == len(rows) and set(queries["text"]) == {text for text, _ in rows}
+    queries["intent"] = queries["text"].map(dict(rows))
+    for intent in unseen:  # most of each intent's queries share one cluster, which holds few of the other's
+        main = queries[queries.intent == intent]["cluster"].mode()[0]
+        members = queries[queries.cluster == main]
+        assert main >= 0 and (members.intent == intent).mean() >= 0.9
+        assert (queries[queries.intent == intent]["cluster"] == main).mean() >= 0.6
+    clusters = pd.read_csv(tmp_path / "out" / "clusters.csv")
+    assert clusters["size"].is_monotonic_decreasing and clusters["size"].min() >= 5
+    assert any("pay" in k for k in clusters["keywords"]) and (tmp_path / "out" / "map.png").stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+def test_select_cli_writes_a_deterministic_labelling_file(subset_run, banking77_subset, tmp_path):
+    queries = tmp_path / "pool.txt"
+    queries.write_text("\n".join(text for text, _ in _rows(banking77_subset / "test.csv")) + "\n\n")
+    for name in ("a.csv", "b.csv"):
+        cli.main(["select", str(subset_run), "--input", str(queries), "--budget", "10", "--output", str(tmp_path / name)])
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert a.equals(b) and len(a) == 10 and list(a["rank"]) == list(range(1, 11))
+    assert list(a.columns) == ["rank", "row", "text", "predicted_intent", "confidence", "margin", "label"]
+    assert a["text"].is_unique
+    from bankintent.selection import select
+
+    summary = select(subset_run, queries, 10, tmp_path / "c.csv")
+    assert summary["median_margin_selected"] < summary["median_margin_all"] and summary["queries"] == 100
+
+
+def test_cli_defaults_match_the_modules():
+    from bankintent import discover, ood
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    defaults = {a.dest: a.default for a in sub["discover"]._actions}
+    assert defaults["distance_threshold"] == discover.DISTANCE_THRESHOLD and defaults["min_size"] == discover.MIN_SIZE
+    oos = next(a for a in sub["predict"]._actions if a.dest == "oos_score")
+    assert tuple(oos.choices) == tuple(ood.SCORES)
