@@ -1,6 +1,7 @@
 """Inference latency and throughput of every backend, measured side by side in one run.
 
     python benchmarks/latency.py runs/demo [--queries 300] [--batches 30] [--accuracy] [--json]
+    python benchmarks/latency.py runs/demo --also runs/student-3 runs/student-2 --accuracy   # smaller models beside it
 
 Backends, all on the CPU:
 - ``hf-peft-unmerged`` (the baseline): the code a user would write with Hugging Face + PEFT, the
@@ -27,6 +28,10 @@ batches of similar length) and as single forward passes of 64, each padded to it
 probability alone and in a batch (as ``predict`` rounds it, to 6 decimals); ``answers changed``, how
 many queries got another answer (intent, or out of scope). A query's answer should not depend on its
 neighbours: both are zero up to float rounding.
+
+``--also DIR...`` measures other models of the same task in the same rotation (distilled students,
+``bankintent distill``): each adds its ``pytorch-merged``, ``onnx-fp32`` and ``onnx-int8`` rows,
+named ``FOLDER/backend``, and a last table gives its speed against DIR's same backend.
 """
 
 from __future__ import annotations
@@ -88,17 +93,18 @@ class PredictorBackend:
         return [r["top_k"][0]["intent"] for r in self.predictor.predict(texts, top_k=3)]
 
 
-def build_backends(run: Path, export_dir: Path, threads: int | None, oos_score: str | None = None) -> dict:
+def build_backends(run: Path, export_dir: Path, threads: int | None, oos_score: str | None = None, prefix: str = "") -> dict:
+    """The ``Predictor`` backends of ``run`` (exported into ``export_dir`` unless there already), and the
+    baseline unless ``prefix`` names a model measured beside the main one."""
     folder = model_folder(run)
     onnx_fp32, onnx_int8 = export_dir / "onnx-fp32", export_dir / "onnx-int8"
     for target, quantize in ((onnx_fp32, None), (onnx_int8, "int8")):
         if not (target / "COMPLETE").is_file():
             export(folder, target, format="onnx", quantize=quantize)
-    return {
-        BASELINE: baseline(folder),
-        "pytorch-merged": PredictorBackend(folder, threads, oos_score),
-        "onnx-fp32": PredictorBackend(onnx_fp32, threads, oos_score),
-        "onnx-int8": PredictorBackend(onnx_int8, threads, oos_score),
+    return ({} if prefix else {BASELINE: baseline(folder)}) | {
+        prefix + "pytorch-merged": PredictorBackend(folder, threads, oos_score),
+        prefix + "onnx-fp32": PredictorBackend(onnx_fp32, threads, oos_score),
+        prefix + "onnx-int8": PredictorBackend(onnx_int8, threads, oos_score),
     }
 
 
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--oos-score", choices=SCORES,
                         help="out-of-scope score of the Predictor backends (default: the model's); msp costs nothing beside the forward pass")
     parser.add_argument("--accuracy", action="store_true", help="also accuracy on the whole test split and agreement with PyTorch")
+    parser.add_argument("--also", nargs="+", default=[], metavar="DIR", help="other models (e.g. distilled students) measured beside DIR")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
@@ -202,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     test = load_splits(args.data).test
     with tempfile.TemporaryDirectory() as tmp:
-        backends = build_backends(Path(args.dir), Path(args.export_dir or tmp), args.threads, args.oos_score)
+        exports = Path(args.export_dir or tmp)
+        backends = build_backends(Path(args.dir), exports, args.threads, args.oos_score)
+        for other in map(Path, args.also):
+            backends |= build_backends(other, exports / other.name, args.threads, args.oos_score, prefix=f"{other.name}/")
         results = measure(backends, test.texts, args.queries, args.batches)
         for name, values in batch_independence(backends, test.texts[:INDEPENDENCE_QUERIES]).items():
             results[name].update(values)
@@ -228,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.dir}: {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPUs, "
           f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend, out-of-scope score {score}")
     print(markdown_table(table, columns))
+    if args.also:
+        print(f"\nAgainst {args.dir}'s same backend (throughput: its batch-64 q/s over {args.dir}'s; p50: {args.dir}'s over its):")
+        by_name = {r["backend"]: r for r in rows}
+        print(markdown_table([{
+            "backend": r["backend"], "throughput ratio": f"{r['throughput_qps'] / by_name[r['backend'].split('/', 1)[1]]['throughput_qps']:.2f}x",
+            "p50 speed-up": f"{by_name[r['backend'].split('/', 1)[1]]['p50_ms'] / r['p50_ms']:.2f}x",
+        } for r in rows if "/" in r["backend"]], ["backend", "throughput ratio", "p50 speed-up"]))
 
 
 if __name__ == "__main__":

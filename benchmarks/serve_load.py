@@ -10,6 +10,13 @@ CPU per request as the service itself.
     python benchmarks/serve_load.py runs/demo --clients 16 --requests 2000 --max-wait-ms 1
     python benchmarks/serve_load.py --models-dir runs --model demo  # one adapter of many on a shared base
     python benchmarks/serve_load.py --url http://127.0.0.1:8000     # a service already running
+    python benchmarks/serve_load.py EXPORT --peer RUN --clients 1 16 64
+
+``--peer RUN`` also starts, after ours, the service a team would otherwise write by hand
+(``benchmarks/peer_service.py``: FastAPI and a Hugging Face ``pipeline("text-classification")`` on
+RUN's merged weights, no batching), drives it with the same clients and queries, and prints our
+service's throughput and p50 as ratios to the peer's. RUN must be a run with the base model's own
+classification head (``pooling: cls``); DIR may be RUN itself or its export.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -53,12 +61,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(arguments: list[str]):
-    """``bankintent serve ARGUMENTS`` in a child process; yields its URL and process once /readyz answers."""
+def service(command: list[str]):
+    """``COMMAND --port PORT`` (a service) in a child process; yields its URL and process once /readyz answers."""
     port = free_port()
     log = tempfile.TemporaryFile()
-    command = [sys.executable, "-m", "bankintent.cli", "serve", *arguments, "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -160,6 +167,7 @@ def main() -> None:
     parser.add_argument("--model", help="the request's model field (with --models-dir services)")
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait-ms", type=float, default=None)
+    parser.add_argument("--peer", metavar="RUN", help="also measure the hand-written peer service on RUN's merged weights")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -169,14 +177,32 @@ def main() -> None:
     if args.url:
         rows, where = run(args.url, args, texts), args.url
     else:
-        with service(arguments) as (url, server):
+        with service([sys.executable, "-m", "bankintent.cli", "serve", *arguments]) as (url, server):
             rows, where = run(url, args, texts, server), f"bankintent serve {' '.join(arguments)}"
+    peer = measure_peer(args, texts) if args.peer else None
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"service": rows, "peer": peer} if peer else rows, indent=2))
         return
     load = os.getloadavg()[0]
     print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients "
                       f"(load average {load:.1f} at the end)")
+    if peer:
+        print_table(peer, f"\npeer: FastAPI + pipeline('text-classification') on the merged weights of {args.peer}")
+        print("\n| clients | requests/s, ours / peer | p50, ours / peer |\n|--:|--:|--:|")
+        for ours, theirs in zip(rows, peer):
+            print(f"| {ours['clients']} | {ours['requests_per_s'] / theirs['requests_per_s']:.2f}x | "
+                  f"{ours['p50_ms'] / theirs['p50_ms']:.2f}x |")
+
+
+def measure_peer(args, texts: list[str]) -> list[dict]:
+    """The peer service (``peer_service.py``) on a merged export of ``args.peer``, driven as ours was."""
+    from bankintent.export import export
+
+    with tempfile.TemporaryDirectory() as folder:
+        merged = export(args.peer, Path(folder) / "merged", format="merged")
+        command = [sys.executable, str(Path(__file__).with_name("peer_service.py")), str(merged)]
+        with service(command) as (url, server):
+            return run(url, args, texts, server)
 
 
 if __name__ == "__main__":

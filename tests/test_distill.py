@@ -195,3 +195,22 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
     with pytest.raises(ConfigError, match="output folder is not empty .*--overwrite") as exc:
         distill(teacher, out)
     one_line(exc)
+
+
+def test_the_distill_command_trains_a_student_from_its_flags(teacher, tmp_path, capsys):
+    from bankintent import cli
+
+    out = tmp_path / "student"
+    cli.main(["distill", str(teacher), "--output", str(out), "--layers", "2", "--epochs", "1", "--augment-copies", "0"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("student: 2 of 4 layers") and str(out) in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["layers"] == 2 and metrics["epochs_run"] == 1 and metrics["augmented_size"] == 0
+    assert read_spec_layers(out) == [1, 3]
+    with pytest.raises(SystemExit):
+        cli.main(["distill", str(teacher), "--output", str(out), "--alpha", "2"])
+    assert capsys.readouterr().err.strip() == "error: alpha must be between 0 and 1, got 2.0"
+
+
+def read_spec_layers(run: Path) -> list[int]:
+    return json.loads((run / "adapter" / "bankintent.json").read_text())["layers"]
