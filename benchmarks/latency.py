@@ -190,6 +190,28 @@ def batch_independence(backends: dict, texts: list[str]) -> dict[str, dict]:
     return results
 
 
+def figure(results: dict[str, dict], path: Path, command: str) -> None:
+    """Test accuracy against single-query p50 and against batch throughput, one point per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, label in ((axes[0], "p50_ms", "single-query p50 (ms, lower is better)"),
+                           (axes[1], "throughput_qps", "batch-64 throughput (queries/s, higher is better)")):
+        for name, values in results.items():
+            ax.scatter(values[key], 100 * values["test_accuracy"], s=30)
+            ax.annotate(name, (values[key], 100 * values["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(command, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a training run or model folder (LoRA)")
@@ -202,8 +224,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="out-of-scope score of the Predictor backends (default: the model's); msp costs nothing beside the forward pass")
     parser.add_argument("--accuracy", action="store_true", help="also accuracy on the whole test split and agreement with PyTorch")
     parser.add_argument("--also", nargs="+", default=[], metavar="DIR", help="other models (e.g. distilled students) measured beside DIR")
+    parser.add_argument("--figure", metavar="PNG", help="with --accuracy: test accuracy against p50 and throughput, a point per backend")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.figure and not args.accuracy:
+        parser.error("--figure needs --accuracy")
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, values in accuracy(backends, test.texts, test.labels).items():
                 results[name].update(values)
     base = results[BASELINE]
+    if args.figure:
+        figure(results, Path(args.figure), f"python benchmarks/latency.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     rows = [{"backend": name, **values, "ratio_to_baseline": base["p50_ms"] / values["p50_ms"],
              "throughput_ratio": values["throughput_qps"] / base["throughput_qps"]} for name, values in results.items()]
     if args.json:
