@@ -202,9 +202,9 @@ def audit(args: argparse.Namespace) -> None:
 
     found = run(args.data, args.output, base_model=args.base_model, text_column=args.text_column, label_column=args.label_column,
                 oos_label=args.oos_label, duplicate_threshold=args.duplicate_threshold, seed=args.seed)
-    print(f"audit of {found['queries']:,} queries, {found['intents']} intents: {found['label_issues']} likely label errors, "
-          f"{found['conflicting_duplicates']} near-duplicates with different labels, {found['thin_intents']} thin intents, "
-          f"{found['short_queries']} very short and {found['truncated_queries']} truncated queries -> {args.output}/summary.md")
+    print(f"audit of {found['queries']:,} queries, {found['intents']} intents: likely label errors {found['label_issues']}, "
+          f"near-duplicates with different labels {found['conflicting_duplicates']}, thin intents {found['thin_intents']}, "
+          f"very short queries {found['short_queries']}, truncated {found['truncated_queries']} -> {args.output}/summary.md")
 
 
 def discover(args: argparse.Namespace) -> None:
