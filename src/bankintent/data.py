@@ -258,6 +258,21 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         log.warning("%s: %d empty row(s) skipped (row%s %s)", path, len(skipped), "s" if len(skipped) > 1 else "", shown)
 
 
+def read_queries(path: str | Path, text_column: str = "text") -> tuple[list[int], list[str]]:
+    """(row numbers, queries) of a whole .txt (one a line), .csv or .jsonl file of unlabelled queries,
+    numbered as ``iter_queries`` numbers them; a file with none is an error."""
+    path = Path(path).expanduser()
+    if path.suffix not in (".txt", ".csv", ".jsonl"):
+        raise DataError(f"{path}: a file of queries must be .txt (one query a line), .csv or .jsonl")
+    rows, texts = [], []
+    for row, text in iter_queries(path, text_column):
+        rows.append(row)
+        texts.append(text)
+    if not texts:
+        raise DataError(f"{path}: no queries in the file")
+    return rows, texts
+
+
 def _download_banking77() -> Path:
     target = CACHE_DIR / BANKING77
     if (target / "train.csv").is_file() and (target / "test.csv").is_file():

@@ -29,7 +29,7 @@ import pandas as pd
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import CountVectorizer
 
-from bankintent.data import iter_queries
+from bankintent.data import read_queries
 from bankintent.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,6 @@ DISTANCE_THRESHOLD = 0.6  # cosine distance, average linkage
 MIN_SIZE = 5
 KEYWORDS = 5
 REPRESENTATIVES = 3
-
-
-def read_queries(path: str | Path, text_column: str = "text") -> tuple[list[int], list[str]]:
-    """(row numbers, queries) of a .txt, .csv or .jsonl file, with the prediction readers' numbering."""
-    rows, texts = [], []
-    for row, text in iter_queries(path, text_column):
-        rows.append(row)
-        texts.append(text)
-    if not texts:
-        raise DataError(f"{path}: no queries")
-    return rows, texts
 
 
 def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE) -> np.ndarray:

@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from bankintent.config import DistillConfig, TrainConfig, read_yaml
-from bankintent.data import iter_queries, load_splits
-from bankintent.errors import ConfigError, DataError, ModelError
+from bankintent.data import load_splits, read_queries
+from bankintent.errors import ConfigError, ModelError
 from bankintent.export import run_config
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
 from bankintent.predict import ONNX_FILE, model_folder
@@ -90,17 +90,6 @@ def logits_of(model: nn.Module, tokenizer, texts: list[str], max_length: int, de
     return out
 
 
-def read_unlabelled(path: str | Path, text_column: str) -> list[str]:
-    """The queries of a .txt (one a line), .csv or .jsonl file, read as training reads query files."""
-    path = Path(path).expanduser()
-    if path.suffix not in (".txt", ".csv", ".jsonl"):
-        raise DataError(f"{path}: a file of unlabelled queries must be .txt (one query a line), .csv or .jsonl")
-    texts = [text for _, text in iter_queries(path, text_column)]
-    if not texts:
-        raise DataError(f"{path}: no queries in the file")
-    return texts
-
-
 def distill(run: str | Path, output: str | Path, overwrite: bool = False, progress: bool = True, **options) -> dict:
     """Distil the model of ``run`` (a run folder, or its model folder) into a student with
     ``options["layers"]`` encoder layers (``DistillConfig`` has the options), saved as the run folder
@@ -134,7 +123,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         if splits.labels != teacher_spec.labels:
             raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
                              f"was the data changed since training?")
-        extra_texts = read_unlabelled(opts.unlabelled, cfg.text_column) if opts.unlabelled else []
+        extra_texts = read_queries(opts.unlabelled, cfg.text_column)[1] if opts.unlabelled else []
         teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
         depth = num_layers(teacher)
         kept = student_layers(depth, opts.layers)

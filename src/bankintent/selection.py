@@ -46,7 +46,7 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
 def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42) -> dict:
     """Write the ``budget`` queries of ``input`` to label next to ``output`` (CSV: rank, row, text, the
     model's guess and its margin, an empty ``label`` column); returns a summary."""
-    from bankintent.discover import read_queries
+    from bankintent.data import read_queries
     from bankintent.predict import Predictor, softmax
 
     if budget < 1:
