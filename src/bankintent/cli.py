@@ -177,7 +177,7 @@ def sweep(args: argparse.Namespace) -> None:
     _status(f"sweep {args.config} into {args.output} ...")
     from bankintent.sweep import run_sweep
 
-    run_sweep(args.config, args.output, seeds=args.seeds)
+    run_sweep(args.config, args.output, seeds=args.seeds, jobs=args.jobs, train=not args.no_train)
 
 
 def search(args: argparse.Namespace) -> None:
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="sweep YAML (configs/sweep_reference.yaml)")
     p.add_argument("--output", required=True, help="folder of the runs and their results")
     p.add_argument("--seeds", type=int, default=None, help="seeds per run, reported as mean +- std (default: the sweep file's)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (on a GPU several small runs share the device)")
+    p.add_argument("--no-train", action="store_true", help="only write the tables, from the runs already finished in --output")
     p.set_defaults(func=sweep)
 
     p = command("search", "Bayesian hyperparameter search with Optuna on validation accuracy")

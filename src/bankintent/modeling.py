@@ -61,6 +61,39 @@ def resolve_base_model(name: str) -> str:
     return name
 
 
+def _base_model_file(name: str, filename: str) -> Path | None:
+    """``filename`` of a base model: in its folder, or from the Hugging Face hub (or its cache); None if it has none."""
+    path = resolve_base_model(name)
+    if Path(path).is_dir():
+        found = Path(path) / filename
+        return found if found.is_file() else None
+    from transformers.utils import cached_file
+
+    found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    return Path(found) if found else None
+
+
+def base_pooling(name: str) -> str:
+    """The base model's own pooling, which ``pooling: auto`` trains with: ``mean`` for a
+    sentence-transformers encoder whose Pooling module averages the tokens (``modules.json`` names a
+    ``sentence_transformers.models.Pooling`` module whose ``config.json`` sets ``pooling_mode_mean_tokens``,
+    as the embedded all-MiniLM-L6-v2's does), else ``cls``: the model's own sequence-classification head
+    on the first token, which is how a plain encoder such as ``distilbert-base-uncased`` is fine-tuned.
+    A head that does not match how the encoder was trained starts cold and learns slowly."""
+    modules = _base_model_file(name, "modules.json")
+    if modules is None:
+        return "cls"
+    try:
+        entries = json.loads(modules.read_text())
+        pooling = next(e for e in entries if e.get("type", "").endswith("models.Pooling"))
+        config = _base_model_file(name, f"{pooling['path']}/config.json")
+        mean = config is not None and json.loads(config.read_text()).get("pooling_mode_mean_tokens", False)
+    except (ValueError, StopIteration, AttributeError, KeyError, TypeError):
+        return "cls"  # a modules.json this does not understand: the model's own head
+    return "mean" if mean else "cls"
+
+
 def target_modules_for(model_type: str) -> list[str]:
     if model_type not in TARGET_MODULES:
         raise ModelError(f"no default LoRA target modules for model type {model_type!r}; pass --target-modules")
@@ -83,20 +116,34 @@ class ModelSpec:
     oos_thresholds: dict = field(default_factory=dict)  # score name -> threshold chosen on validation
     oos_choice: dict = field(default_factory=dict)  # why oos_score: {"reason", "examples" (their source), "examples_size"}
     layers: list[int] | None = None  # the base model's encoder layers kept, in order (a distilled student); None: all
+    logit_scale: float = 1.0  # mean pooling: the head's logits are multiplied by this (COLD_HEAD_SCALE for a cold head)
     format_version: int = FORMAT_VERSION
     ood: dict = field(default_factory=dict, repr=False)  # arrays for the OOS scores, kept in OOD_FILE
 
 
-class MeanPoolClassifier(nn.Module):
-    """Encoder -> mean over real tokens -> L2 normalisation -> linear layer."""
+# The logit scale of a mean-pooled head trained from scratch (lora, full, lora-unfreeze on a sentence
+# encoder). Its input is a unit vector, so with the usual initialisation its logits stay within about
+# +-0.6 and the softmax near uniform until the weights have grown, which at fine-tuning learning rates
+# takes most of the run (a cosine classifier's scale, as in NormFace, Wang et al., 2017, removes this).
+# A head warm-started from the linear probe (lpft) has grown weights already and keeps scale 1.
+COLD_HEAD_SCALE = 16.0
 
-    def __init__(self, encoder: nn.Module, num_labels: int):
+
+class MeanPoolClassifier(nn.Module):
+    """Encoder -> mean over real tokens -> L2 normalisation -> linear layer (times ``scale``). A scaled
+    head starts at zero: every intent equally likely, not a random preference multiplied by the scale."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, scale: float = 1.0):
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by mean pooling; dropping it keeps DDP free of unused parameters
         self.encoder = encoder
         self.config = encoder.config
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.scale = scale
+        if scale != 1.0:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -106,6 +153,8 @@ class MeanPoolClassifier(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **_):
         logits = self.head(self.embed(input_ids, attention_mask))
+        if self.scale != 1.0:
+            logits = logits * self.scale
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -143,7 +192,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                 **kwargs,
             )
         else:
-            model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels)
+            model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None

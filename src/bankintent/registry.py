@@ -143,7 +143,7 @@ class Registry:
 
     @property
     def bases(self) -> list[SharedBase]:
-        """The base models in memory that carry adapters (one per base model and pooling)."""
+        """The base models in memory that carry adapters (one per base model, pooling and logit scale)."""
         return list(self._bases.values())
 
     def names(self) -> list[str]:
@@ -220,7 +220,7 @@ class Registry:
             log.info("loading model %s from %s", name, folder)
             return ServedModel(name, Predictor.load(folder, threads=self.threads), stamp)
         spec = read_spec(folder)
-        key = (spec.base_model, spec.pooling)
+        key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)
         if base is None:
             log.info("loading base model %s with adapter %s", spec.base_model, name)

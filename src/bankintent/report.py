@@ -103,7 +103,7 @@ def _cell(text) -> str:
 
 def _figure(fig, folder: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(folder / name, dpi=100)
+    fig.savefig(folder / name, dpi=100, bbox_inches="tight")  # legends placed beside the axes included
     plt.close(fig)
     return f"![{name}](figures/{name})"
 
@@ -161,25 +161,32 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:
+    """One curve per run name: the mean over its seeds at each epoch (a seed stopped early by early
+    stopping leaves the mean of the others), so that a sweep of many runs stays readable."""
     histories = [(r, pd.read_csv(r.folder / "history.csv")) for r in runs if (r.folder / "history.csv").is_file()]
-    histories = [(r, h) for r, h in histories if not h.empty]
+    histories = [(r, h.assign(name=r.name)) for r, h in histories if not h.empty]
     if not histories:
         return "## Learning curves\n\nNo run trained for an epoch (linear probes have no curves)."
+    frame = pd.concat([h for _, h in histories])
+    names = list(dict.fromkeys(frame.name))
+    seeds = {name: sum(r.name == name for r, _ in histories) for name in names}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for index, (run, history) in enumerate(histories):
-        style = dict(marker="o", color=f"C{index % 10}", label=run.label)
-        axes[0].plot(history.epoch, history.train_loss, **style)
-        axes[1].plot(history.epoch, history.val_loss, **style)
-        axes[2].plot(history.epoch, history.val_accuracy, **style)
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for index, name in enumerate(names):
+        mean = frame[frame.name == name].groupby("epoch")[["train_loss", "val_loss", "val_accuracy"]].mean()
+        label = name if seeds[name] == 1 else f"{name} (mean of {seeds[name]} seeds)"
+        style = dict(marker="o", markersize=3, color=colors(index % colors.N), label=label)
+        for ax, column in zip(axes, mean.columns):
+            ax.plot(mean.index, mean[column], **style)
     for ax, title in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
         ax.set(xlabel="epoch", title=title)
         whole_epochs(ax)
         ax.grid(alpha=0.3)
-    axes[2].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     no_curve = [r.label for r in runs if all(r is not h[0] for h in histories)]
     note = f"Runs without an epoch of training (no curve): {', '.join(no_curve)}." if no_curve else ""
-    return "\n\n".join(filter(None, ["## Learning curves", "Per epoch, from each run's `history.csv`.",
-                                     _figure(fig, figures, "learning_curves.png"), note]))
+    return "\n\n".join(filter(None, ["## Learning curves", "Per epoch, from each run's `history.csv`; a run of several "
+                                     "seeds is drawn as their mean.", _figure(fig, figures, "learning_curves.png"), note]))
 
 
 def saved_predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame | None:
@@ -198,6 +205,13 @@ def saved_predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame 
     if "predicted" not in saved or saved.text.tolist() != examples.texts:
         return None
     return saved
+
+
+def has_model_or_predictions(run: Run) -> bool:
+    from bankintent.predict import model_folder
+
+    return (model_folder(run.folder) / MARKER).is_file() or any(
+        (run.folder / f"{split}_predictions.csv").is_file() for split in ("test", "validation"))
 
 
 def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
@@ -299,7 +313,7 @@ def errors_section(run: Run, splits: Splits, split: str, frame: pd.DataFrame, fi
                    for r in lengths.itertuples()]
     return "\n\n".join([
         "## Error analysis",
-        f"Run `{run.label}` (the best validation accuracy among the runs), on the {split} split "
+        f"Run `{run.label}` (the best validation accuracy among the runs whose model is here), on the {split} split "
         f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{run.folder}/{split}_predictions.csv`.",
         "### Most confused intents",
         _heatmap(y_true, y_pred, splits.labels, figures),
@@ -405,7 +419,13 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     out = Path(output)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    best = max(runs, key=lambda r: r.metrics.get("val_accuracy") or 0.0)  # None: a small-data run has no validation split
+    # the error analysis needs a model or its saved predictions; runs copied from another machine may
+    # bring only their records (metrics.json, history.csv)
+    analysable = [r for r in runs if has_model_or_predictions(r)]
+    if not analysable:
+        raise ConfigError(f"none of the {len(runs)} run(s) has its model folder or saved test predictions for the error "
+                          f"analysis; add a run folder that has (for example runs/demo)")
+    best = max(analysable, key=lambda r: r.metrics.get("val_accuracy") or 0.0)  # None: a small-data run has no validation split
     splits = _splits(best)
     split, examples = evaluated_split(splits)
     frame = predictions(best, examples, split)

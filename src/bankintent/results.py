@@ -121,6 +121,9 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Adapter size": human_bytes(group.adapter_bytes.mean()),
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
             "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
+            "Epochs": int(first["epochs"]) if "epochs" in group else "-",
+            "Best epoch": f"{group.best_epoch.mean():.1f}" if "best_epoch" in group else "-",
+            "Pooling": first.get("pooling") if isinstance(first.get("pooling"), str) else "-",
             "hardware": "; ".join(sorted(set(group.hardware.dropna()))),
             "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",
         }
@@ -133,8 +136,10 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 RESULT_TABLES = {
-    "methods": ("Method comparison", ["Method", "Seeds", *TABLE_COLUMNS[1:]]),
+    "methods": ("Method comparison", ["Method", "Pooling", "Seeds", *TABLE_COLUMNS[1:]]),
     "hyperparameters": ("LoRA hyperparameters", ["Method", "LR", "r", "alpha", "Seeds", "Val Acc", "Test Acc"]),
+    # a grid's rows are chosen among by validation accuracy alone, so its table shows no test score
+    "grid": ("Grid (chosen on validation)", ["Method", "Pooling", "LR", "Epochs", "Best epoch", "Seeds", "Val Acc"]),
     "improvements": ("Suggested improvements", ["Method", "Baseline", "Seeds", "Val Acc", "Test Acc", "Δ Val", "Δ Test"]),
 }
 

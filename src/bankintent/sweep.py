@@ -7,7 +7,7 @@ A sweep file::
       data: banking77
     runs:                      # run in this order; all seeds of a run before the next
       - name: lpft
-        tables: [methods]      # methods | hyperparameters | improvements
+        tables: [methods]      # methods | grid (validation only) | hyperparameters | improvements
         seeds: 3               # seeds base.seed, base.seed + 1, ... (default 1; --seeds overrides)
         options: {method: lpft}
       - name: lpft+normalize-entities
@@ -29,6 +29,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from bankintent.results import aggregate_runs, write_results_tables
 
 log = logging.getLogger(__name__)
 
-TABLES = ("methods", "hyperparameters", "improvements")
+TABLES = ("methods", "grid", "hyperparameters", "improvements")
 RUN_KEYS = {"name", "tables", "seeds", "options", "baseline", "note"}
 
 
@@ -136,26 +137,43 @@ def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subpro
                                 stdout=log_file)
 
 
-def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None) -> pd.DataFrame:
-    """Run every run of the sweep file not yet finished, then write ``results.csv`` and ``results.md``."""
+def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,
+              train: bool = True) -> pd.DataFrame:
+    """Run every run of the sweep file not yet finished, ``jobs`` at a time (more than one pays on a GPU,
+    where one small model's training leaves most of the device idle), then write ``results.csv`` and
+    ``results.md``. ``train`` False only writes them, from the runs already finished (say, runs trained
+    on another machine and copied into ``output``)."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     content, runs = read_sweep(config, seeds)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
                                + (["--seeds", str(seeds)] if seeds else []))
-    jobs = [(run, seed) for run in runs for seed in run.seeds]
-    failed = []
-    with tqdm(jobs, desc="sweep", unit="run") as progress:
-        for run, seed in progress:
-            run_dir = run_folder(out, run.name, seed)
-            progress.set_postfix_str(f"{run.name} seed {seed}")
-            if (run_dir / "metrics.json").is_file():
+    todo = [(run, seed) for run in runs for seed in run.seeds
+            if train and not (run_folder(out, run.name, seed) / "metrics.json").is_file()]
+    failed: list[str] = []
+    running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
+    with tqdm(total=sum(len(run.seeds) for run in runs), initial=sum(len(run.seeds) for run in runs) - len(todo),
+              desc="sweep", unit="run") as progress:
+        while todo or running:
+            while todo and len(running) < jobs:
+                run, seed = todo.pop(0)
+                run_dir = run_folder(out, run.name, seed)
+                resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
+                running[start_run(train_command(run.options, seed, run_dir), run_dir, resume)] = (run, seed)
+            progress.set_postfix_str(", ".join(f"{run.name} seed {seed}" for run, seed in running.values()))
+            done = next((child for child in running if child.poll() is not None), None)
+            if done is None:
+                time.sleep(1)
                 continue
-            resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
-            if start_run(train_command(run.options, seed, run_dir), run_dir, resume).wait() != 0:
+            run, seed = running.pop(done)
+            if done.returncode != 0:
+                run_dir = run_folder(out, run.name, seed)
                 failed.append(f"{run.name} seed {seed} (see {run_dir}/train.log)")
                 log.error("run %s seed %d failed; see %s/train.log", run.name, seed, run_dir)
+            progress.update()
             write_results(out, runs, sweep_command)
     results = write_results(out, runs, sweep_command)
     if failed:
@@ -175,7 +193,7 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
             cfg = resolve_config(None, **run.options)
             rows.append({
                 "name": run.name, "tables": ",".join(run.tables), "baseline": run.baseline or "", "note": run.note,
-                **{k: metrics.get(k) for k in ("method", "seed", "val_accuracy", "val_macro_f1", "test_accuracy",
+                **{k: metrics.get(k) for k in ("method", "pooling", "seed", "val_accuracy", "val_macro_f1", "test_accuracy",
                                                "test_macro_f1", "trainable_params", "total_params", "trainable_pct",
                                                "adapter_bytes", "train_seconds", "best_epoch", "epochs_run")},
                 "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "epochs": cfg.epochs,

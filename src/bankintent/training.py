@@ -63,9 +63,11 @@ from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
 from bankintent.modeling import (
+    COLD_HEAD_SCALE,
     OOD_FILE,
     ModelSpec,
     add_lora,
+    base_pooling,
     build_model,
     count_parameters,
     layer_index,
@@ -80,6 +82,8 @@ from bankintent.text import augment, check_augmentation, preprocess
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "adapter"
+# methods whose head starts from scratch (lpft, linear-probe and contrastive start theirs from the probe)
+COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
 # exceptions that tokenizers, safetensors ("... (os error 28)") and torch.save ("file write failed") raise
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -319,6 +323,7 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
         weight_decay=cfg.weight_decay,
+        label_smoothing_factor=cfg.label_smoothing,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
         eval_strategy="epoch" if validate else "no",
         save_strategy="epoch",
@@ -401,6 +406,9 @@ def _train(cfg: TrainConfig) -> dict:
         if cfg.method == AUTO:
             cfg = for_data(cfg, splits.small_data)
             log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
+        if cfg.pooling == "auto":
+            cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
+            log.info("pooling: %s (the base model's own)", cfg.pooling)
         if splits.small_data and cfg.augment:
             raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                               f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
@@ -410,6 +418,7 @@ def _train(cfg: TrainConfig) -> dict:
         spec = ModelSpec(
             base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
             max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
+            logit_scale=COLD_HEAD_SCALE if cfg.pooling == "mean" and cfg.method in COLD_HEAD_METHODS else 1.0,
         )
         tokenizer = load_tokenizer(cfg.base_model)
         model = build_model(spec, cfg.allow_pickle)
