@@ -28,8 +28,7 @@ AUTO = "auto"
 # sentence encoder such as the embedded all-MiniLM-L6-v2, the model's classification head otherwise);
 # ``pooling: cls`` is the study's literal recipe. Their learning rates were chosen on validation from the
 # grid of configs/sweep_study.yaml (docs/results/study), with up to 8 epochs of which early stopping keeps
-# the best. `lpft` (linear probe, then LoRA from the probe's
-# head, on mean-pooled embeddings) is the default.
+# the best. `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the default.
 RECIPES: dict[str, dict[str, Any]] = {
     "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32, "average_weights": True},
     "lora": {"pooling": "auto", "lr": 1e-3, "epochs": 8, "lora_r": 8, "lora_alpha": 32},
