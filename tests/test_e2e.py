@@ -75,11 +75,12 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_lora_adapter_loads_with_plain_peft(banking77_subset, tmp_path):
-    """The `lora` recipe's adapter works with the Hugging Face code users already know."""
+    """A CLS-pooled `lora` adapter (`--pooling cls`, the original study's head) works with the Hugging Face
+    code users already know."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    metrics = train(resolve_config("configs/lora.yaml", data=str(banking77_subset), epochs=1, output=str(tmp_path)))
+    metrics = train(resolve_config("configs/lora.yaml", pooling="cls", data=str(banking77_subset), epochs=1, output=str(tmp_path)))
     assert metrics["test_accuracy"] > 2 * CHANCE
     base = resolve_base_model(metrics["base_model"])
     labels = json.loads((tmp_path / "adapter" / "labels.json").read_text())

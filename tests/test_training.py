@@ -48,7 +48,6 @@ def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp
     assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def sentence_transformers_folder(base, folder, mean=True):
     """``base`` laid out as sentence-transformers saves an encoder: modules.json and a Pooling module."""
     import shutil
@@ -116,6 +115,7 @@ def test_label_smoothing_is_the_trainers_loss(tiny_bert, tmp_path):
         resolve_config(None, label_smoothing=1.0)
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def test_target_modules_per_architecture(arch, tiny_models):
     spec = ModelSpec(base_model=str(tiny_models[arch]), method="lora", pooling="cls", labels=["a", "b"], lora=True)
     model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=None)
