@@ -190,25 +190,39 @@ def batch_independence(backends: dict, texts: list[str]) -> dict[str, dict]:
     return results
 
 
-def figure(results: dict[str, dict], path: Path, command: str) -> None:
-    """Test accuracy against single-query p50 and against batch throughput, one point per backend."""
+def figure(results: dict[str, dict], path: Path, command: str, first: str) -> None:
+    """Test accuracy against single-query p50 and against batch throughput, one point per model
+    (colour) and backend (marker); rows are named ``backend`` for the first model (``first``),
+    ``MODEL/backend`` for the others."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    def parts(name: str) -> tuple[str, str]:
+        return tuple(name.split("/", 1)) if "/" in name else (first, name)
+
+    models = list(dict.fromkeys(parts(name)[0] for name in results))
+    backends = list(dict.fromkeys(parts(name)[1] for name in results))
+    markers = dict(zip(backends, "osD^vP*X"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, key, label in ((axes[0], "p50_ms", "single-query p50 (ms, lower is better)"),
                            (axes[1], "throughput_qps", "batch-64 throughput (queries/s, higher is better)")):
         for name, values in results.items():
-            ax.scatter(values[key], 100 * values["test_accuracy"], s=30)
-            ax.annotate(name, (values[key], 100 * values["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            model, backend = parts(name)
+            ax.scatter(values[key], 100 * values["test_accuracy"], s=40, color=f"C{models.index(model)}", marker=markers[backend])
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    fig.suptitle(command, fontsize=8)
+    handles = [Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=m) for i, m in enumerate(models)]
+    handles += [Line2D([], [], color="grey", marker=markers[b], linestyle="", label=b) for b in backends]
+    fig.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.9))
+    fig.suptitle("\n".join(textwrap.wrap(command, 140)), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[name].update(values)
     base = results[BASELINE]
     if args.figure:
-        figure(results, Path(args.figure), f"python benchmarks/latency.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+        figure(results, Path(args.figure), f"python benchmarks/latency.py {' '.join(sys.argv[1:] if argv is None else argv)}", args.dir)
     rows = [{"backend": name, **values, "ratio_to_baseline": base["p50_ms"] / values["p50_ms"],
              "throughput_ratio": values["throughput_qps"] / base["throughput_qps"]} for name, values in results.items()]
     if args.json:
