@@ -51,7 +51,7 @@ def scores(truth: list[str], clusters: np.ndarray) -> dict:
             "intents_recovered": len(recovered)}
 
 
-def ensure_run(seed: int, args, splits, workdir: Path) -> dict:
+def ensure_run(seed: int, splits, workdir: Path) -> dict:
     """The out-of-scope protocol's ``label`` run of ``seed`` and its cached outputs (trained if missing)."""
     run = workdir / f"run-label-{seed}"
     if not (run / "adapter" / "COMPLETE").is_file():
@@ -74,7 +74,7 @@ def main() -> None:
     started = time.perf_counter()
     rows, choice = [], []
     for seed in args.seeds:
-        outputs = ensure_run(seed, args, splits, workdir)
+        outputs = ensure_run(seed, splits, workdir)
         held_out = outputs["sets"]["id_oos"]
         val = outputs["sets"]["id_oos_val"]
         features = outputs["features/id_oos_val"] / np.linalg.norm(outputs["features/id_oos_val"], axis=1, keepdims=True)
