@@ -151,12 +151,11 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
                                + (["--seeds", str(seeds)] if seeds else []))
-    todo = [(run, seed) for run in runs for seed in run.seeds
-            if train and not (run_folder(out, run.name, seed) / "metrics.json").is_file()]
+    planned = [(run, seed) for run in runs for seed in run.seeds]
+    todo = [(run, seed) for run, seed in planned if train and not (run_folder(out, run.name, seed) / "metrics.json").is_file()]
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
-    with tqdm(total=sum(len(run.seeds) for run in runs), initial=sum(len(run.seeds) for run in runs) - len(todo),
-              desc="sweep", unit="run") as progress:
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run") as progress:
         while todo or running:
             while todo and len(running) < jobs:
                 run, seed = todo.pop(0)
