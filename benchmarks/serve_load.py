@@ -17,6 +17,10 @@ CPU per request as the service itself.
 RUN's merged weights, no batching), drives it with the same clients and queries, and prints our
 service's throughput and p50 as ratios to the peer's. RUN must be a run with the base model's own
 classification head (``pooling: cls``); DIR may be RUN itself or its export.
+
+``--floor`` also starts ``benchmarks/floor_service.py``: the same request body and answer with no
+model behind it, driven the same way. Its latency is what the HTTP stack and the load generator cost
+on this machine before any model runs: the floor under any model's.
 """
 
 from __future__ import annotations
@@ -168,6 +172,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait-ms", type=float, default=None)
     parser.add_argument("--peer", metavar="RUN", help="also measure the hand-written peer service on RUN's merged weights")
+    parser.add_argument("--floor", action="store_true", help="also measure the service with no model (floor_service.py)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -180,8 +185,10 @@ def main() -> None:
         with service([sys.executable, "-m", "bankintent.cli", "serve", *arguments]) as (url, server):
             rows, where = run(url, args, texts, server), f"bankintent serve {' '.join(arguments)}"
     peer = measure_peer(args, texts) if args.peer else None
+    floor = measure_floor(args, texts) if args.floor else None
     if args.json:
-        print(json.dumps({"service": rows, "peer": peer} if peer else rows, indent=2))
+        extra = {name: value for name, value in (("peer", peer), ("floor", floor)) if value}
+        print(json.dumps({"service": rows, **extra} if extra else rows, indent=2))
         return
     load = os.getloadavg()[0]
     print_table(rows, f"{where}: {len(texts)} distinct queries, one per request, {os.cpu_count()} CPUs shared by server and clients "
@@ -192,6 +199,11 @@ def main() -> None:
         for ours, theirs in zip(rows, peer):
             print(f"| {ours['clients']} | {ours['requests_per_s'] / theirs['requests_per_s']:.2f}x | "
                   f"{ours['p50_ms'] / theirs['p50_ms']:.2f}x |")
+    if floor:
+        print_table(floor, "\nfloor: FastAPI answering a fixed prediction, no model (floor_service.py)")
+        print("\n| clients | p50, ours - floor (ms) | requests/s, ours / floor |\n|--:|--:|--:|")
+        for ours, bare in zip(rows, floor):
+            print(f"| {ours['clients']} | {ours['p50_ms'] - bare['p50_ms']:.2f} | {ours['requests_per_s'] / bare['requests_per_s']:.2f}x |")
 
 
 def measure_peer(args, texts: list[str]) -> list[dict]:
@@ -203,6 +215,12 @@ def measure_peer(args, texts: list[str]) -> list[dict]:
         command = [sys.executable, str(Path(__file__).with_name("peer_service.py")), str(merged)]
         with service(command) as (url, server):
             return run(url, args, texts, server)
+
+
+def measure_floor(args, texts: list[str]) -> list[dict]:
+    """The service with no model (``floor_service.py``), driven as ours was."""
+    with service([sys.executable, str(Path(__file__).with_name("floor_service.py"))]) as (url, server):
+        return run(url, args, texts, server)
 
 
 if __name__ == "__main__":

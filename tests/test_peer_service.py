@@ -38,3 +38,23 @@ def test_the_peer_refuses_a_mean_pooled_model(tiny_probe_run, tmp_path):
     merged = export(tiny_probe_run, tmp_path / "merged", format="merged")
     with pytest.raises(SystemExit, match="needs a model with its own classification head"):
         _peer_module().classifier(merged)
+
+
+def _floor_module():
+    spec = importlib.util.spec_from_file_location("floor_service", PEER.with_name("floor_service.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_floor_takes_our_request_and_answers_in_our_shape():
+    """``serve_load.py --floor`` is a fair floor only if it parses the same body and sends an answer
+    of the same fields, so that only the model's work is missing."""
+    from bankintent.serving import Prediction
+
+    client = TestClient(_floor_module().app())
+    answers = client.post("/v1/predict", json={"texts": ["my card was stolen", "hi"], "top_k": 2}).json()
+    assert len(answers) == 2 and [a["text"] for a in answers] == ["my card was stolen", "hi"]
+    assert all(set(a) == set(Prediction.model_fields) and len(a["top_k"]) == 2 for a in answers)
+    assert Prediction.model_validate(answers[0]).intent == "card_arrival"
+    assert client.post("/v1/predict", json={"texts": ["  "]}).status_code == 422  # validated as ours is
