@@ -74,8 +74,9 @@ def test_student_layers_are_the_top_of_equal_blocks():
     assert student_layers(6, 1) == [5]
     assert student_layers(4, 2) == [1, 3]
     assert student_layers(12, 6) == [1, 3, 5, 7, 9, 11]
-    for layers in (0, 6, 7):
-        with pytest.raises(ConfigError, match=r"layers must be between 1 and 5 \(the teacher has 6 encoder layers\)"):
+    assert student_layers(6, 6) == [0, 1, 2, 3, 4, 5]  # as deep as the teacher: every layer
+    for layers in (0, 7):
+        with pytest.raises(ConfigError, match=r"layers must be between 1 and 6 \(the teacher has 6 encoder layers\)"):
             student_layers(6, layers)
 
 
@@ -152,6 +153,34 @@ def test_cls_student_starts_as_the_teachers_layers_and_can_be_distilled_again(cl
     assert Predictor.load(tmp_path / "again").predict(QUERIES[:1])[0]["closest_intent"] in LABELS.values()
 
 
+def test_an_ensemble_of_teachers_is_distilled_into_one_model_as_deep(teacher, cls_teacher, four_layers, data, tmp_path):
+    """``teachers``: the student matches the mean of every teacher's logits. Two copies of one teacher
+    are that teacher (the same student, tensor for tensor); another teacher changes it."""
+    alone = distill(teacher, tmp_path / "alone", layers=4, epochs=1, batch_size=16, augment_copies=0, progress=False)
+    assert alone["kept_layers"] == [0, 1, 2, 3] and alone["ensemble_teachers"] == []
+    twice = distill(teacher, tmp_path / "twice", layers=4, teachers=[str(teacher)], epochs=1, batch_size=16, augment_copies=0,
+                    progress=False)
+    assert twice["ensemble_teachers"] == [str((teacher / "adapter").resolve())]
+    one, two = (load_file(tmp_path / name / "adapter" / "model.safetensors") for name in ("alone", "twice"))
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+
+    other = tmp_path / "teacher-2"  # another probe (a weaker C) on the same encoder and data
+    train(resolve_config(None, method="linear-probe", **tiny_options(four_layers["bert"], data, other, probe_c=[0.05])))
+    pair = distill(teacher, tmp_path / "pair", layers=4, teachers=[str(other)], epochs=1, batch_size=16, augment_copies=0,
+                   progress=False)
+    three = load_file(tmp_path / "pair" / "adapter" / "model.safetensors")
+    assert any(not torch.allclose(one[k], three[k], atol=1e-6) for k in one)
+    card = (tmp_path / "pair" / "adapter" / "README.md").read_text()
+    assert "a 4-layer student of an ensemble of 2 4-layer teachers" in card and "--teachers RUN2" in card
+    assert Predictor.load(tmp_path / "pair").predict(QUERIES[:1])[0]["closest_intent"] in LABELS.values()
+    assert pair["test_accuracy"] is not None
+
+    with pytest.raises(ConfigError, match="base model .* differs from the first teacher's") as exc:  # another tokenizer
+        distill(teacher, tmp_path / "mixed", layers=4, teachers=[str(cls_teacher)], progress=False)
+    one_line(exc)
+    assert not (tmp_path / "mixed").exists()
+
+
 def test_folder_without_layers_loads_as_before(teacher, tmp_path):
     import shutil
 
@@ -170,10 +199,10 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=r"layers must be between 1 and 3 \(the teacher has 4") as exc:
-        distill(teacher, out, layers=4)
+    with pytest.raises(ConfigError, match=r"layers must be between 1 and 4 \(the teacher has 4") as exc:
+        distill(teacher, out, layers=5)
     one_line(exc)
-    with pytest.raises(ConfigError, match="layers must be between 1 and 3"):
+    with pytest.raises(ConfigError, match="layers must be between 1 and 4"):
         distill(teacher, out, layers=0)
     with pytest.raises(ConfigError, match="alpha must be between 0 and 1"):
         distill(teacher, out, alpha=2)

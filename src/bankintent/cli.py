@@ -426,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
     p.set_defaults(func=select)
 
-    p = command("distill", "train a smaller student (fewer encoder layers) to match a trained model; a run folder like any other")
-    p.add_argument("dir", help="the teacher: a training run's output folder")
+    p = command("distill", "train a student to match a trained model (fewer encoder layers) or several (--teachers: an "
+                           "ensemble in one model); a run folder like any other")
+    p.add_argument("dir", help="the teacher (the first, whose layers the student starts from): a training run's output folder")
     p.add_argument("--output", required=True, help="the student's run folder")
     p.add_argument("--overwrite", action="store_true", help="replace what --output holds")
     _add_config_options(p, DistillConfig)

@@ -197,7 +197,11 @@ class DistillConfig:
     """The options of ``bankintent distill`` (``bankintent.distill.distill``'s keyword arguments), each
     documented once by its ``help``, as ``TrainConfig``'s."""
 
-    layers: int = option(3, "encoder layers the student keeps: the top layer of each of LAYERS equal blocks of the teacher's")
+    layers: int = option(3, "encoder layers the student keeps: the top layer of each of LAYERS equal blocks of the teacher's "
+                            "(all of them: a student as deep as the teacher, as --teachers distils an ensemble)")
+    teachers: list[str] | None = option(None, "more runs trained on the same data (other seeds, other methods): the student "
+                                        "matches the mean of their logits and the teacher's, an ensemble in one model "
+                                        "(default: the teacher alone)")
     unlabelled: str | None = option(None, "a .txt, .csv or .jsonl file of unlabelled queries (e.g. chat logs) the teacher labels "
                                     "(default: none)")
     epochs: int = option(5, "passes over the distillation queries; the epoch with the best validation accuracy is kept")

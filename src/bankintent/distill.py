@@ -8,7 +8,13 @@ saw the intents.
 Which layers (``student_layers``): the top layer of each of ``layers`` equal blocks of the teacher's
 layers, TinyBERT's uniform mapping (student layer m takes teacher layer m * L / layers, counting from
 1): the teacher's last layer is always kept, so the head still reads the kind of representation it
-was trained on. DistilBERT's other choice, every other layer from the first, drops it.
+was trained on. DistilBERT's other choice, every other layer from the first, drops it. ``layers``
+equal to the teacher's depth keeps every layer: a student as large as the teacher.
+
+An ensemble (``teachers``: more runs on the same data and intents, e.g. other seeds): the student
+starts from the first teacher and matches the mean of all the teachers' logits (the ensemble's
+geometric-mean probabilities), so one model of one teacher's cost learns what several agree on
+(Hinton et al., 2015, distilled an ensemble so).
 
 Loss: the student matches the teacher's temperature-softened probabilities, KL divergence times T^2
 (Hinton et al., 2015: the gradients then keep their size whatever T), plus ``alpha`` times the
@@ -60,10 +66,26 @@ EVAL_BATCH = 128
 
 def student_layers(teacher_layers: int, layers: int) -> list[int]:
     """The teacher's layers the student keeps (0-based): the top one of each of ``layers`` equal blocks."""
-    if not 1 <= layers < teacher_layers:
-        raise ConfigError(f"layers must be between 1 and {teacher_layers - 1} (the teacher has {teacher_layers} encoder layers), "
+    if not 1 <= layers <= teacher_layers:
+        raise ConfigError(f"layers must be between 1 and {teacher_layers} (the teacher has {teacher_layers} encoder layers), "
                           f"got {layers}")
     return [(m + 1) * teacher_layers // layers - 1 for m in range(layers)]
+
+
+def ensemble_member(run: str | Path, teacher_spec) -> Path:
+    """The model folder of ``run``, one more teacher of an ensemble: it must answer the same intents
+    (in the same order) with the same tokenizer as the first teacher."""
+    folder = model_folder(run)
+    spec = read_spec(folder)
+    if (folder / ONNX_FILE).is_file():
+        raise ConfigError(f"{folder}: an ONNX export cannot be a teacher; give the run folder it was exported from")
+    if spec.labels != teacher_spec.labels:
+        raise ConfigError(f"{run}: its intents differ from the first teacher's; an ensemble's teachers are trained on the same data")
+    if spec.base_model != teacher_spec.base_model or spec.max_length != teacher_spec.max_length \
+            or spec.preprocessing != teacher_spec.preprocessing:
+        raise ConfigError(f"{run}: base model {spec.base_model!r} (max_length {spec.max_length}, preprocessing {spec.preprocessing}) "
+                          f"differs from the first teacher's; an ensemble's teachers read the queries alike")
+    return folder
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
@@ -125,6 +147,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
             raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
                              f"was the data changed since training?")
         extra_texts = read_queries(opts.unlabelled, cfg.text_column)[1] if opts.unlabelled else []
+        others = [ensemble_member(other, teacher_spec) for other in opts.teachers or []]
         teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
         depth = num_layers(teacher)
         kept = student_layers(depth, opts.layers)
@@ -150,9 +173,15 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     started = time.perf_counter()
     teacher.to(device)
     targets = logits_of(teacher, tokenizer, texts, spec.max_length, desc="distill: teacher logits" if progress else None)
+    for number, other in enumerate(others, start=2):  # an ensemble: the mean of every teacher's logits
+        member = load_model(other, allow_pickle=cfg.allow_pickle)[0].to(device)
+        targets += logits_of(member, tokenizer, texts, spec.max_length, desc=f"distill: teacher {number} logits" if progress else None)
+        del member
+    targets /= 1 + len(others)
     student = keep_layers(copy.deepcopy(teacher), kept).requires_grad_(True)
     del teacher
     validation = (splits.validation.texts, torch.tensor(splits.ids(splits.validation)))
+    set_seed(opts.seed)  # the student's dropout, whatever loading the teachers drew from the generator
     history, best_epoch, steps = train_student(student, tokenizer, texts, labels, targets, validation, spec.max_length, opts,
                                                saved.weight_decay, saved.warmup_ratio, progress)
     train_seconds = time.perf_counter() - started
@@ -180,6 +209,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "validation": splits.notes.get("validation"),
         "teacher": str(source.resolve()),
         "teacher_method": teacher_spec.method,
+        "ensemble_teachers": [str(other.resolve()) for other in others],
         "teacher_layers": depth,
         "layers": len(kept),
         "kept_layers": kept,

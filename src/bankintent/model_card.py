@@ -117,9 +117,13 @@ def calibration_rows(metrics: dict) -> str:
 
 
 def _distilled(metrics: dict) -> str:
-    return (f"knowledge distillation: a {metrics['layers']}-layer student of a {metrics['teacher_layers']}-layer "
-            f"`{metrics['teacher_method']}` teacher, initialised from the teacher's encoder layers {metrics['kept_layers']} "
-            f"and trained on its temperature-softened predictions and the true labels")
+    ensemble = len(metrics.get("ensemble_teachers") or [])
+    teacher = (f"an ensemble of {ensemble + 1} {metrics['teacher_layers']}-layer teachers (the first `{metrics['teacher_method']}`)"
+               if ensemble else f"a {metrics['teacher_layers']}-layer `{metrics['teacher_method']}` teacher")
+    predictions = "their mean logits, temperature-softened," if ensemble else "its temperature-softened predictions"
+    return (f"knowledge distillation: a {metrics['layers']}-layer student of {teacher}, initialised from the "
+            f"{'first ' if ensemble else ''}teacher's encoder layers {metrics['kept_layers']} and trained on "
+            f"{predictions} and the true labels")
 
 
 def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
@@ -128,13 +132,15 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
     if metrics.get("method") == "distill":
         teacher = f"{_pct(metrics.get('teacher_val_accuracy'))} validation, {_pct(metrics.get('teacher_test_accuracy'))} test"
         unlabelled = f", unlabelled queries from `{metrics['unlabelled_file']}`" if metrics.get("unlabelled_file") else ""
-        return f"""- method: `distill` (pooling: {cfg.pooling}); teacher: `{metrics['teacher']}` ({teacher})
+        others = "".join(f", `{other}`" for other in metrics.get("ensemble_teachers") or [])
+        teachers = f" --teachers {','.join(f'RUN{n}' for n in range(2, len(metrics['ensemble_teachers']) + 2))}" if others else ""
+        return f"""- method: `distill` (pooling: {cfg.pooling}); teacher{'s' if others else ''}: `{metrics['teacher']}` ({teacher}){others}
 - loss: (1 - alpha) T² KL(teacher ‖ student) + alpha cross-entropy, T {metrics['distill_temperature']:g}, alpha {metrics['distill_alpha']:g}
 - queries: the training split, {metrics['augment_copies']} perturbed copy(ies) of each labelled by the teacher{unlabelled}
   ({metrics['distill_queries']:,} in all); {metrics['epochs_run']} epochs ({kept}), peak learning rate
   {metrics['peak_lr']:g}, batch size {metrics['batch_size']}, seed {metrics['seed']}
 {hardware}
-- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']} --seed {metrics['seed']}`"""
+- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']}{teachers} --seed {metrics['seed']}`"""
     return f"""- method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
 - epochs: {cfg.epochs} ({kept}),
   learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio
