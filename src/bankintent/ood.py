@@ -112,11 +112,13 @@ def fit_knn(features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 def for_scoring(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``stats`` ready for scoring: the float16 arrays in float32 once, rather than converted on every
-    call, and the kNN bank also transposed into contiguous memory (``knn_bank_t``), the layout in which
-    a BLAS product with a few queries reads it fastest."""
-    ready = {name: value.astype(np.float32) if value.dtype == np.float16 else value for name, value in stats.items()}
+    call; the kNN bank as ``knn_bank_t``, float32 and transposed into contiguous memory, the layout in
+    which a BLAS product with a few queries reads it fastest (``knn_bank`` stays as stored, for
+    ``supports``, so the model holds one float32 copy of the bank, not two)."""
+    ready = {name: value.astype(np.float32) if value.dtype == np.float16 and name != "knn_bank" else value
+             for name, value in stats.items()}
     if "knn_bank" in ready:
-        ready["knn_bank_t"] = np.ascontiguousarray(ready["knn_bank"].T)
+        ready["knn_bank_t"] = np.ascontiguousarray(ready["knn_bank"].T, dtype=np.float32)
     return ready
 
 
