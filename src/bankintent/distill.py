@@ -72,13 +72,20 @@ def student_layers(teacher_layers: int, layers: int) -> list[int]:
     return [(m + 1) * teacher_layers // layers - 1 for m in range(layers)]
 
 
+def teacher_folder(run: str | Path):
+    """The model folder of a teacher ``run`` and its spec; an ONNX export (no PyTorch weights to run
+    the teacher or start the student from) is refused."""
+    folder = model_folder(run)
+    spec = read_spec(folder)  # a missing or incomplete model folder says so here
+    if (folder / ONNX_FILE).is_file():
+        raise ConfigError(f"{folder}: an ONNX export cannot be distilled; give the run folder it was exported from")
+    return folder, spec
+
+
 def ensemble_member(run: str | Path, teacher_spec) -> Path:
     """The model folder of ``run``, one more teacher of an ensemble: it must answer the same intents
     (in the same order) with the same tokenizer as the first teacher."""
-    folder = model_folder(run)
-    spec = read_spec(folder)
-    if (folder / ONNX_FILE).is_file():
-        raise ConfigError(f"{folder}: an ONNX export cannot be a teacher; give the run folder it was exported from")
+    folder, spec = teacher_folder(run)
     if spec.labels != teacher_spec.labels:
         raise ConfigError(f"{run}: its intents differ from the first teacher's; an ensemble's teachers are trained on the same data")
     if spec.base_model != teacher_spec.base_model or spec.max_length != teacher_spec.max_length \
@@ -122,10 +129,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     if unknown:
         raise ConfigError(f"unknown distill option(s) {', '.join(unknown)}")
     opts = DistillConfig(**options)
-    source, out = model_folder(run), Path(output)
-    teacher_spec = read_spec(source)  # a missing or incomplete model folder says so here
-    if (source / ONNX_FILE).is_file():
-        raise ConfigError(f"{source}: an ONNX export cannot be distilled; give the run folder it was exported from")
+    (source, teacher_spec), out = teacher_folder(run), Path(output)
     config = run_config(run)
     if config is None:
         raise ConfigError(f"{run}: no config.yaml beside the model records its training data; give the run folder "

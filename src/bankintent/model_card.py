@@ -132,9 +132,10 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
     if metrics.get("method") == "distill":
         teacher = f"{_pct(metrics.get('teacher_val_accuracy'))} validation, {_pct(metrics.get('teacher_test_accuracy'))} test"
         unlabelled = f", unlabelled queries from `{metrics['unlabelled_file']}`" if metrics.get("unlabelled_file") else ""
-        others = "".join(f", `{other}`" for other in metrics.get("ensemble_teachers") or [])
-        teachers = f" --teachers {','.join(f'RUN{n}' for n in range(2, len(metrics['ensemble_teachers']) + 2))}" if others else ""
-        return f"""- method: `distill` (pooling: {cfg.pooling}); teacher{'s' if others else ''}: `{metrics['teacher']}` ({teacher}){others}
+        members = metrics.get("ensemble_teachers") or []
+        others = "".join(f", `{other}`" for other in members)
+        teachers = f" --teachers {','.join(f'RUN{n}' for n in range(2, len(members) + 2))}" if members else ""
+        return f"""- method: `distill` (pooling: {cfg.pooling}); teacher{'s' if members else ''}: `{metrics['teacher']}` ({teacher}){others}
 - loss: (1 - alpha) T² KL(teacher ‖ student) + alpha cross-entropy, T {metrics['distill_temperature']:g}, alpha {metrics['distill_alpha']:g}
 - queries: the training split, {metrics['augment_copies']} perturbed copy(ies) of each labelled by the teacher{unlabelled}
   ({metrics['distill_queries']:,} in all); {metrics['epochs_run']} epochs ({kept}), peak learning rate
