@@ -41,7 +41,6 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
-import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
@@ -113,77 +112,24 @@ def fit_knn(features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 
 def for_scoring(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``stats`` ready for scoring: the float16 arrays in float32 once, rather than converted on every
-    call, and the kNN bank's int8 codes (``knn_codes_t``, transposed; ``knn_scale``; ``knn_slack``),
-    with which ``knn`` finds each query's nearest rows before scoring them exactly."""
+    call; the kNN bank as ``knn_bank_t``, float32 and transposed into contiguous memory, the layout in
+    which a BLAS product with a few queries reads it fastest (``knn_bank`` stays as stored, for
+    ``supports``, so the model holds one float32 copy of the bank, not two)."""
     ready = {name: value.astype(np.float32) if value.dtype == np.float16 and name != "knn_bank" else value
              for name, value in stats.items()}
     if "knn_bank" in ready:
-        bank = ready["knn_bank"].astype(np.float32)
-        codes, scale = _int8_rows(bank)
-        decoded = codes * scale
-        ready["knn_codes_t"] = torch.from_numpy(np.ascontiguousarray(codes.T))
-        ready["knn_scale"] = scale.ravel()
-        # the largest error of a row's codes and the largest decoded row, both in norm: what bounds
-        # the error of the codes' similarities (``_int8_similarity``)
-        ready["knn_slack"] = np.array([np.linalg.norm(bank - decoded, axis=1).max(initial=0.0),
-                                       np.linalg.norm(decoded, axis=1).max(initial=0.0)], dtype=np.float32)
+        ready["knn_bank_t"] = np.ascontiguousarray(ready["knn_bank"].T, dtype=np.float32)
     return ready
 
 
-def _int8_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 codes of each row and the row's scale: ``row ~ codes * scale``."""
-    scale = (np.abs(matrix).max(1, keepdims=True) / 127).clip(1e-12).astype(np.float32)
-    return np.rint(matrix / scale).astype(np.int8), scale
-
-
-def _int8_similarity(units: np.ndarray, stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate cosine similarities of ``units`` to every bank row, from int8 codes of both (a
-    quarter of the float32 bank's memory to read: on a loaded server the float32 product's time went
-    mostly to reading the bank), and how far each query's similarities can be off at most."""
-    codes, scale = _int8_rows(units)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a few queries: more threads only spin, on cores the service needs
-    try:
-        products = torch._int_mm(torch.from_numpy(codes), stats["knn_codes_t"]).numpy()
-    finally:
-        torch.set_num_threads(threads)
-    # |u.b - u'.b'| <= |u.(b - b')| + |(u - u').b'| <= ||b - b'|| + ||u - u'|| ||b'|| (u unit), plus rounding
-    bank_error, bank_norm = stats["knn_slack"]
-    error = bank_error + np.linalg.norm(units - codes * scale, axis=1) * bank_norm + 1e-5
-    return products * scale * stats["knn_scale"], error
-
-
 def knn(features: np.ndarray, stats: dict[str, np.ndarray], k: int = KNN_K) -> np.ndarray:
-    """1 - the cosine similarity of each row of ``features`` to its ``k``-th nearest training embedding.
-
-    With the bank's int8 codes (``for_scoring``) the codes' similarities pick, for each query, the
-    rows that can be among its ``k`` nearest (those within twice the codes' error bound of its
-    ``k``-th largest coded similarity), and only those are scored in float32: the same score as the
-    float32 product with the whole bank, at a fraction of the memory read."""
-    units = _unit(features)
-    bank = stats["knn_bank"]
-    k = min(k, len(bank))
-    if "knn_codes_t" not in stats:
-        return _kth_distance(units @ bank.astype(np.float32, copy=False).T, k)
-    approx, error = _int8_similarity(units, stats)
-    # a true top-k row's coded similarity is at least (true k-th) - error >= (coded k-th) - 2 error
-    candidates = approx >= (_kth_largest(approx, k) - 2 * error)[:, None]
-    queries, rows = np.nonzero(candidates)  # grouped by query, at least k rows each
-    similarity = np.einsum("ij,ij->i", bank[rows].astype(np.float32), units[queries])
-    order = np.lexsort((-similarity, queries))  # each query's rows, most similar first
-    counts = candidates.sum(1)
-    first = np.cumsum(counts) - counts
-    return 1.0 - similarity[order][first + k - 1]
-
-
-def _kth_largest(similarity: np.ndarray, k: int) -> np.ndarray:
+    """1 - the cosine similarity of each row of ``features`` to its ``k``-th nearest training embedding."""
+    bank_t = stats["knn_bank_t"] if "knn_bank_t" in stats else stats["knn_bank"].astype(np.float32, copy=False).T
+    similarity = _unit(features) @ bank_t
+    k = min(k, similarity.shape[1])
     if k == 1:  # a plain maximum: a partition costs more than the product itself for one query
-        return similarity.max(-1)
-    return -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
-
-
-def _kth_distance(similarity: np.ndarray, k: int) -> np.ndarray:
-    return 1.0 - _kth_largest(similarity, k)
+        return 1.0 - similarity.max(1)
+    return 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
 
 
 def fit_combination(knn_scores: np.ndarray, msp_scores: np.ndarray) -> dict[str, np.ndarray]:
