@@ -1,8 +1,8 @@
 """Load test of the HTTP service: starts ``bankintent serve DIR`` in its own process, drives it over
 loopback from this one with 16 and 64 concurrent clients (each sends one Banking77 test query per
 request and sends the next when the answer arrives), and prints one table: latency p50/p95/p99,
-requests/s and errors per concurrency level, and the CPU time each request cost the server and the
-clients. The clients are aiohttp's (its HTTP parser is compiled): on a small machine the load
+requests/s and errors per concurrency level, and the CPU time each request cost the server (also by
+thread) and the clients. The clients are aiohttp's (its HTTP parser is compiled): on a small machine the load
 generator shares the cores with the service, and a client in pure Python (httpx) took about as much
 CPU per request as the service itself.
 
@@ -135,15 +135,25 @@ def cpu_seconds(process: psutil.Process | None) -> float:
     return times.user + times.system
 
 
+def thread_seconds(process: psutil.Process | None) -> dict[int, float]:
+    """CPU seconds of each of the process's threads, by thread id (native threads included: ONNX
+    Runtime's and PyTorch's pools as well as Python's)."""
+    return {} if process is None else {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+
+
 def run(url: str, args, texts: list[str], server: psutil.Process | None = None) -> list[dict]:
-    """One row per concurrency level; with the server's process at hand, its CPU time per request."""
+    """One row per concurrency level; with the server's process at hand, its CPU time per request,
+    in all and by thread (``main``: the event loop's; the others by their ids, busiest first)."""
     asyncio.run(drive(url, texts, max(args.clients), args.warmup, args.model))  # warm up: connections, allocator, caches
     rows = []
     for clients in args.clients:
-        server_before, client_before = cpu_seconds(server), cpu_seconds(psutil.Process())
+        server_before, client_before, threads_before = cpu_seconds(server), cpu_seconds(psutil.Process()), thread_seconds(server)
         row = asyncio.run(drive(url, texts, clients, args.requests, args.model))
         row["server_cpu_ms_per_request"] = (cpu_seconds(server) - server_before) * 1000 / args.requests
         row["client_cpu_ms_per_request"] = (cpu_seconds(psutil.Process()) - client_before) * 1000 / args.requests
+        used = {("main" if tid == server.pid else str(tid)): (seconds - threads_before.get(tid, 0.0)) * 1000 / args.requests
+                for tid, seconds in thread_seconds(server).items()}
+        row["server_thread_cpu_ms_per_request"] = dict(sorted(((name, ms) for name, ms in used.items() if ms >= 0.01), key=lambda item: -item[1]))
         rows.append(row)
     return rows
 
@@ -155,6 +165,10 @@ def print_table(rows: list[dict], header: str) -> None:
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
               f"{r['requests_per_s']:.0f} | {r['server_cpu_ms_per_request']:.2f} | {r['client_cpu_ms_per_request']:.2f} |")
+    for r in rows:
+        if r.get("server_thread_cpu_ms_per_request"):
+            threads = ", ".join(f"{name} {ms:.2f}" for name, ms in r["server_thread_cpu_ms_per_request"].items())
+            print(f"server CPU ms/req by thread at {r['clients']} clients = {threads}")
     for r in rows:
         if r["errors"]:
             print(f"errors with {r['clients']} clients: {r['error_kinds']}")
