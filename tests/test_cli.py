@@ -126,6 +126,12 @@ def test_an_out_of_scope_answer_shows_its_own_evidence():
     assert cli.prediction_line(bare).split()[:4] == ["out_of_scope", "(out", "of", "scope;"]
 
 
+def test_the_cli_offers_every_out_of_scope_score():
+    from bankintent import ood
+
+    assert cli.OOS_SCORES == ood.SCORES
+
+
 def test_predict_prints_out_of_scope_answers_apart(tiny_probe_run, capsys, clean_env):
     cli.main(["predict", str(tiny_probe_run), "my card was stolen", "--oos-score", "msp", "--oos-threshold", "-1"])
     line = capsys.readouterr().out.strip()

@@ -317,6 +317,30 @@ def test_bad_service_options(runs, tmp_path):
         create_app(model_dir=runs / "bank_a", max_batch=0)
 
 
+def test_the_out_of_scope_score_chosen_at_serving(runs, tmp_path):
+    """``oos_score`` serves every model with that score and the threshold chosen for it at training
+    (what `bankintent serve --oos-score msp` does, the cheapest score); a model with no threshold for
+    the score is refused rather than served with no fallback."""
+    trained = Predictor.load(runs / "bank_a")
+    assert trained.oos_score != "msp"
+    want = Predictor.load(runs / "bank_a", oos_score="msp").predict(TEXTS, top_k=2)
+    for options in (dict(model_dir=runs / "bank_a"), dict(models_dir=runs / "bank_a" / "..")):
+        app = create_app(**options, oos_score="msp")
+        with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            body = {"texts": TEXTS, "top_k": 2} | ({"model": "bank_a"} if "models_dir" in options else {})
+            answers = client.post("/v1/predict", json=body).json()
+        assert [a["oos_method"] for a in answers] == ["msp"] * len(TEXTS)
+        assert [a["oos_threshold"] for a in answers] == [pytest.approx(trained.spec.oos_thresholds["msp"], abs=1e-6)] * len(TEXTS)
+        assert [a["oos_score"] for a in answers] == [pytest.approx(w["oos_score"], abs=1e-4) for w in want]
+        assert [a["intent"] for a in answers] == [w["intent"] for w in want]
+    spec = json.loads((model_folder(runs / "bank_a") / "bankintent.json").read_text())
+    copy = with_threshold(runs / "bank_a", tmp_path / "no_msp", 0.5)
+    spec["oos_thresholds"].pop("msp")
+    (copy / "bankintent.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match=r"no_msp: no msp out-of-scope threshold \(the model has: "):
+        create_app(model_dir=copy, oos_score="msp")
+
+
 def test_cli_serve_error_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bankintent.cli", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -23,6 +23,7 @@ from bankintent import progress
 from bankintent.errors import BankintentError
 
 TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
+OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp")  # bankintent.ood.SCORES, without importing numpy to parse arguments
 
 
 def _status(message: str) -> None:
@@ -170,7 +171,7 @@ def serve(args: argparse.Namespace) -> None:
     from bankintent.serving import serve as run
 
     run(model_dir=args.dir, models_dir=args.models_dir, host=args.host, port=args.port, workers=args.workers,
-        api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+        api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, oos_score=args.oos_score)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
-    p.add_argument("--oos-score", choices=("msp", "mahalanobis", "knn", "knn+msp"), help="out-of-scope score (default: the one chosen at training)")
+    p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl, "
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", help="require 'Authorization: Bearer <key>' with a key from this file (default: no key)")
     p.add_argument("--max-batch", type=int, default=64, help="micro-batch: most texts per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch: longest wait for more requests")
+    p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score of every model, with the threshold chosen for it at "
+                                                           "training (default: each model's own; msp is the cheapest)")
     p.set_defaults(func=serve)
 
     p = command("sweep", "run a list of training runs; writes results.csv and results.md")

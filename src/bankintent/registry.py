@@ -27,6 +27,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors import safe_open
 from torch import nn
 
+from bankintent import ood
 from bankintent.errors import ModelError
 from bankintent.modeling import MARKER, ModelSpec, build_model, load_tokenizer, read_spec
 from bankintent.predict import Predictor, model_folder
@@ -124,6 +125,7 @@ class Registry:
     models_dir: str | Path | None = None
     rescan_s: float = 1.0
     threads: int | None = None  # ONNX Runtime's intra-op threads (PyTorch's are set process-wide)
+    oos_score: str | None = None  # the out-of-scope score of every model served (default: each model's own)
     _listing: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
     _scanned: float = field(default=float("-inf"), init=False, repr=False)
     _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
@@ -218,7 +220,7 @@ class Registry:
         stamp = _stamp(folder)
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)
-            return ServedModel(name, Predictor.load(folder, threads=self.threads), stamp)
+            return ServedModel(name, self._checked(Predictor.load(folder, threads=self.threads, oos_score=self.oos_score), folder), stamp)
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)
@@ -228,7 +230,16 @@ class Registry:
         else:
             log.info("loading adapter %s onto %s", name, spec.base_model)
             base.add(name, folder)
-        return ServedModel(name, Predictor(base.model, base.tokenizer, spec), stamp, base)
+        return ServedModel(name, self._checked(Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), folder), stamp, base)
+
+    def _checked(self, predictor: Predictor, folder: Path) -> Predictor:
+        """``predictor``, if it can use the score asked for (``oos_score``): a threshold for it chosen
+        at training and the arrays it needs; a model without would answer every query in scope."""
+        score = self.oos_score
+        if score and (score not in predictor.spec.oos_thresholds or not ood.supports(score, predictor.spec.ood)):
+            have = ", ".join(name for name in predictor.spec.oos_thresholds if ood.supports(name, predictor.spec.ood)) or "none"
+            raise ModelError(f"{folder}: no {score} out-of-scope threshold (the model has: {have})")
+        return predictor
 
     def _unload(self, name: str) -> None:
         served = self._loaded.pop(name)
