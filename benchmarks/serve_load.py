@@ -185,13 +185,15 @@ def main() -> None:
     parser.add_argument("--model", help="the request's model field (with --models-dir services)")
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait-ms", type=float, default=None)
+    parser.add_argument("--oos-score", help="serve with this out-of-scope score (bankintent serve --oos-score)")
     parser.add_argument("--peer", metavar="RUN", help="also measure the hand-written peer service on RUN's merged weights")
     parser.add_argument("--floor", action="store_true", help="also measure the service with no model (floor_service.py)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = queries()
-    options = (("--models-dir", args.models_dir), ("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms))
+    options = (("--models-dir", args.models_dir), ("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms),
+               ("--oos-score", args.oos_score))
     arguments = ([] if args.models_dir else [args.dir]) + [arg for name, value in options if value is not None for arg in (name, str(value))]
     if args.url:
         rows, where = run(args.url, args, texts), args.url
