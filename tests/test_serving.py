@@ -324,7 +324,7 @@ def test_the_out_of_scope_score_chosen_at_serving(runs, tmp_path):
     trained = Predictor.load(runs / "bank_a")
     assert trained.oos_score != "msp"
     want = Predictor.load(runs / "bank_a", oos_score="msp").predict(TEXTS, top_k=2)
-    for options in (dict(model_dir=runs / "bank_a"), dict(models_dir=runs / "bank_a" / "..")):
+    for options in (dict(model_dir=runs / "bank_a"), dict(models_dir=runs)):
         app = create_app(**options, oos_score="msp")
         with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             body = {"texts": TEXTS, "top_k": 2} | ({"model": "bank_a"} if "models_dir" in options else {})
