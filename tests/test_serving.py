@@ -339,6 +339,23 @@ def test_the_out_of_scope_score_chosen_at_serving(runs, tmp_path):
     (copy / "bankintent.json").write_text(json.dumps(spec))
     with pytest.raises(ModelError, match=r"no_msp: no msp out-of-scope threshold \(the model has: "):
         create_app(model_dir=copy, oos_score="msp")
+    with pytest.raises(ModelError, match=r"no_msp: no msp out-of-scope threshold \(the model has: "):  # `bankintent predict`
+        Predictor.load(copy, oos_score="msp")
+    assert Predictor.load(copy, oos_score="msp", oos_threshold=0.3).predict(TEXTS[:1])[0]["oos_threshold"] == 0.3
+    # in a models folder the refused model answers its error, each time, and takes no other model down:
+    # "a_no_msp" loads first (a base model of its own, dropped again), then again onto bank_a's base
+    models = tmp_path / "models"
+    shutil.copytree(runs / "bank_a" / "adapter", models / "bank_a")
+    shutil.copytree(copy, models / "a_no_msp")
+    app = create_app(models_dir=models, oos_score="msp")
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for name in ("a_no_msp", "bank_a", "a_no_msp", "bank_a"):
+            response = client.post("/v1/predict", json={"texts": TEXTS[:1], "model": name})
+            if name == "bank_a":
+                assert response.status_code == 200 and response.json()[0]["oos_method"] == "msp"
+            else:
+                assert response.status_code == 503 and "no msp out-of-scope threshold" in response.json()["error"]
+            assert [base.adapters for base in app.state.service.registry.bases] == [["bank_a"]]  # nothing left of it
 
 
 def test_cli_serve_error_exits_2(tmp_path):

@@ -190,6 +190,10 @@ class Predictor:
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
+        if oos_score is not None and (self.oos_threshold is None or not ood.supports(oos_score, spec.ood)):
+            # a score asked for by name that the model cannot use would silently answer every query in scope
+            have = ", ".join(name for name in spec.oos_thresholds if ood.supports(name, spec.ood)) or "none"
+            raise ModelError(f"no {oos_score} out-of-scope threshold (the model has: {have})")
         self._stats_of, self._stats = None, {}  # spec.ood as the scores use it (oos_scores)
 
     @classmethod
@@ -198,14 +202,16 @@ class Predictor:
         """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only;
         ``allow_pickle``: accept a base model stored as pickled .bin weights."""
         folder = model_folder(path)
-        options = dict(batch_size=batch_size, oos_score=oos_score, oos_threshold=oos_threshold)
         if (folder / ONNX_FILE).is_file():
             spec = read_spec(folder)
-            tokenizer = tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-            return cls(OnnxModel(folder / ONNX_FILE, threads), tokenizer, spec, **options)
-        model, spec = load_model(folder, allow_pickle=allow_pickle)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), load_tokenizer(spec.base_model), spec, **options)
+            model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        else:
+            model, spec = load_model(folder, allow_pickle=allow_pickle)
+            model, tokenizer = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), load_tokenizer(spec.base_model)
+        try:
+            return cls(model, tokenizer, spec, batch_size=batch_size, oos_score=oos_score, oos_threshold=oos_threshold)
+        except ModelError as exc:
+            raise ModelError(f"{folder}: {exc}") from None
 
     @property
     def labels(self) -> list[str]:

@@ -27,7 +27,6 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors import safe_open
 from torch import nn
 
-from bankintent import ood
 from bankintent.errors import ModelError
 from bankintent.modeling import MARKER, ModelSpec, build_model, load_tokenizer, read_spec
 from bankintent.predict import Predictor, model_folder
@@ -220,7 +219,7 @@ class Registry:
         stamp = _stamp(folder)
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)
-            return ServedModel(name, self._checked(Predictor.load(folder, threads=self.threads, oos_score=self.oos_score), folder), stamp)
+            return ServedModel(name, Predictor.load(folder, threads=self.threads, oos_score=self.oos_score), stamp)
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)
@@ -230,23 +229,21 @@ class Registry:
         else:
             log.info("loading adapter %s onto %s", name, spec.base_model)
             base.add(name, folder)
-        return ServedModel(name, self._checked(Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), folder), stamp, base)
-
-    def _checked(self, predictor: Predictor, folder: Path) -> Predictor:
-        """``predictor``, if it can use the score asked for (``oos_score``): a threshold for it chosen
-        at training and the arrays it needs; a model without would answer every query in scope."""
-        score = self.oos_score
-        if score and (score not in predictor.spec.oos_thresholds or not ood.supports(score, predictor.spec.ood)):
-            have = ", ".join(name for name in predictor.spec.oos_thresholds if ood.supports(name, predictor.spec.ood)) or "none"
-            raise ModelError(f"{folder}: no {score} out-of-scope threshold (the model has: {have})")
-        return predictor
+        try:
+            return ServedModel(name, Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), stamp, base)
+        except ModelError as exc:  # a score the model cannot use (Predictor's check)
+            self._release(name, base)
+            raise ModelError(f"{folder}: {exc}") from None
 
     def _unload(self, name: str) -> None:
         served = self._loaded.pop(name)
         log.info("unloading model %s (folder removed or rewritten)", name)
-        if served.base is None:
-            return
-        if served.base.adapters == [name]:
-            self._bases = {key: base for key, base in self._bases.items() if base is not served.base}
+        if served.base is not None:
+            self._release(name, served.base)
+
+    def _release(self, name: str, base: SharedBase) -> None:
+        """Take adapter ``name`` off ``base``, and drop the base when it was the last one."""
+        if base.adapters == [name]:
+            self._bases = {key: other for key, other in self._bases.items() if other is not base}
         else:
-            served.base.remove(name)
+            base.remove(name)
