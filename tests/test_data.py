@@ -52,7 +52,7 @@ def test_missing_folder_and_file(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    with pytest.raises(DataError, match=r"train.csv: row 1: missing column 'category' \(columns: text, label\)"):
+    with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: text, label\)"):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
 
 
@@ -63,7 +63,7 @@ def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
     assert all(t.strip() for t in splits.train.texts + splits.validation.texts)
     assert "2 row(s) with an empty text skipped" in caplog.text
     assert splits.notes["empty_rows_skipped"] == 2 and splits.notes["empty_rows_skipped_by_file"] == {"train.csv": 2}
-    with pytest.raises(DataError, match=r"train.csv: row 5: empty text in column 'text' \(strict_data"):
+    with pytest.raises(DataError, match=r"train.csv: line 5: empty text in column 'text' \(strict_data"):
         load_splits(str(tmp_path), strict_data=True)
     (tmp_path / "train.csv").write_text("text,category\n ,a\n,b\n")
     with pytest.raises(DataError, match=r"no rows with a text \(2 empty row\(s\) skipped\)"):
@@ -72,7 +72,7 @@ def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
 
 def test_non_utf8(tmp_path):
     (tmp_path / "train.csv").write_bytes(b"text,category\nfine,a\ncaf\xe9 card,b\n")
-    with pytest.raises(DataError, match=r"train.csv: row 3: not valid UTF-8"):
+    with pytest.raises(DataError, match=r"train.csv: line 3: not valid UTF-8"):
         load_splits(str(tmp_path))
 
 
@@ -86,7 +86,7 @@ def test_header_only_and_empty(tmp_path):
 
 
 def test_unseen_test_label(tmp_path):
-    with pytest.raises(DataError, match=r"test.csv: row 3: label 'c' never seen in training"):
+    with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
 
 
@@ -160,7 +160,7 @@ def test_iter_queries(tmp_path):
     (tmp_path / "q.txt").write_text("one\n\nthree\n")
     assert list(iter_queries(tmp_path / "q.txt")) == [(1, "one"), (3, "three")]  # blank lines skipped (issue 12)
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"query": "b"}\n')
-    with pytest.raises(DataError, match=r"q.jsonl: row 2: missing column 'text'"):
+    with pytest.raises(DataError, match=r"q.jsonl: line 2: missing column 'text'"):
         list(iter_queries(tmp_path / "q.jsonl"))
     (tmp_path / "q.csv").write_text("id,query\n1,hello\n")
     assert list(iter_queries(tmp_path / "q.csv", text_column="query")) == [(1, "hello")]  # row n: the n-th data row
@@ -168,7 +168,7 @@ def test_iter_queries(tmp_path):
 
 def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nonly text\n")
-    with pytest.raises(DataError, match=r"train.csv: row 3: expected 2 fields"):
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields"):
         load_splits(str(tmp_path))
 
 
@@ -182,7 +182,7 @@ def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):
     assert splits.notes["validation"] == str(tmp_path / "valid.csv")
     assert "validation files valid.csv, dev.jsonl: using valid.csv, not dev.jsonl" in caplog.text
     write_csv(tmp_path / "valid.csv", own + [("new", "zzz")])
-    with pytest.raises(DataError, match=r"valid.csv: row 4: label 'zzz' never seen in training"):
+    with pytest.raises(DataError, match=r"valid.csv: line 4: label 'zzz' never seen in training"):
         load_splits(str(tmp_path))
 
 
@@ -231,7 +231,7 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
     other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent
     assert "out_of_scope" in other.labels and not other.out_of_scope.texts
     (tmp_path / "oos.csv").write_text("query\nbook a taxi\n")
-    with pytest.raises(DataError, match=r"oos.csv: row 1: missing column 'text'"):
+    with pytest.raises(DataError, match=r"oos.csv: line 1: missing column 'text'"):
         load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))
 
 

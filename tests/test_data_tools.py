@@ -61,7 +61,7 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["audit", "--data", str(bad), "--output", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "train.csv: row 82: empty label in column 'category'" in error
+    assert error.count("\n") == 0 and "train.csv: line 82: empty label in column 'category'" in error
     one = tmp_path / "one"
     one.mkdir()
     write_csv(one / "train.csv", [("hello", "greet"), ("hi", "greet")])

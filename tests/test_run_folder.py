@@ -145,6 +145,6 @@ def test_metrics_record_the_users_validation_file_and_the_rows_skipped(tiny_bert
     metrics = _train(tiny_bert, data, tmp_path / "run")
     assert metrics["empty_rows_skipped"] == 1 and metrics["train_size"] == 80 and metrics["val_size"] == 4
     assert metrics["validation"] == str(data / "valid.csv") and metrics["val_min_per_intent"] == 1
-    with pytest.raises(DataError, match=r"train.csv: row 6: empty text"):
+    with pytest.raises(DataError, match=r"train.csv: line 6: empty text"):
         _train(tiny_bert, data, tmp_path / "strict", strict_data=True)
     assert not (tmp_path / "strict").exists()

@@ -148,7 +148,7 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
                     yield number, {"text": line.rstrip("\r\n")}
     except UnicodeDecodeError:
         number, byte = _first_bad_line(path)
-        raise DataError(f"{path}: row {number}: not valid UTF-8 text (byte {byte:#04x})") from None
+        raise DataError(f"{path}: line {number}: not valid UTF-8 text (byte {byte:#04x})") from None
 
 
 def _csv_rows(path: Path, handle, columns):
@@ -159,13 +159,13 @@ def _csv_rows(path: Path, handle, columns):
             raise DataError(f"{path}: empty file, expected a header row")
         missing = [c for c in columns if c not in header]
         if missing:
-            raise DataError(f"{path}: row 1: missing column {missing[0]!r} (columns: {', '.join(header)})")
+            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)})")
         for row in reader:
             if None in row or any(row[c] is None for c in columns):
-                raise DataError(f"{path}: row {reader.line_num}: expected {len(header)} fields")
+                raise DataError(f"{path}: line {reader.line_num}: expected {len(header)} fields")
             yield reader.line_num, row
     except csv.Error as exc:
-        raise DataError(f"{path}: row {reader.line_num}: malformed CSV ({exc})") from None
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _jsonl_rows(path: Path, handle, columns):
@@ -175,18 +175,18 @@ def _jsonl_rows(path: Path, handle, columns):
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"{path}: row {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
+            raise DataError(f"{path}: line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {number}: expected a JSON object")
+            raise DataError(f"{path}: line {number}: expected a JSON object")
         missing = [c for c in columns if c not in row]
         if missing:
-            raise DataError(f"{path}: row {number}: missing column {missing[0]!r} (columns: {', '.join(map(str, row))})")
+            raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {', '.join(map(str, row))})")
         yield number, row
 
 
 def clean_text(path: Path, number: int, value, column: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{path}: row {number}: empty text in column {column!r}")
+        raise DataError(f"{path}: line {number}: empty text in column {column!r}")
     return value.strip()
 
 
@@ -204,15 +204,15 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         value = row[text_column]
         if value is None or isinstance(value, str) and not value.strip():
             if strict:
-                raise DataError(f"{path}: row {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
+                raise DataError(f"{path}: line {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
             empty += 1
             continue
         if not isinstance(value, str):
-            raise DataError(f"{path}: row {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
+            raise DataError(f"{path}: line {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
         texts.append(value.strip())
         label = row[label_column]
         if label is None or not str(label).strip():
-            raise DataError(f"{path}: row {number}: empty label in column {label_column!r}")
+            raise DataError(f"{path}: line {number}: empty label in column {label_column!r}")
         labels.append(str(label).strip())
         numbers.append(number)
     if not texts:
@@ -373,7 +373,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[
         if path.suffix == ".txt" and value.lstrip().startswith("#"):
             continue
         if not isinstance(value, str):
-            raise DataError(f"{path}: row {number}: column {column!r} holds {type(value).__name__}, not text")
+            raise DataError(f"{path}: line {number}: column {column!r} holds {type(value).__name__}, not text")
         texts.append(value.strip())
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped", path, empty)
@@ -470,7 +470,7 @@ def thin_validation(splits: Splits) -> str | None:
 def _check_known(examples: Examples, path: Path, known: set[str]) -> None:
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
-            raise DataError(f"{path}: row {row}: label {label!r} never seen in training")
+            raise DataError(f"{path}: line {row}: label {label!r} never seen in training")
 
 
 def load_splits(
