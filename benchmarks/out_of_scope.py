@@ -21,8 +21,8 @@ held-out intents' validation queries' recall, which chose the project's settings
 ``ood.COMBINED_WEIGHT``, ``ood.KNN_K``). ``shipped (SCORE)`` is the score the trained model folder
 serves with: the default without examples, the examples' choice (``ood.choose``) with them.
 
-``--arms`` picks what is measured. The held-out intents are split in two with a seed; ``label`` and
-``class`` give the training queries of one half to the model as out-of-scope examples and measure
+``--arms`` picks what is measured. The held-out intents are split in two with a seed; ``label``,
+``exposure`` and ``class`` give the training queries of one half to the model as out-of-scope examples and measure
 the in-domain recall on the test queries of the *other* half only, so no example comes from a tested
 intent (``recall in-domain (untouched half)`` is that same half in every arm, for a like-for-like
 comparison):
@@ -31,8 +31,13 @@ comparison):
 - ``label``: the examples are ``out_of_scope`` rows, which never train the classifier (so ``none``
   and ``label`` share one trained model): they choose the score, and ``knn contrast`` scores how much
   nearer a query is to an example than to a training query of an intent.
+- ``exposure``: the examples are ``out_of_scope`` rows that also train the model (outlier exposure,
+  ``--oos-exposure``: a model of its own), and choose the score as in ``label``.
 - ``class``: the examples are one more intent (a model of its own); its probability is the ``oos
   class`` score.
+
+``--distill LAYERS`` measures, in place of each trained model, its student (``bankintent distill``);
+as deep as the teacher, that is born-again distillation.
 
 Each trained model's outputs are kept in ``--workdir`` (``outputs-MODE-SEED.npz``): run the command
 again with the same folder and the scores are computed again without training.
@@ -62,6 +67,8 @@ from bankintent.predict import Predictor, softmax  # noqa: E402
 from bankintent.results import markdown_table  # noqa: E402
 
 COVERAGE = 0.95
+ARMS = ("none", "label", "exposure", "class")
+MODEL_OF = {"none": "label", "label": "label", "exposure": "exposure", "class": "class"}  # arm: the model it measures
 
 
 def held_out_split(labels: list[str], known_share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -134,7 +141,8 @@ def model_outputs(seed: int, mode: str, args, splits, workdir: Path) -> dict:
     ``none`` and ``label``; ``class``: they are one more intent) and return its outputs on every set
     of the protocol, cached in ``workdir`` (``outputs-MODE-SEED.npz``) so the scores can be studied
     again without training."""
-    cache = workdir / f"outputs-{mode}-{seed}.npz"
+    student = f"distill{args.distill}-" if args.distill else ""
+    cache = workdir / f"outputs-{student}{mode}-{seed}.npz"
     intents = protocol_split(splits, args.known, seed)
     known, examples_of = set(intents["known"]), set(intents["example_intents"])
     train, val, test = (subset(e, known) for e in (splits.train, splits.validation, splits.test))
@@ -152,7 +160,7 @@ def model_outputs(seed: int, mode: str, args, splits, workdir: Path) -> dict:
     data = workdir / f"data-{mode}-{seed}"
     data.mkdir(parents=True, exist_ok=True)
     write_csv(data / "train.csv", (train.texts, train.labels),
-              (examples.texts, [{"label": "out_of_scope", "class": OOS_CLASS}[mode]] * len(examples)))
+              (examples.texts, [OOS_CLASS if mode == "class" else "out_of_scope"] * len(examples)))
     write_csv(data / "valid.csv", (val.texts, val.labels))
     write_csv(data / "test.csv", (test.texts, test.labels))
     (data / "held_out.json").write_text(json.dumps(intents, indent=1))
@@ -161,15 +169,21 @@ def model_outputs(seed: int, mode: str, args, splits, workdir: Path) -> dict:
 
     output = workdir / f"run-{mode}-{seed}"
     cfg = resolve_config(None, method=args.method, data=str(data), output=str(output), seed=seed, overwrite=True,
-                         base_model=args.base_model, epochs=args.epochs)
-    run_training(cfg)
+                         base_model=args.base_model, epochs=args.epochs, **({"oos_exposure": args.oos_exposure} if mode == "exposure" else {}))
+    if not (args.distill and (output / "metrics.json").is_file()):  # a trained teacher is distilled again, not retrained
+        run_training(cfg)
+    if args.distill:  # the teacher's student (``bankintent distill``) is the model measured
+        from bankintent.distill import distill
+
+        teacher, output = output, workdir / f"{student}{mode}-{seed}"
+        distill(teacher, output, overwrite=True, layers=args.distill, epochs=args.distill_epochs, seed=seed)
     predictor = Predictor.load(output)
     result = {"labels": np.array(predictor.labels), "temperature": np.array(predictor.spec.temperature)}
     for name, examples_set in sets.items():
         logits, features = predictor.outputs(examples_set.texts, desc=f"seed {seed}: {name}")
         result[f"logits/{name}"], result[f"features/{name}"] = logits, features
     if args.frozen_base:
-        bank = train if mode == "label" else Examples(train.texts + examples.texts, train.labels + [OOS_CLASS] * len(examples))
+        bank = train if mode != "class" else Examples(train.texts + examples.texts, train.labels + [OOS_CLASS] * len(examples))
         logits, features, temperature, bank_features = frozen_base_outputs(
             args.base_model, {n: e.texts for n, e in sets.items()}, bank, val, predictor.labels, seed)
         result["frozen/temperature"] = np.array(temperature)
@@ -193,7 +207,7 @@ def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
     variants = {"fine-tuned": ""} | ({"frozen base": "frozen/"} if "frozen/bank" in outputs else {})
     rows = []
     for embedding, prefix in variants.items():
-        names = [n for n in sets if n != "train" and (n != "examples" or arm == "label")]  # the bank is outputs' own
+        names = [n for n in sets if n != "train" and (n != "examples" or arm in ("label", "exposure"))]  # the bank is outputs' own
         logits = {n: outputs[f"{prefix}logits/{n}"] for n in names}
         features = {n: outputs[f"{prefix}features/{n}"] for n in names}
         temperature = float(outputs[f"{prefix}temperature"])
@@ -209,14 +223,14 @@ def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
             column = labels.index(OOS_CLASS)
             scores["oos class"] = {n: softmax(l / temperature)[:, column] for n, l in logits.items()}
         shipped = ood.DEFAULT_SCORE
-        if arm == "label" and not prefix:  # the model's own choice from the examples (as bankintent.calibration makes it)
+        if arm in ("label", "exposure") and not prefix:  # the model's own choice from the examples (as bankintent.calibration makes it)
             shipped = ood.choose({n: scores[n]["val"] for n in ood.SCORES}, {n: scores[n]["examples"] for n in ood.SCORES}, COVERAGE)
             scores.update(example_scores(features, bank))
         if not prefix:
             scores[f"shipped ({shipped})"] = scores[shipped]
         correct = logits["test"].argmax(-1) == test_true
         for row in measure(scores, correct, tested, untouched):
-            rows.append({"seed": seed, "method": args.method, "embedding": embedding, "oos_examples": arm,
+            rows.append({"seed": seed, "method": args.method + (f" distilled to {args.distill} layers" if args.distill else ""), "embedding": embedding, "oos_examples": arm,
                          "known_intents": len(intents["known"]), "knn_k": k, "test_accuracy": float(correct.mean()), **row})
     return rows
 
@@ -320,10 +334,16 @@ def main() -> None:
     parser.add_argument("--method", default="lpft")
     parser.add_argument("--base-model", default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override the method's recipe (for a quick check)")
-    parser.add_argument("--arms", nargs="+", choices=("none", "label", "class"), default=["none", "label"],
+    parser.add_argument("--distill", type=int, default=0, metavar="LAYERS",
+                        help="measure a student of each trained model with LAYERS encoder layers (`bankintent distill`; "
+                             "as many as the teacher's: born-again distillation), not the model itself")
+    parser.add_argument("--distill-epochs", type=int, default=3, help="the student's epochs (with --distill)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["none", "label"],
                         help="none: no out-of-scope examples; half of the held-out intents' training queries are out-of-scope "
-                             "examples: 'label' as the project's out_of_scope rows (the same model as 'none'), 'class' as one "
-                             "more intent whose probability is a score (a model of its own)")
+                             "examples: 'label' as the project's out_of_scope rows (the same model as 'none'), 'exposure' as "
+                             "those rows trained on too (--oos-exposure), 'class' as one more intent whose probability is a score "
+                             "(a model of its own for each)")
+    parser.add_argument("--oos-exposure", type=float, default=0.5, help="the 'exposure' arm's outlier-exposure weight")
     parser.add_argument("--frozen-base", action=argparse.BooleanOptionalAction, default=True, help="also score the frozen base's embeddings")
     parser.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -334,10 +354,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         for seed in args.seeds:
-            for mode in dict.fromkeys("class" if arm == "class" else "label" for arm in args.arms):
+            for mode in dict.fromkeys(MODEL_OF[arm] for arm in args.arms):
                 outputs = model_outputs(seed, mode, args, splits, workdir)
                 for arm in args.arms:
-                    if (arm == "class") == (mode == "class"):
+                    if MODEL_OF[arm] == mode:
                         rows += arm_rows(arm, seed, outputs, args)
             pd.DataFrame(rows).to_csv(out / "results.csv", index=False, float_format="%.4f")
     table = summarise(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import shutil
 from argparse import Namespace
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_the_split_is_seeded_and_partitions_the_intents(protocol):
 
 def test_no_held_out_intent_trains_and_the_outputs_are_kept(protocol, tiny_bert, tiny_data, tmp_path):
     splits = load_splits(str(tiny_data))
-    args = Namespace(known=0.5, method="linear-probe", base_model=str(tiny_bert), epochs=None, frozen_base=False)
+    args = Namespace(known=0.5, method="linear-probe", base_model=str(tiny_bert), epochs=None, frozen_base=False, distill=0)
     outputs = protocol.model_outputs(0, "label", args, splits, tmp_path)
     intents = outputs["intents"]
     with open(tmp_path / "data-label-0" / "train.csv", newline="") as handle:
@@ -65,9 +66,32 @@ def test_no_held_out_intent_trains_and_the_outputs_are_kept(protocol, tiny_bert,
 
 def test_the_class_arm_trains_the_examples_as_one_more_intent(protocol, tiny_bert, tiny_data, tmp_path):
     splits = load_splits(str(tiny_data))
-    args = Namespace(known=0.5, method="linear-probe", base_model=str(tiny_bert), epochs=None, frozen_base=False)
+    args = Namespace(known=0.5, method="linear-probe", base_model=str(tiny_bert), epochs=None, frozen_base=False, distill=0)
     outputs = protocol.model_outputs(0, "class", args, splits, tmp_path)
     assert outputs["labels"] == sorted(outputs["intents"]["known"] + [protocol.OOS_CLASS])
     rows = {row["score"]: row for row in protocol.arm_rows("class", 0, outputs, args)}
     assert "oos class" in rows and 0 <= rows["oos class"]["recall_id"] <= 1
     assert rows["oos class"]["recall_id"] == rows["oos class"]["recall_id_half"]  # tested on the untouched half
+
+
+def test_the_exposure_arm_trains_on_the_examples_and_distill_measures_a_student(protocol, tiny_bert, tiny_data, tmp_path):
+    splits = load_splits(str(tiny_data))
+    args = Namespace(known=0.5, method="lora", base_model=str(tiny_bert), epochs=1, frozen_base=False, distill=0, oos_exposure=0.5)
+    outputs = protocol.model_outputs(0, "exposure", args, splits, tmp_path)
+    examples = sum(label in outputs["intents"]["example_intents"] for label in splits.train.labels)
+    metrics = json.loads((tmp_path / "run-exposure-0" / "metrics.json").read_text())
+    assert metrics["oos_exposure_examples"] == examples > 0 and metrics["oos_examples_size"] == examples
+    assert outputs["labels"] == outputs["intents"]["known"]
+    rows = {row["score"]: row for row in protocol.arm_rows("exposure", 0, outputs, args)}
+    assert any(score.startswith("shipped") for score in rows) and "knn contrast" in rows
+    assert rows["knn"]["recall_id"] == rows["knn"]["recall_id_half"]  # tested on the untouched half
+
+    # --distill: the measured model is the teacher's student, the teacher (trained above) is not trained again
+    args = Namespace(**{**vars(args), "distill": 1, "distill_epochs": 1})
+    teacher = (tmp_path / "run-exposure-0" / "metrics.json").stat().st_mtime_ns
+    student = protocol.model_outputs(0, "exposure", args, splits, tmp_path)
+    assert (tmp_path / "run-exposure-0" / "metrics.json").stat().st_mtime_ns == teacher
+    assert json.loads((tmp_path / "distill1-exposure-0" / "metrics.json").read_text())["layers"] == 1
+    assert (tmp_path / "outputs-distill1-exposure-0.npz").is_file()
+    assert not np.array_equal(student["features/test"], outputs["features/test"])
+    assert {row["method"] for row in protocol.arm_rows("exposure", 0, student, args)} == {"lora distilled to 1 layers"}
