@@ -21,8 +21,8 @@ held-out intents' validation queries' recall, which chose the project's settings
 ``ood.COMBINED_WEIGHT``, ``ood.KNN_K``). ``shipped (SCORE)`` is the score the trained model folder
 serves with: the default without examples, the examples' choice (``ood.choose``) with them.
 
-``--arms`` picks what is measured. The held-out intents are split in two with a seed; ``label``,
-``exposure`` and ``class`` give the training queries of one half to the model as out-of-scope examples and measure
+``--arms`` picks what is measured. The held-out intents are split in two with a seed; ``label`` and
+``class`` give the training queries of one half to the model as out-of-scope examples and measure
 the in-domain recall on the test queries of the *other* half only, so no example comes from a tested
 intent (``recall in-domain (untouched half)`` is that same half in every arm, for a like-for-like
 comparison):
@@ -31,8 +31,6 @@ comparison):
 - ``label``: the examples are ``out_of_scope`` rows, which never train the classifier (so ``none``
   and ``label`` share one trained model): they choose the score, and ``knn contrast`` scores how much
   nearer a query is to an example than to a training query of an intent.
-- ``exposure``: the examples are ``out_of_scope`` rows that also train the model (outlier exposure,
-  ``--oos-exposure``: a model of its own), and choose the score as in ``label``.
 - ``class``: the examples are one more intent (a model of its own); its probability is the ``oos
   class`` score.
 
@@ -67,8 +65,8 @@ from bankintent.predict import Predictor, softmax  # noqa: E402
 from bankintent.results import markdown_table  # noqa: E402
 
 COVERAGE = 0.95
-ARMS = ("none", "label", "exposure", "class")
-MODEL_OF = {"none": "label", "label": "label", "exposure": "exposure", "class": "class"}  # arm: the model it measures
+ARMS = ("none", "label", "class")
+MODEL_OF = {"none": "label", "label": "label", "class": "class"}  # arm: the model it measures
 
 
 def held_out_split(labels: list[str], known_share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -169,7 +167,7 @@ def model_outputs(seed: int, mode: str, args, splits, workdir: Path) -> dict:
 
     output = workdir / f"run-{mode}-{seed}"
     cfg = resolve_config(None, method=args.method, data=str(data), output=str(output), seed=seed, overwrite=True,
-                         base_model=args.base_model, epochs=args.epochs, **({"oos_exposure": args.oos_exposure} if mode == "exposure" else {}))
+                         base_model=args.base_model, epochs=args.epochs)
     if not (args.distill and (output / "metrics.json").is_file()):  # a trained teacher is distilled again, not retrained
         run_training(cfg)
     if args.distill:  # the teacher's student (``bankintent distill``) is the model measured
@@ -207,7 +205,7 @@ def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
     variants = {"fine-tuned": ""} | ({"frozen base": "frozen/"} if "frozen/bank" in outputs else {})
     rows = []
     for embedding, prefix in variants.items():
-        names = [n for n in sets if n != "train" and (n != "examples" or arm in ("label", "exposure"))]  # the bank is outputs' own
+        names = [n for n in sets if n != "train" and (n != "examples" or arm == "label")]  # the bank is outputs' own
         logits = {n: outputs[f"{prefix}logits/{n}"] for n in names}
         features = {n: outputs[f"{prefix}features/{n}"] for n in names}
         temperature = float(outputs[f"{prefix}temperature"])
@@ -223,7 +221,7 @@ def arm_rows(arm: str, seed: int, outputs: dict, args) -> list[dict]:
             column = labels.index(OOS_CLASS)
             scores["oos class"] = {n: softmax(l / temperature)[:, column] for n, l in logits.items()}
         shipped = ood.DEFAULT_SCORE
-        if arm in ("label", "exposure") and not prefix:  # the model's own choice from the examples (as bankintent.calibration makes it)
+        if arm == "label" and not prefix:  # the model's own choice from the examples (as bankintent.calibration makes it)
             shipped = ood.choose({n: scores[n]["val"] for n in ood.SCORES}, {n: scores[n]["examples"] for n in ood.SCORES}, COVERAGE)
             scores.update(example_scores(features, bank))
         if not prefix:
@@ -340,10 +338,8 @@ def main() -> None:
     parser.add_argument("--distill-epochs", type=int, default=3, help="the student's epochs (with --distill)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["none", "label"],
                         help="none: no out-of-scope examples; half of the held-out intents' training queries are out-of-scope "
-                             "examples: 'label' as the project's out_of_scope rows (the same model as 'none'), 'exposure' as "
-                             "those rows trained on too (--oos-exposure), 'class' as one more intent whose probability is a score "
-                             "(a model of its own for each)")
-    parser.add_argument("--oos-exposure", type=float, default=0.5, help="the 'exposure' arm's outlier-exposure weight")
+                             "examples: 'label' as the project's out_of_scope rows (the same model as 'none'), 'class' as one "
+                             "more intent whose probability is a score (a model of its own)")
     parser.add_argument("--frozen-base", action=argparse.BooleanOptionalAction, default=True, help="also score the frozen base's embeddings")
     parser.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temporary folder)")
     args = parser.parse_args()

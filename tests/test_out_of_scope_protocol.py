@@ -74,24 +74,18 @@ def test_the_class_arm_trains_the_examples_as_one_more_intent(protocol, tiny_ber
     assert rows["oos class"]["recall_id"] == rows["oos class"]["recall_id_half"]  # tested on the untouched half
 
 
-def test_the_exposure_arm_trains_on_the_examples_and_distill_measures_a_student(protocol, tiny_bert, tiny_data, tmp_path):
+def test_distill_measures_each_models_student(protocol, tiny_bert, tiny_data, tmp_path):
     splits = load_splits(str(tiny_data))
-    args = Namespace(known=0.5, method="lora", base_model=str(tiny_bert), epochs=1, frozen_base=False, distill=0, oos_exposure=0.5)
-    outputs = protocol.model_outputs(0, "exposure", args, splits, tmp_path)
-    examples = sum(label in outputs["intents"]["example_intents"] for label in splits.train.labels)
-    metrics = json.loads((tmp_path / "run-exposure-0" / "metrics.json").read_text())
-    assert metrics["oos_exposure_examples"] == examples > 0 and metrics["oos_examples_size"] == examples
-    assert outputs["labels"] == outputs["intents"]["known"]
-    rows = {row["score"]: row for row in protocol.arm_rows("exposure", 0, outputs, args)}
-    assert any(score.startswith("shipped") for score in rows) and "knn contrast" in rows
-    assert rows["knn"]["recall_id"] == rows["knn"]["recall_id_half"]  # tested on the untouched half
-
+    args = Namespace(known=0.5, method="lora", base_model=str(tiny_bert), epochs=1, frozen_base=False, distill=0)
+    outputs = protocol.model_outputs(0, "label", args, splits, tmp_path)
     # --distill: the measured model is the teacher's student, the teacher (trained above) is not trained again
     args = Namespace(**{**vars(args), "distill": 1, "distill_epochs": 1})
-    teacher = (tmp_path / "run-exposure-0" / "metrics.json").stat().st_mtime_ns
-    student = protocol.model_outputs(0, "exposure", args, splits, tmp_path)
-    assert (tmp_path / "run-exposure-0" / "metrics.json").stat().st_mtime_ns == teacher
-    assert json.loads((tmp_path / "distill1-exposure-0" / "metrics.json").read_text())["layers"] == 1
-    assert (tmp_path / "outputs-distill1-exposure-0.npz").is_file()
+    teacher = (tmp_path / "run-label-0" / "metrics.json").stat().st_mtime_ns
+    student = protocol.model_outputs(0, "label", args, splits, tmp_path)
+    assert (tmp_path / "run-label-0" / "metrics.json").stat().st_mtime_ns == teacher
+    assert json.loads((tmp_path / "distill1-label-0" / "metrics.json").read_text())["layers"] == 1
+    assert (tmp_path / "outputs-distill1-label-0.npz").is_file()
+    assert student["labels"] == outputs["labels"]
     assert not np.array_equal(student["features/test"], outputs["features/test"])
-    assert {row["method"] for row in protocol.arm_rows("exposure", 0, student, args)} == {"lora distilled to 1 layers"}
+    rows = protocol.arm_rows("label", 0, student, args)
+    assert {row["method"] for row in rows} == {"lora distilled to 1 layers"} and any(row["score"] == "knn contrast" for row in rows)

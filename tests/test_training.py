@@ -11,7 +11,7 @@ from bankintent import Predictor, resolve_config, train
 from bankintent.config import METHODS
 from bankintent.errors import ConfigError, ModelError
 from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, base_pooling, build_model, layer_index, load_model
-from bankintent.training import OUT_OF_SCOPE_ID, GradualUnfreezing, WeightAveraging, outlier_exposure_loss
+from bankintent.training import GradualUnfreezing, WeightAveraging
 from conftest import tiny_options
 
 METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_macro_f1", "trainable_params", "total_params",
@@ -226,18 +226,3 @@ def test_weight_averaging_means_the_epoch_ends_and_survives_a_resume(tmp_path):
     resumed.apply(model)
     assert torch.allclose(model[1].weight, torch.full((2, 2), sum(seen) / 3))  # (1 + 4 + 10) / 3
     assert torch.equal(model[0].weight, frozen)
-
-
-def test_outlier_exposure_adds_the_cross_entropy_from_equal_probabilities_on_out_of_scope_rows():
-    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [4.0, -2.0, 0.0], [1.0, 1.0, 1.0]])
-    labels = torch.tensor([0, 2, OUT_OF_SCOPE_ID, OUT_OF_SCOPE_ID])
-    loss = outlier_exposure_loss(0.5)({"logits": logits}, labels)
-    log_probs = torch.log_softmax(logits, dim=-1)
-    intents = -(log_probs[0, 0] + log_probs[1, 2]) / 2
-    uniform = -(log_probs[2].mean() + log_probs[3].mean()) / 2  # the last row is uniform already: log(3), its least
-    assert loss.item() == pytest.approx((intents + 0.5 * uniform).item())
-    assert uniform.item() > np.log(3)
-    # a batch of one kind only; label smoothing applies to the intents' rows
-    assert outlier_exposure_loss(0.5)({"logits": logits[2:]}, labels[2:]).item() == pytest.approx(0.5 * uniform.item())
-    smoothed = outlier_exposure_loss(0.5, label_smoothing=0.1)({"logits": logits[:2]}, labels[:2])
-    assert smoothed.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:2], labels[:2], label_smoothing=0.1).item())

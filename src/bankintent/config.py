@@ -105,8 +105,6 @@ class TrainConfig:
     strict_data: bool = option(False, "refuse a data file with empty rows instead of skipping them with a warning")
     oos_label: str = option("out_of_scope", "rows with this label are out-of-scope examples, not an intent")
     oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
-    oos_exposure: float = option(0.0, "weight of outlier exposure: the out-of-scope examples also train the model, towards equal "
-                                 "probabilities over the intents (0: they only choose the out-of-scope score)")
 
     def __post_init__(self) -> None:
         if self.method not in (AUTO, *METHODS):
@@ -117,8 +115,6 @@ class TrainConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.probe_c, (int, float)):
             self.probe_c = [float(self.probe_c)]
-        if self.oos_exposure < 0:
-            raise ConfigError(f"oos_exposure must be at least 0, got {self.oos_exposure}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.shots is not None and self.shots < 1:

@@ -40,7 +40,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import PartialState
 from datasets import Dataset
 from safetensors import safe_open
@@ -296,28 +295,6 @@ def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) 
     return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels})
 
 
-OUT_OF_SCOPE_ID = -100  # an out-of-scope example's label in the training set: no intent
-
-
-def outlier_exposure_loss(weight: float, label_smoothing: float = 0.0):
-    """The training loss with outlier exposure (Hendrycks et al., 2019): cross-entropy on the intents'
-    queries plus ``weight`` times the cross-entropy from equal probabilities over the intents on the
-    out-of-scope examples (label ``OUT_OF_SCOPE_ID``), which teaches the model to hesitate on queries
-    like them. Each term is its rows' mean, so their share of a batch does not scale their pull."""
-
-    def loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        logits = outputs["logits"]
-        known = labels != OUT_OF_SCOPE_ID
-        total = logits.sum() * 0.0  # a batch may lack either kind of row
-        if known.any():
-            total = total + F.cross_entropy(logits[known], labels[known], label_smoothing=label_smoothing)
-        if not known.all():
-            total = total - weight * F.log_softmax(logits[~known], dim=-1).mean()
-        return total
-
-    return loss
-
-
 def _accuracy(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
@@ -480,16 +457,7 @@ def _train(cfg: TrainConfig) -> dict:
     best_epoch = 0
     validate = not splits.small_data
     if cfg.method not in ("linear-probe", "contrastive") and cfg.epochs > 0:
-        texts, ids = splits.train.texts, splits.ids(splits.train)
-        exposure = cfg.oos_exposure > 0 and len(splits.out_of_scope) > 0
-        if exposure:  # the out-of-scope examples join the training queries, with no intent
-            texts = texts + [preprocess(t, preprocessing) for t in splits.out_of_scope.texts]
-            ids = ids + [OUT_OF_SCOPE_ID] * len(splits.out_of_scope)
-            log.info("outlier exposure: %d out-of-scope examples train beside the intents (weight %g)", len(splits.out_of_scope),
-                     cfg.oos_exposure)
-        elif cfg.oos_exposure > 0:
-            log.warning("oos_exposure: the data has no out-of-scope examples (%r rows or --oos-file); training without", cfg.oos_label)
-        train_set = _tokenized(tokenizer, texts, ids, cfg.max_length)
+        train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
@@ -510,7 +478,6 @@ def _train(cfg: TrainConfig) -> dict:
             eval_dataset=val_set,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy if validate else None,
-            compute_loss_func=outlier_exposure_loss(cfg.oos_exposure, cfg.label_smoothing) if exposure else None,
             callbacks=callbacks,
         )
         trainer.train(resume_from_checkpoint=resume_from)
@@ -526,7 +493,6 @@ def _train(cfg: TrainConfig) -> dict:
             best_epoch = math.ceil(trainer.state.epoch or 0)  # no validation: the last epoch is kept
         args = trainer.args
         extra.update({
-            "oos_exposure_examples": len(splits.out_of_scope) if exposure else 0,
             "averaged_epochs": averaging.count,
             "world_size": args.world_size,
             "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
