@@ -29,7 +29,13 @@ def recalls(outputs, dims: int) -> tuple[float, float, float]:
         train = features["train"]
         axes = np.linalg.svd(train - train.mean(0), full_matrices=False)[2][:dims].T
         features = {name: f / np.linalg.norm(f, axis=1, keepdims=True) @ axes for name, f in features.items()}
-    bank = ood.for_scoring(ood.fit_knn(features["train"]))
+    return knn_msp_recalls(outputs, features, ood.fit_knn(features["train"]))
+
+
+def knn_msp_recalls(outputs, features: dict[str, np.ndarray], fitted: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    """``knn+msp`` with the kNN bank ``fitted`` (``ood.fit_knn``), fitted and thresholded as training
+    does: the recall of the held-out validation queries, held-out test queries and probe set."""
+    bank = ood.for_scoring(fitted)
     temperature = float(outputs["temperature"])
     knn = {name: ood.knn(features[name], bank) for name in SETS}
     msp = {name: 1 - softmax(outputs[f"logits/{name}"] / temperature).max(1) for name in SETS}

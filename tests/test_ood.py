@@ -68,6 +68,30 @@ def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding():
     assert len(many["knn_bank"]) == ood.KNN_BANK
 
 
+def test_with_labels_the_knn_bank_holds_each_intents_k_means_prototypes():
+    """Intent 0: 40 embeddings around 3 directions, summarised by KNN_PROTOTYPES centroids; intent 1:
+    fewer examples than that, kept as they are. Same data and seed: the same bank."""
+    rng = np.random.default_rng(1)
+    directions = np.eye(8)[:3] * 10
+    crowd = directions[rng.integers(0, 3, size=40)] + rng.normal(scale=0.1, size=(40, 8))
+    few = rng.normal(size=(ood.KNN_PROTOTYPES - 2, 8))
+    features, labels = np.vstack([crowd, few]), np.array([0] * 40 + [1] * len(few))
+    stored = ood.fit_knn(features, labels, seed=0)["knn_bank"]
+    bank = stored.astype(np.float32)
+    assert stored.dtype == np.float16 and bank.shape == (2 * ood.KNN_PROTOTYPES - 2, 8)
+    np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1, atol=1e-3)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(bank[ood.KNN_PROTOTYPES:], unit(few), atol=2e-3)  # a small intent keeps its own
+    prototypes = bank[: ood.KNN_PROTOTYPES]
+    assert ((unit(crowd) @ prototypes.T).max(1) > 0.99).all()  # every query lies near a prototype of its intent
+    assert len(np.unique((prototypes @ unit(directions).T).argmax(1))) == 3  # each direction has prototypes
+    assert not any((unit(crowd) == p).all(1).any() for p in prototypes)  # centroids, not training rows
+    np.testing.assert_array_equal(ood.fit_knn(features, labels, seed=0)["knn_bank"], stored)
+    # a query between the two intents' clusters is further from the prototypes than the intents' own
+    stats = ood.fit_knn(features, labels)
+    assert ood.knn(directions[:1] + directions[1:2], stats)[0] > ood.knn(crowd[:5], stats).max()
+
+
 def test_knn_msp_adds_the_two_scores_standardised_on_in_scope_queries():
     rng = np.random.default_rng(1)
     train = rng.normal(size=(40, 32))

@@ -59,8 +59,9 @@ def _pct(value) -> str:
 SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
     "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
-    "knn": "one minus the cosine similarity of the query's embedding to the nearest training query's (`knn`)",
-    "knn+msp": "the distance to the nearest training query (`knn`) plus, weighted, the classifier's hesitation between "
+    "knn": "one minus the cosine similarity of the query's embedding to the nearest of the intents' prototypes (k-means "
+           "centroids of each intent's training queries; `knn`)",
+    "knn+msp": "the distance to the nearest of the intents' prototypes (`knn`) plus, weighted, the classifier's hesitation between "
                "intents (`msp`), each standardised on the validation queries (`knn+msp`)",
 }
 

@@ -5,19 +5,22 @@
   input) to the nearest intent centroid, with one covariance shared by all intents, estimated with
   Ledoit-Wolf shrinkage (Lee et al., 2018). Centroids and the whitening matrix are fitted on the
   training split and stored in the model folder (``ood.safetensors``).
-- ``knn``: 1 - the cosine similarity of the query's embedding to its nearest training query's
-  (k-nearest-neighbour distance, Sun et al., 2022, with ``KNN_K`` = 1). It needs no assumption about
+- ``knn``: 1 - the cosine similarity of the query's embedding to the nearest of its intents'
+  prototypes (k-nearest-neighbour distance, Sun et al., 2022, with ``KNN_K`` = 1): each intent's
+  training embeddings summarised by ``KNN_PROTOTYPES`` k-means centroids. It needs no assumption about
   the shape of an intent's cluster, and a banking request that no intent covers usually lies between
-  intents, where a centroid can still be near: in the held-out-intents protocol
+  intents, where a single centroid can still be near: in the held-out-intents protocol
   (``benchmarks/out_of_scope.py``, docs/results/out_of_scope) it caught far more in-domain
-  out-of-scope queries than Mahalanobis at the same coverage, and ``KNN_K`` was chosen there on the
-  held-out intents' validation queries. The training embeddings (at most ``KNN_BANK`` of them,
-  float16) are stored in ``ood.safetensors``.
+  out-of-scope queries than Mahalanobis at the same coverage. Prototypes rather than every training
+  query: a stray training query no longer vouches for the out-of-scope queries near it, and the bank
+  is a fraction of the size; there they caught more of the held-out intents' validation queries
+  than the whole training split did. ``KNN_K`` and ``KNN_PROTOTYPES`` were chosen on those queries.
+  The prototypes (float16) are stored in ``ood.safetensors``.
 - ``knn+msp``: ``knn`` plus ``COMBINED_WEIGHT`` times ``msp``, each standardised by its mean and
   standard deviation on the validation queries (stored as ``knn_msp_scale``). The two see different
-  things: ``knn`` how far a query lies from every training query, ``msp`` how much the classifier
-  hesitates between intents; a banking request no intent covers is often near some training query
-  yet between two intents. In the held-out-intents protocol the sum caught more in-domain
+  things: ``knn`` how far a query lies from every intent's prototypes, ``msp`` how much the
+  classifier hesitates between intents; a banking request no intent covers is often near some
+  intent's queries yet between two intents. In the held-out-intents protocol the sum caught more in-domain
   out-of-scope queries than either alone, and ``COMBINED_WEIGHT`` was chosen there on the held-out
   intents' validation queries.
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
+from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
@@ -55,7 +59,8 @@ DEFAULT_SCORE = "knn+msp"
 DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
 NO_EXAMPLES = ": no out-of-scope examples"
 KNN_K = 1
-KNN_BANK = 20_000  # most training embeddings kept for the knn score (a seeded sample of larger sets)
+KNN_BANK = 20_000  # most embeddings kept for the knn score without labels (a seeded sample of larger sets)
+KNN_PROTOTYPES = 12  # k-means centroids of each intent's training embeddings that the knn score compares with
 COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
 # the arrays of ood.safetensors each score needs
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale")}
@@ -103,11 +108,23 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
 
 
-def fit_knn(features: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The training embeddings the knn score compares with: unit length, float16, at most ``KNN_BANK``."""
-    if len(features) > KNN_BANK:
-        features = features[np.random.default_rng(seed).choice(len(features), KNN_BANK, replace=False)]
-    return {"knn_bank": _unit(features).astype(np.float16)}
+def fit_knn(features: np.ndarray, labels: np.ndarray | None = None, seed: int = 0,
+            prototypes: int = KNN_PROTOTYPES) -> dict[str, np.ndarray]:
+    """The embeddings the knn score compares with, unit length, float16. With ``labels``, each intent's
+    training embeddings are summarised by ``prototypes`` k-means centroids (an intent with no more
+    examples keeps them all); without, the embeddings themselves, at most ``KNN_BANK``."""
+    unit = _unit(features)
+    if labels is not None:
+        parts = []
+        for label in np.unique(labels):
+            own = unit[labels == label]
+            if len(own) > prototypes:
+                own = _unit(KMeans(prototypes, n_init=3, random_state=seed).fit(own).cluster_centers_)
+            parts.append(own)
+        unit = np.concatenate(parts)
+    elif len(unit) > KNN_BANK:
+        unit = unit[np.random.default_rng(seed).choice(len(unit), KNN_BANK, replace=False)]
+    return {"knn_bank": unit.astype(np.float16)}
 
 
 def for_scoring(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,7 +173,7 @@ def supports(name: str, stats: dict[str, np.ndarray] | None) -> bool:
 
 def fit(features: np.ndarray, labels: np.ndarray, num_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Everything the embedding scores need, fitted on the training split's embeddings."""
-    return {**fit_mahalanobis(features, labels, num_labels), **fit_knn(features, seed)}
+    return {**fit_mahalanobis(features, labels, num_labels), **fit_knn(features, labels, seed)}
 
 
 def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
