@@ -184,12 +184,6 @@ def _jsonl_rows(path: Path, handle, columns):
         yield number, row
 
 
-def clean_text(path: Path, number: int, value, column: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{path}: line {number}: empty text in column {column!r}")
-    return value.strip()
-
-
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
                   strict: bool = False) -> Examples:
     """Read a labelled .csv or .jsonl file. A row whose text is empty or whitespace is skipped and
