@@ -85,8 +85,8 @@ def test_train_help_documents_every_option_from_the_config(capsys, clean_env):
         option = options["--" + field.name.replace("_", "-")]
         assert help in option and "default: " in option, option
     assert "--method {" + ",".join((AUTO, *METHODS)) + "}" in text
-    assert "(default: 0.0005; lora, lora-unfreeze: 0.001; full: 0.0001; contrastive: 5e-05)" in " ".join(text.split())  # the recipes' defaults
-    assert "(default: off; lpft: on)" in text  # average_weights
+    assert "(default: 0.0005; lpft-full, full: 0.0001; lora, lora-unfreeze: 0.001; contrastive: 5e-05)" in " ".join(text.split())  # the recipes' defaults
+    assert "(default: off; lpft, lpft-full: on)" in text  # average_weights
     assert "--probe-c A,B" in text and "(default: 1,3,10,30,100)" in text
 
 

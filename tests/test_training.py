@@ -11,7 +11,7 @@ from bankintent import Predictor, resolve_config, train
 from bankintent.config import METHODS
 from bankintent.errors import ConfigError, ModelError
 from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, base_pooling, build_model, layer_index, load_model
-from bankintent.training import GradualUnfreezing, WeightAveraging
+from bankintent.training import GradualUnfreezing, WeightAveraging, rdrop_loss
 from conftest import tiny_options
 
 METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_macro_f1", "trainable_params", "total_params",
@@ -23,14 +23,15 @@ METRIC_KEYS = {"method", "base_model", "val_accuracy", "test_accuracy", "test_ma
 def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp_path):
     metrics = train(resolve_config(None, method=method, **tiny_options(tiny_models[arch], tiny_data, tmp_path)))
     assert METRIC_KEYS <= set(metrics)
-    assert metrics.get("averaged_epochs", 0) == (1 if method == "lpft" else 0)  # lpft's recipe averages the epochs' weights
+    # lpft's and lpft-full's recipes average the epochs' weights
+    assert metrics.get("averaged_epochs", 0) == (1 if method in ("lpft", "lpft-full") else 0)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     folder = tmp_path / "adapter"
     assert json.loads((folder / "labels.json").read_text()) == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
     weights = folder / ("adapter_model.safetensors" if method in ("lpft", "lora", "lora-unfreeze") else "model.safetensors")
     assert weights.is_file() and metrics["adapter_bytes"] >= weights.stat().st_size
-    if method in ("full", "contrastive"):  # contrastive fine-tunes the whole encoder, then fits the head
+    if method in ("full", "lpft-full", "contrastive"):  # contrastive fine-tunes the whole encoder, then fits the head
         assert metrics["trainable_pct"] == 100.0
     else:
         assert metrics["trainable_pct"] < 50  # tiny models: the head is large relative to the encoder
@@ -72,6 +73,67 @@ def test_base_pooling_is_recognised(tiny_models, tmp_path):
     broken = sentence_transformers_folder(tiny_models["bert"], tmp_path / "broken")
     (broken / "modules.json").write_text("{not json")
     assert base_pooling(str(broken)) == "cls"
+
+
+def test_lpft_full_starts_from_the_probe_and_trains_every_weight(tiny_bert, tiny_data, tmp_path):
+    """lpft-full's head starts as the linear probe's: at a vanishing learning rate it predicts what the
+    linear probe does; at its recipe's rate every encoder weight moves."""
+    from safetensors.torch import load_file
+
+    probe_run, still, moved = (tmp_path / name for name in ("probe", "still", "moved"))
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, probe_run)))
+    train(resolve_config(None, method="lpft-full", lr=1e-12, **tiny_options(tiny_bert, tiny_data, still)))
+    train(resolve_config(None, method="lpft-full", lr=1e-2, **tiny_options(tiny_bert, tiny_data, moved)))
+    queries = ["my card was stolen", "what exchange rate", "top up failed", "where is my card"]
+    expected = Predictor.load(probe_run).probabilities(queries)
+    assert np.allclose(Predictor.load(still).probabilities(queries), expected, atol=1e-4)
+    assert not np.allclose(Predictor.load(moved).probabilities(queries), expected, atol=1e-2)
+    base = build_model(ModelSpec(base_model=str(tiny_bert), method="full", pooling="mean", labels=["a", "b", "c", "d"])).state_dict()
+    trained = load_file(moved / "adapter" / "model.safetensors")
+    encoder = [name for name in trained if name.startswith("encoder.") and trained[name].dim() == 2]
+    assert encoder and all(not torch.equal(trained[name], base[name]) for name in encoder)
+
+
+def test_rdrop_loss_values():
+    """R-Drop: the two passes' mean cross-entropy, plus alpha times the mean of both KL directions."""
+    first = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    second = torch.tensor([[1.0, 1.0, -1.0], [0.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    p, q = first.softmax(-1), second.softmax(-1)
+    kl_pq, kl_qp = (p * (p / q).log()).sum(-1).mean(), (q * (q / p).log()).sum(-1).mean()
+    ce = (torch.nn.functional.cross_entropy(first, labels) + torch.nn.functional.cross_entropy(second, labels)) / 2
+    assert rdrop_loss(first, second, labels, 0.7).item() == pytest.approx((ce + 0.7 * (kl_pq + kl_qp) / 2).item(), rel=1e-5)
+    assert rdrop_loss(first, first, labels, 5.0).item() == pytest.approx(torch.nn.functional.cross_entropy(first, labels).item(), rel=1e-5)
+    smoothed = torch.nn.functional.cross_entropy(first, labels, label_smoothing=0.1)
+    assert rdrop_loss(first, first, labels, 1.0, label_smoothing=0.1).item() == pytest.approx(smoothed.item(), rel=1e-5)
+
+
+def test_rdrop_trainer_runs_the_batch_twice_with_dropout(tiny_bert, tiny_data, tmp_path):
+    """In training, RDropTrainer's loss is rdrop_loss of the batch stacked on itself (two dropout masks);
+    in evaluation it is the plain cross-entropy; `train` with rdrop trains and records it."""
+    from bankintent.training import RDropTrainer, _training_arguments
+
+    spec = ModelSpec(base_model=str(tiny_bert), method="full", pooling="mean", labels=["a", "b", "c"])
+    model = build_model(spec)
+    batch = {"input_ids": torch.tensor([[101, 2026, 4003, 102], [101, 3446, 2121, 102]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([0, 2])}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    cfg = resolve_config(None, method="full", pooling="mean", rdrop=0.5, output=str(tmp_path))
+    trainer = RDropTrainer(model=model, args=_training_arguments(cfg, tmp_path / "checkpoints", 1, validate=False), rdrop=0.5)
+    model.train()
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    first, second = model(**{k: torch.cat([v, v]) for k, v in inputs.items()}).logits.chunk(2)
+    assert not torch.allclose(first, second)  # dropout differed between the copies
+    assert loss.item() == pytest.approx(rdrop_loss(first, second, batch["labels"], 0.5).item(), rel=1e-5)
+    model.eval()
+    plain = torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"])
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(plain.item(), rel=1e-5)
+    metrics = train(resolve_config(None, method="lpft", rdrop=1.0, **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
+    assert resolve_config(tmp_path / "run" / "config.yaml").rdrop == 1.0 and metrics["val_accuracy"] is not None
+    with pytest.raises(ConfigError, match="rdrop"):
+        resolve_config(None, rdrop=-0.1)
 
 
 @pytest.mark.parametrize("method", ["lora", "full", "lora-unfreeze"])

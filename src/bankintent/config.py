@@ -17,7 +17,7 @@ from bankintent.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-METHODS = ("lpft", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
+METHODS = ("lpft", "lpft-full", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
 # The default method: decided by the data once it is read (``for_data``): ``contrastive`` for small
 # data (no validation file and few examples per intent, ``Splits.small_data``), where it scored above
 # lpft and the linear probe at 5 and 10 examples per intent (docs/results/fewshot), else ``lpft``.
@@ -31,6 +31,8 @@ AUTO = "auto"
 # the best. `lpft` (linear probe, then LoRA from the probe's head, on mean-pooled embeddings) is the default.
 RECIPES: dict[str, dict[str, Any]] = {
     "lpft": {"pooling": "mean", "lr": 5e-4, "epochs": 4, "lora_r": 8, "lora_alpha": 32, "average_weights": True},
+    # LP-FT as Kumar et al. (2022) wrote it: the linear probe, then every weight fine-tuned from the probe's head
+    "lpft-full": {"pooling": "mean", "lr": 1e-4, "epochs": 4, "average_weights": True},
     "lora": {"pooling": "auto", "lr": 1e-3, "epochs": 8, "lora_r": 8, "lora_alpha": 32},
     "full": {"pooling": "auto", "lr": 1e-4, "epochs": 8},
     "lora-unfreeze": {"pooling": "auto", "lr": 1e-3, "epochs": 8, "lora_r": 8, "lora_alpha": 32},
@@ -57,7 +59,7 @@ class TrainConfig:
     ``help`` (``dataclasses.fields(TrainConfig)[i].metadata["help"]``)."""
 
     method: str = option(AUTO, "recipe: auto (lpft, or contrastive for small data: no validation file and few examples per "
-                         "intent), lpft (linear probe, then LoRA), lora, full (every weight), "
+                         "intent), lpft (linear probe, then LoRA), lpft-full (linear probe, then every weight), lora, full (every weight), "
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
                          "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=(AUTO, *METHODS))
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
@@ -80,6 +82,8 @@ class TrainConfig:
     warmup_ratio: float = option(0.06, "share of the training steps spent warming the learning rate up")
     label_smoothing: float = option(0.0, "share of each training label's probability spread over the other intents "
                                     "(cross-entropy with label smoothing; 0: none)")
+    rdrop: float = option(0.0, "R-Drop: weight of the symmetric KL divergence between two dropout passes of each batch, "
+                                      "added to their cross-entropy (0: one pass, plain cross-entropy)")
     early_stopping_patience: int = option(2, "epochs without a better validation score before training stops")
     average_weights: bool = option(False, "keep the mean of the weights at each epoch's end, not the best epoch's")
     unfreeze_layers_per_epoch: int = option(2, "lora-unfreeze: encoder layers joining the training each epoch, top first")
@@ -115,6 +119,8 @@ class TrainConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.probe_c, (int, float)):
             self.probe_c = [float(self.probe_c)]
+        if self.rdrop < 0:
+            raise ConfigError(f"rdrop must be at least 0, got {self.rdrop}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.shots is not None and self.shots < 1:

@@ -15,6 +15,8 @@ from bankintent.results import human_bytes
 
 METHOD_TEXT = {
     "lpft": "a linear probe on the frozen encoder's mean-pooled embeddings, then LoRA fine-tuning that starts from the probe's head (LP-FT)",
+    "lpft-full": "a linear probe on the frozen encoder's mean-pooled embeddings, then full fine-tuning of every weight that "
+                 "starts from the probe's head (LP-FT, as Kumar et al., 2022 wrote it)",
     "lora": "LoRA adapters on the attention and feed-forward layers and a new classification head",
     "lora-unfreeze": "LoRA with gradual unfreezing: the top encoder layers' adapters train first, lower layers join epoch by epoch",
     "full": "full fine-tuning of every weight and a new classification head",

@@ -1,6 +1,6 @@
 """Training: one function, ``train(cfg)``, for every method.
 
-    data -> base model (+ linear probe for lpft / linear-probe) -> LoRA or full fine-tuning with the
+    data -> base model (+ linear probe for lpft / lpft-full / linear-probe) -> LoRA or full fine-tuning with the
     Hugging Face Trainer (dynamic padding, length-grouped batches, early stopping on validation
     accuracy, per-epoch checkpoints) -> the best epoch (or, with ``average_weights``, the mean of the
     epochs' weights) is saved -> validation and test are evaluated from the saved folder, exactly as
@@ -8,6 +8,8 @@
 
 The Trainer also brings mixed precision on a GPU and data-parallel training under torchrun or
 ``accelerate launch`` with no code of ours.
+
+``rdrop`` (R-Drop) replaces the cross-entropy by ``rdrop_loss`` (``RDropTrainer``).
 
 ``contrastive`` (few-shot) fine-tunes the encoder on pairs of same-intent queries first
 (``bankintent.contrastive``), then fits the linear probe on its embeddings.
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from torch import nn
 from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -52,6 +55,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
 from sklearn.model_selection import train_test_split
 from transformers.utils import logging as hf_logging
 
@@ -84,6 +88,7 @@ log = logging.getLogger(__name__)
 MODEL_DIR = "adapter"
 # methods whose head starts from scratch (lpft, linear-probe and contrastive start theirs from the probe)
 COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
+PROBE_HEAD_METHODS = ("lpft", "lpft-full", "linear-probe", "contrastive")
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
 # exceptions that tokenizers, safetensors ("... (os error 28)") and torch.save ("file write failed") raise
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -113,6 +118,40 @@ class GradualUnfreezing(TrainerCallback):
             layer = layer_index(name)
             if layer is not None and layer < lowest:
                 parameter.grad = None
+
+
+def rdrop_loss(first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor, alpha: float,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """R-Drop's loss (Liang et al., 2021) for two dropout passes' logits of one batch: the mean of their
+    cross-entropies plus ``alpha`` times the mean of KL(p1 || p2) and KL(p2 || p1), each summed over
+    the intents and averaged over the batch."""
+    ce = (nn.functional.cross_entropy(first, labels, label_smoothing=label_smoothing)
+          + nn.functional.cross_entropy(second, labels, label_smoothing=label_smoothing)) / 2
+    log_p, log_q = nn.functional.log_softmax(first, -1), nn.functional.log_softmax(second, -1)
+    kl = (nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+          + nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean")) / 2
+    return ce + alpha * kl
+
+
+class RDropTrainer(Trainer):
+    """The Trainer with R-Drop (``rdrop`` > 0): each training batch goes through the model twice in one
+    forward pass (the batch stacked on itself), so dropout drops different units in each copy, and the
+    loss (``rdrop_loss``) also asks the two predictions to agree. Why: a model whose answer depends less
+    on which units dropout removes is one whose train-time and test-time (no dropout) predictions agree.
+    Evaluation is the plain Trainer's."""
+
+    def __init__(self, *args, rdrop: float, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rdrop, self.smoothing = rdrop, label_smoothing
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        logits = model(**{k: torch.cat([v, v]) for k, v in inputs.items() if k != "labels"}).logits
+        first, second = logits.chunk(2)
+        loss = rdrop_loss(first, second, labels, self.rdrop, self.smoothing)
+        return (loss, SequenceClassifierOutput(loss=loss, logits=first)) if return_outputs else loss
 
 
 class WeightAveraging(TrainerCallback):
@@ -446,7 +485,7 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.method == "contrastive" and cfg.epochs > 0:
         extra.update(contrastive.fine_tune(model, splits, cfg, checkpoints / "contrastive", progress=main))
         shutil.rmtree(checkpoints, ignore_errors=True)
-    if cfg.method in ("linear-probe", "lpft", "contrastive") and resume_from is None:
+    if cfg.method in PROBE_HEAD_METHODS and resume_from is None:
         extra.update(_fit_probe(model, tokenizer, splits, cfg, progress=main))
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
@@ -471,7 +510,8 @@ def _train(cfg: TrainConfig) -> dict:
             callbacks.append(averaging)
             if resume_from:
                 averaging.restore(resume_from)
-        trainer = Trainer(
+        rdrop = {"rdrop": cfg.rdrop, "label_smoothing": cfg.label_smoothing} if cfg.rdrop else {}
+        trainer = (RDropTrainer if rdrop else Trainer)(
             model=model,
             args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate),
             train_dataset=train_set,
@@ -479,6 +519,7 @@ def _train(cfg: TrainConfig) -> dict:
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy if validate else None,
             callbacks=callbacks,
+            **rdrop,
         )
         trainer.train(resume_from_checkpoint=resume_from)
         if interrupt.interrupted:
