@@ -1,11 +1,6 @@
 #!/bin/bash
 # Issue 14's sweep on the lent GPU: configs/sweep_study.yaml, several runs at once; only the run records come back.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export BANKINTENT_DATA_DIR=$PWD/.gpu/data TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, transformers, peft, accelerate, sklearn; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'sklearn', sklearn.__version__, torch.cuda.get_device_name(0))"
-  nproc; } 2>&1 | tee $OUT/env.txt
+source docs/results/study/gpu_setup.sh || exit 1
 # the sweep file with the carried base model (float16-rounded weights, loaded as float32)
 sed 's|^  data: banking77$|  data: banking77\n  base_model: .gpu/base|' configs/sweep_study.yaml > /tmp/sweep_study.yaml
 grep -n base_model /tmp/sweep_study.yaml || exit 1
