@@ -18,6 +18,7 @@ from bankintent.errors import ConfigError
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 METHODS = ("lpft", "lpft-full", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
+LORA_METHODS = ("lpft", "lora", "lora-unfreeze")  # the others train every weight, or none
 # The default method: decided by the data once it is read (``for_data``): ``contrastive`` for small
 # data (no validation file and few examples per intent, ``Splits.small_data``), where it scored above
 # lpft and the linear probe at 5 and 10 examples per intent (docs/results/fewshot), else ``lpft``.
@@ -136,7 +137,7 @@ class TrainConfig:
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lpft", "lora", "lora-unfreeze")
+        return self.method in LORA_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 from transformers import AutoConfig
 
-from bankintent.config import read_yaml, resolve_config
+from bankintent.config import LORA_METHODS, read_yaml, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table
@@ -52,7 +52,7 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     options = {"lr": trial.suggest_float("lr", 1e-5, 2e-3, log=True)}
     if method != "linear-probe":
         options["epochs"] = trial.suggest_int("epochs", 1, 3)
-    if method in ("lpft", "lora", "lora-unfreeze"):
+    if method in LORA_METHODS:
         options["lora_r"] = trial.suggest_categorical("lora_r", [4, 8, 16, 32])
         options["lora_alpha"] = trial.suggest_categorical("lora_alpha", [8, 16, 32, 64])
         options["lora_dropout"] = trial.suggest_float("lora_dropout", 0.0, 0.2)
