@@ -84,7 +84,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "share of each training label's probability spread over the other intents "
                                     "(cross-entropy with label smoothing; 0: none)")
     rdrop: float = option(0.0, "R-Drop: weight of the symmetric KL divergence between two dropout passes of each batch, "
-                                      "added to their cross-entropy (0: one pass, plain cross-entropy)")
+                          "added to their cross-entropy (0: one pass, plain cross-entropy)")
     early_stopping_patience: int = option(2, "epochs without a better validation score before training stops")
     average_weights: bool = option(False, "keep the mean of the weights at each epoch's end, not the best epoch's")
     unfreeze_layers_per_epoch: int = option(2, "lora-unfreeze: encoder layers joining the training each epoch, top first")

@@ -43,10 +43,10 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from torch import nn
 from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -86,7 +86,7 @@ from bankintent.text import augment, check_augmentation, preprocess
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "adapter"
-# methods whose head starts from scratch (lpft, linear-probe and contrastive start theirs from the probe)
+# methods whose head starts from scratch, and those whose head starts as the linear probe
 COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
 PROBE_HEAD_METHODS = ("lpft", "lpft-full", "linear-probe", "contrastive")
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
