@@ -170,6 +170,14 @@ def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nonly text\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields"):
         load_splits(str(tmp_path))
+    # a stray quote swallows the rest of the file into one record: the error says where it opened
+    (tmp_path / "train.csv").write_text('text,category\nhello,a\n"where is my card,b\nagain,b\nmore,a\n')
+    with pytest.raises(DataError, match=r"train.csv: lines 3-5, one record \(is a quote on line 3 left open\?\): expected 2 fields"):
+        load_splits(str(tmp_path))
+    # a quoted line break is one good record: the rows after it keep their own line numbers
+    (tmp_path / "train.csv").write_text('text,category\n"two\nlines",a\nonly text\n')
+    with pytest.raises(DataError, match=r"train.csv: line 4: expected 2 fields"):
+        load_splits(str(tmp_path))
 
 
 def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):

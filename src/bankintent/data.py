@@ -160,10 +160,13 @@ def _csv_rows(path: Path, handle, columns):
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)})")
+        end = reader.line_num
         for row in reader:
+            start, end = end + 1, reader.line_num  # a quoted field can hold line breaks: one record, several lines
             if None in row or any(row[c] is None for c in columns):
-                raise DataError(f"{path}: line {reader.line_num}: expected {len(header)} fields")
-            yield reader.line_num, row
+                where = f"line {start}" if start == end else f"lines {start}-{end}, one record (is a quote on line {start} left open?)"
+                raise DataError(f"{path}: {where}: expected {len(header)} fields")
+            yield start, row
     except csv.Error as exc:
         raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
 
