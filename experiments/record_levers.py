@@ -119,9 +119,10 @@ def main() -> None:
     for child, (what, _) in running.items():
         print(f"[{time.monotonic() - started:6.0f} s] deadline: stopping {what}", flush=True)
         child.send_signal(signal.SIGINT)
+    stopped_by = time.monotonic() + 30  # one grace period for all, not 30 s each
     for child in running:
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=max(0.0, stopped_by - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
 

@@ -174,9 +174,13 @@ def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text('text,category\nhello,a\n"where is my card,b\nagain,b\nmore,a\n')
     with pytest.raises(DataError, match=r"train.csv: lines 3-5, one record \(is a quote on line 3 left open\?\): expected 2 fields"):
         load_splits(str(tmp_path))
-    # a quoted line break is one good record: the rows after it keep their own line numbers
-    (tmp_path / "train.csv").write_text('text,category\n"two\nlines",a\nonly text\n')
-    with pytest.raises(DataError, match=r"train.csv: line 4: expected 2 fields"):
+    # a quoted line break is one good record, blank lines are skipped: the rows after keep their own line numbers
+    (tmp_path / "train.csv").write_text('text,category\n"two\nlines",a\n\nonly text\n')
+    with pytest.raises(DataError, match=r"train.csv: line 5: expected 2 fields"):
+        load_splits(str(tmp_path))
+    # an open quote that swallows more than the csv module's field limit
+    (tmp_path / "train.csv").write_text('text,category\nhello,a\n"open,b\n' + "more text,a\n" * 20000)
+    with pytest.raises(DataError, match=r"train.csv: lines 3-\d+, one record \(is a quote on line 3 left open\?\): malformed CSV"):
         load_splits(str(tmp_path))
 
 

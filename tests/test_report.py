@@ -190,3 +190,16 @@ def test_model_card_of_a_model_without_fallback():
     assert fallback_text({}).startswith("Every query gets one of these intents: this model has no \"none of these\" answer")
     with_examples = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows"})
     assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples
+
+
+def test_model_card_says_what_the_weights_are():
+    """LoRA adapters merge onto the base; a model that trained every weight replaces them; a probe adds a head."""
+    from bankintent import resolve_config
+    from bankintent.model_card import _weights
+
+    cases = [("lpft", 1.6, "LoRA weights and the head", "merged"), ("lpft-full", 100.0, "every encoder weight", "replace"),
+             ("full", 100.0, "every encoder weight", "replace"), ("linear-probe", 0.1, "the head", "runs unchanged")]
+    for method, share, holds, cost in cases:
+        held, costs = _weights(method, resolve_config(None, method=method), {"trainable_pct": share})
+        assert holds in held and cost in costs, method
+    assert "student" in _weights("distill", resolve_config(None, method="lpft"), {"trainable_pct": 100.0})[0]

@@ -108,7 +108,7 @@ def test_rdrop_loss_values():
     assert rdrop_loss(first, first, labels, 1.0, label_smoothing=0.1).item() == pytest.approx(smoothed.item(), rel=1e-5)
 
 
-def test_rdrop_trainer_runs_the_batch_twice_with_dropout(tiny_bert, tiny_data, tmp_path):
+def test_rdrop_trainer_runs_the_batch_twice_with_dropout(tiny_bert, tiny_data, tmp_path, monkeypatch):
     """In training, RDropTrainer's loss is rdrop_loss of the batch stacked on itself (two dropout masks);
     in evaluation it is the plain cross-entropy; `train` with rdrop trains and records it."""
     from bankintent.training import RDropTrainer, _training_arguments
@@ -130,10 +130,27 @@ def test_rdrop_trainer_runs_the_batch_twice_with_dropout(tiny_bert, tiny_data, t
     model.eval()
     plain = torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"])
     assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(plain.item(), rel=1e-5)
+    calls = []
+    original = RDropTrainer.compute_loss
+
+    def counted(self, model, inputs, *args, **kwargs):
+        calls.append(model.training)
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(RDropTrainer, "compute_loss", counted)
     metrics = train(resolve_config(None, method="lpft", rdrop=1.0, **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
     assert resolve_config(tmp_path / "run" / "config.yaml").rdrop == 1.0 and metrics["val_accuracy"] is not None
-    with pytest.raises(ConfigError, match="rdrop"):
-        resolve_config(None, rdrop=-0.1)
+    assert True in calls  # train() trained with RDropTrainer's loss
+    for options, message in (({"rdrop": -0.1}, "at least 0"), ({"method": "contrastive", "rdrop": 1.0}, "logistic regression"),
+                             ({"method": "lpft", "epochs": 0, "rdrop": 1.0}, "0 epochs")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_config(None, **options)
+
+
+def test_every_method_starts_its_head_cold_or_from_the_probe():
+    from bankintent.training import COLD_HEAD_METHODS, PROBE_HEAD_METHODS
+
+    assert sorted(COLD_HEAD_METHODS + PROBE_HEAD_METHODS) == sorted(METHODS)
 
 
 @pytest.mark.parametrize("method", ["lora", "full", "lora-unfreeze"])

@@ -83,8 +83,8 @@ class TrainConfig:
     warmup_ratio: float = option(0.06, "share of the training steps spent warming the learning rate up")
     label_smoothing: float = option(0.0, "share of each training label's probability spread over the other intents "
                                     "(cross-entropy with label smoothing; 0: none)")
-    rdrop: float = option(0.0, "R-Drop: weight of the symmetric KL divergence between two dropout passes of each batch, "
-                          "added to their cross-entropy (0: one pass, plain cross-entropy)")
+    rdrop: float = option(0.0, "R-Drop: weight of the mean of KL(p||q) and KL(q||p) between two dropout passes' predictions, "
+                          "averaged over the batch, added to their mean cross-entropy (0: one pass, plain cross-entropy)")
     early_stopping_patience: int = option(2, "epochs without a better validation score before training stops")
     average_weights: bool = option(False, "keep the mean of the weights at each epoch's end, not the best epoch's")
     unfreeze_layers_per_epoch: int = option(2, "lora-unfreeze: encoder layers joining the training each epoch, top first")
@@ -122,6 +122,11 @@ class TrainConfig:
             self.probe_c = [float(self.probe_c)]
         if self.rdrop < 0:
             raise ConfigError(f"rdrop must be at least 0, got {self.rdrop}")
+        if self.rdrop and self.method in ("linear-probe", "contrastive"):  # auto becomes contrastive on small data
+            raise ConfigError(f"rdrop: {self.method} fits its classifier as a logistic regression, with no dropout passes to "
+                              f"compare; leave rdrop at 0")
+        if self.rdrop and self.epochs == 0:
+            raise ConfigError("rdrop: with 0 epochs nothing is fine-tuned; leave rdrop at 0")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.shots is not None and self.shots < 1:

