@@ -17,31 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import signal
+import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bankintent.sweep import read_sweep, run_folder, start_run, train_command
 
-BORN_AGAIN = ["lpft", "lpft --rdrop 1.0", "lpft-full lr=5e-5", "lpft-full lr=1e-4"]  # whose runs get a student each
-ENSEMBLE = ["lpft", "lpft --rdrop 1.0", "lpft-full lr=5e-5", "lpft-full lr=1e-4"]  # one student per seed of all of these
+# the runs that get a born-again student each, and whose seeds' ensembles get one each
+TEACHERS = ["lpft", "lpft --rdrop 1.0", "lpft-full lr=5e-5", "lpft-full lr=1e-4"]
 
 
 def distill_command(teachers: list[Path], seed: int, output: Path, epochs: int, layers: int) -> list[str]:
     command = ["bankintent", "distill", str(teachers[0]), "--layers", str(layers), "--epochs", str(epochs), "--seed", str(seed),
                "--output", str(output)]
     return command + (["--teachers", ",".join(map(str, teachers[1:]))] if teachers[1:] else [])
-
-
-def start(command: list[str], folder: Path) -> subprocess.Popen:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "command.txt").write_text(shlex.join(command) + "\n")
-    with open(folder / "train.log", "a") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], "--overwrite"], stdout=log_file,
-                                stderr=subprocess.STDOUT)
 
 
 def summary(out: Path) -> str:
@@ -68,8 +59,8 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--student-layers", type=int, default=6, help="the base model's depth: born-again students")
     parser.add_argument("--base-model", default=None, help="replaces the sweep's base model (a local folder on an offline machine)")
-    parser.add_argument("--born-again", nargs="*", default=BORN_AGAIN, help="runs of the sweep file that get a student each")
-    parser.add_argument("--ensemble", nargs="*", default=ENSEMBLE, help="runs whose seeds' ensembles get a student each")
+    parser.add_argument("--born-again", nargs="*", default=TEACHERS, help="runs of the sweep file that get a student each")
+    parser.add_argument("--ensemble", nargs="*", default=TEACHERS, help="runs whose seeds' ensembles get a student each")
     parser.add_argument("--only", nargs="*", default=None, help="train only these runs of the sweep file (default: all)")
     parser.add_argument("--extra", default="", help="more `bankintent train` flags for every run (tiny dry runs)")
     parser.add_argument("--summary", action="store_true", help="train nothing: write OUT/students.md")
@@ -108,7 +99,7 @@ def main() -> None:
         while queue and len(running) < args.jobs:
             kind, name, seed, command = queue.pop(0)
             folder = Path(command[command.index("--output") + 1])
-            child = start_run(command, folder) if kind == "train" else start(command, folder)
+            child = start_run(command, folder)  # `bankintent train` or `distill`, logged in the folder
             running[child] = (f"{kind} {name} seed {seed}", folder)
         for child in [c for c in running if c.poll() is not None]:
             what, folder = running.pop(child)

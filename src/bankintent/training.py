@@ -138,11 +138,11 @@ class RDropTrainer(Trainer):
     forward pass (the batch stacked on itself), so dropout drops different units in each copy, and the
     loss (``rdrop_loss``) also asks the two predictions to agree. Why: a model whose answer depends less
     on which units dropout removes is one whose train-time and test-time (no dropout) predictions agree.
-    Evaluation is the plain Trainer's."""
+    Evaluation is the plain Trainer's; label smoothing is the arguments' ``label_smoothing_factor``."""
 
-    def __init__(self, *args, rdrop: float, label_smoothing: float = 0.0, **kwargs):
+    def __init__(self, *args, rdrop: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rdrop, self.smoothing = rdrop, label_smoothing
+        self.rdrop = rdrop
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
@@ -150,7 +150,7 @@ class RDropTrainer(Trainer):
         labels = inputs["labels"]
         logits = model(**{k: torch.cat([v, v]) for k, v in inputs.items() if k != "labels"}).logits
         first, second = logits.chunk(2)
-        loss = rdrop_loss(first, second, labels, self.rdrop, self.smoothing)
+        loss = rdrop_loss(first, second, labels, self.rdrop, self.args.label_smoothing_factor)
         return (loss, SequenceClassifierOutput(loss=loss, logits=first)) if return_outputs else loss
 
 
@@ -510,7 +510,7 @@ def _train(cfg: TrainConfig) -> dict:
             callbacks.append(averaging)
             if resume_from:
                 averaging.restore(resume_from)
-        rdrop = {"rdrop": cfg.rdrop, "label_smoothing": cfg.label_smoothing} if cfg.rdrop else {}
+        rdrop = {"rdrop": cfg.rdrop} if cfg.rdrop else {}
         trainer = (RDropTrainer if rdrop else Trainer)(
             model=model,
             args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate),
