@@ -83,7 +83,7 @@ def main() -> None:
     students: list[tuple[str, int, list[Path]]] = [("born-again " + name, seed, [teachers[name, seed]])
                                                    for name in args.born_again for run in runs if run.name == name for seed in run.seeds]
     seeds = sorted({seed for run in runs for seed in run.seeds})
-    if all(any(run.name == name for run in runs) for name in args.ensemble):
+    if args.ensemble and all(any(run.name == name for run in runs) for name in args.ensemble):
         students += [("ensemble", seed, [teachers[name, seed] for name in args.ensemble]) for seed in seeds]
     running: dict[subprocess.Popen, tuple[str, Path]] = {}
     failed: set[Path] = set()
