@@ -194,6 +194,32 @@ def test_label_smoothing_is_the_trainers_loss(tiny_bert, tmp_path):
         resolve_config(None, label_smoothing=1.0)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_gradient_accumulation_divides_the_batch_mean_loss(pooling, tiny_bert, tmp_path):
+    """With gradient accumulation the Trainer backpropagates each micro-batch's mean loss divided by the
+    steps, as for a larger batch: both heads' forward takes **kwargs, which alone would make the Trainer
+    believe the loss already scaled by num_items_in_batch and take steps as many times too large."""
+    from transformers import Trainer
+
+    from bankintent.training import _training_arguments
+
+    spec = ModelSpec(base_model=str(tiny_bert), method="full", pooling=pooling, labels=["a", "b", "c"])
+    model = build_model(spec)
+    for module in model.modules():  # no dropout: the same loss in both passes
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = {"input_ids": torch.tensor([[101, 2026, 4003, 102], [101, 3446, 2121, 102]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([0, 2])}
+    plain = model(**batch).loss.item()
+    args = _training_arguments(resolve_config(None, method="full", pooling=pooling, output=str(tmp_path)), tmp_path / "checkpoints", 1,
+                               validate=False)
+    args.gradient_accumulation_steps = 2
+    trainer = Trainer(model=model, args=args)
+    trainer.current_gradient_accumulation_steps = 2
+    loss = trainer.training_step(model, dict(batch), num_items_in_batch=torch.tensor(2))
+    assert loss.item() == pytest.approx(plain / 2, rel=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def test_target_modules_per_architecture(arch, tiny_models):
     spec = ModelSpec(base_model=str(tiny_models[arch]), method="lora", pooling="cls", labels=["a", "b"], lora=True)

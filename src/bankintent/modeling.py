@@ -133,6 +133,10 @@ class MeanPoolClassifier(nn.Module):
     """Encoder -> mean over real tokens -> L2 normalisation -> linear layer (times ``scale``). A scaled
     head starts at zero: every intent equally likely, not a random preference multiplied by the scale."""
 
+    # forward's loss is a plain batch mean that ignores the Trainer's num_items_in_batch: the Trainer must
+    # divide it by the gradient-accumulation steps itself (it would not, seeing forward's **kwargs)
+    accepts_loss_kwargs = False
+
     def __init__(self, encoder: nn.Module, num_labels: int, scale: float = 1.0):
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
@@ -191,6 +195,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                 label2id={label: i for i, label in enumerate(spec.labels)},
                 **kwargs,
             )
+            model.accepts_loss_kwargs = False  # its loss is a batch mean too (see MeanPoolClassifier)
         else:
             model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:
