@@ -1,7 +1,8 @@
 """Issue 14's levers for the accuracy record in one go, for a lent GPU: the runs of
 configs/sweep_record.yaml, and, as soon as their teachers finish, students distilled from them
-(``bankintent distill RUN --layers 6``: born-again students of single runs, and a student of each seed's
-ensemble of every method). Several processes at once: one small model leaves a GPU mostly idle.
+(``bankintent distill RUN --layers 6``: born-again students of single runs, with ``--generations 2`` the
+born-again students of those, a student of each seed's ensemble of every method, and with ``--seed-ensembles``
+a student of each run's ensemble of all its seeds). Several processes at once: one small model leaves a GPU mostly idle.
 
     python experiments/record_levers.py --output OUT [--jobs 16] [--deadline 540] [--base-model DIR]
 
@@ -35,6 +36,10 @@ def distill_command(teachers: list[Path], seed: int, output: Path, epochs: int, 
     return command + (["--teachers", ",".join(map(str, teachers[1:]))] if teachers[1:] else [])
 
 
+def student_folder(out: Path, name: str, seed: int) -> Path:
+    return out / "students" / run_folder(Path(), name, seed).relative_to("runs")
+
+
 def summary(out: Path) -> str:
     """The students' validation and test accuracy, mean ± std over seeds and each seed's, as markdown."""
     rows = ["| student | seeds | validation | test | each seed: validation / test |", "|---|--:|--:|--:|---|"]
@@ -61,6 +66,9 @@ def main() -> None:
     parser.add_argument("--base-model", default=None, help="replaces the sweep's base model (a local folder on an offline machine)")
     parser.add_argument("--born-again", nargs="*", default=TEACHERS, help="runs of the sweep file that get a student each")
     parser.add_argument("--ensemble", nargs="*", default=TEACHERS, help="runs whose seeds' ensembles get a student each")
+    parser.add_argument("--generations", type=int, default=1, help="2: each born-again student gets a born-again student")
+    parser.add_argument("--seed-ensembles", nargs="*", default=[],
+                        help="runs whose seeds are distilled together: seed S's student starts from seed S and matches all seeds")
     parser.add_argument("--only", nargs="*", default=None, help="train only these runs of the sweep file (default: all)")
     parser.add_argument("--extra", default="", help="more `bankintent train` flags for every run (tiny dry runs)")
     parser.add_argument("--summary", action="store_true", help="train nothing: write OUT/students.md")
@@ -82,6 +90,12 @@ def main() -> None:
              for run in runs for seed in run.seeds]
     students: list[tuple[str, int, list[Path]]] = [("born-again " + name, seed, [teachers[name, seed]])
                                                    for name in args.born_again for run in runs if run.name == name for seed in run.seeds]
+    generation = lambda g, name: ("born-again " if g == 1 else f"born-again{g} ") + name  # noqa: E731
+    students += [(generation(g, name), seed, [student_folder(args.output, generation(g - 1, name), seed)])
+                 for g in range(2, args.generations + 1) for name in args.born_again for run in runs if run.name == name
+                 for seed in run.seeds]  # each born-again student's own born-again student, and so on
+    students += [(f"seed-ensemble {name}", seed, [teachers[name, seed]] + [teachers[name, s] for s in run.seeds if s != seed])
+                 for name in args.seed_ensembles for run in runs if run.name == name for seed in run.seeds]
     seeds = sorted({seed for run in runs for seed in run.seeds})
     if args.ensemble and all(any(run.name == name for run in runs) for name in args.ensemble):
         students += [("ensemble", seed, [teachers[name, seed] for name in args.ensemble]) for seed in seeds]
@@ -92,7 +106,7 @@ def main() -> None:
             if set(members) & failed or left() <= args.student_time:
                 students.remove((name, seed, members))
             elif all((m / "metrics.json").is_file() for m in members):
-                folder = args.output / "students" / run_folder(Path(), name, seed).relative_to("runs")
+                folder = student_folder(args.output, name, seed)
                 queue.append(("distill", name, seed, distill_command(members, seed, folder, args.student_epochs,
                                                                        args.student_layers)))
                 students.remove((name, seed, members))

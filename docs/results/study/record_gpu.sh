@@ -7,11 +7,15 @@ set -o pipefail
 source docs/results/study/gpu_setup.sh || exit 1
 export TQDM_MININTERVAL=10
 start=$(date +%s)
+beside=
+if [ -n "$BESIDE" ]; then bash -c "$BESIDE" & beside=$!; fi  # another script beside the driver (docs/results/fewshot/fewshot_gpu.sh)
 ( while sleep 60; do echo "[$(( $(date +%s) - start )) s] $(ls /tmp/record/runs/*/seed-*/metrics.json 2>/dev/null | wc -l) runs, $(ls /tmp/record/students/*/seed-*/metrics.json 2>/dev/null | wc -l) students done; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done ) &
+monitor=$!
 eval "set -- \"\$@\" $LEVERS"  # more options of the driver, e.g. LEVERS='--only "lpft-full lr=2e-4"'
 python3 experiments/record_levers.py --output /tmp/record --base-model "$PWD/.gpu/base" --jobs ${JOBS:-16} \
     --deadline ${DEADLINE:-520} --student-time ${STUDENT_TIME:-170} "$@" 2> $OUT/driver.err | tee $OUT/driver.log
-kill %1 2>/dev/null
+kill $monitor 2>/dev/null
+[ -n "$beside" ] && wait $beside
 tail -c 3000000 $OUT/driver.err > /tmp/err && mv /tmp/err $OUT/driver.err
 python3 -m bankintent.cli sweep --config configs/sweep_record.yaml --output /tmp/record --no-train > $OUT/tables.log 2>&1
 cd /tmp/record && tar czf $OUT/record.tgz --exclude=adapter --exclude=checkpoints --exclude='*.safetensors' . && ls -la $OUT
