@@ -37,6 +37,16 @@ def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path):
     assert "## Importance of each hyperparameter" in md and "| 3 | " in md
 
 
+@pytest.mark.parametrize("method", ["lpft", "lpft-full", "full", "contrastive"])
+def test_full_weight_methods_search_lower_learning_rates(method):
+    """Every weight moving takes far lower rates than LoRA: the full-weight methods never draw LoRA's."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rates = [suggest(study.ask(), method)["lr"] for _ in range(200)]
+    lora = method == "lpft"
+    assert max(rates) > 1e-3 if lora else max(rates) <= 3e-4
+    assert min(rates) >= (1e-5 if lora else 5e-6)
+
+
 def test_target_module_choices(tiny_bert, tiny_distilbert):
     assert target_modules("attention", str(tiny_bert)) == ["query", "key", "value", "attention.output.dense"]
     assert target_modules("attention+ffn", str(tiny_distilbert))[-2:] == ["ffn.lin1", "ffn.lin2"]

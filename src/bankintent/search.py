@@ -47,9 +47,17 @@ def study_folder(storage: str) -> Path:
     return Path(storage.removeprefix("sqlite:///")).parent
 
 
+# Learning-rate ranges, a decade or more either side of the recipes' rates: LoRA's low-rank updates
+# take rates that would wreck a model whose every weight moves (the study's grids chose 5e-4 to 1e-3 for
+# LoRA, 1e-4 for full fine-tuning), so the full-weight methods search a range of their own.
+LR_RANGE = (1e-5, 2e-3)
+FULL_WEIGHT_LR_RANGE = (5e-6, 3e-4)
+
+
 def suggest(trial: optuna.Trial, method: str) -> dict:
     """The search space. LoRA options only for the LoRA methods; epochs >= 1 except for the probe."""
-    options = {"lr": trial.suggest_float("lr", 1e-5, 2e-3, log=True)}
+    low, high = LR_RANGE if method in LORA_METHODS or method == "linear-probe" else FULL_WEIGHT_LR_RANGE
+    options = {"lr": trial.suggest_float("lr", low, high, log=True)}
     if method != "linear-probe":
         options["epochs"] = trial.suggest_int("epochs", 1, 3)
     if method in LORA_METHODS:
