@@ -37,6 +37,7 @@ named ``FOLDER/backend``, and a last table gives its speed against DIR's same ba
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -123,7 +124,8 @@ def measure(backends: dict, texts: list[str], queries: int, batches: int, rounds
     batch_seconds = {name: 0.0 for name in backends}
     names = list(backends)
     single_texts = texts[WARMUP : WARMUP + queries]
-    chunks = [texts[i : i + BATCH] for i in range(0, BATCH * batches, BATCH)]
+    cycled = list(itertools.islice(itertools.cycle(texts), BATCH * batches))  # more batches than the split holds reuse it
+    chunks = [cycled[i : i + BATCH] for i in range(0, BATCH * batches, BATCH)]
     with tqdm(total=rounds * len(names), desc="blocks of single queries and batches", unit="block") as bar:
         for r in range(rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
