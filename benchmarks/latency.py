@@ -64,6 +64,7 @@ BATCH = 64
 WARMUP = 10
 INDEPENDENCE_QUERIES = 256
 ROUNDS = 3
+SETTLE_SECONDS = 1.0  # before each block: the threads the previous backend left spinning go to sleep
 BASELINE = "hf-peft-unmerged"
 COLUMNS = ["backend", "p50 ms", "p95 ms", "batch-64 q/s", "p50 speed-up", "throughput speed-up", "batch Δconf", "answers changed"]
 
@@ -130,6 +131,7 @@ def measure(backends: dict, texts: list[str], queries: int, batches: int, rounds
         for r in range(rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 fn = backends[name]
+                time.sleep(SETTLE_SECONDS)
                 for text in texts[:WARMUP]:
                     fn([text])
                 for text in single_texts[r::rounds]:
