@@ -8,10 +8,11 @@ from pathlib import Path
 LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
 
 
-def test_more_batches_than_the_split_holds_reuse_its_queries():
+def test_more_batches_than_the_split_holds_reuse_its_queries(monkeypatch):
     spec = importlib.util.spec_from_file_location("latency_benchmark", LATENCY)
     latency = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(latency)
+    monkeypatch.setattr(latency, "SETTLE_SECONDS", 0.0)
     sizes: list[int] = []
     texts = [f"query {i}" for i in range(100)]
     results = latency.measure({"model": lambda batch: sizes.append(len(batch))}, texts, queries=6, batches=4, rounds=2)
