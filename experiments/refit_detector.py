@@ -19,11 +19,9 @@ from pathlib import Path
 
 from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig, read_yaml
-from bankintent.data import load_splits
 from bankintent.modeling import write_spec
 from bankintent.predict import Predictor, model_folder
-from bankintent.text import preprocess
-from bankintent.training import calibration_splits
+from bankintent.training import calibration_splits, preprocess_splits, run_splits
 
 
 def main() -> None:
@@ -34,13 +32,10 @@ def main() -> None:
     shutil.copytree(args.run, args.output)
     cfg = TrainConfig(**read_yaml(args.output / "config.yaml"))
     cfg = dataclasses.replace(cfg, output=str(args.output))
-    splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                         strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                         shots=cfg.shots, shots_seed=cfg.draw_seed)
+    splits = run_splits(cfg)
     folder = model_folder(args.output)
     predictor = Predictor.load(folder, device="cpu")
-    for examples in (splits.train, splits.validation):  # the model's preprocessing, as training applies it
-        examples.texts = [preprocess(t, predictor.spec.preprocessing) for t in examples.texts]
+    preprocess_splits(splits, predictor.spec.preprocessing)
     report = calibrate(predictor, calibration_splits(splits, cfg), cfg)
     write_spec(predictor.spec, folder)
     print(json.dumps({k: report[k] for k in ("oos_score", "oos_threshold") if k in report}, default=str))

@@ -49,14 +49,15 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from bankintent.config import DistillConfig, TrainConfig, read_yaml
-from bankintent.data import load_splits, read_queries
+from bankintent.data import read_queries
 from bankintent.errors import ConfigError, ModelError
 from bankintent.export import run_config
 from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
-from bankintent.training import MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, save_and_score, saved_config
+from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, preprocess_splits,
+                                 run_splits, save_and_score, saved_config)
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     created = _prepare_output(out, cfg)
     try:  # what can refuse the run is checked before the output folder changes
         set_seed(opts.seed)
-        splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                             shots=cfg.shots, shots_seed=cfg.draw_seed)
+        splits = run_splits(cfg)
         if splits.labels != teacher_spec.labels:
             raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
                              f"was the data changed since training?")
@@ -166,8 +165,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     tokenizer = load_tokenizer(teacher_spec.base_model)
     spec = dataclasses.replace(teacher_spec, method="distill", lora=False, temperature=1.0, oos_score=None, oos_thresholds={},
                                oos_choice={}, ood={}, layers=[teacher_spec.layers[i] for i in kept] if teacher_spec.layers else kept)
-    for examples in (splits.train, splits.validation):  # the model's preprocessing, as training applies it
-        examples.texts = [preprocess(t, spec.preprocessing) for t in examples.texts]
+    preprocess_splits(splits, spec.preprocessing)
     augmented = augment(splits.train.texts, splits.train.labels, set(splits.labels), opts.seed, opts.augment_copies)[0]
     texts = splits.train.texts + augmented + [preprocess(t, spec.preprocessing) for t in extra_texts]
     labels = torch.tensor(splits.ids(splits.train) + [UNLABELLED] * (len(texts) - len(splits.train)))

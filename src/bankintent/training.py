@@ -439,9 +439,7 @@ def _train(cfg: TrainConfig) -> dict:
     preprocessing = {"normalize_entities": cfg.normalize_entities}
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
         set_seed(cfg.seed)
-        splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                             strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                             shots=cfg.shots, shots_seed=cfg.draw_seed)
+        splits = run_splits(cfg)
         if cfg.method == AUTO:
             cfg = for_data(cfg, splits.small_data)
             log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
@@ -623,12 +621,25 @@ def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
     return dataclasses.replace(splits, train=splits.train.take(fitted), validation=splits.train.take(held))
 
 
+def run_splits(cfg: TrainConfig) -> Splits:
+    """The splits a run with options ``cfg`` trains, validates and tests on (the same draw for ``shots``)."""
+    return load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
+                       strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
+                       shots=cfg.shots, shots_seed=cfg.draw_seed)
+
+
+def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
+    """The model's preprocessing on the training and validation texts, in place (prediction applies it to
+    every query it is given, test included)."""
+    for examples in (splits.train, splits.validation):
+        examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
+
+
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
     applies it to every query, test included) and augmentation of the training split."""
     check_augmentation(cfg.augment)
-    for examples in (splits.train, splits.validation):
-        examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
+    preprocess_splits(splits, preprocessing)
     if cfg.augment == "confused-pairs":
         pairs = probe.confused_intents(splits, cfg)
         intents = {p["intent_a"] for p in pairs} | {p["intent_b"] for p in pairs}
