@@ -133,10 +133,6 @@ class MeanPoolClassifier(nn.Module):
     """Encoder -> mean over real tokens -> L2 normalisation -> linear layer (times ``scale``). A scaled
     head starts at zero: every intent equally likely, not a random preference multiplied by the scale."""
 
-    # forward's loss is a plain batch mean that ignores the Trainer's num_items_in_batch: the Trainer must
-    # divide it by the gradient-accumulation steps itself (it would not, seeing forward's **kwargs)
-    accepts_loss_kwargs = False
-
     def __init__(self, encoder: nn.Module, num_labels: int, scale: float = 1.0):
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
@@ -195,12 +191,14 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                 label2id={label: i for i, label in enumerate(spec.labels)},
                 **kwargs,
             )
-            model.accepts_loss_kwargs = False  # its loss is a batch mean too (see MeanPoolClassifier)
         else:
             model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
+    # both heads' loss is a plain batch mean that ignores the Trainer's num_items_in_batch: the Trainer must
+    # divide it by the gradient-accumulation steps itself (it would not, seeing forward's **kwargs)
+    model.accepts_loss_kwargs = False
     return model if spec.layers is None else keep_layers(model, spec.layers)
 
 
