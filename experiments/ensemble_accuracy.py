@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from bankintent.config import TrainConfig, read_yaml  # noqa: E402
-from bankintent.data import load_splits  # noqa: E402
+from bankintent.data import run_splits  # noqa: E402
 from bankintent.export import run_config  # noqa: E402
 from bankintent.predict import Predictor  # noqa: E402
 
@@ -29,8 +29,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="training runs on the same data and intents")
     args = parser.parse_args()
     cfg = TrainConfig(**read_yaml(run_config(args.runs[0])))
-    splits = load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                         strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file)
+    splits = run_splits(cfg)
     parts = {"validation": splits.validation, "test": splits.test}
     labels = {name: np.array(splits.ids(examples)) for name, examples in parts.items()}
     logits: dict[str, list[np.ndarray]] = {name: [] for name in parts}

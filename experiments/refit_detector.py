@@ -21,7 +21,8 @@ from bankintent.calibration import calibrate
 from bankintent.config import TrainConfig, read_yaml
 from bankintent.modeling import write_spec
 from bankintent.predict import Predictor, model_folder
-from bankintent.training import calibration_splits, preprocess_splits, run_splits
+from bankintent.data import run_splits
+from bankintent.training import calibration_splits, preprocess_splits
 
 
 def main() -> None:

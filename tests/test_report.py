@@ -203,3 +203,15 @@ def test_model_card_says_what_the_weights_are():
         held, costs = _weights(method, resolve_config(None, method=method), {"trainable_pct": share})
         assert holds in held and cost in costs, method
     assert "student" in _weights("distill", resolve_config(None, method="lpft"), {"trainable_pct": 100.0})[0]
+
+
+def test_report_of_a_few_shot_run_describes_the_data_it_trained_on(tiny_bert, tiny_data, tmp_path):
+    """The report reads a run's splits as training did: a ``shots`` draw (3 of each intent's 20
+    training rows here, so small data with no validation split) is what its data section counts."""
+    run = tmp_path / "few"
+    train(resolve_config(None, method="linear-probe", shots=3, **tiny_options(tiny_bert, tiny_data, run)))
+    md = write_report([run], tmp_path / "report")[1].read_text()
+    assert "| train | 12 | 4 |" in md and "| validation |" not in md and "| test | 20 | 4 |" in md
+    assert "Training queries per intent: min 3, median 3, max 3" in md
+    assert ("Validation split: none: small data (median 3 examples per intent, fewer than 20, and no validation file): every row "
+            "trains, choices are cross-validated; the training split is a draw of 3 example(s) per intent (seed 42).") in md

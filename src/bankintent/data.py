@@ -547,3 +547,13 @@ def load_splits(
     elif missing:
         log.warning("%s: %d intent(s) have no validation query (e.g. %r)", files.validation or files.train, len(missing), missing[0])
     return splits
+
+
+def run_splits(cfg) -> Splits:
+    """The splits a run with options ``cfg`` (a ``config.TrainConfig``: training's, or a run folder's
+    ``config.yaml``) trains, validates and tests on: the same files, validation split and ``shots``
+    draw, and the same out-of-scope rows set apart. Training, evaluation, the report and distillation
+    all read a run's data through it, so they cannot disagree on which queries a split holds."""
+    return load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
+                       strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
+                       shots=cfg.shots, shots_seed=cfg.draw_seed)

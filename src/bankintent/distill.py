@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from bankintent.config import DistillConfig, TrainConfig, read_yaml
-from bankintent.data import read_queries
+from bankintent.data import read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
 from bankintent.export import run_config
 from bankintent.model_card import write_model_card
@@ -57,7 +57,7 @@ from bankintent.modeling import encode_batches, keep_layers, load_model, load_to
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, preprocess_splits,
-                                 run_splits, save_and_score, saved_config)
+                                 save_and_score, saved_config)
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,11 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report
 from bankintent.config import TrainConfig, read_yaml
-from bankintent.data import Examples, OutOfScope, load_splits
+from bankintent.data import Examples, OutOfScope, run_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
-SPLIT_OPTIONS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "strict_data", "oos_label", "oos_file",
-                 "shots")
 PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
 
 
@@ -80,11 +78,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``."""
     run_dir = Path(run_dir)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    options = {k: saved[k] for k in SPLIT_OPTIONS if k in saved}
-    if saved.get("shots"):  # the same draw as training
-        options["shots_seed"] = TrainConfig(**saved).draw_seed
-    options.update({k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v})
-    splits = load_splits(**options)
+    given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v}
+    splits = run_splits(TrainConfig(**{**saved, **given}))
     examples = splits.test if split == "test" else splits.validation
     if examples is None:
         raise BankintentError(f"{splits.source}: no test file; use --split validation")

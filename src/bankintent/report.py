@@ -30,8 +30,8 @@ import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
-from bankintent.config import read_yaml  # noqa: E402
-from bankintent.data import Examples, Splits, load_splits  # noqa: E402
+from bankintent.config import TrainConfig, read_yaml  # noqa: E402
+from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table  # noqa: E402
 from bankintent.modeling import MARKER  # noqa: E402
@@ -47,7 +47,6 @@ from bankintent.results import (  # noqa: E402
 
 WORST = 15  # intents highlighted in the per-intent F1 figure
 HEATMAP_INTENTS = 12  # intents in the confusion heat map
-DATA_KEYS = ("data", "text_column", "label_column", "val_fraction", "split_seed", "max_train_samples")
 
 
 @dataclass
@@ -109,14 +108,14 @@ def _figure(fig, folder: Path, name: str) -> str:
 
 
 def _splits(run: Run) -> Splits:
-    saved = read_yaml(run.folder / "config.yaml")
-    return load_splits(**{k: saved[k] for k in DATA_KEYS if k in saved})
+    return run_splits(TrainConfig(**read_yaml(run.folder / "config.yaml")))
 
 
 # --- sections ---------------------------------------------------------------------------------------
 
 def dataset_section(splits: Splits, figures: Path) -> str:
-    parts = [("train", splits.train), ("validation", splits.validation)] + ([("test", splits.test)] if splits.test else [])
+    parts = [(name, ex) for name, ex in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+             if ex is not None and len(ex)]  # small data has no validation split
     per_intent_counts = pd.Series(splits.train.labels).value_counts()
     rows = [{"Split": name, "Queries": f"{len(ex):,}", "Intents": len(set(ex.labels)),
              "Words per query (median, 95th pct)": f"{np.median(_words(ex)):.0f}, {np.percentile(_words(ex), 95):.0f}"}
@@ -131,13 +130,20 @@ def dataset_section(splits: Splits, figures: Path) -> str:
     length_ax.legend()
     return "\n\n".join([
         "## Data set",
-        f"`{splits.source}`: {len(splits.labels)} intents. The validation split is a stratified share of "
-        "the training file; the test file is only evaluated.",
+        f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. The test file is "
+        "only evaluated.",
         markdown_table(rows, list(rows[0])),
         f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():.0f}, "
         f"max {per_intent_counts.max()} (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()}).",
         _figure(fig, figures, "dataset.png"),
     ])
+
+
+def _validation_note(splits: Splits) -> str:
+    how = splits.notes.get("validation", "")
+    shots = splits.notes.get("shots")
+    drawn = f"; the training split is a draw of {shots['per_intent']} example(s) per intent (seed {shots['seed']})" if shots else ""
+    return (f"the file `{Path(how).name}`" if Path(how).is_file() else how) + drawn
 
 
 def _words(examples: Examples) -> list[int]:

@@ -62,7 +62,7 @@ from transformers.utils import logging as hf_logging
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
 from bankintent.config import AUTO, TrainConfig, for_data
-from bankintent.data import BANKING77, Examples, Splits, is_small, load_splits, thin_validation
+from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
 from bankintent.model_card import write_model_card
@@ -619,13 +619,6 @@ def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
         return splits
     fitted, held = train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
     return dataclasses.replace(splits, train=splits.train.take(fitted), validation=splits.train.take(held))
-
-
-def run_splits(cfg: TrainConfig) -> Splits:
-    """The splits a run with options ``cfg`` trains, validates and tests on (the same draw for ``shots``)."""
-    return load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                       strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
-                       shots=cfg.shots, shots_seed=cfg.draw_seed)
 
 
 def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
