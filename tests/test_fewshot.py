@@ -25,7 +25,8 @@ def three_shot(tmp_path_factory):
 
 def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_path):
     metrics = train(resolve_config(None, method="lpft", **tiny_options(tiny_bert, three_shot, tmp_path, epochs=2, lr=5e-3)))
-    assert metrics["method"] == "lpft" and metrics["train_size"] == 12 and metrics["val_size"] == 0
+    assert metrics["method"] == "lpft" and metrics["val_size"] == 0
+    assert metrics["train_size"] == 16 and metrics["intent_names_added"] == 4  # 12 rows and each intent's name
     assert metrics["validation"].startswith("none: small data (median 3 examples per intent")
     assert metrics["val_accuracy"] is None and metrics["test_accuracy"] is not None
     assert metrics["optimizer_steps"] == 2  # no early stopping: the recipe's 2 epochs of 1 step (12 rows, batches of 16)
@@ -50,6 +51,17 @@ def test_the_default_method_is_contrastive_for_small_data_and_lpft_otherwise(tin
     assert resolve_config(tmp_path / "config.yaml").method == "contrastive"  # the run's config says what ran
 
 
+@pytest.mark.parametrize("setting, per_intent, added", [("auto", 3, 4), ("off", 3, 0), ("auto", 30, 0), ("on", 30, 4)])
+def test_intent_names_join_the_training_queries_of_small_data(setting, per_intent, added, tiny_bert, tmp_path):
+    """``auto`` adds each intent's name as a training query where the training split's median intent
+    has fewer than 20 queries (3 here; 27 of 30 after the validation split is not)."""
+    data = write_tiny_data(tmp_path, per_intent)
+    metrics = train(resolve_config(None, method="linear-probe", intent_names=setting, **tiny_options(tiny_bert, data, tmp_path / "run")))
+    assert metrics["intent_names_added"] == added and metrics["train_size"] + metrics["val_size"] == 4 * per_intent + added
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert ("include each intent's name as words (4: `--intent-names`)" in card) == bool(added)
+
+
 def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -64,7 +76,8 @@ def test_shots_flag_draws_k_per_intent(tiny_bert, tiny_data, tmp_path):
     args = build_parser().parse_args(["train", "--output", "o", "--shots", "5", "--shots-seed", "7"])
     assert (args.shots, args.shots_seed) == (5, 7)
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path, shots=5, shots_seed=7)))
-    assert metrics["train_size"] == 20 and metrics["shots"] == {"per_intent": 5, "seed": 7, "rows": 20, "of_rows": 80}
+    assert metrics["shots"] == {"per_intent": 5, "seed": 7, "rows": 20, "of_rows": 80}
+    assert metrics["train_size"] == 24 and metrics["intent_names_added"] == 4  # the draw and each intent's name
     assert metrics["val_size"] == 0  # 5 per intent is small data: no validation split carved
     default = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "default", shots=5, seed=3)))
     assert default["shots"]["seed"] == 3  # without --shots-seed, the run's seed draws
@@ -95,7 +108,7 @@ def test_pairs_are_same_intent_seeded_and_counted():
 
 def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_path):
     metrics = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
-    assert metrics["contrastive_pairs"] == 12 * 4 and metrics["contrastive_steps"] == 6
+    assert metrics["contrastive_pairs"] == (12 + 4) * 4 and metrics["contrastive_steps"] == 8  # 12 rows and 4 intent names
     assert metrics["trainable_pct"] == 100.0 and metrics["oos_threshold"] is not None
     assert not (tmp_path / "checkpoints").exists()
     saved = load_file(tmp_path / "adapter" / "model.safetensors")

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from bankintent import resolve_config
 from bankintent.data import load_splits
 from bankintent.errors import ConfigError
-from bankintent.text import augment, normalize_entities, perturb, preprocess
+from bankintent.text import augment, intent_name_examples, intent_name_text, normalize_entities, perturb, preprocess
 from bankintent.training import prepare_splits
 from conftest import tiny_options
 
@@ -86,7 +86,7 @@ def test_each_perturbation_changes_a_query_a_little():
 
 
 def test_confused_pairs_augmentation_adds_copies_of_confused_intents(tiny_bert, tiny_data, tmp_path):
-    cfg = resolve_config(None, augment="confused-pairs", **tiny_options(tiny_bert, tiny_data, tmp_path))
+    cfg = resolve_config(None, augment="confused-pairs", intent_names="off", **tiny_options(tiny_bert, tiny_data, tmp_path))
     splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
     originals = len(splits.train)
     prepared = prepare_splits(splits, cfg, {})
@@ -114,3 +114,18 @@ def test_a_model_trained_with_normalisation_normalises_at_prediction(tiny_bert, 
                                                  "top up of failed"])
     np.testing.assert_allclose(raw, placeholders, rtol=1e-5)
     assert not np.allclose(raw, other)
+
+
+@pytest.mark.parametrize("name, words", [("card_arrival", "card arrival"), ("CardArrival", "card arrival"),
+                                         ("top-up.failed", "top up failed"), ("Refund_not_showing_up", "refund not showing up"),
+                                         ("apple_pay_or_google_pay", "apple pay or google pay"), ("get_PIN", "get pin")])
+def test_an_intent_name_as_words(name, words):
+    assert intent_name_text(name) == words
+    assert intent_name_examples([name, "exchange_rate"]) == ([words, "exchange rate"], None)
+
+
+@pytest.mark.parametrize("labels, why", [(["intent_1", "intent_2"], "intent names such as 'intent_1' differ only in digits"),
+                                         (["card_arrival", "7"], "intent '7' has no word in its name"),
+                                         (["A1", "B2"], "intent 'A1' has no word in its name")])
+def test_intent_names_that_are_codes_are_not_examples(labels, why):
+    assert intent_name_examples(labels) == ([], why)

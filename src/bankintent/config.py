@@ -93,6 +93,8 @@ class TrainConfig:
     normalize_entities: bool = option(False, "replace amounts, currencies, dates and numbers by placeholders")
     augment: str | None = option(None, "confused-pairs: add perturbed copies of the most confused intents' queries (default: none)",
                                  choices=("confused-pairs",))
+    intent_names: str = option("auto", "add each intent's name, as words ('card_arrival': 'card arrival'), to its training queries: "
+                               "auto (for small data, when the names are words), on, off", choices=("auto", "on", "off"))
     oos_coverage: float = option(0.95, "out-of-scope threshold: share of in-scope validation queries still answered")
     val_fraction: float = option(0.1, "share of the training file held out for validation when the data has no validation file")
     split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")

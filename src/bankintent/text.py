@@ -6,6 +6,13 @@ currency symbols, codes and names by ``<CURRENCY>`` and amounts of money by ``<A
 idempotent: a normalised query comes out of it unchanged, which matters because validation queries
 are normalised at training time and again by the Predictor.
 
+Intent names as examples (``--intent-names``): an intent's name written as words ("card_arrival":
+"card arrival", "CardArrival": "card arrival") is one more training query of it. With a handful of
+examples per intent the name is a sizeable share of what the model knows of the intent (the
+few-shot study, docs/results/fewshot, measured what it adds); with a hundred it is noise either
+way, so ``auto`` adds names to small data only. Names that are codes rather than words
+("intent_1", "intent_2") say nothing: ``intent_name_examples`` refuses them.
+
 Augmentation (``--augment confused-pairs``) adds perturbed copies (word dropout, adjacent word swap,
 keyboard typo) of the training queries of the intents a first run confuses most; the copies depend
 only on the texts and the seed.
@@ -60,6 +67,25 @@ def preprocess(text: str, options: dict) -> str:
 # --- augmentation -----------------------------------------------------------------------------------
 
 _KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
+
+
+def intent_name_text(name: str) -> str:
+    """An intent's name as words: separators (``_ - . /``) and camelCase boundaries become spaces, lower case."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|[_\-./]+", " ", name)
+    return " ".join(spaced.lower().split())
+
+
+def intent_name_examples(labels: list[str]) -> tuple[list[str], str | None]:
+    """Each intent's name as words (``intent_name_text``), or ([], why not) when the names are codes: a
+    name without a word of two or more letters, or two names that differ only in digits."""
+    texts = [intent_name_text(label) for label in labels]
+    letters = [" ".join(re.findall(r"[a-z]{2,}", text)) for text in texts]
+    if not all(letters):
+        return [], f"intent {labels[letters.index('')]!r} has no word in its name"
+    if len(set(letters)) < len(letters):
+        twin = next(label for label, word in zip(labels, letters) if letters.count(word) > 1)
+        return [], f"intent names such as {twin!r} differ only in digits"
+    return texts, None
 
 
 def _neighbours(char: str) -> str:

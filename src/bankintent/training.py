@@ -81,7 +81,7 @@ from bankintent.modeling import (
 )
 from bankintent.predict import Predictor
 from bankintent.results import write_history
-from bankintent.text import augment, check_augmentation, preprocess
+from bankintent.text import augment, check_augmentation, intent_name_examples, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -563,6 +563,7 @@ def _train(cfg: TrainConfig) -> dict:
         "validation": splits.notes.get("validation"),
         "val_min_per_intent": min(Counter(splits.validation.labels)[label] for label in splits.labels),
         "shots": splits.notes.get("shots"),
+        "intent_names_added": splits.notes.get("intent_names_added", 0),
         "val_warning": thin,
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
@@ -628,11 +629,28 @@ def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
         examples.texts = [preprocess(t, preprocessing) for t in examples.texts]
 
 
+def add_intent_names(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> None:
+    """Each intent's name as one more training query of it, in place (``intent_names``; ``auto``: where
+    the training split's median intent has fewer than ``data.SMALL_DATA_PER_INTENT`` queries,
+    ``data.is_small``); see ``bankintent.text``."""
+    if cfg.intent_names == "off" or cfg.intent_names == "auto" and not is_small(splits.train.labels):
+        return
+    texts, why_not = intent_name_examples(splits.labels)
+    if why_not:
+        (log.info if cfg.intent_names == "auto" else log.warning)("intent names: not added (%s)", why_not)
+        return
+    log.info("intent names: one training query each, e.g. %r for %r", texts[0], splits.labels[0])
+    splits.notes["intent_names_added"] = len(texts)
+    splits.train = Examples(splits.train.texts + [preprocess(t, preprocessing) for t in texts],
+                            splits.train.labels + list(splits.labels))
+
+
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
-    applies it to every query, test included) and augmentation of the training split."""
+    applies it to every query, test included), the intents' names and augmentation of the training split."""
     check_augmentation(cfg.augment)
     preprocess_splits(splits, preprocessing)
+    add_intent_names(splits, cfg, preprocessing)
     if cfg.augment == "confused-pairs":
         pairs = probe.confused_intents(splits, cfg)
         intents = {p["intent_a"] for p in pairs} | {p["intent_b"] for p in pairs}
