@@ -243,6 +243,7 @@ def example_scores(features: dict, bank: np.ndarray) -> dict:
 
 KS = (1, 5, 10, 25, 50)
 WEIGHTS = (0.1, 0.25, 0.5, 1.0)
+RMD_WEIGHTS = (0.1, 0.25, 0.5)
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -261,6 +262,7 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
             "msp": ood.score("msp", probs, features[set_name], stats),
             "energy": energy(logits[set_name], temperature),
             "mahalanobis": ood.score("mahalanobis", probs, features[set_name], stats),
+            "rmd": ood.relative_mahalanobis(features[set_name], stats),
             **{f"knn{k}": ood.knn(features[set_name], stats, k) for k in KS},
         }
         for name, v in values.items():
@@ -281,6 +283,9 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
     for weight in WEIGHTS:  # knn+msp as the project computes it, with msp's weight chosen here (ood.COMBINED_WEIGHT)
         name = "knn+msp" if weight == ood.COMBINED_WEIGHT else f"knn+msp (weight {weight})"
         result[name] = {s: z("knn", s) + weight * z("msp", s) for s in logits}
+    for weight in RMD_WEIGHTS:  # knn+msp+rmd as the project computes it, with rmd's weight chosen here (ood.RMD_WEIGHT)
+        name = "knn+msp+rmd" if weight == ood.RMD_WEIGHT else f"knn+msp+rmd (weight {weight})"
+        result[name] = {s: result["knn+msp"][s] + weight * z("rmd", s) for s in logits}
     result["mahalanobis+knn"] = {s: (z("mahalanobis", s) + z("knn", s)) / 2 for s in logits}
     result["msp+mahalanobis+knn"] = {s: (z("msp", s) + z("mahalanobis", s) + z("knn", s)) / 3 for s in logits}
     result["_k"] = best_k  # type: ignore[assignment]

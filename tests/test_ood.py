@@ -110,6 +110,42 @@ def test_knn_msp_adds_the_two_scores_standardised_on_in_scope_queries():
         ood.score("knn+msp", val_probs, val_features, ood.fit_knn(train))
 
 
+def test_relative_mahalanobis_is_the_nearest_intents_distance_minus_the_backgrounds():
+    """Ren et al. (2021): the squared Mahalanobis distance to the nearest intent (shared covariance) minus
+    that to one Gaussian of all training embeddings. A query far along a direction every intent varies
+    in (the first axis, wide for all) loses that distance again; one between two intents keeps it.
+    Plain Mahalanobis ranks them the other way round."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], 40)
+    centres = np.array([[0, 0, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0]], dtype=float)
+    features = centres[labels] + rng.normal(size=(120, 4)) * [6.0, 1.0, 1.0, 0.3]
+    stats = ood.fit(features, labels, 3)
+    queries = np.array([[30.0, 0, 0, 0], [0, 2, 2, 0], [0, 4, 0, 0]])
+    within = LedoitWolf().fit(features - centres[labels]).precision_
+    background = LedoitWolf().fit(features)
+    nearest = np.min([np.einsum("ij,jk,ik->i", queries - c, within, queries - c) for c in features_means(features, labels)], axis=0)
+    to_background = np.einsum("ij,jk,ik->i", queries - background.location_, background.precision_, queries - background.location_)
+    rmd = ood.relative_mahalanobis(queries, stats)
+    np.testing.assert_allclose(rmd, nearest - to_background, rtol=1e-3, atol=0.05)  # float32 scoring
+    assert rmd[1] > 5 > 0 > rmd[0] and rmd[2] < 0  # between intents; along the shared axis; an intent's centre
+    plain = ood.mahalanobis(queries, stats)
+    assert plain[0] > 2 * plain[1]
+    # knn+msp+rmd: knn+msp plus RMD_WEIGHT times rmd standardised on the in-scope (validation) queries
+    probs = rng.dirichlet(np.ones(3), size=120)
+    stats = ood.for_scoring({**stats, **ood.fit_scales(probs, features, stats)})
+    rmd_val = ood.relative_mahalanobis(features, stats)
+    expected = ood.score("knn+msp", probs, features, stats) + ood.RMD_WEIGHT * (rmd_val - rmd_val.mean()) / rmd_val.std()
+    np.testing.assert_allclose(ood.score("knn+msp+rmd", probs, features, stats), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelError, match="background"):
+        ood.score("knn+msp+rmd", probs, features, {k: v for k, v in stats.items() if k != "background"})
+
+
+def features_means(features: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    return [features[labels == c].mean(0) for c in np.unique(labels)]
+
+
 def test_embedding_scores_rank_a_far_away_query_above_the_training_queries(tiny_bert, tiny_data, tmp_path):
     """On the tiny random model only the embedding scores can be asked this: its classifier's
     probabilities carry no meaning (msp is checked on set probabilities above)."""

@@ -121,9 +121,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
     }
     _, train_features = predictor.outputs(splits.train.texts, desc="out-of-scope: embedding train")
     spec.ood = ood.fit(train_features, np.array(splits.ids(splits.train)), len(spec.labels), cfg.seed)
+    spec.ood = {**spec.ood, **ood.fit_scales(softmax(logits / spec.temperature), features, spec.ood)}
     probs, val_scores = scores_of(predictor, logits, features)
-    spec.ood = {**spec.ood, **ood.fit_combination(val_scores["knn"], val_scores["msp"])}
-    val_scores["knn+msp"] = ood.combined(val_scores["knn"], val_scores["msp"], spec.ood)
     examples = out_of_scope_examples(splits, spec.labels)
     oos_scores = None
     if len(examples):

@@ -23,7 +23,7 @@ from bankintent import progress
 from bankintent.errors import BankintentError
 
 TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
-OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp")  # bankintent.ood.SCORES, without importing numpy to parse arguments
+OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")  # bankintent.ood.SCORES, without importing numpy to parse arguments
 
 
 def _status(message: str) -> None:

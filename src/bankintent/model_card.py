@@ -65,6 +65,8 @@ SCORE_TEXT = {
            "centroids of each intent's training queries; `knn`)",
     "knn+msp": "the distance to the nearest of the intents' prototypes (`knn`) plus, weighted, the classifier's hesitation between "
                "intents (`msp`), each standardised on the validation queries (`knn+msp`)",
+    "knn+msp+rmd": "`knn+msp` plus, weighted, how much further the query's embedding lies from the nearest intent than from the "
+                   "training queries as a whole: the relative Mahalanobis distance, standardised on the validation queries (`knn+msp+rmd`)",
 }
 
 

@@ -24,6 +24,11 @@
   intent's queries yet between two intents. In the held-out-intents protocol the sum caught more in-domain
   out-of-scope queries than either alone, and ``COMBINED_WEIGHT`` was chosen there on the held-out
   intents' validation queries.
+- ``knn+msp+rmd``: ``knn+msp`` plus ``RMD_WEIGHT`` times the relative Mahalanobis distance (Ren et
+  al., 2021), standardised on the validation queries (``rmd_scale``): the Mahalanobis distance to the
+  nearest intent minus that to one Gaussian of all training embeddings (``background``). Plain
+  Mahalanobis counts every direction in which banking queries vary as distance; the relative one
+  cancels what all intents share, which leaves how unlike any one intent a banking request is.
 
 A query is out of scope when its score exceeds a threshold, chosen on the validation split so that a
 target share of in-scope queries (the coverage, default 0.95) stays in scope.
@@ -51,20 +56,23 @@ from sklearn.metrics import roc_auc_score
 
 from bankintent.errors import ConfigError, ModelError
 
-SCORES = ("msp", "mahalanobis", "knn", "knn+msp")
+SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")
 # The score used when there are no out-of-scope examples to choose on, chosen by the held-out-intents
 # protocol's validation results (benchmarks/out_of_scope.py): of the scores that measure how far a
 # query lies from the intents' training queries, kNN caught more of the held-out intents' validation
-# queries than Mahalanobis, and adding msp's hesitation between intents caught more still.
-DEFAULT_SCORE = "knn+msp"
+# queries than Mahalanobis; adding msp's hesitation between intents caught more, and the relative
+# Mahalanobis distance more still, on each of the protocol's seeds.
+DEFAULT_SCORE = "knn+msp+rmd"
 DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
 NO_EXAMPLES = ": no out-of-scope examples"
 KNN_K = 1
 KNN_BANK = 20_000  # most embeddings kept for the knn score without labels (a seeded sample of larger sets)
 KNN_PROTOTYPES = 12  # k-means centroids of each intent's training embeddings that the knn score compares with
 COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
+RMD_WEIGHT = 0.25  # the relative Mahalanobis distance's weight in knn+msp+rmd
 # the arrays of ood.safetensors each score needs
-NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale")}
+NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale"),
+         "knn+msp+rmd": ("knn_bank", "knn_msp_scale", "centroids", "background", "rmd_scale")}
 PROBE_SET = "the built-in probe set (resources/out_of_scope.txt)"
 COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
@@ -94,6 +102,24 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_labels: int) -
     covariance = LedoitWolf().fit(features - centroids[labels]).covariance_
     whitening = np.linalg.cholesky(np.linalg.inv(covariance))
     return {"centroids": (centroids @ whitening).astype(np.float32), "whitening": whitening.astype(np.float32)}
+
+
+def fit_background(features: np.ndarray) -> dict[str, np.ndarray]:
+    """One Gaussian of every training embedding, whatever its intent (the "background" of Ren et al.,
+    2021), as a whitening matrix and its centre after whitening, stacked into ``background``."""
+    features = features.astype(np.float64)
+    fitted = LedoitWolf().fit(features)
+    whitening = np.linalg.cholesky(fitted.precision_)
+    return {"background": np.vstack([fitted.location_ @ whitening, whitening]).astype(np.float32)}
+
+
+def relative_mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """The relative Mahalanobis distance (Ren et al., 2021): the distance to the nearest intent minus the
+    distance to the background. What every banking query shares (its register, its vocabulary) widens
+    both alike and cancels, so a query near the intents' region but in none of them stands out."""
+    centre, whitening = stats["background"][0], stats["background"][1:]
+    z = features.astype(np.float32) @ whitening - centre
+    return mahalanobis(features, stats) - (z * z).sum(1)
 
 
 def mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -163,6 +189,20 @@ def combined(knn_scores: np.ndarray, msp_scores: np.ndarray, stats: dict[str, np
     return (knn_scores - knn_mean) / knn_std + COMBINED_WEIGHT * (msp_scores - msp_mean) / msp_std
 
 
+def fit_rmd_scale(rmd_scores: np.ndarray) -> dict[str, np.ndarray]:
+    """The scale of the relative Mahalanobis distance in ``knn+msp+rmd``: its mean and standard
+    deviation on in-scope (validation) queries."""
+    return {"rmd_scale": np.array([rmd_scores.mean(), max(rmd_scores.std(), 1e-6)], dtype=np.float32)}
+
+
+def fit_scales(probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scales of the combined scores, from the in-scope validation queries' calibrated
+    probabilities and embeddings, given the training statistics (``fit``)."""
+    ready = for_scoring(stats)
+    return {**fit_combination(knn(features, ready), 1.0 - probabilities.max(-1)),
+            **fit_rmd_scale(relative_mahalanobis(features, ready))}
+
+
 def _missing(name: str, stats: dict[str, np.ndarray] | None) -> list[str]:
     return [needed for needed in NEEDS[name] if needed not in (stats or {})]
 
@@ -173,8 +213,9 @@ def supports(name: str, stats: dict[str, np.ndarray] | None) -> bool:
 
 
 def fit(features: np.ndarray, labels: np.ndarray, num_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Everything the embedding scores need, fitted on the training split's embeddings."""
-    return {**fit_mahalanobis(features, labels, num_labels), **fit_knn(features, labels, seed)}
+    """Everything the embedding scores need, fitted on the training split's embeddings (the combined
+    scores' scales are fitted on validation: ``fit_scales``)."""
+    return {**fit_mahalanobis(features, labels, num_labels), **fit_background(features), **fit_knn(features, labels, seed)}
 
 
 def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -190,7 +231,11 @@ def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dic
         return mahalanobis(features, stats)
     if name == "knn":
         return knn(features, stats)
-    return combined(knn(features, stats), 1.0 - probabilities.max(-1), stats)
+    both = combined(knn(features, stats), 1.0 - probabilities.max(-1), stats)
+    if name == "knn+msp":
+        return both
+    rmd_mean, rmd_std = stats["rmd_scale"]
+    return both + RMD_WEIGHT * (relative_mahalanobis(features, stats) - rmd_mean) / rmd_std
 
 
 def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> float:
