@@ -6,13 +6,17 @@
 The first file is the few-shot sweep's (``bankintent sweep --config configs/sweep_fewshot.yaml``),
 the second the full-data sweep's (``configs/sweep_reference.yaml``); each method is a line through
 the mean over its draws (the bars: one standard deviation), the full training set drawn at its mean
-examples per intent. The published few-shot results are drawn as reference points: they are other
-papers' numbers on the same 3,080 test queries, with other (mostly larger) models.
+examples per intent. ``--line LABEL RUN...`` draws other runs (their ``metrics.json``: ``shots`` and
+``test_accuracy``) as one more line, for example the default command's runs with the intent names.
+The published few-shot results are drawn as reference points: they are other papers' numbers on the
+same 3,080 test queries, with other (mostly larger) models.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import matplotlib
 
@@ -48,8 +52,12 @@ def main() -> None:
     parser.add_argument("fewshot", help="the few-shot sweep's results.csv")
     parser.add_argument("full", help="the full-data sweep's results.csv (its linear-probe and lpft rows are drawn)")
     parser.add_argument("--output", required=True, help="the figure (.png)")
+    parser.add_argument("--line", nargs="+", action="append", default=[], metavar="LABEL RUN",
+                        help="a label, then run folders drawn as one more line (repeatable)")
     args = parser.parse_args()
-    few = points(pd.read_csv(args.fewshot), full=False)
+    extra = [{"method": label, "shots": m["shots"]["per_intent"], "test_accuracy": m["test_accuracy"]}
+             for label, *runs in args.line for m in (json.loads((Path(run) / "metrics.json").read_text()) for run in runs)]
+    few = points(pd.concat([pd.read_csv(args.fewshot), pd.DataFrame(extra)]), full=False)
     full_frame = pd.read_csv(args.full)
     full_frame = full_frame[full_frame["name"].isin(few["method"].unique()) & full_frame["method"].isin(few["method"].unique())]
     both = pd.concat([few, points(full_frame, full=True)]).sort_values(["method", "per_intent"])

@@ -9,9 +9,9 @@ are normalised at training time and again by the Predictor.
 Intent names as examples (``--intent-names``): an intent's name written as words ("card_arrival":
 "card arrival", "CardArrival": "card arrival") is one more training query of it. With a handful of
 examples per intent the name is a sizeable share of what the model knows of the intent (the
-few-shot study, docs/results/fewshot, measured what it adds); with a hundred it is noise either
-way, so ``auto`` adds names to small data only. Names that are codes rather than words
-("intent_1", "intent_2") say nothing: ``intent_name_examples`` refuses them.
+few-shot study, docs/results/fewshot, measured what it adds at 5 and 10 examples); beside a hundred
+queries one more changes little, so ``auto`` adds names to small data only. Names that are codes
+rather than words ("intent_1", "intent_2") say nothing: ``intent_name_examples`` refuses them.
 
 Augmentation (``--augment confused-pairs``) adds perturbed copies (word dropout, adjacent word swap,
 keyboard typo) of the training queries of the intents a first run confuses most; the copies depend
