@@ -118,7 +118,9 @@ def test_a_model_trained_with_normalisation_normalises_at_prediction(tiny_bert, 
 
 @pytest.mark.parametrize("name, words", [("card_arrival", "card arrival"), ("CardArrival", "card arrival"),
                                          ("top-up.failed", "top up failed"), ("Refund_not_showing_up", "refund not showing up"),
-                                         ("apple_pay_or_google_pay", "apple pay or google pay"), ("get_PIN", "get pin")])
+                                         ("apple_pay_or_google_pay", "apple pay or google pay"), ("get_PIN", "get pin"),
+                                         ("ATMSupport", "atm support"), ("Überweisung_Status", "überweisung status"),
+                                         ("查询余额", "查询余额")])
 def test_an_intent_name_as_words(name, words):
     assert intent_name_text(name) == words
     assert intent_name_examples([name, "exchange_rate"]) == ([words, "exchange rate"], None)

@@ -70,8 +70,9 @@ _KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
 
 
 def intent_name_text(name: str) -> str:
-    """An intent's name as words: separators (``_ - . /``) and camelCase boundaries become spaces, lower case."""
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|[_\-./]+", " ", name)
+    """An intent's name as words: separators (``_ - . /``) and camelCase boundaries ("CardArrival",
+    "ATMSupport") become spaces, lower case."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|[_\-./]+", " ", name)
     return " ".join(spaced.lower().split())
 
 
@@ -79,7 +80,7 @@ def intent_name_examples(labels: list[str]) -> tuple[list[str], str | None]:
     """Each intent's name as words (``intent_name_text``), or ([], why not) when the names are codes: a
     name without a word of two or more letters, or two names that differ only in digits."""
     texts = [intent_name_text(label) for label in labels]
-    letters = [" ".join(re.findall(r"[a-z]{2,}", text)) for text in texts]
+    letters = [" ".join(re.findall(r"[^\W\d_]{2,}", text)) for text in texts]  # words of two letters or more, any script
     if not all(letters):
         return [], f"intent {labels[letters.index('')]!r} has no word in its name"
     if len(set(letters)) < len(letters):
