@@ -176,11 +176,15 @@ def knn(features: np.ndarray, stats: dict[str, np.ndarray], k: int = KNN_K) -> n
     return 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
 
 
+def _mean_std(scores: np.ndarray) -> np.ndarray:
+    """[mean, standard deviation] of in-scope (validation) scores, the deviation at least 1e-6."""
+    return np.array([scores.mean(), max(scores.std(), 1e-6)], dtype=np.float32)
+
+
 def fit_combination(knn_scores: np.ndarray, msp_scores: np.ndarray) -> dict[str, np.ndarray]:
     """The scale of ``knn+msp``: the mean and standard deviation of each part on in-scope
     (validation) queries."""
-    scale = [knn_scores.mean(), knn_scores.std(), msp_scores.mean(), msp_scores.std()]
-    return {"knn_msp_scale": np.maximum(np.array(scale, dtype=np.float32), [-np.inf, 1e-6, -np.inf, 1e-6]).astype(np.float32)}
+    return {"knn_msp_scale": np.concatenate([_mean_std(knn_scores), _mean_std(msp_scores)])}
 
 
 def combined(knn_scores: np.ndarray, msp_scores: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -192,7 +196,7 @@ def combined(knn_scores: np.ndarray, msp_scores: np.ndarray, stats: dict[str, np
 def fit_rmd_scale(rmd_scores: np.ndarray) -> dict[str, np.ndarray]:
     """The scale of the relative Mahalanobis distance in ``knn+msp+rmd``: its mean and standard
     deviation on in-scope (validation) queries."""
-    return {"rmd_scale": np.array([rmd_scores.mean(), max(rmd_scores.std(), 1e-6)], dtype=np.float32)}
+    return {"rmd_scale": _mean_std(rmd_scores)}
 
 
 def fit_scales(probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
