@@ -108,6 +108,7 @@ def test_small_data_is_not_split(tmp_path, caplog):
     splits = load_splits(_folder(tmp_path, GOOD[:6]))
     assert len(splits.train) == 6 and len(splits.validation) == 0 and splits.small_data
     assert splits.notes["validation"].startswith("none: small data (median 3 examples per intent")
+    assert splits.notes["validation_from_file"] is False
     assert "none: small data" in caplog.text
 
 
@@ -191,7 +192,7 @@ def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):
         write_csv(tmp_path / "valid.csv", own) if name == "valid.csv" else (tmp_path / name).write_text('{"text": "x", "category": "a"}\n')
     splits = load_splits(str(tmp_path))
     assert splits.validation.texts == [t for t, _ in own] and splits.train.texts == [t for t, _ in GOOD]  # nothing carved from train
-    assert splits.notes["validation"] == str(tmp_path / "valid.csv")
+    assert splits.notes["validation"] == str(tmp_path / "valid.csv") and splits.notes["validation_from_file"] is True
     assert "validation files valid.csv, dev.jsonl: using valid.csv, not dev.jsonl" in caplog.text
     write_csv(tmp_path / "valid.csv", own + [("new", "zzz")])
     with pytest.raises(DataError, match=r"valid.csv: line 4: label 'zzz' never seen in training"):

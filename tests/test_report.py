@@ -215,3 +215,18 @@ def test_report_of_a_few_shot_run_describes_the_data_it_trained_on(tiny_bert, ti
     assert "Training queries per intent: min 3, median 3, max 3" in md
     assert ("Validation split: none: small data (median 3 examples per intent, fewer than 20, and no validation file): every row "
             "trains, choices are cross-validated; the training split is a draw of 3 example(s) per intent (seed 42).") in md
+
+
+def test_the_data_section_names_a_validation_file_even_where_it_has_moved():
+    """Whether validation came from a file is what loading noted, not whether the path still exists
+    where the report runs."""
+    from types import SimpleNamespace
+
+    from bankintent.report import _validation_note
+
+    moved = SimpleNamespace(notes={"validation": "/gone/data/valid.csv", "validation_from_file": True})
+    assert _validation_note(moved) == "the file `valid.csv`"
+    carved = SimpleNamespace(notes={"validation": "a stratified 10% of train.csv (seed 42)", "validation_from_file": False,
+                                    "shots": {"per_intent": 5, "seed": 43}})
+    assert _validation_note(carved) == ("a stratified 10% of train.csv (seed 42); the training split is a draw of 5 example(s) "
+                                        "per intent (seed 43)")

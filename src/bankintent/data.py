@@ -533,6 +533,7 @@ def load_splits(
     notes = {
         "train_file": str(files.train),
         "validation": str(files.validation) if how == "file" else how,
+        "validation_from_file": how == "file",
         "test_file": str(files.test) if files.test else None,
         "empty_rows_skipped": sum(empty.values()),
         "empty_rows_skipped_by_file": empty,

@@ -143,7 +143,7 @@ def _validation_note(splits: Splits) -> str:
     how = splits.notes.get("validation", "")
     shots = splits.notes.get("shots")
     drawn = f"; the training split is a draw of {shots['per_intent']} example(s) per intent (seed {shots['seed']})" if shots else ""
-    return (f"the file `{Path(how).name}`" if Path(how).is_file() else how) + drawn
+    return (f"the file `{Path(how).name}`" if splits.notes.get("validation_from_file") else how) + drawn
 
 
 def _words(examples: Examples) -> list[int]:
