@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from bankintent import Predictor, resolve_config, train
 from bankintent.cli import build_parser, main
 from bankintent.config import AUTO, for_data
-from bankintent.contrastive import pairs
+from bankintent.errors import ConfigError
+from bankintent.contrastive import PAIR_BUDGET, pairs, pairs_per_query
 from bankintent.training import CROSS_FITTED
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
 
@@ -106,9 +107,26 @@ def test_pairs_are_same_intent_seeded_and_counted():
     assert pairs(texts, labels, 3, seed=0) == (anchors, positives) and pairs(texts, labels, 3, seed=1) != (anchors, positives)
 
 
+def test_pairs_per_query_shares_out_a_budget_within_1_and_4():
+    """By default training draws about PAIR_BUDGET pairs, so a 10-shot run trains on as many as a 5-shot
+    one rather than twice as many; a tiny data set keeps 4 a query, a large one 1."""
+    assert pairs_per_query(16) == 4 and pairs_per_query(PAIR_BUDGET // 4) == 4  # 5 examples of 77 intents and names: 462
+    assert pairs_per_query(847) == 2  # 10 examples of 77 intents and their names
+    assert pairs_per_query(PAIR_BUDGET) == 1 and pairs_per_query(10 * PAIR_BUDGET) == 1 and pairs_per_query(0) == 4
+    with pytest.raises(ConfigError, match="pairs_per_example must be positive"):
+        resolve_config(None, method="contrastive", pairs_per_example=0)
+
+
+def test_pairs_per_example_given_overrides_the_budget(tiny_bert, three_shot, tmp_path):
+    metrics = train(resolve_config(None, method="contrastive", pairs_per_example=1,
+                                   **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
+    assert metrics["contrastive_pairs"] == 12 + 4 and metrics["contrastive_pairs_per_query"] == 1
+
+
 def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_path):
     metrics = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
     assert metrics["contrastive_pairs"] == (12 + 4) * 4 and metrics["contrastive_steps"] == 8  # 12 rows and 4 intent names
+    assert metrics["contrastive_pairs_per_query"] == 4  # pairs_per_query(16): the default
     assert metrics["trainable_pct"] == 100.0 and metrics["oos_threshold"] is not None
     assert not (tmp_path / "checkpoints").exists()
     saved = load_file(tmp_path / "adapter" / "model.safetensors")

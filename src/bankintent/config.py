@@ -103,7 +103,8 @@ class TrainConfig:
                                "validation split (few-shot experiments; default: all)")
     shots_seed: int | None = option(None, "seed of the --shots draw: the same seed draws the same examples (default: --seed, so "
                                     "that a sweep's seeds are also different draws)")
-    pairs_per_example: int = option(4, "contrastive: same-intent pairs drawn per training query for each epoch")
+    pairs_per_example: int | None = option(None, "contrastive: same-intent pairs drawn per training query for each epoch "
+                                           "(default: about 2,000 pairs in all, 1 to 4 a query)")
     seed: int = option(42, "seed of the training run (initialisation, shuffling)")
     allow_pickle: bool = option(False, "accept a base model stored as pickled .bin weights (loading them can run code)")
     output: str = option("runs/latest", "run folder: the model, its metrics, curves and evaluation")
@@ -134,7 +135,7 @@ class TrainConfig:
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"shots must be at least 1, got {self.shots}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
+            if getattr(self, name) is not None and getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property

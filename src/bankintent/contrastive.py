@@ -6,7 +6,8 @@ examples says something about the embedding space: two queries of one intent sho
 different intents apart. The strongest published few-shot intent detectors (SetFit, Tunstall et al.
 2022; ConvFiT, Vulić et al. 2021; CPFT, Zhang et al. 2021) first fine-tune the encoder on such pairs,
 then fit the head. Here sentence-transformers does the pair training: each training query is paired
-with ``pairs_per_example`` other queries of its intent (drawn with the run's seed), and
+with ``pairs_per_example`` other queries of its intent (drawn with the run's seed; by default as many
+as bring the pairs to about ``PAIR_BUDGET`` in all, ``pairs_per_query``), and
 ``MultipleNegativesRankingLoss`` pulls each pair together while pushing it from the other pairs of
 its batch (in-batch negatives, no negative pairs to sample); the batch sampler keeps a query from
 appearing twice in a batch. ``epochs``, ``lr`` and ``batch_size`` are the pair training's.
@@ -31,6 +32,19 @@ from bankintent.data import Splits
 from bankintent.modeling import MeanPoolClassifier, resolve_base_model
 
 log = logging.getLogger(__name__)
+
+# Pairs trained on by default: one epoch over about this many. At 5 examples per intent (4 pairs a
+# query) twice as many pairs scored no better, and at 10 examples half as many (2 a query) scored as
+# well in half the time (docs/results/fewshot); a query gets 1 to MAX_PAIRS_PER_QUERY of them.
+PAIR_BUDGET = 2000
+MAX_PAIRS_PER_QUERY = 4
+
+
+def pairs_per_query(queries: int) -> int:
+    """Pairs drawn per training query when ``pairs_per_example`` is not given: ``PAIR_BUDGET`` shared
+    out, so that training time stops growing with the data, within 1 and ``MAX_PAIRS_PER_QUERY``."""
+    return max(1, min(MAX_PAIRS_PER_QUERY, round(PAIR_BUDGET / max(queries, 1))))
+
 
 def pairs(texts: list[str], labels: list[str], per_example: int, seed: int) -> tuple[list[str], list[str]]:
     """(anchors, positives): each query paired with ``per_example`` other queries of its intent, drawn
@@ -61,7 +75,8 @@ def fine_tune(model: MeanPoolClassifier, splits: Splits, cfg, work_dir: Path, pr
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    anchors, positives = pairs(splits.train.texts, splits.train.labels, cfg.pairs_per_example, cfg.seed)
+    per_query = cfg.pairs_per_example or pairs_per_query(len(splits.train))
+    anchors, positives = pairs(splits.train.texts, splits.train.labels, per_query, cfg.seed)
     if not anchors:
         log.warning("contrastive: no intent has two training queries, so there is no pair to train on; the linear probe only")
         return {"contrastive_pairs": 0}
@@ -102,6 +117,7 @@ def fine_tune(model: MeanPoolClassifier, splits: Splits, cfg, work_dir: Path, pr
         raise RuntimeError(f"contrastive: the fine-tuned encoder lacks {missing[0]!r}")  # a programming error, not bad input
     model.encoder.load_state_dict({name: trained[name] for name in own})
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    log.info("contrastive: %d pairs, %d steps, final loss %.4f", len(anchors), trainer.state.max_steps, losses[-1] if losses else float("nan"))
-    return {"contrastive_pairs": len(anchors), "contrastive_steps": trainer.state.max_steps,
+    log.info("contrastive: %d pairs (%d a query), %d steps, final loss %.4f", len(anchors), per_query, trainer.state.max_steps,
+             losses[-1] if losses else float("nan"))
+    return {"contrastive_pairs": len(anchors), "contrastive_pairs_per_query": per_query, "contrastive_steps": trainer.state.max_steps,
             "contrastive_loss_first": losses[0] if losses else None, "contrastive_loss_last": losses[-1] if losses else None}
