@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
+from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig, read_yaml  # noqa: E402
 from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
@@ -266,7 +267,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
             "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
-            **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in ("knn+msp+rmd", "knn+msp", "knn", "mahalanobis", "msp")},
+            **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"), "Caught": _share(recall),
         })
     parts = [
