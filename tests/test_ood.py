@@ -142,6 +142,28 @@ def test_relative_mahalanobis_is_the_nearest_intents_distance_minus_the_backgrou
         ood.score("knn+msp+rmd", probs, features, {k: v for k, v in stats.items() if k != "background"})
 
 
+def test_every_score_at_once_equals_each_alone_and_takes_the_knn_distance_once(monkeypatch):
+    """Calibration scores the validation queries and the examples with every score; the kNN product,
+    the dearest part, is shared by three of them and is computed once."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2], 30)
+    features = np.eye(3, 8)[labels] * 3 + rng.normal(size=(90, 8))
+    probs = rng.dirichlet(np.ones(3), size=90)
+    stats = ood.fit(features, labels, 3)
+    stats = ood.for_scoring({**stats, **ood.fit_scales(probs, features, stats)})
+    alone = {name: ood.score(name, probs, features, stats) for name in ood.SCORES}
+    calls = []
+    real_knn = ood.knn
+    monkeypatch.setattr(ood, "knn", lambda *args, **kwargs: calls.append(1) or real_knn(*args, **kwargs))
+    together = ood.scores(list(ood.SCORES), probs, features, stats)
+    assert len(calls) == 1 and set(together) == set(ood.SCORES)
+    for name in ood.SCORES:
+        np.testing.assert_allclose(together[name], alone[name], rtol=1e-6, err_msg=name)
+    assert not np.allclose(together["knn+msp+rmd"], together["knn+msp"])
+    with pytest.raises(ConfigError, match="unknown out-of-scope score"):
+        ood.scores(["msp", "energy?"], probs, features, stats)
+
+
 def features_means(features: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
     return [features[labels == c].mean(0) for c in np.unique(labels)]
 

@@ -73,9 +73,7 @@ def scores_of(predictor: Predictor, logits: np.ndarray, features: np.ndarray) ->
     """(calibrated probabilities, {score name: out-of-scope scores}) from a predictor's outputs, for
     every score the model folder supports."""
     probs = softmax(logits / predictor.spec.temperature)
-    stats = predictor.spec.ood
-    names = [name for name in ood.SCORES if ood.supports(name, stats)]
-    return probs, {name: predictor.oos_scores(probs, features, name) for name in names}
+    return probs, predictor.every_oos_score(probs, features)
 
 
 def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:

@@ -222,24 +222,36 @@ def fit(features: np.ndarray, labels: np.ndarray, num_labels: int, seed: int = 0
     return {**fit_mahalanobis(features, labels, num_labels), **fit_background(features), **fit_knn(features, labels, seed)}
 
 
+def scores(names: list[str], probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The OOS scores ``names`` of each query (higher: more out of scope), each part (the kNN distance,
+    the msp, the relative Mahalanobis distance) computed once however many of the scores share it."""
+    for name in names:
+        if name not in SCORES:
+            raise ConfigError(f"unknown out-of-scope score {name!r}; choose one of {', '.join(SCORES)}")
+        missing = _missing(name, stats)
+        if missing:
+            raise ModelError(f"the model folder's ood.safetensors has no {missing[0]}; the {name} score needs it (retrain, or use msp)")
+    msp = 1.0 - probabilities.max(-1)
+    knn_scores = knn(features, stats) if any(name.startswith("knn") for name in names) else None
+    out = {}
+    for name in names:
+        if name == "msp":
+            out[name] = msp
+        elif name == "mahalanobis":
+            out[name] = mahalanobis(features, stats)
+        elif name == "knn":
+            out[name] = knn_scores
+        elif name == "knn+msp":
+            out[name] = combined(knn_scores, msp, stats)
+        else:
+            rmd_mean, rmd_std = stats["rmd_scale"]
+            out[name] = combined(knn_scores, msp, stats) + RMD_WEIGHT * (relative_mahalanobis(features, stats) - rmd_mean) / rmd_std
+    return out
+
+
 def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
     """The OOS score ``name`` of each query (higher: more out of scope)."""
-    if name not in SCORES:
-        raise ConfigError(f"unknown out-of-scope score {name!r}; choose one of {', '.join(SCORES)}")
-    missing = _missing(name, stats)
-    if missing:
-        raise ModelError(f"the model folder's ood.safetensors has no {missing[0]}; the {name} score needs it (retrain, or use msp)")
-    if name == "msp":
-        return 1.0 - probabilities.max(-1)
-    if name == "mahalanobis":
-        return mahalanobis(features, stats)
-    if name == "knn":
-        return knn(features, stats)
-    both = combined(knn(features, stats), 1.0 - probabilities.max(-1), stats)
-    if name == "knn+msp":
-        return both
-    rmd_mean, rmd_std = stats["rmd_scale"]
-    return both + RMD_WEIGHT * (relative_mahalanobis(features, stats) - rmd_mean) / rmd_std
+    return scores([name], probabilities, features, stats)[name]
 
 
 def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> float:

@@ -248,11 +248,19 @@ class Predictor:
     def probabilities(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts) / self.spec.temperature)
 
-    def oos_scores(self, probabilities: np.ndarray, features: np.ndarray, name: str | None = None) -> np.ndarray:
-        """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
+    def _scoring_stats(self) -> dict[str, np.ndarray]:
         if self._stats_of is not self.spec.ood:  # calibration replaces spec.ood while it runs
             self._stats_of, self._stats = self.spec.ood, ood.for_scoring(self.spec.ood)
-        return ood.score(name or self.oos_score or "msp", probabilities, features, self._stats)
+        return self._stats
+
+    def oos_scores(self, probabilities: np.ndarray, features: np.ndarray, name: str | None = None) -> np.ndarray:
+        """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
+        return ood.score(name or self.oos_score or "msp", probabilities, features, self._scoring_stats())
+
+    def every_oos_score(self, probabilities: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
+        """{score name: each query's score} for every out-of-scope score the model folder supports."""
+        stats = self._scoring_stats()
+        return ood.scores([name for name in ood.SCORES if ood.supports(name, stats)], probabilities, features, stats)
 
     def predict(self, texts: list[str] | str, top_k: int = 3) -> list[dict]:
         """One dict per text:
