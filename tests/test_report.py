@@ -58,6 +58,7 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     lpft = json.loads((tiny_sweep / "runs/lpft/seed-42/metrics.json").read_text())
     assert f"| lpft | mean | 1 (single seed) | {100 * lpft['val_accuracy']:.2f}% | {100 * lpft['test_accuracy']:.2f}% |" in md
     assert "| single | lora |" in md  # the run outside the sweep gets its own row
+    assert f"Base model: `{tiny_bert}`." in md  # which encoder: runs on other bases differ in cost and accuracy
     best = max([lpft, json.loads((tiny_sweep / "runs/linear-probe/seed-42/metrics.json").read_text()),
                 json.loads((single / "metrics.json").read_text())], key=lambda m: m["val_accuracy"])
     assert f"accuracy {best['test_accuracy']:.2%})" in md

@@ -437,11 +437,13 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     split, examples = evaluated_split(splits)
     frame = predictions(best, examples, split)
     hardware = sorted({r.metrics.get("hardware", "-") for r in runs})
+    bases = sorted({str(r.metrics.get("base_model", "-")) for r in runs})
     report_command = shlex.join(["bankintent", "report", *map(str, dirs), "--output", str(out)])
     title = "bankintent: technical report"
     markdown = "\n\n".join([
         f"# {title}",
-        f"{len(runs)} run(s) from {', '.join(f'`{d}`' for d in dirs)}. Hardware: {'; '.join(hardware)}.",
+        f"{len(runs)} run(s) from {', '.join(f'`{d}`' for d in dirs)}. Hardware: {'; '.join(hardware)}. "
+        f"Base model: {'; '.join(f'`{base}`' for base in bases)}.",
         dataset_section(splits, figures),
         results_section(runs, sweeps),
         curves_section(runs, figures),
