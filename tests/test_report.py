@@ -171,7 +171,10 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     metrics = json.loads((run / "metrics.json").read_text())
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-classification"
-    assert front["base_model"] == metrics["base_model"]
+    # the tiny base is a local folder: no hub id in the metadata, no hub link, and where it is read from
+    assert "base_model" not in front and "huggingface.co/" not in card
+    assert f"fine-tuned from\n`{metrics['base_model']}` (a local folder)" in card
+    assert f"The base model is read from its folder, `{metrics['base_model']}`" in card
     results = {r["dataset"]["split"]: r["metrics"][0]["value"] for r in front["model-index"][0]["results"]}
     assert results == {"validation": round(metrics["val_accuracy"], 4), "test": round(metrics["test_accuracy"], 4)}
     for heading in ("## Intended uses and limitations", "## How to use", "## Training data", "## Training procedure", "## Evaluation"):
@@ -185,6 +188,14 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     assert f"Why this score: {metrics['oos_score_reason']}." in card
     assert f"- temperature {metrics['temperature']:.3g}" in card
     assert f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}" in card
+
+
+def test_model_card_links_a_hub_base_model():
+    from bankintent.model_card import _hub_id, _metadata
+
+    cfg = resolve_config(None, base_model="distilbert-base-uncased")
+    assert _hub_id(cfg.base_model) == "distilbert-base-uncased"
+    assert _metadata(cfg, {"method": "lpft"})["base_model"] == "distilbert-base-uncased"
 
 
 def test_model_card_of_a_model_without_fallback():

