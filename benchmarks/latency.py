@@ -95,13 +95,24 @@ class PredictorBackend:
         return [r["top_k"][0]["intent"] for r in self.predictor.predict(texts, top_k=3)]
 
 
+def reusable(target: Path, folder: Path) -> bool:
+    """Whether ``target`` already holds a finished export of the model folder ``folder``. An export of
+    another model there stops the run: it would be measured under this model's name."""
+    if not (target / "COMPLETE").is_file():
+        return False
+    source = json.loads((target / "export.json").read_text()).get("source", "")
+    if Path(source).resolve() != folder.resolve():
+        raise SystemExit(f"error: {target} holds an export of {source}, not of {folder}; pass another --export-dir")
+    return True
+
+
 def build_backends(run: Path, export_dir: Path, threads: int | None, oos_score: str | None = None, prefix: str = "") -> dict:
-    """The ``Predictor`` backends of ``run`` (exported into ``export_dir`` unless there already), and the
-    baseline unless ``prefix`` names a model measured beside the main one."""
+    """The ``Predictor`` backends of ``run`` (exported into ``export_dir`` unless an export of it is
+    there), and the baseline unless ``prefix`` names a model measured beside the main one."""
     folder = model_folder(run)
     onnx_fp32, onnx_int8 = export_dir / "onnx-fp32", export_dir / "onnx-int8"
     for target, quantize in ((onnx_fp32, None), (onnx_int8, "int8")):
-        if not (target / "COMPLETE").is_file():
+        if not reusable(target, folder):
             export(folder, target, format="onnx", quantize=quantize)
     return ({} if prefix else {BASELINE: baseline(folder)}) | {
         prefix + "pytorch-merged": PredictorBackend(folder, threads, oos_score),

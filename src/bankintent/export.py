@@ -88,7 +88,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
         raise ConfigError(f"{output}: the output folder must differ from the model folder")
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     model, spec = load_model(source, merge=True)
-    record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source)}
+    record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve())}
     with atomic_folder(output) as folder:
         if format == "merged":
             save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters()}, folder / "model.safetensors")
