@@ -40,6 +40,6 @@ def test_an_export_of_another_model_in_the_export_dir_stops_the_run(tmp_path):
     (target / "COMPLETE").touch()
     (target / "export.json").write_text(json.dumps({"source": str(model)}))
     assert latency.reusable(target, model)
+    (target / "export.json").write_text(json.dumps({"source": str(other)}))
     with pytest.raises(SystemExit, match=f"holds an export of {other}, not of {model}; pass another --export-dir"):
-        (target / "export.json").write_text(json.dumps({"source": str(other)}))
         latency.reusable(target, model)

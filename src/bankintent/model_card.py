@@ -29,7 +29,7 @@ METHOD_TEXT = {
 def _hub_id(base_model: str) -> str | None:
     """The base model's Hugging Face hub id, or None where it names a local folder (which
     ``from_pretrained`` reads first, as here): no hub page to link to, no id for the hub's metadata."""
-    return None if Path(base_model).expanduser().exists() else base_model
+    return None if Path(base_model).exists() else base_model
 
 
 def _metadata(cfg: TrainConfig, metrics: dict) -> dict:

@@ -233,6 +233,7 @@ def scores(names: list[str], probabilities: np.ndarray, features: np.ndarray, st
             raise ModelError(f"the model folder's ood.safetensors has no {missing[0]}; the {name} score needs it (retrain, or use msp)")
     msp = 1.0 - probabilities.max(-1)
     knn_scores = knn(features, stats) if any(name.startswith("knn") for name in names) else None
+    both = combined(knn_scores, msp, stats) if any(name.startswith("knn+msp") for name in names) else None
     out = {}
     for name in names:
         if name == "msp":
@@ -242,10 +243,10 @@ def scores(names: list[str], probabilities: np.ndarray, features: np.ndarray, st
         elif name == "knn":
             out[name] = knn_scores
         elif name == "knn+msp":
-            out[name] = combined(knn_scores, msp, stats)
+            out[name] = both
         else:
             rmd_mean, rmd_std = stats["rmd_scale"]
-            out[name] = combined(knn_scores, msp, stats) + RMD_WEIGHT * (relative_mahalanobis(features, stats) - rmd_mean) / rmd_std
+            out[name] = both + RMD_WEIGHT * (relative_mahalanobis(features, stats) - rmd_mean) / rmd_std
     return out
 
 
