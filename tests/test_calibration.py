@@ -72,7 +72,7 @@ def test_temperature_is_fitted_only_where_it_can_be():
     # what the old code did with such a split: a temperature towards 0, every confidence 1.000
     assert softmax(separable[:9] / fit_temperature(separable[:9], labels[:9])).max(-1).min() > 0.9995
     assert temperature_problem(separable[:9], labels[:9]) == "not fitted: 9 validation queries, fewer than 50"
-    assert "every validation query is classified right" in temperature_problem(separable, labels)
+    assert "every one of the validation queries is classified right" in temperature_problem(separable, labels)
     noisy = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[labels]
     assert temperature_problem(noisy, labels) is None
 

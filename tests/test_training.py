@@ -94,6 +94,47 @@ def test_lpft_full_starts_from_the_probe_and_trains_every_weight(tiny_bert, tiny
     assert encoder and all(not torch.equal(trained[name], base[name]) for name in encoder)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_probe_head_gives_the_probes_probabilities_also_for_two_intents(classes, tiny_bert):
+    """scikit-learn keeps one row of weights for two classes; copied into both rows of the head it made
+    the two logits equal and every query a coin toss."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bankintent import probe
+    from bankintent.predict import softmax
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % classes
+    x = rng.normal(size=(60, tiny_bert_width(tiny_bert))) + y[:, None]
+    clf = LogisticRegression().fit(x, y)
+    np.testing.assert_allclose(softmax(probe.logits(clf, x)), clf.predict_proba(x), atol=1e-6)
+    model = build_model(ModelSpec(base_model=str(tiny_bert), method="linear-probe", pooling="mean", labels=[str(c) for c in range(classes)]))
+    probe.load_into_head(model, clf)
+    with torch.no_grad():
+        head = model.head(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(softmax(head), clf.predict_proba(x), atol=1e-4)
+
+
+def test_out_of_fold_logits_come_from_probes_that_never_saw_the_query():
+    """On random labels a probe separates the queries it was fitted on (in high dimensions) but guesses
+    on new ones: out of fold it is right about as often as chance, as on a user's queries."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bankintent import probe
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 100)), np.arange(60) % 3
+    out = probe.out_of_fold_logits(x, y.tolist(), c=100.0, seed=0)
+    assert out.shape == (60, 3)
+    in_sample = probe.logits(LogisticRegression(C=100.0, max_iter=2000).fit(x, y), x)
+    assert (in_sample.argmax(1) == y).mean() == 1.0 and (out.argmax(1) == y).mean() < 0.6
+    assert probe.out_of_fold_logits(x[:4], [0, 0, 1, 2], c=1.0, seed=0) is None  # an intent with one example: no fold without it
+
+
+def tiny_bert_width(folder) -> int:
+    return json.loads((folder / "config.json").read_text())["hidden_size"]
+
+
 def test_rdrop_loss_values():
     """R-Drop: the two passes' mean cross-entropy, plus alpha times the mean of both KL directions."""
     first = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])

@@ -87,35 +87,42 @@ def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
     return OutOfScope()
 
 
-def temperature_problem(logits: np.ndarray, labels: np.ndarray) -> str | None:
-    """Why a temperature cannot be fitted on these validation outputs, or None."""
+def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> str | None:
+    """Why a temperature cannot be fitted on these outputs (of ``queries``), or None."""
     if len(labels) < MIN_TEMPERATURE_QUERIES:
-        return f"not fitted: {len(labels)} validation queries, fewer than {MIN_TEMPERATURE_QUERIES}"
+        return f"not fitted: {len(labels)} {queries}, fewer than {MIN_TEMPERATURE_QUERIES}"
     wrong = int((logits.argmax(-1) != labels).sum())
     if wrong == 0:
-        return "not fitted: every validation query is classified right, so no temperature is best (it would go to 0)"
+        return f"not fitted: every one of the {queries} is classified right, so no temperature is best (it would go to 0)"
     return None
 
 
-def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig) -> dict:
+def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
+              temperature_on: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the temperature, the Mahalanobis statistics, the default out-of-scope score and the
     thresholds into ``predictor.spec``; write ``validation_coverage.{csv,png}`` to ``cfg.output``.
-    Returns the metrics: ECE before and after, whether and why the temperature was fitted, the score
-    chosen and why, its threshold, the out-of-scope examples used (source, count), each score's AUROC
-    and the examples' recall at the threshold (None without examples)."""
+    The temperature is fitted on the validation split's logits, or on ``temperature_on`` (logits,
+    labels) where given: small data's out-of-fold probe logits (``probe.out_of_fold_logits``).
+    Returns the metrics: ECE before and after (on the logits the temperature was fitted on), whether,
+    on what and why the temperature was fitted, the score chosen and why, its threshold, the
+    out-of-scope examples used (source, count), each score's AUROC and the examples' recall at the
+    threshold (None without examples)."""
     spec = predictor.spec
     logits, features = predictor.outputs(splits.validation.texts, desc="calibrating: validation")
     labels = np.array(splits.ids(splits.validation))
-    problem = temperature_problem(logits, labels)
-    spec.temperature = 1.0 if problem else fit_temperature(logits, labels)
+    fit_logits, fit_labels = temperature_on if temperature_on is not None else (logits, labels)
+    fitted_on = "validation queries" if temperature_on is None else "training queries' out-of-fold probe logits"
+    problem = temperature_problem(fit_logits, fit_labels, fitted_on)
+    spec.temperature = 1.0 if problem else fit_temperature(fit_logits, fit_labels)
     if problem:
         log.warning("temperature %s; confidences are the model's own softmax", problem)
     metrics = {
         "temperature": spec.temperature,
         "temperature_fitted": problem is None,
+        "temperature_fitted_on": fitted_on,
         "temperature_note": problem,
-        "val_ece_before": expected_calibration_error(softmax(logits), labels),
-        "val_ece_after": expected_calibration_error(softmax(logits / spec.temperature), labels),
+        "val_ece_before": expected_calibration_error(softmax(fit_logits), fit_labels),
+        "val_ece_after": expected_calibration_error(softmax(fit_logits / spec.temperature), fit_labels),
     }
     _, train_features = predictor.outputs(splits.train.texts, desc="out-of-scope: embedding train")
     spec.ood = ood.fit(train_features, np.array(splits.ids(splits.train)), len(spec.labels), cfg.seed)

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.evaluation import confused_pairs
@@ -59,10 +60,47 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
     return clf, c, val_acc
 
 
+def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int) -> np.ndarray | None:
+    """Each training query's logits from a probe of regularisation ``c`` fitted without it (stratified
+    k-fold, k = 5 or the fewest examples of an intent); None where an intent has a single example.
+    Why: small data has no validation split, and a probe's logits for the queries it was fitted on are
+    surer than for new ones; out of fold, the head (not the encoder, which saw them all) is as new to
+    each query as to a user's."""
+    train_y = np.asarray(train_y)
+    counts = np.unique(train_y, return_counts=True)[1]
+    if counts.min() < 2:
+        return None
+    out = np.zeros((len(train_y), len(counts)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for fitted, held in StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=seed).split(train_x, train_y):
+            clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x[fitted], train_y[fitted])
+            out[held] = logits(clf, train_x[held])
+    return out
+
+
+def head_weights(clf: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of a linear head with one row per class giving ``clf``'s probabilities through a
+    softmax. With two classes scikit-learn keeps one row, w, for the second class's log-odds: the head
+    gets -w/2 and w/2, whose softmax is that sigmoid (copying the single row into both would make the
+    two logits equal, every query a coin toss)."""
+    weight, bias = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:
+        weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
+    return weight, bias
+
+
+def logits(clf: LogisticRegression, x: np.ndarray) -> np.ndarray:
+    """The logits the head loaded with ``head_weights(clf)`` gives for embeddings ``x``."""
+    weight, bias = head_weights(clf)
+    return x @ weight.T + bias
+
+
 def load_into_head(model: MeanPoolClassifier, clf: LogisticRegression) -> None:
+    weight, bias = head_weights(clf)
     with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(clf.coef_, dtype=model.head.weight.dtype))
-        model.head.bias.copy_(torch.as_tensor(clf.intercept_, dtype=model.head.bias.dtype))
+        model.head.weight.copy_(torch.as_tensor(weight, dtype=model.head.weight.dtype))
+        model.head.bias.copy_(torch.as_tensor(bias, dtype=model.head.bias.dtype))
 
 
 def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:

@@ -19,10 +19,13 @@ validation split from, see ``bankintent.data``): every row trains and no choice 
 validation split. The probe's C is cross-validated on the training split; the fine-tuning methods
 run their recipe's epochs with no early stopping (the last epoch, or the epochs' mean, is kept); the
 calibration is cross-fitted: the training split is cut in two stratified halves (``split_seed``),
-the out-of-scope statistics (kNN bank, centroids) are fitted on one and the temperature and the
-thresholds on the other's queries, which are not in the bank but were trained on, so the threshold
-errs towards sending in-scope queries out of scope and the temperature is usually left unfitted.
-metrics.json says so (``calibration``) and has no validation accuracy.
+the out-of-scope statistics (kNN bank, centroids) are fitted on one and the thresholds on the other's
+queries, which are not in the bank but were trained on, so the threshold errs towards sending
+in-scope queries out of scope. Where the probe is the final head (``contrastive``, ``linear-probe``)
+the temperature is fitted on its out-of-fold logits of the training queries
+(``probe.out_of_fold_logits``); for the fine-tuning methods, on the other half's queries, which were
+trained on, so it is usually left unfitted. metrics.json says so (``calibration``,
+``temperature_fitted_on``) and has no validation accuracy.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -89,6 +93,7 @@ MODEL_DIR = "adapter"
 # methods whose head starts from scratch, and those whose head starts as the linear probe
 COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
 PROBE_HEAD_METHODS = ("lpft", "lpft-full", "linear-probe", "contrastive")
+PROBE_FINAL_METHODS = ("linear-probe", "contrastive")  # the probe is the final head: no fine-tuning after it
 # how a write that found the disk full (or a file-size limit) reads: Python's OSError, and the plain
 # exceptions that tokenizers, safetensors ("... (os error 28)") and torch.save ("file write failed") raise
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -339,7 +344,10 @@ def _accuracy(eval_pred) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: bool = True) -> dict:
+def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: bool = True) -> tuple[dict, np.ndarray | None]:
+    """The linear probe fitted and loaded into the head; returns its metrics and, for small data whose
+    final head it is (``PROBE_FINAL_METHODS``), its out-of-fold logits of the training queries, which
+    the temperature is then fitted on (``probe.out_of_fold_logits``), else None."""
     train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train", disable=not progress)
     val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
     # small training data beside the user's validation file: C is chosen on that file, else cross-validated
@@ -349,7 +357,10 @@ def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: boo
     probe.load_into_head(model, clf)
     chosen = "on the validation file" if on_validation else "by cross-validation on the training split"
     log.info("linear probe: C=%g (chosen %s)%s", c, chosen, "" if val_acc is None else f", validation accuracy {val_acc:.4f}")
-    return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}
+    held_out = None
+    if splits.small_data and cfg.method in PROBE_FINAL_METHODS:
+        held_out = probe.out_of_fold_logits(train_x, splits.ids(splits.train), c, cfg.seed)
+    return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}, held_out
 
 
 def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int, validate: bool = True) -> TrainingArguments:
@@ -483,8 +494,10 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.method == "contrastive" and cfg.epochs > 0:
         extra.update(contrastive.fine_tune(model, splits, cfg, checkpoints / "contrastive", progress=main))
         shutil.rmtree(checkpoints, ignore_errors=True)
+    out_of_fold = None
     if cfg.method in PROBE_HEAD_METHODS and resume_from is None:
-        extra.update(_fit_probe(model, tokenizer, splits, cfg, progress=main))
+        probe_metrics, out_of_fold = _fit_probe(model, tokenizer, splits, cfg, progress=main)
+        extra.update(probe_metrics)
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     elif cfg.method == "linear-probe" or cfg.method == "contrastive" and cfg.epochs == 0:
@@ -545,7 +558,8 @@ def _train(cfg: TrainConfig) -> dict:
         return {}
 
     model_dir = out / MODEL_DIR
-    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra)
+    temperature_on = None if out_of_fold is None else (out_of_fold, np.array(splits.ids(splits.train)))
+    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, temperature_on)
     metrics = {
         "method": cfg.method,
         "base_model": cfg.base_model,
@@ -575,15 +589,17 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict) -> dict:
-    """How every way of making a model ends (training, ``bankintent.distill``): the temperature and the
+def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict,
+                   temperature_on: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """How every way of making a model ends (training, ``bankintent.distill``): the temperature (on
+    ``temperature_on``'s logits and labels if given, see ``calibrate``) and the
     out-of-scope detector fitted (they fill ``spec``; ``extra`` gets what the calibration reports), the
     model folder saved in OUTPUT/adapter, the history written, and the saved folder, loaded as a user
     loads it, scored on validation and test. Returns those scores and the model's sizes."""
     out = Path(cfg.output)
     trainable, total = count_parameters(model)
     model.eval()
-    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg))
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, temperature_on))
     if splits.small_data:
         extra["calibration"] = CROSS_FITTED
     model_dir = out / MODEL_DIR
