@@ -162,6 +162,17 @@ def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys
             "\n  score: default" in out) == ("out_of_scope" in summary)
 
 
+@pytest.mark.parametrize("measured", [True, False])
+def test_train_says_how_to_measure_a_model_it_could_not(measured, monkeypatch, capsys, clean_env):
+    """Small data without a test file trains on every row: nothing is measured, and the summary says how to."""
+    metrics = {"method": "contrastive", "val_accuracy": None, "test_accuracy": 0.9 if measured else None, "test_macro_f1": None,
+               "trainable_pct": 100.0, "adapter_bytes": 1, "train_seconds": 1.0}
+    monkeypatch.setattr("bankintent.training.train", lambda cfg: metrics)
+    cli.main(["train", "--data", "mine.csv", "--output", "runs/mine"])
+    out = capsys.readouterr().out
+    assert ("bankintent evaluate runs/mine --data FILE" in out) != measured
+
+
 def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_path):
     """stderr to a pipe (a log): a bar frame every LOG_INTERVAL seconds at most, no "Loading weights"
     bar; empty lines skipped with their count; ``--output -``: JSON lines on stdout."""

@@ -91,9 +91,14 @@ def test_unseen_test_label(tmp_path):
 
 
 def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
-    with pytest.raises(DataError, match=r"train.csv: label 'lonely' has 1 example; every intent needs at least 2 \(one to learn "
-                                        r"from, one to check the choices on by cross-validation\)"):
+    line = len(GOOD) + 2  # the header, then GOOD's rows
+    with pytest.raises(DataError, match=rf"train.csv: line {line}: label 'lonely' has 1 example; every intent needs at least 2 "
+                                        r"\(one to learn from, one to check the choices on by cross-validation\)"):
         load_splits(_folder(tmp_path, GOOD + [("only one", "lonely")]))
+    typo = GOOD[0][1][:-1] + GOOD[0][1][-1] * 2  # the first intent's name with its last letter doubled
+    (tmp_path / "typo").mkdir()
+    with pytest.raises(DataError, match=rf"line {line}: label '{typo}' has 1 example \(a typo for '{GOOD[0][1]}'\?\)"):
+        load_splits(_folder(tmp_path / "typo", GOOD + [("only one", typo)]))
 
 
 def test_one_example_trains_beside_a_validation_file(tmp_path):

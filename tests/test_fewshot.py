@@ -1,8 +1,11 @@
 """Few-shot (issue 15): data of a few examples per intent trains with the default command (no validation
 split carved, choices cross-validated, calibration cross-fitted); ``--shots``; the ``contrastive`` method."""
 
+import json
 from collections import Counter
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,7 +13,7 @@ from safetensors.torch import load_file
 from bankintent import Predictor, resolve_config, train
 from bankintent.cli import build_parser, main
 from bankintent.config import AUTO, for_data
-from bankintent.errors import ConfigError
+from bankintent.errors import ConfigError, DataError
 from bankintent.contrastive import PAIR_BUDGET, pairs, pairs_per_query
 from bankintent.training import CROSS_FITTED
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
@@ -35,6 +38,7 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
     assert metrics["temperature_fitted"] is False and "fewer than 50" in metrics["temperature_note"]
+    assert metrics["temperature_fitted_on"] == "validation queries"  # lpft fine-tunes its head after the probe
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
     assert result["closest_intent"] in INTENTS and all(result[k] is not None for k in OOS_FIELDS)
     assert (tmp_path / "adapter" / "README.md").is_file()
@@ -140,3 +144,50 @@ def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_
     assert [len(r["top_k"]) for r in results] == [2, 2]
     assert all(r[k] is not None for r in results for k in OOS_FIELDS)
     assert "contrastive fine-tuning of the encoder" in (tmp_path / "adapter" / "README.md").read_text()
+
+
+def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_data(tiny_bert, three_shot, tmp_path, capsys):
+    """Small data trains on every row: with no test.csv there is no split left to measure the model on,
+    so evaluate says how to measure it (a file of labelled queries, --data FILE) instead of sending the
+    user from --split test to --split validation and back, and then measures it on that file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text((three_shot / "train.csv").read_text())
+    run = tmp_path / "run"
+    metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
+    # the probe is the final head: the temperature is fitted on its out-of-fold logits (too few here)
+    assert metrics["temperature_fitted_on"] == "training queries' out-of-fold probe logits"
+    assert metrics["temperature_note"] == "not fitted: 16 training queries' out-of-fold probe logits, fewer than 50"
+    capsys.readouterr()
+    predictor = Predictor.load(run)
+    assert predictor.predict([]) == []  # nothing to answer, rather than numpy's error from inside
+    with pytest.raises(DataError, match="no texts given"):
+        predictor.probabilities([])
+    for split in ("test", "validation"):
+        with pytest.raises(SystemExit) as stop:
+            main(["evaluate", str(run), "--split", split])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert stop.value.code != 0 and len(errors) == 1 and "Traceback" not in err
+        assert "evaluate a file of labelled queries the model has not seen with --data FILE" in errors[0] and "--split" not in errors[0]
+    report = tmp_path / "report"
+    with pytest.raises(SystemExit):
+        main(["report", str(run), "--output", str(report)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"bankintent evaluate {run} --data FILE" in errors[0] and not report.exists()
+    held = write_csv(tmp_path / "held.csv", [(text, intent) for intent, texts in INTENTS.items() for text in texts]
+                     + [("what is the weather tomorrow", "out_of_scope")])
+    main(["evaluate", str(run), "--data", str(held)])
+    summary = json.loads((run / "test_evaluation.json").read_text())
+    assert summary["split"] == "test" and summary["queries"] == 16  # the out-of-scope row measures the fallback instead
+    predictions = pd.read_csv(run / "test_predictions.csv")
+    assert len(predictions) == 16
+    bins = np.minimum((predictions.confidence * 15).apply(np.ceil).astype(int) - 1, 14)  # ECE's 15 bins, (lo, hi]
+    gaps = predictions.groupby(bins).apply(lambda b: len(b) * abs(b.correct.mean() - b.confidence.mean()))
+    assert summary["ece"] == pytest.approx(gaps.sum() / 16, abs=1e-6)
+    main(["report", str(run), "--output", str(report)])  # the report analyses the queries evaluate measured
+    assert "| test | 16 | 4 |" in (report / "report.md").read_text()
+    typo = write_csv(tmp_path / "typo.csv", [("where is my new card", "card_arival")])
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run), "--data", str(typo)])
+    assert f"{typo}: line 2: label 'card_arival' never seen in training" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import sys
 import types
 import typing
 from numbers import Real
+from pathlib import Path
 
 from bankintent import progress
 from bankintent.errors import BankintentError
@@ -56,6 +57,9 @@ def train(args: argparse.Namespace) -> None:
     if metrics:
         print(markdown_table([results_row(metrics)]))
         print(f"\nmodel: {cfg.output}/adapter   metrics: {cfg.output}/metrics.json")
+        if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
+            print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "
+                  f"model has not seen with: bankintent evaluate {cfg.output} --data FILE")
 
 
 def _pct(value, digits: int = 2) -> str:
@@ -67,8 +71,9 @@ def evaluate(args: argparse.Namespace) -> None:
     from bankintent.evaluation import evaluate_run
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
+    ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
     print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}, "
-          f"macro-F1 {_pct(summary.get('macro_f1'))}")
+          f"macro-F1 {_pct(summary.get('macro_f1'))}{ece}")
     lengths = summary.get("accuracy_by_length") or []
     if lengths:
         print("accuracy by length: " + ", ".join(f"{r.get('length')} {_pct(r.get('accuracy'), 1)} ({r.get('queries')})" for r in lengths))
@@ -205,7 +210,7 @@ def audit(args: argparse.Namespace) -> None:
                 oos_label=args.oos_label, duplicate_threshold=args.duplicate_threshold, seed=args.seed)
     print(f"audit of {found['queries']:,} queries, {found['intents']} intents: likely label errors {found['label_issues']}, "
           f"near-duplicates with different labels {found['conflicting_duplicates']}, thin intents {found['thin_intents']}, "
-          f"very short queries {found['short_queries']}, truncated {found['truncated_queries']} -> {args.output}/summary.md")
+          f"very short queries {found['short_queries']}, truncated {found['truncated_queries']} -> {Path(args.output) / 'summary.md'}")
 
 
 def discover(args: argparse.Namespace) -> None:
@@ -216,7 +221,7 @@ def discover(args: argparse.Namespace) -> None:
                 distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed)
     chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
     print(f"{found['queries']:,} queries, {chosen} clustered: {found['clusters']} candidate intents, "
-          f"{found['unclustered']} queries unclustered -> {args.output}/clusters.csv, queries.csv, map.png")
+          f"{found['unclustered']} queries unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png")
 
 
 def select(args: argparse.Namespace) -> None:
@@ -236,7 +241,7 @@ def distill(args: argparse.Namespace) -> None:
     metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
     teacher = metrics.get("teacher_test_accuracy")
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {_pct(metrics['val_accuracy'])}, "
-          f"test {_pct(metrics['test_accuracy'])} (teacher {_pct(teacher)}) -> {args.output}/adapter")
+          f"test {_pct(metrics['test_accuracy'])} (teacher {_pct(teacher)}) -> {Path(args.output) / 'adapter'}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -321,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
     p.add_argument("dir", help="a training run's output folder")
-    p.add_argument("--data", help="'banking77', a data folder or a file, as train --data (default: the run's)")
+    p.add_argument("--data", help="a .csv/.jsonl file of labelled queries, evaluated as the test split; or 'banking77' or a "
+                                  "data folder, as train --data (default: the run's data)")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")

@@ -32,6 +32,7 @@ rule included. The user's validation file, if any, is kept whole.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import logging
 import os
@@ -436,8 +437,12 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
-        raise DataError(f"{train_file}: label {rare[0]!r}{more} has 1 example; every intent needs at least 2 (one to learn from, one "
-                        f"to check the choices on by cross-validation): add an example of it or remove its row")
+        row = full.rows[full.labels.index(rare[0])] if full.rows else None
+        where = f"line {row}: " if row else ""
+        close = difflib.get_close_matches(rare[0], [label for label, n in counts.items() if n >= 2], n=1)
+        hint = f" (a typo for {close[0]!r}?)" if close else ""
+        raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has 1 example{hint}; every intent needs at least 2 (one to "
+                        f"learn from, one to check the choices on by cross-validation): add an example of it or remove its row")
 
 
 def split_validation(full: Examples, validation: Examples | None, train_file: Path, val_fraction: float,
@@ -478,6 +483,17 @@ def _check_known(examples: Examples, path: Path, known: set[str]) -> None:
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
             raise DataError(f"{path}: line {row}: label {label!r} never seen in training")
+
+
+def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
+                   strict_data: bool = False, oos_label: str | None = "out_of_scope") -> tuple[Examples | None, OutOfScope]:
+    """A file of labelled queries to test a model on: its in-scope examples (None when it holds only
+    out-of-scope rows) and its out-of-scope rows set apart; every label must be one of ``known``."""
+    test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
+    _check_known(test, path, known)
+    out_of_scope = OutOfScope()
+    out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
+    return (test if test.texts else None), out_of_scope
 
 
 def load_splits(
@@ -523,11 +539,7 @@ def load_splits(
         train = train.take(keep)
     test = None
     if files.test is not None:
-        test, oos = read(files.test)
-        test_out_of_scope.add(oos, f"{files.test.name}: {_rows(len(oos))} labelled {oos_label!r}")
-        _check_known(test, files.test, set(labels))
-        if not test.texts:
-            test = None
+        test, test_out_of_scope = read_test_file(files.test, set(labels), text_column, label_column, strict_data, oos_label)
     empty = {p.name: e.empty_skipped for p, e in ((files.train, full), (files.validation, validation), (files.test, test))
              if p is not None and e is not None and e.empty_skipped}
     notes = {

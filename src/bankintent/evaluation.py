@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from bankintent.calibration import coverage_report
+from bankintent.calibration import coverage_report, expected_calibration_error
 from bankintent.config import TrainConfig, read_yaml
-from bankintent.data import Examples, OutOfScope, run_splits
+from bankintent.data import Examples, OutOfScope, read_test_file, run_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
 
@@ -75,17 +75,31 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
                  label_column: str | None = None) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
-    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``."""
+    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``.
+    ``data`` naming one file evaluates that file's labelled queries, as the test split: the way to
+    measure a model trained on every row of small data."""
     run_dir = Path(run_dir)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v}
-    splits = run_splits(TrainConfig(**{**saved, **given}))
+    cfg = TrainConfig(**{**saved, **given})
+    if data is not None and Path(data).expanduser().is_file():
+        if split != "test":
+            raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
+        predictor = Predictor.load(run_dir)
+        path = Path(data).expanduser().resolve()
+        examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label)
+        if examples is None:
+            raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
+        return evaluate(predictor, examples, run_dir, "test", own if len(own) else None)
+    splits = run_splits(cfg)
     examples = splits.test if split == "test" else splits.validation
+    elsewhere = "evaluate a file of labelled queries the model has not seen with --data FILE"
     if examples is None:
-        raise BankintentError(f"{splits.source}: no test file; use --split validation")
+        also = "" if splits.small_data else ", or use --split validation"
+        raise BankintentError(f"{splits.source}: no test file; {elsewhere}{also}")
     if not len(examples):
-        raise BankintentError(f"{splits.source}: no validation split (small data trains on every row); give a validation file "
-                              "(valid.csv) or evaluate --split test")
+        also = ", or evaluate --split test" if splits.test is not None else ""
+        raise BankintentError(f"{splits.source}: no validation split (small data trains on every row); {elsewhere}{also}")
     # the recall of the fallback is measured on the test file's own out-of-scope rows, else on those
     # training chose the score with, else (None) on the built-in probe set where the intents are Banking77's
     own = splits.test_out_of_scope if split == "test" else OutOfScope()
@@ -123,7 +137,8 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     y_pred = logits.argmax(-1)
     out.mkdir(parents=True, exist_ok=True)
     prediction_table(predictor, examples, logits, features).to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
-    summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred)}
+    summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred),
+               "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
     intents = per_intent(y_true, y_pred, labels)
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
     lengths = accuracy_by_length(examples.texts, y_true, y_pred)

@@ -102,7 +102,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
                 record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax"}
         write_spec(spec, folder)
         (folder / "export.json").write_text(json.dumps(record, indent=1))
-    log.info("exported %s to %s", source, output)
+    log.debug("exported %s to %s", source, output)
     return output
 
 

@@ -230,6 +230,8 @@ class Predictor:
         """(logits, embeddings) of ``texts``, computed in batches of texts of similar length in tokens;
         with a progress bar titled ``desc`` if given."""
         texts = [preprocess(t, self.spec.preprocessing) for t in check_texts(texts)]
+        if not texts:
+            raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
         order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         logits, features = [], []
@@ -273,6 +275,8 @@ class Predictor:
         - ``closest_intent``: the most probable intent, also when the answer is out of scope;
         - ``top_k``: [{intent, confidence}], the most probable intents."""
         texts = check_texts(texts)
+        if not texts:
+            return []
         logits, features = self.outputs(texts)
         probs = softmax(logits / self.spec.temperature)
         if self.oos_threshold is None:

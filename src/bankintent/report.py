@@ -13,6 +13,7 @@ predictions of the split newer than its model does the report predict it, once, 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import re
@@ -135,7 +136,8 @@ def dataset_section(splits: Splits, figures: Path) -> str:
         "only evaluated.",
         markdown_table(rows, list(rows[0])),
         f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():.0f}, "
-        f"max {per_intent_counts.max()} (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()}).",
+        f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."
+                                           if per_intent_counts.min() < per_intent_counts.max() else ": every intent alike."),
         _figure(fig, figures, "dataset.png"),
     ])
 
@@ -196,9 +198,9 @@ def curves_section(runs: list[Run], figures: Path) -> str:
                                      "seeds is drawn as their mean.", _figure(fig, figures, "learning_curves.png"), note]))
 
 
-def saved_predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame | None:
+def saved_predictions(run: Run, examples: Examples | None, split: str) -> pd.DataFrame | None:
     """The predictions ``bankintent evaluate`` wrote (``<run>/<split>_predictions.csv``), if they are
-    of these queries and newer than the model; else None."""
+    of these queries (``examples``; None: whichever) and newer than the model; else None."""
     from bankintent.predict import model_folder
 
     path = run.folder / f"{split}_predictions.csv"
@@ -209,7 +211,7 @@ def saved_predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame 
         return None  # written for an earlier model in this folder
     saved = pd.read_csv(path, dtype={"text": str, "label": str, "predicted": str, "answer": str}, keep_default_na=False,
                         na_values={"oos_score": [""], "confidence": [""]})
-    if "predicted" not in saved or saved.text.tolist() != examples.texts:
+    if "predicted" not in saved or examples is not None and saved.text.tolist() != examples.texts:
         return None
     return saved
 
@@ -235,8 +237,21 @@ def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
     return frame
 
 
-def evaluated_split(splits: Splits) -> tuple[str, Examples]:
-    return ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
+def evaluated_split(run: Run, splits: Splits) -> tuple[str, Splits]:
+    """The split the error analysis reads, and the splits with it: the test file, else the validation
+    split, else (small data trains on every row) the queries ``bankintent evaluate RUN --data FILE``
+    measured the model on, as the test split."""
+    if splits.test is not None:
+        return "test", splits
+    if len(splits.validation):
+        return "validation", splits
+    saved = run.folder / "test_predictions.csv"
+    measured = saved_predictions(run, None, "test") if saved.is_file() else None
+    if measured is None:
+        raise ConfigError(f"{run.folder}: no queries to analyse: small data trains on every row and {splits.source} has no test "
+                          f"file; measure the model on labelled queries it has not seen with `bankintent evaluate {run.folder} "
+                          "--data FILE`, then run report again")
+    return "test", dataclasses.replace(splits, test=Examples(measured.text.tolist(), measured.label.tolist()))
 
 
 def _number(value, digits: int = 4, style: str = "g") -> str:
@@ -425,7 +440,6 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     runs, sweeps = collect(dirs)
     out = Path(output)
     figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     # the error analysis needs a model or its saved predictions; runs copied from another machine may
     # bring only their records (metrics.json, history.csv)
     analysable = [r for r in runs if has_model_or_predictions(r)]
@@ -433,9 +447,9 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         raise ConfigError(f"none of the {len(runs)} run(s) has its model folder or saved test predictions for the error "
                           f"analysis; add a run folder that has (for example runs/demo)")
     best = max(analysable, key=lambda r: r.metrics.get("val_accuracy") or 0.0)  # None: a small-data run has no validation split
-    splits = _splits(best)
-    split, examples = evaluated_split(splits)
-    frame = predictions(best, examples, split)
+    split, splits = evaluated_split(best, _splits(best))
+    figures.mkdir(parents=True, exist_ok=True)
+    frame = predictions(best, splits.test if split == "test" else splits.validation, split)
     hardware = sorted({r.metrics.get("hardware", "-") for r in runs})
     bases = sorted({str(r.metrics.get("base_model", "-")) for r in runs})
     report_command = shlex.join(["bankintent", "report", *map(str, dirs), "--output", str(out)])
