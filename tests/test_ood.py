@@ -110,6 +110,18 @@ def test_knn_msp_adds_the_two_scores_standardised_on_in_scope_queries():
         ood.score("knn+msp", val_probs, val_features, ood.fit_knn(train))
 
 
+def test_a_model_sure_of_every_validation_query_does_not_turn_a_99_percent_answer_away():
+    """msp all but constant on validation (every query answered at 0.9999+): divided by its own tiny
+    spread, a new query answered at 0.99 would score thousands of deviations out; msp's scale is at
+    least MSP_STD_FLOOR, so it counts as one, like a kNN distance one deviation out."""
+    knn_val = np.linspace(0.1, 0.3, 50)
+    msp_val = np.full(50, 1e-5) + np.linspace(0, 1e-6, 50)
+    stats = ood.fit_combination(knn_val, msp_val)
+    assert stats["knn_msp_scale"][3] == pytest.approx(ood.MSP_STD_FLOOR)
+    unsure = ood.combined(np.array([knn_val.mean()]), np.array([0.01]), stats)
+    assert unsure[0] == pytest.approx(ood.COMBINED_WEIGHT * (0.01 - msp_val.mean()) / ood.MSP_STD_FLOOR, rel=1e-3) and unsure[0] < 1
+
+
 def test_relative_mahalanobis_is_the_nearest_intents_distance_minus_the_backgrounds():
     """Ren et al. (2021): the squared Mahalanobis distance to the nearest intent (shared covariance) minus
     that to one Gaussian of all training embeddings. A query far along a direction every intent varies

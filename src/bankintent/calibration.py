@@ -98,11 +98,14 @@ def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "
 
 
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
-              temperature_on: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+              out_of_fold: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the temperature, the Mahalanobis statistics, the default out-of-scope score and the
     thresholds into ``predictor.spec``; write ``validation_coverage.{csv,png}`` to ``cfg.output``.
-    The temperature is fitted on the validation split's logits, or on ``temperature_on`` (logits,
-    labels) where given: small data's out-of-fold probe logits (``probe.out_of_fold_logits``).
+    ``out_of_fold`` (small data, whose validation split is queries the model trained on): the probe's
+    logits of each training query from a probe fitted without it (``probe.out_of_fold_logits``), their
+    labels, and those logits of the validation split's queries. The temperature is fitted on the
+    first two, and the third stands in for the model's own logits of the validation queries, which it
+    is surer of than of a new query, wherever the probabilities count (msp and the thresholds).
     Returns the metrics: ECE before and after (on the logits the temperature was fitted on), whether,
     on what and why the temperature was fitted, the score chosen and why, its threshold, the
     out-of-scope examples used (source, count), each score's AUROC and the examples' recall at the
@@ -110,8 +113,11 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     spec = predictor.spec
     logits, features = predictor.outputs(splits.validation.texts, desc="calibrating: validation")
     labels = np.array(splits.ids(splits.validation))
-    fit_logits, fit_labels = temperature_on if temperature_on is not None else (logits, labels)
-    fitted_on = "validation queries" if temperature_on is None else "training queries' out-of-fold probe logits"
+    if out_of_fold is None:
+        fit_logits, fit_labels = logits, labels
+    else:
+        fit_logits, fit_labels, logits = out_of_fold
+    fitted_on = "validation queries" if out_of_fold is None else "training queries' out-of-fold probe logits"
     problem = temperature_problem(fit_logits, fit_labels, fitted_on)
     spec.temperature = 1.0 if problem else fit_temperature(fit_logits, fit_labels)
     if problem:

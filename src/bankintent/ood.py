@@ -70,6 +70,11 @@ KNN_BANK = 20_000  # most embeddings kept for the knn score without labels (a se
 KNN_PROTOTYPES = 12  # k-means centroids of each intent's training embeddings that the knn score compares with
 COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
 RMD_WEIGHT = 0.25  # the relative Mahalanobis distance's weight in knn+msp+rmd
+# The least standard deviation msp is divided by in knn+msp: a model sure of nearly every validation
+# query (a few easy intents, a sharp temperature) has msp all but constant there, and a query it is
+# 99% sure of would otherwise count as many deviations out, outweighing the kNN distance. Validation
+# msp varies by about ten times this on Banking77, where the floor changes nothing.
+MSP_STD_FLOOR = 0.01
 # the arrays of ood.safetensors each score needs
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale"),
          "knn+msp+rmd": ("knn_bank", "knn_msp_scale", "centroids", "background", "rmd_scale")}
@@ -176,15 +181,15 @@ def knn(features: np.ndarray, stats: dict[str, np.ndarray], k: int = KNN_K) -> n
     return 1.0 - -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
 
 
-def _mean_std(scores: np.ndarray) -> np.ndarray:
-    """[mean, standard deviation] of in-scope (validation) scores, the deviation at least 1e-6."""
-    return np.array([scores.mean(), max(scores.std(), 1e-6)], dtype=np.float32)
+def _mean_std(scores: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """[mean, standard deviation] of in-scope (validation) scores, the deviation at least ``floor``."""
+    return np.array([scores.mean(), max(scores.std(), floor)], dtype=np.float32)
 
 
 def fit_combination(knn_scores: np.ndarray, msp_scores: np.ndarray) -> dict[str, np.ndarray]:
     """The scale of ``knn+msp``: the mean and standard deviation of each part on in-scope
-    (validation) queries."""
-    return {"knn_msp_scale": np.concatenate([_mean_std(knn_scores), _mean_std(msp_scores)])}
+    (validation) queries, msp's at least ``MSP_STD_FLOOR``."""
+    return {"knn_msp_scale": np.concatenate([_mean_std(knn_scores), _mean_std(msp_scores, MSP_STD_FLOOR)])}
 
 
 def combined(knn_scores: np.ndarray, msp_scores: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:

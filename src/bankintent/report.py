@@ -245,8 +245,7 @@ def evaluated_split(run: Run, splits: Splits) -> tuple[str, Splits]:
         return "test", splits
     if len(splits.validation):
         return "validation", splits
-    saved = run.folder / "test_predictions.csv"
-    measured = saved_predictions(run, None, "test") if saved.is_file() else None
+    measured = saved_predictions(run, None, "test")
     if measured is None:
         raise ConfigError(f"{run.folder}: no queries to analyse: small data trains on every row and {splits.source} has no test "
                           f"file; measure the model on labelled queries it has not seen with `bankintent evaluate {run.folder} "

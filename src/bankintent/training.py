@@ -19,13 +19,14 @@ validation split from, see ``bankintent.data``): every row trains and no choice 
 validation split. The probe's C is cross-validated on the training split; the fine-tuning methods
 run their recipe's epochs with no early stopping (the last epoch, or the epochs' mean, is kept); the
 calibration is cross-fitted: the training split is cut in two stratified halves (``split_seed``),
-the out-of-scope statistics (kNN bank, centroids) are fitted on one and the thresholds on the other's
-queries, which are not in the bank but were trained on, so the threshold errs towards sending
-in-scope queries out of scope. Where the probe is the final head (``contrastive``, ``linear-probe``)
-the temperature is fitted on its out-of-fold logits of the training queries
-(``probe.out_of_fold_logits``); for the fine-tuning methods, on the other half's queries, which were
-trained on, so it is usually left unfitted. metrics.json says so (``calibration``,
-``temperature_fitted_on``) and has no validation accuracy.
+the out-of-scope statistics (kNN bank, centroids) are fitted on one and the temperature and the
+thresholds on the other's queries, which are not in the bank but were trained on, so the threshold
+errs towards sending in-scope queries out of scope. Where the probe is the final head
+(``contrastive``, ``linear-probe``), its out-of-fold logits of the training queries
+(``probe.out_of_fold_logits``: each from a probe fitted without it) stand in for the model's: the
+temperature is fitted on them, and the held half's give the probabilities its thresholds are set
+on. For the fine-tuning methods the temperature is usually left unfitted. metrics.json says so
+(``calibration``, ``temperature_fitted_on``) and has no validation accuracy.
 """
 
 from __future__ import annotations
@@ -558,8 +559,7 @@ def _train(cfg: TrainConfig) -> dict:
         return {}
 
     model_dir = out / MODEL_DIR
-    temperature_on = None if out_of_fold is None else (out_of_fold, np.array(splits.ids(splits.train)))
-    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, temperature_on)
+    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold)
     metrics = {
         "method": cfg.method,
         "base_model": cfg.base_model,
@@ -590,16 +590,19 @@ def _train(cfg: TrainConfig) -> dict:
 
 
 def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict,
-                   temperature_on: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-    """How every way of making a model ends (training, ``bankintent.distill``): the temperature (on
-    ``temperature_on``'s logits and labels if given, see ``calibrate``) and the
-    out-of-scope detector fitted (they fill ``spec``; ``extra`` gets what the calibration reports), the
+                   out_of_fold: np.ndarray | None = None) -> dict:
+    """How every way of making a model ends (training, ``bankintent.distill``): the temperature and the
+    out-of-scope detector fitted (they fill ``spec``; ``extra`` gets what the calibration reports;
+    ``out_of_fold``: small data's probe logits of the training queries, see ``calibrate``), the
     model folder saved in OUTPUT/adapter, the history written, and the saved folder, loaded as a user
     loads it, scored on validation and test. Returns those scores and the model's sizes."""
     out = Path(cfg.output)
     trainable, total = count_parameters(model)
     model.eval()
-    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, temperature_on))
+    held_out = None
+    if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
+        held_out = (out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out))
     if splits.small_data:
         extra["calibration"] = CROSS_FITTED
     model_dir = out / MODEL_DIR
@@ -634,8 +637,13 @@ def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
     docstring)."""
     if not splits.small_data:
         return splits
-    fitted, held = train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
+    fitted, held = _halves(splits, cfg)
     return dataclasses.replace(splits, train=splits.train.take(fitted), validation=splits.train.take(held))
+
+
+def _halves(splits: Splits, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """The two stratified halves of small data's training split (indices) that calibration is cross-fitted on."""
+    return train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
 
 
 def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
