@@ -15,7 +15,7 @@ from bankintent.cli import build_parser, main
 from bankintent.config import AUTO, for_data
 from bankintent.errors import ConfigError, DataError
 from bankintent.contrastive import PAIR_BUDGET, pairs, pairs_per_query
-from bankintent.training import CROSS_FITTED
+from bankintent.training import CROSS_FITTED, CROSS_FITTED_OUT_OF_FOLD
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
 
 OOS_FIELDS = ("oos_score", "oos_threshold", "oos_method")
@@ -156,6 +156,8 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     run = tmp_path / "run"
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
     # the probe is the final head: the temperature is fitted on its out-of-fold logits (too few here)
+    assert metrics["calibration"] == CROSS_FITTED_OUT_OF_FOLD
+    assert "expected calibration error on the training queries' out-of-fold probe logits" in (run / "adapter" / "README.md").read_text()
     assert metrics["temperature_fitted_on"] == "training queries' out-of-fold probe logits"
     assert metrics["temperature_note"] == "not fitted: 16 training queries' out-of-fold probe logits, fewer than 50"
     capsys.readouterr()

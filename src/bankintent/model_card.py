@@ -118,7 +118,8 @@ def calibration_rows(metrics: dict) -> str:
         fitted = "" if metrics.get("temperature_fitted", True) else f" ({metrics.get('temperature_note') or 'not fitted'})"
         line = f"- temperature {metrics['temperature']:.3g}{fitted}"
         if metrics.get("val_ece_before") is not None:
-            line += f"; expected calibration error on validation {metrics['val_ece_before']:.3f} before, {metrics['val_ece_after']:.3f} after"
+            on = metrics.get("temperature_fitted_on") or "validation queries"
+            line += f"; expected calibration error on the {on} {metrics['val_ece_before']:.3f} before, {metrics['val_ece_after']:.3f} after"
         lines.append(line)
     if metrics.get("oos_score") is not None:
         auroc = ", ".join(f"{name} {metrics[f'oos_auroc_{name}']:.3f}" for name in SCORE_TEXT if metrics.get(f"oos_auroc_{name}") is not None)

@@ -604,7 +604,7 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
         held_out = (out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
     extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out))
     if splits.small_data:
-        extra["calibration"] = CROSS_FITTED
+        extra["calibration"] = CROSS_FITTED if out_of_fold is None else CROSS_FITTED_OUT_OF_FOLD
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
     oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
@@ -629,6 +629,9 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
 
 CROSS_FITTED = ("cross-fitted (small data, no validation split): out-of-scope statistics fitted on a stratified half of the training "
                 "split, temperature and thresholds on the other half's queries (trained on, so the threshold errs towards out of scope)")
+CROSS_FITTED_OUT_OF_FOLD = ("cross-fitted (small data, no validation split): out-of-scope statistics fitted on a stratified half of "
+                            "the training split, thresholds on the other half's queries with the probe's out-of-fold probabilities, "
+                            "temperature on every training query's out-of-fold probe logits")
 
 
 def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
