@@ -348,7 +348,8 @@ def _accuracy(eval_pred) -> dict[str, float]:
 def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: bool = True) -> tuple[dict, np.ndarray | None]:
     """The linear probe fitted and loaded into the head; returns its metrics and, for small data whose
     final head it is (``PROBE_FINAL_METHODS``), its out-of-fold logits of the training queries, which
-    the temperature is then fitted on (``probe.out_of_fold_logits``), else None."""
+    the calibration then uses for the temperature and the thresholds (``probe.out_of_fold_logits``,
+    ``calibrate``), else None."""
     train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train", disable=not progress)
     val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
     # small training data beside the user's validation file: C is chosen on that file, else cross-validated
