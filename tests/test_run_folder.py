@@ -92,8 +92,17 @@ def test_overwrite_with_bad_data_keeps_the_previous_run(tiny_bert, previous_run,
 
 
 def test_resume_removes_the_previous_models_evaluation(tiny_bert, tiny_data, previous_run):
+    (previous_run / "metrics.json").unlink()  # written last: without it the run did not finish
     _train(tiny_bert, tiny_data, previous_run, resume=True)
     assert not (previous_run / "test_evaluation.json").exists() and (previous_run / "validation_coverage.csv").is_file()
+
+
+def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, caplog):
+    metrics = previous_run / "metrics.json"
+    written = metrics.stat().st_mtime_ns
+    assert _train(tiny_bert, tiny_data, previous_run, resume=True) == json.loads(metrics.read_text())
+    assert metrics.stat().st_mtime_ns == written and (previous_run / "test_evaluation.json").is_file()
+    assert "finished training already" in caplog.text and "--overwrite" in caplog.text
 
 
 def test_config_records_an_absolute_data_path_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):

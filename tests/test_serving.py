@@ -158,11 +158,11 @@ def test_bad_requests_get_a_clear_4xx(single, body, status, message):
 
 def test_malformed_and_oversized_bodies(single):
     response = single.post("/v1/predict", content=b'{"texts": [', headers={"content-type": "application/json"})
-    assert response.status_code == 422 and response.json()["error"].startswith("body: invalid JSON")
+    assert response.status_code == 400 and response.json()["error"].startswith("body: invalid JSON")
     response = single.post("/v1/predict", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json() == {"error": "request body over 1048576 bytes"}
     assert metric(single, "bankintent_errors_total", status="413") >= 1
-    assert metric(single, "bankintent_requests_total", path="/v1/predict", status="422") >= 1
+    assert metric(single, "bankintent_requests_total", path="/v1/predict", status="400") >= 1
     assert single.post("/v1/predict", json={"texts": ["still fine"]}).status_code == 200
 
 

@@ -299,6 +299,13 @@ def test_unfreezing_keeps_lower_layers_frozen_in_first_epoch(tiny_bert, tiny_dat
     assert all(torch.count_nonzero(v) > 0 for k, v in lora_b.items() if layer_index(k) == 1)
 
 
+def test_training_shows_one_line_an_epoch_not_the_trainers_log_dicts(tiny_bert, tiny_data, tmp_path, capfd):
+    train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path, epochs=2)))
+    shown = capfd.readouterr().err
+    assert "epoch 1: validation accuracy" in shown and "epoch 2: validation accuracy" in shown
+    assert "{'loss'" not in shown and "train_runtime" not in shown and "loss=" in shown  # the loss is in the bar
+
+
 def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
     runs = [train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path / str(i)))) for i in range(2)]
     for key in ("val_accuracy", "test_accuracy", "test_macro_f1", "best_epoch"):

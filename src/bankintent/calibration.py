@@ -111,7 +111,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     out-of-scope examples used (source, count), each score's AUROC and the examples' recall at the
     threshold (None without examples)."""
     spec = predictor.spec
-    logits, features = predictor.outputs(splits.validation.texts, desc="calibrating: validation")
+    logits, features = predictor.outputs(splits.validation.texts, desc="calibrating")
     labels = np.array(splits.ids(splits.validation))
     if out_of_fold is None:
         fit_logits, fit_labels = logits, labels

@@ -72,7 +72,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
-    print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}, "
+    fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
+    print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
+          f"{' (every query answered with its top intent; the out-of-scope line below has the fallback)' if fallback else ''}, "
           f"macro-F1 {_pct(summary.get('macro_f1'))}{ece}")
     lengths = summary.get("accuracy_by_length") or []
     if lengths:
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below
     progress.configure(loading_bars=args.command in TRAINING_COMMANDS)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for noisy in ("httpx", "urllib3", "filelock", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)

@@ -76,6 +76,13 @@ def fine_tune(model: MeanPoolClassifier, splits: Splits, cfg, work_dir: Path, pr
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
+    from bankintent.training import use_training_bar  # imported here: training imports this module
+
+    class _PairTrainer(SentenceTransformerTrainer):
+        def add_model_card_callback(self, default_args_dict):
+            """No model card: this encoder is never saved as a sentence-transformers model (its weights
+            go into the project's model), and drafting the card showed a bar of its own."""
+
     per_query = cfg.pairs_per_example or pairs_per_query(len(splits.train))
     anchors, positives = pairs(splits.train.texts, splits.train.labels, per_query, cfg.seed)
     if not anchors:
@@ -102,12 +109,13 @@ def fine_tune(model: MeanPoolClassifier, splits: Splits, cfg, work_dir: Path, pr
         use_cpu=not cuda,
         disable_tqdm=not progress,
     )
-    trainer = SentenceTransformerTrainer(
+    trainer = _PairTrainer(
         model=encoder,
         args=args,
         train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}),
         loss=MultipleNegativesRankingLoss(encoder),
     )
+    use_training_bar(trainer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         trainer.train()

@@ -26,7 +26,7 @@ def embed(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: in
     model.eval()
     device = next(model.parameters()).device
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with tqdm(total=len(texts), desc=desc, unit="q", disable=disable) as bar:
+    with tqdm(total=len(texts), desc=desc, unit="q", disable=disable or not texts) as bar:
         for positions, batch in encode_batches(tokenizer, texts, max_length, batch_size):
             out[positions] = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
             bar.update(len(positions))

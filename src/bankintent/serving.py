@@ -430,7 +430,9 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": _validation_message(exc)}, 422)
+        # a body that is not JSON at all is a bad request (400); JSON with bad fields is unprocessable (422)
+        malformed = all(error["type"] == "json_invalid" for error in exc.errors())
+        return JSONResponse({"error": _validation_message(exc)}, 400 if malformed else 422)
 
     @app.post("/v1/predict", response_model=list[Prediction], responses=ERRORS, dependencies=auth)
     async def predict(request: PredictRequest) -> Response:

@@ -40,6 +40,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ from torch import nn
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -253,6 +255,28 @@ class SaveOnInterrupt(TrainerCallback):
             signal.signal(signum, handler)
 
 
+class TrainingBar(ProgressCallback):
+    """The Trainer's progress bar without its log lines. Hugging Face's bar writes every logged dict
+    under it (a loss line five times an epoch, then the run's throughput), which buried the lines that
+    say what the run chose. Here the latest training loss is shown in the bar, and each evaluation
+    gives one line: the epoch and its validation accuracy. ``history.csv`` keeps every logged value."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if isinstance(logs.get("loss"), (int, float)):
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+        if isinstance(logs.get("eval_accuracy"), (int, float)):
+            self.training_bar.write(f"epoch {round(state.epoch or 0)}: validation accuracy {logs['eval_accuracy']:.4f}",
+                                    file=sys.stderr)  # where the log lines go
+
+
+def use_training_bar(trainer: Trainer) -> None:
+    """Swap the Trainer's default progress bar for ``TrainingBar`` (no bar where progress is off)."""
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(TrainingBar)
+
+
 # files that a launcher (the sweep, a job script's ``> train.log``) writes into the run folder before
 # training starts: they do not make the folder "not empty", and --overwrite keeps them
 LAUNCHER_FILES = ("command.txt", "train.log")
@@ -293,6 +317,20 @@ def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
         _remove_created(created)
         raise ConfigError(f"{folder}: only {free / 2**20:.0f} MiB free on disk; training needs at least 500 MiB")
     return created
+
+
+def _finished_run(folder: Path, main: bool = True) -> dict:
+    """--resume on a run that finished: metrics.json is written last, so there is nothing to continue,
+    and training again from the beginning (what a missing checkpoint means otherwise) would spend the
+    whole run to replace the model. Returns the finished run's metrics."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder / 'metrics.json'}: unreadable ({exc}); pass --overwrite to train the run again") from None
+    if main:
+        log.warning("--resume: %s finished training already (it has its metrics.json); nothing to resume. "
+                    "Pass --overwrite to train it again", folder)
+    return metrics
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -445,6 +483,8 @@ def _train(cfg: TrainConfig) -> dict:
     # logs and shows progress
     process = PartialState(cpu=not torch.cuda.is_available())
     main = process.is_main_process
+    if cfg.resume and (out / "metrics.json").is_file():
+        return _finished_run(out, main)
     created = _prepare_output(out, cfg) if main else []
     if not main:
         logging.getLogger("bankintent").setLevel(logging.ERROR)
@@ -534,6 +574,7 @@ def _train(cfg: TrainConfig) -> dict:
             callbacks=callbacks,
             **rdrop,
         )
+        use_training_bar(trainer)
         trainer.train(resume_from_checkpoint=resume_from)
         if interrupt.interrupted:
             raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}")
