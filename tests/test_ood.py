@@ -47,17 +47,20 @@ def test_mahalanobis_is_the_distance_to_the_nearest_centroid_under_the_shared_co
     assert ood.mahalanobis(queries, stats)[2] > 100
 
 
-def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding():
+def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding_both_centred():
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(50, 8))
+    train = rng.normal(size=(50, 8)) + 3.0  # a common direction, as mean-pooled embeddings share
     stats = ood.fit_knn(train)
     assert stats["knn_bank"].dtype == np.float16 and stats["knn_bank"].shape == (50, 8)
-    queries = np.vstack([train[3] * 5.0, -train[7], rng.normal(size=(1, 8))])  # a scaled copy, an opposite, a new one
+    np.testing.assert_allclose(stats["knn_centre"], train.mean(0), rtol=1e-5)
+    centre = train.mean(0)
+    queries = np.vstack([centre + (train[3] - centre) * 5.0, centre - (train[7] - centre), rng.normal(size=(1, 8)) + 3.0])
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    direct = 1 - (unit(queries) @ unit(train).T).max(1)
+    direct = 1 - (unit(queries - centre) @ unit(train - centre).T).max(1)
+    assert not np.allclose(direct, 1 - (unit(queries) @ unit(train).T).max(1), atol=0.05)  # centring changes the scores
     np.testing.assert_allclose(ood.knn(queries, stats), direct, atol=2e-3)
     assert ood.knn(queries, stats)[0] == pytest.approx(0, abs=2e-3) and ood.knn(queries, stats)[1] > 0.05
-    second = 1 - np.sort(unit(queries) @ unit(train).T, axis=1)[:, -2]
+    second = 1 - np.sort(unit(queries - centre) @ unit(train - centre).T, axis=1)[:, -2]
     np.testing.assert_allclose(ood.knn(queries, stats, k=2), second, atol=2e-3)
     ready = ood.for_scoring(stats)  # the bank in float32, transposed: the same scores
     assert ready["knn_bank_t"].flags.c_contiguous and ready["knn_bank_t"].shape == (8, 50)
@@ -66,6 +69,8 @@ def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding():
     np.testing.assert_allclose(ood.knn(queries, ready, k=2), second, atol=2e-3)
     many = ood.fit_knn(rng.normal(size=(ood.KNN_BANK + 10, 4)))
     assert len(many["knn_bank"]) == ood.KNN_BANK
+    before = {"knn_bank": unit(train).astype(np.float16)}  # a model folder saved before the centre: uncentred, as it was fitted
+    np.testing.assert_allclose(ood.knn(queries, before), 1 - (unit(queries) @ unit(train).T).max(1), atol=2e-3)
 
 
 def test_with_labels_the_knn_bank_holds_each_intents_k_means_prototypes():
@@ -81,11 +86,12 @@ def test_with_labels_the_knn_bank_holds_each_intents_k_means_prototypes():
     assert stored.dtype == np.float16 and bank.shape == (2 * ood.KNN_PROTOTYPES - 2, 8)
     np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1, atol=1e-3)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    np.testing.assert_allclose(bank[ood.KNN_PROTOTYPES:], unit(few), atol=2e-3)  # a small intent keeps its own
+    centre = features.mean(0)  # the bank is of centred embeddings
+    np.testing.assert_allclose(bank[ood.KNN_PROTOTYPES:], unit(few - centre), atol=2e-3)  # a small intent keeps its own
     prototypes = bank[: ood.KNN_PROTOTYPES]
-    assert ((unit(crowd) @ prototypes.T).max(1) > 0.99).all()  # every query lies near a prototype of its intent
-    assert len(np.unique((prototypes @ unit(directions).T).argmax(1))) == 3  # each direction has prototypes
-    assert not any((unit(crowd) == p).all(1).any() for p in prototypes)  # centroids, not training rows
+    assert ((unit(crowd - centre) @ prototypes.T).max(1) > 0.99).all()  # every query lies near a prototype of its intent
+    assert len(np.unique((prototypes @ unit(directions - centre).T).argmax(1))) == 3  # each direction has prototypes
+    assert not any((unit(crowd - centre) == p).all(1).any() for p in prototypes)  # centroids, not training rows
     np.testing.assert_array_equal(ood.fit_knn(features, labels, seed=0)["knn_bank"], stored)
     # a query between the two intents' clusters is further from the prototypes than the intents' own
     stats = ood.fit_knn(features, labels)

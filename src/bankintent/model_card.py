@@ -68,7 +68,7 @@ SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
     "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
     "knn": "one minus the cosine similarity of the query's embedding to the nearest of the intents' prototypes (k-means "
-           "centroids of each intent's training queries; `knn`)",
+           "centroids of each intent's training queries), both centred on the training queries' mean embedding (`knn`)",
     "knn+msp": "the distance to the nearest of the intents' prototypes (`knn`) plus, weighted, the classifier's hesitation between "
                "intents (`msp`), each standardised on the validation queries (`knn+msp`)",
     "knn+msp+rmd": "`knn+msp` plus, weighted, how much further the query's embedding lies from the nearest intent than from the "
