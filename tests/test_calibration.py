@@ -12,7 +12,7 @@ from conftest import tiny_options
 
 import bankintent
 from bankintent import ood
-from bankintent.calibration import _plot_coverage, coverage_report, expected_calibration_error, fit_temperature, temperature_problem
+from bankintent.calibration import _plot_coverage, coverage_report, expected_calibration_error, fit_temperature, temperature, temperature_problem
 from bankintent.data import load_splits
 from bankintent.predict import Predictor, softmax
 
@@ -55,26 +55,40 @@ def test_training_writes_calibration_and_out_of_scope_metrics(run):
     assert spec["oos_choice"] == {"reason": metrics["oos_score_reason"], "examples": ood.PROBE_SET, "examples_size": len(ood.probe_set())}
 
 
-def test_a_tiny_validation_split_is_flagged_and_fits_no_temperature(run):
-    """8 validation queries (2 an intent): the temperature is not fitted, and metrics.json says why."""
+def test_a_tiny_validation_split_is_flagged_and_its_temperature_matches_the_accuracy(run):
+    """8 validation queries (2 an intent): too few for the likelihood; the temperature makes the mean
+    confidence the accuracy estimated with Laplace's rule, and metrics.json says so."""
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val_size"] == 8 and metrics["val_min_per_intent"] == 2
     assert "4 of 4 intents have fewer than 5 validation queries" in metrics["val_warning"]
-    assert metrics["temperature"] == 1.0 and metrics["temperature_fitted"] is False
-    assert metrics["temperature_note"] == "not fitted: 8 validation queries, fewer than 50"
-    assert metrics["val_ece_before"] == metrics["val_ece_after"]
+    assert metrics["temperature_fitted"] is True and metrics["temperature_rule"] == "accuracy"
+    assert metrics["temperature_note"].startswith("8 validation queries, fewer than 50: set so that the mean confidence is the accuracy")
+    assert "temperature_rule" in (run / "metrics.json").read_text() and metrics["temperature"] != 1.0
 
 
-def test_temperature_is_fitted_only_where_it_can_be():
+def test_temperature_uses_the_likelihood_only_where_it_can_choose():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     separable = rng.normal(size=(300, 3)) + 6 * np.eye(3)[labels]  # every query classified right
-    # what the old code did with such a split: a temperature towards 0, every confidence 1.000
+    # the likelihood on such a split: a temperature towards 0, every confidence 1.000
     assert softmax(separable[:9] / fit_temperature(separable[:9], labels[:9])).max(-1).min() > 0.9995
-    assert temperature_problem(separable[:9], labels[:9]) == "not fitted: 9 validation queries, fewer than 50"
+    assert temperature_problem(separable[:9], labels[:9]) == "9 validation queries, fewer than 50"
     assert "every one of the validation queries is classified right" in temperature_problem(separable, labels)
     noisy = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[labels]
     assert temperature_problem(noisy, labels) is None
+    value, rule, note = temperature(noisy, labels)
+    assert rule == "likelihood" and note is None and value == pytest.approx(fit_temperature(noisy, labels))
+    # 300 of 300 right: the mean confidence becomes 301/302, neither 1.000 nor the raw softmax's
+    value, rule, note = temperature(separable, labels)
+    assert rule == "accuracy" and "(300 right + 1) / (300 + 2) = 0.997" in note
+    assert softmax(separable / value).max(-1).mean() == pytest.approx(301 / 302, abs=1e-6)
+    # a probe too regularised to be sure of anything (confidences about 0.4), 9 of 10 right: 10/12 on average
+    weak = 0.3 * (np.eye(3)[labels[:10]] + rng.normal(scale=0.1, size=(10, 3)))
+    weak[0] = weak[0][[1, 2, 0]]  # one wrong
+    right = int((weak.argmax(-1) == labels[:10]).sum())
+    value, rule, _ = temperature(weak, labels[:10])
+    assert rule == "accuracy" and value < 1 and softmax(weak / value).max(-1).mean() == pytest.approx((right + 1) / 12, abs=1e-6)
+    assert temperature(weak[:0], labels[:0]) == (1.0, None, "not fitted: no validation queries")
 
 
 def test_threshold_keeps_the_target_coverage_of_validation(run, tiny_data):

@@ -37,7 +37,7 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
-    assert metrics["temperature_fitted"] is False and "fewer than 50" in metrics["temperature_note"]
+    assert metrics["temperature_rule"] == "accuracy" and "fewer than 50" in metrics["temperature_note"]
     assert metrics["temperature_fitted_on"] == "validation queries"  # lpft fine-tunes its head after the probe
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
     assert result["closest_intent"] in INTENTS and all(result[k] is not None for k in OOS_FIELDS)
@@ -159,7 +159,7 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     assert metrics["calibration"] == CROSS_FITTED_OUT_OF_FOLD
     assert "expected calibration error on the training queries' out-of-fold probe logits" in (run / "adapter" / "README.md").read_text()
     assert metrics["temperature_fitted_on"] == "training queries' out-of-fold probe logits"
-    assert metrics["temperature_note"] == "not fitted: 16 training queries' out-of-fold probe logits, fewer than 50"
+    assert metrics["temperature_note"].startswith("16 training queries' out-of-fold probe logits, fewer than 50: set so that")
     capsys.readouterr()
     predictor = Predictor.load(run)
     assert predictor.predict([]) == []  # nothing to answer, rather than numpy's error from inside

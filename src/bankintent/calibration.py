@@ -1,10 +1,13 @@
 """Confidence calibration and the out-of-scope fallback, fitted when training ends.
 
 - Temperature scaling fitted on the validation split (Guo et al., 2017); the expected calibration
-  error (ECE) before and after. A temperature fitted on too few validation queries, or on queries
-  all classified right (the likelihood then keeps rising as the temperature falls towards 0, and
-  every confidence becomes 1.0), would be wrong with confidence: it is then not fitted (1.0) and
-  metrics.json says why.
+  error (ECE) before and after. A temperature fitted by likelihood on too few validation queries, or
+  on queries all classified right (the likelihood then keeps rising as the temperature falls towards
+  0, and every confidence becomes 1.0), would be wrong with confidence. There the temperature is set
+  instead so that the mean confidence equals the accuracy estimated with Laplace's rule of succession
+  (``accuracy_temperature``), and metrics.json says so (``temperature_rule``, ``temperature_note``).
+  Leaving such a model's softmax as it is was worse: a probe regularised on a few dozen queries
+  answered the queries it got right with confidences of 0.3-0.6.
 - The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics and the kNN bank are
   fitted on the training split's embeddings; the default score is the one that catches the most
   out-of-scope examples at its threshold (``ood.choose``; ``out_of_scope_examples`` says which
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 # fewer validation queries than this and the temperature is not fitted (one parameter, but the
 # likelihood of a few queries is dominated by the one or two the model gets wrong, or by none)
 MIN_TEMPERATURE_QUERIES = 50
+TEMPERATURE_RANGE = (0.01, 100.0)  # where ``accuracy_temperature`` searches
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -69,6 +73,24 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(log_t.exp().item())
 
 
+def accuracy_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature at which the mean top probability of softmax(logits / T) equals the accuracy
+    estimated with Laplace's rule of succession, (right + 1) / (queries + 2): all of a few queries
+    right says the next one is likely right, not certainly. It calibrates on average only (one bin of
+    the ECE), which is what a few queries can tell; the likelihood (``fit_temperature``) also shapes
+    how confidence spreads across queries, and needs errors and numbers to do so."""
+    right = int((logits.argmax(-1) == labels).sum())
+    target = (right + 1) / (len(labels) + 2)
+    low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])  # the mean confidence falls as T rises
+    for _ in range(60):
+        middle = (low + high) / 2
+        if softmax(logits / np.exp(middle)).max(-1).mean() > target:
+            low = middle
+        else:
+            high = middle
+    return float(np.exp((low + high) / 2))
+
+
 def scores_of(predictor: Predictor, logits: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(calibrated probabilities, {score name: out-of-scope scores}) from a predictor's outputs, for
     every score the model folder supports."""
@@ -88,13 +110,28 @@ def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
 
 
 def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> str | None:
-    """Why a temperature cannot be fitted on these outputs (of ``queries``), or None."""
+    """Why the likelihood cannot choose a temperature on these outputs (of ``queries``), or None."""
     if len(labels) < MIN_TEMPERATURE_QUERIES:
-        return f"not fitted: {len(labels)} {queries}, fewer than {MIN_TEMPERATURE_QUERIES}"
+        return f"{len(labels)} {queries}, fewer than {MIN_TEMPERATURE_QUERIES}"
     wrong = int((logits.argmax(-1) != labels).sum())
     if wrong == 0:
-        return f"not fitted: every one of the {queries} is classified right, so no temperature is best (it would go to 0)"
+        return f"every one of the {queries} is classified right, so the likelihood has no best temperature (it would go to 0)"
     return None
+
+
+def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> tuple[float, str | None, str | None]:
+    """(the temperature, the rule that set it, a note saying why where it is not the likelihood's):
+    ``fit_temperature`` where the likelihood can choose, else ``accuracy_temperature``; 1.0 with no
+    queries at all."""
+    if not len(labels):
+        return 1.0, None, f"not fitted: no {queries}"
+    problem = temperature_problem(logits, labels, queries)
+    if problem is None:
+        return fit_temperature(logits, labels), "likelihood", None
+    value = accuracy_temperature(logits, labels)
+    right = int((logits.argmax(-1) == labels).sum())
+    return value, "accuracy", (f"{problem}: set so that the mean confidence is the accuracy estimated as "
+                               f"({right} right + 1) / ({len(labels)} + 2) = {(right + 1) / (len(labels) + 2):.3f}")
 
 
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
@@ -118,15 +155,15 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     else:
         fit_logits, fit_labels, logits = out_of_fold
     fitted_on = "validation queries" if out_of_fold is None else "training queries' out-of-fold probe logits"
-    problem = temperature_problem(fit_logits, fit_labels, fitted_on)
-    spec.temperature = 1.0 if problem else fit_temperature(fit_logits, fit_labels)
-    if problem:
-        log.warning("temperature %s; confidences are the model's own softmax", problem)
+    spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
+    if note:
+        log.warning("temperature %.3g: %s", spec.temperature, note)
     metrics = {
         "temperature": spec.temperature,
-        "temperature_fitted": problem is None,
+        "temperature_fitted": rule is not None,
+        "temperature_rule": rule,
         "temperature_fitted_on": fitted_on,
-        "temperature_note": problem,
+        "temperature_note": note,
         "val_ece_before": expected_calibration_error(softmax(fit_logits), fit_labels),
         "val_ece_after": expected_calibration_error(softmax(fit_logits / spec.temperature), fit_labels),
     }

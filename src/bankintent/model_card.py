@@ -79,7 +79,10 @@ SCORE_TEXT = {
 def _confidences(metrics: dict) -> str:
     if metrics.get("temperature_fitted") is False:
         return "the confidences are the model's own softmax: the temperature was not fitted"
-    return "the confidences are temperature-calibrated on validation"
+    on = metrics.get("temperature_fitted_on") or "validation queries"
+    if metrics.get("temperature_rule") == "accuracy":
+        return f"the confidences are scaled so that their mean is the accuracy on the {on}, too few or too rarely wrong to fit more"
+    return f"the confidences are temperature-calibrated on the {on}"
 
 
 def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
@@ -115,7 +118,7 @@ def calibration_rows(metrics: dict) -> str:
     """Calibration and out-of-scope lines of the evaluation section (empty for runs without them)."""
     lines = []
     if metrics.get("temperature") is not None:
-        fitted = "" if metrics.get("temperature_fitted", True) else f" ({metrics.get('temperature_note') or 'not fitted'})"
+        fitted = f" ({metrics['temperature_note']})" if metrics.get("temperature_note") else ""
         line = f"- temperature {metrics['temperature']:.3g}{fitted}"
         if metrics.get("val_ece_before") is not None:
             on = metrics.get("temperature_fitted_on") or "validation queries"

@@ -264,16 +264,17 @@ def _share(value) -> str:
 def _temperature(m: dict) -> str:
     if m.get("temperature") is None:
         return "-"
-    if m.get("temperature_fitted") is False:
-        return f"{m['temperature']:.3g} ({m.get('temperature_note') or 'not fitted'})"
+    if m.get("temperature_note"):
+        return f"{m['temperature']:.3g} ({m['temperature_note']})"
     return f"{m['temperature']:.3g}"
 
 
 def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path) -> str:
     """Temperature and ECE of every run; the out-of-scope score each chose and why, its threshold and
     what it catches; the best run's fallback on the evaluated split."""
-    calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics), "Validation ECE before": _number(r.metrics.get("val_ece_before"), 3, "f"),
-                    "Validation ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
+    calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics), "Fitted on": r.metrics.get("temperature_fitted_on") or "-",
+                    "ECE before": _number(r.metrics.get("val_ece_before"), 3, "f"),
+                    "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
     fallback = []
     for r in runs:
         m = r.metrics
@@ -286,8 +287,10 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         })
     parts = [
         "## Calibration and the out-of-scope fallback",
-        "A confidence is the softmax of the logits divided by a temperature fitted on the validation split; the "
-        "expected calibration error (ECE, 15 bins) measures how far confidences are from the accuracy they claim.",
+        "A confidence is the softmax of the logits divided by a temperature, fitted on the queries *Fitted on* names "
+        "(the validation split; with small data, which has none, the training queries' out-of-fold probe logits or half "
+        "of the training queries); the expected calibration error (ECE, 15 bins) on those queries measures how far "
+        "confidences are from the accuracy they claim.",
         markdown_table(calibration, list(calibration[0])),
         "A query whose out-of-scope score is above the threshold is answered `out_of_scope` (the closest intent is "
         "still named). With out-of-scope examples, the score is the one that catches the most of them at its "
