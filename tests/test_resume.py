@@ -13,7 +13,7 @@ import pytest
 
 from bankintent import resolve_config, train
 from conftest import tiny_options, write_tiny_data
-from bankintent.training import last_checkpoint
+from bankintent.training import SaveOnInterrupt, last_checkpoint, restore_early_stopping
 
 EPOCHS = 3
 
@@ -69,6 +69,34 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, dat
     assert metrics["best_epoch"] == reference["best_epoch"]
     assert abs(metrics["val_accuracy"] - reference["val_accuracy"]) <= 0.002
     assert metrics["epochs_run"] == EPOCHS
+    assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
+
+
+def test_a_stop_at_an_epochs_last_step_still_evaluates_that_epoch():
+    """Ctrl-C during an epoch's last step: that epoch is whole, so it is evaluated (and the checkpoint
+    saved with its evaluation); --resume then goes on as the uninterrupted run does. Mid-epoch, not."""
+    from transformers import TrainerControl, TrainerState
+
+    callback = SaveOnInterrupt()
+    callback.interrupted = True
+    for epoch, evaluated in ((3.0, True), (2.0 + 1 / 3, False)):
+        control = TrainerControl(should_evaluate=True)
+        callback.on_epoch_end(None, TrainerState(epoch=epoch), control)
+        assert control.should_evaluate is evaluated
+
+
+def test_resume_keeps_the_early_stopping_count(tmp_path):
+    """An epoch without improvement before the stop still counts after --resume (the uninterrupted run
+    stops where the resumed one does); the checkpoint's other saved flags ("stop training") are not taken."""
+    from transformers import EarlyStoppingCallback, TrainerState
+
+    saved = EarlyStoppingCallback(early_stopping_patience=2)
+    saved.early_stopping_patience_counter = 1
+    state = TrainerState(stateful_callbacks=[saved])
+    state.save_to_json(str(tmp_path / "trainer_state.json"))
+    fresh = EarlyStoppingCallback(early_stopping_patience=2)
+    restore_early_stopping(fresh, tmp_path)
+    assert fresh.early_stopping_patience_counter == 1 and fresh.early_stopping_patience == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_path):

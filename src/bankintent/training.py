@@ -213,6 +213,15 @@ class WeightAveraging(TrainerCallback):
                     parameter.copy_(self.mean[name].to(parameter.device, parameter.dtype))
 
 
+def restore_early_stopping(callback: EarlyStoppingCallback, checkpoint: str | Path) -> None:
+    """Give ``callback`` the count of epochs without improvement that ``checkpoint`` saved. The Trainer
+    restores callbacks only with ``restore_callback_states_from_checkpoint``, which would also restore
+    the control flags of the checkpoint, and a checkpoint saved by Ctrl-C holds "stop training"."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+    for name, value in (state.get("EarlyStoppingCallback") or {}).get("attributes", {}).items():
+        setattr(callback, name, value)
+
+
 class CheckpointPermissions(TrainerCallback):
     """safetensors writes its files owner-only (0600): give a checkpoint's files the permissions of the
     others (the umask's), as ``save_model`` does for the model folder."""
@@ -247,7 +256,10 @@ class SaveOnInterrupt(TrainerCallback):
             control.should_training_stop = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.interrupted:  # no evaluation of a partial epoch: it is not a candidate for the best epoch
+        # no evaluation of a partial epoch: it is not a candidate for the best epoch. An epoch that the
+        # stop found at its last step is whole: it is evaluated (and saved with its evaluation) as without
+        # the stop, or --resume would go on to the next epoch with this one never scored
+        if self.interrupted and abs((state.epoch or 0) - round(state.epoch or 0)) > 1e-6:
             control.should_evaluate = False
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -276,6 +288,8 @@ def use_training_bar(trainer: Trainer) -> None:
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(TrainingBar)
 
+
+PROBE_METRICS = "probe.json"  # in checkpoints/: the probe's metrics, for a resumed run's metrics.json
 
 # files that a launcher (the sweep, a job script's ``> train.log``) writes into the run folder before
 # training starts: they do not make the folder "not empty", and --overwrite keeps them
@@ -540,6 +554,11 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.method in PROBE_HEAD_METHODS and resume_from is None:
         probe_metrics, out_of_fold = _fit_probe(model, tokenizer, splits, cfg, progress=main)
         extra.update(probe_metrics)
+        if main and cfg.method not in PROBE_FINAL_METHODS:  # what --resume reports of the probe it does not fit again
+            checkpoints.mkdir(exist_ok=True)
+            (checkpoints / PROBE_METRICS).write_text(json.dumps(probe_metrics))
+    elif cfg.method in PROBE_HEAD_METHODS and (checkpoints / PROBE_METRICS).is_file():
+        extra.update(json.loads((checkpoints / PROBE_METRICS).read_text()))
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     elif cfg.method == "linear-probe" or cfg.method == "contrastive" and cfg.epochs == 0:
@@ -555,7 +574,10 @@ def _train(cfg: TrainConfig) -> dict:
         interrupt = SaveOnInterrupt()
         callbacks = [interrupt, CheckpointPermissions()]
         if validate:  # small data: no validation split to stop on, the recipe's epochs run
-            callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+            early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+            if resume_from:
+                restore_early_stopping(early_stopping, resume_from)
+            callbacks.insert(0, early_stopping)
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
         averaging = WeightAveraging()
@@ -628,6 +650,7 @@ def _train(cfg: TrainConfig) -> dict:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(model_dir, cfg, metrics)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
     return metrics
 
 
