@@ -141,6 +141,32 @@ def test_predict_prints_out_of_scope_answers_apart(tiny_probe_run, capsys, clean
     assert intent != "out_of_scope" and 0 < float(confidence) <= 1
 
 
+def test_predict_refuses_options_it_would_ignore(tiny_probe_run, capsys, clean_env):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["predict", str(tiny_probe_run), "hi", "--output", "x.csv"])  # printed, never written: say so
+    assert stop.value.code == 2 and "--output, --resume and --overwrite are for --input FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["predict", str(tiny_probe_run), "hi", "--top-k", "0"])
+    assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_file_of_queries_is_read_with_the_runs_own_text_column(tiny_probe_run, tmp_path, capsys, clean_env):
+    from bankintent.config import trained_text_column
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text("text_column: utterance\n")
+    assert trained_text_column(run) == "utterance" and trained_text_column(run / "adapter") == "utterance"
+    assert trained_text_column(tmp_path / "export") == "text"  # no run around it
+    queries = tmp_path / "q.csv"
+    queries.write_text("query\nmy card was stolen\n")
+    with pytest.raises(SystemExit):
+        cli.main(["predict", str(tiny_probe_run), "--input", str(queries), "--output", str(tmp_path / "p.csv")])
+    assert "missing column 'text' (columns: query); name the columns to read with --text-column" in capsys.readouterr().err
+    cli.main(["predict", str(tiny_probe_run), "--input", str(queries), "--output", str(tmp_path / "p.csv"), "--text-column", "query"])
+    assert (tmp_path / "p.csv").read_text().count("my card was stolen") == 1
+
+
 @pytest.mark.parametrize("summary", [
     {"queries": 3, "accuracy": 2 / 3},  # whatever the evaluation leaves out
     {"queries": 3, "accuracy": 1.0, "macro_f1": 1.0, "confused_pairs": [{"count": 2, "intent_a": "a", "intent_b": "b", "examples": []}],

@@ -52,8 +52,12 @@ def test_missing_folder_and_file(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: text, label\)"):
+    with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: text, label\); name the columns to read with --text-column"):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
+    (tmp_path / "semi").mkdir()
+    (tmp_path / "semi" / "train.csv").write_text("text;category\nhello;a\n")
+    with pytest.raises(DataError, match=r"missing column 'text' \(columns: text;category\); the file looks ';'-separated"):
+        read_examples(tmp_path / "semi" / "train.csv")
 
 
 def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):

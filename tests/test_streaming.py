@@ -118,8 +118,12 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
     output.write_text("".join(json.dumps(r) + "\n" for r in single_pass[:2]))
     with pytest.raises(DataError, match="holds 2 lines but .*short.txt has only 1 queries"):
         predict_file(predictor, short, output, resume=True)
-    with pytest.raises(DataError, match="already exists; pass --resume"):
+    with pytest.raises(DataError, match="already exists; pass --resume to continue it or --overwrite to replace it"):
         predict_file(predictor, short, output)
+    assert predict_file(predictor, short, output, overwrite=True) == 1  # the two lines before are gone, not appended to
+    assert [json.loads(line)["text"] for line in output.read_text().splitlines()] == ["my card was stolen"]
+    with pytest.raises(DataError, match="give one of them"):
+        predict_file(predictor, short, output, resume=True, overwrite=True)
     with pytest.raises(DataError, match="does not exist"):
         predict_file(predictor, short, tmp_path / "missing" / "out.jsonl")
 
@@ -217,7 +221,7 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "out.csv").write_text("row\n")
     with pytest.raises(DataError, match=r"out.csv: --resume continues .jsonl output only"):
         predict_file(never_loaded, txt, tmp_path / "out.csv", resume=True)
-    with pytest.raises(DataError, match=r"out.csv: already exists; remove it first"):
+    with pytest.raises(DataError, match=r"out.csv: already exists; pass --overwrite to replace it"):
         predict_file(never_loaded, txt, tmp_path / "out.csv")
     with pytest.raises(DataError, match="cannot continue stdout"):
         predict_file(never_loaded, txt, "-", resume=True)

@@ -28,7 +28,6 @@ flagged), ``summary.md`` and ``summary.html`` with examples of each; ``audit.jso
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -210,7 +209,9 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
         "short_queries": int((lengths.get("issue", pd.Series(dtype=str)) == "short").sum()),
         "truncated_queries": int((lengths.get("issue", pd.Series(dtype=str)) == "truncated").sum()),
     }
-    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    from bankintent.results import write_json
+
+    write_json(out / "audit.json", summary)
     markdown = summary_markdown(summary, issues, duplicates, pairs, intents, lengths)
     (out / "summary.md").write_text(markdown)
     from bankintent.report import render_html

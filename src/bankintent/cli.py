@@ -121,11 +121,31 @@ def _number(value) -> str:
     return f"{value:.3f}" if isinstance(value, Real) else "  n/a"
 
 
+def positive_int(value: str) -> int:
+    """An argument that must be a whole number of at least 1 (argparse turns the error into one line)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _text_column(args: argparse.Namespace) -> str:
+    """--text-column, else the column the run trained on."""
+    from bankintent.config import trained_text_column
+
+    return args.text_column or trained_text_column(args.dir)
+
+
 def predict(args: argparse.Namespace) -> None:
     if bool(args.texts) == bool(args.input):
         raise BankintentError("give either query texts or --input FILE")
     if args.input and not args.output:
         raise BankintentError("--input needs --output FILE (.jsonl, .csv or .parquet; - for stdout)")
+    if not args.input and (args.output or args.resume or args.overwrite):
+        raise BankintentError("--output, --resume and --overwrite are for --input FILE; the predictions of query texts are printed")
 
     def load():
         _status(f"loading {args.dir} ...")
@@ -140,9 +160,9 @@ def predict(args: argparse.Namespace) -> None:
         _status(f"starting Spark ({args.master or 'the master spark-submit or the environment names'}) ...")
         from bankintent.spark import score_file
 
-        written = score_file(args.dir, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
+        written = score_file(args.dir, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
                              master=args.master, batch_size=args.batch_size, oos_score=args.oos_score,
-                             oos_threshold=args.oos_threshold)
+                             oos_threshold=args.oos_threshold, overwrite=args.overwrite)
         print(f"{written} predictions written to {args.output}")
         return
     if args.master:
@@ -150,8 +170,8 @@ def predict(args: argparse.Namespace) -> None:
     if args.input:
         from bankintent.streaming import STDOUT, predict_file
 
-        written = predict_file(load, args.input, args.output, text_column=args.text_column, top_k=args.top_k,
-                               resume=args.resume)
+        written = predict_file(load, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
+                               resume=args.resume, overwrite=args.overwrite)
         to_stdout = args.output == STDOUT
         print(f"{written} predictions written to {'stdout' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)
         return
@@ -219,7 +239,7 @@ def discover(args: argparse.Namespace) -> None:
     _status(f"loading {args.dir} ...")
     from bankintent.discover import discover as run
 
-    found = run(args.dir, args.input, args.output, all_queries=args.all, text_column=args.text_column,
+    found = run(args.dir, args.input, args.output, all_queries=args.all, text_column=_text_column(args),
                 distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed)
     chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
     print(f"{found['queries']:,} queries, {chosen} clustered: {found['clusters']} candidate intents, "
@@ -230,7 +250,7 @@ def select(args: argparse.Namespace) -> None:
     _status(f"loading {args.dir} ...")
     from bankintent.selection import select as run
 
-    found = run(args.dir, args.input, args.budget, args.output, text_column=args.text_column, seed=args.seed)
+    found = run(args.dir, args.input, args.budget, args.output, text_column=_text_column(args), seed=args.seed)
     print(f"{found['selected']} of {found['queries']:,} queries to label next -> {args.output} "
           f"(median margin {found['median_margin_selected']:.3f}, all queries {found['median_margin_all']:.3f})")
 
@@ -342,13 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "NAME.part and renamed when complete; --resume continues a .jsonl output.")
     p.add_argument("dir", help="a training run's output folder, a model folder or an exported folder")
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
-    p.add_argument("--top-k", type=int, default=3, help="most probable intents listed per query")
+    p.add_argument("--top-k", type=positive_int, default=3, help="most probable intents listed per query")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--input", help="file of queries: .txt (one a line), .csv or .jsonl; empty rows are skipped and counted")
     p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
-    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
-    p.add_argument("--batch-size", type=int, default=None, help="queries per batch (default: sized for the backend)")
+    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
@@ -422,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv or .jsonl")
     p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv and map.png")
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
-    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
+    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
     p.add_argument("--min-size", type=int, default=5, help="smallest cluster reported; smaller groups stay unclustered")
     p.add_argument("--seed", type=int, default=42, help="seed of the map's layout")
@@ -433,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv or .jsonl")
     p.add_argument("--budget", type=int, required=True, help="how many queries to pick")
     p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
-    p.add_argument("--text-column", default="text", help="column holding the query text in a .csv or .jsonl --input")
+    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
     p.set_defaults(func=select)
 

@@ -178,6 +178,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def trained_text_column(folder: str | Path) -> str:
+    """The query column of the data a run trained on (its ``config.yaml``; ``folder`` is the run or its
+    ``adapter`` model folder), so that a file laid out like the training data needs no
+    ``--text-column``; ``text`` for a model with no run around it (an export)."""
+    folder = Path(folder)
+    for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == "adapter" else []):
+        if saved.is_file():
+            return read_yaml(saved).get("text_column") or "text"
+    return "text"
+
+
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """Defaults < recipe of the chosen method < config file < explicit overrides (None means unset)."""
     file_values = read_yaml(config_file) if config_file else {}

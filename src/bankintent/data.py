@@ -163,7 +163,7 @@ def _csv_rows(path: Path, handle, columns):
             raise DataError(f"{path}: empty file, expected a header row")
         missing = [c for c in columns if c not in header]
         if missing:
-            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)})")
+            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)}){_column_hint(header)}")
         end = reader.line_num
         for values in reader:
             start, end = end + 1, reader.line_num
@@ -175,6 +175,16 @@ def _csv_rows(path: Path, handle, columns):
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
         raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
+
+
+def _column_hint(header) -> str:
+    """What to do about a missing column: a header that is one field holding a ``;`` or a tab is a file
+    with another separator; otherwise the columns may just be named otherwise."""
+    names = [str(name) for name in header]
+    separator = next((c for c in (";", "\t", "|") if len(names) == 1 and c in names[0]), None)
+    if separator:
+        return f"; the file looks {separator!r}-separated, and CSV files are read comma-separated"
+    return "; name the columns to read with --text-column and --label-column (text_column, label_column in Python)"
 
 
 def _lines(start: int, end: int) -> str:
@@ -194,7 +204,7 @@ def _jsonl_rows(path: Path, handle, columns):
             raise DataError(f"{path}: line {number}: expected a JSON object")
         missing = [c for c in columns if c not in row]
         if missing:
-            raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {', '.join(map(str, row))})")
+            raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {', '.join(map(str, row))}){_column_hint(row)}")
         yield number, row
 
 

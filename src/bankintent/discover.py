@@ -20,7 +20,6 @@ Output: ``clusters.csv`` (a row per cluster: size, keywords, representative quer
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from bankintent.data import read_queries
 from bankintent.errors import DataError
+from bankintent.results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -159,5 +159,5 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         "clusters": len(words), "unclustered": int((clusters < 0).sum()),
         "distance_threshold": distance_threshold, "min_size": min_size,
     }
-    (out / "discover.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "discover.json", summary)
     return summary

@@ -56,6 +56,7 @@ from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
+from bankintent.results import write_json
 from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, preprocess_splits,
                                  save_and_score, saved_config)
 
@@ -229,7 +230,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "hardware": hardware(),
         **extra,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     write_model_card(out / MODEL_DIR, cfg, metrics)
     return metrics
 

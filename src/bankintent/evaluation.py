@@ -5,7 +5,6 @@ so that the report analyses the errors without predicting the split again."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from bankintent.config import TrainConfig, read_yaml
 from bankintent.data import Examples, OutOfScope, read_test_file, run_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
+from bankintent.results import write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
@@ -151,5 +151,5 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
         "accuracy_by_length": lengths.to_dict("records"),
         "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split, out_of_scope),
     })
-    (out / f"{split}_evaluation.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / f"{split}_evaluation.json", summary)
     return summary

@@ -4,6 +4,8 @@ The HTML/Markdown report that gathers them is ``bankintent.report``."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,23 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy"]
 TABLE_COLUMNS = ["Method", "Val Acc", "Test Acc", "Macro-F1", "Trainable %", "Adapter size", "Training time"]
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, recursively: JSON has
+    no NaN, and Python's ``json`` writes one that other readers refuse (``JSON.parse``, ``jq``)."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_json(path: Path, value: Any, indent: int = 2) -> None:
+    """``value`` as strict JSON (``finite``) in ``path``: the files a run writes for other programs to read."""
+    Path(path).write_text(json.dumps(finite(value), indent=indent, allow_nan=False))
 
 
 def whole_epochs(ax) -> None:

@@ -32,7 +32,7 @@ from transformers import AutoConfig
 from bankintent.config import LORA_METHODS, read_yaml, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
-from bankintent.results import markdown_table
+from bankintent.results import markdown_table, write_json
 from bankintent.sweep import start_run, train_command
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
         "hardware": best_metrics.get("hardware"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "search.json", summary)
     (out / "search.md").write_text(summary_markdown(summary))
     print(summary_markdown(summary))
     return summary

@@ -144,7 +144,7 @@ def read_queries(spark, input_path: str | Path, text_column: str = "text"):
 
 def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, text_column: str = "text",
                top_k: int = 3, master: str | None = None, batch_size: int | None = None, threads: int | None = 1,
-               oos_score: str | None = None, oos_threshold: float | None = None) -> int:
+               oos_score: str | None = None, oos_threshold: float | None = None, overwrite: bool = False) -> int:
     """``bankintent predict --engine spark``: score every row of ``input_path`` into the Parquet
     folder ``output_path`` (the input's columns, then the prediction fields and ``error``); returns
     the number of rows written. An input of fewer partitions than the session's cores (one small
@@ -152,8 +152,8 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     output = Path(output_path)
     if output.suffix.lower() != ".parquet":
         raise DataError(f"{output}: --engine spark writes Parquet; name the output .parquet")
-    if output.exists():
-        raise DataError(f"{output}: already exists; remove it first")
+    if output.exists() and not overwrite:
+        raise DataError(f"{output}: already exists; pass --overwrite to replace it")
     from bankintent.modeling import read_spec
     from bankintent.predict import model_folder
 
@@ -170,5 +170,5 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
         frame = frame.repartition(cores)
     scored = frame.withColumn("_prediction", udf(frame[text_column])).select(*frame.columns, "_prediction.*")
-    scored.write.parquet(str(output))
+    scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
     return spark.read.parquet(str(output)).count()

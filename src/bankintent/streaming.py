@@ -97,18 +97,22 @@ def output_format(output: str | Path) -> str:
     return suffix[1:]
 
 
-def _check_output(output: str | Path, kind: str, resume: bool) -> None:
+def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool = False) -> None:
     if kind == "stdout":
         if resume:
             raise DataError("--resume continues an output file; it cannot continue stdout")
         return
     output = Path(output)
+    if resume and overwrite:
+        raise DataError(f"{output}: --resume continues the file and --overwrite replaces it; give one of them")
     if resume and kind != "jsonl":
         raise DataError(f"{output}: --resume continues .jsonl output only (a killed .{kind} run leaves no "
                         "file to continue: it is written as .part and renamed when complete)")
-    if output.exists() and not resume:
-        hint = "pass --resume to continue it or remove it" if kind == "jsonl" else "remove it first"
+    if output.exists() and not resume and not overwrite:
+        hint = "pass --resume to continue it or --overwrite to replace it" if kind == "jsonl" else "pass --overwrite to replace it"
         raise DataError(f"{output}: already exists; {hint}")
+    if output.is_dir():
+        raise DataError(f"{output}: is a folder; name an output file")
     if not output.parent.is_dir():
         raise DataError(f"{output}: folder {output.parent} does not exist")
 
@@ -125,17 +129,19 @@ def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]
 
 
 def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str | Path, output_path: str | Path,
-                 text_column: str = "text", top_k: int = 3, resume: bool = False) -> int:
+                 text_column: str = "text", top_k: int = 3, resume: bool = False, overwrite: bool = False) -> int:
     """Predict every query of ``input_path`` into ``output_path`` (format from its extension, ``-``:
     stdout); returns the number of predictions written by this call. ``predictor``: a Predictor, or a
     function returning one, called once the input and output have been checked."""
     input_path = Path(input_path)
     kind = output_format(output_path)
-    _check_output(output_path, kind, resume)
+    _check_output(output_path, kind, resume, overwrite)
     total, columns = _scan(input_path, text_column)
     if total == 0:
         raise DataError(f"{input_path}: no queries")
     done = _resume_point(Path(output_path), input_path, text_column, total) if resume else 0
+    if overwrite and kind == "jsonl" and Path(output_path).exists():  # appended to: start it empty (.csv and .parquet replace it whole)
+        Path(output_path).unlink()
     if callable(predictor):
         predictor = predictor()
     queries = islice(iter_queries(input_path, text_column, columns=True, warn=False), done, None)

@@ -87,7 +87,7 @@ from bankintent.modeling import (
     save_model,
 )
 from bankintent.predict import Predictor
-from bankintent.results import write_history
+from bankintent.results import write_history, write_json
 from bankintent.text import augment, check_augmentation, intent_name_examples, preprocess
 
 log = logging.getLogger(__name__)
@@ -648,7 +648,7 @@ def _train(cfg: TrainConfig) -> dict:
         "hardware": hardware(),
         **extra,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     write_model_card(model_dir, cfg, metrics)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
     return metrics
