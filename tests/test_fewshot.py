@@ -157,7 +157,11 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
     # the probe is the final head: the temperature is fitted on its out-of-fold logits (too few here)
     assert metrics["calibration"] == CROSS_FITTED_OUT_OF_FOLD
-    assert "expected calibration error on the training queries' out-of-fold probe logits" in (run / "adapter" / "README.md").read_text()
+    card = (run / "adapter" / "README.md").read_text()
+    assert "expected calibration error on the training queries' out-of-fold probe logits" in card
+    # the card says what small data did, not what a validation split would have done
+    assert "no validation split to choose an epoch on" in card and "held-out training queries (small data" in card
+    assert "selected on validation" not in card and "chosen on validation" not in card
     assert metrics["temperature_fitted_on"] == "training queries' out-of-fold probe logits"
     assert metrics["temperature_note"].startswith("16 training queries' out-of-fold probe logits, fewer than 50: set so that")
     capsys.readouterr()
@@ -188,7 +192,11 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     gaps = predictions.groupby(bins).apply(lambda b: len(b) * abs(b.correct.mean() - b.confidence.mean()))
     assert summary["ece"] == pytest.approx(gaps.sum() / 16, abs=1e-6)
     main(["report", str(run), "--output", str(report)])  # the report analyses the queries evaluate measured
-    assert "| test | 16 | 4 |" in (report / "report.md").read_text()
+    md = (report / "report.md").read_text()
+    assert "| test | 16 | 4 |" in md
+    # the runs table shows what evaluate measured, and says where it comes from
+    accuracy = f"{summary['accuracy']:.2%}"
+    assert f"| run | linear-probe | - | {accuracy} |" in md and "Test accuracy and macro-F1 of `run` (16 queries): measured after training" in md
     typo = write_csv(tmp_path / "typo.csv", [("where is my new card", "card_arival")])
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--data", str(typo)])

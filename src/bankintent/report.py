@@ -115,7 +115,7 @@ def _splits(run: Run) -> Splits:
 
 # --- sections ---------------------------------------------------------------------------------------
 
-def dataset_section(splits: Splits, figures: Path) -> str:
+def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run]) -> str:
     parts = [(name, ex) for name, ex in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
              if ex is not None and len(ex)]  # small data has no validation split
     per_intent_counts = pd.Series(splits.train.labels).value_counts()
@@ -130,10 +130,13 @@ def dataset_section(splits: Splits, figures: Path) -> str:
         length_ax.hist(_words(ex), bins=bins, histtype="step", density=True, label=name, linewidth=1.5)
     length_ax.set(xlabel="words per query", ylabel="share of queries", title="Query length")
     length_ax.legend()
+    others = sorted({str(r.metrics.get("data")) for r in runs if r.metrics.get("data") and r.metrics.get("data") != splits.source})
+    elsewhere = (f" This is the data of run `{analysed.label}`, analysed below; other runs here trained on "
+                 f"{', '.join(f'`{d}`' for d in others)}." if others else "")
     return "\n\n".join([
         "## Data set",
         f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. The test file is "
-        "only evaluated.",
+        f"only evaluated.{elsewhere}",
         markdown_table(rows, list(rows[0])),
         f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():.0f}, "
         f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."
@@ -164,9 +167,33 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
         swept |= {str(sweep.folder / p) for p in sweep.results.get("run_dir", [])}
     single = [r for r in runs if str(r.folder) not in swept]
     if single:
-        rows = [{"Run": r.name, **results_row(r.metrics)} for r in single]
+        measured = {r.name: measured_test(r) for r in single}
+        rows = [{"Run": r.name, **results_row({**r.metrics, **measured[r.name]})} for r in single]
         lines += ["### Runs", markdown_table(rows, list(rows[0]))]
+        later = [f"`{name}` ({m['test_queries']:,} queries)" for name, m in measured.items() if m]
+        if later:
+            lines.append(f"Test accuracy and macro-F1 of {', '.join(later)}: measured after training by "
+                         "`bankintent evaluate RUN --data FILE` (small data trains on every row and has no test split of its own).")
     return "\n\n".join(lines)
+
+
+def written_for_this_model(run: Run, path: Path) -> bool:
+    """Whether ``path`` (a file ``bankintent evaluate`` wrote into the run) exists and is newer than the
+    run's model, not left from an earlier model in the same folder."""
+    from bankintent.predict import model_folder
+
+    marker = model_folder(run.folder) / MARKER
+    return path.is_file() and not (marker.is_file() and path.stat().st_mtime_ns < marker.stat().st_mtime_ns)
+
+
+def measured_test(run: Run) -> dict:
+    """A run's test scores from what ``bankintent evaluate`` wrote (``test_evaluation.json``, newer than
+    its model), where training measured none (small data without a test file); else empty."""
+    path = run.folder / "test_evaluation.json"
+    if run.metrics.get("test_accuracy") is not None or not written_for_this_model(run, path):
+        return {}
+    summary = json.loads(path.read_text())
+    return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0)}
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:
@@ -201,14 +228,9 @@ def curves_section(runs: list[Run], figures: Path) -> str:
 def saved_predictions(run: Run, examples: Examples | None, split: str) -> pd.DataFrame | None:
     """The predictions ``bankintent evaluate`` wrote (``<run>/<split>_predictions.csv``), if they are
     of these queries (``examples``; None: whichever) and newer than the model; else None."""
-    from bankintent.predict import model_folder
-
     path = run.folder / f"{split}_predictions.csv"
-    if not path.is_file():
+    if not written_for_this_model(run, path):
         return None
-    marker = model_folder(run.folder) / MARKER
-    if marker.is_file() and path.stat().st_mtime_ns < marker.stat().st_mtime_ns:
-        return None  # written for an earlier model in this folder
     saved = pd.read_csv(path, dtype={"text": str, "label": str, "predicted": str, "answer": str}, keep_default_na=False,
                         na_values={"oos_score": [""], "confidence": [""]})
     if "predicted" not in saved or examples is not None and saved.text.tolist() != examples.texts:
@@ -322,7 +344,18 @@ def run_evaluation(run: Run, split: str) -> dict:
     return json.loads(path.read_text()).get("out_of_scope", {}) if path.is_file() else {}
 
 
-def errors_section(run: Run, splits: Splits, split: str, frame: pd.DataFrame, figures: Path) -> str:
+def analysed_run(runs: list[Run]) -> tuple[Run, str]:
+    """The run whose errors the report analyses, and why that one: the best validation accuracy, where
+    runs have one to compare (small data trains on every row and has none)."""
+    validated = [r for r in runs if r.metrics.get("val_accuracy") is not None]
+    if len(runs) == 1:
+        return runs[0], "the only run whose model is here"
+    if validated:
+        return max(validated, key=lambda r: r.metrics["val_accuracy"]), "the best validation accuracy among the runs whose model is here"
+    return runs[0], "the first run given: none has a validation split to compare them on"
+
+
+def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.DataFrame, figures: Path) -> str:
     index = {label: i for i, label in enumerate(splits.labels)}
     y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
     intents = per_intent(y_true, y_pred, splits.labels)
@@ -337,7 +370,7 @@ def errors_section(run: Run, splits: Splits, split: str, frame: pd.DataFrame, fi
                    for r in lengths.itertuples()]
     return "\n\n".join([
         "## Error analysis",
-        f"Run `{run.label}` (the best validation accuracy among the runs whose model is here), on the {split} split "
+        f"Run `{run.label}` ({chosen}), on the {split} split "
         f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{run.folder}/{split}_predictions.csv`.",
         "### Most confused intents",
         _heatmap(y_true, y_pred, splits.labels, figures),
@@ -448,7 +481,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     if not analysable:
         raise ConfigError(f"none of the {len(runs)} run(s) has its model folder or saved test predictions for the error "
                           f"analysis; add a run folder that has (for example runs/demo)")
-    best = max(analysable, key=lambda r: r.metrics.get("val_accuracy") or 0.0)  # None: a small-data run has no validation split
+    best, chosen = analysed_run(analysable)
     split, splits = evaluated_split(best, _splits(best))
     figures.mkdir(parents=True, exist_ok=True)
     frame = predictions(best, splits.test if split == "test" else splits.validation, split)
@@ -460,11 +493,11 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         f"# {title}",
         f"{len(runs)} run(s) from {', '.join(f'`{d}`' for d in dirs)}. Hardware: {'; '.join(hardware)}. "
         f"Base model: {'; '.join(f'`{base}`' for base in bases)}.",
-        dataset_section(splits, figures),
+        dataset_section(splits, figures, best, runs),
         results_section(runs, sweeps),
         curves_section(runs, figures),
         calibration_section(runs, best, split, frame, figures),
-        errors_section(best, splits, split, frame, figures),
+        errors_section(best, chosen, splits, split, frame, figures),
         cost_section(runs, figures),
         commands_section(runs, report_command),
     ]) + "\n"
