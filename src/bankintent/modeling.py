@@ -30,9 +30,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging as hf_logging
 
 from bankintent.config import DEFAULT_BASE_MODEL
 from bankintent.errors import ModelError
+
+
+def _no_loading_bar(factory, args, kwargs):
+    """Transformers' "Loading weights" bar, shown for every model read from disk (a fraction of a second
+    here, three times in a training run, once per ``Predictor.load``), goes; its other bars stay, and so
+    do the Hub's download bars, the part of loading that takes time."""
+    if kwargs.get("desc") == "Loading weights":
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+hf_logging.set_tqdm_hook(_no_loading_bar)
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"

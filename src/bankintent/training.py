@@ -273,6 +273,10 @@ class TrainingBar(ProgressCallback):
     say what the run chose. Here the latest training loss is shown in the bar, and each evaluation
     gives one line: the epoch and its validation accuracy. ``history.csv`` keeps every logged value."""
 
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """No bar for the validation pass, short beside an epoch: nested under the training bar, it left
+        cursor-up escape codes in logs written to a file."""
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return
