@@ -30,6 +30,7 @@ def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_in
     copy_of = next(i for i, (_, label) in enumerate(rows) if label == "lost_or_stolen_card")
     rows.append((rows[copy_of][0], "top_up_failed"))  # the same text under another intent
     rows += [("How do I close my account?", "terminate_account"), ("Close my account please", "terminate_account")]
+    rows.append(("my new card still has not arrived", "card_arival"))  # a label mistyped once: no fold can check it
     data = tmp_path / "data"
     data.mkdir()
     write_csv(data / "train.csv", rows)
@@ -38,8 +39,10 @@ def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_in
 
     out = tmp_path / "audit"
     issues = pd.read_csv(out / "label_issues.csv")
+    typo = issues.iloc[0]
+    assert typo["rank"] == 1 and typo["label"] == "card_arival" and typo["suggested_label"] == "card_arrival" and typo["line"] == len(rows) + 1
     top = issues[issues["line"] == planted + 2].iloc[0]  # the header is line 1
-    assert top["rank"] <= 3 and top["label"] == "card_arrival" and top["suggested_label"] == "exchange_rate"
+    assert top["rank"] <= 4 and top["label"] == "card_arrival" and top["suggested_label"] == "exchange_rate"
     duplicates = pd.read_csv(out / "conflicting_duplicates.csv")
     assert {duplicates.iloc[0]["label_a"], duplicates.iloc[0]["label_b"]} == {"lost_or_stolen_card", "top_up_failed"}
     assert duplicates.iloc[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
@@ -47,7 +50,7 @@ def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_in
     assert intents.loc["terminate_account", "examples"] == 2 and intents.loc["terminate_account", "flag"].startswith("thin")
     assert intents["flag"].fillna("").eq("").sum() == 5
     summary = json.loads((out / "audit.json").read_text())
-    assert summary["queries"] == len(rows) and summary["intents"] == 6 and summary["thin_intents"] == 1
+    assert summary["queries"] == len(rows) and summary["intents"] == 7 and summary["thin_intents"] == 2
     markdown = (out / "summary.md").read_text()
     assert rows[planted][0][:40] in markdown and "<table>" in (out / "summary.html").read_text()
     assert (data / "train.csv").read_text().count("\n") == len(rows) + 1  # nothing changed in the data

@@ -12,7 +12,9 @@ trained model and costs one pass of the encoder:
   confidently another intent, by per-intent thresholds) or low self-confidence (its given label is
   unlikely). Confident learning alone misses a query whose label is near-impossible but whose
   best alternative is not confident, and, on small data, a clear error whose alternative falls just
-  below that intent's (high) threshold.
+  below that intent's (high) threshold. A label given to a single query cannot be cross-validated;
+  where it is spelt nearly like another label (``data.likely_typo``) it heads the list, with that
+  label suggested.
 - **conflicting near-duplicates**: pairs of queries whose embeddings' cosine similarity is at least
   ``duplicate_threshold`` and whose labels differ (exact duplicates included).
 - **confusable intents**: the intent pairs the out-of-fold predictions mix up most (overlapping
@@ -40,7 +42,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig
-from bankintent.data import Examples, set_apart, data_files, read_examples
+from bankintent.data import Examples, data_files, likely_typo, read_examples, set_apart
 from bankintent.errors import DataError
 from bankintent.evaluation import confused_pairs
 
@@ -164,13 +166,16 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
         flagged.update(find_label_issues(labels=y, pred_probs=probabilities, filter_by=rule).nonzero()[0].tolist())
     ranked = sorted(flagged, key=lambda i: (quality[i], i))
     predicted = probabilities.argmax(1)
-    issues = pd.DataFrame([{
-        "rank": rank, **where(int(kept[i])), "suggested_label": cv_labels[predicted[i]],
+    # a label given once, spelt nearly like another label, is most likely that label mistyped: first in the list
+    typos = [{**where(i), "suggested_label": close} for i, label in enumerate(examples.labels)
+             if counts[label] == 1 and (close := likely_typo(label, cv_labels))]
+    issues = pd.DataFrame([{"rank": rank, **row} for rank, row in enumerate(typos + [{
+        **where(int(kept[i])), "suggested_label": cv_labels[predicted[i]],
         "given_probability": round(float(probabilities[i, y[i]]), 4),
         "suggested_probability": round(float(probabilities[i, predicted[i]]), 4),
         "label_quality": round(float(quality[i]), 4),
-    } for rank, i in enumerate(ranked, start=1)], columns=["rank", "file", "line", "text", "label", "suggested_label",
-                                                           "given_probability", "suggested_probability", "label_quality"])
+    } for i in ranked], start=1)], columns=["rank", "file", "line", "text", "label", "suggested_label",
+                                            "given_probability", "suggested_probability", "label_quality"])
     issues.to_csv(out / "label_issues.csv", index=False)
 
     duplicates = pd.DataFrame([{
@@ -227,7 +232,7 @@ def summary_markdown(summary: dict, issues: pd.DataFrame, duplicates: pd.DataFra
     def table(frame: pd.DataFrame, columns: list[str]) -> str:
         if frame.empty:
             return "None found."
-        rows = [{c: _cell(str(v)) for c, v in row.items()} for row in frame[columns].head(shown).to_dict("records")]
+        rows = [{c: "-" if pd.isna(v) else _cell(str(v)) for c, v in row.items()} for row in frame[columns].head(shown).to_dict("records")]
         more = f"\n\n{len(frame) - shown} more in the CSV." if len(frame) > shown else ""
         return markdown_table(rows, columns) + more
 
@@ -239,8 +244,9 @@ def summary_markdown(summary: dict, issues: pd.DataFrame, duplicates: pd.DataFra
         f"Embeddings: the frozen `{summary['base_model']}`; a linear probe (C = {summary['probe_c']:g}) scores every query "
         f"from the other folds: out-of-fold accuracy {summary['out_of_fold_accuracy']:.2%}. Nothing in the data was changed.",
         f"## Likely label errors: {summary['label_issues']}",
-        "Ranked by how unlikely the other folds find the given label (cleanlab, self-confidence). Each is a "
-        "candidate for a person's look, not a verdict: `label_issues.csv`.",
+        "Labels given once and spelt nearly like another label first (likely typos; no probability, as a single "
+        "query cannot be cross-validated), then ranked by how unlikely the other folds find the given label (cleanlab, "
+        "self-confidence). Each is a candidate for a person's look, not a verdict: `label_issues.csv`.",
         table(issues, ["rank", "line", "text", "label", "suggested_label", "given_probability"]),
         f"## Near-duplicates with different labels: {summary['conflicting_duplicates']}",
         f"Cosine similarity ≥ {summary['duplicate_threshold']}: `conflicting_duplicates.csv`.",

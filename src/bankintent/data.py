@@ -442,6 +442,13 @@ def is_small(labels: list[str]) -> bool:
     return bool(counts) and float(np.median(counts)) < SMALL_DATA_PER_INTENT
 
 
+def likely_typo(label: str, others: list[str]) -> str | None:
+    """The label of ``others`` that ``label`` is most likely a misspelling of (difflib's closest match,
+    similarity 0.6 or more), or None."""
+    close = difflib.get_close_matches(label, [other for other in others if other != label], n=1)
+    return close[0] if close else None
+
+
 def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     counts = Counter(full.labels)
     rare = sorted(label for label, n in counts.items() if n < 2)
@@ -449,8 +456,8 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
         row = full.rows[full.labels.index(rare[0])] if full.rows else None
         where = f"line {row}: " if row else ""
-        close = difflib.get_close_matches(rare[0], [label for label, n in counts.items() if n >= 2], n=1)
-        hint = f" (a typo for {close[0]!r}?)" if close else ""
+        close = likely_typo(rare[0], [label for label, n in counts.items() if n >= 2])
+        hint = f" (a typo for {close!r}?)" if close else ""
         raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has 1 example{hint}; every intent needs at least 2 (one to "
                         f"learn from, one to check the choices on by cross-validation): add an example of it or remove its row")
 
