@@ -13,7 +13,7 @@ import pytest
 
 from bankintent import resolve_config, train
 from conftest import tiny_options, write_tiny_data
-from bankintent.training import SaveOnInterrupt, last_checkpoint, restore_early_stopping
+from bankintent.training import SaveOnInterrupt, TrainingClock, elapsed_before, last_checkpoint, restore_early_stopping
 
 EPOCHS = 3
 
@@ -97,6 +97,18 @@ def test_resume_keeps_the_early_stopping_count(tmp_path):
     fresh = EarlyStoppingCallback(early_stopping_patience=2)
     restore_early_stopping(fresh, tmp_path)
     assert fresh.early_stopping_patience_counter == 1 and fresh.early_stopping_patience == 2
+
+
+def test_a_resumed_run_counts_the_training_time_before_the_stop(tmp_path):
+    import time as clock
+
+    from transformers import TrainerControl, TrainerState
+
+    (tmp_path / "checkpoint-7").mkdir()
+    args = type("Args", (), {"output_dir": str(tmp_path)})()
+    TrainingClock(clock.perf_counter() - 30.0, before=12.0).on_save(args, TrainerState(global_step=7), TrainerControl())
+    assert 42.0 <= elapsed_before(tmp_path / "checkpoint-7") < 45.0  # 12 s of an earlier session and 30 s of this one
+    assert elapsed_before(None) == 0.0 and elapsed_before(tmp_path / "missing") == 0.0
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_path):

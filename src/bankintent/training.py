@@ -222,6 +222,25 @@ def restore_early_stopping(callback: EarlyStoppingCallback, checkpoint: str | Pa
         setattr(callback, name, value)
 
 
+class TrainingClock(TrainerCallback):
+    """Each checkpoint records the training seconds spent up to it (``ELAPSED_FILE``), so that a resumed
+    run's ``train_seconds`` counts the time before the interruption too (``elapsed_before``)."""
+
+    def __init__(self, started: float, before: float = 0.0):
+        self.started, self.before = started, before
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / ELAPSED_FILE).write_text(json.dumps({"seconds": self.before + time.perf_counter() - self.started}))
+
+
+def elapsed_before(checkpoint: str | Path | None) -> float:
+    """The training seconds ``checkpoint`` recorded (``TrainingClock``); 0 without a checkpoint or record."""
+    path = Path(checkpoint) / ELAPSED_FILE if checkpoint else None
+    return float(json.loads(path.read_text())["seconds"]) if path and path.is_file() else 0.0
+
+
 class CheckpointPermissions(TrainerCallback):
     """safetensors writes its files owner-only (0600): give a checkpoint's files the permissions of the
     others (the umask's), as ``save_model`` does for the model folder."""
@@ -294,6 +313,7 @@ def use_training_bar(trainer: Trainer) -> None:
 
 
 PROBE_METRICS = "probe.json"  # in checkpoints/: the probe's metrics, for a resumed run's metrics.json
+ELAPSED_FILE = "elapsed.json"  # in each checkpoint: the training seconds spent up to it
 
 # files that a launcher (the sweep, a job script's ``> train.log``) writes into the run folder before
 # training starts: they do not make the folder "not empty", and --overwrite keeps them
@@ -576,7 +596,7 @@ def _train(cfg: TrainConfig) -> dict:
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
-        callbacks = [interrupt, CheckpointPermissions()]
+        callbacks = [interrupt, CheckpointPermissions(), TrainingClock(started, elapsed_before(resume_from))]
         if validate:  # small data: no validation split to stop on, the recipe's epochs run
             early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
             if resume_from:
@@ -622,7 +642,7 @@ def _train(cfg: TrainConfig) -> dict:
             "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
             "optimizer_steps": trainer.state.max_steps,
         })
-    train_seconds = time.perf_counter() - started
+    train_seconds = elapsed_before(resume_from) + time.perf_counter() - started
     if not main:
         return {}
 
