@@ -285,7 +285,7 @@ def all_scores(logits: dict[str, np.ndarray], features: dict[str, np.ndarray], t
         result[name] = {s: z("knn", s) + weight * z("msp", s) for s in logits}
     for weight in RMD_WEIGHTS:  # knn+msp+rmd as the project computes it, with rmd's weight chosen here (ood.RMD_WEIGHT)
         name = "knn+msp+rmd" if weight == ood.RMD_WEIGHT else f"knn+msp+rmd (weight {weight})"
-        result[name] = {s: result["knn+msp"][s] + weight * z("rmd", s) for s in logits}
+        result[name] = {s: result["knn+msp"][s] + weight * ood.rmd_evidence(z("rmd", s)) for s in logits}
     result["mahalanobis+knn"] = {s: (z("mahalanobis", s) + z("knn", s)) / 2 for s in logits}
     result["msp+mahalanobis+knn"] = {s: (z("msp", s) + z("mahalanobis", s) + z("knn", s)) / 3 for s in logits}
     result["_k"] = best_k  # type: ignore[assignment]

@@ -150,12 +150,18 @@ def test_relative_mahalanobis_is_the_nearest_intents_distance_minus_the_backgrou
     assert rmd[1] > 5 > 0 > rmd[0] and rmd[2] < 0  # between intents; along the shared axis; an intent's centre
     plain = ood.mahalanobis(queries, stats)
     assert plain[0] > 2 * plain[1]
-    # knn+msp+rmd: knn+msp plus RMD_WEIGHT times rmd standardised on the in-scope (validation) queries
+    # knn+msp+rmd: knn+msp plus RMD_WEIGHT times rmd standardised on the in-scope (validation) queries,
+    # where positive: the query far along the shared axis, whose rmd is below the in-scope queries' mean, is
+    # scored by knn+msp alone, not pulled into scope by it
     probs = rng.dirichlet(np.ones(3), size=120)
     stats = ood.for_scoring({**stats, **ood.fit_scales(probs, features, stats)})
     rmd_val = ood.relative_mahalanobis(features, stats)
-    expected = ood.score("knn+msp", probs, features, stats) + ood.RMD_WEIGHT * (rmd_val - rmd_val.mean()) / rmd_val.std()
+    expected = ood.score("knn+msp", probs, features, stats) + ood.RMD_WEIGHT * np.maximum((rmd_val - rmd_val.mean()) / rmd_val.std(), 0)
     np.testing.assert_allclose(ood.score("knn+msp+rmd", probs, features, stats), expected, rtol=1e-4, atol=1e-4)
+    far = np.full((3, 3), 1 / 3)
+    assert ood.relative_mahalanobis(queries[:1], stats)[0] < rmd_val.mean()
+    np.testing.assert_allclose(ood.score("knn+msp+rmd", far[:1], queries[:1], stats), ood.score("knn+msp", far[:1], queries[:1], stats), rtol=1e-6)
+    assert ood.score("knn+msp+rmd", far[1:2], queries[1:2], stats)[0] > ood.score("knn+msp", far[1:2], queries[1:2], stats)[0]
     with pytest.raises(ModelError, match="background"):
         ood.score("knn+msp+rmd", probs, features, {k: v for k, v in stats.items() if k != "background"})
 
