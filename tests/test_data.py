@@ -267,3 +267,24 @@ def test_thin_validation_is_flagged():
     assert thin_validation(splits(5)) is None
     warning = thin_validation(splits(2))
     assert "2 of 2 intents have fewer than 5 validation queries ('a': 2; 4 queries in all)" in warning
+
+
+def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
+    rows = [("where is my card", "card_arrival")] * 3 + [("card still not here", "CARD_ARRIVAL")] * 3 \
+        + [("what's the weather", "OUT_OF_SCOPE")] * 2 + [("hello", "out_of_scope")] + [("my pin is blocked", "pin_blocked")] * 3
+    write_csv(tmp_path / "train.csv", rows)
+    splits = load_splits(tmp_path)
+    assert sorted(splits.labels) == ["CARD_ARRIVAL", "OUT_OF_SCOPE", "card_arrival", "pin_blocked"]  # trained as given
+    assert "labels 'CARD_ARRIVAL', 'card_arrival' differ only in case or separators and train as 2 intents" in caplog.text
+    assert "label 'OUT_OF_SCOPE' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope'" in caplog.text
+    caplog.clear()
+    (tmp_path / "good").mkdir()
+    load_splits(_folder(tmp_path / "good", GOOD))
+    assert "differ only in case" not in caplog.text
+
+
+def test_shots_say_which_intents_have_fewer_examples_than_asked(tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", [(f"card query {i}", "card") for i in range(8)] + [(f"pin query {i}", "pin") for i in range(3)])
+    splits = load_splits(tmp_path, shots=5)
+    assert Counter(splits.train.labels + splits.validation.labels) == {"card": 5, "pin": 3}
+    assert "shots: 1 intent(s) have fewer than 5 examples and keep all they have ('pin': 3)" in caplog.text

@@ -126,7 +126,7 @@ def test_an_intent_name_as_words(name, words):
     assert intent_name_examples([name, "exchange_rate"]) == ([words, "exchange rate"], None)
 
 
-@pytest.mark.parametrize("labels, why", [(["intent_1", "intent_2"], "intent names such as 'intent_1' differ only in digits"),
+@pytest.mark.parametrize("labels, why", [(["intent_1", "intent_2"], "intent names such as 'intent_1' read the same as another's once written as words (they differ only in digits, case or punctuation)"),
                                          (["card_arrival", "7"], "intent '7' has no word in its name"),
                                          (["A1", "B2"], "intent 'A1' has no word in its name")])
 def test_intent_names_that_are_codes_are_not_examples(labels, why):

@@ -36,6 +36,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import urllib.request
 import zlib
 from collections import Counter
@@ -404,6 +405,24 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
+def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
+    """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
+    in case, spaces or separators (two intents, where one was most likely meant), and a label that is the
+    out-of-scope label written otherwise (it trains as an intent)."""
+    def key(label: str) -> str:
+        return re.sub(r"[\W_]+", "", label).casefold()
+
+    variants: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        variants.setdefault(key(label), []).append(label)
+    found = [f"labels {', '.join(map(repr, group))} differ only in case or separators and train as {len(group)} intents; "
+             "write them alike if they are one" for group in variants.values() if len(group) > 1]
+    if oos_label:
+        found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
+                  "(--oos-label names another)" for label in sorted(set(labels)) if key(label) == key(oos_label) and label != oos_label]
+    return found
+
+
 def set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
     """(the rows of intents, the texts of the rows labelled ``oos_label``)."""
     if not oos_label or oos_label not in examples.labels:
@@ -536,6 +555,8 @@ def load_splits(
     out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
+    for warning in label_warnings(full.labels, oos_label):
+        log.warning("%s: %s", files.train, warning)
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
@@ -550,6 +571,10 @@ def load_splits(
     if shots is not None:
         full = draw_shots(full, shots, shots_seed)
         log.info("shots: %d training example(s) per intent drawn (seed %d): %d of %d rows", shots, shots_seed, len(full), file_rows)
+        fewer = sorted((n, label) for label, n in Counter(full.labels).items() if n < shots)
+        if fewer:
+            log.warning("shots: %d intent(s) have fewer than %d examples and keep all they have (%s)", len(fewer), shots,
+                        ", ".join(f"{label!r}: {n}" for n, label in fewer[:3]) + (", ..." if len(fewer) > 3 else ""))
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)

@@ -78,14 +78,15 @@ def intent_name_text(name: str) -> str:
 
 def intent_name_examples(labels: list[str]) -> tuple[list[str], str | None]:
     """Each intent's name as words (``intent_name_text``), or ([], why not) when the names are codes: a
-    name without a word of two or more letters, or two names that differ only in digits."""
+    name without a word of two or more letters, or two names that read the same as words (differing only
+    in digits, case or punctuation)."""
     texts = [intent_name_text(label) for label in labels]
     letters = [" ".join(re.findall(r"[^\W\d_]{2,}", text)) for text in texts]  # words of two letters or more, any script
     if not all(letters):
         return [], f"intent {labels[letters.index('')]!r} has no word in its name"
     if len(set(letters)) < len(letters):
         twin = next(label for label, word in zip(labels, letters) if letters.count(word) > 1)
-        return [], f"intent names such as {twin!r} differ only in digits"
+        return [], f"intent names such as {twin!r} read the same as another's once written as words (they differ only in digits, case or punctuation)"
     return texts, None
 
 
