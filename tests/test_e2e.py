@@ -70,7 +70,8 @@ def test_cli_errors_are_one_line(tmp_path):
     result = cli("train", "--data", tmp_path, "--output", tmp_path / "o", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path}/train.csv: line 1: missing column 'category' (columns: text, label); "
-                                                  "name the columns to read with --text-column and --label-column (text_column, label_column in Python)"]
+                                                  "name the columns to read with --text-column and --label-column (text_column, label_column in Python); "
+                                                  "every file of a data set uses the same names"]
     result = cli("predict", tmp_path / "nothing", "hi", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "model folder not found" in result.stderr
 

@@ -38,7 +38,7 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
     assert metrics["temperature_rule"] == "accuracy" and "fewer than 50" in metrics["temperature_note"]
-    assert metrics["temperature_fitted_on"] == "validation queries"  # lpft fine-tunes its head after the probe
+    assert metrics["temperature_fitted_on"] == "training queries of the held half (trained on)"  # lpft fine-tunes its head after the probe
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
     assert result["closest_intent"] in INTENTS and all(result[k] is not None for k in OOS_FIELDS)
     assert (tmp_path / "adapter" / "README.md").is_file()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bankintent import resolve_config, train
-from bankintent.errors import ConfigError, DataError
+from bankintent.errors import BankintentError, ConfigError, DataError
 from bankintent.evaluation import evaluate_run
 from bankintent.sweep import start_run
 from conftest import tiny_options, write_csv
@@ -117,6 +117,12 @@ def test_config_records_an_absolute_data_path_and_evaluate_works_elsewhere(tiny_
     monkeypatch.chdir(elsewhere)
     summary = evaluate_run(out, "test")
     assert summary["queries"] == 20
+    assert evaluate_run(out / "adapter", "test")["queries"] == 20  # the model folder: its run's config.yaml
+    import shutil
+
+    shutil.copytree(out / "adapter", tmp_path / "export")  # a model with no run around it: no data to default to
+    with pytest.raises(BankintentError, match=r"export: no config.yaml to say what the model was trained on .*--data FILE"):
+        evaluate_run(tmp_path / "export", "test")
     # the tiny test queries leave length buckets empty (accuracy NaN): the file is still strict JSON, with null
     strict = json.loads((out / "test_evaluation.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert any(row["accuracy"] is None for row in strict["accuracy_by_length"])

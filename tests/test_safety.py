@@ -50,5 +50,5 @@ def test_huge_query_is_truncated_with_a_warning(tiny_bert, tiny_data, tmp_path, 
     predictor = Predictor.load(tmp_path)
     huge = "my card was stolen " * 55_000  # about 1 MB
     [result] = predictor.predict([huge])
-    assert "text 1: 1045000 characters, truncated to 2000" in caplog.text
+    assert "a query of 1045000 characters ('my card was stolen my card was stolen my'...) truncated to its first 2000" in caplog.text
     assert result["intent"] == predictor.predict([huge[:2000]])[0]["intent"]

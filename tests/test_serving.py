@@ -273,11 +273,13 @@ def test_model_folders_come_and_go_without_restart(multi, runs):
     rewritten = client.post("/v1/predict", json={"texts": ["hi"], "top_k": 20, "model": "bank_c"})
     assert len(rewritten.json()[0]["top_k"]) == 4
 
+    assert 'bankintent_out_of_scope_ratio{model="bank_c"}' in client.get("/metrics").text
     shutil.rmtree(models / "bank_c")
     time.sleep(1.1)
     assert client.post("/v1/predict", json={"texts": ["hi"], "model": "bank_c"}).status_code == 404
     [base] = app.state.service.registry.bases
     assert sorted(base.adapters) == ["bank_a", "bank_b"]  # unloaded
+    assert 'bankintent_out_of_scope_ratio{model="bank_c"}' not in client.get("/metrics").text  # no share of a model gone
 
 
 def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path):

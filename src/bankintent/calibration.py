@@ -135,7 +135,7 @@ def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validati
 
 
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
-              out_of_fold: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+              out_of_fold: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, queries: str = "validation queries") -> dict:
     """Fit the temperature, the Mahalanobis statistics, the default out-of-scope score and the
     thresholds into ``predictor.spec``; write ``validation_coverage.{csv,png}`` to ``cfg.output``.
     ``out_of_fold`` (small data, whose validation split is queries the model trained on): the probe's
@@ -146,7 +146,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     Returns the metrics: ECE before and after (on the logits the temperature was fitted on), whether,
     on what and why the temperature was fitted, the score chosen and why, its threshold, the
     out-of-scope examples used (source, count), each score's AUROC and the examples' recall at the
-    threshold (None without examples)."""
+    threshold (None without examples). ``queries`` names what the validation split holds, for the
+    notes (small data's is half of the training queries)."""
     spec = predictor.spec
     logits, features = predictor.outputs(splits.validation.texts, desc="calibrating")
     labels = np.array(splits.ids(splits.validation))
@@ -154,7 +155,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         fit_logits, fit_labels = logits, labels
     else:
         fit_logits, fit_labels, logits = out_of_fold
-    fitted_on = "validation queries" if out_of_fold is None else "training queries' out-of-fold probe logits"
+    fitted_on = queries if out_of_fold is None else "training queries' out-of-fold probe logits"
     spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
     if note:
         log.warning("temperature %.3g: %s", spec.temperature, note)
@@ -203,8 +204,10 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         "oos_recall": recall,
     })
     if oos_scores:
-        log.info("out-of-scope: %s score (AUROC %s on %s), threshold %.4g catches %.1f%% of them", spec.oos_score,
-                 ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall)
+        chose = (" (they also chose the score, so the share is optimistic: measure it on other examples with "
+                 "bankintent evaluate RUN --data FILE)") if len(splits.out_of_scope) else ""
+        log.info("out-of-scope: %s score (AUROC %s on %s), threshold %.4g catches %.1f%% of them%s", spec.oos_score,
+                 ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall, chose)
     write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
     return metrics
 

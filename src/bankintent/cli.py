@@ -178,7 +178,7 @@ def predict(args: argparse.Namespace) -> None:
         return
     results = load().predict(args.texts, top_k=args.top_k)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
         for result in results:
             print(prediction_line(result))

@@ -178,15 +178,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def trained_text_column(folder: str | Path) -> str:
-    """The query column of the data a run trained on (its ``config.yaml``; ``folder`` is the run or its
-    ``adapter`` model folder), so that a file laid out like the training data needs no
-    ``--text-column``; ``text`` for a model with no run around it (an export)."""
+def run_config_file(folder: str | Path) -> Path | None:
+    """The ``config.yaml`` of the run ``folder`` is (or whose ``adapter`` model folder it is); None for a
+    model with no run around it (an export)."""
     folder = Path(folder)
     for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == "adapter" else []):
         if saved.is_file():
-            return read_yaml(saved).get("text_column") or "text"
-    return "text"
+            return saved
+    return None
+
+
+def trained_text_column(folder: str | Path) -> str:
+    """The query column of the data a run trained on (``run_config_file``), so that a file laid out like
+    the training data needs no ``--text-column``; ``text`` for a model with no run around it."""
+    saved = run_config_file(folder)
+    return (read_yaml(saved).get("text_column") if saved else None) or "text"
 
 
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:

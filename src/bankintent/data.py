@@ -185,7 +185,8 @@ def _column_hint(header) -> str:
     separator = next((c for c in (";", "\t", "|") if len(names) == 1 and c in names[0]), None)
     if separator:
         return f"; the file looks {separator!r}-separated, and CSV files are read comma-separated"
-    return "; name the columns to read with --text-column and --label-column (text_column, label_column in Python)"
+    return ("; name the columns to read with --text-column and --label-column (text_column, label_column in Python); "
+            "every file of a data set uses the same names")
 
 
 def _lines(start: int, end: int) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from bankintent.calibration import coverage_report, expected_calibration_error
-from bankintent.config import TrainConfig, read_yaml
+from bankintent.config import TrainConfig, read_yaml, run_config_file
 from bankintent.data import Examples, OutOfScope, read_test_file, run_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
@@ -79,7 +79,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     ``data`` naming one file evaluates that file's labelled queries, as the test split: the way to
     measure a model trained on every row of small data."""
     run_dir = Path(run_dir)
-    saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    config = run_config_file(run_dir)
+    saved = read_yaml(config) if config else {}
+    if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
+        raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (an export or a model folder); "
+                              "give a file of labelled queries with --data FILE")
     given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v}
     cfg = TrainConfig(**{**saved, **given})
     if data is not None and Path(data).expanduser().is_file():

@@ -92,7 +92,7 @@ def check_texts(texts) -> list[str]:
         if not text.strip():
             raise DataError(f"text {i + 1}: empty text")
         if len(text) > MAX_CHARS:
-            log.warning("text %d: %d characters, truncated to %d", i + 1, len(text), MAX_CHARS)
+            log.warning("a query of %d characters (%r...) truncated to its first %d", len(text), text[:40], MAX_CHARS)
             text = text[:MAX_CHARS]
         clean.append(text.strip())
     return clean

@@ -150,6 +150,14 @@ class Metrics:
                 self.confidence.labels(model).observe(result["confidence"])
         self.out_of_scope_ratio.labels(model).set(sum(recent) / len(recent) if recent else 0.0)
 
+    def forget_other_models(self, served: list[str]) -> None:
+        """Drop the out-of-scope share of the models no longer served (their folder removed): a gauge
+        keeps its last value, which would read as the share now. The counters stay: they count what was
+        answered."""
+        for model in [m for m in self._recent if m not in served]:
+            del self._recent[model]
+            self.out_of_scope_ratio.remove(model)
+
     def observe(self, path: str, status: int, seconds: float) -> None:
         path = path if path in PATHS else "/v1/models/{name}" if path.startswith("/v1/models/") else "other"
         self.requests.labels(path, str(status)).inc()
@@ -466,6 +474,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     async def metrics() -> Response:
         """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes; answers by model and
         intent, out-of-scope answers and their share of the recent answers, confidence of in-scope answers."""
+        service.metrics.forget_other_models(registry.names())
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -640,7 +640,7 @@ def _train(cfg: TrainConfig) -> dict:
             "lr_scheduler": args.lr_scheduler_type.value,
             "peak_lr": args.learning_rate,
             "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
-            "optimizer_steps": trainer.state.max_steps,
+            "optimizer_steps": trainer.state.global_step,  # the steps taken: fewer than planned where early stopping ended the run
         })
     train_seconds = elapsed_before(resume_from) + time.perf_counter() - started
     if not main:
@@ -691,7 +691,8 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     held_out = None
     if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
         held_out = (out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
-    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out))
+    held_half = "training queries of the held half (trained on)" if splits.small_data else "validation queries"
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half))
     if splits.small_data:
         extra["calibration"] = CROSS_FITTED if out_of_fold is None else CROSS_FITTED_OUT_OF_FOLD
     model_dir = out / MODEL_DIR
