@@ -38,8 +38,8 @@ from bankintent.predict import Predictor, softmax  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# fewer validation queries than this and the temperature is not fitted (one parameter, but the
-# likelihood of a few queries is dominated by the one or two the model gets wrong, or by none)
+# fewer validation queries than this and the likelihood does not choose the temperature (one parameter,
+# but the likelihood of a few queries is dominated by the one or two the model gets wrong, or by none)
 MIN_TEMPERATURE_QUERIES = 50
 TEMPERATURE_RANGE = (0.01, 100.0)  # where ``accuracy_temperature`` searches
 
