@@ -33,7 +33,8 @@ def previous_run(tiny_bert, tiny_data, tmp_path):
 def test_an_existing_run_is_refused_without_overwrite(tiny_bert, tiny_data, previous_run):
     before = (previous_run / "adapter" / "model.safetensors").read_bytes()
     with pytest.raises(ConfigError, match=r"run: output folder is not empty \(adapter, .*\); pass --overwrite to replace it, "
-                                          r"--resume to continue its training, or choose another --output") as error:
+                                          r"--resume to continue its training, or choose another --output \(in Python: "
+                                          r"overwrite=True, resume=True, output=...\)") as error:
         _train(tiny_bert, tiny_data, previous_run, seed=7)
     assert "\n" not in str(error.value)
     assert (previous_run / "adapter" / "model.safetensors").read_bytes() == before

@@ -337,7 +337,8 @@ def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
     if contents and not (cfg.overwrite or cfg.resume):
         shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
         raise ConfigError(f"{folder}: output folder is not empty ({shown}); pass --overwrite to replace it, "
-                          f"--resume to continue its training, or choose another --output")
+                          f"--resume to continue its training, or choose another --output (in Python: overwrite=True, "
+                          f"resume=True, output=...)")
     if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
         raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
                           f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
