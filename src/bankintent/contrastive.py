@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bankintent.data import Splits
-from bankintent.modeling import MeanPoolClassifier, resolve_base_model
+from bankintent.modeling import MeanPoolClassifier, no_loading_bar, resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def fine_tune(model: MeanPoolClassifier, splits: Splits, cfg, work_dir: Path, pr
         log.warning("contrastive: no intent has two training queries, so there is no pair to train on; the linear probe only")
         return {"contrastive_pairs": 0}
     cuda = torch.cuda.is_available()
-    encoder = SentenceTransformer(resolve_base_model(cfg.base_model), device="cuda" if cuda else "cpu",
-                                  model_kwargs={"dtype": torch.float32, "use_safetensors": None if cfg.allow_pickle else True})
+    with no_loading_bar():
+        encoder = SentenceTransformer(resolve_base_model(cfg.base_model), device="cuda" if cuda else "cpu",
+                                      model_kwargs={"dtype": torch.float32, "use_safetensors": None if cfg.allow_pickle else True})
     encoder.max_seq_length = cfg.max_length
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work_dir),

@@ -36,16 +36,22 @@ from bankintent.config import DEFAULT_BASE_MODEL
 from bankintent.errors import ModelError
 
 
-def _no_loading_bar(factory, args, kwargs):
-    """Transformers' "Loading weights" bar, shown for every model read from disk (a fraction of a second
-    here, three times in a training run, once per ``Predictor.load``), goes; its other bars stay, and so
-    do the Hub's download bars, the part of loading that takes time."""
-    if kwargs.get("desc") == "Loading weights":
-        kwargs = {**kwargs, "disable": True}
-    return factory(*args, **kwargs)
+@contextmanager
+def no_loading_bar():
+    """Within it, Transformers' "Loading weights" bar, shown for every model read from disk (a fraction
+    of a second here, three times in a training run, once per ``Predictor.load``), is not drawn; its
+    other bars are, and so are the Hub's download bars, the part of loading that takes time. Scoped to
+    this project's own loading: a script that imports bankintent keeps its bars."""
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
 
-
-hf_logging.set_tqdm_hook(_no_loading_bar)
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -196,16 +202,17 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     kwargs = dict(dtype=torch.float32, use_safetensors=None if allow_pickle else True)
     num_labels = len(spec.labels)
     try:
-        if spec.pooling == "cls":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=num_labels,
-                id2label=dict(enumerate(spec.labels)),
-                label2id={label: i for i, label in enumerate(spec.labels)},
-                **kwargs,
-            )
-        else:
-            model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
+        with no_loading_bar():
+            if spec.pooling == "cls":
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path,
+                    num_labels=num_labels,
+                    id2label=dict(enumerate(spec.labels)),
+                    label2id={label: i for i, label in enumerate(spec.labels)},
+                    **kwargs,
+                )
+            else:
+                model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
