@@ -192,7 +192,7 @@ class WeightAveraging(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.count:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = saved_checkpoint(args, state)
             save_file({n: t.contiguous().cpu() for n, t in self.mean.items()}, folder / self.FILE, metadata={"count": str(self.count)})
             match_permissions(folder)
 
@@ -213,6 +213,11 @@ class WeightAveraging(TrainerCallback):
                     parameter.copy_(self.mean[name].to(parameter.device, parameter.dtype))
 
 
+def saved_checkpoint(args, state) -> Path:
+    """The folder of the checkpoint the Trainer has just saved (what ``on_save`` callbacks add to)."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
 def restore_early_stopping(callback: EarlyStoppingCallback, checkpoint: str | Path) -> None:
     """Give ``callback`` the count of epochs without improvement that ``checkpoint`` saved. The Trainer
     restores callbacks only with ``restore_callback_states_from_checkpoint``, which would also restore
@@ -230,7 +235,7 @@ class TrainingClock(TrainerCallback):
         self.started, self.before = started, before
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = saved_checkpoint(args, state)
         if state.is_world_process_zero and folder.is_dir():
             (folder / ELAPSED_FILE).write_text(json.dumps({"seconds": self.before + time.perf_counter() - self.started}))
 
@@ -246,7 +251,7 @@ class CheckpointPermissions(TrainerCallback):
     others (the umask's), as ``save_model`` does for the model folder."""
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = saved_checkpoint(args, state)
         if state.is_world_process_zero and folder.is_dir():
             match_permissions(folder)
 
@@ -571,6 +576,7 @@ def _train(cfg: TrainConfig) -> dict:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
 
     started = time.perf_counter()
+    before = elapsed_before(resume_from)  # training seconds spent before an interruption, if resuming
     extra: dict = {}
     if cfg.method == "contrastive" and cfg.epochs > 0:
         extra.update(contrastive.fine_tune(model, splits, cfg, checkpoints / "contrastive", progress=main))
@@ -597,7 +603,7 @@ def _train(cfg: TrainConfig) -> dict:
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
-        callbacks = [interrupt, CheckpointPermissions(), TrainingClock(started, elapsed_before(resume_from))]
+        callbacks = [interrupt, CheckpointPermissions(), TrainingClock(started, before)]
         if validate:  # small data: no validation split to stop on, the recipe's epochs run
             early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
             if resume_from:
@@ -643,7 +649,7 @@ def _train(cfg: TrainConfig) -> dict:
             "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
             "optimizer_steps": trainer.state.global_step,  # the steps taken: fewer than planned where early stopping ended the run
         })
-    train_seconds = elapsed_before(resume_from) + time.perf_counter() - started
+    train_seconds = before + time.perf_counter() - started
     if not main:
         return {}
 
