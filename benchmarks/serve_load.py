@@ -11,6 +11,7 @@ CPU per request as the service itself.
     python benchmarks/serve_load.py --models-dir runs --model demo  # one adapter of many on a shared base
     python benchmarks/serve_load.py --url http://127.0.0.1:8000     # a service already running
     python benchmarks/serve_load.py EXPORT --peer RUN --clients 1 16 64
+    python benchmarks/serve_load.py EXPORT --workers 2 --clients 16 # two worker processes (CPU: all of them)
 
 ``--peer RUN`` also starts, after ours, the service a team would otherwise write by hand
 (``benchmarks/peer_service.py``: FastAPI and a Hugging Face ``pipeline("text-classification")`` on
@@ -128,17 +129,23 @@ async def drive(url: str, texts: list[str], clients: int, requests: int, model: 
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "requests_per_s": requests / elapsed}
 
 
-def cpu_seconds(process: psutil.Process | None) -> float:
+def family(process: psutil.Process) -> list[psutil.Process]:
+    """The process and its children (the worker processes of ``serve --workers N``)."""
+    return [process, *process.children(recursive=True)]
+
+
+def cpu_seconds(process: psutil.Process | None, children: bool = True) -> float:
     if process is None:
         return float("nan")
-    times = process.cpu_times()
-    return times.user + times.system
+    return sum(sum(p.cpu_times()[:2]) for p in (family(process) if children else [process]))
 
 
 def thread_seconds(process: psutil.Process | None) -> dict[int, float]:
-    """CPU seconds of each of the process's threads, by thread id (native threads included: ONNX
-    Runtime's and PyTorch's pools as well as Python's)."""
-    return {} if process is None else {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+    """CPU seconds of each thread of the process and its children, by thread id (native threads
+    included: ONNX Runtime's and PyTorch's pools as well as Python's)."""
+    if process is None:
+        return {}
+    return {thread.id: thread.user_time + thread.system_time for p in family(process) for thread in p.threads()}
 
 
 def run(url: str, args, texts: list[str], server: psutil.Process | None = None) -> list[dict]:
@@ -147,10 +154,11 @@ def run(url: str, args, texts: list[str], server: psutil.Process | None = None) 
     asyncio.run(drive(url, texts, max(args.clients), args.warmup, args.model))  # warm up: connections, allocator, caches
     rows = []
     for clients in args.clients:
-        server_before, client_before, threads_before = cpu_seconds(server), cpu_seconds(psutil.Process()), thread_seconds(server)
+        client = psutil.Process()
+        server_before, client_before, threads_before = cpu_seconds(server), cpu_seconds(client, children=False), thread_seconds(server)
         row = asyncio.run(drive(url, texts, clients, args.requests, args.model))
         row["server_cpu_ms_per_request"] = (cpu_seconds(server) - server_before) * 1000 / args.requests
-        row["client_cpu_ms_per_request"] = (cpu_seconds(psutil.Process()) - client_before) * 1000 / args.requests
+        row["client_cpu_ms_per_request"] = (cpu_seconds(client, children=False) - client_before) * 1000 / args.requests
         used = {("main" if tid == server.pid else str(tid)): (seconds - threads_before.get(tid, 0.0)) * 1000 / args.requests
                 for tid, seconds in thread_seconds(server).items()}
         row["server_thread_cpu_ms_per_request"] = dict(sorted(((name, ms) for name, ms in used.items() if ms >= 0.01), key=lambda item: -item[1]))
@@ -186,6 +194,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None)
     parser.add_argument("--max-wait-ms", type=float, default=None)
     parser.add_argument("--oos-score", help="serve with this out-of-scope score (bankintent serve --oos-score)")
+    parser.add_argument("--workers", type=int, help="serve with this many worker processes (bankintent serve --workers)")
     parser.add_argument("--peer", metavar="RUN", help="also measure the hand-written peer service on RUN's merged weights")
     parser.add_argument("--floor", action="store_true", help="also measure the service with no model (floor_service.py)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -193,7 +202,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = queries()
     options = (("--models-dir", args.models_dir), ("--max-batch", args.max_batch), ("--max-wait-ms", args.max_wait_ms),
-               ("--oos-score", args.oos_score))
+               ("--oos-score", args.oos_score), ("--workers", args.workers))
     arguments = ([] if args.models_dir else [args.dir]) + [arg for name, value in options if value is not None for arg in (name, str(value))]
     if args.url:
         rows, where = run(args.url, args, texts), args.url

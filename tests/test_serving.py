@@ -4,11 +4,14 @@ every kind of bad request, micro-batching, API keys, and many adapters on one ba
 import asyncio
 import csv
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -364,6 +367,45 @@ def test_cli_serve_error_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bankintent.cli", "serve", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: model folder not found"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_worker_processes_share_one_set_of_metrics(runs, tmp_path):
+    """``serve --workers 2``: each request and each scrape goes to either worker (a new connection
+    each), and every scrape counts the requests of both."""
+    port, url = free_port(), None
+    metrics_folder = tmp_path / "metrics"
+    metrics_folder.mkdir()
+    environment = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(metrics_folder)}
+    command = [sys.executable, "-m", "bankintent.cli", "serve", str(runs / "bank_a"), "--workers", "2", "--port", str(port)]
+    with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        try:
+            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+            while True:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "no answer"
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.5)
+            with ThreadPoolExecutor(8) as pool:  # httpx.post without a client: one connection per request
+                answers = list(pool.map(lambda i: httpx.post(f"{url}/v1/predict", json={"texts": [TEXTS[i % 4]]}, timeout=60), range(40)))
+            assert [a.status_code for a in answers] == [200] * 40
+            for _ in range(6):
+                families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text)}
+                served = [s.value for s in families["bankintent_requests"].samples
+                          if s.name == "bankintent_requests_total" and s.labels == {"path": "/v1/predict", "status": "200"}]
+                assert served == [40.0]
+                assert sum(s.value for s in families["bankintent_answers"].samples if s.name == "bankintent_answers_total") == 40
+            assert len({path.name.rsplit("_", 1)[-1] for path in metrics_folder.glob("counter_*.db")}) == 2  # both workers counted
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 MMAP_CHECK = """

@@ -27,10 +27,11 @@ import hmac
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -41,7 +42,7 @@ from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,6 +56,7 @@ MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
+METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
 PAGE = Path(__file__).parent / "static" / "index.html"
 PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/redoc", "/openapi.json")
 RECENT_ANSWERS = 1000  # the out-of-scope ratio gauge covers this many latest answers of a model
@@ -118,10 +120,16 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 5
 
 
 class Metrics:
-    """The service's Prometheus metrics, in a registry of their own (one per application)."""
+    """The service's Prometheus metrics, in a registry of their own (one per application).
+
+    With ``--workers N`` each worker process answers some of the requests and some of the scrapes:
+    its metrics then go to files in ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+    mode, set before the workers start) and ``exposition`` sums every worker's, so that a scrape
+    counts all the service's requests whichever worker answers it."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(METRICS_DIRECTORY))
         self.requests = Counter("bankintent_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry)
         self.errors = Counter("bankintent_errors", "HTTP requests answered with a 4xx or 5xx status", ["status"], registry=self.registry)
         self.latency = Histogram("bankintent_request_latency_seconds", "time to answer a request", ["path"], registry=self.registry,
@@ -132,8 +140,9 @@ class Metrics:
         self.answers = Counter("bankintent_answers", "answers by model and intent (out_of_scope included)", ["model", "intent"],
                                registry=self.registry)
         self.out_of_scope = Counter("bankintent_out_of_scope", "answers that were out of scope, by model", ["model"], registry=self.registry)
+        # across workers, the latest value set: each worker's share is of its own recent answers
         self.out_of_scope_ratio = Gauge("bankintent_out_of_scope_ratio", f"share of the model's last {RECENT_ANSWERS} answers that were out of scope",
-                                        ["model"], registry=self.registry)
+                                        ["model"], registry=self.registry, multiprocess_mode="mostrecent")
         self.confidence = Histogram("bankintent_answer_confidence", "calibrated confidence of the in-scope answers", ["model"],
                                     registry=self.registry, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
         self._recent: dict[str, deque] = {}
@@ -153,10 +162,20 @@ class Metrics:
     def forget_other_models(self, served: list[str]) -> None:
         """Drop the out-of-scope share of the models no longer served (their folder removed): a gauge
         keeps its last value, which would read as the share now. The counters stay: they count what was
-        answered."""
+        answered. (prometheus-client cannot remove a label in multiprocess mode: with several workers the
+        gauge keeps the model's last share.)"""
         for model in [m for m in self._recent if m not in served]:
             del self._recent[model]
-            self.out_of_scope_ratio.remove(model)
+            if not self.multiprocess:
+                self.out_of_scope_ratio.remove(model)
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format: this process's, or with several workers all of theirs."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)
+        return generate_latest(every_worker)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         path = path if path in PATHS else "/v1/models/{name}" if path.startswith("/v1/models/") else "other"
@@ -475,7 +494,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes; answers by model and
         intent, out-of-scope answers and their share of the recent answers, confidence of in-scope answers."""
         service.metrics.forget_other_models(registry.names())
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -542,8 +561,12 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     os.environ[ENVIRONMENT] = json.dumps(options)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads // workers)))  # the workers share the cores
     print(f"bankintent: serving on http://{host}:{port} with {workers} worker processes", flush=True)
-    # a worker answers the parent's health check only once torch is imported and its model loaded
-    uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, timeout_worker_healthcheck=120, **settings)
+    # read by prometheus-client when a worker imports it; a folder the user named is kept, ours removed at exit
+    given = os.environ.get(METRICS_DIRECTORY)
+    with nullcontext(given) if given else tempfile.TemporaryDirectory(prefix="bankintent-metrics-") as metrics_directory:
+        os.environ[METRICS_DIRECTORY] = metrics_directory
+        # a worker answers the parent's health check only once torch is imported and its model loaded
+        uvicorn.run("bankintent.serving:app_from_environment", factory=True, workers=workers, timeout_worker_healthcheck=120, **settings)
 
 
 @contextmanager
