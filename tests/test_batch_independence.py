@@ -13,7 +13,7 @@ import pytest
 from conftest import INTENTS
 
 from bankintent.export import export
-from bankintent.predict import Predictor
+from bankintent.predict import Predictor, length_batches
 
 TOLERANCE = 1e-4
 
@@ -76,6 +76,8 @@ def test_a_query_gets_the_same_answer_alone_and_in_batches_of_8_and_64(backends,
     assert_same_answers(predictor.predict(QUERIES[8:16], top_k=4), alone[8:16], f"{backend}: a call of 8")
     # one forward pass of 64 queries, each padded to the longest
     wide = Predictor.load(folder, device="cpu", batch_size=64, oos_score="msp")
+    wide.backend.pass_tokens = float("inf")  # not cut by length
+    assert len(length_batches(np.array(lengths), 64, wide.backend.pass_tokens)) == 1
     assert_same_answers(wide.predict(QUERIES, top_k=4), alone, f"{backend}: in one batch of 64")
     # the model's outputs: logits and the query embedding (the Mahalanobis score's input)
     logits_alone, features_alone = (np.concatenate(arrays) for arrays in zip(*(wide.outputs([q]) for q in QUERIES)))
@@ -94,3 +96,16 @@ def test_int8_activation_scales_are_constants(backends):
         constants = {tensor.name for tensor in graph.initializer}
         quantizers = [node for node in graph.node if node.op_type == "QuantizeLinear"]
         assert quantizers and all(node.input[1] in constants and node.input[2] in constants for node in quantizers)
+
+
+def test_passes_are_cut_where_padding_would_cost_more_than_a_pass():
+    lengths = np.array([40, 5, 6, 5, 39, 5])
+    as_sets = lambda passes: [sorted(p.tolist()) for p in passes]  # noqa: E731
+    # one pass: 6 x 40 padded tokens + 8; two: 4 x 6 + 8 and 2 x 40 + 8
+    assert as_sets(length_batches(lengths, 8, 8)) == [[1, 2, 3, 5], [0, 4]]
+    assert as_sets(length_batches(lengths, 8, 0)) == [[1, 3, 5], [2], [4], [0]]  # no cost to a pass: no padding
+    assert as_sets(length_batches(lengths, 8, 1e6)) == [[0, 1, 2, 3, 4, 5]]
+    assert as_sets(length_batches(lengths, 4, float("inf"))) == [[1, 2, 3, 5], [0, 4]]  # a GPU: chunks in length order
+    assert [p.tolist() for p in length_batches(lengths, 4, float("inf"))] == [[1, 3, 5, 2], [4, 0]]
+    same = length_batches(np.full(20, 10), 8, 8)
+    assert [len(p) for p in same] == [4, 8, 8] and sorted(np.concatenate(same).tolist()) == list(range(20))

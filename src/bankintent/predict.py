@@ -9,10 +9,11 @@ written by ``bankintent export``: ``Predictor.load`` is the one entry point for 
 
 Both backends return the logits and the classifier head's input (the query embedding), which the
 Mahalanobis out-of-scope score needs. Queries are tokenized by the Rust ``tokenizers`` library,
-sorted by length and cut into batches, each padded to its longest query only. On a CPU the batches
-are small (``CPU_BATCH``): a matrix product costs what its padded tokens cost, and a batch of 64
-queries as a client sends them pads most of them to a length several times theirs, while batches of
-8 of similar length pad almost nothing (``benchmarks/latency.py`` measures the difference).
+sorted by length and cut into batches, each padded to its longest query only. On a CPU a matrix
+product costs what its padded tokens cost, and a batch of 64 queries as a client sends them pads most
+of them to a length several times theirs: the batches are small (``CPU_BATCH``), and cut further
+where a query much longer than its neighbours would pad them by more than a forward pass's own fixed
+cost (``length_batches``; ``benchmarks/latency.py`` and ``benchmarks/batch_cost.py`` measure both).
 
 A query's answer does not depend on the queries batched with it (the service batches concurrent
 requests): padding is masked out of attention and pooling, and the int8 export's activation scales
@@ -49,6 +50,10 @@ TOKENIZER_FILE = "tokenizer.json"
 OUT_OF_SCOPE = "out_of_scope"
 CPU_BATCH = 8  # queries per forward pass on a CPU: similar lengths, little padding
 GPU_BATCH = 512  # on a GPU: large batches keep it busy
+# a forward pass's fixed cost, in tokens' worth of its compute (``length_batches``); measured by
+# benchmarks/batch_cost.py: about 7 tokens for the ONNX exports, about 40 for PyTorch on a CPU
+ONNX_PASS_TOKENS = 8
+TORCH_CPU_PASS_TOKENS = 40
 # ONNX Runtime fusions left out: on a CPU, the fused SkipLayerNormalization and BiasGelu kernels took
 # longer than the Add, LayerNormalization and Gelu they replace, and scaled worse to a second thread
 SLOW_FUSIONS = ["SkipLayerNormFusion", "BiasGeluFusion"]
@@ -62,6 +67,30 @@ def model_folder(path: str | Path) -> Path:
 def default_batch_size(device: torch.device | None) -> int:
     """Queries per forward pass on ``device`` (``None``: ONNX Runtime, on the CPU)."""
     return GPU_BATCH if device is not None and device.type == "cuda" else CPU_BATCH
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, pass_tokens: float) -> list[np.ndarray]:
+    """The forward passes for queries of ``lengths`` tokens: the indices of each pass, at most
+    ``batch_size`` of them, of neighbours in length order. On a CPU a pass costs its padded tokens
+    (queries x longest) plus a fixed cost of about ``pass_tokens`` tokens, and the cuts minimise that
+    sum (dynamic programming over the sorted lengths): the service's micro-batches are a few queries
+    of any length, and one pass would pad most of them to several times their length.
+    ``pass_tokens`` infinite (a GPU, where padding is nearly free): passes of ``batch_size``."""
+    order = np.argsort(lengths, kind="stable")
+    if not np.isfinite(pass_tokens):
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    longest = np.asarray(lengths)[order]
+    cost, cut = np.zeros(len(order) + 1), np.zeros(len(order) + 1, dtype=int)
+    for end in range(1, len(order) + 1):  # cost[end]: the cheapest passes over the first `end` queries
+        starts = np.arange(max(0, end - batch_size), end)
+        total = cost[starts] + pass_tokens + (end - starts) * longest[end - 1]
+        best = int(np.argmin(total))
+        cost[end], cut[end] = total[best], starts[best]
+    passes, end = [], len(order)
+    while end > 0:
+        passes.append(order[cut[end] : end])
+        end = cut[end]
+    return passes[::-1]
 
 
 @functools.cache
@@ -143,6 +172,7 @@ class TorchModel:
     def __init__(self, model: nn.Module):
         self.module = WithFeatures(model).eval()
         self.device = next(model.parameters()).device
+        self.pass_tokens = TORCH_CPU_PASS_TOKENS if self.device.type == "cpu" else float("inf")
 
     @torch.inference_mode()
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +182,8 @@ class TorchModel:
 
 class OnnxModel:
     """The ONNX Runtime backend (CPU). ``threads``: intra-op threads (default: every core)."""
+
+    pass_tokens = ONNX_PASS_TOKENS
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
@@ -233,15 +265,15 @@ class Predictor:
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
-        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        passes = length_batches(np.array([len(e.ids) for e in encodings]), self.batch_size, self.backend.pass_tokens)
         logits, features = [], []
         with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch_logits, batch_features = self.backend(*self.pad([encodings[i] for i in order[start : start + self.batch_size]]))
+            for indices in passes:
+                batch_logits, batch_features = self.backend(*self.pad([encodings[i] for i in indices]))
                 logits.append(batch_logits)
                 features.append(batch_features)
                 bar.update(len(batch_logits))
-        inverse = np.argsort(order)
+        inverse = np.argsort(np.concatenate(passes))
         return np.concatenate(logits)[inverse], np.concatenate(features)[inverse]
 
     def logits(self, texts: list[str]) -> np.ndarray:
