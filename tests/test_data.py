@@ -1,6 +1,7 @@
 from collections import Counter
 
 import pytest
+from sklearn.model_selection import train_test_split
 
 from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, read_examples
 from bankintent.errors import DataError
@@ -103,6 +104,24 @@ def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
     (tmp_path / "typo").mkdir()
     with pytest.raises(DataError, match=rf"line {line}: label '{typo}' has 1 example \(a typo for '{GOOD[0][1]}'\?\)"):
         load_splits(_folder(tmp_path / "typo", GOOD + [("only one", typo)]))
+
+
+def test_a_label_whose_rows_repeat_one_query_stops_too(tmp_path):
+    with pytest.raises(DataError, match=r"label 'echo' has 1 distinct example \(its other 1 row\(s\) repeat it\); every intent needs"):
+        load_splits(_folder(tmp_path, GOOD + [("same query", "echo")] * 2))
+
+
+def test_repeated_rows_stay_out_of_validation(tmp_path):
+    """A query given several times (chat exports repeat "hi" and "balance") must not be scored on
+    validation while a copy of it trains: validation would reward memorising it."""
+    rows = [(f"query {i}", "a" if i % 2 else "b") for i in range(60)] + [(f"query {i}", "a" if i % 2 else "b") for i in range(12)] * 3
+    splits = load_splits(_folder(tmp_path, rows))
+    plain = train_test_split(range(len(rows)), test_size=0.1, stratify=[label for _, label in rows], random_state=42)
+    assert {rows[i] for i in plain[1]} & {rows[i] for i in plain[0]}, "the plain split would have leaked: the test needs it to"
+    train, validation = set(zip(splits.train.texts, splits.train.labels)), list(zip(splits.validation.texts, splits.validation.labels))
+    assert not train & set(validation)
+    assert (len(splits.train), len(validation)) == (len(plain[0]), len(plain[1]))  # the sizes and strata of the plain split
+    assert Counter(label for _, label in validation) == Counter(rows[i][1] for i in plain[1])
 
 
 def test_one_example_trains_beside_a_validation_file(tmp_path):
@@ -270,8 +289,9 @@ def test_thin_validation_is_flagged():
 
 
 def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
-    rows = [("where is my card", "card_arrival")] * 3 + [("card still not here", "CARD_ARRIVAL")] * 3 \
-        + [("what's the weather", "OUT_OF_SCOPE")] * 2 + [("hello", "out_of_scope")] + [("my pin is blocked", "pin_blocked")] * 3
+    rows = [(f"where is my card {i}", "card_arrival") for i in range(3)] + [(f"card still not here {i}", "CARD_ARRIVAL") for i in range(3)] \
+        + [(f"what's the weather {i}", "OUT_OF_SCOPE") for i in range(2)] + [("hello", "out_of_scope")] \
+        + [(f"my pin is blocked {i}", "pin_blocked") for i in range(3)]
     write_csv(tmp_path / "train.csv", rows)
     splits = load_splits(tmp_path)
     assert sorted(splits.labels) == ["CARD_ARRIVAL", "OUT_OF_SCOPE", "card_arrival", "pin_blocked"]  # trained as given

@@ -39,7 +39,7 @@ import os
 import re
 import urllib.request
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -241,7 +241,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         log.warning("%s: %d row(s) with an empty text skipped (strict_data / --strict-data refuses them)", path, empty)
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
-        log.warning("%s: %d duplicated row(s) kept", path, duplicates)
+        log.warning("%s: %d duplicated row(s) kept (a validation split carved from the file keeps copies of training rows out of it)", path, duplicates)
     return Examples(texts, labels, numbers, empty, duplicates)
 
 
@@ -470,7 +470,7 @@ def likely_typo(label: str, others: list[str]) -> str | None:
 
 
 def _check_two_per_intent(full: Examples, train_file: Path) -> None:
-    counts = Counter(full.labels)
+    counts = Counter(label for _, label in set(zip(full.texts, full.labels)))  # distinct queries: a repeated row teaches nothing new
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
@@ -478,8 +478,31 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
         where = f"line {row}: " if row else ""
         close = likely_typo(rare[0], [label for label, n in counts.items() if n >= 2])
         hint = f" (a typo for {close!r}?)" if close else ""
-        raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has 1 example{hint}; every intent needs at least 2 (one to "
+        repeated = full.labels.count(rare[0]) - 1
+        example = f"1 distinct example (its other {repeated} row(s) repeat it)" if repeated else "1 example"
+        raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has {example}{hint}; every intent needs at least 2 (one to "
                         f"learn from, one to check the choices on by cross-validation): add an example of it or remove its row")
+
+
+def _stratified_split(full: Examples, val_fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
+    """Row indices (train, validation): a stratified ``val_fraction`` of the rows, drawn with
+    ``split_seed``; then each validation row that repeats a training row (same text and label) trades
+    places with a training row of its intent that repeats nothing, so that validation never scores a
+    query the model trained on. The sizes and the strata stay as drawn (Banking77: 9,002 / 1,001)."""
+    train, val = (list(part) for part in train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels,
+                                                          random_state=split_seed))
+    keys = list(zip(full.texts, full.labels))
+    copies = Counter(keys)
+    trained = {keys[i] for i in train}
+    spare: dict[str, deque] = {}
+    for position, i in enumerate(train):
+        if copies[keys[i]] == 1:
+            spare.setdefault(full.labels[i], deque()).append(position)
+    for position, i in enumerate(val):
+        if keys[i] in trained and spare.get(full.labels[i]):
+            swap = spare[full.labels[i]].popleft()
+            train[swap], val[position] = i, train[swap]
+    return train, val
 
 
 def split_validation(full: Examples, validation: Examples | None, train_file: Path, val_fraction: float,
@@ -499,7 +522,7 @@ def split_validation(full: Examples, validation: Examples | None, train_file: Pa
     if round(len(full) * val_fraction) < len(labels):
         raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over "
                         f"{len(labels)} labels (raise val_fraction, or give a validation file: valid.csv beside train.csv)")
-    train_idx, val_idx = train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels, random_state=split_seed)
+    train_idx, val_idx = _stratified_split(full, val_fraction, split_seed)
     return full.take(train_idx), full.take(val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
 
 
