@@ -124,6 +124,16 @@ def test_repeated_rows_stay_out_of_validation(tmp_path):
     assert Counter(label for _, label in validation) == Counter(rows[i][1] for i in plain[1])
 
 
+def test_test_and_validation_queries_seen_in_training_are_counted(tmp_path, caplog):
+    write_csv(tmp_path / "valid.csv", [("query 1", "a"), ("a new query", "b")])
+    test = [(f"query {i}", "a" if i % 2 else "b") for i in range(40)] + [(f"unseen {i}", "a") for i in range(260)]
+    splits = load_splits(_folder(tmp_path, GOOD, test))
+    assert splits.notes["queries_also_in_training"] == {"validation": 1, "test": 40}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{tmp_path / 'test.csv'}: 40 of its 300 queries are also in train.csv (scored as if unseen)" in warnings
+    assert f"{tmp_path / 'valid.csv'}: 1 of its 2 queries are also in train.csv (scored as if unseen)" in warnings
+
+
 def test_one_example_trains_beside_a_validation_file(tmp_path):
     write_csv(tmp_path / "valid.csv", [("query 1", "a"), ("query 2", "b"), ("only one", "lonely")])
     splits = load_splits(_folder(tmp_path, GOOD + [("only one", "lonely")]))

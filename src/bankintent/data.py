@@ -241,7 +241,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         log.warning("%s: %d row(s) with an empty text skipped (strict_data / --strict-data refuses them)", path, empty)
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
-        log.warning("%s: %d duplicated row(s) kept (a validation split carved from the file keeps copies of training rows out of it)", path, duplicates)
+        log.warning("%s: %d duplicated row(s) kept", path, duplicates)
     return Examples(texts, labels, numbers, empty, duplicates)
 
 
@@ -498,10 +498,14 @@ def _stratified_split(full: Examples, val_fraction: float, split_seed: int) -> t
     for position, i in enumerate(train):
         if copies[keys[i]] == 1:
             spare.setdefault(full.labels[i], deque()).append(position)
+    traded = 0
     for position, i in enumerate(val):
         if keys[i] in trained and spare.get(full.labels[i]):
             swap = spare[full.labels[i]].popleft()
             train[swap], val[position] = i, train[swap]
+            traded += 1
+    if traded:
+        log.info("validation split: %d cop(ies) of training rows drawn for it trained instead", traded)
     return train, val
 
 
@@ -556,6 +560,18 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     return (test if test.texts else None), out_of_scope
 
 
+def _seen_in_training(examples: Examples, path: Path, train: Examples, train_path: Path) -> int:
+    """How many queries of ``examples`` (a validation or test file) are also training queries, said in
+    a warning where they are 1% of the file or more (scored as if unseen, they flatter the model), else
+    in the log."""
+    known = set(train.texts)
+    seen = sum(text in known for text in examples.texts)
+    if seen:
+        level = logging.WARNING if seen >= 0.01 * len(examples) else logging.INFO
+        log.log(level, "%s: %d of its %d queries are also in %s (scored as if unseen)", path, seen, len(examples), train_path.name)
+    return seen
+
+
 def load_splits(
     data: str = BANKING77,
     text_column: str = "text",
@@ -603,9 +619,12 @@ def load_splits(
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
         train = train.take(keep)
-    test = None
+    test, seen = None, {}
+    if how == "file":
+        seen["validation"] = _seen_in_training(validation, files.validation, train, files.train)
     if files.test is not None:
         test, test_out_of_scope = read_test_file(files.test, set(labels), text_column, label_column, strict_data, oos_label)
+        seen["test"] = _seen_in_training(test, files.test, train, files.train)
     empty = {p.name: e.empty_skipped for p, e in ((files.train, full), (files.validation, validation), (files.test, test))
              if p is not None and e is not None and e.empty_skipped}
     notes = {
@@ -616,6 +635,7 @@ def load_splits(
         "empty_rows_skipped": sum(empty.values()),
         "empty_rows_skipped_by_file": empty,
         "duplicate_rows": full.duplicates,
+        "queries_also_in_training": seen,
     }
     if shots is not None:
         notes["shots"] = {"per_intent": shots, "seed": shots_seed, "rows": len(full), "of_rows": file_rows}

@@ -676,6 +676,7 @@ def _train(cfg: TrainConfig) -> dict:
         "val_warning": thin,
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
+        "queries_also_in_training": splits.notes.get("queries_also_in_training", {}),
         "hardware": hardware(),
         **extra,
     }
