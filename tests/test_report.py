@@ -18,7 +18,7 @@ from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
 from bankintent.predict import model_folder
-from bankintent.report import f1_figure, write_report
+from bankintent.report import Run, f1_figure, run_evaluation, write_report
 from bankintent.results import learning_curves_figure, write_history
 from bankintent.sweep import read_sweep, run_folder, train_command, write_results
 from conftest import tiny_options
@@ -126,10 +126,14 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
             f"{table.correct[answered].mean():.2%} of those right (all queries answered: {table.correct.mean():.2%})") in md
     assert f"accuracy {summary['accuracy']:.2%})" in md
 
-    # a model trained after the predictions were written: they are not reused
+    # a model trained after the predictions were written: they are not reused, nor is the fallback's recall
+    evaluation = json.loads((run / "test_evaluation.json").read_text())
+    (run / "test_evaluation.json").write_text(json.dumps(evaluation | {"out_of_scope": {"oos_recall": 0.5}}))
+    assert run_evaluation(Run("run", run, {}, ""), "test") == {"oos_recall": 0.5}
     marker = model_folder(run) / MARKER
     later = (run / "test_predictions.csv").stat().st_mtime + 10
     os.utime(marker, (later, later))
+    assert run_evaluation(Run("run", run, {}, ""), "test") == {}
     write_report([run], tmp_path / "report")
     assert (run / "test_predictions.csv").stat().st_mtime > later - 10
 

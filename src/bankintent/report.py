@@ -339,9 +339,9 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
 
 
 def run_evaluation(run: Run, split: str) -> dict:
-    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split`` (empty if none)."""
+    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split`` for this model (empty if none)."""
     path = run.folder / f"{split}_evaluation.json"
-    return json.loads(path.read_text()).get("out_of_scope", {}) if path.is_file() else {}
+    return json.loads(path.read_text()).get("out_of_scope", {}) if written_for_this_model(run, path) else {}
 
 
 def analysed_run(runs: list[Run]) -> tuple[Run, str]:
