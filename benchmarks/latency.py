@@ -113,7 +113,7 @@ def build_backends(run: Path, export_dir: Path, threads: int | None, oos_score: 
     onnx_fp32, onnx_int8 = export_dir / "onnx-fp32", export_dir / "onnx-int8"
     for target, quantize in ((onnx_fp32, None), (onnx_int8, "int8")):
         if not reusable(target, folder):
-            export(folder, target, format="onnx", quantize=quantize)
+            export(folder, target, format="onnx", quantize=quantize, overwrite=True)  # an unfinished export of it
     return ({} if prefix else {BASELINE: baseline(folder)}) | {
         prefix + "pytorch-merged": PredictorBackend(folder, threads, oos_score),
         prefix + "onnx-fp32": PredictorBackend(onnx_fp32, threads, oos_score),

@@ -188,10 +188,37 @@ def test_export_errors(runs, tmp_path):
         export(runs["bert"], tmp_path / "out", format="merged", quantize="int8")
     with pytest.raises(ConfigError, match="must differ"):
         export(runs["bert"], runs["bert"] / "adapter")
+    with pytest.raises(ConfigError, match="must differ"):
+        export(runs["bert"], runs["bert"])
     broken = export(runs["bert"], tmp_path / "broken")
     (broken / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="cannot load the ONNX model"):
         Predictor.load(broken)
+
+
+def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tmp_path):
+    """The export replaces its output folder whole: a folder of other files, or one holding the run
+    itself, was deleted without a word."""
+    shelf = tmp_path / "shelf"
+    shutil.copytree(runs["bert"], shelf / "run")
+    (shelf / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="must differ from the model folder and not hold it"):
+        export(shelf / "run", shelf)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match=r"other: the folder holds other files \(notes.txt\) and the export would replace them"):
+        export(shelf / "run", tmp_path / "other")
+    (tmp_path / "a-file").write_text("keep")
+    with pytest.raises(ConfigError, match="a-file: exists and is not a folder"):
+        export(shelf / "run", tmp_path / "a-file")
+    assert (shelf / "notes.txt").read_text() == (tmp_path / "other" / "notes.txt").read_text() == (tmp_path / "a-file").read_text() == "keep"
+    assert (shelf / "run" / "adapter").is_dir() and not list(tmp_path.glob("*.partial"))
+    folder = export(shelf / "run", tmp_path / "export")
+    with pytest.raises(ConfigError, match="holds an earlier export; pass --overwrite to replace it"):
+        export(shelf / "run", folder, format="merged")
+    assert (folder / "model.onnx").is_file()
+    export(shelf / "run", folder, format="merged", overwrite=True)
+    assert (folder / "model.safetensors").is_file() and not (folder / "model.onnx").exists()
 
 
 def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):

@@ -188,7 +188,8 @@ def export(args: argparse.Namespace) -> None:
     _status(f"exporting {args.dir} to {args.output} ...")
     from bankintent.export import export as run
 
-    folder = run(args.dir, args.output, format=args.format, quantize=args.quantize, calibration_data=args.calibration_data)
+    folder = run(args.dir, args.output, format=args.format, quantize=args.quantize, calibration_data=args.calibration_data,
+                 overwrite=args.overwrite)
     print(f"exported to {folder}")
 
 
@@ -388,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", metavar="PATH", default=None,
                    help="int8: queries that set the activation scales: a .txt (one a line), .csv/.jsonl (text column), "
                         "a data folder or banking77 (default: the training data in the run's config.yaml)")
-    p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument("--output", required=True, help="folder to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=export)
 
     p = command("serve", "HTTP service: POST /v1/predict, /healthz, /readyz, /metrics, /docs, web page at /")

@@ -57,7 +57,7 @@ from transformers import PreTrainedModel
 
 from bankintent.config import read_yaml
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
-from bankintent.modeling import ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
+from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
 from bankintent.text import preprocess
 
@@ -68,13 +68,38 @@ OPSET = 17
 FUSABLE = ("bert", "distilbert", "roberta", "xlm-roberta")  # encoders ONNX Runtime's "bert" fusions know
 CALIBRATION_QUERIES = 512  # sampled from the calibration data; each one forward pass at export
 CALIBRATION_SEED = 0
+# what an export folder holds (either format): an earlier export may be replaced, nothing else
+EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", "bankintent.json", OOD_FILE, "export.json", MARKER}
+
+
+def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
+    """Refuse an ``output`` that the export would wrongly replace: the export writes a folder of its
+    own and replaces what is there, so it may only be new, empty, or (with ``overwrite``) an earlier
+    export holding nothing else; never the model folder, a folder holding it, or a file."""
+    source = model_folder(dir).resolve()
+    target = output.resolve()
+    if target in (source, Path(dir).resolve()) or target in source.parents:
+        raise ConfigError(f"{output}: the output folder must differ from the model folder and not hold it")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output}: exists and is not a folder; choose another --output")
+    contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if not contents:
+        return
+    others = [name for name in contents if name not in EXPORT_FILES]
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise ConfigError(f"{output}: the folder holds other files ({shown}) and the export would replace them; choose another --output "
+                          f"(the export writes a folder of its own)")
+    if not overwrite:
+        raise ConfigError(f"{output}: holds an earlier export; pass --overwrite to replace it, or choose another --output "
+                          f"(in Python: overwrite=True)")
 
 
 def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
-           calibration_data: str | Path | None = None) -> Path:
+           calibration_data: str | Path | None = None, overwrite: bool = False) -> Path:
     """Export the model of ``dir`` (a run or model folder) to the folder ``output``; returns it.
     ``calibration_data``: int8 only, the queries that set the activation scales (default: the run's
-    training data, from its ``config.yaml``)."""
+    training data, from its ``config.yaml``); ``overwrite``: replace an earlier export in ``output``."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
@@ -84,10 +109,9 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     if calibration_data is not None and not quantize:
         raise ConfigError("--calibration-data is for --quantize int8 (only int8 activations are calibrated)")
     source, output = model_folder(dir), Path(output)
-    if output.resolve() in (source.resolve(), Path(dir).resolve()):
-        raise ConfigError(f"{output}: the output folder must differ from the model folder")
-    queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     model, spec = load_model(source, merge=True)
+    check_output(output, dir, overwrite)
+    queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve())}
     with atomic_folder(output) as folder:
         if format == "merged":
