@@ -207,7 +207,10 @@ def test_iter_queries(tmp_path):
 
 def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nonly text\n")
-    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields"):
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 1$"):
+        load_splits(str(tmp_path))
+    (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card, it is lost,b\n")
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes\)$"):
         load_splits(str(tmp_path))
     # a stray quote swallows the rest of the file into one record: the error says where it opened
     (tmp_path / "train.csv").write_text('text,category\nhello,a\n"where is my card,b\nagain,b\nmore,a\n')
@@ -301,12 +304,14 @@ def test_thin_validation_is_flagged():
 def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
     rows = [(f"where is my card {i}", "card_arrival") for i in range(3)] + [(f"card still not here {i}", "CARD_ARRIVAL") for i in range(3)] \
         + [(f"what's the weather {i}", "OUT_OF_SCOPE") for i in range(2)] + [("hello", "out_of_scope")] \
-        + [(f"my pin is blocked {i}", "pin_blocked") for i in range(3)]
+        + [(f"my pin is blocked {i}", "pin_blocked") for i in range(3)] + [(f"tell me a joke {i}", "OOS") for i in range(2)]
     write_csv(tmp_path / "train.csv", rows)
     splits = load_splits(tmp_path)
-    assert sorted(splits.labels) == ["CARD_ARRIVAL", "OUT_OF_SCOPE", "card_arrival", "pin_blocked"]  # trained as given
+    assert sorted(splits.labels) == ["CARD_ARRIVAL", "OOS", "OUT_OF_SCOPE", "card_arrival", "pin_blocked"]  # trained as given
     assert "labels 'CARD_ARRIVAL', 'card_arrival' differ only in case or separators and train as 2 intents" in caplog.text
     assert "label 'OUT_OF_SCOPE' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope'" in caplog.text
+    assert ("label 'OOS' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope' "
+            "(--oos-label OOS if these rows are out of scope)") in caplog.text
     caplog.clear()
     (tmp_path / "good").mkdir()
     load_splits(_folder(tmp_path / "good", GOOD))

@@ -52,3 +52,14 @@ def test_huge_query_is_truncated_with_a_warning(tiny_bert, tiny_data, tmp_path, 
     [result] = predictor.predict([huge])
     assert "a query of 1045000 characters ('my card was stolen my card was stolen my'...) truncated to its first 2000" in caplog.text
     assert result["intent"] == predictor.predict([huge[:2000]])[0]["intent"]
+
+
+def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeypatch):
+    """A mistyped folder is not looked up on the hub as an id; a hub id the hub cannot give (offline
+    here) names the model; neither is a traceback, and no run folder is left."""
+    with pytest.raises(ModelError, match=r"^base model ./no_such_dir: no such folder$"):
+        train(resolve_config(None, method="linear-probe", **tiny_options("./no_such_dir", tiny_data, tmp_path / "a")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"^cannot load the tokenizer of base model 'no-such-org/no-such-model': "):
+        train(resolve_config(None, method="linear-probe", **tiny_options("no-such-org/no-such-model", tiny_data, tmp_path / "b")))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

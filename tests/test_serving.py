@@ -369,6 +369,15 @@ def test_cli_serve_error_exits_2(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: model folder not found"
 
 
+def test_cli_serve_on_a_port_in_use_is_one_line_before_loading(runs):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "bankintent.cli", "serve", str(runs / "bank_a"), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "serving on" not in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another --port?)"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

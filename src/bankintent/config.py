@@ -134,6 +134,10 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be at least 0 and below 1, got {self.label_smoothing}")
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"shots must be at least 1, got {self.shots}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not 0 < self.oos_coverage <= 1:
+            raise ConfigError(f"oos_coverage must be in (0, 1], got {self.oos_coverage}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):
             if getattr(self, name) is not None and getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

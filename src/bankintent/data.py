@@ -172,7 +172,8 @@ def _csv_rows(path: Path, handle, columns):
                 continue
             row = dict(zip(header, values)) | {name: None for name in header[len(values):]}
             if len(values) > len(header) or any(row[c] is None for c in columns):
-                raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields")
+                quote = " (a comma in a text needs the text in double quotes)" if len(values) > len(header) else ""
+                raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
         raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
@@ -406,6 +407,11 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
+# how data sets commonly name their out-of-scope label (compared without case or separators):
+# CLINC150's "oos", and the catch-alls of chatbot exports
+OUT_OF_SCOPE_NAMES = {"oos", "outofscope", "outofdomain", "ood", "other", "none", "nointent", "unknown", "fallback", "nomatch"}
+
+
 def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
     in case, spaces or separators (two intents, where one was most likely meant), and a label that is the
@@ -419,8 +425,10 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     found = [f"labels {', '.join(map(repr, group))} differ only in case or separators and train as {len(group)} intents; "
              "write them alike if they are one" for group in variants.values() if len(group) > 1]
     if oos_label:
+        usual = {key(oos_label), *OUT_OF_SCOPE_NAMES}
         found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
-                  "(--oos-label names another)" for label in sorted(set(labels)) if key(label) == key(oos_label) and label != oos_label]
+                  f"(--oos-label {label} if these rows are out of scope)" for label in sorted(set(labels))
+                  if key(label) in usual and label != oos_label]
     return found
 
 
@@ -526,6 +534,9 @@ def split_validation(full: Examples, validation: Examples | None, train_file: Pa
     if round(len(full) * val_fraction) < len(labels):
         raise DataError(f"{train_file}: {len(full)} rows are too few for a stratified {val_fraction:.0%} validation split over "
                         f"{len(labels)} labels (raise val_fraction, or give a validation file: valid.csv beside train.csv)")
+    if len(full) - round(len(full) * val_fraction) < len(labels):
+        raise DataError(f"{train_file}: a {val_fraction:.0%} validation split of {len(full)} rows leaves too few to train {len(labels)} labels "
+                        f"(lower val_fraction)")
     train_idx, val_idx = _stratified_split(full, val_fraction, split_seed)
     return full.take(train_idx), full.take(val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
 

