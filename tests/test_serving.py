@@ -369,6 +369,38 @@ def test_cli_serve_error_exits_2(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: model folder not found"
 
 
+WORKER = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from bankintent.serving import Metrics
+out, n = sys.argv[2] == "out", int(sys.argv[3])
+Metrics().count_answers("m", [{"intent": "out_of_scope" if out else "card", "out_of_scope": out, "confidence": None if out else 0.9}] * n)
+"""
+
+
+def test_the_out_of_scope_share_is_of_every_workers_answers(tmp_path, monkeypatch):
+    """Two worker processes, one answering 10 queries out of scope, the other 30 in scope: the share is
+    10 / 40 whichever worker is scraped (each worker's own share was 1.0 or 0.0). A dead worker's
+    window is dropped when a worker starts."""
+    for kind, n in (("out", 10), ("in", 30)):
+        subprocess.run([sys.executable, "-c", WORKER, str(tmp_path), kind, str(n)], check=True, timeout=120)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    from bankintent.serving import Metrics, forget_dead_workers
+
+    def samples(served: list[str]) -> dict:
+        text = Metrics().exposition(served).decode()
+        return {(s.name, s.labels.get("model")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    values = samples(["m"])
+    assert values[("bankintent_out_of_scope_ratio", "m")] == 0.25
+    assert values[("bankintent_out_of_scope_total", "m")] == 10 and values[("bankintent_answer_confidence_count", "m")] == 30
+    assert not any(name.startswith("bankintent_recent_") for name, _ in values)
+    assert ("bankintent_out_of_scope_ratio", "m") not in samples(["another model"])  # no share for a model not served
+    forget_dead_workers(str(tmp_path))
+    values = samples(["m"])
+    assert ("bankintent_out_of_scope_ratio", "m") not in values and values[("bankintent_out_of_scope_total", "m")] == 10
+
+
 def test_cli_serve_on_a_port_in_use_is_one_line_before_loading(runs):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

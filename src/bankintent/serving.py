@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Iterator
 
 import torch
@@ -44,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,7 +62,8 @@ ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's 
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
 PAGE = Path(__file__).parent / "static" / "index.html"
 PATHS = ("/v1/predict", "/v1/models", "/healthz", "/readyz", "/metrics", "/", "/docs", "/redoc", "/openapi.json")
-RECENT_ANSWERS = 1000  # the out-of-scope ratio gauge covers this many latest answers of a model
+RECENT_ANSWERS = 1000  # the out-of-scope ratio gauge covers this many latest answers of a model (in each worker)
+RECENT_ANSWERS_METRIC, RECENT_OUT_OF_SCOPE_METRIC = "bankintent_recent_answers", "bankintent_recent_out_of_scope"  # the ratio's parts
 
 
 # ---------------------------------------------------------------------------------------- schema
@@ -141,9 +144,11 @@ class Metrics:
         self.answers = Counter("bankintent_answers", "answers by model and intent (out_of_scope included)", ["model", "intent"],
                                registry=self.registry)
         self.out_of_scope = Counter("bankintent_out_of_scope", "answers that were out of scope, by model", ["model"], registry=self.registry)
-        # across workers, the latest value set: each worker's share is of its own recent answers
-        self.out_of_scope_ratio = Gauge("bankintent_out_of_scope_ratio", f"share of the model's last {RECENT_ANSWERS} answers that were out of scope",
-                                        ["model"], registry=self.registry, multiprocess_mode="mostrecent")
+        # the out-of-scope share of the recent answers, from two gauges summed over the workers (``exposition``)
+        self.recent_answers = Gauge(RECENT_ANSWERS_METRIC, "answers in the model's window of recent answers (this worker's)", ["model"],
+                                    registry=self.registry, multiprocess_mode="livesum")
+        self.recent_out_of_scope = Gauge(RECENT_OUT_OF_SCOPE_METRIC, "out-of-scope answers in that window", ["model"],
+                                         registry=self.registry, multiprocess_mode="livesum")
         self.confidence = Histogram("bankintent_answer_confidence", "calibrated confidence of the in-scope answers", ["model"],
                                     registry=self.registry, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
         self._recent: dict[str, deque] = {}
@@ -158,25 +163,29 @@ class Metrics:
                 self.out_of_scope.labels(model).inc()
             elif result["confidence"] is not None:
                 self.confidence.labels(model).observe(result["confidence"])
-        self.out_of_scope_ratio.labels(model).set(sum(recent) / len(recent) if recent else 0.0)
+        self.recent_answers.labels(model).set(len(recent))
+        self.recent_out_of_scope.labels(model).set(sum(recent))
 
-    def forget_other_models(self, served: list[str]) -> None:
-        """Drop the out-of-scope share of the models no longer served (their folder removed): a gauge
-        keeps its last value, which would read as the share now. The counters stay: they count what was
-        answered. (prometheus-client cannot remove a label in multiprocess mode: with several workers the
-        gauge keeps the model's last share.)"""
-        for model in [m for m in self._recent if m not in served]:
-            del self._recent[model]
-            if not self.multiprocess:
-                self.out_of_scope_ratio.remove(model)
-
-    def exposition(self) -> bytes:
-        """The metrics in Prometheus' text format: this process's, or with several workers all of theirs."""
-        if not self.multiprocess:
-            return generate_latest(self.registry)
-        every_worker = CollectorRegistry()
-        multiprocess.MultiProcessCollector(every_worker)
-        return generate_latest(every_worker)
+    def exposition(self, served: list[str]) -> bytes:
+        """The metrics in Prometheus' text format: this process's, or with several workers all of theirs;
+        with ``bankintent_out_of_scope_ratio``, each served model's out-of-scope share of its recent
+        answers (of every worker's window; none for a model no longer served, whose last share would
+        read as its share now). The counters keep counting what every model answered."""
+        if self.multiprocess:
+            source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(source)
+        else:
+            source = self.registry
+        families = list(source.collect())
+        window = {family.name: {sample.labels["model"]: sample.value for sample in family.samples}
+                  for family in families if family.name in (RECENT_ANSWERS_METRIC, RECENT_OUT_OF_SCOPE_METRIC)}
+        ratio = GaugeMetricFamily("bankintent_out_of_scope_ratio", "share of the model's recent answers that were out of scope "
+                                  f"(the last {RECENT_ANSWERS} of each worker)", labels=["model"])
+        for model in served:
+            if window.get(RECENT_ANSWERS_METRIC, {}).get(model):
+                ratio.add_metric([model], window[RECENT_OUT_OF_SCOPE_METRIC].get(model, 0.0) / window[RECENT_ANSWERS_METRIC][model])
+        shown = [family for family in families if family.name not in window] + [ratio]
+        return generate_latest(SimpleNamespace(collect=lambda: shown))
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         path = path if path in PATHS else "/v1/models/{name}" if path.startswith("/v1/models/") else "other"
@@ -494,8 +503,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     async def metrics() -> Response:
         """Prometheus metrics: requests, errors, latency histogram, micro-batch sizes; answers by model and
         intent, out-of-scope answers and their share of the recent answers, confidence of in-scope answers."""
-        service.metrics.forget_other_models(registry.names())
-        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.exposition(registry.names()), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -537,9 +545,23 @@ def prepare_process() -> int:
     return threads
 
 
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges (the recent answers) of worker processes that have died: uvicorn starts a new
+    worker in place of one that stopped, and the old one's window would count on beside it."""
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def app_from_environment() -> FastAPI:
     """The application of each uvicorn worker process (``--workers N``); options come from the parent."""
     prepare_process()
+    forget_dead_workers(os.environ[METRICS_DIRECTORY])
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
 
 
