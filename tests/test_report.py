@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bankintent import Predictor, resolve_config, train
-from bankintent.errors import ConfigError
+from bankintent.errors import BankintentError, ConfigError
 from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
@@ -105,6 +105,21 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     run = tmp_path / "run"
     train(**tiny_options(tiny_bert, tiny_data, run))
     summary = evaluate_run(run)
+    assert summary["data"] == str(tiny_data / "test.csv")
+    # another file evaluated into the run would take the place of its test results: refused, or elsewhere
+    heldout = tmp_path / "heldout.csv"
+    heldout.write_text((tiny_data / "test.csv").read_text() + "what's the weather,out_of_scope\ntell me a joke,out_of_scope\n")
+    with pytest.raises(BankintentError, match=rf"test_evaluation.json: holds the evaluation of {tiny_data / 'test.csv'}; pass --overwrite"):
+        evaluate_run(run, data=str(heldout))
+    assert evaluate_run(run, data=str(heldout), output=tmp_path / "elsewhere")["data"] == str(heldout)
+    assert json.loads((run / "test_evaluation.json").read_text())["data"] == str(tiny_data / "test.csv")
+    heldout_summary = evaluate_run(run, data=str(heldout), overwrite=True)
+    assert heldout_summary["data"] == str(heldout) and heldout_summary["queries"] == 20
+    caught = pd.read_csv(run / "test_out_of_scope.csv")  # which out-of-scope rows got through, and as what
+    assert caught.text.tolist() == ["what's the weather", "tell me a joke"] and set(caught.columns) >= {"caught", "closest_intent", "oos_score"}
+    assert caught.caught.mean() == heldout_summary["out_of_scope"]["oos_recall"]
+    summary = evaluate_run(run, overwrite=True)
+    assert len(pd.read_csv(run / "test_out_of_scope.csv")) == 298  # no out-of-scope rows in this file: the built-in probe set's
     table = pd.read_csv(run / "test_predictions.csv")
     assert list(table.columns) == PREDICTION_COLUMNS and len(table) == summary["queries"] == 20
     expected = Predictor.load(run).predict(table.text.tolist(), top_k=1)
@@ -129,11 +144,13 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     # a model trained after the predictions were written: they are not reused, nor is the fallback's recall
     evaluation = json.loads((run / "test_evaluation.json").read_text())
     (run / "test_evaluation.json").write_text(json.dumps(evaluation | {"out_of_scope": {"oos_recall": 0.5}}))
-    assert run_evaluation(Run("run", run, {}, ""), "test") == {"oos_recall": 0.5}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"]) == {"oos_recall": 0.5}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, "/elsewhere/heldout.csv") == {}  # another file's evaluation
+    assert run_evaluation(Run("run", run, {}, ""), "test", 19, evaluation["data"]) == {}
     marker = model_folder(run) / MARKER
     later = (run / "test_predictions.csv").stat().st_mtime + 10
     os.utime(marker, (later, later))
-    assert run_evaluation(Run("run", run, {}, ""), "test") == {}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"]) == {}
     write_report([run], tmp_path / "report")
     assert (run / "test_predictions.csv").stat().st_mtime > later - 10
 

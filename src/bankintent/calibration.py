@@ -216,12 +216,22 @@ def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarra
                     out: Path, split: str, examples: OutOfScope | None = None) -> dict:
     """Accuracy against coverage on a split (whether each query was ``correct``, and the predictor's
     ``outputs`` for it) and the out-of-scope ``examples``' recall at the model's threshold; writes
-    ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``; returns a summary. ``examples``
-    None: the built-in probe set where the model's intents are Banking77's, else none."""
+    ``<split>_coverage.csv`` and ``<split>_coverage.png`` to ``out``, and each example's answer to
+    ``<split>_out_of_scope.csv`` (which ones got through); returns a summary. ``examples`` None: the
+    built-in probe set where the model's intents are Banking77's, else none."""
     _, scores = scores_of(predictor, logits, features)
     if examples is None:
         examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET]) if ood.banking77_like(predictor.labels) else OutOfScope()
-    oos_scores = scores_of(predictor, *predictor.outputs(examples.texts))[1] if len(examples) else None
+    oos_scores = None
+    (Path(out) / f"{split}_out_of_scope.csv").unlink(missing_ok=True)  # an earlier evaluation's
+    if len(examples):
+        probs, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts))
+        if predictor.oos_threshold is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            score = oos_scores[predictor.oos_score]
+            pd.DataFrame({"text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+                          "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
+                         ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
     return write_coverage(correct, scores, oos_scores, predictor, Path(out), split, examples)
 
 

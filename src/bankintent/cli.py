@@ -70,7 +70,7 @@ def evaluate(args: argparse.Namespace) -> None:
     _status(f"evaluating {args.dir} on its {args.split} split ...")
     from bankintent.evaluation import evaluate_run
 
-    summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column)
+    summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
     fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
     print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
@@ -95,9 +95,10 @@ def evaluate(args: argparse.Namespace) -> None:
                  if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):
             print(f"  score: {coverage['oos_score_reason']}")
-    files = ", ".join(f"{args.split}_{name}" for name in ("evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv",
-                                                          "by_length.csv", "coverage.csv", "coverage.png"))
-    print(f"written in {args.dir}: {files}")
+    folder = Path(args.output or args.dir)
+    names = ["evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv", "by_length.csv", "coverage.csv", "coverage.png"]
+    names += ["out_of_scope.csv"] if (folder / f"{args.split}_out_of_scope.csv").is_file() else []  # where it had out-of-scope examples
+    print(f"written in {folder}: {', '.join(f'{args.split}_{name}' for name in names)}")
 
 
 def prediction_line(result: dict) -> str:
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
+    p.add_argument("--output", help="folder to write the results to (default: the run's folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an evaluation of other data in the folder")
     p.set_defaults(func=evaluate)
 
     p = command("predict", "predict the intents of queries, or of a file of them",

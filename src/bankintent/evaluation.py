@@ -5,6 +5,7 @@ so that the report analyses the errors without predicting the split again."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report, expected_calibration_error
 from bankintent.config import TrainConfig, read_yaml, run_config_file
-from bankintent.data import Examples, OutOfScope, read_test_file, run_splits
+from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
 from bankintent.results import write_json
@@ -73,12 +74,14 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
-                 label_column: str | None = None) -> dict:
+                 label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
-    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``run_dir``.
-    ``data`` naming one file evaluates that file's labelled queries, as the test split: the way to
-    measure a model trained on every row of small data."""
+    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``output``
+    (default: ``run_dir``). ``data`` naming one file evaluates that file's labelled queries, as the
+    test split: the way to measure a model trained on every row of small data. An evaluation of other
+    data already in ``output`` is replaced only with ``overwrite``."""
     run_dir = Path(run_dir)
+    out = Path(output) if output else run_dir
     config = run_config_file(run_dir)
     saved = read_yaml(config) if config else {}
     if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
@@ -94,7 +97,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label)
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
-        return evaluate(predictor, examples, run_dir, "test", own if len(own) else None)
+        check_replace(out, "test", str(path), overwrite)
+        return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path))
     splits = run_splits(cfg)
     examples = splits.test if split == "test" else splits.validation
     elsewhere = "evaluate a file of labelled queries the model has not seen with --data FILE"
@@ -108,7 +112,26 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     # training chose the score with, else (None) on the built-in probe set where the intents are Banking77's
     own = splits.test_out_of_scope if split == "test" else OutOfScope()
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
-    return evaluate(Predictor.load(run_dir), examples, run_dir, split, out_of_scope)
+    source = split_source(splits, split)
+    check_replace(out, split, source, overwrite)
+    return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source)
+
+
+def split_source(splits: Splits, split: str) -> str:
+    """What ``split`` of ``splits`` was read from: its file, or how the validation split was carved."""
+    return str(splits.notes["test_file"] if split == "test" else splits.notes["validation"])
+
+
+def check_replace(out: Path, split: str, source: str, overwrite: bool) -> None:
+    """Refuse to replace, unless ``overwrite``, the evaluation in ``out`` of other data than ``source``
+    (a second file evaluated into a run would silently take the place of its test results)."""
+    existing = out / f"{split}_evaluation.json"
+    if overwrite or not existing.is_file():
+        return
+    earlier = json.loads(existing.read_text()).get("data")
+    if earlier and earlier != source:
+        raise BankintentError(f"{existing}: holds the evaluation of {earlier}; pass --overwrite to replace it with {source}'s, or "
+                              f"--output DIR to write this one elsewhere")
 
 
 def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarray, features: np.ndarray) -> pd.DataFrame:
@@ -130,7 +153,8 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
     }, columns=PREDICTION_COLUMNS)
 
 
-def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, out_of_scope: OutOfScope | None = None) -> dict:
+def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, out_of_scope: OutOfScope | None = None,
+             source: str | None = None) -> dict:
     """Full evaluation of one split; writes ``<split>_predictions.csv`` (every query's prediction),
     ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and ``<split>_evaluation.json`` to ``out``.
     The queries go through the model once. ``out_of_scope``: examples to measure the fallback's
@@ -141,7 +165,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     y_pred = logits.argmax(-1)
     out.mkdir(parents=True, exist_ok=True)
     prediction_table(predictor, examples, logits, features).to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
-    summary = {"split": split, "queries": len(examples), **scores(y_true, y_pred),
+    summary = {"split": split, "data": source, "queries": len(examples), **scores(y_true, y_pred),
                "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
     intents = per_intent(y_true, y_pred, labels)
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)

@@ -291,7 +291,7 @@ def _temperature(m: dict) -> str:
     return f"{m['temperature']:.3g}"
 
 
-def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path) -> str:
+def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path, source: str | None = None) -> str:
     """Temperature and ECE of every run; the out-of-scope score each chose and why, its threshold and
     what it catches; the best run's fallback on the evaluated split."""
     calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics), "Fitted on": r.metrics.get("temperature_fitted_on") or "-",
@@ -327,7 +327,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         line = (f"Run `{best.label}` on the {split} split ({len(frame):,} queries): the fallback answers "
                 f"{answered.mean():.1%} of them with an intent, {correct[answered].mean() if answered.any() else float('nan'):.2%} "
                 f"of those right (all queries answered: {correct.mean():.2%}).")
-        evaluation = run_evaluation(best, split)
+        evaluation = run_evaluation(best, split, len(frame), source)
         if evaluation.get("oos_recall") is not None:
             line += f" It catches {evaluation['oos_recall']:.1%} of {evaluation.get('oos_examples', 'the out-of-scope examples')}."
         parts.append(line)
@@ -338,10 +338,17 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
     return "\n\n".join(parts)
 
 
-def run_evaluation(run: Run, split: str) -> dict:
-    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split`` for this model (empty if none)."""
+def run_evaluation(run: Run, split: str, queries: int, source: str | None) -> dict:
+    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split``, if for this model and of
+    the ``queries`` the report analyses, read from ``source`` where the evaluation names its data;
+    else empty (an evaluation of another file must not be quoted as this split's)."""
     path = run.folder / f"{split}_evaluation.json"
-    return json.loads(path.read_text()).get("out_of_scope", {}) if written_for_this_model(run, path) else {}
+    if not written_for_this_model(run, path):
+        return {}
+    summary = json.loads(path.read_text())
+    if summary.get("queries") != queries or source and summary.get("data") and summary["data"] != source:
+        return {}
+    return summary.get("out_of_scope", {})
 
 
 def analysed_run(runs: list[Run]) -> tuple[Run, str]:
@@ -496,7 +503,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         dataset_section(splits, figures, best, runs),
         results_section(runs, sweeps),
         curves_section(runs, figures),
-        calibration_section(runs, best, split, frame, figures),
+        calibration_section(runs, best, split, frame, figures, splits.notes.get("test_file" if split == "test" else "validation")),
         errors_section(best, chosen, splits, split, frame, figures),
         cost_section(runs, figures),
         commands_section(runs, report_command),
