@@ -447,6 +447,7 @@ def test_worker_processes_share_one_set_of_metrics(runs, tmp_path):
         finally:
             process.terminate()
             process.wait(timeout=60)
+        assert "leaked semaphore" not in process.stdout.read()  # tqdm's lock in each worker (prepare_process)
 
 
 MMAP_CHECK = """

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from types import SimpleNamespace
 from typing import Annotated, Iterator
 
 import torch
+from tqdm import tqdm as std_tqdm
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
@@ -538,10 +540,13 @@ def return_freed_memory() -> bool:
 
 
 def prepare_process() -> int:
-    """Set up a serving process: its inference threads (returned) and its allocator."""
+    """Set up a serving process: its inference threads (returned), its allocator, and a thread lock for
+    tqdm, which otherwise makes a multiprocessing lock (a semaphore) when any library creates a bar,
+    shown or not, and each worker process would leak it at shutdown."""
     threads = inference_threads()
     torch.set_num_threads(threads)
     return_freed_memory()
+    std_tqdm.set_lock(threading.RLock())
     return threads
 
 
@@ -606,8 +611,6 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
 @contextmanager
 def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run ``app`` on a real uvicorn server in a thread (tests, notebooks); yields its base URL."""
-    import threading
-
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning"))
