@@ -56,6 +56,17 @@ def test_bad_values():
         TrainConfig(batch_size=0)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("lr", float("nan"), "lr must be a positive number, got nan"), ("lr", -1.0, "lr must be a positive number"),
+    ("lora_dropout", 1.5, "lora_dropout and warmup_ratio must be at least 0 and below 1"), ("warmup_ratio", 3.0, "warmup_ratio"),
+    ("probe_c", [-1.0], r"probe_c must be positive numbers, got \[-1.0\]"), ("max_train_samples", 0, "max_train_samples must be positive"),
+    ("val_fraction", 1.5, "val_fraction must be between 0 and 1"), ("oos_coverage", 2.0, r"oos_coverage must be in \(0, 1\]"),
+])
+def test_values_that_would_fail_inside_training_are_refused_before_it(option, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{option: value})
+
+
 def test_cli_flags_mirror_config_fields():
     args = build_parser().parse_args(
         ["train", "--output", "o", "--lora-r", "16", "--lr", "1e-5", "--target-modules", "q_lin,v_lin", "--resume"]

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, read_examples
+from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -91,8 +91,10 @@ def test_header_only_and_empty(tmp_path):
 
 
 def test_unseen_test_label(tmp_path):
-    with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training"):
+    with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
+    with pytest.raises(DataError, match=r"line 3: label 'OOS' never seen in training \(out-of-scope rows are labelled 'out_of_scope' for this"):
+        load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "OOS")]))
 
 
 def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
@@ -114,11 +116,14 @@ def test_a_label_whose_rows_repeat_one_query_stops_too(tmp_path):
 def test_repeated_rows_stay_out_of_validation(tmp_path):
     """A query given several times (chat exports repeat "hi" and "balance") must not be scored on
     validation while a copy of it trains: validation would reward memorising it."""
-    rows = [(f"query {i}", "a" if i % 2 else "b") for i in range(60)] + [(f"query {i}", "a" if i % 2 else "b") for i in range(12)] * 3
+    rows = [(f"query {i}", "a" if i % 2 else "b") for i in range(60)] + [(f"query {i}", "a" if i % 2 else "b") for i in range(12)] * 2 \
+        + [(f"QUERY  {i} ", "a" if i % 2 else "b") for i in range(12)]  # a copy but for case and spaces, which the model does not see
     splits = load_splits(_folder(tmp_path, rows))
     plain = train_test_split(range(len(rows)), test_size=0.1, stratify=[label for _, label in rows], random_state=42)
-    assert {rows[i] for i in plain[1]} & {rows[i] for i in plain[0]}, "the plain split would have leaked: the test needs it to"
-    train, validation = set(zip(splits.train.texts, splits.train.labels)), list(zip(splits.validation.texts, splits.validation.labels))
+    assert {(query_key(rows[i][0]), rows[i][1]) for i in plain[1]} & {(query_key(rows[i][0]), rows[i][1]) for i in plain[0]}, \
+        "the plain split would have leaked: the test needs it to"
+    train = {(query_key(t), label) for t, label in zip(splits.train.texts, splits.train.labels)}
+    validation = [(query_key(t), label) for t, label in zip(splits.validation.texts, splits.validation.labels)]
     assert not train & set(validation)
     assert (len(splits.train), len(validation)) == (len(plain[0]), len(plain[1]))  # the sizes and strata of the plain split
     assert Counter(label for _, label in validation) == Counter(rows[i][1] for i in plain[1])

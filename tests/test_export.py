@@ -213,7 +213,14 @@ def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tmp_pat
         export(shelf / "run", tmp_path / "a-file")
     assert (shelf / "notes.txt").read_text() == (tmp_path / "other" / "notes.txt").read_text() == (tmp_path / "a-file").read_text() == "keep"
     assert (shelf / "run" / "adapter").is_dir() and not list(tmp_path.glob("*.partial"))
+    (tmp_path / "look-alike").mkdir()
+    (tmp_path / "look-alike" / "labels.json").write_text("mine")  # a file an export would write, but no export.json
+    with pytest.raises(ConfigError, match=r"look-alike: the folder holds other files \(labels.json\)"):
+        export(shelf / "run", tmp_path / "look-alike", overwrite=True)
+    assert (tmp_path / "look-alike" / "labels.json").read_text() == "mine"
     folder = export(shelf / "run", tmp_path / "export")
+    with pytest.raises(ConfigError, match="an ONNX export already; export the run or model folder it came from"):
+        export(folder, tmp_path / "again")
     with pytest.raises(ConfigError, match="holds an earlier export; pass --overwrite to replace it"):
         export(shelf / "run", folder, format="merged")
     assert (folder / "model.onnx").is_file()

@@ -101,7 +101,7 @@ def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):
     assert len(kept) == 1 and list(kept[0].columns) == PREDICTION_COLUMNS and len(kept[0]) == 20
 
 
-def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_path, monkeypatch):
+def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_path, monkeypatch, caplog):
     run = tmp_path / "run"
     train(**tiny_options(tiny_bert, tiny_data, run))
     summary = evaluate_run(run)
@@ -109,12 +109,20 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     # another file evaluated into the run would take the place of its test results: refused, or elsewhere
     heldout = tmp_path / "heldout.csv"
     heldout.write_text((tiny_data / "test.csv").read_text() + "what's the weather,out_of_scope\ntell me a joke,out_of_scope\n")
-    with pytest.raises(BankintentError, match=rf"test_evaluation.json: holds the evaluation of {tiny_data / 'test.csv'}; pass --overwrite"):
+    with pytest.raises(BankintentError, match=rf"test_evaluation.json: holds the evaluation of data {tiny_data / 'test.csv'}; pass --overwrite"):
         evaluate_run(run, data=str(heldout))
+    with pytest.raises(ConfigError, match="heldout.csv: exists and is not a folder"):
+        evaluate_run(run, output=heldout)
     assert evaluate_run(run, data=str(heldout), output=tmp_path / "elsewhere")["data"] == str(heldout)
     assert json.loads((run / "test_evaluation.json").read_text())["data"] == str(tiny_data / "test.csv")
+    caplog.clear()
     heldout_summary = evaluate_run(run, data=str(heldout), overwrite=True)
     assert heldout_summary["data"] == str(heldout) and heldout_summary["queries"] == 20
+    assert f"{heldout}: 10 of its 20 queries are also in train.csv (scored as if unseen)" in caplog.text
+    # the report analyses the run's test.csv: it quotes nothing of heldout.csv's evaluation, and keeps its files
+    written = (run / "test_predictions.csv").read_text()
+    md = write_report([run], tmp_path / "mixed")[1].read_text()
+    assert "heldout.csv" not in md and (run / "test_predictions.csv").read_text() == written
     caught = pd.read_csv(run / "test_out_of_scope.csv")  # which out-of-scope rows got through, and as what
     assert caught.text.tolist() == ["what's the weather", "tell me a joke"] and set(caught.columns) >= {"caught", "closest_intent", "oos_score"}
     assert caught.caught.mean() == heldout_summary["out_of_scope"]["oos_recall"]
@@ -144,15 +152,22 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     # a model trained after the predictions were written: they are not reused, nor is the fallback's recall
     evaluation = json.loads((run / "test_evaluation.json").read_text())
     (run / "test_evaluation.json").write_text(json.dumps(evaluation | {"out_of_scope": {"oos_recall": 0.5}}))
-    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"]) == {"oos_recall": 0.5}
-    assert run_evaluation(Run("run", run, {}, ""), "test", 20, "/elsewhere/heldout.csv") == {}  # another file's evaluation
-    assert run_evaluation(Run("run", run, {}, ""), "test", 19, evaluation["data"]) == {}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"])["out_of_scope"] == {"oos_recall": 0.5}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, "/elsewhere/heldout.csv") is None  # another file's evaluation
+    assert run_evaluation(Run("run", run, {}, ""), "test", 19, evaluation["data"]) is None
     marker = model_folder(run) / MARKER
     later = (run / "test_predictions.csv").stat().st_mtime + 10
     os.utime(marker, (later, later))
-    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"]) == {}
+    assert run_evaluation(Run("run", run, {}, ""), "test", 20, evaluation["data"]) is None
     write_report([run], tmp_path / "report")
     assert (run / "test_predictions.csv").stat().st_mtime > later - 10
+
+
+def test_an_evaluation_of_another_model_is_not_replaced_silently(tiny_runs, tmp_path):
+    evaluate_run(tiny_runs["bert"], output=tmp_path)
+    with pytest.raises(BankintentError, match="test_evaluation.json: holds the evaluation of model .*bert.*; pass --overwrite"):
+        evaluate_run(tiny_runs["distilbert"], output=tmp_path)
+    assert evaluate_run(tiny_runs["distilbert"], output=tmp_path, overwrite=True)["model"].endswith("adapter")
 
 
 def test_per_intent_f1_is_one_horizontal_bar_per_intent_worst_first():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bankintent import ModelError, Predictor, resolve_config, train
+from bankintent import ConfigError, ModelError, Predictor, resolve_config, train
 from conftest import _save_tiny, tiny_options
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "bankintent"
@@ -63,3 +63,14 @@ def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeyp
     with pytest.raises(ModelError, match=r"^cannot load the tokenizer of base model 'no-such-org/no-such-model': "):
         train(resolve_config(None, method="linear-probe", **tiny_options("no-such-org/no-such-model", tiny_data, tmp_path / "b")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_lora_layers_that_are_not_there_are_refused_before_training(tiny_bert, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"target_modules: no layer named 'bogus' in the base model \(its linear layers: .*query"):
+        train(resolve_config(None, method="lora", target_modules=["bogus"], **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_threshold_that_is_not_a_number_is_refused(tiny_probe_run):
+    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got nan"):
+        Predictor.load(tiny_probe_run, oos_threshold=float("nan"))

@@ -410,6 +410,17 @@ def test_cli_serve_on_a_port_in_use_is_one_line_before_loading(runs):
     assert result.stderr.strip().splitlines()[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another --port?)"
 
 
+def test_bad_ports_and_worker_counts_are_one_line():
+    from bankintent.serving import check_port, serve
+
+    with pytest.raises(ConfigError, match="--port must be between 0 and 65535, got 99999"):
+        check_port("127.0.0.1", 99999)
+    with pytest.raises(ConfigError, match=r"cannot listen on 10.255.255.1:8000: .* \(check --host and --port\)"):
+        check_port("10.255.255.1", 8000)
+    with pytest.raises(ConfigError, match="--workers must be at least 1, got 0"):
+        serve("nowhere", None, "127.0.0.1", 0, 0, None, 64, 2.0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

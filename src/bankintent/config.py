@@ -7,6 +7,7 @@ flags. The files in ``configs/`` hold exactly the recipes below (a test checks t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -136,6 +137,15 @@ class TrainConfig:
             raise ConfigError(f"shots must be at least 1, got {self.shots}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not 0 < self.lr < math.inf:  # a nan fails every comparison
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not (0 <= self.lora_dropout < 1 and 0 <= self.warmup_ratio < 1 and self.weight_decay >= 0):
+            raise ConfigError(f"lora_dropout and warmup_ratio must be at least 0 and below 1, weight_decay at least 0 "
+                              f"(got {self.lora_dropout}, {self.warmup_ratio}, {self.weight_decay})")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ConfigError(f"max_train_samples must be positive, got {self.max_train_samples}")
+        if not self.probe_c or not all(0 < c < math.inf for c in self.probe_c):
+            raise ConfigError(f"probe_c must be positive numbers, got {self.probe_c}")
         if not 0 < self.oos_coverage <= 1:
             raise ConfigError(f"oos_coverage must be in (0, 1], got {self.oos_coverage}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):

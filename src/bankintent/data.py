@@ -412,13 +412,16 @@ def _rows(count: int) -> str:
 OUT_OF_SCOPE_NAMES = {"oos", "outofscope", "outofdomain", "ood", "other", "none", "nointent", "unknown", "fallback", "nomatch"}
 
 
+def _label_key(label: str) -> str:
+    """A label without case, spaces or separators: ``Card_Arrival`` and ``card arrival`` alike."""
+    return re.sub(r"[\W_]+", "", label).casefold()
+
+
 def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
     in case, spaces or separators (two intents, where one was most likely meant), and a label that is the
     out-of-scope label written otherwise (it trains as an intent)."""
-    def key(label: str) -> str:
-        return re.sub(r"[\W_]+", "", label).casefold()
-
+    key = _label_key
     variants: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
         variants.setdefault(key(label), []).append(label)
@@ -494,12 +497,13 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
 
 def _stratified_split(full: Examples, val_fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
     """Row indices (train, validation): a stratified ``val_fraction`` of the rows, drawn with
-    ``split_seed``; then each validation row that repeats a training row (same text and label) trades
+    ``split_seed``; then each validation row that repeats a training row (same label, same text but for
+    case and spaces, ``query_key``) trades
     places with a training row of its intent that repeats nothing, so that validation never scores a
     query the model trained on. The sizes and the strata stay as drawn (Banking77: 9,002 / 1,001)."""
     train, val = (list(part) for part in train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels,
                                                           random_state=split_seed))
-    keys = list(zip(full.texts, full.labels))
+    keys = [(query_key(text), label) for text, label in zip(full.texts, full.labels)]
     copies = Counter(keys)
     trained = {keys[i] for i in train}
     spare: dict[str, deque] = {}
@@ -554,10 +558,12 @@ def thin_validation(splits: Splits) -> str | None:
             f"calibration and the out-of-scope threshold rest on little; add validation queries (valid.csv) or raise val_fraction")
 
 
-def _check_known(examples: Examples, path: Path, known: set[str]) -> None:
+def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None) -> None:
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
-            raise DataError(f"{path}: line {row}: label {label!r} never seen in training")
+            written = oos_label and _label_key(label) in {_label_key(oos_label), *OUT_OF_SCOPE_NAMES}
+            hint = f" (out-of-scope rows are labelled {oos_label!r} for this model)" if written else ""
+            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
@@ -565,18 +571,23 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     """A file of labelled queries to test a model on: its in-scope examples (None when it holds only
     out-of-scope rows) and its out-of-scope rows set apart; every label must be one of ``known``."""
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
-    _check_known(test, path, known)
+    _check_known(test, path, known, oos_label)
     out_of_scope = OutOfScope()
     out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
     return (test if test.texts else None), out_of_scope
 
 
-def _seen_in_training(examples: Examples, path: Path, train: Examples, train_path: Path) -> int:
+def query_key(text: str) -> str:
+    """A query as the (uncased) model reads it, to find copies: case and runs of spaces ignored."""
+    return " ".join(text.casefold().split())
+
+
+def seen_in_training(examples: Examples, path: Path, train: Examples, train_path: Path) -> int:
     """How many queries of ``examples`` (a validation or test file) are also training queries, said in
     a warning where they are 1% of the file or more (scored as if unseen, they flatter the model), else
     in the log."""
-    known = set(train.texts)
-    seen = sum(text in known for text in examples.texts)
+    known = {query_key(text) for text in train.texts}
+    seen = sum(query_key(text) in known for text in examples.texts)
     if seen:
         level = logging.WARNING if seen >= 0.01 * len(examples) else logging.INFO
         log.log(level, "%s: %d of its %d queries are also in %s (scored as if unseen)", path, seen, len(examples), train_path.name)
@@ -612,7 +623,7 @@ def load_splits(
     if files.validation is not None:
         validation, oos = read(files.validation)
         out_of_scope.add(oos, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}")
-        _check_known(validation, files.validation, set(full.labels))
+        _check_known(validation, files.validation, set(full.labels), oos_label)
         log.info("validation split: %s (%d queries)", files.validation, len(validation))
     if oos_path is not None:
         texts = read_out_of_scope_file(oos_path, text_column)
@@ -627,15 +638,18 @@ def load_splits(
             log.warning("shots: %d intent(s) have fewer than %d examples and keep all they have (%s)", len(fewer), shots,
                         ", ".join(f"{label!r}: {n}" for n, label in fewer[:3]) + (", ..." if len(fewer) > 3 else ""))
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
+    if max_train_samples is not None and max_train_samples < len(labels):
+        raise DataError(f"{files.train}: max_train_samples={max_train_samples} is fewer than the {len(labels)} intents; "
+                        f"a stratified sample needs one query of each")
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
         train = train.take(keep)
     test, seen = None, {}
     if how == "file":
-        seen["validation"] = _seen_in_training(validation, files.validation, train, files.train)
+        seen["validation"] = seen_in_training(validation, files.validation, train, files.train)
     if files.test is not None:
         test, test_out_of_scope = read_test_file(files.test, set(labels), text_column, label_column, strict_data, oos_label)
-        seen["test"] = _seen_in_training(test, files.test, train, files.train)
+        seen["test"] = seen_in_training(test, files.test, full, files.train)  # every row of the file, validation's too
     empty = {p.name: e.empty_skipped for p, e in ((files.train, full), (files.validation, validation), (files.test, test))
              if p is not None and e is not None and e.empty_skipped}
     notes = {

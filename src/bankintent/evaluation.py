@@ -15,9 +15,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report, expected_calibration_error
 from bankintent.config import TrainConfig, read_yaml, run_config_file
-from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits
-from bankintent.errors import BankintentError
-from bankintent.predict import OUT_OF_SCOPE, Predictor, softmax
+from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
+from bankintent.errors import BankintentError, ConfigError
+from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
@@ -82,6 +82,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     data already in ``output`` is replaced only with ``overwrite``."""
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir
+    if not run_dir.exists():
+        raise BankintentError(f"{run_dir}: model folder not found")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --output")
+    model = str(model_folder(run_dir).resolve())
     config = run_config_file(run_dir)
     saved = read_yaml(config) if config else {}
     if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
@@ -97,8 +102,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label)
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
-        check_replace(out, "test", str(path), overwrite)
-        return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path))
+        check_replace(out, "test", str(path), model, overwrite)
+        if saved:  # queries the model trained on score as if unseen
+            trained = run_splits(TrainConfig(**saved))
+            seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
+        return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model)
     splits = run_splits(cfg)
     examples = splits.test if split == "test" else splits.validation
     elsewhere = "evaluate a file of labelled queries the model has not seen with --data FILE"
@@ -113,8 +121,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     own = splits.test_out_of_scope if split == "test" else OutOfScope()
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
     source = split_source(splits, split)
-    check_replace(out, split, source, overwrite)
-    return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source)
+    check_replace(out, split, source, model, overwrite)
+    return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
 
 
 def split_source(splits: Splits, split: str) -> str:
@@ -122,16 +130,18 @@ def split_source(splits: Splits, split: str) -> str:
     return str(splits.notes["test_file"] if split == "test" else splits.notes["validation"])
 
 
-def check_replace(out: Path, split: str, source: str, overwrite: bool) -> None:
+def check_replace(out: Path, split: str, source: str, model: str, overwrite: bool) -> None:
     """Refuse to replace, unless ``overwrite``, the evaluation in ``out`` of other data than ``source``
-    (a second file evaluated into a run would silently take the place of its test results)."""
+    or of another model than ``model`` (a second file evaluated into a run would silently take the
+    place of its test results)."""
     existing = out / f"{split}_evaluation.json"
     if overwrite or not existing.is_file():
         return
-    earlier = json.loads(existing.read_text()).get("data")
-    if earlier and earlier != source:
-        raise BankintentError(f"{existing}: holds the evaluation of {earlier}; pass --overwrite to replace it with {source}'s, or "
-                              f"--output DIR to write this one elsewhere")
+    earlier = json.loads(existing.read_text())
+    for what, now in (("data", source), ("model", model)):
+        if earlier.get(what) and earlier[what] != now:
+            raise BankintentError(f"{existing}: holds the evaluation of {what} {earlier[what]}; pass --overwrite to replace it with "
+                                  f"{now}'s, or --output DIR to write this one elsewhere")
 
 
 def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarray, features: np.ndarray) -> pd.DataFrame:
@@ -154,7 +164,7 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
 
 
 def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, out_of_scope: OutOfScope | None = None,
-             source: str | None = None) -> dict:
+             source: str | None = None, model: str | None = None) -> dict:
     """Full evaluation of one split; writes ``<split>_predictions.csv`` (every query's prediction),
     ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and ``<split>_evaluation.json`` to ``out``.
     The queries go through the model once. ``out_of_scope``: examples to measure the fallback's
@@ -165,7 +175,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     y_pred = logits.argmax(-1)
     out.mkdir(parents=True, exist_ok=True)
     prediction_table(predictor, examples, logits, features).to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
-    summary = {"split": split, "data": source, "queries": len(examples), **scores(y_true, y_pred),
+    summary = {"split": split, "data": source, "model": model, "queries": len(examples), **scores(y_true, y_pred),
                "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
     intents = per_intent(y_true, y_pred, labels)
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)

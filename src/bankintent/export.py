@@ -86,8 +86,8 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     if not contents:
         return
     others = [name for name in contents if name not in EXPORT_FILES]
-    if others:
-        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+    if others or "export.json" not in contents:  # an earlier export names itself in export.json
+        shown = ", ".join((others or contents)[:4]) + (", ..." if len(others or contents) > 4 else "")
         raise ConfigError(f"{output}: the folder holds other files ({shown}) and the export would replace them; choose another --output "
                           f"(the export writes a folder of its own)")
     if not overwrite:
@@ -109,6 +109,8 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     if calibration_data is not None and not quantize:
         raise ConfigError("--calibration-data is for --quantize int8 (only int8 activations are calibrated)")
     source, output = model_folder(dir), Path(output)
+    if (source / ONNX_FILE).is_file():
+        raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its export.json names it)")
     model, spec = load_model(source, merge=True)
     check_output(output, dir, overwrite)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)

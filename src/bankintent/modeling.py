@@ -33,7 +33,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from bankintent.config import DEFAULT_BASE_MODEL
-from bankintent.errors import ModelError
+from bankintent.errors import ConfigError, ModelError
 
 
 @contextmanager
@@ -258,6 +258,16 @@ def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
         owner.n_layers = len(layers)
     model.config.num_hidden_layers = len(layers)  # DistilBERT: n_layers, through the config's attribute map
     return model
+
+
+def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> None:
+    """Refuse, before training, layer names LoRA would not find in ``model`` (matched as PEFT matches
+    them: a module's full name, or its last dotted parts)."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in target_modules or [] if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        known = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+        raise ConfigError(f"target_modules: no layer named {missing[0]!r} in the base model (its linear layers: {', '.join(known)})")
 
 
 def add_lora(model: nn.Module, spec: ModelSpec, r: int, alpha: int, dropout: float, target_modules: list[str] | None):

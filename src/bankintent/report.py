@@ -255,7 +255,9 @@ def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
 
     predictor = Predictor.load(run.folder)
     frame = prediction_table(predictor, examples, *predictor.outputs(examples.texts, desc=f"report: predicting {split}"))
-    frame.to_csv(run.folder / f"{split}_predictions.csv", index=False, float_format="%.6g")
+    path = run.folder / f"{split}_predictions.csv"
+    if not written_for_this_model(run, path):  # kept for the next report; what evaluate wrote of other queries stays
+        frame.to_csv(path, index=False, float_format="%.6g")
     return frame
 
 
@@ -321,34 +323,37 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "out-of-scope examples above the threshold.",
         markdown_table(fallback, list(fallback[0])),
     ]
+    evaluation = run_evaluation(best, split, len(frame), source)
     if "out_of_scope" in frame and best.metrics.get("oos_threshold") is not None:
         answered = ~frame.out_of_scope.astype(bool)
         correct = frame.correct.astype(bool) if "correct" in frame else frame.predicted == frame.label
         line = (f"Run `{best.label}` on the {split} split ({len(frame):,} queries): the fallback answers "
                 f"{answered.mean():.1%} of them with an intent, {correct[answered].mean() if answered.any() else float('nan'):.2%} "
                 f"of those right (all queries answered: {correct.mean():.2%}).")
-        evaluation = run_evaluation(best, split, len(frame), source)
-        if evaluation.get("oos_recall") is not None:
-            line += f" It catches {evaluation['oos_recall']:.1%} of {evaluation.get('oos_examples', 'the out-of-scope examples')}."
+        fallback_of = (evaluation or {}).get("out_of_scope", {})
+        if fallback_of.get("oos_recall") is not None:
+            line += f" It catches {fallback_of['oos_recall']:.1%} of {fallback_of.get('oos_examples', 'the out-of-scope examples')}."
         parts.append(line)
-    coverage = next((best.folder / f"{name}_coverage.png" for name in (split, "validation") if (best.folder / f"{name}_coverage.png").is_file()), None)
+    # the split's curve where evaluate drew it for these queries (training draws validation's)
+    names = [split, "validation"] if evaluation is not None or split == "validation" else ["validation"]
+    coverage = next((best.folder / f"{name}_coverage.png" for name in names if (best.folder / f"{name}_coverage.png").is_file()), None)
     if coverage is not None:
         shutil.copy(coverage, figures / "coverage.png")
         parts.append("![coverage.png](figures/coverage.png)")
     return "\n\n".join(parts)
 
 
-def run_evaluation(run: Run, split: str, queries: int, source: str | None) -> dict:
-    """The out-of-scope summary ``bankintent evaluate`` wrote for ``split``, if for this model and of
-    the ``queries`` the report analyses, read from ``source`` where the evaluation names its data;
-    else empty (an evaluation of another file must not be quoted as this split's)."""
+def run_evaluation(run: Run, split: str, queries: int, source: str | None) -> dict | None:
+    """What ``bankintent evaluate`` wrote for ``split`` (``<split>_evaluation.json``), if for this model
+    and of the ``queries`` the report analyses, read from ``source`` where the evaluation names its
+    data; else None (an evaluation of another file must not be quoted as this split's)."""
     path = run.folder / f"{split}_evaluation.json"
     if not written_for_this_model(run, path):
-        return {}
+        return None
     summary = json.loads(path.read_text())
     if summary.get("queries") != queries or source and summary.get("data") and summary["data"] != source:
-        return {}
-    return summary.get("out_of_scope", {})
+        return None
+    return summary
 
 
 def analysed_run(runs: list[Run]) -> tuple[Run, str]:

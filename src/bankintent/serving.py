@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import hashlib
 import hmac
 import json
@@ -572,18 +573,23 @@ def app_from_environment() -> FastAPI:
 
 def check_port(host: str, port: int) -> None:
     """Refuse, before any model loads, a port the service could not listen on (in use, or not allowed)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
     try:
         with socket.create_server((host, port), reuse_port=False) as _:  # uvicorn binds with SO_REUSEADDR too
             pass
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason} (another --port?)") from None
+        hint = "another --port?" if exc.errno == errno.EADDRINUSE else "check --host and --port"
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason} ({hint})") from None
 
 
 def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
           max_batch: int, max_wait_ms: float, oos_score: str | None = None) -> None:
     import uvicorn
 
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,

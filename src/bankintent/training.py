@@ -80,6 +80,7 @@ from bankintent.modeling import (
     add_lora,
     base_pooling,
     build_model,
+    check_target_modules,
     count_parameters,
     layer_index,
     load_tokenizer,
@@ -556,6 +557,8 @@ def _train(cfg: TrainConfig) -> dict:
         )
         tokenizer = load_tokenizer(cfg.base_model)
         model = build_model(spec, cfg.allow_pickle)
+        if cfg.uses_lora:
+            check_target_modules(model, cfg.target_modules)
     except BaseException:
         if main:
             _remove_created(created)
