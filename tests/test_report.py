@@ -196,6 +196,12 @@ def test_learning_curves_have_whole_epochs(epochs, tmp_path):
     assert (tmp_path / "learning_curves.png").stat().st_size > 5000
 
 
+def test_report_into_a_file_is_an_error(tmp_path):
+    (tmp_path / "afile.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="afile.txt: exists and is not a folder"):
+        write_report([tmp_path], tmp_path / "afile.txt")
+
+
 def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="neither a training run .no metrics.json. nor a sweep .no sweep.yaml."):
         write_report([tmp_path], tmp_path / "report")

@@ -484,8 +484,10 @@ def render_html(markdown: str, folder: Path, title: str) -> str:
 
 def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     """Write ``report.md`` (+ ``figures/``) and the self-contained ``report.html``; returns both paths."""
-    runs, sweeps = collect(dirs)
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --output")
+    runs, sweeps = collect(dirs)
     figures = out / "figures"
     # the error analysis needs a model or its saved predictions; runs copied from another machine may
     # bring only their records (metrics.json, history.csv)
