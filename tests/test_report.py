@@ -170,6 +170,16 @@ def test_an_evaluation_of_another_model_is_not_replaced_silently(tiny_runs, tmp_
     assert evaluate_run(tiny_runs["distilbert"], output=tmp_path, overwrite=True)["model"].endswith("adapter")
 
 
+def test_evaluate_data_works_where_the_training_data_has_moved(tiny_runs, tiny_data, tmp_path):
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(tiny_runs["bert"], moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    (moved / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(tmp_path / "gone")}))
+    assert evaluate_run(moved, data=str(tiny_data / "test.csv"))["queries"] == 20
+
+
 def test_per_intent_f1_is_one_horizontal_bar_per_intent_worst_first():
     names = [f"intent_number_{i}_with_a_long_descriptive_name" for i in range(77)]
     f1 = np.linspace(1.0, 0.5, 77)

@@ -103,8 +103,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
         check_replace(out, "test", str(path), model, overwrite)
-        if saved:  # queries the model trained on score as if unseen
-            trained = run_splits(TrainConfig(**saved))
+        try:  # queries the model trained on score as if unseen: said, where the training data is still there
+            trained = run_splits(TrainConfig(**saved)) if saved else None
+        except BankintentError:
+            trained = None
+        if trained is not None:
             seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
         return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model)
     splits = run_splits(cfg)
