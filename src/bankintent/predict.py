@@ -221,7 +221,7 @@ class Predictor:
         self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
-        if oos_threshold is not None and not np.isfinite(oos_threshold):  # nan would answer every query in scope
+        if oos_threshold is not None and np.isnan(oos_threshold):  # nan would answer every query in scope (inf says so)
             raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
         if oos_score is not None and (self.oos_threshold is None or not ood.supports(oos_score, spec.ood)):
