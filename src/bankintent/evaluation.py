@@ -102,7 +102,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label)
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
-        check_replace(out, "test", str(path), model, overwrite)
+        check_replace(out, run_dir, "test", str(path), model, overwrite)
         try:  # queries the model trained on score as if unseen: said, where the training data is still there
             trained = run_splits(TrainConfig(**saved)) if saved else None
         except BankintentError:
@@ -124,7 +124,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     own = splits.test_out_of_scope if split == "test" else OutOfScope()
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
     source = split_source(splits, split)
-    check_replace(out, split, source, model, overwrite)
+    check_replace(out, run_dir, split, source, model, overwrite)
     return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
 
 
@@ -133,15 +133,17 @@ def split_source(splits: Splits, split: str) -> str:
     return str(splits.notes["test_file"] if split == "test" else splits.notes["validation"])
 
 
-def check_replace(out: Path, split: str, source: str, model: str, overwrite: bool) -> None:
+def check_replace(out: Path, run_dir: Path, split: str, source: str, model: str, overwrite: bool) -> None:
     """Refuse to replace, unless ``overwrite``, the evaluation in ``out`` of other data than ``source``
-    or of another model than ``model`` (a second file evaluated into a run would silently take the
-    place of its test results)."""
+    or, in a folder of its own (``--output``), of another model than ``model`` (a second file evaluated
+    into a run would silently take the place of its test results). In the run's folder the evaluation
+    is of the run's model, wherever the folder has moved since."""
     existing = out / f"{split}_evaluation.json"
     if overwrite or not existing.is_file():
         return
     earlier = json.loads(existing.read_text())
-    for what, now in (("data", source), ("model", model)):
+    checks = [("data", source)] + ([("model", model)] if out.resolve() != run_dir.resolve() else [])
+    for what, now in checks:
         if earlier.get(what) and earlier[what] != now:
             raise BankintentError(f"{existing}: holds the evaluation of {what} {earlier[what]}; pass --overwrite to replace it with "
                                   f"{now}'s, or --output DIR to write this one elsewhere")
