@@ -41,7 +41,6 @@ from types import SimpleNamespace
 from typing import Annotated, Iterator
 
 import torch
-from tqdm import tqdm as std_tqdm
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tqdm import tqdm as std_tqdm
 
 from bankintent.errors import BankintentError, ConfigError
 from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE
