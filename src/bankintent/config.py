@@ -181,6 +181,12 @@ def load_yaml_file(path: Path, what: str = "config file") -> Any:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
+def check_output_folder(path: str | Path) -> None:
+    """Refuse an ``--output`` that names a file: every command writes a folder there."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{path}: exists and is not a folder; choose another --output")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     values = load_yaml_file(path)

@@ -14,9 +14,9 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from bankintent.calibration import coverage_report, expected_calibration_error
-from bankintent.config import TrainConfig, read_yaml, run_config_file
+from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_config_file
 from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
-from bankintent.errors import BankintentError, ConfigError
+from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import write_json
 
@@ -84,8 +84,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     out = Path(output) if output else run_dir
     if not run_dir.exists():
         raise BankintentError(f"{run_dir}: model folder not found")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --output")
+    check_output_folder(out)
     model = str(model_folder(run_dir).resolve())
     config = run_config_file(run_dir)
     saved = read_yaml(config) if config else {}

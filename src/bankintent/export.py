@@ -55,7 +55,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import read_yaml
+from bankintent.config import check_output_folder, read_yaml
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
@@ -80,8 +80,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     target = output.resolve()
     if target in (source, Path(dir).resolve()) or target in source.parents:
         raise ConfigError(f"{output}: the output folder must differ from the model folder and not hold it")
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"{output}: exists and is not a folder; choose another --output")
+    check_output_folder(output)
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
         return

@@ -32,7 +32,7 @@ from markdown_it import MarkdownIt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
 from bankintent import ood  # noqa: E402
-from bankintent.config import TrainConfig, read_yaml  # noqa: E402
+from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noqa: E402
 from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table  # noqa: E402
@@ -485,8 +485,7 @@ def render_html(markdown: str, folder: Path, title: str) -> str:
 def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     """Write ``report.md`` (+ ``figures/``) and the self-contained ``report.html``; returns both paths."""
     out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --output")
+    check_output_folder(out)
     runs, sweeps = collect(dirs)
     figures = out / "figures"
     # the error analysis needs a model or its saved predictions; runs copied from another machine may

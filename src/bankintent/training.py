@@ -68,7 +68,7 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
-from bankintent.config import AUTO, TrainConfig, for_data
+from bankintent.config import AUTO, TrainConfig, check_output_folder, for_data
 from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split
@@ -337,8 +337,7 @@ def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
     ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
     checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
     and returns the folders it created (removed again if the run fails before training starts)."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{folder}: output exists and is not a folder")
+    check_output_folder(folder)
     contents = _contents(folder)
     if contents and not (cfg.overwrite or cfg.resume):
         shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
