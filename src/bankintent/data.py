@@ -417,21 +417,24 @@ def _label_key(label: str) -> str:
     return re.sub(r"[\W_]+", "", label).casefold()
 
 
+def _written_as_out_of_scope(label: str, oos_label: str | None) -> bool:
+    """Whether ``label`` (not ``oos_label`` itself) looks like an out-of-scope label: ``oos_label``
+    written otherwise, or a usual name for one (``OUT_OF_SCOPE_NAMES``)."""
+    return bool(oos_label) and label != oos_label and _label_key(label) in {_label_key(oos_label), *OUT_OF_SCOPE_NAMES}
+
+
 def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
     in case, spaces or separators (two intents, where one was most likely meant), and a label that is the
     out-of-scope label written otherwise (it trains as an intent)."""
-    key = _label_key
     variants: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
-        variants.setdefault(key(label), []).append(label)
+        variants.setdefault(_label_key(label), []).append(label)
     found = [f"labels {', '.join(map(repr, group))} differ only in case or separators and train as {len(group)} intents; "
              "write them alike if they are one" for group in variants.values() if len(group) > 1]
-    if oos_label:
-        usual = {key(oos_label), *OUT_OF_SCOPE_NAMES}
-        found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
-                  f"(--oos-label {label} if these rows are out of scope)" for label in sorted(set(labels))
-                  if key(label) in usual and label != oos_label]
+    found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
+              f"(--oos-label {label} if these rows are out of scope)" for label in sorted(set(labels))
+              if _written_as_out_of_scope(label, oos_label)]
     return found
 
 
@@ -498,9 +501,8 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
 def _stratified_split(full: Examples, val_fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
     """Row indices (train, validation): a stratified ``val_fraction`` of the rows, drawn with
     ``split_seed``; then each validation row that repeats a training row (same label, same text but for
-    case and spaces, ``query_key``) trades
-    places with a training row of its intent that repeats nothing, so that validation never scores a
-    query the model trained on. The sizes and the strata stay as drawn (Banking77: 9,002 / 1,001)."""
+    case and spaces, ``query_key``) trades places with a training row of its intent that repeats
+    nothing, so that validation never scores a query the model trained on. The sizes and the strata stay as drawn (Banking77: 9,002 / 1,001)."""
     train, val = (list(part) for part in train_test_split(range(len(full)), test_size=val_fraction, stratify=full.labels,
                                                           random_state=split_seed))
     keys = [(query_key(text), label) for text, label in zip(full.texts, full.labels)]
@@ -561,8 +563,7 @@ def thin_validation(splits: Splits) -> str | None:
 def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None) -> None:
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
-            written = oos_label and _label_key(label) in {_label_key(oos_label), *OUT_OF_SCOPE_NAMES}
-            hint = f" (out-of-scope rows are labelled {oos_label!r} for this model)" if written else ""
+            hint = f" (out-of-scope rows are labelled {oos_label!r} for this model)" if _written_as_out_of_scope(label, oos_label) else ""
             raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint}")
 
 
