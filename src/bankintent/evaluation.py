@@ -127,9 +127,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
 
 
-def split_source(splits: Splits, split: str) -> str:
-    """What ``split`` of ``splits`` was read from: its file, or how the validation split was carved."""
-    return str(splits.notes["test_file"] if split == "test" else splits.notes["validation"])
+def split_source(splits: Splits, split: str) -> str | None:
+    """What ``split`` of ``splits`` was read from: its file, or how the validation split was carved
+    (None: a test split that no file of the data holds, as the report's of small data)."""
+    source = splits.notes.get("test_file" if split == "test" else "validation")
+    return None if source is None else str(source)
 
 
 def check_replace(out: Path, run_dir: Path, split: str, source: str, model: str, overwrite: bool) -> None:

@@ -35,7 +35,7 @@ from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noqa: E402
 from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
-from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table  # noqa: E402
+from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table, split_source  # noqa: E402
 from bankintent.modeling import MARKER  # noqa: E402
 from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
@@ -509,7 +509,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         dataset_section(splits, figures, best, runs),
         results_section(runs, sweeps),
         curves_section(runs, figures),
-        calibration_section(runs, best, split, frame, figures, splits.notes.get("test_file" if split == "test" else "validation")),
+        calibration_section(runs, best, split, frame, figures, split_source(splits, split)),
         errors_section(best, chosen, splits, split, frame, figures),
         cost_section(runs, figures),
         commands_section(runs, report_command),
