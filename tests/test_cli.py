@@ -220,3 +220,17 @@ def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_pat
     frames = result.stderr.count("predicting:")
     assert frames <= 3 + elapsed / LOG_INTERVAL, result.stderr[-3000:]
     assert f"{queries}/{queries}" in result.stderr  # the last frame
+
+
+@pytest.mark.parametrize("command", [
+    ["audit", "--data", "banking77"],
+    ["sweep", "--config", "configs/sweep_fewshot.yaml"],
+    ["search", "--storage", "sqlite:///{tmp}/study.db", "--trials", "1"],
+])
+def test_commands_refuse_a_file_as_output_folder_before_any_work(command, tmp_path, capsys, clean_env):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        cli.main([part.format(tmp=tmp_path) for part in command] + ["--output", str(taken)])
+    assert stop.value.code == 2 and f"{taken}: exists and is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"

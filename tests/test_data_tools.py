@@ -162,3 +162,39 @@ def test_cli_defaults_match_the_modules():
     assert defaults["distance_threshold"] == discover.DISTANCE_THRESHOLD and defaults["min_size"] == discover.MIN_SIZE
     oos = next(a for a in sub["predict"]._actions if a.dest == "oos_score")
     assert tuple(oos.choices) == tuple(ood.SCORES)
+
+
+def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_probe_run, tmp_path, capsys):
+    queries = tmp_path / "logs.txt"
+    queries.write_text("\n".join(f"query number {i} about my card" for i in range(30)) + "\n")
+    sheet = tmp_path / "to_label.csv"
+    select = ["select", str(tiny_probe_run), "--input", str(queries), "--budget", "5", "--output", str(sheet)]
+    cli.main(select)
+    cli.main(select)  # an earlier sheet with nothing filled in is replaced: the retraining loop's rerun
+    labelled = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    labelled.loc[0, "label"] = "card_arrival"
+    labelled.to_csv(sheet, index=False)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(select)
+    assert stop.value.code == 2 and f"{sheet}: holds 1 label(s) filled in; choose another --output, or pass --overwrite" in capsys.readouterr().err
+    assert pd.read_csv(sheet, dtype=str, keep_default_na=False).loc[0, "label"] == "card_arrival"
+    with pytest.raises(SystemExit):  # the file of queries named as --output by mistake
+        cli.main(["select", str(tiny_probe_run), "--input", str(queries), "--budget", "5", "--output", str(queries)])
+    assert "exists and is not a sheet this command wrote" in capsys.readouterr().err and queries.read_text().startswith("query number 0")
+    cli.main(select + ["--overwrite"])
+    assert (pd.read_csv(sheet, dtype=str, keep_default_na=False)["label"] == "").all()
+
+    out = tmp_path / "found"
+    discover = ["discover", str(tiny_probe_run), "--input", str(queries), "--output", str(out), "--all", "--min-size", "2"]
+    cli.main(discover)
+    found = pd.read_csv(out / "queries.csv", dtype=str, keep_default_na=False)
+    found.loc[0, "label"] = "new_intent"
+    found.to_csv(out / "queries.csv", index=False)
+    with pytest.raises(SystemExit):
+        cli.main(discover)
+    assert "queries.csv: holds 1 label(s) filled in" in capsys.readouterr().err
+    cli.main(discover + ["--overwrite"])
+    assert (pd.read_csv(out / "queries.csv", dtype=str, keep_default_na=False)["label"] == "").all()
+    with pytest.raises(SystemExit):  # a file where a folder goes: one line, before the model loads
+        cli.main(["discover", str(tiny_probe_run), "--input", str(queries), "--output", str(sheet)])
+    assert f"{sheet}: exists and is not a folder" in capsys.readouterr().err

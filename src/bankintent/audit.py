@@ -41,7 +41,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig
+from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder
 from bankintent.data import Examples, data_files, likely_typo, read_examples, set_apart
 from bankintent.errors import DataError
 from bankintent.evaluation import confused_pairs
@@ -141,6 +141,7 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
+    check_output_folder(output)
     read = read_labelled(data, text_column, label_column, oos_label)
     examples = read.examples
     labels = sorted(set(examples.labels))

@@ -243,7 +243,7 @@ def discover(args: argparse.Namespace) -> None:
     from bankintent.discover import discover as run
 
     found = run(args.dir, args.input, args.output, all_queries=args.all, text_column=_text_column(args),
-                distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed)
+                distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed, overwrite=args.overwrite)
     chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
     print(f"{found['queries']:,} queries, {chosen} clustered: {found['clusters']} candidate intents, "
           f"{found['unclustered']} queries unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png")
@@ -253,7 +253,7 @@ def select(args: argparse.Namespace) -> None:
     _status(f"loading {args.dir} ...")
     from bankintent.selection import select as run
 
-    found = run(args.dir, args.input, args.budget, args.output, text_column=_text_column(args), seed=args.seed)
+    found = run(args.dir, args.input, args.budget, args.output, text_column=_text_column(args), seed=args.seed, overwrite=args.overwrite)
     print(f"{found['selected']} of {found['queries']:,} queries to label next -> {args.output} "
           f"(median margin {found['median_margin_selected']:.3f}, all queries {found['median_margin_all']:.3f})")
 
@@ -453,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
     p.add_argument("--min-size", type=int, default=5, help="smallest cluster reported; smaller groups stay unclustered")
     p.add_argument("--seed", type=int, default=42, help="seed of the map's layout")
+    p.add_argument("--overwrite", action="store_true", help="replace a queries.csv in --output whose labels were filled in")
     p.set_defaults(func=discover)
 
     p = command("select", "the unlabelled queries most worth labelling next (uncertain and diverse)")
@@ -462,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --output file whose labels were filled in (or that another command wrote)")
     p.set_defaults(func=select)
 
     p = command("distill", "train a student to match a trained model (fewer encoder layers) or several (--teachers: an "

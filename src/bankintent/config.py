@@ -187,6 +187,29 @@ def check_output_folder(path: str | Path) -> None:
         raise ConfigError(f"{path}: exists and is not a folder; choose another --output")
 
 
+def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool = False) -> None:
+    """Refuse to write a sheet for labelling (a CSV of ``columns``, the last an empty ``label``) over a
+    file that is not an earlier such sheet, or over one in which a person has filled in labels:
+    ``select`` and ``discover`` are rerun after each retraining, into the same default file, and that
+    work (or the file of queries itself, named by mistake) would be lost. ``overwrite`` replaces it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; --output names the CSV file to write")
+    if overwrite or not path.is_file():
+        return
+    import pandas as pd
+
+    try:
+        sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        sheet = None
+    if sheet is None or list(sheet.columns) != columns:
+        raise ConfigError(f"{path}: exists and is not a sheet this command wrote; choose another --output, or pass --overwrite to replace it")
+    filled = int((sheet["label"].str.strip() != "").sum())
+    if filled:
+        raise ConfigError(f"{path}: holds {filled} label(s) filled in; choose another --output, or pass --overwrite to replace them")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     values = load_yaml_file(path)

@@ -28,6 +28,7 @@ import pandas as pd
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import CountVectorizer
 
+from bankintent.config import check_labelling_sheet, check_output_folder
 from bankintent.data import read_queries
 from bankintent.errors import DataError
 from bankintent.results import write_json
@@ -38,6 +39,7 @@ DISTANCE_THRESHOLD = 0.6  # cosine distance, average linkage
 MIN_SIZE = 5
 KEYWORDS = 5
 REPRESENTATIVES = 3
+QUERY_COLUMNS = ["cluster", "row", "text", "closest_intent", "oos_score", "out_of_scope", "label"]  # queries.csv, to label
 
 
 def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE) -> np.ndarray:
@@ -113,11 +115,15 @@ def map_figure(features: np.ndarray, clusters: np.ndarray, names: dict[int, str]
 
 
 def discover(run: str | Path, input: str | Path, output: str | Path, all_queries: bool = False, text_column: str = "text",
-             distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE, seed: int = 42) -> dict:
+             distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE, seed: int = 42, overwrite: bool = False) -> dict:
     """Cluster ``input``'s out-of-scope queries (``all_queries``: every query) into ``output``;
-    returns the counts (``discover.json``)."""
+    returns the counts (``discover.json``). A ``queries.csv`` there with labels filled in is replaced
+    only with ``overwrite``."""
     from bankintent.predict import Predictor, softmax
 
+    out = Path(output)
+    check_output_folder(out)
+    check_labelling_sheet(out / "queries.csv", QUERY_COLUMNS, overwrite)
     rows, texts = read_queries(input, text_column)
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
@@ -136,7 +142,6 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     words = keywords(chosen_texts, clusters)
     examples = representatives(chosen_texts, chosen_features, clusters)
 
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     closest = probabilities.argmax(1)
     pd.DataFrame([{
@@ -148,7 +153,7 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         "cluster": clusters, "row": [rows[i] for i in chosen], "text": chosen_texts,
         "closest_intent": [predictor.labels[closest[i]] for i in chosen],
         "oos_score": np.round(scores[chosen], 6), "out_of_scope": out_of_scope[chosen], "label": "",
-    })
+    }, columns=QUERY_COLUMNS)
     queries["order"] = np.where(queries["cluster"] < 0, np.iinfo(np.int64).max, queries["cluster"])
     queries.sort_values(["order", "row"], kind="stable").drop(columns="order").to_csv(out / "queries.csv", index=False)
     if len(chosen):

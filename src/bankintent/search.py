@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 from transformers import AutoConfig
 
-from bankintent.config import LORA_METHODS, read_yaml, resolve_config
+from bankintent.config import LORA_METHODS, check_output_folder, read_yaml, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
@@ -121,6 +121,7 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
                config_file: str | Path | None = None, **overrides) -> dict:
     """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary."""
     out = Path(output) if output else study_folder(storage)
+    check_output_folder(out)
     study_folder(storage).mkdir(parents=True, exist_ok=True)
     base = resolve_config(config_file, method=method, **overrides)  # validates the options before any trial
     fixed = {**(read_yaml(config_file) if config_file else {}), "method": method, **overrides}

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
+from bankintent.config import check_labelling_sheet
 from bankintent.errors import ConfigError
 
 CANDIDATES = 3  # uncertain candidates per query picked; 1 is uncertainty alone
+COLUMNS = ["rank", "row", "text", "predicted_intent", "confidence", "margin", "label"]  # the sheet to label
 
 
 def margins(probabilities: np.ndarray) -> np.ndarray:
@@ -43,14 +45,17 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
     return picked
 
 
-def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42) -> dict:
+def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42,
+           overwrite: bool = False) -> dict:
     """Write the ``budget`` queries of ``input`` to label next to ``output`` (CSV: rank, row, text, the
-    model's guess and its margin, an empty ``label`` column); returns a summary."""
+    model's guess and its margin, an empty ``label`` column); returns a summary. An existing ``output``
+    is replaced only if it is an earlier sheet with no label filled in, or with ``overwrite``."""
     from bankintent.data import read_queries
     from bankintent.predict import Predictor, softmax
 
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {budget}")
+    check_labelling_sheet(output, COLUMNS, overwrite)
     rows, texts = read_queries(input, text_column)
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
@@ -62,7 +67,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
         "rank": np.arange(1, len(picked) + 1), "row": [rows[i] for i in picked], "text": [texts[i] for i in picked],
         "predicted_intent": [predictor.labels[guess[i]] for i in picked],
         "confidence": np.round(probabilities[picked, guess[picked]], 4), "margin": np.round(margin[picked], 4), "label": "",
-    })
+    }, columns=COLUMNS)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import FIELD_NAMES, TrainConfig, load_yaml_file, resolve_config
+from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, load_yaml_file, resolve_config
 from bankintent.errors import ConfigError
 from bankintent.results import aggregate_runs, write_results_tables
 
@@ -147,6 +147,7 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
     content, runs = read_sweep(config, seeds)
     out = Path(output)
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
