@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bankintent import Predictor, resolve_config, train
-from bankintent.errors import BankintentError, ConfigError
+from bankintent.errors import BankintentError, ConfigError, DataError
 from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
@@ -294,3 +294,17 @@ def test_the_data_section_names_a_validation_file_even_where_it_has_moved():
                                     "shots": {"per_intent": 5, "seed": 43}})
     assert _validation_note(carved) == ("a stratified 10% of train.csv (seed 42); the training split is a draw of 5 example(s) "
                                         "per intent (seed 43)")
+
+
+def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_runs, tiny_data, tmp_path):
+    rows = pd.read_csv(tiny_data / "test.csv")
+    oos = pd.DataFrame({"text": ["what is the weather in paris", "tell me a joke please"], "category": "OOS"})
+    pd.concat([rows, oos]).to_csv(tmp_path / "held.csv", index=False)
+    with pytest.raises(DataError, match=r"label 'OOS' never seen in training \(out-of-scope rows are labelled 'out_of_scope' "
+                                        r"for this model; --oos-label OOS reads these as such\)"):
+        evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "a")
+    summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "b", oos_label="OOS")
+    assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 2
+    assert len(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")) == 2
+    with pytest.raises(BankintentError, match="--oos-label is for a file given with --data"):
+        evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")

@@ -70,7 +70,8 @@ def evaluate(args: argparse.Namespace) -> None:
     _status(f"evaluating {args.dir} on its {args.split} split ...")
     from bankintent.evaluation import evaluate_run
 
-    summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite)
+    summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
+                           args.oos_label)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
     fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
     print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
+    p.add_argument("--oos-label", help="label of out-of-scope rows, whose recall the fallback is measured on (default: the run's, "
+                                       "else out_of_scope)")
     p.add_argument("--output", help="folder to write the results to (default: the run's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation of other data in the folder")
     p.set_defaults(func=evaluate)

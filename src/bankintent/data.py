@@ -563,7 +563,8 @@ def thin_validation(splits: Splits) -> str | None:
 def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None) -> None:
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
-            hint = f" (out-of-scope rows are labelled {oos_label!r} for this model)" if _written_as_out_of_scope(label, oos_label) else ""
+            hint = (f" (out-of-scope rows are labelled {oos_label!r} for this model; --oos-label {label} reads these as such)"
+                    if _written_as_out_of_scope(label, oos_label) else "")
             raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint}")
 
 

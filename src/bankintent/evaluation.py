@@ -74,9 +74,10 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
-                 label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False) -> dict:
+                 label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False,
+                 oos_label: str | None = None) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
-    trained on (from its ``config.yaml``; ``data`` and the columns override), writing to ``output``
+    trained on (from its ``config.yaml``; ``data``, the columns and ``oos_label`` override), writing to ``output``
     (default: ``run_dir``). ``data`` naming one file evaluates that file's labelled queries, as the
     test split: the way to measure a model trained on every row of small data. An evaluation of other
     data already in ``output`` is replaced only with ``overwrite``."""
@@ -91,9 +92,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
         raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (an export or a model folder); "
                               "give a file of labelled queries with --data FILE")
-    given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column)) if v}
+    given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column), ("oos_label", oos_label)) if v}
     cfg = TrainConfig(**{**saved, **given})
-    if data is not None and Path(data).expanduser().is_file():
+    given_file = data is not None and Path(data).expanduser().is_file()
+    if oos_label and not given_file:  # it would change which rows of the run's data trained, and so its split
+        raise BankintentError("--oos-label is for a file given with --data; the run's own data is read with the label it trained with")
+    if given_file:
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
         predictor = Predictor.load(run_dir)
