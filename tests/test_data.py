@@ -109,8 +109,9 @@ def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
 
 
 def test_a_label_whose_rows_repeat_one_query_stops_too(tmp_path):
-    with pytest.raises(DataError, match=r"label 'echo' has 1 distinct example \(its other 1 row\(s\) repeat it\); every intent needs"):
-        load_splits(_folder(tmp_path, GOOD + [("same query", "echo")] * 2))
+    with pytest.raises(DataError, match=r"label 'echo' has 1 distinct example \(its other 1 row\(s\) repeat it, case and spaces "
+                                        r"aside\); every intent needs"):
+        load_splits(_folder(tmp_path, GOOD + [("same query", "echo"), ("Same  Query ", "echo")]))
 
 
 def test_repeated_rows_stay_out_of_validation(tmp_path):

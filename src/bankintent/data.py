@@ -484,7 +484,8 @@ def likely_typo(label: str, others: list[str]) -> str | None:
 
 
 def _check_two_per_intent(full: Examples, train_file: Path) -> None:
-    counts = Counter(label for _, label in set(zip(full.texts, full.labels)))  # distinct queries: a repeated row teaches nothing new
+    # distinct queries, as the validation split tells them apart (``query_key``): a repeated row teaches nothing new
+    counts = Counter(label for _, label in {(query_key(text), label) for text, label in zip(full.texts, full.labels)})
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
@@ -493,7 +494,7 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
         close = likely_typo(rare[0], [label for label, n in counts.items() if n >= 2])
         hint = f" (a typo for {close!r}?)" if close else ""
         repeated = full.labels.count(rare[0]) - 1
-        example = f"1 distinct example (its other {repeated} row(s) repeat it)" if repeated else "1 example"
+        example = f"1 distinct example (its other {repeated} row(s) repeat it, case and spaces aside)" if repeated else "1 example"
         raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has {example}{hint}; every intent needs at least 2 (one to "
                         f"learn from, one to check the choices on by cross-validation): add an example of it or remove its row")
 
