@@ -106,12 +106,13 @@ def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, c
     assert "finished training already" in caplog.text and "--overwrite" in caplog.text
 
 
-def test_config_records_an_absolute_data_path_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):
+def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
     out = tmp_path / "run"
-    _train(tiny_bert, tiny_data.name, out)  # a relative --data
+    _train(os.path.relpath(tiny_bert), tiny_data.name, os.path.relpath(out))  # relative paths
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"] == str(tiny_data.resolve()) and os.path.isabs(saved["data"])
+    assert saved["output"] == str(out.resolve()) and saved["base_model"] == str(tiny_bert.resolve())
     assert json.loads((out / "metrics.json").read_text())["data"] == str(tiny_data.resolve())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

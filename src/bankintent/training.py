@@ -410,11 +410,16 @@ def _remove_stale_evaluation(folder: Path) -> None:
 
 
 def saved_config(cfg: TrainConfig) -> TrainConfig:
-    """The configuration as config.yaml records it: the data and out-of-scope file as absolute paths,
-    so that the run folder's config works from any directory (``bankintent evaluate RUN``)."""
-    data = cfg.data if cfg.data == BANKING77 else str(Path(cfg.data).expanduser().resolve())
-    oos_file = str(Path(cfg.oos_file).expanduser().resolve()) if cfg.oos_file else None
-    return dataclasses.replace(cfg, data=data, oos_file=oos_file)
+    """The configuration as config.yaml records it: the data, the out-of-scope file, a base model in a
+    local folder and the output folder as absolute paths, so that the run folder's config works from
+    any directory (``bankintent evaluate RUN``, ``bankintent train --config RUN/config.yaml --resume``)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    data = cfg.data if cfg.data == BANKING77 else absolute(cfg.data)
+    oos_file = absolute(cfg.oos_file) if cfg.oos_file else None
+    base_model = absolute(cfg.base_model) if Path(cfg.base_model).expanduser().exists() else cfg.base_model  # else a hub id
+    return dataclasses.replace(cfg, data=data, oos_file=oos_file, base_model=base_model, output=absolute(cfg.output))
 
 
 def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
