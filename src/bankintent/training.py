@@ -78,6 +78,7 @@ from bankintent.modeling import (
     OOD_FILE,
     ModelSpec,
     add_lora,
+    base_model_reference,
     base_pooling,
     build_model,
     check_target_modules,
@@ -418,8 +419,8 @@ def saved_config(cfg: TrainConfig) -> TrainConfig:
 
     data = cfg.data if cfg.data == BANKING77 else absolute(cfg.data)
     oos_file = absolute(cfg.oos_file) if cfg.oos_file else None
-    base_model = absolute(cfg.base_model) if Path(cfg.base_model).expanduser().exists() else cfg.base_model  # else a hub id
-    return dataclasses.replace(cfg, data=data, oos_file=oos_file, base_model=base_model, output=absolute(cfg.output))
+    return dataclasses.replace(cfg, data=data, oos_file=oos_file, base_model=base_model_reference(cfg.base_model),
+                               output=absolute(cfg.output))
 
 
 def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
@@ -541,6 +542,7 @@ def _train(cfg: TrainConfig) -> dict:
     preprocessing = {"normalize_entities": cfg.normalize_entities}
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
         set_seed(cfg.seed)
+        cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
         splits = run_splits(cfg)
         if cfg.method == AUTO:
             cfg = for_data(cfg, splits.small_data)
