@@ -46,6 +46,27 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
     again = run_sweep(config, out)  # everything finished: nothing is trained again
     assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first
     assert again.equals(results)
+    assert "error" not in (out / "runs" / "probe_C=3" / "seed-42" / "train.log").read_text()
+    assert "linear probe" in (out / "runs" / "probe_C=3" / "seed-42" / "train.log").read_text()  # the child's log lines
+
+    runs[0]["options"]["lr"] = 1e-2  # the sweep file changed: its finished runs are not of these options
+    sweep_file(config, tiny_bert, tiny_data, runs)
+    with pytest.raises(ConfigError, match=r"seed-42: was trained with other options than the sweep file now gives \(--lr 0.001 -> 0.01\); "
+                                          r"write the sweep to another --output, or remove that run's folder"):
+        run_sweep(config, out)
+    assert (out / "results.md").read_text() == md
+
+
+def test_a_failed_run_is_reported_with_its_error(tiny_bert, tiny_data, tmp_path):
+    runs = [{"name": "probe", "options": {"method": "linear-probe", "max_train_samples": 2}}]  # 4 intents: refused by training
+    config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
+    with pytest.raises(ConfigError, match=r"1 run\(s\) failed: probe seed 42: .*max_train_samples.* \(.*seed-42/train.log\); start the sweep"):
+        run_sweep(config, tmp_path / "sweep")
+    runs[0]["options"] = {"data": "no_such_data"}  # a missing data folder: before any run starts
+    sweep_file(config, tiny_bert, tiny_data, runs)
+    with pytest.raises(ConfigError, match=r"sweep.yaml: run 1: data no_such_data: not found \(a relative path is read from the folder"):
+        run_sweep(config, tmp_path / "sweep2")
+    assert not (tmp_path / "sweep2").exists()
 
 
 def test_tables_mean_std_single_seed_and_deltas():

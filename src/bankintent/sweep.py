@@ -18,7 +18,9 @@ A sweep file::
 Each run is the command ``bankintent train ... --output DIR/runs/NAME/seed-S``, started as a child
 process and recorded verbatim in ``results.csv``. A run whose ``metrics.json`` exists is skipped,
 so a stopped sweep started again continues where it stopped; a run stopped mid-training continues
-from its last checkpoint (``--resume``).
+from its last checkpoint (``--resume``). A run trained (or started) with other options than the sweep
+file now gives is refused rather than skipped: the tables would show the new options beside the
+old run's results.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import yaml
 from tqdm import tqdm
 
 from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, load_yaml_file, resolve_config
+from bankintent.data import BANKING77
 from bankintent.errors import ConfigError
 from bankintent.results import aggregate_runs, write_results_tables
 
@@ -92,7 +95,11 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
         count = seeds or int(entry.get("seeds", 1))
         if count < 1:
             raise ConfigError(f"{path}: {where}: seeds must be at least 1")
-        resolve_config(None, **options)  # fail now, not an hour into the sweep
+        cfg = resolve_config(None, **options)  # fail now, not an hour into the sweep
+        for option, value in (("data", None if cfg.data == BANKING77 else cfg.data), ("oos_file", cfg.oos_file)):
+            if value and not Path(value).expanduser().exists():
+                raise ConfigError(f"{path}: {where}: {option} {value}: not found (a relative path is read from the folder the "
+                                  f"sweep is started in, {Path.cwd()})")
         runs.append(RunSpec(str(entry["name"]), options, [first_seed + i for i in range(count)], list(tables),
                             entry.get("baseline"), str(entry.get("note", ""))))
     names = [r.name for r in runs]
@@ -126,15 +133,48 @@ def train_command(options: dict[str, Any], seed: int, output: Path) -> list[str]
 
 def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subprocess.Popen:
     """Start ``command`` (``bankintent train ...``) as a child process and record it in
-    ``run_dir/command.txt``; the child's log lines go to ``run_dir/train.log``, its progress bars to
-    the terminal. The run folder is the sweep's: a run started afresh replaces what an earlier,
-    unfinished attempt left there (``--overwrite``, which keeps command.txt and train.log); otherwise
-    it continues from its checkpoint (``--resume``)."""
+    ``run_dir/command.txt``; everything the child writes (log lines, progress bars at a frame every few
+    seconds, its error) goes to ``run_dir/train.log``, where the sweep's progress bar names the run.
+    The run folder is the sweep's: a run started afresh replaces what an earlier, unfinished attempt
+    left there (``--overwrite``, which keeps command.txt and train.log); otherwise it continues from
+    its checkpoint (``--resume``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
     with open(run_dir / "train.log", "a") as log_file:
         return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], "--resume" if resume else "--overwrite"],
-                                stdout=log_file)
+                                stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def failure(run_dir: Path) -> str:
+    """The error line a failed run's ``train.log`` ends with (the command line's ``error: ...``), or a
+    pointer to the log."""
+    lines = (run_dir / "train.log").read_text(errors="replace").splitlines() if (run_dir / "train.log").is_file() else []
+    error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+    return f"{error[len('error: '):]} ({run_dir}/train.log)" if error else f"see {run_dir}/train.log"
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs of a ``bankintent train`` command (a switch: ""), without ``--output``."""
+    flags, key = {}, None
+    for token in command[2:]:
+        if token.startswith("--"):
+            key = token
+            flags[key] = ""
+        elif key is not None:
+            flags[key], key = token, None
+    flags.pop("--output", None)
+    return flags
+
+
+def changed_options(run_dir: Path, command: list[str]) -> str | None:
+    """How the options of the run in ``run_dir`` (finished, or stopped with a checkpoint), as its
+    ``command.txt`` records them, differ from ``command``'s; None if they do not (or nothing ran)."""
+    recorded = run_dir / "command.txt"
+    if not recorded.is_file() or not ((run_dir / "metrics.json").is_file() or (run_dir / "checkpoints").is_dir()):
+        return None
+    was, now = _flags(shlex.split(recorded.read_text())), _flags(command)
+    changed = dict.fromkeys(flag for flag, _ in sorted(set(was.items()) ^ set(now.items())))
+    return "; ".join(f"{flag} {was.get(flag, '(not given)')} -> {now.get(flag, '(not given)')}" for flag in changed) or None
 
 
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,
@@ -153,7 +193,17 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
                                + (["--seeds", str(seeds)] if seeds else []))
     planned = [(run, seed) for run in runs for seed in run.seeds]
+    for run, seed in planned:
+        run_dir = run_folder(out, run.name, seed)
+        changed = changed_options(run_dir, train_command(run.options, seed, run_dir))
+        if changed and train:
+            raise ConfigError(f"{run_dir}: was trained with other options than the sweep file now gives ({changed}); write the "
+                              f"sweep to another --output, or remove that run's folder to train it again")
+        if changed:  # --no-train: tables of runs made elsewhere, as they are
+            log.warning("%s: trained with other options than the sweep file gives (%s); its row shows the sweep file's", run_dir, changed)
     todo = [(run, seed) for run, seed in planned if train and not (run_folder(out, run.name, seed) / "metrics.json").is_file()]
+    if train and len(todo) < len(planned):
+        log.info("%d of %d runs finished already in %s: kept, not trained again", len(planned) - len(todo), len(planned), out)
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
     with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run") as progress:
@@ -171,8 +221,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
             run, seed = running.pop(done)
             if done.returncode != 0:
                 run_dir = run_folder(out, run.name, seed)
-                failed.append(f"{run.name} seed {seed} (see {run_dir}/train.log)")
-                log.error("run %s seed %d failed; see %s/train.log", run.name, seed, run_dir)
+                failed.append(f"{run.name} seed {seed}: {failure(run_dir)}")
+                log.error("run %s seed %d failed: %s", run.name, seed, failure(run_dir))
             progress.update()
             write_results(out, runs, sweep_command)
     results = write_results(out, runs, sweep_command)
