@@ -162,7 +162,7 @@ def test_a_file_of_queries_is_read_with_the_runs_own_text_column(tiny_probe_run,
     queries.write_text("query\nmy card was stolen\n")
     with pytest.raises(SystemExit):
         cli.main(["predict", str(tiny_probe_run), "--input", str(queries), "--output", str(tmp_path / "p.csv")])
-    assert "missing column 'text' (columns: query); name the columns to read with --text-column" in capsys.readouterr().err
+    assert "missing column 'text' (columns: 'query'); name the column to read with --text-column (text_column in Python)" in capsys.readouterr().err
     cli.main(["predict", str(tiny_probe_run), "--input", str(queries), "--output", str(tmp_path / "p.csv"), "--text-column", "query"])
     assert (tmp_path / "p.csv").read_text().count("my card was stolen") == 1
 

@@ -53,11 +53,11 @@ def test_missing_folder_and_file(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: text, label\); name the columns to read with --text-column"):
+    with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: 'text', 'label'\); name the columns to read with --text-column"):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
     (tmp_path / "semi").mkdir()
     (tmp_path / "semi" / "train.csv").write_text("text;category\nhello;a\n")
-    with pytest.raises(DataError, match=r"missing column 'text' \(columns: text;category\); the file looks ';'-separated"):
+    with pytest.raises(DataError, match=r"missing column 'text' \(columns: 'text;category'\); the file looks ';'-separated"):
         read_examples(tmp_path / "semi" / "train.csv")
 
 
@@ -329,3 +329,24 @@ def test_shots_say_which_intents_have_fewer_examples_than_asked(tmp_path, caplog
     splits = load_splits(tmp_path, shots=5)
     assert Counter(splits.train.labels + splits.validation.labels) == {"card": 5, "pin": 3}
     assert "shots: 1 intent(s) have fewer than 5 examples and keep all they have ('pin': 3)" in caplog.text
+
+
+def test_a_header_written_otherwise_but_for_case_and_spaces_is_read(tmp_path):
+    folder = tmp_path / "sheet"
+    folder.mkdir()
+    rows = "".join(f"{text},{label},\r\n" for text, label in GOOD)
+    (folder / "train.csv").write_text("\ufeffText, Category ,\r\n" + rows, newline="")  # as a spreadsheet saves it
+    splits = load_splits(str(folder))
+    assert sorted(splits.labels) == sorted({label for _, label in GOOD}) and len(splits.train) + len(splits.validation) == len(GOOD)
+    (folder / "train.csv").write_text("text,Text,label\nhello,hi,a\n")  # two candidates, no category: nothing is guessed
+    with pytest.raises(DataError, match=r"missing column 'category' \(columns: 'text', 'Text', 'label'\)"):
+        load_splits(str(folder))
+
+
+def test_an_out_of_scope_file_with_intent_labels_is_refused(tmp_path):
+    oos = tmp_path / "oos.csv"
+    oos.write_text("text,category\nwhat is the weather,out_of_scope\ntell me a joke,OOS\nmy card has not arrived,card_arrival\n")
+    with pytest.raises(DataError, match=r"oos.csv: line 4: labelled 'card_arrival'; every row of an out-of-scope file is out of scope"):
+        load_splits(_folder(tmp_path, GOOD), oos_file=str(oos))
+    oos.write_text("text,category\nwhat is the weather,out_of_scope\ntell me a joke,OOS\n")
+    assert len(load_splits(str(tmp_path), oos_file=str(oos)).out_of_scope) == 2

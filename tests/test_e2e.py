@@ -69,7 +69,7 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\nhello,a\n")
     result = cli("train", "--data", tmp_path, "--output", tmp_path / "o", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {tmp_path}/train.csv: line 1: missing column 'category' (columns: text, label); "
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path}/train.csv: line 1: missing column 'category' (columns: 'text', 'label'); "
                                                   "name the columns to read with --text-column and --label-column (text_column, label_column in Python); "
                                                   "every file of a data set uses the same names"]
     result = cli("predict", tmp_path / "nothing", "hi", check=False)

@@ -162,9 +162,10 @@ def _csv_rows(path: Path, handle, columns):
         header = next(reader, None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
+        header = _match_header(header, columns)
         missing = [c for c in columns if c not in header]
         if missing:
-            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {', '.join(header)}){_column_hint(header)}")
+            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {_names(header)}){_column_hint(header, columns)}")
         end = reader.line_num
         for values in reader:
             start, end = end + 1, reader.line_num
@@ -179,13 +180,32 @@ def _csv_rows(path: Path, handle, columns):
         raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
 
 
-def _column_hint(header) -> str:
+def _match_header(header: list[str], columns: tuple[str, ...]) -> list[str]:
+    """``header`` with a column named as one of ``columns`` but for case and surrounding spaces
+    (``Text``, `` label ``) renamed to it, where exactly one is: spreadsheets write headers so."""
+    header = list(header)
+    for column in columns:
+        if column not in header:
+            near = [i for i, name in enumerate(header) if name.strip().casefold() == column.strip().casefold()]
+            if len(near) == 1:
+                header[near[0]] = column
+    return header
+
+
+def _names(header) -> str:
+    """Column names quoted, so that stray spaces and empty names show."""
+    return ", ".join(repr(str(name)) for name in header)
+
+
+def _column_hint(header, columns: tuple[str, ...]) -> str:
     """What to do about a missing column: a header that is one field holding a ``;`` or a tab is a file
     with another separator; otherwise the columns may just be named otherwise."""
     names = [str(name) for name in header]
     separator = next((c for c in (";", "\t", "|") if len(names) == 1 and c in names[0]), None)
     if separator:
         return f"; the file looks {separator!r}-separated, and CSV files are read comma-separated"
+    if len(columns) == 1:  # queries alone (predict --input, an out-of-scope file)
+        return "; name the column to read with --text-column (text_column in Python)"
     return ("; name the columns to read with --text-column and --label-column (text_column, label_column in Python); "
             "every file of a data set uses the same names")
 
@@ -207,7 +227,7 @@ def _jsonl_rows(path: Path, handle, columns):
             raise DataError(f"{path}: line {number}: expected a JSON object")
         missing = [c for c in columns if c not in row]
         if missing:
-            raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {', '.join(map(str, row))}){_column_hint(row)}")
+            raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {_names(row)}){_column_hint(row, columns)}")
         yield number, row
 
 
@@ -378,9 +398,12 @@ def locate(data: str) -> Path:
     return data_files(data).train.parent
 
 
-def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[str]:
+def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_column: str = "category",
+                           oos_label: str | None = "out_of_scope") -> list[str]:
     """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
-    or .csv/.jsonl (the text column; every row is an out-of-scope example)."""
+    or .csv/.jsonl (the text column; every row is an out-of-scope example). A row whose label column
+    names an intent is refused: a labelled data file given here by mistake would set the threshold
+    on in-scope queries."""
     path = Path(path).expanduser()
     if path.suffix not in (".txt", *DATA_SUFFIXES):
         raise DataError(f"{path}: an out-of-scope file must be .txt (one query a line), .csv or .jsonl")
@@ -395,6 +418,10 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text") -> list[
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: line {number}: column {column!r} holds {type(value).__name__}, not text")
+        label = row.get(label_column)
+        if isinstance(label, str) and label.strip() and label.strip() != oos_label and not _written_as_out_of_scope(label.strip(), oos_label):
+            raise DataError(f"{path}: line {number}: labelled {label.strip()!r}; every row of an out-of-scope file is out of scope "
+                            f"(in a data file, rows labelled {oos_label!r} are)")
         texts.append(value.strip())
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped", path, empty)
@@ -629,7 +656,7 @@ def load_splits(
         _check_known(validation, files.validation, set(full.labels), oos_label)
         log.info("validation split: %s (%d queries)", files.validation, len(validation))
     if oos_path is not None:
-        texts = read_out_of_scope_file(oos_path, text_column)
+        texts = read_out_of_scope_file(oos_path, text_column, label_column, oos_label)
         out_of_scope.add(texts, f"{oos_path.name}: {len(texts)} queries")
     labels = sorted(set(full.labels))
     file_rows = len(full)
