@@ -198,3 +198,8 @@ def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_prob
     with pytest.raises(SystemExit):  # a file where a folder goes: one line, before the model loads
         cli.main(["discover", str(tiny_probe_run), "--input", str(queries), "--output", str(sheet)])
     assert f"{sheet}: exists and is not a folder" in capsys.readouterr().err
+    for option, value, message in (("--min-size", "0", "--min-size must be at least 1, got 0"),
+                                   ("--distance-threshold", "5", "a cosine distance, between 0 and 2; got 5.0")):
+        with pytest.raises(SystemExit):
+            cli.main(discover + [option, value])
+        assert message in capsys.readouterr().err

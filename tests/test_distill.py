@@ -228,6 +228,7 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
     with pytest.raises(ConfigError, match="output folder is not empty .*--overwrite") as exc:
         distill(teacher, out)
     one_line(exc)
+    assert "resume" not in str(exc.value)  # distill has no --resume to offer
 
 
 def test_the_distill_command_trains_a_student_from_its_flags(teacher, tmp_path, capsys):

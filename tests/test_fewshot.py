@@ -74,7 +74,7 @@ def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, t
     write_csv(data / "valid.csv", [(text, intent) for intent, texts in INTENTS.items() for text in texts])
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "run", probe_c=[0.1, 10.0])))
     assert metrics["val_size"] == 16 and metrics["val_accuracy"] is not None and "calibration" not in metrics
-    assert metrics["probe_c_chosen"] == "on the validation file" and metrics["probe_val_accuracy"] == metrics["val_accuracy"]
+    assert metrics["probe_c_chosen"] == "on the validation split" and metrics["probe_val_accuracy"] == metrics["val_accuracy"]
 
 
 def test_shots_flag_draws_k_per_intent(tiny_bert, tiny_data, tmp_path):

@@ -30,7 +30,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from bankintent.config import check_labelling_sheet, check_output_folder
 from bankintent.data import read_queries
-from bankintent.errors import DataError
+from bankintent.errors import ConfigError, DataError
 from bankintent.results import write_json
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,10 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     only with ``overwrite``."""
     from bankintent.predict import Predictor, softmax
 
+    if min_size < 1:
+        raise ConfigError(f"--min-size must be at least 1, got {min_size}")
+    if not 0 < distance_threshold <= 2:
+        raise ConfigError(f"--distance-threshold is a cosine distance, between 0 and 2; got {distance_threshold}")
     out = Path(output)
     check_output_folder(out)
     check_labelling_sheet(out / "queries.csv", QUERY_COLUMNS, overwrite)

@@ -143,7 +143,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     cfg = dataclasses.replace(saved, output=str(out), overwrite=overwrite, resume=False, seed=opts.seed,
                               shots_seed=saved.draw_seed if saved.shots else saved.shots_seed)
 
-    created = _prepare_output(out, cfg)
+    created = _prepare_output(out, cfg, resumable=False)  # a student trains in one go
     try:  # what can refuse the run is checked before the output folder changes
         set_seed(opts.seed)
         splits = run_splits(cfg)
@@ -170,8 +170,8 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     augmented = augment(splits.train.texts, splits.train.labels, set(splits.labels), opts.seed, opts.augment_copies)[0]
     texts = splits.train.texts + augmented + [preprocess(t, spec.preprocessing) for t in extra_texts]
     labels = torch.tensor(splits.ids(splits.train) + [UNLABELLED] * (len(texts) - len(splits.train)))
-    log.info("distilling %d teacher layers into %s: %d training queries, %d perturbed copies, %d unlabelled", depth, kept,
-             len(splits.train), len(augmented), len(extra_texts))
+    log.info("distilling %d teacher layers into %d (the teacher's layers %s): %d training queries, %d perturbed copies, %d unlabelled",
+             depth, len(kept), ", ".join(str(i + 1) for i in kept), len(splits.train), len(augmented), len(extra_texts))
 
     started = time.perf_counter()
     teacher.to(device)

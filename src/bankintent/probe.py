@@ -46,7 +46,7 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
         warnings.simplefilter("ignore", FutureWarning)
         if (choose_on_validation or fewest < 2) and len(val_y):
             best = None
-            for c in cs:  # C chosen on the validation file
+            for c in cs:  # C chosen on the validation split
                 candidate = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x, train_y)
                 accuracy = float((candidate.predict(val_x) == val_y).mean())
                 if best is None or accuracy > best[2]:

@@ -333,7 +333,7 @@ def _contents(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in LAUNCHER_FILES) if folder.is_dir() else []
 
 
-def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
+def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
     """Check ``--output`` before anything is loaded: a folder holding something is refused unless
     ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
     checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
@@ -342,9 +342,9 @@ def _prepare_output(folder: Path, cfg: TrainConfig) -> list[Path]:
     contents = _contents(folder)
     if contents and not (cfg.overwrite or cfg.resume):
         shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
-        raise ConfigError(f"{folder}: output folder is not empty ({shown}); pass --overwrite to replace it, "
-                          f"--resume to continue its training, or choose another --output (in Python: overwrite=True, "
-                          f"resume=True, output=...)")
+        resume = (" --resume to continue its training,", " resume=True,") if resumable else ("", "")
+        raise ConfigError(f"{folder}: output folder is not empty ({shown}); pass --overwrite to replace it,{resume[0]} "
+                          f"or choose another --output (in Python: overwrite=True,{resume[1]} output=...)")
     if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
         raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
                           f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
@@ -440,12 +440,12 @@ def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: boo
     ``calibrate``), else None."""
     train_x = probe.embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="probe: embedding train", disable=not progress)
     val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
-    # small training data beside the user's validation file: C is chosen on that file, else cross-validated
+    # small training data with a validation split (the user's file, or carved): C is chosen on it, else cross-validated
     on_validation = bool(len(splits.validation)) and is_small(splits.train.labels)
     clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed,
                                 choose_on_validation=on_validation)
     probe.load_into_head(model, clf)
-    chosen = "on the validation file" if on_validation else "by cross-validation on the training split"
+    chosen = "on the validation split" if on_validation else "by cross-validation on the training split"
     log.info("linear probe: C=%g (chosen %s)%s", c, chosen, "" if val_acc is None else f", validation accuracy {val_acc:.4f}")
     held_out = None
     if splits.small_data and cfg.method in PROBE_FINAL_METHODS:
