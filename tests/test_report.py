@@ -308,3 +308,13 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     assert len(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")) == 2
     with pytest.raises(BankintentError, match="--oos-label is for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
+
+
+def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():
+    from bankintent.evaluation import per_intent
+
+    intents = per_intent([0, 0, 1, 1], [0, 2, 1, 1], ["a", "b", "never_asked"])  # one query of 'a' taken for never_asked
+    assert list(intents.intent) == ["a", "b", "never_asked"]  # the absent intent last, not first
+    absent = intents.set_index("intent").loc["never_asked"]
+    assert absent.support == 0 and np.isnan(absent.f1) and np.isnan(absent.recall) and absent.precision == 0.0
+    assert intents.set_index("intent").loc["a"].f1 == pytest.approx(2 / 3)

@@ -42,8 +42,13 @@ def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) 
 
 
 def per_intent(y_true, y_pred, labels: list[str]) -> pd.DataFrame:
+    """Precision, recall and F1 of every intent, the worst F1 first. An intent with no query in the
+    split has no recall or F1 (NaN, listed last), as macro-F1 leaves it out: not a 0 that would head
+    the list; its precision still counts the queries wrongly given it."""
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=range(len(labels)), zero_division=0)
-    return pd.DataFrame({"intent": labels, "precision": p, "recall": r, "f1": f, "support": support}).sort_values("f1")
+    absent = support == 0
+    return pd.DataFrame({"intent": labels, "precision": p, "recall": np.where(absent, np.nan, r), "f1": np.where(absent, np.nan, f),
+                         "support": support}).sort_values("f1", kind="stable")
 
 
 def confused_pairs(texts: list[str], y_true, y_pred, labels: list[str], top: int = 10, examples: int = 3) -> list[dict]:
@@ -194,7 +199,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     lengths.to_csv(out / f"{split}_by_length.csv", index=False, float_format="%.4f")
     pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
     summary.update({
-        "worst_intents": intents.head(5)[["intent", "f1"]].to_dict("records"),
+        "worst_intents": intents[intents.support > 0].head(5)[["intent", "f1"]].to_dict("records"),
         "confused_pairs": pairs,
         "accuracy_by_length": lengths.to_dict("records"),
         "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split, out_of_scope),

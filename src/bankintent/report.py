@@ -371,6 +371,8 @@ def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.
     index = {label: i for i, label in enumerate(splits.labels)}
     y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
     intents = per_intent(y_true, y_pred, splits.labels)
+    absent = intents[intents.support == 0].intent.tolist()
+    intents = intents[intents.support > 0]  # an intent with no query in the split has no F1 to rank
     pairs = confused_pairs(frame.text.tolist(), y_true, y_pred, splits.labels, top=10, examples=2)
     lengths = accuracy_by_length(frame.text.tolist(), y_true, y_pred)
     pair_rows = [{"Intents": f"{p['intent_a']} ↔ {p['intent_b']}", "Errors": p["count"],
@@ -390,7 +392,8 @@ def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.
         markdown_table(pair_rows, ["Intents", "Errors", "Example queries"]) if pair_rows else "No errors.",
         f"### Per-intent F1 (worst {WORST} highlighted)",
         _f1_figure(intents, figures),
-        markdown_table(worst_rows, list(worst_rows[0])),
+        markdown_table(worst_rows, list(worst_rows[0])) + (f"\n\nNo {split} queries of {len(absent)} intent(s), left out: "
+                                                           f"{', '.join(absent)}." if absent else ""),
         "### Accuracy by query length",
         markdown_table(length_rows, ["Length", "Queries", "Accuracy"]),
     ])
