@@ -306,8 +306,20 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "b", oos_label="OOS")
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 2
     assert len(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")) == 2
-    with pytest.raises(BankintentError, match="--oos-label is for a file given with --data"):
+    with pytest.raises(BankintentError, match="--oos-label and --unseen-as-oos are for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
+
+
+def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_when_asked(tiny_runs, tiny_data, tmp_path):
+    rows = pd.read_csv(tiny_data / "test.csv")
+    new = pd.DataFrame({"text": ["i want a mortgage", "what rate for a home loan", "remortgage my flat"], "category": "mortgage"})
+    pd.concat([rows, new]).to_csv(tmp_path / "traffic.csv", index=False)
+    with pytest.raises(DataError, match=r"label 'mortgage' never seen in training \(--unseen-as-oos counts the rows of intents"):
+        evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "a")
+    summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "b", unseen_as_oos=True)
+    assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 3
+    assert "3 rows of 1 intent(s) the model never saw (mortgage)" in summary["out_of_scope"]["oos_examples"]
+    assert set(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv").text) == set(new.text)
 
 
 def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():

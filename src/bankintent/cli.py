@@ -71,7 +71,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from bankintent.evaluation import evaluate_run
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
-                           args.oos_label)
+                           args.oos_label, args.unseen_as_oos)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
     fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
     print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
     p.add_argument("--oos-label", help="label of out-of-scope rows, whose recall the fallback is measured on (default: the run's, "
                                        "else out_of_scope)")
+    p.add_argument("--unseen-as-oos", action="store_true", help="count the rows of a --data file labelled with intents the model "
+                                                                 "never saw as out of scope (default: refused)")
     p.add_argument("--output", help="folder to write the results to (default: the run's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation of other data in the folder")
     p.set_defaults(func=evaluate)

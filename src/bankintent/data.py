@@ -588,22 +588,34 @@ def thin_validation(splits: Splits) -> str | None:
             f"calibration and the out-of-scope threshold rest on little; add validation queries (valid.csv) or raise val_fraction")
 
 
-def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None) -> None:
+def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None, otherwise: str = "") -> None:
+    """Refuse a label of ``examples`` that is not ``known``; ``otherwise``: the way out to offer."""
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
             hint = (f" (out-of-scope rows are labelled {oos_label!r} for this model; --oos-label {label} reads these as such)"
                     if _written_as_out_of_scope(label, oos_label) else "")
-            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint}")
+            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or otherwise}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
-                   strict_data: bool = False, oos_label: str | None = "out_of_scope") -> tuple[Examples | None, OutOfScope]:
+                   strict_data: bool = False, oos_label: str | None = "out_of_scope",
+                   unseen_as_oos: bool | None = None) -> tuple[Examples | None, OutOfScope]:
     """A file of labelled queries to test a model on: its in-scope examples (None when it holds only
-    out-of-scope rows) and its out-of-scope rows set apart; every label must be one of ``known``."""
+    out-of-scope rows) and its out-of-scope rows set apart; every label must be one of ``known``, or
+    with ``unseen_as_oos`` the rows of other labels are out of scope too (intents added since the
+    model trained: what its fallback should catch). None: not an option where the file is read
+    (training's test file), so the error does not offer it."""
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
-    _check_known(test, path, known, oos_label)
     out_of_scope = OutOfScope()
     out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
+    unseen = sorted(set(test.labels) - known) if unseen_as_oos else []
+    if unseen:
+        out_of_scope.add([text for text, label in zip(test.texts, test.labels) if label not in known],
+                         f"{path.name}: {_rows(sum(label not in known for label in test.labels))} of {len(unseen)} intent(s) "
+                         f"the model never saw ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})")
+        test = test.take([i for i, label in enumerate(test.labels) if label in known])
+    offer = " (--unseen-as-oos counts the rows of intents the model never saw as out of scope)" if unseen_as_oos is False else ""
+    _check_known(test, path, known, oos_label, offer)
     return (test if test.texts else None), out_of_scope
 
 

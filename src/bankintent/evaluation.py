@@ -80,12 +80,13 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
                  label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False,
-                 oos_label: str | None = None) -> dict:
+                 oos_label: str | None = None, unseen_as_oos: bool = False) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
     trained on (from its ``config.yaml``; ``data``, the columns and ``oos_label`` override), writing to ``output``
     (default: ``run_dir``). ``data`` naming one file evaluates that file's labelled queries, as the
-    test split: the way to measure a model trained on every row of small data. An evaluation of other
-    data already in ``output`` is replaced only with ``overwrite``."""
+    test split: the way to measure a model trained on every row of small data; ``unseen_as_oos`` takes
+    its rows of intents the model never saw as out of scope. An evaluation of other data already in
+    ``output`` is replaced only with ``overwrite``."""
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir
     if not run_dir.exists():
@@ -100,14 +101,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column), ("oos_label", oos_label)) if v}
     cfg = TrainConfig(**{**saved, **given})
     given_file = data is not None and Path(data).expanduser().is_file()
-    if oos_label and not given_file:  # it would change which rows of the run's data trained, and so its split
-        raise BankintentError("--oos-label is for a file given with --data; the run's own data is read with the label it trained with")
+    if (oos_label or unseen_as_oos) and not given_file:  # --oos-label would change which rows of the run's data trained
+        raise BankintentError("--oos-label and --unseen-as-oos are for a file given with --data; the run's own data is read as it "
+                              "trained")
     if given_file:
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
         predictor = Predictor.load(run_dir)
         path = Path(data).expanduser().resolve()
-        examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label)
+        examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
+                                       unseen_as_oos)
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
         check_replace(out, run_dir, "test", str(path), model, overwrite)
