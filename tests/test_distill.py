@@ -110,6 +110,9 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["method"] == "distill" and metrics["teacher_layers"] == 4 and metrics["kept_layers"] == [1, 3]
     assert metrics["unlabelled_size"] == 3 and metrics["augmented_size"] > 0  # the blank line is skipped
+    trained = json.loads((teacher / "metrics.json").read_text())
+    for key in ("data", "val_size", "test_size", "num_labels", "validation", "shots", "duplicate_rows", "val_warning"):
+        assert metrics[key] == trained[key], key  # the same data as the teacher's, said the same way
     assert metrics["distill_queries"] == metrics["train_size"] + metrics["augmented_size"] + 3
     assert metrics["val_accuracy"] is not None and metrics["test_accuracy"] is not None and metrics["epochs_run"] == 1
     teacher_total = json.loads((teacher / "metrics.json").read_text())["total_params"]

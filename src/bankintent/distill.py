@@ -57,8 +57,8 @@ from bankintent.modeling import encode_batches, keep_layers, load_model, load_to
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
-from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, hardware, preprocess_splits,
-                                 save_and_score, saved_config)
+from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, data_metrics, hardware,
+                                 preprocess_splits, save_and_score, saved_config)
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +201,10 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "seed": opts.seed,
-        "train_size": len(splits.train),
+        **data_metrics(splits),
         "augmented_size": len(augmented),
         "unlabelled_size": len(extra_texts),
         "distill_queries": len(texts),
-        "val_size": len(splits.validation),
-        "test_size": len(splits.test) if splits.test is not None else 0,
-        "num_labels": len(splits.labels),
-        "data": splits.source,
-        "validation": splits.notes.get("validation"),
         "teacher": str(source.resolve()),
         "teacher_method": teacher_spec.method,
         "ensemble_teachers": [str(other.resolve()) for other in others],

@@ -673,6 +673,19 @@ def _train(cfg: TrainConfig) -> dict:
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "seed": cfg.seed,
+        **data_metrics(splits),
+        "hardware": hardware(),
+        **extra,
+    }
+    write_json(out / "metrics.json", metrics)
+    write_model_card(model_dir, cfg, metrics)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
+    return metrics
+
+
+def data_metrics(splits: Splits) -> dict:
+    """What ``metrics.json`` says of the data a model was made from (training, ``bankintent.distill``)."""
+    return {
         "train_size": len(splits.train),
         "val_size": len(splits.validation),
         "test_size": len(splits.test) if splits.test is not None else 0,
@@ -682,17 +695,11 @@ def _train(cfg: TrainConfig) -> dict:
         "val_min_per_intent": min(Counter(splits.validation.labels)[label] for label in splits.labels),
         "shots": splits.notes.get("shots"),
         "intent_names_added": splits.notes.get("intent_names_added", 0),
-        "val_warning": thin,
+        "val_warning": None if splits.small_data else thin_validation(splits),
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
         "queries_also_in_training": splits.notes.get("queries_also_in_training", {}),
-        "hardware": hardware(),
-        **extra,
     }
-    write_json(out / "metrics.json", metrics)
-    write_model_card(model_dir, cfg, metrics)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
-    return metrics
 
 
 def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict,
