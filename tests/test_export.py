@@ -196,7 +196,7 @@ def test_export_errors(runs, tmp_path):
         Predictor.load(broken)
 
 
-def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tmp_path):
+def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_data, tmp_path):
     """The export replaces its output folder whole: a folder of other files, or one holding the run
     itself, was deleted without a word."""
     shelf = tmp_path / "shelf"
@@ -221,11 +221,16 @@ def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tmp_pat
     folder = export(shelf / "run", tmp_path / "export")
     with pytest.raises(ConfigError, match="an ONNX export already; export the run or model folder it came from"):
         export(folder, tmp_path / "again")
+    from bankintent.evaluation import evaluate_run
+
+    evaluate_run(folder, data=str(tiny_data / "test.csv"))  # what evaluating the export leaves in it is replaced with it
+    assert (folder / "test_evaluation.json").is_file()
     with pytest.raises(ConfigError, match="holds an earlier export; pass --overwrite to replace it"):
         export(shelf / "run", folder, format="merged")
     assert (folder / "model.onnx").is_file()
     export(shelf / "run", folder, format="merged", overwrite=True)
     assert (folder / "model.safetensors").is_file() and not (folder / "model.onnx").exists()
+    assert not (folder / "test_evaluation.json").exists()  # it was about the model replaced
 
 
 def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):

@@ -68,7 +68,7 @@ def _pct(value, digits: int = 2) -> str:
 
 def evaluate(args: argparse.Namespace) -> None:
     _status(f"evaluating {args.dir} on its {args.split} split ...")
-    from bankintent.evaluation import evaluate_run
+    from bankintent.evaluation import evaluate_run, evaluation_files
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
                            args.oos_label, args.unseen_as_oos)
@@ -97,9 +97,9 @@ def evaluate(args: argparse.Namespace) -> None:
         if coverage.get("oos_score_reason"):
             print(f"  score: {coverage['oos_score_reason']}")
     folder = Path(args.output or args.dir)
-    names = ["evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv", "by_length.csv", "coverage.csv", "coverage.png"]
-    names += ["out_of_scope.csv"] if (folder / f"{args.split}_out_of_scope.csv").is_file() else []  # where it had out-of-scope examples
-    print(f"written in {folder}: {', '.join(f'{args.split}_{name}' for name in names)}")
+    written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{args.split}_")]
+    if written:
+        print(f"written in {folder}: {', '.join(written)}")
 
 
 def prediction_line(result: dict) -> str:

@@ -22,6 +22,15 @@ from bankintent.results import write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
+# what ``evaluate`` writes for a split, each name after the split's ``<split>_``
+EVALUATION_NAMES = ("evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv", "by_length.csv", "coverage.csv",
+                    "coverage.png", "out_of_scope.csv")
+
+
+def evaluation_files(folder: Path) -> list[Path]:
+    """The files an evaluation of the model in ``folder`` left there (about that model only)."""
+    return [folder / f"{split}_{name}" for split in ("test", "validation") for name in EVALUATION_NAMES
+            if (folder / f"{split}_{name}").is_file()]
 
 
 def _ids(examples: Examples, labels: list[str]) -> np.ndarray:

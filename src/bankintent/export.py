@@ -57,6 +57,7 @@ from transformers import PreTrainedModel
 
 from bankintent.config import check_output_folder, read_yaml
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
+from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
 from bankintent.text import preprocess
@@ -84,7 +85,8 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
         return
-    others = [name for name in contents if name not in EXPORT_FILES]
+    evaluated = {path.name for path in evaluation_files(output)}  # of the earlier export: replaced with it
+    others = [name for name in contents if name not in EXPORT_FILES | evaluated]
     if others or "export.json" not in contents:  # an earlier export names itself in export.json
         shown = ", ".join((others or contents)[:4]) + (", ..." if len(others or contents) > 4 else "")
         raise ConfigError(f"{output}: the folder holds other files ({shown}) and the export would replace them; choose another --output "

@@ -71,7 +71,7 @@ from bankintent.calibration import calibrate
 from bankintent.config import AUTO, TrainConfig, check_output_folder, for_data
 from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
-from bankintent.evaluation import evaluate_split
+from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
 from bankintent.modeling import (
     COLD_HEAD_SCALE,
@@ -403,7 +403,7 @@ def _empty_run_folder(folder: Path) -> None:
 
 def _remove_stale_evaluation(folder: Path) -> None:
     """--resume replaces the model: the files ``bankintent evaluate`` wrote about the previous one go."""
-    stale = [p for pattern in ("test_*", "validation_*") for p in folder.glob(pattern) if p.is_file() or p.is_symlink()]
+    stale = evaluation_files(folder)
     for path in stale:
         path.unlink()
     if stale:
