@@ -168,3 +168,13 @@ def test_metrics_record_the_users_validation_file_and_the_rows_skipped(tiny_bert
     with pytest.raises(DataError, match=r"train.csv: line 6: empty text"):
         _train(tiny_bert, data, tmp_path / "strict", strict_data=True)
     assert not (tmp_path / "strict").exists()
+
+
+def test_train_options_override_the_config_they_come_with(tiny_bert, tiny_data, tmp_path):
+    import bankintent
+
+    cfg = resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "from_config"))
+    metrics = bankintent.train(cfg, output=str(tmp_path / "given"), seed=7)  # as flags override a config file
+    assert metrics["seed"] == 7 and (tmp_path / "given" / "metrics.json").is_file() and not (tmp_path / "from_config").exists()
+    with pytest.raises(ConfigError, match="unknown option"):
+        bankintent.train(cfg, sed=7)

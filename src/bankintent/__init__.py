@@ -46,8 +46,11 @@ def __dir__() -> list[str]:
 
 
 def train(config: TrainConfig | None = None, **options) -> dict:
-    """Train and evaluate; returns the content of metrics.json. ``train(method="lora", output="runs/x")``."""
+    """Train and evaluate; returns the content of metrics.json. ``train(method="lora", output="runs/x")``;
+    ``options`` given with a ``config`` override its values, as flags do a config file's."""
+    import dataclasses
+
     from bankintent.config import resolve_config
     from bankintent.training import train as run
 
-    return run(config or resolve_config(None, **options))
+    return run(resolve_config(None, **{**(dataclasses.asdict(config) if config else {}), **options}))
