@@ -72,3 +72,15 @@ def test_cli_flags_mirror_config_fields():
         ["train", "--output", "o", "--lora-r", "16", "--lr", "1e-5", "--target-modules", "q_lin,v_lin", "--resume"]
     )
     assert (args.lora_r, args.lr, args.target_modules, args.resume, args.epochs) == (16, 1e-5, ["q_lin", "v_lin"], True, None)
+
+
+def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('epochs: "3"\nlr: 1e-4\nbatch_size: 1e1\nintent_names: on\n')  # PyYAML: text, text, text and true
+    cfg = resolve_config(path)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.intent_names) == (3, 1e-4, 10, "on")
+    for content, message in (("epochs: three", "epochs must be a whole number, got 'three'"), ("epochs: 2.5", "got 2.5"),
+                             ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"), ("data: 5", "data must be text")):
+        path.write_text(content + "\n")
+        with pytest.raises(ConfigError, match=message):
+            resolve_config(path)

@@ -7,6 +7,7 @@ flags. The files in ``configs/`` hold exactly the recipes below (a test checks t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -116,6 +117,8 @@ class TrainConfig:
     oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
 
     def __post_init__(self) -> None:
+        for name, kind in _scalar_kinds().items():
+            setattr(self, name, _as_kind(name, getattr(self, name), kind))
         if self.method not in (AUTO, *METHODS):
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join((AUTO, *METHODS))}")
         if self.pooling not in ("auto", "mean", "cls"):
@@ -169,6 +172,41 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+
+@functools.cache
+def _scalar_kinds() -> dict[str, type]:
+    """The type of each ``TrainConfig`` field that holds one value (``int | None`` as int); lists aside."""
+    import types
+    import typing
+
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kind = next((t for t in typing.get_args(hint) if t is not type(None)), None) if union else hint
+        if kind in (bool, int, float, str):
+            kinds[name] = kind
+    return kinds
+
+
+def _as_kind(name: str, value: Any, kind: type) -> Any:
+    """``value`` as the option ``name``'s ``kind``, or a one-line ConfigError. A YAML file reads
+    ``1e-4`` and a quoted number as text, and ``on`` as true: a number written as text is taken as
+    that number, on/off for ``intent_names`` as the words; anything else of the wrong type is refused
+    (it failed deep inside training with a TypeError)."""
+    if value is None or (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
+        return value
+    if kind is str and name == "intent_names" and isinstance(value, bool):
+        return "on" if value else "off"
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (kind is float or number.is_integer()):
+            return kind(number)
+    wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
 
 def load_yaml_file(path: Path, what: str = "config file") -> Any:
