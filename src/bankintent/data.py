@@ -326,7 +326,8 @@ def _download_banking77() -> Path:
             with urllib.request.urlopen(url, timeout=60) as response:
                 payload = response.read()
         except OSError as exc:
-            raise DataError(f"could not download Banking77 from {url} ({exc}); pass --data DIR with train.csv and test.csv") from None
+            raise DataError(f"could not download Banking77 from {url} ({exc}); set BANKINTENT_DATA_DIR to a folder holding its "
+                            f"train.csv and test.csv") from None
         tmp = target / f"{split}.csv.part"
         tmp.write_bytes(payload)
         tmp.replace(target / f"{split}.csv")
@@ -334,8 +335,10 @@ def _download_banking77() -> Path:
 
 
 def _banking77_folder() -> Path:
-    """A local copy of Banking77 ($BANKINTENT_DATA_DIR, ../shared/data/banking77, the cache) or a download."""
-    candidates = [os.environ.get("BANKINTENT_DATA_DIR"), Path.cwd().parent / "shared" / "data" / BANKING77]
+    """A local copy of Banking77 ($BANKINTENT_DATA_DIR; shared/data/banking77 beside the working folder
+    or beside the source checkout, as the project's machines keep it; the cache) or a download."""
+    beside = [folder.parent / "shared" / "data" / BANKING77 for folder in (Path.cwd(), Path(__file__).resolve().parents[2])]
+    candidates = [os.environ.get("BANKINTENT_DATA_DIR"), *beside]
     for candidate in candidates:
         if candidate and (Path(candidate) / "train.csv").is_file():
             return Path(candidate)
