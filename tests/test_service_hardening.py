@@ -132,3 +132,12 @@ def test_sigterm_finishes_requests_in_flight(run):
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * 16
     assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_sent_as_another_content_type_is_told_to_send_json(url, content_type):
+    response = _post(url, json.dumps({"texts": ["i lost my card"]}).encode(), content_type)  # curl -d sends form encoding
+    assert response.status_code == 415
+    assert response.json()["error"] == f"the body must be JSON, sent with 'Content-Type: application/json' (got {content_type})"
+    no_type = httpx.post(f"{url}/v1/predict", content=json.dumps({"texts": ["i lost my card"]}).encode(), timeout=30)
+    assert no_type.status_code == 415 and no_type.json()["error"].endswith("(got no content type)")  # FastAPI reads no JSON then

@@ -120,7 +120,7 @@ class ErrorBody(BaseModel):
     error: str
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -470,7 +470,13 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        # a body that is not JSON at all is a bad request (400); JSON with bad fields is unprocessable (422)
+        # a body sent as something else than JSON (curl -d's form encoding, text/plain) is an unsupported media
+        # type (415), which FastAPI reports as a body that is no object; a body that is not JSON at all is a bad
+        # request (400); JSON with bad fields is unprocessable (422)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json" and not kind.endswith("+json"):
+            return JSONResponse({"error": f"the body must be JSON, sent with 'Content-Type: application/json' (got "
+                                          f"{kind or 'no content type'})"}, 415)
         malformed = all(error["type"] == "json_invalid" for error in exc.errors())
         return JSONResponse({"error": _validation_message(exc)}, 400 if malformed else 422)
 
