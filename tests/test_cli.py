@@ -234,3 +234,23 @@ def test_commands_refuse_a_file_as_output_folder_before_any_work(command, tmp_pa
         cli.main([part.format(tmp=tmp_path) for part in command] + ["--output", str(taken)])
     assert stop.value.code == 2 and f"{taken}: exists and is not a folder" in capsys.readouterr().err
     assert taken.read_text() == "mine"
+
+
+def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run):
+    from bankintent import Predictor
+    from bankintent.errors import ConfigError, DataError, ModelError
+
+    predictor = Predictor.load(tiny_probe_run)
+    assert len(predictor.predict("my card", top_k=99)[0]["top_k"]) == len(predictor.labels)  # as many as there are
+    for top_k in (0, -1, 2.5, "3", True):
+        with pytest.raises(ConfigError, match=rf"top_k must be a whole number of at least 1, got {re.escape(repr(top_k))}"):
+            predictor.predict("my card", top_k=top_k)
+    for texts in (None, 5):
+        with pytest.raises(DataError, match="expected a text or a list of texts"):
+            predictor.predict(texts)
+    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got '2'"):
+        Predictor.load(tiny_probe_run, oos_threshold="2")
+    with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):
+        Predictor.load(tiny_probe_run, batch_size=0)
+    with pytest.raises(ModelError, match="device 'tpu': "):
+        Predictor.load(tiny_probe_run, device="tpu")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import numbers
 import os
 import threading
 from pathlib import Path
@@ -114,6 +115,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise DataError(f"expected a text or a list of texts, got {type(texts).__name__}")
     clean = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -221,8 +224,11 @@ class Predictor:
         self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
-        if oos_threshold is not None and np.isnan(oos_threshold):  # nan would answer every query in scope (inf says so)
-            raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold}")
+        if oos_threshold is not None and (isinstance(oos_threshold, bool) or not isinstance(oos_threshold, numbers.Real)
+                                          or np.isnan(oos_threshold)):  # nan would answer every query in scope (inf says so)
+            raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
         if oos_score is not None and (self.oos_threshold is None or not ood.supports(oos_score, spec.ood)):
             # a score asked for by name that the model cannot use would silently answer every query in scope
@@ -241,7 +247,11 @@ class Predictor:
             model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         else:
             model, spec = load_model(folder, allow_pickle=allow_pickle)
-            model, tokenizer = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), load_tokenizer(spec.base_model)
+            try:
+                model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            except (RuntimeError, AssertionError) as exc:  # an unknown or unavailable device
+                raise ModelError(f"device {device!r}: {str(exc).splitlines()[0]}") from None
+            tokenizer = load_tokenizer(spec.base_model)
         try:
             return cls(model, tokenizer, spec, batch_size=batch_size, oos_score=oos_score, oos_threshold=oos_threshold)
         except ModelError as exc:
@@ -308,6 +318,8 @@ class Predictor:
           intent; ``oos_method`` names the score; all three ``None`` without a detector);
         - ``closest_intent``: the most probable intent, also when the answer is out of scope;
         - ``top_k``: [{intent, confidence}], the most probable intents."""
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise ConfigError(f"top_k must be a whole number of at least 1, got {top_k!r}")
         texts = check_texts(texts)
         if not texts:
             return []
@@ -318,7 +330,7 @@ class Predictor:
         else:
             with one_blas_thread():
                 scores = self.oos_scores(probs, features)
-        top_k = max(1, min(top_k, len(self.labels)))
+        top_k = min(top_k, len(self.labels))
         results = []
         for text, row, score in zip(texts, probs, scores):
             order = np.argsort(-row)[:top_k]
