@@ -123,6 +123,15 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     written = (run / "test_predictions.csv").read_text()
     md = write_report([run], tmp_path / "mixed")[1].read_text()
     assert "heldout.csv" not in md and (run / "test_predictions.csv").read_text() == written
+    part = tmp_path / "part.csv"  # other queries than test.csv's: the report predicts test.csv, and says where it keeps them
+    part.write_text("".join((tiny_data / "test.csv").read_text().splitlines(keepends=True)[:11]))
+    evaluate_run(run, data=str(part), overwrite=True)
+    part_predictions = (run / "test_predictions.csv").read_text()
+    md = write_report([run], tmp_path / "other")[1].read_text()
+    assert f"accuracy {pd.read_csv(tmp_path / 'other' / 'test_predictions.csv').correct.mean():.2%}); predictions in " \
+           f"`{tmp_path / 'other' / 'test_predictions.csv'}`" in md
+    assert (run / "test_predictions.csv").read_text() == part_predictions and len(pd.read_csv(tmp_path / "other" / "test_predictions.csv")) == 20
+    heldout_summary = evaluate_run(run, data=str(heldout), overwrite=True)
     caught = pd.read_csv(run / "test_out_of_scope.csv")  # which out-of-scope rows got through, and as what
     assert caught.text.tolist() == ["what's the weather", "tell me a joke"] and set(caught.columns) >= {"caught", "closest_intent", "oos_score"}
     assert caught.caught.mean() == heldout_summary["out_of_scope"]["oos_recall"]
@@ -144,6 +153,7 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     with monkeypatch.context() as patched:
         patched.setattr(Predictor, "load", no_prediction)
         md = write_report([run], tmp_path / "report")[1].read_text()
+    assert f"predictions in `{run / 'test_predictions.csv'}`" in md and not (tmp_path / "report" / "test_predictions.csv").exists()
     answered = ~table.out_of_scope
     assert (f"on the test split (20 queries): the fallback answers {answered.mean():.1%} of them with an intent, "
             f"{table.correct[answered].mean():.2%} of those right (all queries answered: {table.correct.mean():.2%})") in md

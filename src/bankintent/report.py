@@ -245,20 +245,22 @@ def has_model_or_predictions(run: Run) -> bool:
         (run.folder / f"{split}_predictions.csv").is_file() for split in ("test", "validation"))
 
 
-def predictions(run: Run, examples: Examples, split: str) -> pd.DataFrame:
-    """The saved model's predictions of ``examples``: those ``bankintent evaluate`` wrote, else
-    predicted now (once) and kept in ``<run>/<split>_predictions.csv``."""
+def predictions(run: Run, examples: Examples, split: str, out: Path) -> tuple[pd.DataFrame, Path]:
+    """The saved model's predictions of ``examples`` and the file that holds them: those ``bankintent
+    evaluate`` wrote, else predicted now (once) and kept in ``<run>/<split>_predictions.csv``, or in
+    the report's folder ``out`` where that file holds evaluate's predictions of other queries."""
+    path = run.folder / f"{split}_predictions.csv"
     saved = saved_predictions(run, examples, split)
     if saved is not None:
-        return saved
+        return saved, path
     from bankintent.predict import Predictor
 
     predictor = Predictor.load(run.folder)
     frame = prediction_table(predictor, examples, *predictor.outputs(examples.texts, desc=f"report: predicting {split}"))
-    path = run.folder / f"{split}_predictions.csv"
-    if not written_for_this_model(run, path):  # kept for the next report; what evaluate wrote of other queries stays
-        frame.to_csv(path, index=False, float_format="%.6g")
-    return frame
+    if written_for_this_model(run, path):  # evaluate's, of other queries: it stays
+        path = out / f"{split}_predictions.csv"
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return frame, path
 
 
 def evaluated_split(run: Run, splits: Splits) -> tuple[str, Splits]:
@@ -367,7 +369,7 @@ def analysed_run(runs: list[Run]) -> tuple[Run, str]:
     return runs[0], "the first run given: none has a validation split to compare them on"
 
 
-def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.DataFrame, figures: Path) -> str:
+def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.DataFrame, kept: Path, figures: Path) -> str:
     index = {label: i for i, label in enumerate(splits.labels)}
     y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
     intents = per_intent(y_true, y_pred, splits.labels)
@@ -385,7 +387,7 @@ def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.
     return "\n\n".join([
         "## Error analysis",
         f"Run `{run.label}` ({chosen}), on the {split} split "
-        f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{run.folder}/{split}_predictions.csv`.",
+        f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{kept}`.",
         "### Most confused intents",
         _heatmap(y_true, y_pred, splits.labels, figures),
         "### Most confused pairs",
@@ -500,7 +502,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     best, chosen = analysed_run(analysable)
     split, splits = evaluated_split(best, _splits(best))
     figures.mkdir(parents=True, exist_ok=True)
-    frame = predictions(best, splits.test if split == "test" else splits.validation, split)
+    frame, kept = predictions(best, splits.test if split == "test" else splits.validation, split, out)
     hardware = sorted({r.metrics.get("hardware", "-") for r in runs})
     bases = sorted({str(r.metrics.get("base_model", "-")) for r in runs})
     report_command = shlex.join(["bankintent", "report", *map(str, dirs), "--output", str(out)])
@@ -513,7 +515,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         results_section(runs, sweeps),
         curves_section(runs, figures),
         calibration_section(runs, best, split, frame, figures, split_source(splits, split)),
-        errors_section(best, chosen, splits, split, frame, figures),
+        errors_section(best, chosen, splits, split, frame, kept, figures),
         cost_section(runs, figures),
         commands_section(runs, report_command),
     ]) + "\n"
