@@ -290,6 +290,7 @@ def test_the_model_folder_carries_the_default_score_and_thresholds(run):
     predictor = Predictor.load(run)
     assert (predictor.oos_score, predictor.oos_threshold) == (spec["oos_score"], metrics["oos_threshold"])
     assert 0 <= metrics["oos_recall"] <= 1 and metrics["oos_examples_size"] == len(ood.probe_set())
+    assert metrics["oos_recall_optimistic"] is False  # the probe set measures, it does not choose
 
 
 @pytest.mark.e2e
@@ -360,5 +361,6 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     auroc = {name: metrics[f"oos_auroc_{name}"] for name in ood.SCORES}
     assert all(0 <= v <= 1 for v in auroc.values())
     assert metrics["oos_score_reason"] == f"catches the most of {metrics['oos_examples']} at the threshold"
+    assert metrics["oos_recall_optimistic"] is True  # the same examples chose the score
     assert metrics["oos_recall"] in {k / 6 for k in range(7)}
     assert json.loads((out / "adapter" / "labels.json").read_text()) == ["branch_hours", "loan_info", "open_account"]

@@ -248,6 +248,7 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set so that " \
            f"{metrics['oos_coverage_target']:.0%} of the validation queries are answered" in card
     assert f"Why this score: {metrics['oos_score_reason']}." in card
+    assert metrics["val_warning"].startswith("the validation split is thin") and f"Note: {metrics['val_warning']}." in card
     assert f"- temperature {metrics['temperature']:.3g}" in card
     assert f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}" in card
 
@@ -263,7 +264,10 @@ def test_model_card_links_a_hub_base_model():
 def test_model_card_of_a_model_without_fallback():
     assert fallback_text({}).startswith("Every query gets one of these intents: this model has no \"none of these\" answer")
     with_examples = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows"})
-    assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples
+    assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples and "optimistic" not in with_examples
+    chose = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows",
+                           "oos_recall_optimistic": True})
+    assert "train.csv: 10 rows. The same examples chose the score, so that share is optimistic" in chose
 
 
 def test_model_card_says_what_the_weights_are():

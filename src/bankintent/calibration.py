@@ -202,6 +202,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         "oos_examples_size": len(examples),
         **{f"oos_auroc_{name}": value for name, value in auroc.items()},
         "oos_recall": recall,
+        "oos_recall_optimistic": recall is not None and bool(len(splits.out_of_scope)),  # the same examples chose the score
     })
     if oos_scores:
         chose = (" (they also chose the score, so the share is optimistic: measure it on other examples with "

@@ -109,6 +109,9 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     recall = metrics.get("oos_recall", metrics.get("oos_probe_recall"))
     if recall is not None:
         text += f" At this threshold it catches {recall:.1%} of the out-of-scope examples, {metrics.get('oos_examples', 'the probe set')}."
+        if metrics.get("oos_recall_optimistic"):
+            text += (" The same examples chose the score, so that share is optimistic: `bankintent evaluate RUN --data FILE` "
+                     "measures it on out-of-scope queries the model has not seen.")
         from bankintent.ood import PROBE_SET
 
         if metrics.get("oos_examples") == PROBE_SET:
@@ -262,7 +265,7 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 |---|---|---|
 | validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
 | test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
-
+{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}
 {chosen}
 
 {calibration_rows(metrics)}

@@ -309,7 +309,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
             "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
             **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
-            "Out-of-scope examples": _cell(m.get("oos_examples") or "-"), "Caught": _share(recall),
+            "Out-of-scope examples": _cell(m.get("oos_examples") or "-"),
+            "Caught": _share(recall) + (" *" if m.get("oos_recall_optimistic") else ""),
         })
     parts = [
         "## Calibration and the out-of-scope fallback",
@@ -322,7 +323,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "still named). With out-of-scope examples, the score is the one that catches the most of them at its "
         "threshold, else the default one (*Why this score* says which); its "
         "threshold keeps the target share of the validation queries in scope. *Caught*: the share of the "
-        "out-of-scope examples above the threshold.",
+        "out-of-scope examples above the threshold; marked * where the same examples chose the score, which makes "
+        "it optimistic (`bankintent evaluate RUN --data FILE` measures it on others).",
         markdown_table(fallback, list(fallback[0])),
     ]
     evaluation = run_evaluation(best, split, len(frame), source)
