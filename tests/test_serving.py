@@ -489,3 +489,11 @@ def test_freed_batch_memory_goes_back_to_the_system():
 
     assert mmapped("default") == 0
     assert mmapped("fixed") == 1
+
+
+def test_the_schema_names_every_out_of_scope_score():
+    from bankintent import ood
+    from bankintent.serving import Prediction
+
+    description = Prediction.model_fields["oos_method"].description
+    assert all(name in description.split(": ")[1].split(", ") for name in ood.SCORES)

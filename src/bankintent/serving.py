@@ -52,6 +52,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tqdm import tqdm as std_tqdm
 
+from bankintent import ood
 from bankintent.errors import BankintentError, ConfigError
 from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE
 from bankintent.registry import Registry, ServedModel, UnknownModel
@@ -102,7 +103,7 @@ class Prediction(BaseModel):
     oos_score: float | None = Field(description="out-of-scope score of the text (higher: further from every intent); "
                                                 "null when the model has no out-of-scope fallback")
     oos_threshold: float | None = Field(description="the answer is out of scope when oos_score is above this")
-    oos_method: str | None = Field(description="which out-of-scope score: knn+msp, knn, mahalanobis or msp")
+    oos_method: str | None = Field(description=f"which out-of-scope score: {', '.join(reversed(ood.SCORES))}")
     closest_intent: str = Field(description="the most probable intent, also when the answer is out of scope")
     top_k: list[Ranked]
 
