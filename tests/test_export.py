@@ -272,3 +272,24 @@ def test_batches_sorted_by_length_answer_in_input_order(runs, tmp_path, backend)
     np.testing.assert_allclose(batched.logits(queries), alone, atol=1e-4)
     lengths = [len(e.ids) for e in batched.tokenizer.encode_batch(queries)]
     assert len(set(lengths)) > 3 and lengths != sorted(lengths)  # the batches do reorder
+
+
+def test_an_export_of_a_model_saved_again_since_warns_when_loaded(runs, tmp_path, caplog):
+    import os
+
+    from bankintent.modeling import MARKER, read_spec
+    from bankintent.predict import model_folder
+
+    shelf = tmp_path / "run"
+    shutil.copytree(runs["bert"], shelf)
+    folder = export(shelf, tmp_path / "export")
+    assert read_spec(folder).lora is False  # merged into the exported weights
+    with caplog.at_level(logging.WARNING, logger="bankintent"):
+        Predictor.load(folder)
+    assert "saved again" not in caplog.text
+    marker = model_folder(shelf) / MARKER
+    later = marker.stat().st_mtime_ns + 10**9
+    os.utime(marker, ns=(later, later))  # the run retrained in place
+    with caplog.at_level(logging.WARNING, logger="bankintent"):
+        Predictor.load(folder)
+    assert f"{folder}: the model it was exported from ({model_folder(shelf).resolve()}) has been saved again since" in caplog.text

@@ -115,11 +115,12 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     model, spec = load_model(source, merge=True)
     check_output(output, dir, overwrite)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
-    record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve())}
+    record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve()),
+              "source_saved_ns": (source / MARKER).stat().st_mtime_ns}  # when the source model was saved: a retrain shows
+    spec.lora = False  # the LoRA weights are merged into the exported weights
     with atomic_folder(output) as folder:
         if format == "merged":
             save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters()}, folder / "model.safetensors")
-            spec.lora = False
         else:
             tokenizer = fast_tokenizer(load_tokenizer(spec.base_model), spec.max_length)
             calibration = calibration_inputs(queries, tokenizer, spec) if quantize else None

@@ -24,6 +24,7 @@ confidence, to float rounding (``tests/test_batch_independence.py``).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import numbers
 import os
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from bankintent import ood
 from bankintent.errors import ConfigError, DataError, ModelError
-from bankintent.modeling import MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
+from bankintent.modeling import MARKER, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import preprocess
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def warn_if_stale(folder: Path) -> None:
+    """Warn where ``folder`` is an export of a model saved again since (a retrained run): it answers as
+    the model before."""
+    record = folder / "export.json"
+    if not record.is_file():
+        return
+    exported = json.loads(record.read_text())
+    source, saved = exported.get("source"), exported.get("source_saved_ns")  # exports before 2026-11-29 have no time
+    marker = Path(source or ".") / MARKER
+    if source and saved and marker.is_file() and marker.stat().st_mtime_ns != saved:
+        log.warning("%s: the model it was exported from (%s) has been saved again since; it answers as the model before: "
+                    "export it again (bankintent export ... --overwrite)", folder, exported["source"])
 
 
 def check_texts(texts) -> list[str]:
@@ -242,6 +257,7 @@ class Predictor:
         """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only;
         ``allow_pickle``: accept a base model stored as pickled .bin weights."""
         folder = model_folder(path)
+        warn_if_stale(folder)
         if (folder / ONNX_FILE).is_file():
             spec = read_spec(folder)
             model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
