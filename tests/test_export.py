@@ -293,3 +293,14 @@ def test_an_export_of_a_model_saved_again_since_warns_when_loaded(runs, tmp_path
     with caplog.at_level(logging.WARNING, logger="bankintent"):
         Predictor.load(folder)
     assert f"{folder}: the model it was exported from ({model_folder(shelf).resolve()}) has been saved again since" in caplog.text
+
+
+def test_the_service_says_an_export_runs_on_onnx(runs, tmp_path):
+    import httpx
+
+    from bankintent.serving import create_app, serve_in_background
+
+    folder = export(runs["bert"], tmp_path / "export")
+    with serve_in_background(create_app(model_dir=folder)) as url:
+        info = httpx.get(f"{url}/v1/models/export", timeout=30).json()
+    assert info["backend"] == "onnx" and info["intents"] == Predictor.load(folder).labels and info["saved"]

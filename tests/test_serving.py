@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bankintent import ConfigError, ModelError, Predictor, ood, train
+from bankintent.modeling import MARKER
 from bankintent.predict import model_folder
 from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
 from conftest import tiny_options, write_csv
@@ -109,8 +110,13 @@ def test_model_info_names_the_intents_and_the_fallback(single, runs):
     predictor = Predictor.load(runs / "bank_a")
     assert info == {"name": "bank_a", "method": predictor.spec.method, "base_model": predictor.spec.base_model,
                     "intents": ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"],
-                    "oos_method": predictor.oos_score, "oos_threshold": pytest.approx(predictor.oos_threshold)}
+                    "oos_method": predictor.oos_score, "oos_threshold": pytest.approx(predictor.oos_threshold),
+                    "backend": "pytorch", "saved": info["saved"]}
     assert info["oos_method"] in ood.SCORES
+    from datetime import datetime
+
+    saved = (model_folder(runs / "bank_a") / MARKER).stat().st_mtime  # when the model folder was saved, to the second
+    assert abs(datetime.fromisoformat(info["saved"]).timestamp() - saved) < 1
     missing = single.get("/v1/models/nothing")
     assert missing.status_code == 404 and missing.json()["error"].startswith("model: unknown model 'nothing'")
 

@@ -36,6 +36,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Iterator
@@ -54,7 +55,7 @@ from tqdm import tqdm as std_tqdm
 
 from bankintent import ood
 from bankintent.errors import BankintentError, ConfigError
-from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE
+from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE, OnnxModel
 from bankintent.registry import Registry, ServedModel, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class ModelInfo(BaseModel):
     intents: list[str]
     oos_method: str | None = Field(description="the out-of-scope score; null: no out-of-scope fallback")
     oos_threshold: float | None
+    backend: str = Field(description="what runs the model: onnx (an export) or pytorch")
+    saved: str | None = Field(description="when the model folder was saved (UTC, ISO 8601): a retrained model shows here")
 
 
 class ErrorBody(BaseModel):
@@ -358,7 +361,9 @@ def _model_info(served: ServedModel) -> dict:
     detector = predictor.oos_threshold is not None
     return {"name": served.name, "method": predictor.spec.method, "base_model": predictor.spec.base_model,
             "intents": list(predictor.labels), "oos_method": predictor.oos_score if detector else None,
-            "oos_threshold": float(predictor.oos_threshold) if detector else None}
+            "oos_threshold": float(predictor.oos_threshold) if detector else None,
+            "backend": "onnx" if isinstance(predictor.model, OnnxModel) else "pytorch",
+            "saved": datetime.fromtimestamp(served.stamp / 1e9, timezone.utc).isoformat(timespec="seconds") if served.stamp else None}
 
 
 # ----------------------------------------------------------------------------------------- the app
