@@ -74,3 +74,30 @@ def test_lora_layers_that_are_not_there_are_refused_before_training(tiny_bert, t
 def test_a_threshold_that_is_not_a_number_is_refused(tiny_probe_run):
     with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got nan"):
         Predictor.load(tiny_probe_run, oos_threshold=float("nan"))
+
+
+def test_a_hub_id_is_refused_at_once_where_the_hub_cannot_be_reached(monkeypatch):
+    """Not a minute of retries with backoff: one request tells. The hub's client is replaced by one that
+    cannot connect, so that the test means the same on a machine that reaches the hub."""
+    import huggingface_hub
+
+    from bankintent.modeling import _check_hub_reachable, resolve_base_model
+
+    def unreachable(self, name, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the suite runs in offline mode, which says so at once itself
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    _check_hub_reachable.cache_clear()
+    with pytest.raises(ModelError, match=r"^base model 'some-org/some-model': not in the local Hugging Face cache, and the hub "
+                                         r"cannot be reached \(\[Errno -2\] Name or service not known\); download it"):
+        resolve_base_model("some-org/some-model")
+
+    def not_found(self, name, **kwargs):
+        raise huggingface_hub.errors.RepositoryNotFoundError("404 no such repository", response=None)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
+    assert resolve_base_model("some-org/other-model") == "some-org/other-model"  # loading reports a missing repository itself

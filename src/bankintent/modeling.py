@@ -16,6 +16,7 @@ base model's encoder layers: ``ModelSpec.layers``); ``bankintent.json`` (the spe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -89,7 +90,28 @@ def resolve_base_model(name: str) -> str:
         if not folder.is_dir():
             raise ModelError(f"base model {name}: no such folder")
         return str(folder)
+    if not Path(name).is_dir():
+        _check_hub_reachable(name)
     return name
+
+
+@functools.cache
+def _check_hub_reachable(name: str) -> None:
+    """A hub id that is not in the local cache fails at once where the hub cannot be reached: loading
+    retries a failed connection with backoff for the best part of a minute before it says so. Any
+    other answer (not found, gated) is left for loading to report."""
+    import huggingface_hub
+
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or any(
+        os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE") for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or huggingface_hub.try_to_load_from_cache(name, "config.json") is not None:
+        return  # offline mode says so itself, at once
+    try:
+        huggingface_hub.HfApi().model_info(name, timeout=10)
+    except Exception as exc:  # noqa: BLE001 (the hub's HTTP client raises its own types)
+        if isinstance(exc, ConnectionError) or any(cls.__name__ == "TransportError" for cls in type(exc).__mro__):
+            raise ModelError(f"base model {name!r}: not in the local Hugging Face cache, and the hub cannot be reached "
+                             f"({exc}); download it where the hub is reachable, or pass a local folder") from None
 
 
 def _base_model_file(name: str, filename: str) -> Path | None:
