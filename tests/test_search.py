@@ -28,6 +28,10 @@ def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path):
     summary = run_search("lpft", trials=3, storage=storage, **options)  # one more trial, the others kept
     trials = optuna.load_study(study_name="bankintent-lpft", storage=storage).get_trials()
     assert len(trials) == 4 and trials[3].state.name in ("COMPLETE", "PRUNED")
+    assert trials[3].params not in (trials[1].params, trials[2].params)  # a new point, not the first draw again
+    with pytest.raises(ConfigError, match=r"study.db: the study's trials ran with other options \(max_train_samples \(not given\) -> 60\); "
+                                          r"give a new --storage"):
+        run_search("lpft", trials=4, storage=storage, **options, max_train_samples=60)
     assert (tmp_path / "trial-1" / "metrics.json").stat().st_mtime_ns == finished
     best = json.loads((tmp_path / f"trial-{summary['best_trial']}" / "metrics.json").read_text())
     assert summary["best_test_accuracy"] == best["test_accuracy"] and summary["best_val_accuracy"] == best["val_accuracy"]
@@ -52,6 +56,21 @@ def test_target_module_choices(tiny_bert, tiny_distilbert):
     assert target_modules("attention+ffn", str(tiny_distilbert))[-2:] == ["ffn.lin1", "ffn.lin2"]
 
 
-def test_storage_must_be_sqlite(tmp_path):
+def test_storage_must_be_sqlite(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="expected sqlite:///"):
         run_search("lpft", trials=1, storage=f"{tmp_path}/study.db")
+    with pytest.raises(ConfigError, match=r"--storage sqlite:///.*: cannot open the study's database \(unable to open database file\)"):
+        run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/", data=str(tiny_data))  # a folder, not a file
+
+
+def test_what_cannot_be_searched_is_refused_before_any_trial(tmp_path):
+    from conftest import write_csv
+
+    with pytest.raises(ConfigError, match="--method linear-probe: the linear probe has no learning rate or epochs to search"):
+        run_search("linear-probe", trials=1, storage=f"sqlite:///{tmp_path}/a/study.db")
+    few = tmp_path / "few"
+    few.mkdir()
+    write_csv(few / "train.csv", [(f"query {i} about {label}", label) for label in ("card", "loan") for i in range(4)])
+    with pytest.raises(ConfigError, match="few: no validation split .small data trains on every row., and the search chooses on"):
+        run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/b/study.db", data=str(few))
+    assert not (tmp_path / "b").exists()  # refused before the study was made

@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("search", "Bayesian hyperparameter search with Optuna on validation accuracy")
     p.add_argument("--method", default="lpft", help="training recipe whose hyperparameters are searched")
-    p.add_argument("--trials", type=int, default=20, help="trials to run (a resumed study adds them)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold in all (a resumed study runs the rest)")
     p.add_argument("--storage", required=True, help="sqlite:///DIR/study.db (resumable)")
     p.add_argument("--output", default=None, help="folder for the trials' runs (default: beside the study)")
     p.add_argument("--config", default=None, help="base YAML config (default: the method's recipe)")

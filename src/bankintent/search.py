@@ -9,8 +9,9 @@ accuracy to the study; a trial the median pruner judges poor is stopped there (S
 saves a checkpoint and exits) and marked pruned.
 
 The study lives in its SQLite file: running the command again continues it up to ``--trials``
-finished trials; a trial left running by an interrupted search is marked failed and retried with
-the same hyperparameters. At the end ``search.md`` and ``search.json`` give the best trial, the
+finished trials in all, drawing new points (the sampler is seeded by the trials already run), and
+only with the options it started with (another data set would make its trials incomparable); a trial
+left running by an interrupted search is marked failed and retried with the same hyperparameters. At the end ``search.md`` and ``search.json`` give the best trial, the
 importance of each hyperparameter (Optuna's default evaluator) and every trial; the best trial's test accuracy is read
 once, there, and never used by the search.
 """
@@ -26,10 +27,12 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from transformers import AutoConfig
 
-from bankintent.config import LORA_METHODS, check_output_folder, read_yaml, resolve_config
+from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, read_yaml, resolve_config
+from bankintent.data import run_splits
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 TARGETS = ("attention", "attention+ffn")
+UNTUNED = {  # methods with nothing for the search to draw
+    "linear-probe": "the linear probe has no learning rate or epochs to search (training chooses its C on validation itself)",
+    AUTO: "the search needs a method whose options it draws; name one",
+}
 
 
 def study_folder(storage: str) -> Path:
@@ -55,11 +62,9 @@ FULL_WEIGHT_LR_RANGE = (5e-6, 3e-4)
 
 
 def suggest(trial: optuna.Trial, method: str) -> dict:
-    """The search space. LoRA options only for the LoRA methods; epochs >= 1 except for the probe."""
-    low, high = LR_RANGE if method in LORA_METHODS or method == "linear-probe" else FULL_WEIGHT_LR_RANGE
-    options = {"lr": trial.suggest_float("lr", low, high, log=True)}
-    if method != "linear-probe":
-        options["epochs"] = trial.suggest_int("epochs", 1, 3)
+    """The search space: learning rate and epochs, and the LoRA options for the LoRA methods."""
+    low, high = LR_RANGE if method in LORA_METHODS else FULL_WEIGHT_LR_RANGE
+    options = {"lr": trial.suggest_float("lr", low, high, log=True), "epochs": trial.suggest_int("epochs", 1, 3)}
     if method in LORA_METHODS:
         options["lora_r"] = trial.suggest_categorical("lora_r", [4, 8, 16, 32])
         options["lora_alpha"] = trial.suggest_categorical("lora_alpha", [8, 16, 32, 64])
@@ -117,22 +122,47 @@ def _retry_interrupted(study: optuna.Study) -> None:
         log.warning("trial %d was interrupted; it runs again with the same hyperparameters", trial.number)
 
 
+def _check_same_options(study: optuna.Study, fixed: dict, storage: str) -> None:
+    """Record the options every trial shares in a new study; refuse to resume one with other options
+    (another data set, method or config): its trials would be compared as if alike."""
+    recorded = study.user_attrs.get("options")
+    wanted = json.loads(json.dumps(fixed, default=str))
+    if recorded is None:
+        study.set_user_attr("options", wanted)
+    elif recorded != wanted:
+        changed = sorted(set(recorded) ^ set(wanted) | {k for k in set(recorded) & set(wanted) if recorded[k] != wanted[k]})
+        said = "; ".join(f"{k} {recorded.get(k, '(not given)')} -> {wanted.get(k, '(not given)')}" for k in changed)
+        raise ConfigError(f"{storage}: the study's trials ran with other options ({said}); give a new --storage for these")
+
+
 def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output: str | Path | None = None,
                config_file: str | Path | None = None, **overrides) -> dict:
     """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary."""
     out = Path(output) if output else study_folder(storage)
     check_output_folder(out)
-    study_folder(storage).mkdir(parents=True, exist_ok=True)
+    if method in UNTUNED:
+        raise ConfigError(f"--method {method}: {UNTUNED[method]}; search one of {', '.join(m for m in METHODS if m not in UNTUNED)}")
     base = resolve_config(config_file, method=method, **overrides)  # validates the options before any trial
+    splits = run_splits(base)  # and the data, before any trial trains
+    if not len(splits.validation):
+        raise ConfigError(f"{splits.source}: no validation split (small data trains on every row), and the search chooses on "
+                          f"validation accuracy; give a validation file (valid.csv)")
     fixed = {**(read_yaml(config_file) if config_file else {}), "method": method, **overrides}
     fixed = {k: v for k, v in fixed.items() if v is not None and k not in ("output", "seed")}
-    study = optuna.create_study(
-        study_name=f"bankintent-{method}", storage=storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    )
+    study_folder(storage).mkdir(parents=True, exist_ok=True)
+    try:
+        study = optuna.create_study(
+            study_name=f"bankintent-{method}", storage=storage, load_if_exists=True, direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        )
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise ConfigError(f"--storage {storage}: cannot open the study's database ({str(exc.orig or exc).splitlines()[0]}); "
+                          f"expected sqlite:///PATH/study.db") from None
+    _check_same_options(study, fixed, storage)
     _retry_interrupted(study)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    # seeded by the trials already run, so that a resumed study draws new points rather than the first ones again
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + done)
 
     def objective(trial: optuna.Trial) -> float:
         options = {**fixed, **suggest(trial, method)}
