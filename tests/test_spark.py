@@ -112,3 +112,14 @@ def test_bad_inputs_get_one_line_errors(spark, tmp_path):
         score_file(tmp_path, tmp_path / "logs.txt", tmp_path / "out.parquet")
     with pytest.raises(DataError, match="writes Parquet"):
         score_file(tmp_path, tmp_path / "logs.csv", tmp_path / "out.csv")
+
+
+def test_spark_without_a_java_to_start_is_one_line(tiny_probe_run, tmp_path):
+    import os
+
+    (tmp_path / "logs.csv").write_text("text\ni lost my card\n")
+    done = subprocess.run([sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(tmp_path / "logs.csv"),
+                           "--output", str(tmp_path / "out.parquet"), "--engine", "spark", "--master", "local[1]"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAVA_HOME": str(tmp_path / "no_java")})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: Spark did not start (master local[1]): its Java process exited")

@@ -113,7 +113,14 @@ def session(master: str | None = None, app_name: str = "bankintent"):
         builder = builder.master(master)
     if (master or "").startswith("local"):  # the workers run this Python, which has bankintent (a cluster's is its own)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001 (PySparkRuntimeError: the JVM did not start)
+        if "JAVA_GATEWAY_EXITED" not in str(exc) and type(exc).__name__ != "PySparkRuntimeError":
+            raise
+        raise DataError(f"Spark did not start (master {master or 'default'}): its Java process exited; Spark needs Java 17 or "
+                        f"later (java -version, JAVA_HOME) and a master such as local[2] or spark://HOST:7077; the lines above "
+                        f"are Spark's own") from None
     spark.sparkContext.setLogLevel("ERROR")  # Spark's stage progress bar stays; its INFO/WARN chatter goes
     return spark
 
