@@ -76,3 +76,17 @@ def test_nproc_is_not_passed_on():
     command = torchrun_command(4, argv)
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
     assert command[6:] == ["bankintent.cli", "train", "--epochs", "1", "--output", "runs/x"]
+
+
+def test_nproc_checks_the_output_and_the_data_once_before_launching(tiny_data, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    cases = [(["--nproc", "2", "--data", str(tmp_path / "nosuch"), "--output", str(tmp_path / "a")], "nosuch: no such data folder"),
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(full)], "full: output folder is not empty (notes.txt)"),
+             (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0")]
+    for flags, message in cases:
+        done = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--method", "linear-probe", *flags],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and "torch.distributed" not in done.stderr
+        assert message in done.stderr.strip().splitlines()[-1]

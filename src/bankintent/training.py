@@ -333,11 +333,9 @@ def _contents(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in LAUNCHER_FILES) if folder.is_dir() else []
 
 
-def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
-    """Check ``--output`` before anything is loaded: a folder holding something is refused unless
-    ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
-    checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
-    and returns the folders it created (removed again if the run fails before training starts)."""
+def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> None:
+    """Refuse an ``--output`` that holds something, unless ``overwrite`` (and then only a run folder) or
+    ``resume``: checked before anything is loaded, and before ``--nproc`` starts its processes."""
     check_output_folder(folder)
     contents = _contents(folder)
     if contents and not (cfg.overwrite or cfg.resume):
@@ -348,6 +346,14 @@ def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> l
     if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
         raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
                           f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
+
+
+def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
+    """Check ``--output`` before anything is loaded: a folder holding something is refused unless
+    ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
+    checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
+    and returns the folders it created (removed again if the run fails before training starts)."""
+    check_run_output(folder, cfg, resumable)
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
