@@ -170,8 +170,8 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     augmented = augment(splits.train.texts, splits.train.labels, set(splits.labels), opts.seed, opts.augment_copies)[0]
     texts = splits.train.texts + augmented + [preprocess(t, spec.preprocessing) for t in extra_texts]
     labels = torch.tensor(splits.ids(splits.train) + [UNLABELLED] * (len(texts) - len(splits.train)))
-    log.info("distilling %d teacher layers into %d (the teacher's layers %s): %d training queries, %d perturbed copies, %d unlabelled",
-             depth, len(kept), ", ".join(str(i + 1) for i in kept), len(splits.train), len(augmented), len(extra_texts))
+    log.info("distilling %d teacher layers into %d (kept_layers %s, counted from 0): %d training queries, %d perturbed copies, "
+             "%d unlabelled", depth, len(kept), kept, len(splits.train), len(augmented), len(extra_texts))
 
     started = time.perf_counter()
     teacher.to(device)
@@ -215,6 +215,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "teacher_val_accuracy": teacher_metrics.get("val_accuracy"),
         "teacher_test_accuracy": teacher_metrics.get("test_accuracy"),
         "teacher_total_params": teacher_metrics.get("total_params"),
+        "distill_epochs": opts.epochs,
         "distill_temperature": opts.temperature,
         "distill_alpha": opts.alpha,
         "augment_copies": opts.augment_copies,

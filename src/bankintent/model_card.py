@@ -155,6 +155,15 @@ def _names(metrics: dict) -> str:
     return f" The training queries include each intent's name as words ({added}: `--intent-names`)." if added else ""
 
 
+def _distill_options(metrics: dict) -> str:
+    """The rest of the ``distill`` command that made the student, every option as it was."""
+    flags = [("--epochs", metrics.get("distill_epochs")), ("--temperature", metrics.get("distill_temperature")),
+             ("--alpha", metrics.get("distill_alpha")), ("--learning-rate", metrics.get("peak_lr")),
+             ("--batch-size", metrics.get("batch_size")), ("--augment-copies", metrics.get("augment_copies")),
+             ("--unlabelled", metrics.get("unlabelled_file")), ("--seed", metrics.get("seed"))]
+    return "".join(f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}" for flag, value in flags if value is not None)
+
+
 def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
     """The training-procedure list: a trained run's options, or a distilled student's."""
     hardware = f"- hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min"
@@ -170,7 +179,7 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
   ({metrics['distill_queries']:,} in all); {metrics['epochs_run']} epochs ({kept}), peak learning rate
   {metrics['peak_lr']:g}, batch size {metrics['batch_size']}, seed {metrics['seed']}
 {hardware}
-- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']}{teachers} --seed {metrics['seed']}`"""
+- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']}{teachers}{_distill_options(metrics)}`"""
     return f"""- method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
 - epochs: {cfg.epochs} ({kept}),
   learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio
