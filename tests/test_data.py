@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples
+from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples, thin_validation
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -241,6 +241,7 @@ def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):
     assert splits.validation.texts == [t for t, _ in own] and splits.train.texts == [t for t, _ in GOOD]  # nothing carved from train
     assert splits.notes["validation"] == str(tmp_path / "valid.csv") and splits.notes["validation_from_file"] is True
     assert "validation files valid.csv, dev.jsonl: using valid.csv, not dev.jsonl" in caplog.text
+    assert thin_validation(splits).endswith("rest on little; add validation queries to valid.csv")  # val_fraction carves nothing here
     write_csv(tmp_path / "valid.csv", own + [("new", "zzz")])
     with pytest.raises(DataError, match=r"valid.csv: line 4: label 'zzz' never seen in training"):
         load_splits(str(tmp_path))

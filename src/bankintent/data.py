@@ -586,9 +586,11 @@ def thin_validation(splits: Splits) -> str | None:
     if not thin:
         return None
     fewest, name = thin[0]
+    remedy = (f"add validation queries to {Path(splits.notes['validation']).name}" if splits.notes.get("validation_from_file")
+              else "add validation queries (valid.csv) or raise val_fraction")
     return (f"the validation split is thin: {len(thin)} of {len(splits.labels)} intents have fewer than {MIN_VALIDATION_PER_INTENT} "
             f"validation queries ({name!r}: {fewest}; {len(splits.validation)} queries in all), so validation accuracy, "
-            f"calibration and the out-of-scope threshold rest on little; add validation queries (valid.csv) or raise val_fraction")
+            f"calibration and the out-of-scope threshold rest on little; {remedy}")
 
 
 def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None, otherwise: str = "") -> None:
