@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -164,12 +165,15 @@ def test_cli_defaults_match_the_modules():
     assert tuple(oos.choices) == tuple(ood.SCORES)
 
 
-def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_probe_run, tmp_path, capsys):
+def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_probe_run, tiny_data, tmp_path, capsys, caplog):
     queries = tmp_path / "logs.txt"
-    queries.write_text("\n".join(f"query number {i} about my card" for i in range(30)) + "\n")
+    trained = pd.read_csv(tiny_data / "train.csv").text.tolist()[:3]  # labelled in the run's data already: never picked
+    queries.write_text("\n".join([f"query number {i} about my card" for i in range(30)] + trained) + "\n")
     sheet = tmp_path / "to_label.csv"
     select = ["select", str(tiny_probe_run), "--input", str(queries), "--budget", "5", "--output", str(sheet)]
-    cli.main(select)
+    with caplog.at_level(logging.INFO, logger="bankintent"):
+        cli.main(select)
+    assert not set(pd.read_csv(sheet).text) & set(trained) and "3 of its 33 queries are in the run's training data already" in caplog.text
     cli.main(select)  # an earlier sheet with nothing filled in is replaced: the retraining loop's rerun
     labelled = pd.read_csv(sheet, dtype=str, keep_default_na=False)
     labelled.loc[0, "label"] = "card_arrival"

@@ -11,6 +11,7 @@ embedding, and each group gives its least certain query. The result is determini
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from bankintent.config import check_labelling_sheet
-from bankintent.errors import ConfigError
+from bankintent.errors import BankintentError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = 3  # uncertain candidates per query picked; 1 is uncertainty alone
 COLUMNS = ["rank", "row", "text", "predicted_intent", "confidence", "margin", "label"]  # the sheet to label
@@ -45,18 +48,41 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
     return picked
 
 
+def labelled_queries(run: str | Path) -> set[str]:
+    """The queries (``query_key``) the run trained and chose on (its training and validation splits);
+    empty where the run records no data (an export) or the data has moved."""
+    from bankintent.config import TrainConfig, read_yaml, run_config_file
+    from bankintent.data import query_key, run_splits
+
+    config = run_config_file(run)
+    if config is None:
+        return set()
+    try:
+        splits = run_splits(TrainConfig(**read_yaml(config)))
+    except BankintentError:
+        return set()
+    return {query_key(text) for text in splits.train.texts + splits.validation.texts}
+
+
 def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42,
            overwrite: bool = False) -> dict:
     """Write the ``budget`` queries of ``input`` to label next to ``output`` (CSV: rank, row, text, the
     model's guess and its margin, an empty ``label`` column); returns a summary. An existing ``output``
     is replaced only if it is an earlier sheet with no label filled in, or with ``overwrite``."""
-    from bankintent.data import read_queries
+    from bankintent.data import query_key, read_queries
     from bankintent.predict import Predictor, softmax
 
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {budget}")
     check_labelling_sheet(output, COLUMNS, overwrite)
     rows, texts = read_queries(input, text_column)
+    labelled = labelled_queries(run)  # a query labelled in an earlier round and trained on is no use picked again
+    fresh = [i for i, text in enumerate(texts) if query_key(text) not in labelled]
+    if len(fresh) < len(texts):
+        log.info("%s: %d of its %d queries are in the run's training data already, left out", input, len(texts) - len(fresh), len(texts))
+    rows, texts = [rows[i] for i in fresh], [texts[i] for i in fresh]
+    if not texts:
+        raise DataError(f"{input}: every query is in the run's training data already")
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
     probabilities = softmax(logits / predictor.spec.temperature)
