@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train)
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
-    p.add_argument("dir", help="a training run's output folder")
+    p.add_argument("dir", help="a training run's output folder; or a model folder or an exported folder, with --data FILE")
     p.add_argument("--data", help="a .csv/.jsonl file of labelled queries, evaluated as the test split; or 'banking77' or a "
                                   "data folder, as train --data (default: the run's data)")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="With --input, each output row holds 'row' (the n-th data row of the input is row n, a header "
                        "not counted, whatever the format), the input row's other columns (one named like a prediction "
                        "field becomes input_<name>), then the prediction. A .csv or .parquet output is written as "
-                       "NAME.part and renamed when complete; --resume continues a .jsonl output.")
+                       "NAME.part and renamed when complete; --resume continues a .jsonl output. With --engine spark the "
+                       "output has the input's columns and the prediction, no 'row' (docs/spark.md).")
     p.add_argument("dir", help="a training run's output folder, a model folder or an exported folder")
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
     p.add_argument("--top-k", type=positive_int, default=3, help="most probable intents listed per query")
