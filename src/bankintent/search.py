@@ -11,8 +11,9 @@ saves a checkpoint and exits) and marked pruned.
 The study lives in its SQLite file: running the command again continues it up to ``--trials``
 finished trials in all, drawing new points (the sampler is seeded by the trials already run), and
 only with the options it started with (another data set would make its trials incomparable); a trial
-left running by an interrupted search is marked failed and retried with the same hyperparameters. At the end ``search.md`` and ``search.json`` give the best trial, the
-importance of each hyperparameter (Optuna's default evaluator) and every trial; the best trial's test accuracy is read
+left running by an interrupted search is marked failed and retried with the same hyperparameters.
+At the end ``search.md`` and ``search.json`` give the best trial, the importance of each
+hyperparameter (Optuna's default evaluator) and every trial; the best trial's test accuracy is read
 once, there, and never used by the search.
 """
 
