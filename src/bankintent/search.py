@@ -37,7 +37,7 @@ from bankintent.data import run_splits
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
-from bankintent.sweep import start_run, train_command
+from bankintent.sweep import differences, start_run, train_command
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,8 @@ def _check_same_options(study: optuna.Study, fixed: dict, storage: str) -> None:
     if recorded is None:
         study.set_user_attr("options", wanted)
     elif recorded != wanted:
-        changed = sorted(set(recorded) ^ set(wanted) | {k for k in set(recorded) & set(wanted) if recorded[k] != wanted[k]})
-        said = "; ".join(f"{k} {recorded.get(k, '(not given)')} -> {wanted.get(k, '(not given)')}" for k in changed)
-        raise ConfigError(f"{storage}: the study's trials ran with other options ({said}); give a new --storage for these")
+        raise ConfigError(f"{storage}: the study's trials ran with other options ({differences(recorded, wanted)}); give a new "
+                          f"--storage for these")
 
 
 def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output: str | Path | None = None,

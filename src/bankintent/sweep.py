@@ -172,9 +172,15 @@ def changed_options(run_dir: Path, command: list[str]) -> str | None:
     recorded = run_dir / "command.txt"
     if not recorded.is_file() or not ((run_dir / "metrics.json").is_file() or (run_dir / "checkpoints").is_dir()):
         return None
-    was, now = _flags(shlex.split(recorded.read_text())), _flags(command)
-    changed = dict.fromkeys(flag for flag, _ in sorted(set(was.items()) ^ set(now.items())))
-    return "; ".join(f"{flag} {was.get(flag, '(not given)')} -> {now.get(flag, '(not given)')}" for flag in changed) or None
+    return differences(_flags(shlex.split(recorded.read_text())), _flags(command))
+
+
+def differences(was: dict, now: dict) -> str | None:
+    """``key old -> new`` for each option that differs between ``was`` and ``now``, in key order;
+    None if none does (a sweep's run, a search's study, resumed with other options)."""
+    absent = object()  # not given: differs from any value, None included
+    changed = sorted(key for key in set(was) | set(now) if was.get(key, absent) != now.get(key, absent))
+    return "; ".join(f"{key} {was.get(key, '(not given)')} -> {now.get(key, '(not given)')}" for key in changed) or None
 
 
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,
