@@ -123,10 +123,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         if examples is None:
             raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
         check_replace(out, run_dir, "test", str(path), model, overwrite)
-        try:  # queries the model trained on score as if unseen: said, where the training data is still there
-            trained = run_splits(TrainConfig(**saved)) if saved else None
-        except BankintentError:
-            trained = None
+        trained = trained_splits(run_dir)  # queries the model trained on score as if unseen: said, where the data is still there
         if trained is not None:
             seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
         return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model)
@@ -146,6 +143,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     source = split_source(splits, split)
     check_replace(out, run_dir, split, source, model, overwrite)
     return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
+
+
+def trained_splits(run_dir: str | Path) -> Splits | None:
+    """The splits the model in ``run_dir`` trained on, from its run's ``config.yaml``; None where there
+    is none (an export) or its data has moved since."""
+    config = run_config_file(run_dir)
+    saved = read_yaml(config) if config else {}
+    if not saved:  # TrainConfig's default data would be Banking77, not this model's
+        return None
+    try:
+        return run_splits(TrainConfig(**saved))
+    except BankintentError:
+        return None
 
 
 def split_source(splits: Splits, split: str) -> str | None:

@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from bankintent.config import check_labelling_sheet
-from bankintent.errors import BankintentError, ConfigError, DataError
+from bankintent.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,11 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
 def labelled_queries(run: str | Path) -> set[str]:
     """The queries (``query_key``) the run trained and chose on (its training and validation splits);
     empty where the run records no data (an export) or the data has moved."""
-    from bankintent.config import TrainConfig, read_yaml, run_config_file
-    from bankintent.data import query_key, run_splits
+    from bankintent.data import query_key
+    from bankintent.evaluation import trained_splits
 
-    config = run_config_file(run)
-    if config is None:
-        return set()
-    try:
-        splits = run_splits(TrainConfig(**read_yaml(config)))
-    except BankintentError:
-        return set()
-    return {query_key(text) for text in splits.train.texts + splits.validation.texts}
+    splits = trained_splits(run)
+    return set() if splits is None else {query_key(text) for text in splits.train.texts + splits.validation.texts}
 
 
 def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42,
