@@ -194,7 +194,7 @@ def _as_kind(name: str, value: Any, kind: type) -> Any:
     ``1e-4`` and a quoted number as text, and ``on`` as true: a number written as text is taken as
     that number, on/off for ``intent_names`` as the words; anything else of the wrong type is refused
     (it failed deep inside training with a TypeError)."""
-    if value is None or (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
+    if value is None or type(value) is kind:  # exactly: a bool is an int to isinstance
         return value
     if kind is str and name == "intent_names" and isinstance(value, bool):
         return "on" if value else "off"

@@ -613,11 +613,11 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
     out_of_scope = OutOfScope()
     out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
-    unseen = sorted(set(test.labels) - known) if unseen_as_oos else []
-    if unseen:
-        out_of_scope.add([text for text, label in zip(test.texts, test.labels) if label not in known],
-                         f"{path.name}: {_rows(sum(label not in known for label in test.labels))} of {len(unseen)} intent(s) "
-                         f"the model never saw ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})")
+    away = [i for i, label in enumerate(test.labels) if label not in known] if unseen_as_oos else []
+    if away:
+        unseen = sorted({test.labels[i] for i in away})
+        out_of_scope.add([test.texts[i] for i in away], f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model "
+                         f"never saw ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})")
         test = test.take([i for i, label in enumerate(test.labels) if label in known])
     offer = " (--unseen-as-oos counts the rows of intents the model never saw as out of scope)" if unseen_as_oos is False else ""
     _check_known(test, path, known, oos_label, offer)
