@@ -137,6 +137,8 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, tmp_path):
     np.testing.assert_allclose(onnx.logits(QUERIES), predictor.logits(QUERIES), atol=1e-4)
     assert [a["closest_intent"] for a in onnx.predict(QUERIES)] == [a["closest_intent"] for a in answers]
     assert evaluate_run(out)["queries"] == metrics["test_size"]  # config.yaml leads evaluate to the run's data
+    saved = (out / "config.yaml").read_text()  # the teacher's options, said to be the teacher's
+    assert saved.startswith(f"# The training options of the teacher, {teacher.resolve()}/adapter") and "method: linear-probe" in saved
 
     tensors = load_file(folder / "model.safetensors")
     save_file({k: v for k, v in tensors.items() if ".layer.1." not in k}, folder / "model.safetensors")

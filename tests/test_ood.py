@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -96,6 +97,20 @@ def test_with_labels_the_knn_bank_holds_each_intents_k_means_prototypes():
     # a query between the two intents' clusters is further from the prototypes than the intents' own
     stats = ood.fit_knn(features, labels)
     assert ood.knn(directions[:1] + directions[1:2], stats)[0] > ood.knn(crowd[:5], stats).max()
+
+
+def test_an_intent_of_repeated_queries_keeps_its_distinct_embeddings_without_a_k_means_warning():
+    """More rows than prototypes but fewer distinct ones (a file of repeated queries): the distinct
+    embeddings are the bank, where k-means would warn that it found fewer clusters than asked for."""
+    rng = np.random.default_rng(2)
+    distinct = rng.normal(size=(3, 8))
+    repeated = distinct[np.arange(2 * ood.KNN_PROTOTYPES) % 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bank = ood.fit_knn(repeated, np.zeros(len(repeated), dtype=int))["knn_bank"].astype(np.float32)
+    assert bank.shape == (3, 8)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(np.sort(bank, axis=0), np.sort(unit(distinct - repeated.mean(0)), axis=0), atol=2e-3)
 
 
 def test_knn_msp_adds_the_two_scores_standardised_on_in_scope_queries():

@@ -167,8 +167,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path: Path, comment: str = "") -> None:
+        """Write the options as YAML, after ``comment`` (lines written as ``#`` comments) where given."""
+        head = "".join(f"# {line}\n" for line in comment.splitlines())
+        path.write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))

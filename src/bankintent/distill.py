@@ -160,7 +160,10 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         raise
     if overwrite:
         _empty_run_folder(out)
-    saved_config(cfg).save(out / "config.yaml")
+    saved_config(cfg).save(out / "config.yaml", comment=(
+        f"The training options of the teacher, {source.resolve()}: the data and split options that `bankintent evaluate`\n"
+        f"and `export` read. This folder holds a distilled student (`bankintent distill`), not a model trained with them:\n"
+        f"metrics.json (method: distill) and adapter/README.md give the student's own options and command."))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(teacher_spec.base_model)

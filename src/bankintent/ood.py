@@ -151,7 +151,7 @@ def fit_knn(features: np.ndarray, labels: np.ndarray | None = None, seed: int = 
             prototypes: int = KNN_PROTOTYPES) -> dict[str, np.ndarray]:
     """The embeddings the knn score compares with, centred on their mean (``knn_centre``) and of unit
     length, float16. With ``labels``, each intent's training embeddings are summarised by
-    ``prototypes`` k-means centroids (an intent with no more examples keeps them all); without, the
+    ``prototypes`` k-means centroids (an intent with no more distinct examples keeps them all); without, the
     embeddings themselves, at most ``KNN_BANK``."""
     centre = features.astype(np.float32).mean(0)
     unit = _unit(features - centre)
@@ -159,8 +159,10 @@ def fit_knn(features: np.ndarray, labels: np.ndarray | None = None, seed: int = 
         parts = []
         for label in np.unique(labels):
             own = unit[labels == label]
-            if len(own) > prototypes:
-                own = _unit(KMeans(prototypes, n_init=3, random_state=seed).fit(own).cluster_centers_)
+            if len(own) > prototypes:  # repeated queries: k-means cannot find more centres than distinct points
+                distinct = np.unique(own, axis=0)
+                own = _unit(KMeans(prototypes, n_init=3, random_state=seed).fit(own).cluster_centers_) \
+                    if len(distinct) > prototypes else distinct
             parts.append(own)
         unit = np.concatenate(parts)
     elif len(unit) > KNN_BANK:
