@@ -291,6 +291,27 @@ def test_model_folders_come_and_go_without_restart(multi, runs):
     assert 'bankintent_out_of_scope_ratio{model="bank_c"}' not in client.get("/metrics").text  # no share of a model gone
 
 
+def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the_new_one_is_saved(multi, runs):
+    """`train --overwrite` into a served run folder empties it while it trains (no model, no marker):
+    the name keeps answering with the model loaded before, then with the new one once it is saved."""
+    client, app, models = multi
+    shutil.copytree(runs / "bank_b", models / "bank_d")  # a run folder: its model is adapter/
+    ask = lambda: client.post("/v1/predict", json={"texts": ["hi"], "top_k": 20, "model": "bank_d"})  # noqa: E731
+    assert len(ask().json()[0]["top_k"]) == 3
+    for path in (models / "bank_d").iterdir():  # what --overwrite does when training starts
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    time.sleep(1.1)  # the listing is re-read at most every second
+    during = ask()
+    assert during.status_code == 200 and len(during.json()[0]["top_k"]) == 3
+    assert "bank_d" in client.get("/v1/models").json()["models"]
+    shutil.copytree(runs / "bank_a" / "adapter", models / "bank_d" / "adapter")  # the new model, saved
+    time.sleep(1.1)
+    assert len(ask().json()[0]["top_k"]) == 4
+    shutil.rmtree(models / "bank_d")
+    time.sleep(1.1)
+    assert ask().status_code == 404  # a folder removed is no longer served
+
+
 def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path):
     shutil.copytree(runs / "bank_a" / "adapter", tmp_path / "good")
     shutil.copytree(runs / "bank_b" / "adapter", tmp_path / "broken")

@@ -9,7 +9,8 @@ do the rest. Folders that are not PEFT adapters (full fine-tuning, exported mode
 Names are only ever looked up in the folder's listing, never joined into a path, so ``../x`` is just
 an unknown name. The listing is re-read at most every ``rescan_s`` seconds, and at once for a name it
 does not know: a folder dropped in is served without a restart, one rewritten (a new ``COMPLETE``
-marker) is reloaded and one removed is unloaded.
+marker) is reloaded and one removed is unloaded. A served folder that has lost its marker (emptied by
+``train --overwrite`` into it) keeps answering with the model loaded until the new one is saved.
 """
 
 from __future__ import annotations
@@ -196,13 +197,17 @@ class Registry:
             self._scanned = time.monotonic()
             return self._listing
         with self._lock:
-            listing = {}
+            listing, rewriting = {}, set()
             for entry in os.scandir(self.models_dir):
                 folder = model_folder(entry.path)
-                if entry.is_dir() and not entry.name.startswith(".") and (folder / MARKER).is_file():
+                if not entry.is_dir() or entry.name.startswith("."):
+                    continue
+                if (folder / MARKER).is_file():
                     listing[entry.name] = folder
+                elif entry.name in self._loaded:  # being rewritten (`train --overwrite`): answers until the new model is saved
+                    listing[entry.name], rewriting = folder, rewriting | {entry.name}
             for name, served in list(self._loaded.items()):
-                if name not in listing or _stamp(listing[name]) != served.stamp:
+                if name not in listing or (name not in rewriting and _stamp(listing[name]) != served.stamp):
                     self._unload(name)
             self._listing, self._scanned = listing, time.monotonic()
             return listing
