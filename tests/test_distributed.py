@@ -68,6 +68,8 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(no_dropout_b
     assert result.stdout.count("| lpft |") == 1  # only rank 0 reports ...
     assert result.stderr.count("linear probe: C=") == 1  # ... logs ...
     assert result.stderr.count("probe: embedding train: 100%") == 1  # ... and shows progress
+    assert result.stderr.count("duplicated row(s) kept") == 2  # the data's notes once (train.csv, test.csv), not per process
+    assert "load_best_model_at_end" not in result.stderr  # averaged weights are kept, as intended: no warning that they are
 
 
 def test_nproc_is_not_passed_on():
@@ -84,9 +86,11 @@ def test_nproc_checks_the_output_and_the_data_once_before_launching(tiny_data, t
     (full / "notes.txt").write_text("mine")
     cases = [(["--nproc", "2", "--data", str(tmp_path / "nosuch"), "--output", str(tmp_path / "a")], "nosuch: no such data folder"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(full)], "full: output folder is not empty (notes.txt)"),
-             (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0")]
+             (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0"),
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c")], "linear-probe trains no weights by gradient")]
     for flags, message in cases:
         done = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--method", "linear-probe", *flags],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr and "torch.distributed" not in done.stderr
         assert message in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "c").exists()

@@ -39,15 +39,11 @@ def train(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "nproc")}
     cfg = resolve_config(args.config, **overrides)
-    if args.nproc is not None and args.nproc < 1:
-        raise BankintentError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.nproc and args.nproc > 1:  # options, output folder and data checked once, before N processes start
-        from bankintent.data import run_splits
+    if args.nproc is not None and args.nproc != 1:
         from bankintent.launch import relaunch
-        from bankintent.training import check_run_output
+        from bankintent.training import check_launch
 
-        check_run_output(Path(cfg.output), cfg)
-        run_splits(cfg)  # a bad data file is one line here, not a traceback from each process
+        check_launch(cfg, args.nproc)
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
     from bankintent.errors import TrainingInterrupted

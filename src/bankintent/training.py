@@ -94,6 +94,18 @@ from bankintent.text import augment, check_augmentation, intent_name_examples, p
 
 log = logging.getLogger(__name__)
 
+
+class _AveragedNotBest(logging.Filter):
+    """Early stopping without ``load_best_model_at_end`` is what ``average_weights`` asks for (the mean
+    of the epochs' weights is kept, not the best epoch's): transformers' warning that "the best model
+    will not be loaded" would read as a fault in every default run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "EarlyStoppingCallback without load_best_model_at_end" not in record.getMessage()
+
+
+logging.getLogger("transformers.trainer_callback").addFilter(_AveragedNotBest())
+
 MODEL_DIR = "adapter"
 # methods whose head starts from scratch, and those whose head starts as the linear probe
 COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
@@ -348,6 +360,25 @@ def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> 
                           f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
 
 
+def check_launch(cfg: TrainConfig, nproc: int) -> None:
+    """What ``train --nproc N`` checks once before it starts N processes, so that a bad option, output
+    folder or data file is one line rather than a traceback from each process. The data's notes
+    (duplicates, thin validation) are left to the run's first process, which says them."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    check_run_output(Path(cfg.output), cfg)
+    notes = logging.getLogger("bankintent")
+    level = notes.level
+    notes.setLevel(logging.ERROR)
+    try:
+        splits = run_splits(cfg)
+    finally:
+        notes.setLevel(level)
+    if for_data(cfg, splits.small_data).method == "linear-probe":
+        raise ConfigError(f"--nproc {nproc}: linear-probe trains no weights by gradient descent (it fits a scikit-learn probe "
+                          f"on the base model's embeddings, in one process); leave --nproc out")
+
+
 def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
     """Check ``--output`` before anything is loaded: a folder holding something is refused unless
     ``overwrite`` (and then only a run folder: one holding config.yaml, metrics.json, adapter/ or
@@ -543,7 +574,9 @@ def _train(cfg: TrainConfig) -> dict:
         return _finished_run(out, main)
     created = _prepare_output(out, cfg) if main else []
     if not main:
-        logging.getLogger("bankintent").setLevel(logging.ERROR)
+        for name in ("bankintent", "sentence_transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     preprocessing = {"normalize_entities": cfg.normalize_entities}
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
