@@ -106,6 +106,26 @@ def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, c
     assert "finished training already" in caplog.text and "--overwrite" in caplog.text
 
 
+def test_resume_with_other_options_is_refused_finished_or_not(tiny_bert, tiny_data, previous_run, tmp_path):
+    """Another --data (or --epochs) with --resume would be ignored by a finished run and mixed into an
+    interrupted one; the same options, given again or through the run's config.yaml, resume."""
+    other = tmp_path / "other"
+    other.mkdir()
+    write_csv(other / "train.csv", [(f"query {i} about {label}", label) for i in range(6) for label in "abc"])
+    metrics = (previous_run / "metrics.json").read_text()
+    for finished in (True, False):
+        if not finished:
+            (previous_run / "metrics.json").unlink()
+        with pytest.raises(ConfigError, match=rf"run: --resume continues the run as its config.yaml records it, and options differ "
+                                              rf"from it \(data {tiny_data.resolve()} -> {other.resolve()}; epochs 1 -> 3\); continue it "
+                                              rf"with `bankintent train --config {previous_run}/config.yaml --resume`, or pass --overwrite"):
+            _train(tiny_bert, other, previous_run, resume=True, epochs=3)
+        assert (previous_run / "adapter" / "model.safetensors").is_file()
+    (previous_run / "metrics.json").write_text(metrics)
+    assert _train(tiny_bert, tiny_data, previous_run, resume=True)["data"] == str(tiny_data.resolve())  # the same options
+    assert train(resolve_config(previous_run / "config.yaml", resume=True))["method"] == "linear-probe"
+
+
 def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
     out = tmp_path / "run"

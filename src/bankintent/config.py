@@ -292,6 +292,14 @@ def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> T
     return TrainConfig(**{**recipe, **file_values, **given, "method": method})
 
 
+def differences(was: dict, now: dict) -> str | None:
+    """``key old -> new`` for each option that differs between ``was`` and ``now``, in key order;
+    None if none does (a sweep's run, a search's study or a training run resumed with other options)."""
+    absent = object()  # not given: differs from any value, None included
+    changed = sorted(key for key in set(was) | set(now) if was.get(key, absent) != now.get(key, absent))
+    return "; ".join(f"{key} {was.get(key, '(not given)')} -> {now.get(key, '(not given)')}" for key in changed) or None
+
+
 def for_data(cfg: TrainConfig, small_data: bool) -> TrainConfig:
     """``cfg`` with the ``auto`` method decided by the data: ``contrastive`` for small data, else
     ``lpft``. Options still at lpft's recipe values take the chosen recipe's (an option set to

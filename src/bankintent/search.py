@@ -32,12 +32,12 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 from transformers import AutoConfig
 
-from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, read_yaml, resolve_config
+from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, differences, read_yaml, resolve_config
 from bankintent.data import run_splits
 from bankintent.errors import ConfigError
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
-from bankintent.sweep import differences, start_run, train_command
+from bankintent.sweep import start_run, train_command
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, load_yaml_file, resolve_config
+from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config
 from bankintent.data import BANKING77
 from bankintent.errors import ConfigError
 from bankintent.results import aggregate_runs, write_results_tables
@@ -173,14 +173,6 @@ def changed_options(run_dir: Path, command: list[str]) -> str | None:
     if not recorded.is_file() or not ((run_dir / "metrics.json").is_file() or (run_dir / "checkpoints").is_dir()):
         return None
     return differences(_flags(shlex.split(recorded.read_text())), _flags(command))
-
-
-def differences(was: dict, now: dict) -> str | None:
-    """``key old -> new`` for each option that differs between ``was`` and ``now``, in key order;
-    None if none does (a sweep's run, a search's study, resumed with other options)."""
-    absent = object()  # not given: differs from any value, None included
-    changed = sorted(key for key in set(was) | set(now) if was.get(key, absent) != now.get(key, absent))
-    return "; ".join(f"{key} {was.get(key, '(not given)')} -> {now.get(key, '(not given)')}" for key in changed) or None
 
 
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,

@@ -68,7 +68,7 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
-from bankintent.config import AUTO, TrainConfig, check_output_folder, for_data
+from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml
 from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
@@ -367,6 +367,8 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     check_run_output(Path(cfg.output), cfg)
+    if cfg.resume:
+        check_resumed_options(cfg, Path(cfg.output))
     notes = logging.getLogger("bankintent")
     level = notes.level
     notes.setLevel(logging.ERROR)
@@ -399,6 +401,28 @@ def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> l
         _remove_created(created)
         raise ConfigError(f"{folder}: only {free / 2**20:.0f} MiB free on disk; training needs at least 500 MiB")
     return created
+
+
+def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
+    """--resume continues the run that ``config.yaml`` records. An option given otherwise (another
+    --data, more epochs) would be ignored by a finished run and mixed into what an interrupted one has
+    trained so far, so it is refused. ``auto`` method and pooling are compared as the run resolved them."""
+    recorded_file = folder / "config.yaml"
+    if not recorded_file.is_file():
+        return
+    recorded = read_yaml(recorded_file)
+    now = cfg
+    if now.method == AUTO and recorded.get("method") in ("lpft", "contrastive"):
+        now = for_data(now, small_data=recorded["method"] == "contrastive")
+    if now.pooling == "auto" and recorded.get("pooling"):
+        now = dataclasses.replace(now, pooling=recorded["pooling"])
+    compared = set(recorded) - {"output", "overwrite", "resume"}  # a run folder of an older version may lack newer options
+    now_values = saved_config(now).to_dict()
+    changed = differences({k: recorded[k] for k in compared}, {k: now_values.get(k) for k in compared})
+    if changed:
+        raise ConfigError(f"{folder}: --resume continues the run as its config.yaml records it, and options differ from it "
+                          f"({changed}); continue it with `bankintent train --config {recorded_file} --resume`, or pass "
+                          f"--overwrite (or another --output) to train with the new options")
 
 
 def _finished_run(folder: Path, main: bool = True) -> dict:
@@ -570,8 +594,10 @@ def _train(cfg: TrainConfig) -> dict:
     # logs and shows progress
     process = PartialState(cpu=not torch.cuda.is_available())
     main = process.is_main_process
-    if cfg.resume and (out / "metrics.json").is_file():
-        return _finished_run(out, main)
+    if cfg.resume:
+        check_resumed_options(cfg, out)
+        if (out / "metrics.json").is_file():
+            return _finished_run(out, main)
     created = _prepare_output(out, cfg) if main else []
     if not main:
         for name in ("bankintent", "sentence_transformers"):
