@@ -4,6 +4,7 @@ every kind of bad request, micro-batching, API keys, and many adapters on one ba
 import asyncio
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -291,10 +292,13 @@ def test_model_folders_come_and_go_without_restart(multi, runs):
     assert 'bankintent_out_of_scope_ratio{model="bank_c"}' not in client.get("/metrics").text  # no share of a model gone
 
 
-def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the_new_one_is_saved(multi, runs):
+def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the_new_one_is_saved(multi, runs, caplog):
     """`train --overwrite` into a served run folder empties it while it trains (no model, no marker):
-    the name keeps answering with the model loaded before, then with the new one once it is saved."""
+    the name keeps answering with the model loaded before, then with the new one once it is saved;
+    the log says so once. A folder without a model that was never loaded is said to be not served."""
     client, app, models = multi
+    caplog.set_level(logging.WARNING, logger="bankintent")
+    (models / "bank_e").mkdir()  # say, a training started into the models folder
     shutil.copytree(runs / "bank_b", models / "bank_d")  # a run folder: its model is adapter/
     ask = lambda: client.post("/v1/predict", json={"texts": ["hi"], "top_k": 20, "model": "bank_d"})  # noqa: E731
     assert len(ask().json()[0]["top_k"]) == 3
@@ -303,11 +307,20 @@ def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the
     time.sleep(1.1)  # the listing is re-read at most every second
     during = ask()
     assert during.status_code == 200 and len(during.json()[0]["top_k"]) == 3
+    time.sleep(1.1)
+    assert ask().status_code == 200
+    said = sorted(r.getMessage() for r in caplog.records if "no complete model in it" in r.getMessage())
+    assert said == [f"{models / 'bank_d'}: no complete model in it (no COMPLETE marker: training, or stopped before saving); "
+                    f"answering with the model loaded before until a new one is saved",
+                    f"{models / 'bank_e'}: no complete model in it (no COMPLETE marker: training, or stopped before saving); "
+                    f"not served until a model is saved there"]
+    assert client.post("/v1/predict", json={"texts": ["hi"], "model": "bank_e"}).status_code == 404
     assert "bank_d" in client.get("/v1/models").json()["models"]
     shutil.copytree(runs / "bank_a" / "adapter", models / "bank_d" / "adapter")  # the new model, saved
     time.sleep(1.1)
     assert len(ask().json()[0]["top_k"]) == 4
     shutil.rmtree(models / "bank_d")
+    (models / "bank_e").rmdir()
     time.sleep(1.1)
     assert ask().status_code == 404  # a folder removed is no longer served
 

@@ -129,6 +129,7 @@ class Registry:
     _listing: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
     _scanned: float = field(default=float("-inf"), init=False, repr=False)
     _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
+    _incomplete: set[str] = field(default_factory=set, init=False, repr=False)  # folders seen without a complete model
     _bases: dict[tuple[str, str], SharedBase] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
@@ -197,15 +198,23 @@ class Registry:
             self._scanned = time.monotonic()
             return self._listing
         with self._lock:
-            listing, rewriting = {}, set()
+            listing, rewriting, incomplete = {}, set(), set()
             for entry in os.scandir(self.models_dir):
                 folder = model_folder(entry.path)
-                if not entry.is_dir() or entry.name.startswith("."):
+                if not entry.is_dir() or entry.name.startswith(".") or entry.name.endswith(".partial"):  # atomic_folder's
                     continue
                 if (folder / MARKER).is_file():
                     listing[entry.name] = folder
-                elif entry.name in self._loaded:  # being rewritten (`train --overwrite`): answers until the new model is saved
-                    listing[entry.name], rewriting = folder, rewriting | {entry.name}
+                    continue
+                incomplete.add(entry.name)
+                if entry.name in self._loaded:  # being rewritten (`train --overwrite`): answers until the new model is saved
+                    listing[entry.name] = folder
+                    rewriting.add(entry.name)
+                if entry.name not in self._incomplete:  # said once, when the folder is first seen without a model
+                    log.warning("%s: no complete model in it (no %s marker: training, or stopped before saving); %s", entry.path,
+                                MARKER, "answering with the model loaded before until a new one is saved"
+                                if entry.name in rewriting else "not served until a model is saved there")
+            self._incomplete = incomplete
             for name, served in list(self._loaded.items()):
                 if name not in listing or (name not in rewriting and _stamp(listing[name]) != served.stamp):
                     self._unload(name)
