@@ -270,7 +270,13 @@ def test_data_can_be_a_file(tmp_path, caplog):
     assert "data folder not found" not in caplog.text
     assert len(splits.train) + len(splits.validation) == len(GOOD) and splits.test is None
     assert splits.source == str((tmp_path / "train.csv").resolve())
-    assert "the files beside it (test.csv) are not used" in caplog.text
+    assert f"the files beside it (test.csv) are not used (validation is carved from train.csv, there is no test set); " \
+           f"give --data {tmp_path.resolve()} to use them" in caplog.text
+    caplog.clear()  # another version of the training file beside train.csv: the advice keeps it the training file
+    write_csv(tmp_path / "train_v2.csv", GOOD)
+    load_splits(str(tmp_path / "train_v2.csv"))
+    assert "the files beside it (test.csv) are not used (validation is carved from train_v2.csv, there is no test set); " \
+           "to use them, give --data a folder holding them and this file as train.csv" in caplog.text
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="must be .csv or .jsonl"):
         load_splits(str(tmp_path / "notes.txt"))

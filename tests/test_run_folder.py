@@ -126,6 +126,19 @@ def test_resume_with_other_options_is_refused_finished_or_not(tiny_bert, tiny_da
     assert train(resolve_config(previous_run / "config.yaml", resume=True))["method"] == "linear-probe"
 
 
+def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, tiny_data, tmp_path, caplog):
+    """evaluate --data FILE reads the run's data again only to say which queries it trained on: the
+    notes training gave on that data (a file named alone, duplicates) are not said again."""
+    out = tmp_path / "run"
+    _train(tiny_bert, tiny_data / "train.csv", out)
+    assert "--data names one file" in caplog.text
+    caplog.clear()
+    assert evaluate_run(out, data=str(tiny_data / "test.csv"))["queries"] > 0
+    said = [record.getMessage() for record in caplog.records]
+    assert not any("--data names one file" in line or "train.csv: " in line and "duplicated" in line for line in said)
+    assert any("test.csv: " in line and "also in train.csv" in line for line in said)  # what is said of the file evaluated stays
+
+
 def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
     out = tmp_path / "run"

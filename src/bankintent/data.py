@@ -377,10 +377,12 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
         if path.suffix not in DATA_SUFFIXES:
             raise DataError(f"{path}: a data file must be .csv or .jsonl (or give the folder holding train.csv)")
         beside = [p.name for p in sorted(path.parent.iterdir()) if p != path and p.suffix in DATA_SUFFIXES
-                  and p.stem in ("train", "test", *VALIDATION_STEMS) and p not in exclude]
-        if beside:
+                  and p.stem in ("test", *VALIDATION_STEMS) and p not in exclude]
+        if beside:  # a train.csv beside another training file is another version of the data, not left out
+            use = (f"give --data {path.parent} to use them" if path.stem == "train" else
+                   f"to use them, give --data a folder holding them and this file as train{path.suffix}")
             log.warning("%s: --data names one file, so the files beside it (%s) are not used (validation is carved from %s, "
-                        "there is no test set); give --data %s to use them", path, ", ".join(beside), path.name, path.parent)
+                        "there is no test set); %s", path, ", ".join(beside), path.name, use)
         return DataFiles(str(path), path)
     if not path.is_dir():
         raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv/.jsonl file)")
@@ -720,11 +722,20 @@ def load_splits(
     return splits
 
 
-def run_splits(cfg) -> Splits:
+def run_splits(cfg, notes: bool = True) -> Splits:
     """The splits a run with options ``cfg`` (a ``config.TrainConfig``: training's, or a run folder's
     ``config.yaml``) trains, validates and tests on: the same files, validation split and ``shots``
     draw, and the same out-of-scope rows set apart. Training, evaluation, the report and distillation
-    all read a run's data through it, so they cannot disagree on which queries a split holds."""
+    all read a run's data through it, so they cannot disagree on which queries a split holds.
+    ``notes`` False keeps the data's warnings (duplicates, files not used) unsaid: a run's data read
+    again, whose training said them already."""
+    if not notes:
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return run_splits(cfg)
+        finally:
+            log.setLevel(level)
     return load_splits(cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
                        strict_data=cfg.strict_data, oos_label=cfg.oos_label, oos_file=cfg.oos_file,
                        shots=cfg.shots, shots_seed=cfg.draw_seed)

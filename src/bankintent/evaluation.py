@@ -153,7 +153,7 @@ def trained_splits(run_dir: str | Path) -> Splits | None:
     if not saved:  # TrainConfig's default data would be Banking77, not this model's
         return None
     try:
-        return run_splits(TrainConfig(**saved))
+        return run_splits(TrainConfig(**saved), notes=False)
     except BankintentError:
         return None
 

@@ -369,13 +369,7 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
     check_run_output(Path(cfg.output), cfg)
     if cfg.resume:
         check_resumed_options(cfg, Path(cfg.output))
-    notes = logging.getLogger("bankintent")
-    level = notes.level
-    notes.setLevel(logging.ERROR)
-    try:
-        splits = run_splits(cfg)
-    finally:
-        notes.setLevel(level)
+    splits = run_splits(cfg, notes=False)
     if for_data(cfg, splits.small_data).method == "linear-probe":
         raise ConfigError(f"--nproc {nproc}: linear-probe trains no weights by gradient descent (it fits a scikit-learn probe "
                           f"on the base model's embeddings, in one process); leave --nproc out")
