@@ -314,6 +314,25 @@ def test_thin_validation_is_flagged():
     assert "2 of 2 intents have fewer than 5 validation queries ('a': 2; 4 queries in all)" in warning
 
 
+def test_intents_with_far_fewer_training_queries_than_the_median_are_thin():
+    """A new intent of 10 examples among intents of 40 is thin; Banking77's fewest (35 against a median
+    of 127) and a file of 5 examples for every intent are not."""
+    from bankintent.data import Examples, Splits, thin_intents, thin_intents_warning
+
+    def splits(counts: dict[str, int]) -> Splits:
+        labels = [label for label, count in counts.items() for _ in range(count)]
+        return Splits(Examples(["t"] * len(labels), labels), Examples(["v"] * len(counts), list(counts)), None, list(counts), "x")
+
+    new_intent = splits({"a": 40, "b": 40, "c": 45, "crypto": 10, "d": 19})
+    assert thin_intents(new_intent) == {"crypto": 10, "d": 19}
+    assert thin_intents_warning(new_intent).startswith(
+        "2 intent(s) have far fewer training queries than the median intent (40): 'crypto': 10, 'd': 19; the model recognises them "
+        "less often")
+    assert thin_intents(splits({"a": 127, "b": 130, "c": 35})) == {}  # not few: 20 or more
+    assert thin_intents(splits({"a": 5, "b": 5, "c": 3})) == {}  # few everywhere: not half the median
+    assert thin_intents_warning(splits({"a": 5, "b": 5})) is None
+
+
 def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
     rows = [(f"where is my card {i}", "card_arrival") for i in range(3)] + [(f"card still not here {i}", "CARD_ARRIVAL") for i in range(3)] \
         + [(f"what's the weather {i}", "OUT_OF_SCOPE") for i in range(2)] + [("hello", "out_of_scope")] \

@@ -251,6 +251,15 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     assert metrics["val_warning"].startswith("the validation split is thin") and f"Note: {metrics['val_warning']}." in card
     assert f"- temperature {metrics['temperature']:.3g}" in card
     assert f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}" in card
+    assert metrics["thin_intents"] == {} and "far fewer training queries" not in card
+    assert "The test split was evaluated once, after training; the epoch" in card
+
+    from bankintent.model_card import model_card  # a new intent of few examples, and data without a test file
+    cfg = resolve_config(run / "config.yaml")
+    other = model_card(cfg, {**metrics, "thin_intents": {"crypto_purchase": 9}, "test_size": 0, "test_accuracy": None})
+    assert ("Note: 1 intent(s) trained on far fewer queries than the median intent, and are recognised less often than the "
+            "others: `crypto_purchase` (9).") in other
+    assert "The test split was evaluated once" not in other and "The data had no test split" in other
 
 
 def test_model_card_links_a_hub_base_model():

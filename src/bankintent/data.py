@@ -59,6 +59,7 @@ VALIDATION_STEMS = ("valid", "validation", "dev")
 # fewer validation queries than this for an intent and its validation accuracy, the calibration and
 # the out-of-scope threshold rest on too little: training warns and records it
 MIN_VALIDATION_PER_INTENT = 5
+FEW_TRAINING_QUERIES = 20  # an intent with fewer, and half the median intent's or fewer, is said to be thin (thin_intents)
 # without a validation file, a training file whose median intent has fewer examples than this is
 # "small data": no validation split is carved from it (see the module docstring)
 SMALL_DATA_PER_INTENT = 20
@@ -578,6 +579,29 @@ def split_validation(full: Examples, validation: Examples | None, train_file: Pa
                         f"(lower val_fraction)")
     train_idx, val_idx = _stratified_split(full, val_fraction, split_seed)
     return full.take(train_idx), full.take(val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
+
+
+def thin_intents(splits: Splits) -> dict[str, int]:
+    """The intents with fewer than ``FEW_TRAINING_QUERIES`` training queries and at most half as many as
+    the median intent (say, a new intent added with ten examples to a file of forty an intent), fewest
+    first, with their counts: a model recognises such an intent less often than the others. A file of
+    few examples for every intent (small data) has none: the rule is relative to the median."""
+    counts = Counter(splits.train.labels)
+    median = float(np.median([counts[label] for label in splits.labels]))
+    return {label: counts[label] for label in sorted(splits.labels, key=lambda label: (counts[label], label))
+            if counts[label] < FEW_TRAINING_QUERIES and counts[label] <= median / 2}
+
+
+def thin_intents_warning(splits: Splits) -> str | None:
+    """``thin_intents`` as a one-line warning with its remedy; None where there is none."""
+    thin = thin_intents(splits)
+    if not thin:
+        return None
+    median = float(np.median([Counter(splits.train.labels)[label] for label in splits.labels]))
+    shown = ", ".join(f"{name!r}: {count}" for name, count in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else "")
+    return (f"{len(thin)} intent(s) have far fewer training queries than the median intent ({median:g}): {shown}; the model "
+            f"recognises them less often and sends more of their queries out of scope: add examples of them "
+            f"(`bankintent audit` lists thin intents)")
 
 
 def thin_validation(splits: Splits) -> str | None:

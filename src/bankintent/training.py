@@ -69,7 +69,7 @@ from transformers.utils import logging as hf_logging
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
 from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml
-from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_validation
+from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
@@ -630,8 +630,9 @@ def _train(cfg: TrainConfig) -> dict:
         raise
     thin = None if splits.small_data else thin_validation(splits)
     if main:
-        if thin:
-            log.warning("%s", thin)
+        for warning in (thin, thin_intents_warning(splits)):
+            if warning:
+                log.warning("%s", warning)
         if cfg.overwrite and not cfg.resume:
             _empty_run_folder(out)
         elif cfg.resume:
@@ -755,6 +756,7 @@ def data_metrics(splits: Splits) -> dict:
         "shots": splits.notes.get("shots"),
         "intent_names_added": splits.notes.get("intent_names_added", 0),
         "val_warning": None if splits.small_data else thin_validation(splits),
+        "thin_intents": thin_intents(splits),
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
         "queries_also_in_training": splits.notes.get("queries_also_in_training", {}),
