@@ -245,9 +245,16 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run):
     for top_k in (0, -1, 2.5, "3", True):
         with pytest.raises(ConfigError, match=rf"top_k must be a whole number of at least 1, got {re.escape(repr(top_k))}"):
             predictor.predict("my card", top_k=top_k)
-    for texts in (None, 5):
+    for texts in (None, 5, b"my card", {"my card": 1}):
         with pytest.raises(DataError, match="expected a text or a list of texts"):
             predictor.predict(texts)
+    import numpy as np
+    import pandas as pd
+
+    queries = ["my card", "where is my money", "my card"]
+    expected = [answer["intent"] for answer in predictor.predict(queries)]
+    for given in (tuple(queries), pd.Series(queries), pd.DataFrame({"text": queries}).text, np.array(queries), iter(queries)):
+        assert [answer["intent"] for answer in predictor.predict(given)] == expected, type(given)
     with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got '2'"):
         Predictor.load(tiny_probe_run, oos_threshold="2")
     with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):

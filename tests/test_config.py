@@ -80,7 +80,23 @@ def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_lin
     cfg = resolve_config(path)
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.intent_names) == (3, 1e-4, 10, "on")
     for content, message in (("epochs: three", "epochs must be a whole number, got 'three'"), ("epochs: 2.5", "got 2.5"),
-                             ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"), ("data: 5", "data must be text")):
+                             ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"),
+                             ("data: 5", "data must be a .csv or .jsonl file, a folder holding train.csv, or 'banking77', got int 5"),
+                             ("base_model: [a, b]", r"base_model must be text, got list \['a', 'b'\]")):
         path.write_text(content + "\n")
         with pytest.raises(ConfigError, match=message):
             resolve_config(path)
+
+
+def test_python_callers_may_give_paths_and_a_dataframe_is_refused_with_what_to_do(tmp_path):
+    import pandas as pd
+
+    cfg = resolve_config(None, data=tmp_path / "my_intents", output=tmp_path / "run")
+    assert (cfg.data, cfg.output) == (str(tmp_path / "my_intents"), str(tmp_path / "run"))
+    frame = pd.DataFrame({"text": [f"query {i}" for i in range(50)], "category": ["a", "b"] * 25})
+    with pytest.raises(ConfigError) as error:
+        resolve_config(None, data=frame)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 250, message
+    assert message.startswith("data must be a .csv or .jsonl file, a folder holding train.csv, or 'banking77', got DataFrame ")
+    assert message.endswith("; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)")

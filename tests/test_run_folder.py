@@ -133,7 +133,11 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
     _train(tiny_bert, tiny_data / "train.csv", out)
     assert "--data names one file" in caplog.text
     caplog.clear()
-    assert evaluate_run(out, data=str(tiny_data / "test.csv"))["queries"] > 0
+    from bankintent import evaluate  # the Python API, a Path as the data
+
+    summary = evaluate(out, data=tiny_data / "test.csv")
+    saved = json.loads((out / "test_evaluation.json").read_text())
+    assert (summary["accuracy"], summary["queries"]) == (saved["accuracy"], saved["queries"]) and summary["queries"] > 0
     said = [record.getMessage() for record in caplog.records]
     assert not any("--data names one file" in line or "train.csv: " in line and "duplicated" in line for line in said)
     assert any("test.csv: " in line and "also in train.csv" in line for line in said)  # what is said of the file evaluated stays

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from bankintent.config import TrainConfig, resolve_config
     from bankintent.predict import Predictor
 
-__all__ = ["Predictor", "TrainConfig", "resolve_config", "train", "BankintentError", "ConfigError", "DataError", "ModelError"]
+__all__ = ["Predictor", "TrainConfig", "resolve_config", "train", "evaluate", "BankintentError", "ConfigError", "DataError", "ModelError"]
 
 _LAZY = {"Predictor": "bankintent.predict", "TrainConfig": "bankintent.config", "resolve_config": "bankintent.config"}
 
@@ -54,3 +54,13 @@ def train(config: TrainConfig | None = None, **options) -> dict:
     from bankintent.training import train as run
 
     return run(resolve_config(None, **{**(dataclasses.asdict(config) if config else {}), **options}))
+
+
+def evaluate(run, split: str = "test", data=None, **options) -> dict:
+    """Evaluate the model in ``run`` as ``bankintent evaluate`` does: on ``split`` of its own data, or
+    on ``data``, a file of labelled queries (evaluated as the test split); returns the summary
+    (accuracy, macro-F1, the fallback's coverage, ...) and writes the evaluation files into the run, or
+    into ``output=``. ``options``: ``evaluate_run``'s (``output``, ``overwrite``, ``text_column``, ...)."""
+    from bankintent.evaluation import evaluate_run
+
+    return evaluate_run(run, split, None if data is None else str(data), **options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -198,6 +199,8 @@ def _as_kind(name: str, value: Any, kind: type) -> Any:
     (it failed deep inside training with a TypeError)."""
     if value is None or type(value) is kind:  # exactly: a bool is an int to isinstance
         return value
+    if kind is str and isinstance(value, os.PathLike):  # data=Path("my_intents")
+        return os.fspath(value)
     if kind is str and name == "intent_names" and isinstance(value, bool):
         return "on" if value else "off"
     if kind in (int, float) and not isinstance(value, bool):
@@ -208,7 +211,12 @@ def _as_kind(name: str, value: Any, kind: type) -> Any:
         if number is not None and (kind is float or number.is_integer()):
             return kind(number)
     wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
-    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+    if name == "data":
+        wanted = "a .csv or .jsonl file, a folder holding train.csv, or 'banking77'"
+    shown = " ".join(repr(value).split())
+    got = f"{type(value).__name__} {shown[:60]}{'...' if len(shown) > 60 else ''}" if kind is str else shown
+    hint = "; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)" if type(value).__name__ == "DataFrame" else ""
+    raise ConfigError(f"{name} must be {wanted}, got {got}{hint}")
 
 
 def load_yaml_file(path: Path, what: str = "config file") -> Any:

@@ -29,6 +29,7 @@ import logging
 import numbers
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,9 @@ def warn_if_stale(folder: Path) -> None:
 def check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
-    if not isinstance(texts, (list, tuple)):
+    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):  # a dict would give its keys
         raise DataError(f"expected a text or a list of texts, got {type(texts).__name__}")
+    texts = list(texts)  # a tuple, a pandas Series, a NumPy array of strings
     clean = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
