@@ -1,3 +1,6 @@
+import csv
+import logging
+import re
 from collections import Counter
 
 import pytest
@@ -55,10 +58,27 @@ def test_missing_folder_and_file(tmp_path):
 def test_missing_column(tmp_path):
     with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: 'text', 'label'\); name the columns to read with --text-column"):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
-    (tmp_path / "semi").mkdir()
-    (tmp_path / "semi" / "train.csv").write_text("text;category\nhello;a\n")
-    with pytest.raises(DataError, match=r"missing column 'text' \(columns: 'text;category'\); the file looks ';'-separated"):
-        read_examples(tmp_path / "semi" / "train.csv")
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "train.csv").write_text("text|category\nhello|a\n")
+    with pytest.raises(DataError, match=r"missing column 'text' \(columns: 'text\|category'\); the file looks '\|'-separated"):
+        read_examples(tmp_path / "pipe" / "train.csv")
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_semicolon_or_tab_separated_csv_is_read_as_such(tmp_path, separator, caplog):
+    """Excel writes ';' where the comma is the decimal mark; a header line with no comma tells. Texts
+    holding commas, a byte order mark and quoted separators read as in a comma-separated file."""
+    caplog.set_level(logging.INFO, logger="bankintent")
+    rows = [("hello, I lost my card", "lost_card"), (f'it says "declined{separator} try later"', "declined"), ("café 5,00 €", "fees")]
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as handle:
+        csv.writer(handle, delimiter=separator).writerows([("Text", "category"), *rows])
+    examples = read_examples(path)
+    assert list(zip(examples.texts, examples.labels)) == rows
+    assert f"read as {'semicolon' if separator == ';' else 'tab'}-separated" in caplog.text
+    path.write_text(f"text{separator}category\nfine{separator}a\ntoo{separator}many{separator}b\n")
+    with pytest.raises(DataError, match=rf"line 3: expected 2 fields, found 3 \(a {re.escape(repr(separator))} in a text needs"):
+        read_examples(path)
 
 
 def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):

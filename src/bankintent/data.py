@@ -143,7 +143,7 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
     try:
         with open(path, encoding="utf-8-sig", newline="" if path.suffix == ".csv" else None) as handle:
             if path.suffix == ".csv":
-                yield from _csv_rows(path, handle, columns)
+                yield from _csv_rows(path, handle, columns, _separator(path, handle))
             elif path.suffix == ".jsonl":
                 yield from _jsonl_rows(path, handle, columns)
             else:
@@ -151,13 +151,25 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
                     yield number, {"text": line.rstrip("\r\n")}
     except UnicodeDecodeError:
         number, byte = _first_bad_line(path)
-        raise DataError(f"{path}: line {number}: not valid UTF-8 text (byte {byte:#04x})") from None
+        raise DataError(f"{path}: line {number}: not valid UTF-8 text (byte {byte:#04x}); save the file as UTF-8 "
+                        f"(in Excel: CSV UTF-8)") from None
 
 
-def _csv_rows(path: Path, handle, columns):
+def _separator(path: Path, handle) -> str:
+    """A CSV file's field separator: a comma, or a semicolon (what Excel writes where the comma is the
+    decimal mark) or a tab where the header line has one and no comma. Said in the log when not a comma."""
+    header = handle.readline()
+    handle.seek(0)
+    separator = next((c for c in (";", "\t") if "," not in header and c in header), ",")
+    if separator != ",":
+        log.info("%s: read as %s-separated (its header line has no comma)", path, "semicolon" if separator == ";" else "tab")
+    return separator
+
+
+def _csv_rows(path: Path, handle, columns, separator: str = ","):
     """Rows as ``csv.DictReader`` makes them (missing fields None), numbered by the file line they start
     on: a quoted field can hold line breaks, so one record can span lines, and blank lines are skipped."""
-    reader = csv.reader(handle)
+    reader = csv.reader(handle, delimiter=separator)
     end = 0  # the last line read
     try:
         header = next(reader, None)
@@ -174,7 +186,8 @@ def _csv_rows(path: Path, handle, columns):
                 continue
             row = dict(zip(header, values)) | {name: None for name in header[len(values):]}
             if len(values) > len(header) or any(row[c] is None for c in columns):
-                quote = " (a comma in a text needs the text in double quotes)" if len(values) > len(header) else ""
+                quote = f" (a {'comma' if separator == ',' else repr(separator)} in a text needs the text in double quotes)" \
+                    if len(values) > len(header) else ""
                 raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
