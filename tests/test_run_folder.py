@@ -52,6 +52,13 @@ def test_overwrite_replaces_the_whole_run(tiny_bert, tiny_data, previous_run, tm
     assert (previous_run / "command.txt").is_file()
     assert json.loads((previous_run / "metrics.json").read_text())["method"] == "lora"
     assert (previous_run / "adapter" / "adapter_model.safetensors").is_file() and not (previous_run / "adapter" / "model.safetensors").exists()
+    # the run's config.yaml is the command to make it again, not to empty it again: --overwrite is not recorded
+    saved = yaml.safe_load((previous_run / "config.yaml").read_text())
+    assert (saved["overwrite"], saved["resume"]) == (False, False)
+    (previous_run / "test_evaluation.json").write_text('{"accuracy": 0.99}')
+    with pytest.raises(ConfigError, match="output folder is not empty"):
+        train(resolve_config(previous_run / "config.yaml"))
+    assert (previous_run / "test_evaluation.json").is_file()
 
 
 def test_overwrite_empties_only_a_run_folder(tiny_bert, tiny_data, tmp_path):

@@ -53,7 +53,7 @@ def train(args: argparse.Namespace) -> None:
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        print(f"\n{exc or 'interrupted'}. Continue with: bankintent train --config {cfg.output}/config.yaml --resume",
+        print(f"\n{str(exc) or 'interrupted'}. Continue with: bankintent train --config {cfg.output}/config.yaml --resume",
               file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:

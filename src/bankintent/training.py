@@ -468,14 +468,16 @@ def _remove_stale_evaluation(folder: Path) -> None:
 def saved_config(cfg: TrainConfig) -> TrainConfig:
     """The configuration as config.yaml records it: the data, the out-of-scope file, a base model in a
     local folder and the output folder as absolute paths, so that the run folder's config works from
-    any directory (``bankintent evaluate RUN``, ``bankintent train --config RUN/config.yaml --resume``)."""
+    any directory (``bankintent evaluate RUN``, ``bankintent train --config RUN/config.yaml --resume``).
+    ``overwrite`` and ``resume`` are what one command did, not options of the run: recorded as false, so
+    that rerunning the config (the command the report and model card give) never empties the folder."""
     def absolute(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
     data = cfg.data if cfg.data == BANKING77 else absolute(cfg.data)
     oos_file = absolute(cfg.oos_file) if cfg.oos_file else None
     return dataclasses.replace(cfg, data=data, oos_file=oos_file, base_model=base_model_reference(cfg.base_model),
-                               output=absolute(cfg.output))
+                               output=absolute(cfg.output), overwrite=False, resume=False)
 
 
 def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
