@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bankintent import resolve_config, train
+from bankintent.errors import ConfigError
 from conftest import tiny_options, write_tiny_data
 from bankintent.training import SaveOnInterrupt, TrainingClock, elapsed_before, last_checkpoint, restore_early_stopping
 
@@ -158,3 +159,50 @@ def test_full_disk_while_checkpointing_gives_one_line_error_and_resume_finishes(
     assert resumed.returncode == 0, err[-2000:]
     assert "is incomplete" in err
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def _stopped_after_training(monkeypatch, options: dict) -> None:
+    """Train with Ctrl-C arriving once the training steps are done (while calibrating): the checkpoints stay."""
+    import bankintent.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bankintent.training, "calibrate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(resolve_config(None, **options))
+
+
+def test_a_run_early_stopping_had_ended_resumes_without_another_epoch(tiny_bert, tmp_path, monkeypatch):
+    """Ctrl-C after early stopping ended the training (while the detector is fitted): --resume finishes
+    the run as the uninterrupted one, with no epoch it never trained."""
+    (tmp_path / "data").mkdir()
+    data = write_tiny_data(tmp_path / "data", 40, seed=3)
+    options = {**tiny_options(tiny_bert, data, tmp_path / "whole"), "method": "lpft", "epochs": 8, "lr": 5e-2,
+               "early_stopping_patience": 1, "average_weights": False}
+    whole = train(resolve_config(None, **options))
+    assert whole["epochs_run"] < 8  # early stopping ended it: the case to resume
+    cut = {**options, "output": str(tmp_path / "cut")}
+    _stopped_after_training(monkeypatch, cut)
+    assert (tmp_path / "cut" / "checkpoints" / "data.json").is_file()
+    resumed = train(resolve_config(None, output=str(tmp_path / "cut"), resume=True))  # the run's config.yaml gives the rest
+    assert (resumed["epochs_run"], resumed["best_epoch"]) == (whole["epochs_run"], whole["best_epoch"])
+    assert resumed["val_accuracy"] == whole["val_accuracy"]
+
+
+def test_data_changed_in_place_is_refused_on_resume(tiny_bert, tmp_path, monkeypatch):
+    """Rows added to the training file after an interruption: the resumed run would train the rest on
+    other data than its checkpoint's (or crash on a new intent's head size); refused, until restored."""
+    (tmp_path / "data").mkdir()
+    data = write_tiny_data(tmp_path / "data", 30, seed=4)
+    options = {**tiny_options(tiny_bert, data, tmp_path / "run"), "method": "lpft", "epochs": 2}
+    _stopped_after_training(monkeypatch, options)
+    original = (data / "train.csv").read_text()
+    for added in ("a new query about my card,card_arrival\n", "crypto please,buy_crypto\ncrypto now,buy_crypto\n"):
+        (data / "train.csv").write_text(original + added)
+        with pytest.raises(ConfigError, match=r"the data changed since this run started \(then \d+ training and \d+ validation "
+                                              r"queries of 4 intents, now .*an interrupted run continues on the data it started with"):
+            train(resolve_config(None, output=str(tmp_path / "run"), resume=True))
+    (data / "train.csv").write_text(original)
+    assert train(resolve_config(None, output=str(tmp_path / "run"), resume=True))["epochs_run"] == 2

@@ -288,9 +288,14 @@ def trained_text_column(folder: str | Path) -> str:
 
 
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults < recipe of the chosen method < config file < explicit overrides (None means unset)."""
-    file_values = read_yaml(config_file) if config_file else {}
+    """Defaults < recipe of the chosen method < config file < explicit overrides (None means unset).
+    ``resume`` with an ``output`` run folder and no config file takes the run's ``config.yaml`` as the
+    config file: ``train --output RUN --resume`` continues the run as it was started."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    recorded = Path(str(given.get("output", ""))).expanduser() / "config.yaml"
+    if config_file is None and given.get("resume") and given.get("output") and recorded.is_file():
+        config_file = recorded
+    file_values = read_yaml(config_file) if config_file else {}
     unknown = sorted(set(given) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import math
@@ -232,13 +233,17 @@ def saved_checkpoint(args, state) -> Path:
     return Path(args.output_dir) / f"checkpoint-{state.global_step}"
 
 
-def restore_early_stopping(callback: EarlyStoppingCallback, checkpoint: str | Path) -> None:
+def restore_early_stopping(callback: EarlyStoppingCallback, checkpoint: str | Path) -> int | None:
     """Give ``callback`` the count of epochs without improvement that ``checkpoint`` saved. The Trainer
     restores callbacks only with ``restore_callback_states_from_checkpoint``, which would also restore
-    the control flags of the checkpoint, and a checkpoint saved by Ctrl-C holds "stop training"."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
-    for name, value in (state.get("EarlyStoppingCallback") or {}).get("attributes", {}).items():
+    the control flags of the checkpoint, and a checkpoint saved by Ctrl-C holds "stop training".
+    Returns the checkpoint's epoch where its count had reached the patience (early stopping had ended
+    the training there, and Ctrl-C came after it: resumed, the run trains no further), else None."""
+    saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    for name, value in ((saved.get("stateful_callbacks") or {}).get("EarlyStoppingCallback") or {}).get("attributes", {}).items():
         setattr(callback, name, value)
+    stopped = callback.early_stopping_patience_counter >= callback.early_stopping_patience
+    return round(saved.get("epoch") or 0) if stopped else None
 
 
 class TrainingClock(TrainerCallback):
@@ -419,6 +424,42 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
                           f"--overwrite (or another --output) to train with the new options")
 
 
+DATA_RECORD = "data.json"  # in checkpoints/: what the run trains on, for --resume to compare
+
+
+def _data_record(splits: Splits) -> dict:
+    digest = hashlib.sha256()
+    for name, split in (("train", splits.train), ("validation", splits.validation)):
+        for text, label in zip(split.texts, split.labels):
+            digest.update(f"{name}\t{label}\t{text}\n".encode())
+    return {"train": len(splits.train), "validation": len(splits.validation), "intents": len(splits.labels),
+            "sha256": digest.hexdigest()}
+
+
+def record_data(splits: Splits, checkpoints: Path) -> None:
+    """Write what the run trains on (sizes and a digest of every training and validation query) beside
+    its checkpoints, where a resume finds it."""
+    if not (checkpoints / DATA_RECORD).is_file():
+        checkpoints.mkdir(exist_ok=True)
+        (checkpoints / DATA_RECORD).write_text(json.dumps(_data_record(splits)))
+
+
+def check_same_data(splits: Splits, checkpoints: Path) -> None:
+    """An interrupted run continues on the queries it started with: data files changed in place since
+    (rows added, an intent added) are refused, where they would crash on the head's new size or train
+    the rest of the run on other data than the checkpoint's. Runs started before the record: not checked."""
+    path = checkpoints / DATA_RECORD
+    if not path.is_file():
+        return
+    was, now = json.loads(path.read_text()), _data_record(splits)
+    if was != now:
+        raise ConfigError(f"{splits.source}: the data changed since this run started (then {was['train']} training and "
+                          f"{was['validation']} validation queries of {was['intents']} intents, now {now['train']} and "
+                          f"{now['validation']} of {now['intents']}{'' if was['train'] != now['train'] else ', other queries'}); "
+                          f"an interrupted run continues on the data it started with: restore it, or pass --overwrite to "
+                          f"train anew on the new data")
+
+
 def _finished_run(folder: Path, main: bool = True) -> dict:
     """--resume on a run that finished: metrics.json is written last, so there is nothing to continue,
     and training again from the beginning (what a missing checkpoint means otherwise) would spend the
@@ -510,12 +551,14 @@ def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: boo
     return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}, held_out
 
 
-def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int, validate: bool = True) -> TrainingArguments:
-    """``validate`` False (small data): no evaluation, no best epoch; checkpoints still each epoch."""
+def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: int, validate: bool = True,
+                        epochs: int | None = None) -> TrainingArguments:
+    """``validate`` False (small data): no evaluation, no best epoch; checkpoints still each epoch.
+    ``epochs``: in place of the recipe's (a resumed run that early stopping had ended)."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=cfg.epochs if epochs is None else epochs,
         learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
@@ -605,6 +648,8 @@ def _train(cfg: TrainConfig) -> dict:
         set_seed(cfg.seed)
         cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
         splits = run_splits(cfg)
+        if cfg.resume:
+            check_same_data(splits, out / "checkpoints")
         if cfg.method == AUTO:
             cfg = for_data(cfg, splits.small_data)
             log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
@@ -640,6 +685,7 @@ def _train(cfg: TrainConfig) -> dict:
         elif cfg.resume:
             _remove_stale_evaluation(out)
         saved_config(cfg).save(out / "config.yaml")
+        record_data(splits, out / "checkpoints")
     splits = prepare_splits(splits, cfg, preprocessing)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
@@ -675,10 +721,11 @@ def _train(cfg: TrainConfig) -> dict:
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
         interrupt = SaveOnInterrupt()
         callbacks = [interrupt, CheckpointPermissions(), TrainingClock(started, before)]
+        stopped_after = None  # the epoch at which early stopping had ended a resumed run
         if validate:  # small data: no validation split to stop on, the recipe's epochs run
             early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
             if resume_from:
-                restore_early_stopping(early_stopping, resume_from)
+                stopped_after = restore_early_stopping(early_stopping, resume_from)
             callbacks.insert(0, early_stopping)
         if cfg.method == "lora-unfreeze":
             callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
@@ -690,7 +737,7 @@ def _train(cfg: TrainConfig) -> dict:
         rdrop = {"rdrop": cfg.rdrop} if cfg.rdrop else {}
         trainer = (RDropTrainer if rdrop else Trainer)(
             model=model,
-            args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate),
+            args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate, epochs=stopped_after),
             train_dataset=train_set,
             eval_dataset=val_set,
             data_collator=DataCollatorWithPadding(tokenizer),
