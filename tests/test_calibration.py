@@ -121,6 +121,22 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     assert (tmp_path / "test_coverage.png").is_file()
 
 
+def test_a_fallback_that_answers_few_evaluated_queries_is_warned_about(run, tiny_data, tmp_path, caplog):
+    """A threshold set on validation queries unlike those evaluated can turn most of them away; said
+    aloud, not only as a coverage figure. The validation split itself and a fallback that answers are not."""
+    splits = load_splits(str(tiny_data))
+    texts = splits.test.texts + splits.test.texts  # 40 queries
+    strict = Predictor.load(run, oos_threshold=-1e9)  # every query out of scope
+    logits, features = strict.outputs(texts)
+    correct = np.ones(len(texts), dtype=bool)
+    coverage_report(strict, correct, logits, features, tmp_path, "test")
+    assert "the out-of-scope fallback answers only 0.0% of these 40 in-scope test queries" in caplog.text
+    caplog.clear()
+    coverage_report(strict, correct, logits, features, tmp_path, "validation")
+    coverage_report(Predictor.load(run, oos_threshold=1e9), correct, logits, features, tmp_path, "test")
+    assert "fallback answers only" not in caplog.text
+
+
 def test_the_coverage_plot_marks_the_operating_point_and_says_why(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr("bankintent.calibration.plt.close", figures.append)

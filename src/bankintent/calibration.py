@@ -213,6 +213,11 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     return metrics
 
 
+# an evaluation whose in-scope queries the fallback answers fewer of than this (of at least so many)
+# is warned about: a threshold set on validation queries unlike the ones evaluated
+LOW_COVERAGE, MIN_COVERAGE_QUERIES = 0.5, 20
+
+
 def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarray, features: np.ndarray,
                     out: Path, split: str, examples: OutOfScope | None = None) -> dict:
     """Accuracy against coverage on a split (whether each query was ``correct``, and the predictor's
@@ -257,6 +262,12 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
         point = summary
+        if split != "validation" and len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE:
+            log.warning("the out-of-scope fallback answers only %.1f%% of these %d in-scope %s queries (its threshold was set to "
+                        "answer most validation queries): they score further out of scope than validation did, as where the "
+                        "validation queries copy the training ones' wording; give a validation file of real queries and "
+                        "train again, or set a looser threshold (--oos-threshold, oos_threshold= in Python)",
+                        100 * kept.mean(), len(kept), split)
     _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point)
     return summary
 
