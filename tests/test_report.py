@@ -233,6 +233,10 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     metrics = json.loads((run / "metrics.json").read_text())
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-classification"
+    # the user's own intents, not Banking77's: no banking claims, and the data named by its absolute path
+    assert "banking" not in front["tags"] and "An intent classifier for chatbot queries:" in card
+    assert "of a bank or payment app" not in card and "I lost my debit card" not in card
+    assert f"differs from {metrics['data']}." in card and os.path.isabs(metrics["data"])
     # the tiny base is a local folder: no hub id in the metadata, no hub link, and where it is read from
     assert "base_model" not in front and "huggingface.co/" not in card
     assert f"fine-tuned from\n`{metrics['base_model']}` (a local folder)" in card

