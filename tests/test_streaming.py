@@ -93,6 +93,30 @@ def test_killed_run_resumes_without_duplicates_or_gaps(model_dir, queries, singl
     assert_same_lines(output, single_pass)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(model_dir, queries, tmp_path, suffix):
+    """Ctrl-C: a .jsonl output keeps its answers and says to --resume; a .csv one, written once complete,
+    says that nothing was written and which format resumes."""
+    output = tmp_path / f"out{suffix}"
+    command = [sys.executable, "-m", "bankintent.cli", "predict", str(model_dir), "--input", str(queries),
+               "--output", str(output), "--batch-size", str(BATCH)]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+    started = output if suffix == ".jsonl" else output.with_name(output.name + ".part")
+    deadline = time.monotonic() + 120
+    while count_lines(started) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130
+    said = err.strip().splitlines()[-1]
+    if suffix == ".jsonl":
+        assert said == "interrupted: the answers so far are kept; continue with the same command and --resume"
+        assert count_lines(output) > 0
+    else:
+        assert said.startswith("interrupted: nothing written (a .csv or .parquet output is written once complete; a .jsonl")
+        assert not output.exists() and not started.exists()
+
+
 def test_resume_cuts_a_torn_last_line(model_dir, queries, single_pass, tmp_path):
     output = tmp_path / "out.jsonl"
     kept = 1234
