@@ -327,7 +327,10 @@ class Predictor:
         return ood.scores([name for name in ood.SCORES if ood.supports(name, stats)], probabilities, features, stats)
 
     def predict(self, texts: list[str] | str, top_k: int = 3) -> list[dict]:
-        """One dict per text:
+        """One dict per text, in the order of ``texts`` (a string, or any iterable of strings: a list, a
+        pandas Series, a NumPy array). A text that is empty or only spaces raises ``DataError`` naming
+        its position (1-based), as answers are one per text; a file's blank rows are skipped instead
+        (``bankintent predict --input``). Each dict:
 
         - ``intent``: the answer, an intent or ``out_of_scope`` when the out-of-scope score crosses the
           threshold; ``out_of_scope``: whether it did;
