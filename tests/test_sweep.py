@@ -16,7 +16,7 @@ def sweep_file(path, tiny_bert, tiny_data, runs):
     return path
 
 
-def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path):
+def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path, capsys):
     runs = [{"name": "probe C=3", "tables": ["methods", "grid", "hyperparameters"], "seeds": 2,
              "options": {"method": "linear-probe", "probe_c": [3.0], "lr": 1e-3}}]
     config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
@@ -43,6 +43,10 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
     first = (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns
     (out / "results.md").unlink()
     assert run_sweep(config, out, train=False).equals(results) and (out / "results.md").read_text() == md
+    from bankintent import cli  # the command says where the tables are
+
+    cli.main(["sweep", "--config", str(config), "--output", str(out), "--no-train"])
+    assert f"2 finished run(s) in {out / 'results.md'} and results.csv" in capsys.readouterr().out
     again = run_sweep(config, out)  # everything finished: nothing is trained again
     assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first
     assert again.equals(results)

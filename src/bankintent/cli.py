@@ -218,7 +218,8 @@ def sweep(args: argparse.Namespace) -> None:
     _status(f"sweep {args.config} into {args.output} ...")
     from bankintent.sweep import run_sweep
 
-    run_sweep(args.config, args.output, seeds=args.seeds, jobs=args.jobs, train=not args.no_train)
+    results = run_sweep(args.config, args.output, seeds=args.seeds, jobs=args.jobs, train=not args.no_train)
+    print(f"{len(results)} finished run(s) in {Path(args.output) / 'results.md'} and results.csv")
 
 
 def search(args: argparse.Namespace) -> None:
