@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -306,6 +307,21 @@ def test_report_of_a_few_shot_run_describes_the_data_it_trained_on(tiny_bert, ti
     assert "Training queries per intent: min 3, median 3, max 3" in md
     assert ("Validation split: none: small data (median 3 examples per intent, fewer than 20, and no validation file): every row "
             "trains, choices are cross-validated; the training split is a draw of 3 example(s) per intent (seed 42).") in md
+
+
+def test_a_test_file_changed_since_training_is_said_to_be_where_the_report_analyses_it(tiny_bert, tiny_data, tmp_path):
+    """The runs table's test scores are training's; the error analysis reads the test file as it is now:
+    where the two differ, the report says so rather than give two accuracies of 'the test split'."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = tmp_path / "run"
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
+    md = write_report([run], tmp_path / "report")[1].read_text()
+    assert "has changed since training" not in md
+    lines = (data / "test.csv").read_text().splitlines()
+    (data / "test.csv").write_text("\n".join(lines[:-4]) + "\n")  # 4 test queries fewer
+    md = write_report([run], tmp_path / "report2")[1].read_text()
+    assert "The test file has changed since training (20 queries then, 16 now): the scores in the runs table are training's" in md
 
 
 def test_the_data_section_names_a_validation_file_even_where_it_has_moved():

@@ -371,6 +371,16 @@ def analysed_run(runs: list[Run]) -> tuple[Run, str]:
     return runs[0], "the first run given: none has a validation split to compare them on"
 
 
+def _changed_since(run: Run, split: str, queries: int) -> str:
+    """A note where the split analysed is not the one training scored (its file changed since): the
+    runs table's scores are training's, of the queries as they were then."""
+    then = run.metrics.get({"test": "test_size", "validation": "val_size"}[split])
+    if not then or then == queries:
+        return ""
+    return (f" The {split} file has changed since training ({then:,} queries then, {queries:,} now): the scores in the runs "
+            f"table are training's, of the queries as they were; this analysis is of the file as it is now.")
+
+
 def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.DataFrame, kept: Path, figures: Path) -> str:
     index = {label: i for i, label in enumerate(splits.labels)}
     y_true, y_pred = frame.label.map(index).to_numpy(), frame.predicted.map(index).to_numpy()
@@ -389,7 +399,7 @@ def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.
     return "\n\n".join([
         "## Error analysis",
         f"Run `{run.label}` ({chosen}), on the {split} split "
-        f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{kept}`.",
+        f"({len(frame):,} queries, accuracy {np.mean(y_true == y_pred):.2%}); predictions in `{kept}`." + _changed_since(run, split, len(frame)),
         "### Most confused intents",
         _heatmap(y_true, y_pred, splits.labels, figures),
         "### Most confused pairs",
