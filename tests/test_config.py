@@ -88,6 +88,11 @@ def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_lin
             resolve_config(path)
 
 
+def test_thin_repeats_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"thin_repeats must be at least 1 \(1: no repeats\), got 0"):
+        resolve_config(None, thin_repeats=0)
+
+
 def test_python_callers_may_give_paths_and_a_dataframe_is_refused_with_what_to_do(tmp_path):
     import pandas as pd
 

@@ -353,6 +353,27 @@ def test_intents_with_far_fewer_training_queries_than_the_median_are_thin():
     assert thin_intents_warning(splits({"a": 5, "b": 5})) is None
 
 
+def test_thin_intents_training_queries_are_repeated_toward_the_median():
+    """Up to ``thin_repeats`` copies in all, no more than the median's count allows; the notes keep the
+    thin intents as the data had them. 1: nothing repeated."""
+    from bankintent.data import Examples, Splits
+    from bankintent.training import repeat_thin_intents
+
+    def splits(counts: dict[str, int]) -> Splits:
+        texts = [f"{label} {i}" for label, count in counts.items() for i in range(count)]
+        labels = [label for label, count in counts.items() for _ in range(count)]
+        return Splits(Examples(texts, labels), Examples(["v"] * len(counts), list(counts)), None, list(counts), "x")
+
+    data = splits({"a": 40, "b": 40, "c": 45, "crypto": 9, "d": 19})
+    repeat_thin_intents(data, 4)
+    assert Counter(data.train.labels) == {"a": 40, "b": 40, "c": 45, "crypto": 36, "d": 38}  # x4, and x2 (40 // 19)
+    assert data.notes["thin_intents"] == {"crypto": 9, "d": 19} and data.notes["thin_intents_repeated"] == {"crypto": 4, "d": 2}
+    assert Counter(data.train.texts)["crypto 0"] == 4 and Counter(data.train.texts)["a 0"] == 1
+    same = splits({"a": 40, "b": 40, "c": 45, "crypto": 9})
+    repeat_thin_intents(same, 1)
+    assert Counter(same.train.labels)["crypto"] == 9 and "thin_intents_repeated" not in same.notes
+
+
 def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
     rows = [(f"where is my card {i}", "card_arrival") for i in range(3)] + [(f"card still not here {i}", "CARD_ARRIVAL") for i in range(3)] \
         + [(f"what's the weather {i}", "OUT_OF_SCOPE") for i in range(2)] + [("hello", "out_of_scope")] \

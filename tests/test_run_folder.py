@@ -5,6 +5,7 @@ with the same permissions."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 
@@ -148,6 +149,26 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
     said = [record.getMessage() for record in caplog.records]
     assert not any("--data names one file" in line or "train.csv: " in line and "duplicated" in line for line in said)
     assert any("test.csv: " in line and "also in train.csv" in line for line in said)  # what is said of the file evaluated stays
+
+
+def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny_data, tmp_path, caplog):
+    """A new intent of 8 examples among intents of 20: named in the log, metrics.json and the model card,
+    and its training queries repeated (twice here: 18 // 7 for the median's 18 training queries)."""
+    caplog.set_level(logging.INFO, logger="bankintent")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (tiny_data / "train.csv").read_text().splitlines()
+    extra = [f"buy some bitcoin {i},buy_crypto" for i in range(8)]
+    (data / "train.csv").write_text("\n".join(rows + extra) + "\n")
+    metrics = _train(tiny_bert, data, tmp_path / "run")
+    assert metrics["thin_intents"] == {"buy_crypto": 7} and metrics["thin_intents_repeated"] == {"buy_crypto": 2}
+    assert "1 intent(s) have far fewer training queries than the median intent (18): 'buy_crypto': 7" in caplog.text
+    assert "thin intents: training queries repeated ('buy_crypto' x2)" in caplog.text
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert "`buy_crypto` (7). Their training queries were repeated (`buy_crypto` x2)" in card
+    plain = _train(tiny_bert, data, tmp_path / "plain", thin_repeats=1)
+    assert plain["thin_intents"] == {"buy_crypto": 7} and plain["thin_intents_repeated"] == {}
+    assert metrics["train_size"] == plain["train_size"] + 7
 
 
 def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):

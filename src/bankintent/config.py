@@ -98,6 +98,8 @@ class TrainConfig:
                                  choices=("confused-pairs",))
     intent_names: str = option("auto", "add each intent's name, as words ('card_arrival': 'card arrival'), to its training queries: "
                                "auto (for small data, when the names are words), on, off", choices=("auto", "on", "off"))
+    thin_repeats: int = option(4, "repeat each thin intent's training queries (fewer than 20 and at most half the median "
+                                  "intent's) up to this many times in all, to about the median's count (1: never)")
     oos_coverage: float = option(0.95, "out-of-scope threshold: share of in-scope validation queries still answered")
     val_fraction: float = option(0.1, "share of the training file held out for validation when the data has no validation file")
     split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")
@@ -131,6 +133,8 @@ class TrainConfig:
             self.probe_c = [float(self.probe_c)]
         if self.rdrop < 0:
             raise ConfigError(f"rdrop must be at least 0, got {self.rdrop}")
+        if self.thin_repeats < 1:
+            raise ConfigError(f"thin_repeats must be at least 1 (1: no repeats), got {self.thin_repeats}")
         if self.rdrop and self.method in ("linear-probe", "contrastive"):  # auto becomes contrastive on small data
             raise ConfigError(f"rdrop: {self.method} fits its classifier as a logistic regression, with no dropout passes to "
                               f"compare; leave rdrop at 0")

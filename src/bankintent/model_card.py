@@ -291,8 +291,11 @@ def _thin_note(metrics: dict) -> str:
     thin = metrics.get("thin_intents") or {}
     if not thin:
         return ""
+    repeated = metrics.get("thin_intents_repeated") or {}
+    weighed = (f" Their training queries were repeated ({', '.join(f'`{name}` x{n}' for name, n in repeated.items())}) to "
+               f"weigh nearer the others'; more examples of them are what helps most." if repeated else "")
     return (f"\nNote: {len(thin)} intent(s) trained on far fewer queries than the median intent, and are recognised less "
-            f"often than the others: {', '.join(f'`{name}` ({count})' for name, count in thin.items())}.\n")
+            f"often than the others: {', '.join(f'`{name}` ({count})' for name, count in thin.items())}.{weighed}\n")
 
 
 def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict) -> Path:
