@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -476,15 +477,16 @@ def test_worker_processes_share_one_set_of_metrics(runs, tmp_path):
     environment = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(metrics_folder)}
     command = [sys.executable, "-m", "bankintent.cli", "serve", str(runs / "bank_a"), "--workers", "2", "--port", str(port)]
     with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # the log, as it comes
+        reader.start()
         try:
             url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-            while True:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "no answer"
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+            # both workers up (each logs its start-up), or the first could take every connection while the other loads
+            while sum("Application startup complete" in line for line in list(lines)) < 2:
+                assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+                time.sleep(0.2)
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
             with ThreadPoolExecutor(8) as pool:  # httpx.post without a client: one connection per request
                 answers = list(pool.map(lambda i: httpx.post(f"{url}/v1/predict", json={"texts": [TEXTS[i % 4]]}, timeout=60), range(40)))
             assert [a.status_code for a in answers] == [200] * 40
