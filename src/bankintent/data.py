@@ -594,13 +594,18 @@ def split_validation(full: Examples, validation: Examples | None, train_file: Pa
     return full.take(train_idx), full.take(val_idx), f"{val_fraction:.0%} of the training file (stratified, split_seed {split_seed})"
 
 
+def training_counts(splits: Splits) -> tuple[Counter, float]:
+    """Each intent's training queries, and the median intent's count."""
+    counts = Counter(splits.train.labels)
+    return counts, float(np.median([counts[label] for label in splits.labels]))
+
+
 def thin_intents(splits: Splits) -> dict[str, int]:
     """The intents with fewer than ``FEW_TRAINING_QUERIES`` training queries and at most half as many as
     the median intent (say, a new intent added with ten examples to a file of forty an intent), fewest
     first, with their counts: a model recognises such an intent less often than the others. A file of
     few examples for every intent (small data) has none: the rule is relative to the median."""
-    counts = Counter(splits.train.labels)
-    median = float(np.median([counts[label] for label in splits.labels]))
+    counts, median = training_counts(splits)
     return {label: counts[label] for label in sorted(splits.labels, key=lambda label: (counts[label], label))
             if counts[label] < FEW_TRAINING_QUERIES and counts[label] <= median / 2}
 
@@ -610,7 +615,7 @@ def thin_intents_warning(splits: Splits) -> str | None:
     thin = thin_intents(splits)
     if not thin:
         return None
-    median = float(np.median([Counter(splits.train.labels)[label] for label in splits.labels]))
+    median = training_counts(splits)[1]
     shown = ", ".join(f"{name!r}: {count}" for name, count in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else "")
     return (f"{len(thin)} intent(s) have far fewer training queries than the median intent ({median:g}): {shown}; the model "
             f"recognises them less often and sends more of their queries out of scope: add examples of them "

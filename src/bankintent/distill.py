@@ -230,7 +230,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         **extra,
     }
     write_json(out / "metrics.json", metrics)
-    write_model_card(out / MODEL_DIR, cfg, metrics)
+    write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
     return metrics
 
 

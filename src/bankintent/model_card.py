@@ -58,7 +58,7 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
 
 def _source(cfg: TrainConfig, metrics: dict) -> str:
     found = metrics.get("data", cfg.data)
-    return found if found in (cfg.data, str(Path(cfg.data).expanduser().resolve())) else f"{cfg.data} (read from {found})"
+    return cfg.data if found == cfg.data else f"{cfg.data} (read from {found})"
 
 
 def _pct(value) -> str:
@@ -226,7 +226,6 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
                "The data had no test split (measure the model with `bankintent evaluate RUN --data FILE` on queries it has not "
                "seen); ") + "the epoch, the temperature and the out-of-scope\nthreshold were chosen on validation.")
     banking = cfg.data == "banking77"
-    data = cfg.data if banking else str(Path(cfg.data).expanduser().resolve())
     example = "I lost my debit card" if banking else "a question a customer asks"
     hub_id = _hub_id(cfg.base_model)
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
@@ -249,7 +248,7 @@ Routing English customer-service queries{" of a bank or payment app" if banking 
 `labels.json`. {fallback_text(metrics, cfg.oos_label)} It was trained on short, single-intent, written queries
 ({metrics['train_size']:,} training queries); expect lower accuracy on long, multi-intent, spoken or
 non-English queries, on products and intents the data does not cover, and on data whose distribution
-differs from {data}. It is not meant for decisions about customers without human review.
+differs from {cfg.data}. It is not meant for decisions about customers without human review.
 
 ## How to use
 

@@ -70,7 +70,8 @@ from transformers.utils import logging as hf_logging
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
 from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml
-from bankintent.data import BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation
+from bankintent.data import (BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
+                             training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
@@ -787,7 +788,7 @@ def _train(cfg: TrainConfig) -> dict:
         **extra,
     }
     write_json(out / "metrics.json", metrics)
-    write_model_card(model_dir, cfg, metrics)
+    write_model_card(model_dir, saved_config(cfg), metrics)  # paths as config.yaml records them
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
     return metrics
 
@@ -905,8 +906,7 @@ def repeat_thin_intents(splits: Splits, repeats: int) -> None:
     intents as the data had them, and the copies of each."""
     thin = thin_intents(splits)
     splits.notes["thin_intents"] = thin
-    counts = Counter(splits.train.labels)
-    median = float(np.median([counts[label] for label in splits.labels]))
+    median = training_counts(splits)[1]
     copies = {label: min(repeats, max(1, int(median // count))) for label, count in thin.items()}
     copies = {label: n for label, n in copies.items() if n > 1}
     if not copies:
