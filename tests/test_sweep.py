@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bankintent.config import TrainConfig
 from bankintent.errors import ConfigError
 from bankintent.results import aggregate_runs, results_tables
 from bankintent.sweep import read_sweep, run_sweep
@@ -86,6 +87,23 @@ def test_tables_mean_std_single_seed_and_deltas():
     assert "| full | - | 1 (single seed) | 90.00% | 90.00% |" in tables["methods"]
     assert "| lpft+x | lpft | 1 (single seed) | 93.00% | 96.00% | +1.00 pts | +1.00 pts |" in tables["improvements"]
     assert "hyperparameters" not in tables
+
+
+def test_grid_table_shows_the_options_its_runs_vary():
+    """A grid over probe_c (or lora_r) names the value of each row; options the rows share are left out."""
+    results = pd.DataFrame([
+        {"name": n, "tables": "grid", "baseline": "", "method": "linear-probe", "seed": 42, "val_accuracy": v,
+         "test_accuracy": v, "test_macro_f1": v, "trainable_pct": 0.1, "adapter_bytes": 1e5, "train_seconds": 60,
+         "lr": 1e-3, "lora_r": 8, "lora_alpha": 32, "epochs": 4, "hardware": "CPU", "note": "", "options": options}
+        for n, v, options in [("C=1", 0.9, '{"method": "linear-probe", "probe_c": [1.0], "max_length": 64}'),
+                              ("C=10", 0.92, '{"method": "linear-probe", "probe_c": [10.0], "max_length": 64}'),
+                              ("default C", 0.91, '{"method": "linear-probe", "max_length": 64}')]
+    ])
+    grid = results_tables(aggregate_runs(results))["grid"]
+    assert grid.splitlines()[0] == "| Method | Pooling | LR | Epochs | Best epoch | probe_c | Seeds | Val Acc |"
+    assert "| C=10 | - | 0.001 | 4 | - | [10.0] | 1 (single seed) | 92.00% |" in grid
+    assert "| default C | - | 0.001 | 4 | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |" in grid
+    assert "max_length" not in grid
 
 
 def test_sweep_file_errors_name_the_run(tiny_bert, tiny_data, tmp_path):

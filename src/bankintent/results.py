@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from bankintent.config import TrainConfig  # noqa: E402
+
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy"]
 TABLE_COLUMNS = ["Method", "Val Acc", "Test Acc", "Macro-F1", "Trainable %", "Adapter size", "Training time"]
 
@@ -145,6 +147,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Pooling": first.get("pooling") if isinstance(first.get("pooling"), str) else "-",
             "hardware": "; ".join(sorted(set(group.hardware.dropna()))),
             "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",
+            "options": json.loads(first["options"]) if isinstance(first.get("options"), str) else {},
         }
         baseline = first.get("baseline")
         if isinstance(baseline, str) and baseline:
@@ -163,6 +166,19 @@ RESULT_TABLES = {
 }
 
 
+def _grid_options(rows: list[dict[str, Any]], columns: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A grid's rows with a column for each option their sweep entries set to different values (a
+    grid over ``probe_c`` or ``lora_r`` shows them), beside the columns every grid has."""
+    shown = {"method", "lr", "epochs", "pooling"}
+    keys = sorted({key for row in rows for key in row["options"]} - shown)
+    default = TrainConfig()
+    value = lambda row, key: row["options"].get(key, getattr(default, key, None))  # noqa: E731
+    varying = [key for key in keys if len({json.dumps(value(row, key), default=str) for row in rows}) > 1]
+    rows = [{**row, **{key: str(value(row, key)) for key in varying}} for row in rows]
+    at = columns.index("Seeds")
+    return rows, [*columns[:at], *varying, *columns[at:]]
+
+
 def results_tables(rows: list[dict[str, Any]], planned: dict[str, int] | None = None) -> dict[str, str]:
     """Markdown of each results table that has rows. ``Seeds`` reads ``3`` or ``1 of 3`` while a run
     is unfinished; a method with one seed is marked ``1 (single seed)``."""
@@ -175,6 +191,8 @@ def results_tables(rows: list[dict[str, Any]], planned: dict[str, int] | None = 
             wanted = (planned or {}).get(row["name"], row["seeds"])
             seeds = f"{row['seeds']} of {wanted}" if row["seeds"] < wanted else str(row["seeds"])
             selected.append({**row, "Method": row["name"], "Seeds": seeds + (" (single seed)" if wanted == 1 else "")})
+        if selected and key == "grid":
+            selected, columns = _grid_options(selected, columns)
         if selected:
             tables[key] = markdown_table(selected, columns)
     return tables

@@ -248,6 +248,7 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
                 "max_length": cfg.max_length, "normalize_entities": cfg.normalize_entities, "augment": cfg.augment or "",
                 "shots": cfg.shots, "train_size": metrics.get("train_size"),
                 "hardware": metrics.get("hardware"), "run_dir": str(run_dir.relative_to(out)),
+                "options": json.dumps(run.options, sort_keys=True),
                 "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else "",
             })
     return pd.DataFrame(rows)
