@@ -191,6 +191,14 @@ def test_evaluate_data_works_where_the_training_data_has_moved(tiny_runs, tiny_d
     assert evaluate_run(moved, data=str(tiny_data / "test.csv"))["queries"] == 20
 
 
+def test_queries_per_intent_bars_hold_whole_counts():
+    from bankintent.report import count_bins
+
+    assert count_bins(pd.Series([10, 10, 10])).tolist() == [9.5, 10.5]  # every intent alike: one bar at 10
+    edges = count_bins(pd.Series([1, 57, 100]))
+    assert len(edges) - 1 <= 20 and edges[0] == 0.5 and edges[-1] >= 100.5 and set(np.diff(edges)) == {5.0}
+
+
 def test_per_intent_f1_is_one_horizontal_bar_per_intent_worst_first():
     names = [f"intent_number_{i}_with_a_long_descriptive_name" for i in range(77)]
     f1 = np.linspace(1.0, 0.5, 77)

@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
@@ -115,6 +116,14 @@ def _splits(run: Run) -> Splits:
 
 # --- sections ---------------------------------------------------------------------------------------
 
+def count_bins(counts: pd.Series) -> np.ndarray:
+    """Bar edges for queries per intent: whole numbers of queries per bar, at most 20 bars, and one
+    bar centred on the count where every intent has as many (a range of fractions otherwise)."""
+    low, high = int(counts.min()), int(counts.max())
+    width = max(1, -(-(high - low + 1) // 20))
+    return np.arange(low, high + width + 1, width) - 0.5
+
+
 def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run]) -> str:
     parts = [(name, ex) for name, ex in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
              if ex is not None and len(ex)]  # small data has no validation split
@@ -123,7 +132,8 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
              "Words per query (median, 95th pct)": f"{np.median(_words(ex)):.0f}, {np.percentile(_words(ex), 95):.0f}"}
             for name, ex in parts]
     fig, (count_ax, length_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    count_ax.hist(per_intent_counts.values, bins=20, color="C0")
+    count_ax.hist(per_intent_counts.values, bins=count_bins(per_intent_counts), color="C0")
+    count_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     count_ax.set(xlabel="training queries per intent", ylabel="intents", title="Queries per intent (train)")
     bins = np.arange(0, max(max(_words(ex)) for _, ex in parts) + 2)
     for name, ex in parts:
