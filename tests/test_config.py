@@ -105,3 +105,13 @@ def test_python_callers_may_give_paths_and_a_dataframe_is_refused_with_what_to_d
     assert "\n" not in message and len(message) < 250, message
     assert message.startswith("data must be a .csv or .jsonl file, a folder holding train.csv, or 'banking77', got DataFrame ")
     assert message.endswith("; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)")
+
+
+def test_options_a_method_has_no_use_for_are_named_when_set():
+    from bankintent.config import UNUSED, unused_options
+
+    assert unused_options(resolve_config(None, method="full", lora_r=16, lr=3e-5)) == ["lora_r 16"]
+    assert unused_options(resolve_config(None, method="linear-probe", epochs=8, probe_c=[3.0])) == ["epochs 8"]
+    assert unused_options(resolve_config(None, method="lora-unfreeze", unfreeze_layers_per_epoch=1)) == []
+    for method in METHODS:  # every recipe as it stands says nothing
+        assert method in UNUSED and unused_options(resolve_config(None, method=method)) == []

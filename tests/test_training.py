@@ -75,14 +75,17 @@ def test_base_pooling_is_recognised(tiny_models, tmp_path):
     assert base_pooling(str(broken)) == "cls"
 
 
-def test_lpft_full_starts_from_the_probe_and_trains_every_weight(tiny_bert, tiny_data, tmp_path):
+def test_lpft_full_starts_from_the_probe_and_trains_every_weight(tiny_bert, tiny_data, tmp_path, caplog):
     """lpft-full's head starts as the linear probe's: at a vanishing learning rate it predicts what the
     linear probe does; at its recipe's rate every encoder weight moves."""
     from safetensors.torch import load_file
 
     probe_run, still, moved = (tmp_path / name for name in ("probe", "still", "moved"))
     train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, probe_run)))
+    assert "linear-probe does not use epochs 1; batch_size 16: they change nothing" in caplog.text  # no fine-tuning
+    caplog.clear()
     train(resolve_config(None, method="lpft-full", lr=1e-12, **tiny_options(tiny_bert, tiny_data, still)))
+    assert "does not use" not in caplog.text  # the LoRA options it ignores are left at their defaults
     train(resolve_config(None, method="lpft-full", lr=1e-2, **tiny_options(tiny_bert, tiny_data, moved)))
     queries = ["my card was stolen", "what exchange rate", "top up failed", "where is my card"]
     expected = Predictor.load(probe_run).probabilities(queries)

@@ -46,6 +46,21 @@ RECIPES: dict[str, dict[str, Any]] = {
     "contrastive": {"pooling": "mean", "lr": 5e-5, "epochs": 1, "batch_size": 32},
 }
 
+# The options each method has no use for: one set to other than its recipe's value changes nothing,
+# and training says so rather than let the user believe it did (``unused_options``).
+_LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+_FINE_TUNING = ("lr", "batch_size", "weight_decay", "warmup_ratio", "label_smoothing", "early_stopping_patience",
+                "average_weights")
+UNUSED: dict[str, tuple[str, ...]] = {
+    "lpft": ("unfreeze_layers_per_epoch", "pairs_per_example"),
+    "lpft-full": (*_LORA, "unfreeze_layers_per_epoch", "pairs_per_example"),
+    "lora": ("unfreeze_layers_per_epoch", "probe_c", "pairs_per_example"),
+    "full": (*_LORA, "unfreeze_layers_per_epoch", "probe_c", "pairs_per_example"),
+    "lora-unfreeze": ("probe_c", "pairs_per_example"),
+    "linear-probe": ("epochs", *_FINE_TUNING, *_LORA, "unfreeze_layers_per_epoch", "pairs_per_example"),
+    "contrastive": (*_LORA, "label_smoothing", "early_stopping_patience", "average_weights", "unfreeze_layers_per_epoch"),
+}
+
 
 def option(default: Any = MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
            choices: tuple[str, ...] | None = None) -> Any:
@@ -308,6 +323,14 @@ def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> T
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join((AUTO, *METHODS))}")
     recipe = RECIPES["lpft" if method == AUTO else method]  # auto: lpft's, until the data decides (for_data)
     return TrainConfig(**{**recipe, **file_values, **given, "method": method})
+
+
+def unused_options(cfg: TrainConfig) -> list[str]:
+    """``name value`` of each option ``cfg.method`` (decided, not ``auto``) has no use for that is set
+    to other than the method's recipe value (``--epochs 8`` for a linear probe, ``--lora-r`` for full)."""
+    recipe = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(TrainConfig)}
+    recipe.update(RECIPES.get(cfg.method, {}))
+    return [f"{name} {getattr(cfg, name)}" for name in UNUSED.get(cfg.method, ()) if getattr(cfg, name) != recipe[name]]
 
 
 def differences(was: dict, now: dict) -> str | None:

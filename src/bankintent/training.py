@@ -69,7 +69,7 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import calibrate
-from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml
+from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml, unused_options
 from bankintent.data import (BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
                              training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
@@ -677,7 +677,11 @@ def _train(cfg: TrainConfig) -> dict:
             _remove_created(created)
         raise
     thin = None if splits.small_data else thin_validation(splits)
+    unused = unused_options(cfg)
     if main:
+        if unused:
+            log.warning("%s does not use %s: %s change%s nothing", cfg.method, "; ".join(unused),
+                        "they" if len(unused) > 1 else "it", "" if len(unused) > 1 else "s")
         for warning in (thin, thin_intents_warning(splits)):
             if warning:
                 log.warning("%s", warning)
