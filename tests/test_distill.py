@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import _save_tiny, _tiny_rows, tiny_options, write_csv
@@ -102,14 +103,17 @@ def test_kept_layers_are_the_teachers(arch, pooling, four_layers):
         keep_layers(build_model(spec), [3, 1])
 
 
-def test_distilled_run_saves_loads_exports_and_answers(teacher, tmp_path):
+def test_distilled_run_saves_loads_exports_and_answers(teacher, data, tmp_path, caplog):
     unlabelled = tmp_path / "queries.txt"
-    unlabelled.write_text("is my card on its way\n\nwhat rate for pounds\nmy top up is stuck\n")
+    trained = set(pd.read_csv(data / "train.csv").text)  # the validation queries are drawn from it
+    test_query = next(t for t in pd.read_csv(data / "test.csv").text if t not in trained)  # chat logs may hold test queries
+    unlabelled.write_text(f"is my card on its way\n\nwhat rate for pounds\n{test_query.upper()}\nmy top up is stuck\n")
     out = tmp_path / "student"
     metrics = distill(teacher, out, layers=2, unlabelled=unlabelled, epochs=1, batch_size=16, progress=False)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["method"] == "distill" and metrics["teacher_layers"] == 4 and metrics["kept_layers"] == [1, 3]
     assert metrics["unlabelled_size"] == 3 and metrics["augmented_size"] > 0  # the blank line is skipped
+    assert metrics["unlabelled_left_out"] == {"test": 1} and f"{unlabelled}: 1 test query left out" in caplog.text
     trained = json.loads((teacher / "metrics.json").read_text())
     for key in ("data", "val_size", "test_size", "num_labels", "validation", "shots", "duplicate_rows", "val_warning"):
         assert metrics[key] == trained[key], key  # the same data as the teacher's, said the same way

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from bankintent.config import DistillConfig, TrainConfig, read_yaml
-from bankintent.data import read_queries, run_splits
+from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
 from bankintent.export import run_config
 from bankintent.model_card import write_model_card
@@ -122,6 +122,25 @@ def logits_of(model: nn.Module, tokenizer, texts: list[str], max_length: int, de
     return out
 
 
+def held_out_removed(texts: list[str], splits, path) -> tuple[list[str], dict[str, int]]:
+    """``texts`` (the unlabelled queries) without the run's validation and test queries, and how many
+    of each were left out. Chat logs exported whole may hold them; a student trained to match the
+    teacher on them would be chosen on, and scored on, queries it has seen."""
+    held = {name: {query_key(t) for t in split.texts} for name, split in (("validation", splits.validation),
+                                                                          ("test", splits.test)) if split is not None}
+    left_out = {name: sum(query_key(t) in keys for t in texts) for name, keys in held.items()}
+    left_out = {name: n for name, n in left_out.items() if n}
+    if left_out:
+        log.warning("%s: %s left out (a student trained on them would be chosen and scored on queries it has seen)", path,
+                    " and ".join(f"{n} {name} quer{'y' if n == 1 else 'ies'}" for name, n in left_out.items()))
+        every = set().union(*held.values())
+        texts = [t for t in texts if query_key(t) not in every]
+        if not texts:
+            raise ConfigError(f"{path}: every unlabelled query is a validation or test query of the run; give queries "
+                              f"the run neither chose on nor is scored on (chat logs, say)")
+    return texts, left_out
+
+
 def distill(run: str | Path, output: str | Path, overwrite: bool = False, progress: bool = True, **options) -> dict:
     """Distil the model of ``run`` (a run folder, or its model folder) into a student with
     ``options["layers"]`` encoder layers (``DistillConfig`` has the options), saved as the run folder
@@ -150,7 +169,8 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         if splits.labels != teacher_spec.labels:
             raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
                              f"was the data changed since training?")
-        extra_texts = read_queries(opts.unlabelled, cfg.text_column)[1] if opts.unlabelled else []
+        extra_texts, held_out = (held_out_removed(read_queries(opts.unlabelled, cfg.text_column)[1], splits, opts.unlabelled)
+                                 if opts.unlabelled else ([], {}))
         others = [ensemble_member(other, teacher_spec) for other in opts.teachers or []]
         teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
         depth = num_layers(teacher)
@@ -207,6 +227,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         **data_metrics(splits),
         "augmented_size": len(augmented),
         "unlabelled_size": len(extra_texts),
+        "unlabelled_left_out": held_out,  # validation and test queries found among them, not trained on
         "distill_queries": len(texts),
         "teacher": str(source.resolve()),
         "teacher_method": teacher_spec.method,
