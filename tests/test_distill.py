@@ -133,6 +133,11 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, data, tmp_path, 
     assert (f"`bankintent distill TEACHER_RUN --output OUT --layers 2 --epochs 1 --temperature 2 --alpha 0.5 --learning-rate 0.0001 "
             f"--batch-size 16 --augment-copies 1 --unlabelled {unlabelled.resolve()} --seed 42`") in card  # every option, to rerun it
     assert "library_name: bankintent" in card and "- lora\n" not in card
+    from bankintent.report import collect  # the report's command for it is distill's, with the paths, not its teacher's training
+
+    assert collect([out])[0][0].command == (f"bankintent distill {metrics['teacher']} --output {out} --layers 2 --epochs 1 "
+                                            f"--temperature 2 --alpha 0.5 --learning-rate 0.0001 --batch-size 16 "
+                                            f"--augment-copies 1 --unlabelled {unlabelled.resolve()} --seed 42")
     predictor = Predictor.load(out)
     answers = predictor.predict(QUERIES)
     assert all(a["oos_score"] is not None and a["oos_threshold"] is not None and a["oos_method"] for a in answers)

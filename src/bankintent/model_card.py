@@ -156,13 +156,19 @@ def _names(metrics: dict) -> str:
     return f" The training queries include each intent's name as words ({added}: `--intent-names`)." if added else ""
 
 
-def _distill_options(metrics: dict) -> str:
-    """The rest of the ``distill`` command that made the student, every option as it was."""
-    flags = [("--epochs", metrics.get("distill_epochs")), ("--temperature", metrics.get("distill_temperature")),
+def distill_command(metrics: dict, output: str | None = None) -> str:
+    """The ``distill`` command that made a student, every option as it was: with the teachers' recorded
+    paths and ``output`` (the report), or with placeholders for them (the model card, which travels)."""
+    members = metrics.get("ensemble_teachers") or []
+    teacher, out = (metrics["teacher"], output) if output else ("TEACHER_RUN", "OUT")
+    others = members if output else [f"RUN{n}" for n in range(2, len(members) + 2)]
+    flags = [("--output", out), ("--layers", metrics.get("layers")), ("--teachers", ",".join(others) or None),
+             ("--epochs", metrics.get("distill_epochs")), ("--temperature", metrics.get("distill_temperature")),
              ("--alpha", metrics.get("distill_alpha")), ("--learning-rate", metrics.get("peak_lr")),
              ("--batch-size", metrics.get("batch_size")), ("--augment-copies", metrics.get("augment_copies")),
              ("--unlabelled", metrics.get("unlabelled_file")), ("--seed", metrics.get("seed"))]
-    return "".join(f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}" for flag, value in flags if value is not None)
+    return f"bankintent distill {teacher}" + "".join(f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
+                                                     for flag, value in flags if value is not None)
 
 
 def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
@@ -173,14 +179,13 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
         unlabelled = f", unlabelled queries from `{metrics['unlabelled_file']}`" if metrics.get("unlabelled_file") else ""
         members = metrics.get("ensemble_teachers") or []
         others = "".join(f", `{other}`" for other in members)
-        teachers = f" --teachers {','.join(f'RUN{n}' for n in range(2, len(members) + 2))}" if members else ""
         return f"""- method: `distill` (pooling: {cfg.pooling}); teacher{'s' if members else ''}: `{metrics['teacher']}` ({teacher}){others}
 - loss: (1 - alpha) T² KL(teacher ‖ student) + alpha cross-entropy, T {metrics['distill_temperature']:g}, alpha {metrics['distill_alpha']:g}
 - queries: the training split, {metrics['augment_copies']} perturbed copy(ies) of each labelled by the teacher{unlabelled}
   ({metrics['distill_queries']:,} in all); {metrics['epochs_run']} epochs ({kept}), peak learning rate
   {metrics['peak_lr']:g}, batch size {metrics['batch_size']}, seed {metrics['seed']}
 {hardware}
-- command: `bankintent distill TEACHER_RUN --output OUT --layers {metrics['layers']}{teachers}{_distill_options(metrics)}`"""
+- command: `{distill_command(metrics)}`"""
     return f"""- method: `{cfg.method}` (pooling: {cfg.pooling}); LoRA: {lora}
 - epochs: {cfg.epochs} ({kept}),
   learning rate {cfg.lr:g}, batch size {cfg.batch_size}, weight decay {cfg.weight_decay}, warmup ratio

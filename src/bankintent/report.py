@@ -37,6 +37,7 @@ from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noq
 from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table, split_source  # noqa: E402
+from bankintent.model_card import distill_command  # noqa: E402
 from bankintent.modeling import MARKER  # noqa: E402
 from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
@@ -71,9 +72,13 @@ class Sweep:
     planned: dict[str, int]
 
 
-def _command(folder: Path) -> str:
+def _command(folder: Path, metrics: dict) -> str:
+    """How the run was made: a sweep's recorded command, the ``distill`` command of a student (whose
+    config.yaml holds its teacher's options), else training from the run's config.yaml."""
     if (folder / "command.txt").is_file():
         return (folder / "command.txt").read_text().strip()
+    if metrics.get("method") == "distill":
+        return distill_command(metrics, str(folder))
     return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml")])
 
 
@@ -91,7 +96,8 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
                 run_dir = folder / row.run_dir
                 runs.append(Run(row.name, run_dir, json.loads((run_dir / "metrics.json").read_text()), row.command))
         elif (folder / "metrics.json").is_file():
-            runs.append(Run(folder.name, folder, json.loads((folder / "metrics.json").read_text()), _command(folder)))
+            metrics = json.loads((folder / "metrics.json").read_text())
+            runs.append(Run(folder.name, folder, metrics, _command(folder, metrics)))
         else:
             raise ConfigError(f"{folder}: neither a training run (no metrics.json) nor a sweep (no sweep.yaml)")
     if not runs:
