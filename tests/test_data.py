@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples, thin_validation
+from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples, read_queries, thin_validation
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -238,10 +238,14 @@ def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card, it is lost,b\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes\)$"):
         load_splits(str(tmp_path))
-    # a stray quote swallows the rest of the file into one record: the error says where it opened
+    # a stray quote swallows the rest of the file into one record: the error says where it opened, also
+    # where that record has the fields a row needs (a file of queries with an id column, say)
     (tmp_path / "train.csv").write_text('text,category\nhello,a\n"where is my card,b\nagain,b\nmore,a\n')
-    with pytest.raises(DataError, match=r"train.csv: lines 3-5, one record \(is a quote on line 3 left open\?\): expected 2 fields"):
+    with pytest.raises(DataError, match=r"train.csv: line 3: a double quote opens a text that is never closed"):
         load_splits(str(tmp_path))
+    (tmp_path / "queries.csv").write_text('id,text\n1,hello\n2,"where is my card\n3,again\n')
+    with pytest.raises(DataError, match=r"queries.csv: line 3: a double quote opens a text that is never closed"):
+        read_queries(tmp_path / "queries.csv")
     # a quoted line break is one good record, blank lines are skipped: the rows after keep their own line numbers
     (tmp_path / "train.csv").write_text('text,category\n"two\nlines",a\n\nonly text\n')
     with pytest.raises(DataError, match=r"train.csv: line 5: expected 2 fields"):

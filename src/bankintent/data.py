@@ -169,7 +169,7 @@ def _separator(path: Path, handle) -> str:
 def _csv_rows(path: Path, handle, columns, separator: str = ","):
     """Rows as ``csv.DictReader`` makes them (missing fields None), numbered by the file line they start
     on: a quoted field can hold line breaks, so one record can span lines, and blank lines are skipped."""
-    reader = csv.reader(handle, delimiter=separator)
+    reader = csv.reader(handle, delimiter=separator, strict=True)  # a quote left open is an error, not the rest of the file in one text
     end = 0  # the last line read
     try:
         header = next(reader, None)
@@ -191,6 +191,9 @@ def _csv_rows(path: Path, handle, columns, separator: str = ","):
                 raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
+        if str(exc) == "unexpected end of data":
+            raise DataError(f"{path}: line {end + 1}: a double quote opens a text that is never closed (the rest of the file "
+                            f"would be read as one text); close the quote or remove it") from None
         raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
 
 
