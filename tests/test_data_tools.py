@@ -23,6 +23,25 @@ def _rows(path):
         return [(r["text"], r["category"]) for r in csv.DictReader(handle)]
 
 
+def test_a_clear_label_error_is_flagged_where_the_intent_s_own_queries_are_surer_still():
+    """Small, clean data: each intent's queries get 0.95 for it, so confident learning's threshold for
+    intent 0 is 0.95 and three queries labelled 1 that the other folds give 0.85 to intent 0 were not
+    counted by either rule; the threshold's cap counts them, least likely label first."""
+    from bankintent.audit import likely_label_errors
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    probabilities = np.full((90, 3), 0.025)
+    probabilities[np.arange(90), y] = 0.95
+    planted = [31, 40, 52]
+    for row, given in zip(planted, (0.1, 0.05, 0.12)):
+        probabilities[row] = [0.85, given, 0.15 - given]
+    probabilities += rng.uniform(0, 0.001, probabilities.shape)
+    probabilities /= probabilities.sum(1, keepdims=True)
+    ranked, quality = likely_label_errors(y, probabilities)
+    assert ranked == [40, 31, 52] and quality[40] == pytest.approx(0.05, abs=0.002)
+
+
 @pytest.mark.e2e
 def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_intent(banking77_subset, tmp_path):
     rows = _rows(banking77_subset / "train.csv")
