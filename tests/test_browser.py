@@ -139,6 +139,30 @@ def test_typing_a_query_shows_intent_confidence_latency_and_top_5_bars(page, ser
     screenshot(page, tmp_path, "page_in_scope.png")
 
 
+@pytest.fixture(scope="module")
+def served_airline(run, tmp_path_factory):
+    """The same model with intents that are not Banking77's."""
+    folder = tmp_path_factory.mktemp("airline") / "airline"
+    shutil.copytree(model_folder(run), folder)
+    (folder / "labels.json").write_text(json.dumps(["book_flight", "lost_baggage", "refund", "seat_selection"]))
+    with serve_in_background(create_app(model_dir=folder)) as url:
+        yield url, folder
+
+
+def test_the_banking_examples_show_only_where_the_model_has_their_intents(browser, served, served_out_of_scope, served_airline):
+    shown = {}
+    for name, (url, _) in (("banking", served), ("card_arrival renamed", served_out_of_scope), ("airline", served_airline)):
+        page = open_page(browser, url)
+        shown[name] = [b.text_content() for b in page.query_selector_all(".example") if b.is_visible()]
+        shown[name + " placeholder"] = page.get_attribute("#query", "placeholder")
+        page.close()
+    assert shown["banking"] == ["I lost my debit card", "Why did my top-up fail?", "My new card still hasn't arrived",
+                                "What exchange rate will I get for euros?", "What's the weather tomorrow?"]
+    assert "My new card still hasn't arrived" not in shown["card_arrival renamed"] and len(shown["card_arrival renamed"]) == 4
+    assert shown["banking placeholder"] == "Type a customer's message, e.g. I lost my debit card"
+    assert shown["airline"] == [] and shown["airline placeholder"] == "Type a customer's message"
+
+
 def test_an_example_query_is_one_click(page, served):
     example = page.query_selector_all(".example")[0]
     text = example.text_content()
