@@ -421,3 +421,17 @@ def test_an_out_of_scope_file_with_intent_labels_is_refused(tmp_path):
         load_splits(_folder(tmp_path, GOOD), oos_file=str(oos))
     oos.write_text("text,category\nwhat is the weather,out_of_scope\ntell me a joke,OOS\n")
     assert len(load_splits(str(tmp_path), oos_file=str(oos)).out_of_scope) == 2
+
+
+def test_an_out_of_scope_file_is_read_from_its_text_column_where_it_lacks_the_data_s(tmp_path):
+    """The data's queries are in 'utterance'; the out-of-scope file, collected apart, says 'text'."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("utterance,intent\n" + "".join(f"{t},{label}\n" for t, label in GOOD))
+    oos = tmp_path / "oos.csv"
+    oos.write_text("text\nwhat is the weather\ntell me a joke\n")
+    splits = load_splits(str(data), text_column="utterance", label_column="intent", oos_file=str(oos))
+    assert splits.out_of_scope.texts == ["what is the weather", "tell me a joke"]
+    oos.write_text("query\nwhat is the weather\n")  # neither column: the error names the data's
+    with pytest.raises(DataError, match=r"oos.csv: line 1: missing column 'utterance'"):
+        load_splits(str(data), text_column="utterance", label_column="intent", oos_file=str(oos))

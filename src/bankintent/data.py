@@ -420,6 +420,14 @@ def locate(data: str) -> Path:
     return data_files(data).train.parent
 
 
+def _has_column(path: Path, column: str) -> bool:
+    try:
+        next(iter_rows(path, (column,)), None)
+    except DataError:
+        return False
+    return True
+
+
 def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_column: str = "category",
                            oos_label: str | None = "out_of_scope") -> list[str]:
     """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
@@ -430,6 +438,10 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     if path.suffix not in (".txt", *DATA_SUFFIXES):
         raise DataError(f"{path}: an out-of-scope file must be .txt (one query a line), .csv or .jsonl")
     column = "text" if path.suffix == ".txt" else text_column
+    # a file of out-of-scope queries collected apart from the data often names its column 'text'
+    if column != "text" and not _has_column(path, column) and _has_column(path, "text"):
+        log.info("%s: no column %r; its queries are read from column 'text'", path, column)
+        column = "text"
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
