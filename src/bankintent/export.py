@@ -1,7 +1,8 @@
 """Export a trained model for fast inference: ``bankintent export DIR --format onnx [--quantize int8]``.
 
-- ``merged``: the LoRA weights merged into the base model, saved as a plain (non-PEFT) model folder
-  holding every weight; it loads without PEFT and without merging.
+- ``merged``: the LoRA weights merged into the base model, saved as a bankintent model folder holding
+  every weight in one file (not a Hugging Face ``AutoModel`` folder: the pooling and head are
+  bankintent's); it loads without PEFT and without merging.
 - ``onnx``: ``model.onnx`` with two outputs, ``logits`` and ``features`` (the query embedding the
   out-of-scope score uses) and dynamic batch and sequence axes. It is exported by the TorchScript-based
   exporter from eager attention, then fused by ONNX Runtime's transformer optimizer (attention,
