@@ -136,7 +136,7 @@ def subset_run(banking77_subset, tmp_path_factory):
 
 
 @pytest.mark.e2e
-def test_discover_separates_two_intents_the_model_never_saw(subset_run, tmp_path):
+def test_discover_separates_two_intents_the_model_never_saw(subset_run, tmp_path, capsys):
     from conftest import BANKING77
 
     unseen = ("apple_pay_or_google_pay", "terminate_account")  # not among the run's 5 intents
@@ -155,6 +155,11 @@ def test_discover_separates_two_intents_the_model_never_saw(subset_run, tmp_path
     clusters = pd.read_csv(tmp_path / "out" / "clusters.csv")
     assert clusters["size"].is_monotonic_decreasing and clusters["size"].min() >= 5
     assert any("pay" in k for k in clusters["keywords"]) and (tmp_path / "out" / "map.png").stat().st_size > 10_000
+    found = json.loads((tmp_path / "out" / "discover.json").read_text())  # the counts add up
+    assert found["in_clusters"] == clusters["size"].sum() == (queries["cluster"] >= 0).sum()
+    assert found["in_clusters"] + found["unclustered"] == found["clustered_queries"] == len(rows)
+    assert (f"every query grouped: {found['clusters']} candidate intents of {found['in_clusters']} queries, "
+            f"{found['unclustered']} left unclustered") in capsys.readouterr().out
 
 
 @pytest.mark.e2e

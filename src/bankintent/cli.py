@@ -256,8 +256,8 @@ def discover(args: argparse.Namespace) -> None:
     found = run(args.dir, args.input, args.output, all_queries=args.all, text_column=_text_column(args),
                 distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed, overwrite=args.overwrite)
     chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
-    print(f"{found['queries']:,} queries, {chosen} clustered: {found['clusters']} candidate intents, "
-          f"{found['unclustered']} queries unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png")
+    print(f"{found['queries']:,} queries, {chosen} grouped: {found['clusters']} candidate intents of {found['in_clusters']:,} "
+          f"queries, {found['unclustered']:,} left unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png")
 
 
 def select(args: argparse.Namespace) -> None:
