@@ -227,6 +227,9 @@ def test_iter_queries(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"query": "b"}\n')
     with pytest.raises(DataError, match=r"q.jsonl: line 2: missing column 'text'"):
         list(iter_queries(tmp_path / "q.jsonl"))
+    (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"text": "tab\there"}\n')  # where on the line the JSON breaks
+    with pytest.raises(DataError, match=r"q.jsonl: line 2: not valid JSON \(Invalid control character at column 14\)$"):
+        list(iter_queries(tmp_path / "q.jsonl"))
     (tmp_path / "q.csv").write_text("id,query\n1,hello\n")
     assert list(iter_queries(tmp_path / "q.csv", text_column="query")) == [(1, "hello")]  # row n: the n-th data row
 

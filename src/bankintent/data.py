@@ -239,7 +239,9 @@ def _jsonl_rows(path: Path, handle, columns):
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"{path}: line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
+            detail = (f"{exc.msg.removesuffix(' at')} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                      else "nested too deeply")
+            raise DataError(f"{path}: line {number}: not valid JSON ({detail})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object")
         missing = [c for c in columns if c not in row]
