@@ -107,6 +107,17 @@ def test_list_options_parse():
     assert (args.probe_c, args.target_modules) == ([1.0, 3.0], ["query", "value"])
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--ouput", "runs/x"], "bankintent train: error: unrecognized arguments: --ouput runs/x (--ouput: did you mean --output?)"),
+    (["distill", "runs/x", "--output", "y", "--lr", "1e-4"], "(--lr: did you mean --learning-rate?)"),  # train's name for it
+    (["predict", "runs/x", "hi", "--topk", "3"], "usage: bankintent predict"),
+])
+def test_a_mistyped_flag_is_the_command_s_own_error_with_the_flag_meant(argv, said, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2 and said in capsys.readouterr().err
+
+
 IN_SCOPE = {"text": "where is my card", "intent": "card_arrival", "confidence": 0.873, "out_of_scope": False,
             "oos_score": 12.5, "oos_threshold": 98.7, "oos_method": "mahalanobis", "closest_intent": "card_arrival",
             "top_k": [{"intent": "card_arrival", "confidence": 0.873}, {"intent": "lost_or_stolen_card", "confidence": 0.1}]}

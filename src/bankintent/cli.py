@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -492,8 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Arguments the command does not take: the error is the command's own (its usage, not the
+    top-level one), with the flag probably meant (``--ouput``: ``--output``; ``--lr``: ``--learning-rate``)."""
+    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse keeps no other handle)
+    known = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]  # noqa: SLF001
+    hints = []
+    for given in (e.split("=")[0] for e in extra if e.startswith("--")):
+        initials = [k for k in known if "".join(word[0] for word in k[2:].split("-")) == given[2:] and "-" in k[2:]]
+        meant = initials[:1] or difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+        hints += [f"{given}: did you mean {meant[0]}?"] if meant else []
+    command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_flags(parser, args, extra)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below
     progress.configure(loading_bars=args.command in TRAINING_COMMANDS)
