@@ -67,7 +67,9 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     # calibration and the fallback of every run, from its metrics.json
     for m, name in ((lpft, "lpft"), (json.loads((single / "metrics.json").read_text()), "single")):
         assert f"| {name} (seed 42) | {m['temperature']:.3g}" in md
-        assert f"| {m['oos_score']} | {m['oos_score_reason']} | {m['oos_threshold']:.4g} | {m['oos_coverage_target']:.1%} |" in md
+        assert m["oos_coverage_target"] <= m["oos_val_coverage"] <= 1  # the threshold answers at least its target
+        assert (f"| {m['oos_score']} | {m['oos_score_reason']} | {m['oos_threshold']:.4g} | "
+                f"{m['oos_val_coverage']:.1%} ({m['oos_coverage_target']:.1%}) |") in md  # what it answers, and the target
 
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert len(figures) == 6 and "figures/coverage.png" in figures
@@ -287,6 +289,8 @@ def test_model_card_of_a_model_without_fallback():
     assert fallback_text({}).startswith("Every query gets one of these intents: this model has no \"none of these\" answer")
     with_examples = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows"})
     assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples and "optimistic" not in with_examples
+    answered = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 0.963})
+    assert "so that 95% of the validation queries are answered with an intent; it answers 96.3% of them)" in answered
     chose = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows",
                            "oos_recall_optimistic": True})
     assert "train.csv: 10 rows. The same examples chose the score, so that share is optimistic" in chose

@@ -209,7 +209,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
                  "bankintent evaluate RUN --data FILE)") if len(splits.out_of_scope) else ""
         log.info("out-of-scope: %s score (AUROC %s on %s), threshold %.4g catches %.1f%% of them%s", spec.oos_score,
                  ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall, chose)
-    write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
+    kept = write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
+    metrics["oos_val_coverage"] = kept.get("coverage")  # the share the threshold answers, beside its target
     return metrics
 
 

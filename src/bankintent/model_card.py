@@ -99,7 +99,9 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
                 f"low-confidence predictions ({_confidences(metrics)}) to a person or a fallback.")
     target = metrics.get("oos_coverage_target")
     queries = "held-out training queries (small data has no validation split)" if _small(metrics) else "validation queries"
-    kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent)" if target is not None else ""
+    measured = metrics.get("oos_val_coverage")
+    answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
+    kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent{answered})" if target is not None else ""
     text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
             f"{SCORE_TEXT.get(score, f'`{score}`')}, is above {metrics['oos_threshold']:.4g}{kept}. "
             "Such an answer has no confidence of its own: it carries the score and the threshold, and names the "

@@ -311,6 +311,13 @@ def _temperature(m: dict) -> str:
     return f"{m['temperature']:.3g}"
 
 
+def _kept(m: dict) -> str:
+    """The share of the validation queries the threshold answers, and its target (runs before the share
+    was recorded: the target alone)."""
+    target = _share(m.get("oos_coverage_target"))
+    return f"{_share(m['oos_val_coverage'])} ({target})" if m.get("oos_val_coverage") is not None else f"({target})"
+
+
 def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path, source: str | None = None) -> str:
     """Temperature and ECE of every run; the out-of-scope score each chose and why, its threshold and
     what it catches; the best run's fallback on the evaluated split."""
@@ -323,7 +330,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         recall = m.get("oos_recall", m.get("oos_probe_recall"))
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
-            "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _share(m.get("oos_coverage_target")),
+            "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _kept(m),
             **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"),
             "Caught": _share(recall) + (" *" if m.get("oos_recall_optimistic") else ""),
