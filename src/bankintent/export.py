@@ -59,7 +59,7 @@ from transformers import PreTrainedModel
 from bankintent.config import check_output_folder, read_yaml
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
-from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, write_spec
+from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
 from bankintent.text import preprocess
 
@@ -113,8 +113,9 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     source, output = model_folder(dir), Path(output)
     if (source / ONNX_FILE).is_file():
         raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its export.json names it)")
+    read_spec(source)  # the source is a complete model folder, and
+    check_output(output, dir, overwrite)  # the output can be written, before the model loads
     model, spec = load_model(source, merge=True)
-    check_output(output, dir, overwrite)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve()),
               "source_saved_ns": (source / MARKER).stat().st_mtime_ns}  # when the source model was saved: a retrain shows
