@@ -176,6 +176,15 @@ def test_a_file_of_queries_is_read_with_the_runs_own_text_column(tiny_probe_run,
     assert "missing column 'text' (columns: 'query'); name the column to read with --text-column (text_column in Python)" in capsys.readouterr().err
     cli.main(["predict", str(tiny_probe_run), "--input", str(queries), "--output", str(tmp_path / "p.csv"), "--text-column", "query"])
     assert (tmp_path / "p.csv").read_text().count("my card was stolen") == 1
+    # a run trained on 'utterance' reads a file of queries that says 'text' (chat logs gathered apart) from it
+    import shutil
+
+    shutil.copytree(tiny_probe_run, tmp_path / "utterance_run")
+    config = tmp_path / "utterance_run" / "config.yaml"
+    config.write_text(config.read_text().replace("text_column: text", "text_column: utterance"))
+    queries.write_text("text\nmy card was stolen\n")
+    cli.main(["predict", str(tmp_path / "utterance_run"), "--input", str(queries), "--output", str(tmp_path / "p2.csv")])
+    assert (tmp_path / "p2.csv").read_text().count("my card was stolen") == 1
 
 
 @pytest.mark.parametrize("summary", [

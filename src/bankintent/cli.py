@@ -139,10 +139,12 @@ def positive_int(value: str) -> int:
 
 
 def _text_column(args: argparse.Namespace) -> str:
-    """--text-column, else the column the run trained on."""
+    """--text-column, else the column the run trained on (``text`` where the --input file has that
+    and not the run's)."""
     from bankintent.config import trained_text_column
+    from bankintent.data import query_column
 
-    return args.text_column or trained_text_column(args.dir)
+    return args.text_column or query_column(args.input, trained_text_column(args.dir))
 
 
 def predict(args: argparse.Namespace) -> None:

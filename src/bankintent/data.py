@@ -430,6 +430,17 @@ def _has_column(path: Path, column: str) -> bool:
     return True
 
 
+def query_column(path: str | Path, column: str) -> str:
+    """``column``, or ``text`` where the .csv/.jsonl file ``path`` lacks ``column`` and has a ``text``
+    column: a file of queries gathered apart from the training data (chat logs, out-of-scope
+    examples) often names its column ``text`` whatever the training data called it."""
+    path = Path(path).expanduser()
+    if column == "text" or path.suffix not in DATA_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
+        return column
+    log.info("%s: no column %r; its queries are read from column 'text'", path, column)
+    return "text"
+
+
 def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_column: str = "category",
                            oos_label: str | None = "out_of_scope") -> list[str]:
     """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
@@ -439,11 +450,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     path = Path(path).expanduser()
     if path.suffix not in (".txt", *DATA_SUFFIXES):
         raise DataError(f"{path}: an out-of-scope file must be .txt (one query a line), .csv or .jsonl")
-    column = "text" if path.suffix == ".txt" else text_column
-    # a file of out-of-scope queries collected apart from the data often names its column 'text'
-    if column != "text" and not _has_column(path, column) and _has_column(path, "text"):
-        log.info("%s: no column %r; its queries are read from column 'text'", path, column)
-        column = "text"
+    column = "text" if path.suffix == ".txt" else query_column(path, text_column)
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
