@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -102,13 +103,20 @@ def predict_udf(model_dir: str | Path, top_k: int = 3, columns: Sequence[str] = 
     return predict
 
 
+PANDAS_WARNING = "PySpark does not yet fully support pandas"
+
+
 def session(master: str | None = None, app_name: str = "bankintent"):
     """The active Spark session, or a new one on ``master`` (``local[2]``: two cores of this machine)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise DataError("Spark scoring needs pyspark (and Java 17 or later): pip install 'bankintent[spark]'") from None
-    builder = SparkSession.builder.appName(app_name)
+    # PySpark warns, in the driver and in each Python worker, that it does not yet fully support pandas 3;
+    # the scoring here is tested on the pandas this project pins (tests/test_spark.py)
+    warnings.filterwarnings("ignore", PANDAS_WARNING, FutureWarning)
+    builder = SparkSession.builder.appName(app_name).config("spark.executorEnv.PYTHONWARNINGS",
+                                                              f"ignore:{PANDAS_WARNING}:FutureWarning")
     if master:
         builder = builder.master(master)
     if (master or "").startswith("local"):  # the workers run this Python, which has bankintent (a cluster's is its own)
