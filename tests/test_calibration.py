@@ -52,7 +52,8 @@ def test_training_writes_calibration_and_out_of_scope_metrics(run):
     assert metrics["oos_examples"] == ood.PROBE_SET and metrics["oos_examples_size"] == len(ood.probe_set())
     # the probe set measures the fallback but does not choose the score: the protocol's default does
     assert metrics["oos_score"] == ood.DEFAULT_SCORE and metrics["oos_score_reason"] == ood.DEFAULT_REASON
-    assert spec["oos_choice"] == {"reason": metrics["oos_score_reason"], "examples": ood.PROBE_SET, "examples_size": len(ood.probe_set())}
+    assert spec["oos_choice"] == {"reason": metrics["oos_score_reason"], "examples": ood.PROBE_SET, "examples_size": len(ood.probe_set()),
+                                  "coverage": 0.75}
 
 
 def test_a_tiny_validation_split_is_flagged_and_its_temperature_matches_the_accuracy(run):
@@ -135,6 +136,29 @@ def test_a_fallback_that_answers_few_evaluated_queries_is_warned_about(run, tiny
     coverage_report(strict, correct, logits, features, tmp_path, "validation")
     coverage_report(Predictor.load(run, oos_threshold=1e9), correct, logits, features, tmp_path, "test")
     assert "fallback answers only" not in caplog.text
+
+
+def test_a_fallback_answering_significantly_fewer_than_its_target_is_warned_about(run, tiny_data, tmp_path, caplog):
+    """The threshold was set to answer a share of validation (this run: 75%); answering 55% of 40
+    evaluated queries is unlikely by chance (binomial test) and said, though above the 50% floor of
+    the warning above."""
+    from bankintent.calibration import scores_of
+
+    splits = load_splits(str(tiny_data))
+    texts = splits.test.texts + splits.test.texts  # 40 queries
+    predictor = Predictor.load(run)
+    assert predictor.spec.oos_choice["coverage"] == 0.75  # the target, recorded with the thresholds
+    logits, features = predictor.outputs(texts)
+    score = scores_of(predictor, logits, features)[1][predictor.oos_score]
+    correct = np.ones(len(texts), dtype=bool)
+    for answered, warned in ((22, True), (32, False)):  # each query twice: an even count
+        caplog.clear()
+        threshold = float(np.sort(score)[answered - 1])
+        predictor.spec.oos_thresholds[predictor.oos_score] = predictor.oos_threshold = threshold  # as if trained so
+        coverage_report(predictor, correct, logits, features, tmp_path, "test")
+        said = (f"the out-of-scope fallback answers only {100 * answered / 40:.1f}% of these 40 in-scope test queries (its "
+                f"threshold was set to answer 75% of the validation queries)")
+        assert (said in caplog.text) == warned, answered
 
 
 def test_the_coverage_plot_marks_the_operating_point_and_says_why(tmp_path, monkeypatch):

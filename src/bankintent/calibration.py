@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig  # noqa: E402
@@ -188,7 +189,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         if not len(examples):
             log.warning("out-of-scope: no examples to measure the fallback with (intents are not Banking77's: label some rows "
                         "%r or give --oos-file); using the default score, %s", cfg.oos_label, spec.oos_score)
-    spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples)}
+    spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples),
+                       "coverage": cfg.oos_coverage}  # the share of validation queries the thresholds answer
     spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}
     threshold = spec.oos_thresholds[spec.oos_score]
     predictor.oos_score, predictor.oos_threshold = spec.oos_score, threshold
@@ -217,6 +219,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
 # an evaluation whose in-scope queries the fallback answers fewer of than this (of at least so many)
 # is warned about: a threshold set on validation queries unlike the ones evaluated
 LOW_COVERAGE, MIN_COVERAGE_QUERIES = 0.5, 20
+# an evaluated split's coverage this unlikely (binomial test, one-sided) at the threshold's target is said
+BELOW_TARGET_P = 0.05
 
 
 def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarray, features: np.ndarray,
@@ -263,12 +267,15 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
         point = summary
-        if split != "validation" and len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE:
+        target = predictor.spec.oos_choice.get("coverage") if _reason(predictor) == predictor.spec.oos_choice.get("reason") else None
+        below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
+        if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
+            aim = f"{target:.0%} of the validation queries" if target is not None else "most validation queries"
             log.warning("the out-of-scope fallback answers only %.1f%% of these %d in-scope %s queries (its threshold was set to "
-                        "answer most validation queries): they score further out of scope than validation did, as where the "
-                        "validation queries copy the training ones' wording; give a validation file of real queries and "
-                        "train again, or set a looser threshold (--oos-threshold, oos_threshold= in Python)",
-                        100 * kept.mean(), len(kept), split)
+                        "answer %s): they score further out of scope than validation did, as where the validation queries copy "
+                        "the training ones' wording or these are worded otherwise; give a validation file of real queries and "
+                        "train again, or set a looser threshold (--oos-coverage at training; --oos-threshold, oos_threshold= "
+                        "in Python)", 100 * kept.mean(), len(kept), split, aim)
     _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point)
     return summary
 
