@@ -208,6 +208,16 @@ def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys
             "\n  score: default" in out) == ("out_of_scope" in summary)
 
 
+def test_evaluate_says_the_target_and_when_the_recall_is_on_the_examples_that_chose_the_score(monkeypatch, capsys, clean_env):
+    summary = {"queries": 3, "accuracy": 1.0, "out_of_scope": {
+        "oos_score": "msp", "threshold": 0.5, "coverage": 0.861, "coverage_target": 0.95, "accuracy_kept": 1.0, "oos_recall": 0.727,
+        "oos_examples": "oos.txt: 22 queries", "oos_recall_optimistic": True, "oos_score_reason": "catches the most"}}
+    monkeypatch.setattr("bankintent.evaluation.evaluate_run", lambda *args: summary)
+    cli.main(["evaluate", "runs/x"])
+    assert ("answers 86.1% (set to answer 95% of validation), accuracy on those 100.00%, recall 72.7% on oos.txt: 22 queries, "
+            "the examples that chose the score at training: optimistic; evaluate --data FILE with others") in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("measured", [True, False])
 def test_train_says_how_to_measure_a_model_it_could_not(measured, monkeypatch, capsys, clean_env):
     """Small data without a test file trains on every row: nothing is measured, and the summary says how to."""

@@ -379,3 +379,8 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     assert metrics["oos_recall_optimistic"] is True  # the same examples chose the score
     assert metrics["oos_recall"] in {k / 6 for k in range(7)}
     assert json.loads((out / "adapter" / "labels.json").read_text()) == ["branch_hours", "loan_info", "open_account"]
+    from bankintent.evaluation import evaluate_run  # evaluate measures on the same examples: it says so too
+
+    write_csv(data / "test.csv", [(text, intent) for intent, texts in CUSTOM.items() for text in texts])  # no out-of-scope row
+    summary = evaluate_run(out, output=tmp_path / "evaluation")
+    assert summary["out_of_scope"]["oos_examples_size"] == 6 and summary["out_of_scope"]["oos_recall_optimistic"] is True

@@ -375,6 +375,28 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 3
     assert "3 rows of 1 intent(s) the model never saw (mortgage)" in summary["out_of_scope"]["oos_examples"]
     assert set(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv").text) == set(new.text)
+    new.to_csv(tmp_path / "new_intent.csv", index=False)  # only queries of the new intent: what the fallback catches of them
+    summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "new_intent.csv"), output=tmp_path / "b", unseen_as_oos=True,
+                           overwrite=True)
+    caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
+    assert summary["queries"] == 0 and summary["out_of_scope"]["oos_recall"] == caught.caught.mean() and len(caught) == 3
+    assert json.loads((tmp_path / "b" / "test_evaluation.json").read_text()) == summary
+    assert not (tmp_path / "b" / "test_predictions.csv").exists()  # the earlier evaluation's files go with it
+
+
+def test_evaluate_measures_a_file_of_out_of_scope_queries_alone(tiny_runs, tmp_path, capsys):
+    """Chatter measured apart from the in-scope traffic: no accuracy to give, the share caught."""
+    from bankintent import cli
+
+    pd.DataFrame({"text": ["what is the weather in paris", "tell me a joke please"], "category": "out_of_scope"}).to_csv(
+        tmp_path / "chatter.csv", index=False)
+    cli.main(["evaluate", str(tiny_runs["bert"]), "--data", str(tmp_path / "chatter.csv"), "--output", str(tmp_path / "e")])
+    summary = json.loads((tmp_path / "e" / "test_evaluation.json").read_text())
+    recall = summary["out_of_scope"]["oos_recall"]
+    assert summary["queries"] == 0 and summary["out_of_scope"]["oos_examples_size"] == 2
+    assert (f"test: no in-scope query; out-of-scope ({summary['out_of_scope']['oos_score']}, threshold "
+            f"{summary['out_of_scope']['threshold']:.4g}): catches {recall:.1%} of chatter.csv: 2 rows labelled 'out_of_scope'"
+            ) in capsys.readouterr().out
 
 
 def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():

@@ -233,17 +233,35 @@ def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarra
     _, scores = scores_of(predictor, logits, features)
     if examples is None:
         examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET]) if ood.banking77_like(predictor.labels) else OutOfScope()
-    oos_scores = None
-    (Path(out) / f"{split}_out_of_scope.csv").unlink(missing_ok=True)  # an earlier evaluation's
-    if len(examples):
-        probs, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts))
-        if predictor.oos_threshold is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            score = oos_scores[predictor.oos_score]
-            pd.DataFrame({"text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
-                          "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
-                         ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
+    oos_scores = _caught(predictor, examples, out, split)
     return write_coverage(correct, scores, oos_scores, predictor, Path(out), split, examples)
+
+
+def _caught(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -> dict[str, np.ndarray] | None:
+    """Every score of the out-of-scope ``examples`` (None without any), and each example's answer in
+    ``<split>_out_of_scope.csv`` (which ones got through) where the model has a fallback."""
+    (Path(out) / f"{split}_out_of_scope.csv").unlink(missing_ok=True)  # an earlier evaluation's
+    if not len(examples):
+        return None
+    probs, oos_scores = scores_of(predictor, *predictor.outputs(examples.texts))
+    if predictor.oos_threshold is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        score = oos_scores[predictor.oos_score]
+        pd.DataFrame({"text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+                      "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
+                     ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
+    return oos_scores
+
+
+def out_of_scope_report(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -> dict:
+    """The fallback on out-of-scope queries alone (a file of chatter, or of requests no intent covers,
+    with no in-scope query to measure coverage on): the share it catches at its threshold; each
+    query's answer in ``<split>_out_of_scope.csv``."""
+    oos_scores = _caught(predictor, examples, out, split)
+    name, threshold = predictor.oos_score, predictor.oos_threshold
+    return {"split": split, "oos_examples": examples.describe(), "oos_examples_size": len(examples), "oos_score": name,
+            "oos_score_reason": _reason(predictor), "threshold": threshold,
+            "oos_recall": float((oos_scores[name] > threshold).mean())}
 
 
 def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_scores: dict[str, np.ndarray] | None,
@@ -268,6 +286,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
         })
         point = summary
         target = predictor.spec.oos_choice.get("coverage") if _reason(predictor) == predictor.spec.oos_choice.get("reason") else None
+        summary["coverage_target"] = target
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
             aim = f"{target:.0%} of the validation queries" if target is not None else "most validation queries"

@@ -75,6 +75,12 @@ def evaluate(args: argparse.Namespace) -> None:
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
                            args.oos_label, args.unseen_as_oos)
+    coverage = summary.get("out_of_scope") or {}
+    if summary.get("queries") == 0:  # a file of out-of-scope queries alone
+        print(f"{args.split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "
+              f"catches {_pct(coverage.get('oos_recall'), 1)} of {coverage.get('oos_examples')}")
+        print(f"written in {Path(args.output or args.dir)}: {args.split}_evaluation.json, {args.split}_out_of_scope.csv")
+        return
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
     fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
     print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
@@ -89,12 +95,15 @@ def evaluate(args: argparse.Namespace) -> None:
     for pair in pairs:
         example = (pair.get("examples") or [""])[0]
         print(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
-    coverage = summary.get("out_of_scope") or {}
     if isinstance(coverage.get("threshold"), Real):
         recall = coverage.get("oos_recall", coverage.get("probe_recall"))
         examples = coverage.get("oos_examples")
+        if coverage.get("oos_recall_optimistic"):
+            examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
+        target = coverage.get("coverage_target")
+        aim = f" (set to answer {_pct(target, 0)} of validation)" if isinstance(target, Real) else ""
         print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
-              f"{_pct(coverage.get('coverage'), 1)}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
+              f"{_pct(coverage.get('coverage'), 1)}{aim}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
               + (f", recall {_pct(recall, 1)} on {examples if examples and examples != 'none' else 'out-of-scope examples'}"
                  if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from bankintent.calibration import coverage_report, expected_calibration_error
+from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_config_file
 from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
@@ -120,9 +120,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         path = Path(data).expanduser().resolve()
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
                                        unseen_as_oos)
-        if examples is None:
-            raise BankintentError(f"{path}: every row is labelled {cfg.oos_label!r}; no in-scope query to evaluate")
         check_replace(out, run_dir, "test", str(path), model, overwrite)
+        if examples is None:  # out-of-scope queries alone: what the fallback catches of them
+            return evaluate_out_of_scope(predictor, own, out, "test", source=str(path), model=model)
         trained = trained_splits(run_dir)  # queries the model trained on score as if unseen: said, where the data is still there
         if trained is not None:
             seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
@@ -142,7 +142,27 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
     source = split_source(splits, split)
     check_replace(out, run_dir, split, source, model, overwrite)
-    return evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
+    summary = evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
+    if out_of_scope is splits.out_of_scope and out_of_scope is not None:  # the examples training chose the score with
+        summary["out_of_scope"]["oos_recall_optimistic"] = True
+        write_json(out / f"{split}_evaluation.json", summary)
+    return summary
+
+
+def evaluate_out_of_scope(predictor: Predictor, examples: OutOfScope, out: Path, split: str, source: str, model: str) -> dict:
+    """A file whose every row is out of scope: the share of it the fallback catches, in
+    ``<split>_evaluation.json`` (no in-scope query, so no accuracy) and ``<split>_out_of_scope.csv``.
+    The files of an earlier evaluation of the split, which this one replaces, are removed."""
+    if predictor.oos_threshold is None:
+        raise BankintentError(f"{source}: every row is out of scope, and this model has no out-of-scope fallback to measure")
+    for path in evaluation_files(out):
+        if path.name.startswith(f"{split}_"):
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"split": split, "data": source, "model": model, "queries": 0,
+               "out_of_scope": out_of_scope_report(predictor, examples, out, split)}
+    write_json(out / f"{split}_evaluation.json", summary)
+    return summary
 
 
 def trained_splits(run_dir: str | Path) -> Splits | None:
