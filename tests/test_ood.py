@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 
 import numpy as np
@@ -369,8 +370,19 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     data.mkdir()
     _custom_data(data, ["what's the weather tomorrow", "tell me a joke", "who won the football", "play some music"])
     (tmp_path / "more.txt").write_text("book a flight to Rome\nhow tall is the Eiffel Tower\n")
+    in_scope = [(text, intent) for intent, texts in CUSTOM.items() for text in texts]
+    write_csv(data / "test.csv", in_scope + [("recommend a film", "out_of_scope"), ("what's the capital of Peru", "out_of_scope")])
     out = tmp_path / "run"
     metrics = bankintent.train(**tiny_options(tiny_bert, data, out, method="linear-probe", oos_file=str(tmp_path / "more.txt")))
+    caught = [a["out_of_scope"] for a in Predictor.load(out).predict(["recommend a film", "what's the capital of Peru"])]
+    assert metrics["test_oos_recall"] == np.mean(caught) and metrics["test_oos_examples"] == "test.csv: 2 rows labelled 'out_of_scope'"
+    assert f"On the test file's own, test.csv: 2 rows labelled 'out_of_scope', it catches {np.mean(caught):.1%}." in (
+        out / "adapter" / "README.md").read_text()  # held out: not the examples that chose the score
+    from bankintent.report import write_report
+
+    report = write_report([out], tmp_path / "report")[1].read_text()
+    assert re.search(r"\| Out-of-scope examples \| Caught \| Caught on test \|", report)
+    assert re.search(rf"\| \d+\.\d% \* \| {100 * np.mean(caught):.1f}% \|", report)  # optimistic, then held out
     assert metrics["oos_examples"] == "train.csv: 4 rows labelled 'out_of_scope'; more.txt: 2 queries"
     assert metrics["oos_examples_size"] == 6 and metrics["num_labels"] == 3  # out_of_scope is not an intent
     auroc = {name: metrics[f"oos_auroc_{name}"] for name in ood.SCORES}
@@ -381,6 +393,6 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     assert json.loads((out / "adapter" / "labels.json").read_text()) == ["branch_hours", "loan_info", "open_account"]
     from bankintent.evaluation import evaluate_run  # evaluate measures on the same examples: it says so too
 
-    write_csv(data / "test.csv", [(text, intent) for intent, texts in CUSTOM.items() for text in texts])  # no out-of-scope row
+    write_csv(data / "test.csv", in_scope)  # no out-of-scope row
     summary = evaluate_run(out, output=tmp_path / "evaluation")
     assert summary["out_of_scope"]["oos_examples_size"] == 6 and summary["out_of_scope"]["oos_recall_optimistic"] is True

@@ -59,6 +59,8 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
+        if metrics.get("test_oos_recall") is not None:
+            print(f"out-of-scope: the fallback catches {_pct(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
         print(f"\nmodel: {cfg.output}/adapter   metrics: {cfg.output}/metrics.json")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "

@@ -112,7 +112,9 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     recall = metrics.get("oos_recall", metrics.get("oos_probe_recall"))
     if recall is not None:
         text += f" At this threshold it catches {recall:.1%} of the out-of-scope examples, {metrics.get('oos_examples', 'the probe set')}."
-        if metrics.get("oos_recall_optimistic"):
+        if metrics.get("test_oos_recall") is not None:
+            text += f" On the test file's own, {metrics['test_oos_examples']}, it catches {metrics['test_oos_recall']:.1%}."
+        elif metrics.get("oos_recall_optimistic"):
             text += (" The same examples chose the score, so that share is optimistic: `bankintent evaluate RUN --data FILE` "
                      "measures it on out-of-scope queries the model has not seen.")
         from bankintent.ood import PROBE_SET

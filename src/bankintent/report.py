@@ -334,6 +334,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
             **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"),
             "Caught": _share(recall) + (" *" if m.get("oos_recall_optimistic") else ""),
+            "Caught on test": _share(m.get("test_oos_recall")),  # the test file's own out-of-scope rows, held out
         })
     parts = [
         "## Calibration and the out-of-scope fallback",
@@ -347,7 +348,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "threshold, else the default one (*Why this score* says which); its "
         "threshold keeps the target share of the validation queries in scope. *Caught*: the share of the "
         "out-of-scope examples above the threshold; marked * where the same examples chose the score, which makes "
-        "it optimistic (`bankintent evaluate RUN --data FILE` measures it on others).",
+        "it optimistic (`bankintent evaluate RUN --data FILE` measures it on others). *Caught on test*: the share of the "
+        "test file's own out-of-scope rows, where it has some.",
         markdown_table(fallback, list(fallback[0])),
     ]
     evaluation = run_evaluation(best, split, len(frame), source)

@@ -844,11 +844,16 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     validate = not splits.small_data
     val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
     test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
+    caught = None  # the test file's own out-of-scope rows: the fallback measured on queries that chose nothing
+    if len(splits.test_out_of_scope) and predictor.oos_threshold is not None:
+        caught = float(np.mean([a["out_of_scope"] for a in predictor.predict(splits.test_out_of_scope.texts)]))
     return {
         "val_accuracy": val["accuracy"],
         "val_macro_f1": val["macro_f1"],
         "test_accuracy": test.get("accuracy"),
         "test_macro_f1": test.get("macro_f1"),
+        "test_oos_recall": caught,
+        "test_oos_examples": splits.test_out_of_scope.describe() if caught is not None else None,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
