@@ -4,6 +4,7 @@ answers shown with their own evidence, and progress that stays small in a log.""
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
@@ -266,7 +267,7 @@ def test_commands_refuse_a_file_as_output_folder_before_any_work(command, tmp_pa
     assert taken.read_text() == "mine"
 
 
-def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run):
+def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, caplog):
     from bankintent import Predictor
     from bankintent.errors import ConfigError, DataError, ModelError
 
@@ -289,5 +290,12 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run):
         Predictor.load(tiny_probe_run, oos_threshold="2")
     with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):
         Predictor.load(tiny_probe_run, batch_size=0)
+    trained = Predictor.load(tiny_probe_run)  # a threshold kept from a model that used another score is said to be
+    with caplog.at_level(logging.WARNING, logger="bankintent"):
+        Predictor.load(tiny_probe_run, oos_threshold=1.5 * trained.oos_threshold)
+        assert "far from this model's trained" not in caplog.text
+        Predictor.load(tiny_probe_run, oos_threshold=700.0)
+    assert (f"out-of-scope threshold 700 is far from this model's trained {trained.oos_score} threshold "
+            f"({trained.oos_threshold:.4g}): almost no query will be out of scope") in caplog.text
     with pytest.raises(ModelError, match="device 'tpu': "):
         Predictor.load(tiny_probe_run, device="tpu")

@@ -363,6 +363,19 @@ def test_bad_service_options(runs, tmp_path):
         create_app(model_dir=runs / "bank_a", max_batch=0)
 
 
+def test_a_threshold_chosen_at_serving_answers_as_predict_does_with_it(runs):
+    """`serve --oos-threshold` as `predict --oos-threshold`: one model's threshold, refused for a folder of models."""
+    threshold = 0.5 * Predictor.load(runs / "bank_a").oos_threshold
+    want = Predictor.load(runs / "bank_a", oos_threshold=threshold).predict(TEXTS)
+    with serve_in_background(create_app(model_dir=runs / "bank_a", oos_threshold=threshold)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        answers = client.post("/v1/predict", json={"texts": TEXTS}).json()
+    assert [a["oos_threshold"] for a in answers] == [pytest.approx(threshold)] * len(TEXTS)
+    assert [a["out_of_scope"] for a in answers] == [w["out_of_scope"] for w in want]
+    with pytest.raises(ConfigError, match="--oos-threshold is for one model"):
+        create_app(models_dir=runs, oos_threshold=threshold)
+
+
 def test_the_out_of_scope_score_chosen_at_serving(runs, tmp_path):
     """``oos_score`` serves every model with that score and the threshold chosen for it at training
     (what `bankintent serve --oos-score msp` does, the cheapest score); a model with no threshold for

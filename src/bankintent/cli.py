@@ -225,7 +225,8 @@ def serve(args: argparse.Namespace) -> None:
     from bankintent.serving import serve as run
 
     run(model_dir=args.dir, models_dir=args.models_dir, host=args.host, port=args.port, workers=args.workers,
-        api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, oos_score=args.oos_score)
+        api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, oos_score=args.oos_score,
+        oos_threshold=args.oos_threshold)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -437,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch: longest wait for more requests")
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score of every model, with the threshold chosen for it at "
                                                            "training (default: each model's own; msp is the cheapest)")
+    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold of the one model served, on its score's scale "
+                                                       "(default: chosen on validation for the target coverage)")
     p.set_defaults(func=serve)
 
     p = command("sweep", "run a list of training runs; writes results.csv and results.md")

@@ -126,6 +126,7 @@ class Registry:
     rescan_s: float = 1.0
     threads: int | None = None  # ONNX Runtime's intra-op threads (PyTorch's are set process-wide)
     oos_score: str | None = None  # the out-of-scope score of every model served (default: each model's own)
+    oos_threshold: float | None = None  # its threshold, for the one model of model_dir (default: chosen at training)
     _listing: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
     _scanned: float = field(default=float("-inf"), init=False, repr=False)
     _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
@@ -233,7 +234,8 @@ class Registry:
         stamp = _stamp(folder)
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)
-            return ServedModel(name, Predictor.load(folder, threads=self.threads, oos_score=self.oos_score), stamp)
+            return ServedModel(name, Predictor.load(folder, threads=self.threads, oos_score=self.oos_score,
+                                                    oos_threshold=self.oos_threshold), stamp)
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)

@@ -442,14 +442,20 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(model_dir: str | Path | None = None, models_dir: str | Path | None = None, api_key_file: str | Path | None = None,
-               max_batch: int = 64, max_wait_ms: float = 2.0, oos_score: str | None = None) -> FastAPI:
+               max_batch: int = 64, max_wait_ms: float = 2.0, oos_score: str | None = None,
+               oos_threshold: float | None = None) -> FastAPI:
     """The service as an ASGI application, its models loaded (errors raise ``BankintentError``).
     ``oos_score``: the out-of-scope score of every model (default: each model's own), with the
-    threshold chosen for it at training."""
+    threshold chosen for it at training, or ``oos_threshold`` (one model only: a threshold is on one
+    model's scale), as ``predict --oos-threshold`` takes it."""
     if max_batch < 1 or max_wait_ms < 0:
         raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
+    if oos_threshold is not None and models_dir:
+        raise ConfigError("--oos-threshold is for one model (a threshold is on one model's score scale); serve its folder, "
+                          "or give --oos-score alone, which takes each model's threshold for that score")
     auth = [Depends(bearer_auth(read_api_keys(api_key_file)))] if api_key_file else []
-    registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score)
+    registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score,
+                        oos_threshold=oos_threshold)
     loaded = registry.load_all()
     log.info("serving %s", ", ".join(loaded) or f"nothing yet (no model folders in {models_dir})")
     service = Service(registry, max_batch, max_wait_ms)
@@ -597,7 +603,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
-          max_batch: int, max_wait_ms: float, oos_score: str | None = None) -> None:
+          max_batch: int, max_wait_ms: float, oos_score: str | None = None, oos_threshold: float | None = None) -> None:
     import uvicorn
 
     if workers < 1:
@@ -605,7 +611,7 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   oos_score=oos_score)
+                   oos_score=oos_score, oos_threshold=oos_threshold)
     settings = dict(host=host, port=port, access_log=False, log_level="info")
     if workers <= 1:
         app = create_app(**options)
