@@ -113,7 +113,7 @@ def test_header_only_and_empty(tmp_path):
 def test_unseen_test_label(tmp_path):
     with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
-    with pytest.raises(DataError, match=r"line 3: label 'OOS' never seen in training \(out-of-scope rows are labelled 'out_of_scope' for this"):
+    with pytest.raises(DataError, match=r"line 3: label 'OOS' never seen in training \(out-of-scope rows are read under the label 'out_of_scope'; "):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "OOS")]))
 
 
@@ -392,6 +392,9 @@ def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path
     assert "label 'OUT_OF_SCOPE' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope'" in caplog.text
     assert ("label 'OOS' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope' "
             "(--oos-label OOS if these rows are out of scope)") in caplog.text
+    from bankintent.data import label_warnings  # a label with a space is quoted, for the shell
+
+    assert "(--oos-label 'Out of scope' if these rows are out of scope)" in label_warnings(["a", "Out of scope"], "out_of_scope")[0]
     caplog.clear()
     (tmp_path / "good").mkdir()
     load_splits(_folder(tmp_path / "good", GOOD))

@@ -289,6 +289,8 @@ def test_model_card_of_a_model_without_fallback():
     assert fallback_text({}).startswith("Every query gets one of these intents: this model has no \"none of these\" answer")
     with_examples = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows"})
     assert "catches 80.0% of the out-of-scope examples, train.csv: 10 rows." in with_examples and "optimistic" not in with_examples
+    small = fallback_text({"oos_score": "knn+msp", "oos_threshold": 1.5, "validation": "none: small data (...)", "val_size": 0})
+    assert "standardised on held-out training queries" in small and "standardised on the validation" not in small  # none
     answered = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 0.963})
     assert "so that 95% of the validation queries are answered with an intent; it answers 96.3% of them)" in answered
     chose = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows",
@@ -355,8 +357,8 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     rows = pd.read_csv(tiny_data / "test.csv")
     oos = pd.DataFrame({"text": ["what is the weather in paris", "tell me a joke please"], "category": "OOS"})
     pd.concat([rows, oos]).to_csv(tmp_path / "held.csv", index=False)
-    with pytest.raises(DataError, match=r"label 'OOS' never seen in training \(out-of-scope rows are labelled 'out_of_scope' "
-                                        r"for this model; --oos-label OOS reads these as such\)"):
+    with pytest.raises(DataError, match=r"label 'OOS' never seen in training \(out-of-scope rows are read under the label "
+                                        r"'out_of_scope'; --oos-label OOS reads these as such\)"):
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "a")
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "b", oos_label="OOS")
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 2

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import urllib.request
 import zlib
 from collections import Counter, deque
@@ -503,7 +504,7 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     found = [f"labels {', '.join(map(repr, group))} differ only in case or separators and train as {len(group)} intents; "
              "write them alike if they are one" for group in variants.values() if len(group) > 1]
     found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
-              f"(--oos-label {label} if these rows are out of scope)" for label in sorted(set(labels))
+              f"(--oos-label {shlex.quote(label)} if these rows are out of scope)" for label in sorted(set(labels))
               if _written_as_out_of_scope(label, oos_label)]
     return found
 
@@ -665,7 +666,7 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
     """Refuse a label of ``examples`` that is not ``known``; ``otherwise``: the way out to offer."""
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
-            hint = (f" (out-of-scope rows are labelled {oos_label!r} for this model; --oos-label {label} reads these as such)"
+            hint = (f" (out-of-scope rows are read under the label {oos_label!r}; --oos-label {shlex.quote(label)} reads these as such)"
                     if _written_as_out_of_scope(label, oos_label) else "")
             raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or otherwise}")
 

@@ -67,7 +67,8 @@ def _pct(value) -> str:
 
 SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
-    "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's training queries (`mahalanobis`)",
+    "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's centroid (the mean of its "
+                   "training queries' embeddings; `mahalanobis`)",
     "knn": "one minus the cosine similarity of the query's embedding to the nearest of the intents' prototypes (k-means "
            "centroids of each intent's training queries), both centred on the training queries' mean embedding (`knn`)",
     "knn+msp": "the distance to the nearest of the intents' prototypes (`knn`) plus, weighted, the classifier's hesitation between "
@@ -102,8 +103,11 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     measured = metrics.get("oos_val_coverage")
     answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
     kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent{answered})" if target is not None else ""
+    described = SCORE_TEXT.get(score, f"`{score}`")
+    if _small(metrics):
+        described = described.replace("the validation queries", "held-out training queries")
     text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
-            f"{SCORE_TEXT.get(score, f'`{score}`')}, is above {metrics['oos_threshold']:.4g}{kept}. "
+            f"{described}, is above {metrics['oos_threshold']:.4g}{kept}. "
             "Such an answer has no confidence of its own: it carries the score and the threshold, and names the "
             "closest intent apart (`closest_intent`).")
     reason = metrics.get("oos_score_reason")
