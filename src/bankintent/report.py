@@ -149,16 +149,28 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
     others = sorted({str(r.metrics.get("data")) for r in runs if r.metrics.get("data") and r.metrics.get("data") != splits.source})
     elsewhere = (f" This is the data of run `{analysed.label}`, analysed below; other runs here trained on "
                  f"{', '.join(f'`{d}`' for d in others)}." if others else "")
-    return "\n\n".join([
+    return "\n\n".join(filter(None, [
         "## Data set",
         f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. The test file is "
         f"only evaluated.{elsewhere}",
         markdown_table(rows, list(rows[0])),
-        f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():.0f}, "
+        f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():g}, "
         f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."
                                            if per_intent_counts.min() < per_intent_counts.max() else ": every intent alike."),
+        _thin(analysed.metrics),
         _figure(fig, figures, "dataset.png"),
-    ])
+    ]))
+
+
+def _thin(metrics: dict) -> str | None:
+    """The intents training named thin (far fewer queries than the median's), as the model card does."""
+    thin = metrics.get("thin_intents") or {}
+    if not thin:
+        return None
+    repeated = " (their queries repeated in training to weigh nearer the others': `--thin-repeats`)" if metrics.get(
+        "thin_intents_repeated") else ""
+    return (f"Thin intents: {', '.join(f'`{name}` ({count})' for name, count in sorted(thin.items(), key=lambda kv: kv[1]))}"
+            f"{repeated}; more examples of them are what helps most.")
 
 
 def _validation_note(splits: Splits) -> str:
