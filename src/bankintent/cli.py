@@ -110,6 +110,7 @@ def evaluate(args: argparse.Namespace) -> None:
                  if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):
             print(f"  score: {coverage['oos_score_reason']}")
+        print(f"  every score at other thresholds (the share answered, accuracy, recall): {args.split}_coverage.csv")
     folder = Path(args.output or args.dir)
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{args.split}_")]
     if written:
