@@ -157,7 +157,7 @@ def test_a_fallback_answering_significantly_fewer_than_its_target_is_warned_abou
         predictor.spec.oos_thresholds[predictor.oos_score] = predictor.oos_threshold = threshold  # as if trained so
         coverage_report(predictor, correct, logits, features, tmp_path, "test")
         said = (f"the out-of-scope fallback answers only {100 * answered / 40:.1f}% of these 40 in-scope test queries (its "
-                f"threshold was set to answer 75% of the validation queries)")
+                f"threshold was set to answer 75% of the held-out in-scope queries at training)")
         assert (said in caplog.text) == warned, answered
 
 

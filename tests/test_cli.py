@@ -215,7 +215,7 @@ def test_evaluate_says_the_target_and_when_the_recall_is_on_the_examples_that_ch
         "oos_examples": "oos.txt: 22 queries", "oos_recall_optimistic": True, "oos_score_reason": "catches the most"}}
     monkeypatch.setattr("bankintent.evaluation.evaluate_run", lambda *args: summary)
     cli.main(["evaluate", "runs/x"])
-    assert ("answers 86.1% (set to answer 95% of validation), accuracy on those 100.00%, recall 72.7% on oos.txt: 22 queries, "
+    assert ("answers 86.1% (target 95%), accuracy on those 100.00%, recall 72.7% on oos.txt: 22 queries, "
             "the examples that chose the score at training: optimistic; evaluate --data FILE with others") in capsys.readouterr().out
 
 
@@ -296,6 +296,8 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, 
         assert "far from this model's trained" not in caplog.text
         Predictor.load(tiny_probe_run, oos_threshold=700.0)
     assert (f"out-of-scope threshold 700 is far from this model's trained {trained.oos_score} threshold "
-            f"({trained.oos_threshold:.4g}): almost no query will be out of scope") in caplog.text
+            f"({trained.oos_threshold:.4g}): few queries will be out of scope") in caplog.text
+    Predictor.load(tiny_probe_run, oos_threshold=trained.oos_threshold / 100)
+    assert "most queries will be out of scope" in caplog.text
     with pytest.raises(ModelError, match="device 'tpu': "):
         Predictor.load(tiny_probe_run, device="tpu")

@@ -289,7 +289,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
         summary["coverage_target"] = target
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
-            aim = f"{target:.0%} of the validation queries" if target is not None else "most validation queries"
+            aim = f"{target:.0%} of the held-out in-scope queries at training" if target is not None else "most validation queries"
             log.warning("the out-of-scope fallback answers only %.1f%% of these %d in-scope %s queries (its threshold was set to "
                         "answer %s): they score further out of scope than validation did, as where the validation queries copy "
                         "the training ones' wording or these are worded otherwise; give a validation file of real queries and "

@@ -103,7 +103,7 @@ def evaluate(args: argparse.Namespace) -> None:
         if coverage.get("oos_recall_optimistic"):
             examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
         target = coverage.get("coverage_target")
-        aim = f" (set to answer {_pct(target, 0)} of validation)" if isinstance(target, Real) else ""
+        aim = f" (target {_pct(target, 0)})" if isinstance(target, Real) else ""
         print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
               f"{_pct(coverage.get('coverage'), 1)}{aim}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
               + (f", recall {_pct(recall, 1)} on {examples if examples and examples != 'none' else 'out-of-scope examples'}"

@@ -248,12 +248,12 @@ class Predictor:
             raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
         trained = spec.oos_thresholds.get(self.oos_score)
-        if oos_threshold is not None and trained and abs(oos_threshold) > 10 * abs(trained):
+        if oos_threshold is not None and trained and not abs(trained) / 10 <= abs(oos_threshold) <= 10 * abs(trained):
             # a threshold is on one score's scale (msp's is 0-1, Mahalanobis's hundreds): one kept from a model that
             # used another score would turn the fallback off, or everything away, without a word
             log.warning("out-of-scope threshold %g is far from this model's trained %s threshold (%.4g): %s; a threshold is on "
                         "one score's scale, so give the score it is for (--oos-score, oos_score=)", oos_threshold, self.oos_score,
-                        trained, "almost no query will be out of scope" if oos_threshold > 0 else "almost every query will be")
+                        trained, "few queries will be out of scope" if oos_threshold > trained else "most queries will be out of scope")
         if oos_score is not None and (self.oos_threshold is None or not ood.supports(oos_score, spec.ood)):
             # a score asked for by name that the model cannot use would silently answer every query in scope
             have = ", ".join(name for name in spec.oos_thresholds if ood.supports(name, spec.ood)) or "none"
