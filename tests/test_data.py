@@ -115,6 +115,8 @@ def test_unseen_test_label(tmp_path):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
     with pytest.raises(DataError, match=r"line 3: label 'OOS' never seen in training \(out-of-scope rows are read under the label 'out_of_scope'; "):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "OOS")]))
+    with pytest.raises(DataError, match=r"line 3: label 'out_of_scop' never seen in training \(a typo for 'out_of_scope'\?\)$"):
+        load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "out_of_scop")]))
 
 
 def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):

@@ -668,7 +668,9 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
         if label not in known:
             hint = (f" (out-of-scope rows are read under the label {oos_label!r}; --oos-label {shlex.quote(label)} reads these as such)"
                     if _written_as_out_of_scope(label, oos_label) else "")
-            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or otherwise}")
+            close = likely_typo(label, sorted(known) + ([oos_label] if oos_label else []))
+            typo = f" (a typo for {close!r}?)" if close and not hint else ""
+            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or typo or otherwise}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
