@@ -206,3 +206,11 @@ def test_data_changed_in_place_is_refused_on_resume(tiny_bert, tmp_path, monkeyp
             train(resolve_config(None, output=str(tmp_path / "run"), resume=True))
     (data / "train.csv").write_text(original)
     assert train(resolve_config(None, output=str(tmp_path / "run"), resume=True))["epochs_run"] == 2
+
+
+def test_resume_of_a_folder_holding_no_run_is_refused_before_anything_starts(tiny_bert, tiny_data, tmp_path):
+    """A mistyped run folder with --resume started a whole training on the default data."""
+    missing = tmp_path / "runs" / "nosuch"
+    with pytest.raises(ConfigError, match=r"nosuch: no run to resume \(no config.yaml there\)"):
+        train(resolve_config(None, **tiny_options(tiny_bert, tiny_data, missing), resume=True))
+    assert not (tmp_path / "runs").exists()

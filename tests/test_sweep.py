@@ -106,6 +106,14 @@ def test_grid_table_shows_the_options_its_runs_vary():
     assert "max_length" not in grid
 
 
+def test_the_sweep_file_is_read_without_changing_it(tmp_path):
+    """The copy of the sweep file the sweep saves keeps base.seed (it was popped from what was saved)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": {"seed": 7, "epochs": 1}, "runs": [{"name": "a", "options": {"method": "linear-probe"}}]}))
+    content, runs = read_sweep(path)
+    assert content["base"] == {"seed": 7, "epochs": 1} and runs[0].seeds == [7]
+
+
 def test_sweep_file_errors_name_the_run(tiny_bert, tiny_data, tmp_path):
     config = sweep_file(tmp_path / "bad.yaml", tiny_bert, tiny_data, [{"name": "x", "options": {"lora_rank": 4}}])
     with pytest.raises(ConfigError, match=r"bad.yaml: run 1: unknown option\(s\) lora_rank"):

@@ -78,7 +78,7 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
     content = load_yaml_file(path, "sweep file")
     if not isinstance(content, dict) or not isinstance(content.get("runs"), list) or not content["runs"]:
         raise ConfigError(f"{path}: expected 'runs:', a list of runs")
-    base = _check_options(path, "base", content.get("base") or {})
+    base = dict(_check_options(path, "base", content.get("base") or {}))  # a copy: the sweep file is saved as read
     first_seed = int(base.pop("seed", TrainConfig.seed))
     runs: list[RunSpec] = []
     for number, entry in enumerate(content["runs"], start=1):

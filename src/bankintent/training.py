@@ -408,8 +408,9 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
     --data, more epochs) would be ignored by a finished run and mixed into what an interrupted one has
     trained so far, so it is refused. ``auto`` method and pooling are compared as the run resolved them."""
     recorded_file = folder / "config.yaml"
-    if not recorded_file.is_file():
-        return
+    if not recorded_file.is_file():  # a mistyped run folder would start a whole training on the default data
+        raise ConfigError(f"{folder}: no run to resume (no config.yaml there); check the folder, or train without --resume "
+                          f"to start a run")
     recorded = read_yaml(recorded_file)
     now = cfg
     if now.method == AUTO and recorded.get("method") in ("lpft", "contrastive"):
