@@ -36,7 +36,7 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
     md = (out / "results.md").read_text()
     assert "## Method comparison" in md and "## LoRA hyperparameters" in md
     assert f"| probe C=3 | mean | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
-    grid = md.split("## Grid (chosen on validation)")[1].split("##")[0]
+    grid = md.split("## Grid (validation only; each method's best row marked)")[1].split("##")[0]
     assert "| probe C=3 | mean | 0.001 | 1 | 0.0 | 2 |" in grid and "Test" not in grid  # chosen on validation alone
     assert "| probe C=3 | 0.001 | 8 | 32 | 2 |" in md
     assert f"bankintent sweep --config {config} --output {out}" in md
@@ -100,9 +100,9 @@ def test_grid_table_shows_the_options_its_runs_vary():
                               ("default C", 0.91, '{"method": "linear-probe", "max_length": 64}')]
     ])
     grid = results_tables(aggregate_runs(results))["grid"]
-    assert grid.splitlines()[0] == "| Method | Pooling | LR | Epochs | Best epoch | probe_c | Seeds | Val Acc |"
-    assert "| C=10 | - | 0.001 | 4 | - | [10.0] | 1 (single seed) | 92.00% |" in grid
-    assert "| default C | - | 0.001 | 4 | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |" in grid
+    assert grid.splitlines()[0] == "| Method | Pooling | LR | Epochs | Best epoch | probe_c | Seeds | Val Acc | Best on validation |"
+    assert "| C=10 | - | 0.001 | 4 | - | [10.0] | 1 (single seed) | 92.00% | yes |" in grid  # the grid's choice, marked
+    assert "| default C | - | 0.001 | 4 | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |  |" in grid
     assert "max_length" not in grid
 
 

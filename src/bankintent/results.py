@@ -137,7 +137,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
         first = group.iloc[0]
         row = {
             "name": name, "tables": str(first["tables"]).split(","), "method": first["method"], "seeds": len(group),
-            "Val Acc": mean_std(group.val_accuracy), "Test Acc": mean_std(group.test_accuracy),
+            "Val Acc": mean_std(group.val_accuracy), "Test Acc": mean_std(group.test_accuracy), "val_mean": group.val_accuracy.mean(),
             "Macro-F1": mean_std(group.test_macro_f1), "Trainable %": f"{group.trainable_pct.mean():.3f}%",
             "Adapter size": human_bytes(group.adapter_bytes.mean()),
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
@@ -161,7 +161,8 @@ RESULT_TABLES = {
     "methods": ("Method comparison", ["Method", "Pooling", "Seeds", *TABLE_COLUMNS[1:]]),
     "hyperparameters": ("LoRA hyperparameters", ["Method", "LR", "r", "alpha", "Seeds", "Val Acc", "Test Acc"]),
     # a grid's rows are chosen among by validation accuracy alone, so its table shows no test score
-    "grid": ("Grid (chosen on validation)", ["Method", "Pooling", "LR", "Epochs", "Best epoch", "Seeds", "Val Acc"]),
+    "grid": ("Grid (validation only; each method's best row marked)",
+             ["Method", "Pooling", "LR", "Epochs", "Best epoch", "Seeds", "Val Acc", "Best on validation"]),
     "improvements": ("Suggested improvements", ["Method", "Baseline", "Seeds", "Val Acc", "Test Acc", "Δ Val", "Δ Test"]),
 }
 
@@ -174,7 +175,12 @@ def _grid_options(rows: list[dict[str, Any]], columns: list[str]) -> tuple[list[
     default = TrainConfig()
     value = lambda row, key: row["options"].get(key, getattr(default, key, None))  # noqa: E731
     varying = [key for key in keys if len({json.dumps(value(row, key), default=str) for row in rows}) > 1]
-    rows = [{**row, **{key: str(value(row, key)) for key in varying}} for row in rows]
+    best = {}  # the row of each method with the highest mean validation accuracy: what the grid chooses
+    for row in rows:
+        if row["val_mean"] == row["val_mean"] and (row["method"] not in best or row["val_mean"] > best[row["method"]]["val_mean"]):
+            best[row["method"]] = row
+    rows = [{**row, **{key: str(value(row, key)) for key in varying},
+             "Best on validation": "yes" if best.get(row["method"]) is row else ""} for row in rows]
     at = columns.index("Seeds")
     return rows, [*columns[:at], *varying, *columns[at:]]
 
