@@ -316,6 +316,17 @@ def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the
                     f"{models / 'bank_e'}: no complete model in it (no COMPLETE marker: training, or stopped before saving); "
                     f"not served until a model is saved there"]
     assert client.post("/v1/predict", json={"texts": ["hi"], "model": "bank_e"}).status_code == 404
+    (models / "notes").mkdir()  # a folder of something else, and a sweep's folder whose runs lie deeper
+    (models / "notes" / "todo.txt").write_text("x")
+    shutil.copytree(runs / "bank_a", models / "sweep" / "runs" / "a" / "seed-42")
+    time.sleep(1.1)
+    client.get("/v1/models")
+    said = sorted(r.getMessage() for r in caplog.records if "not a model folder" in r.getMessage())
+    assert said == [f"{models / 'notes'}: not a model folder (no bankintent.json, config.yaml or checkpoints/ in it), not served",
+                    f"{models / 'sweep'}: not a model folder (no bankintent.json, config.yaml or checkpoints/ in it), not served; "
+                    f"it holds model folders further down (runs/a/seed-42): --models-dir serves the folders directly in it, so "
+                    f"copy or link those there"]
+    shutil.rmtree(models / "notes"), shutil.rmtree(models / "sweep")
     assert "bank_d" in client.get("/v1/models").json()["models"]
     shutil.copytree(runs / "bank_a" / "adapter", models / "bank_d" / "adapter")  # the new model, saved
     time.sleep(1.1)
@@ -335,6 +346,12 @@ def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path):
         response = client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"})
         assert response.status_code == 503
         assert response.json()["error"].startswith(f"model broken: cannot be loaded: {tmp_path / 'broken'}: cannot load the model")
+
+
+def test_an_empty_models_folder_answers_that_no_model_is_served_yet(tmp_path):
+    with serve_in_background(create_app(models_dir=tmp_path)) as url, httpx.Client(base_url=url) as client:
+        response = client.post("/v1/predict", json={"texts": ["hi"]})
+    assert response.status_code == 400 and response.json()["error"].startswith(f"no model is served yet: {tmp_path} holds no model")
 
 
 def test_api_keys(runs, tmp_path):

@@ -117,6 +117,21 @@ def _stamp(folder: Path) -> int:
         return 0
 
 
+def _not_served(entry: Path, folder: Path, rewriting: bool) -> str:
+    """Why a folder of the models folder holds no model to serve: one being written (training, or
+    stopped before saving), or no model folder at all, with where models lie one level down."""
+    if (not any(entry.iterdir()) or (folder / "bankintent.json").is_file() or (entry / "config.yaml").is_file()
+            or (entry / "checkpoints").is_dir()):  # empty: a training just started, or emptying it (--overwrite)
+        return (f"{entry}: no complete model in it (no {MARKER} marker: training, or stopped before saving); "
+                + ("answering with the model loaded before until a new one is saved" if rewriting
+                   else "not served until a model is saved there"))
+    deeper = sorted(p.parent.parent.relative_to(entry) if p.parent.name == "adapter" else p.parent.relative_to(entry)
+                    for p in entry.glob("**/" + MARKER))[:3]
+    hint = (f"; it holds model folders further down ({', '.join(map(str, deeper))}): --models-dir serves the folders directly in it, "
+            f"so copy or link those there") if deeper else ""
+    return f"{entry}: not a model folder (no bankintent.json, config.yaml or checkpoints/ in it), not served{hint}"
+
+
 @dataclass
 class Registry:
     """``Registry(model_dir=...)`` serves one folder; ``Registry(models_dir=...)`` every model folder in it."""
@@ -182,8 +197,11 @@ class Registry:
             if name not in listing and name is not None:
                 listing = self._scan(force=True)
             if name is None:
+                if not listing:
+                    raise UnknownModel(f"no model is served yet: {self.models_dir} holds no model folder (the service's log "
+                                       f"says what it found)")
                 if len(listing) != 1:
-                    raise UnknownModel(f"model: required when serving several models; one of {', '.join(sorted(listing)) or '(none yet)'}")
+                    raise UnknownModel(f"model: required when serving several models; one of {', '.join(sorted(listing))}")
                 name = next(iter(listing))
             if name not in listing:
                 raise UnknownModel(f"model: unknown model {name!r}; one of {', '.join(sorted(listing)) or '(none yet)'}")
@@ -212,9 +230,7 @@ class Registry:
                     listing[entry.name] = folder
                     rewriting.add(entry.name)
                 if entry.name not in self._incomplete:  # said once, when the folder is first seen without a model
-                    log.warning("%s: no complete model in it (no %s marker: training, or stopped before saving); %s", entry.path,
-                                MARKER, "answering with the model loaded before until a new one is saved"
-                                if entry.name in rewriting else "not served until a model is saved there")
+                    log.warning("%s", _not_served(Path(entry.path), folder, entry.name in rewriting))
             self._incomplete = incomplete
             for name, served in list(self._loaded.items()):
                 if name not in listing or (name not in rewriting and _stamp(listing[name]) != served.stamp):
