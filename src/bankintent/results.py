@@ -143,7 +143,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
             "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
             "Epochs": int(first["epochs"]) if "epochs" in group else "-",
-            "Best epoch": f"{group.best_epoch.mean():.1f}" if "best_epoch" in group else "-",
+            "Best epoch": f"{round(group.best_epoch.mean(), 1):g}" if "best_epoch" in group else "-",
             "Pooling": first.get("pooling") if isinstance(first.get("pooling"), str) else "-",
             "hardware": "; ".join(sorted(set(group.hardware.dropna()))),
             "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",

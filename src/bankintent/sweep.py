@@ -216,7 +216,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
                 run_dir = run_folder(out, run.name, seed)
                 resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
                 running[start_run(train_command(run.options, seed, run_dir), run_dir, resume)] = (run, seed)
-            progress.set_postfix_str(", ".join(f"{run.name} seed {seed}" for run, seed in running.values()))
+            # refresh=False: the bar's own interval (5 s in a log, progress.configure) decides when a frame is written
+            progress.set_postfix_str(", ".join(f"{run.name} seed {seed}" for run, seed in running.values()), refresh=False)
             done = next((child for child in running if child.poll() is not None), None)
             if done is None:
                 time.sleep(1)
