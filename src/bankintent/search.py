@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -59,6 +60,7 @@ def study_folder(storage: str) -> Path:
 # take rates that would wreck a model whose every weight moves (the study's grids chose 5e-4 to 1e-3 for
 # LoRA, 1e-4 for full fine-tuning), so the full-weight methods search a range of their own.
 LR_RANGE = (1e-5, 2e-3)
+MIN_IMPORTANCE_TRIALS = 5  # finished trials before optuna.importance is reported
 FULL_WEIGHT_LR_RANGE = (5e-6, 3e-4)
 
 
@@ -184,11 +186,15 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
     if not finished:
         raise ConfigError(f"{storage}: no trial finished yet")
     best = study.best_trial
-    try:
-        importance = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as exc:  # e.g. a single finished trial
-        log.warning("hyperparameter importance not available: %s", exc)
-        importance = {}
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    importance = {}
+    if len(finished) >= MIN_IMPORTANCE_TRIALS:  # fewer: every parameter comes out alike, which says nothing
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # optuna's own note that its quantiles select the same trials
+                importance = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("hyperparameter importance not available: %s", exc)
     best_metrics = json.loads((Path(best.user_attrs["run_dir"]) / "metrics.json").read_text())
     summary = {
         "study": study.study_name, "storage": storage,
@@ -218,9 +224,11 @@ def summary_markdown(summary: dict) -> str:
         f"Best trial {summary['best_trial']}: validation accuracy {100 * summary['best_val_accuracy']:.2f}%, "
         + ", ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + ".",
         f"Test accuracy of the best trial (read once, here): {'-' if test is None else f'{100 * test:.2f}%'}.",
-        f"Command: `{summary['best_command']}`",
+        f"Command the best trial was trained with (into its own folder: give another `--output` to train it again): "
+        f"`{summary['best_command']}`",
         "## Importance of each hyperparameter (optuna.importance)",
-        markdown_table(importance, ["Hyperparameter", "Importance"]) if importance else "Not available (needs at least two finished trials).",
+        markdown_table(importance, ["Hyperparameter", "Importance"]) if importance else
+        f"Not given: fewer than {MIN_IMPORTANCE_TRIALS} finished trials, too few to tell the hyperparameters' effects apart.",
         "## Trials",
         markdown_table(rows, list(rows[0])),
     ])) + "\n"
