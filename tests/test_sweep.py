@@ -104,6 +104,9 @@ def test_grid_table_shows_the_options_its_runs_vary():
     assert "| C=10 | - | 0.001 | 4 | - | [10.0] | 1 (single seed) | 92.00% | yes |" in grid  # the grid's choice, marked
     assert "| default C | - | 0.001 | 4 | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |  |" in grid
     assert "max_length" not in grid
+    averaged = results.assign(best_epoch=3, averaged_epochs=[4, 4, 0])  # lpft's recipe keeps the mean of its epochs' weights
+    rows = results_tables(aggregate_runs(averaged))["grid"].splitlines()
+    assert "| C=1 | - | 0.001 | 4 | mean of 4 |" in rows[2] and "| default C | - | 0.001 | 4 | 3 |" in rows[4]
 
 
 def test_the_sweep_file_is_read_without_changing_it(tmp_path):

@@ -127,6 +127,15 @@ def _delta(results: pd.DataFrame, name: str, baseline: str, column: str) -> str:
     return f"{100 * (own[shared] - base[shared]).mean():+.2f} pts"
 
 
+def _kept_epoch(group: pd.DataFrame) -> str:
+    """The epoch whose weights a run kept (mean over seeds), or ``mean of N`` where it kept the mean
+    of its N epochs' weights (``average_weights``, lpft's recipe), whatever its best single epoch was."""
+    averaged = int(group["averaged_epochs"].fillna(0).max()) if "averaged_epochs" in group else 0
+    if averaged:
+        return f"mean of {averaged}"
+    return f"{round(group.best_epoch.mean(), 1):g}" if "best_epoch" in group else "-"
+
+
 def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per sweep run (in sweep order): formatted mean ± std of the scores over its seeds, the
     cost columns (mean over seeds) and, for improvement rows, the difference to their baseline."""
@@ -143,7 +152,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
             "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
             "Epochs": int(first["epochs"]) if "epochs" in group else "-",
-            "Best epoch": f"{round(group.best_epoch.mean(), 1):g}" if "best_epoch" in group else "-",
+            "Best epoch": _kept_epoch(group),
             "Pooling": first.get("pooling") if isinstance(first.get("pooling"), str) else "-",
             "hardware": "; ".join(sorted(set(group.hardware.dropna()))),
             "note": first.get("note", "") if isinstance(first.get("note", ""), str) else "",

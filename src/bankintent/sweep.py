@@ -249,7 +249,7 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
                 "name": run.name, "tables": ",".join(run.tables), "baseline": run.baseline or "", "note": run.note,
                 **{k: metrics.get(k) for k in ("method", "pooling", "seed", "val_accuracy", "val_macro_f1", "test_accuracy",
                                                "test_macro_f1", "trainable_params", "total_params", "trainable_pct",
-                                               "adapter_bytes", "train_seconds", "best_epoch", "epochs_run")},
+                                               "adapter_bytes", "train_seconds", "best_epoch", "epochs_run", "averaged_epochs")},
                 "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "epochs": cfg.epochs,
                 "max_length": cfg.max_length, "normalize_entities": cfg.normalize_entities, "augment": cfg.augment or "",
                 "shots": cfg.shots, "train_size": metrics.get("train_size"),
