@@ -395,6 +395,18 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     assert not (tmp_path / "b" / "test_predictions.csv").exists()  # the earlier evaluation's files go with it
 
 
+def test_evaluate_measures_another_fallback_into_a_folder_of_its_own(tiny_runs, tiny_data, tmp_path):
+    trained = Predictor.load(tiny_runs["bert"])
+    with pytest.raises(BankintentError, match="--oos-score and --oos-threshold measure another fallback than the trained one: give --output"):
+        evaluate_run(tiny_runs["bert"], data=str(tiny_data / "test.csv"), oos_threshold=2 * trained.oos_threshold)
+    summary = evaluate_run(tiny_runs["bert"], data=str(tiny_data / "test.csv"), output=tmp_path / "looser",
+                           oos_score="msp", oos_threshold=0.9)
+    kept = np.mean([not a["out_of_scope"] for a in Predictor.load(tiny_runs["bert"], oos_score="msp", oos_threshold=0.9).predict(
+        pd.read_csv(tiny_data / "test.csv").text.tolist())])
+    assert summary["out_of_scope"]["oos_score"] == "msp" and summary["out_of_scope"]["threshold"] == 0.9
+    assert summary["out_of_scope"]["coverage"] == pytest.approx(kept) and summary["out_of_scope"].get("coverage_target") is None
+
+
 def test_evaluate_measures_a_file_of_out_of_scope_queries_alone(tiny_runs, tmp_path, capsys):
     """Chatter measured apart from the in-scope traffic: no accuracy to give, the share caught."""
     from bankintent import cli

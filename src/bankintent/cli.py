@@ -76,7 +76,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from bankintent.evaluation import evaluate_run, evaluation_files
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
-                           args.oos_label, args.unseen_as_oos)
+                           args.oos_label, args.unseen_as_oos, args.oos_score, args.oos_threshold)
     coverage = summary.get("out_of_scope") or {}
     if summary.get("queries") == 0:  # a file of out-of-scope queries alone
         print(f"{args.split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "never saw as out of scope (default: refused)")
     p.add_argument("--output", help="folder to write the results to (default: the run's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation of other data in the folder")
+    p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
+    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold, on the score's scale (default: chosen at training)")
     p.set_defaults(func=evaluate)
 
     p = command("predict", "predict the intents of queries, or of a file of them",

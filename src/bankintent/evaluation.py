@@ -89,15 +89,20 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
                  label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False,
-                 oos_label: str | None = None, unseen_as_oos: bool = False) -> dict:
+                 oos_label: str | None = None, unseen_as_oos: bool = False, oos_score: str | None = None,
+                 oos_threshold: float | None = None) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
     trained on (from its ``config.yaml``; ``data``, the columns and ``oos_label`` override), writing to ``output``
     (default: ``run_dir``). ``data`` naming one file evaluates that file's labelled queries, as the
     test split: the way to measure a model trained on every row of small data; ``unseen_as_oos`` takes
     its rows of intents the model never saw as out of scope. An evaluation of other data already in
-    ``output`` is replaced only with ``overwrite``."""
+    ``output`` is replaced only with ``overwrite``. ``oos_score`` and ``oos_threshold`` measure another
+    fallback than the trained one, as ``Predictor.load`` takes them."""
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir
+    if (oos_score is not None or oos_threshold is not None) and out.resolve() == run_dir.resolve():
+        raise BankintentError("--oos-score and --oos-threshold measure another fallback than the trained one: give --output DIR "
+                              "(the run's folder keeps the evaluation of the trained one, which the report reads)")
     if not run_dir.exists():
         raise BankintentError(f"{run_dir}: model folder not found")
     check_output_folder(out)
@@ -116,7 +121,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if given_file:
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
-        predictor = Predictor.load(run_dir)
+        predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold)
         path = Path(data).expanduser().resolve()
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
                                        unseen_as_oos)
@@ -142,7 +147,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
     source = split_source(splits, split)
     check_replace(out, run_dir, split, source, model, overwrite)
-    summary = evaluate(Predictor.load(run_dir), examples, out, split, out_of_scope, source=source, model=model)
+    predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold)
+    summary = evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model)
     if out_of_scope is splits.out_of_scope and out_of_scope is not None:  # the examples training chose the score with
         summary["out_of_scope"]["oos_recall_optimistic"] = True
         write_json(out / f"{split}_evaluation.json", summary)
