@@ -285,7 +285,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
         point = summary
-        target = predictor.spec.oos_choice.get("coverage") if _reason(predictor) == predictor.spec.oos_choice.get("reason") else None
+        target = predictor.spec.oos_choice.get("coverage") if _trained(predictor) else None  # the caller's threshold has none
         summary["coverage_target"] = target
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
@@ -299,12 +299,18 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
     return summary
 
 
+def _trained(predictor: Predictor) -> bool:
+    """Whether the predictor answers with the out-of-scope score and threshold chosen at training."""
+    spec = predictor.spec
+    return predictor.oos_score == spec.oos_score and predictor.oos_threshold == spec.oos_thresholds.get(spec.oos_score)
+
+
 def _reason(predictor: Predictor) -> str:
     """Why the predictor uses its out-of-scope score: the choice made at training, or the caller's."""
     spec = predictor.spec
     if predictor.oos_score != spec.oos_score:
         return "given (oos_score option)"
-    if predictor.oos_threshold != spec.oos_thresholds.get(spec.oos_score):
+    if not _trained(predictor):
         return f"{spec.oos_choice.get('reason', 'chosen at training')}; threshold given (oos_threshold option)"
     return spec.oos_choice.get("reason", "chosen at training")
 

@@ -325,11 +325,16 @@ def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> T
     return TrainConfig(**{**recipe, **file_values, **given, "method": method})
 
 
+def recipe_values(method: str) -> dict[str, Any]:
+    """Every option's value in ``method``'s recipe: the defaults, with the recipe's own over them."""
+    defaults = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(TrainConfig)}
+    return {**defaults, **RECIPES.get(method, {})}
+
+
 def unused_options(cfg: TrainConfig) -> list[str]:
     """``name value`` of each option ``cfg.method`` (decided, not ``auto``) has no use for that is set
     to other than the method's recipe value (``--epochs 8`` for a linear probe, ``--lora-r`` for full)."""
-    recipe = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(TrainConfig)}
-    recipe.update(RECIPES.get(cfg.method, {}))
+    recipe = recipe_values(cfg.method)
     return [f"{name} {getattr(cfg, name)}" for name in UNUSED.get(cfg.method, ()) if getattr(cfg, name) != recipe[name]]
 
 
@@ -348,9 +353,7 @@ def for_data(cfg: TrainConfig, small_data: bool) -> TrainConfig:
     if cfg.method != AUTO:
         return cfg
     method = "contrastive" if small_data else "lpft"
-    defaults = {f.name: (f.default_factory() if f.default is MISSING else f.default) for f in fields(TrainConfig)}
-    lpft = {**defaults, **RECIPES["lpft"]}
-    chosen = {**defaults, **RECIPES[method]}
+    lpft, chosen = recipe_values("lpft"), recipe_values(method)
     changes = {name: chosen[name] for name in set(RECIPES["lpft"]) | set(RECIPES[method])
                if getattr(cfg, name) == lpft[name]}
     return dataclasses.replace(cfg, **changes, method=method)
