@@ -193,13 +193,14 @@ def test_evaluate_data_works_where_the_training_data_has_moved(tiny_runs, tiny_d
     assert evaluate_run(moved, data=str(tiny_data / "test.csv"))["queries"] == 20
 
 
-def test_the_data_section_names_the_thin_intents_training_named():
-    from bankintent.report import _thin
+def test_the_report_and_the_model_card_name_the_thin_intents_alike():
+    from bankintent.model_card import thin_intents_note
 
-    assert _thin({"thin_intents": {}}) is None
-    assert _thin({"thin_intents": {"moving_home": 6, "new_sim": 4}, "thin_intents_repeated": {"moving_home": 3}}) == (
-        "Thin intents: `new_sim` (4), `moving_home` (6) (their queries repeated in training to weigh nearer the others': "
-        "`--thin-repeats`); more examples of them are what helps most.")
+    assert thin_intents_note({"thin_intents": {}}) is None
+    assert thin_intents_note({"thin_intents": {"moving_home": 6, "new_sim": 4}, "thin_intents_repeated": {"moving_home": 3}}) == (
+        "2 intent(s) trained on far fewer queries than the median intent, and are recognised less often than the others: "
+        "`new_sim` (4), `moving_home` (6). Their training queries were repeated (`moving_home` x3, `--thin-repeats`) to "
+        "weigh nearer the others'. More examples of them are what helps most.")
 
 
 def test_queries_per_intent_bars_hold_whole_counts():

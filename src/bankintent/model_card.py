@@ -291,23 +291,25 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 |---|---|---|
 | validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
 | test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
-{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{_thin_note(metrics)}
+{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{f"{chr(10)}Note: {thin_intents_note(metrics)}{chr(10)}" if metrics.get("thin_intents") else ""}
 {chosen}
 
 {calibration_rows(metrics)}
 """
 
 
-def _thin_note(metrics: dict) -> str:
-    """The intents trained on far fewer queries than the others, which the model recognises less often."""
+def thin_intents_note(metrics: dict) -> str | None:
+    """The intents training named thin (far fewer queries than the median intent's), which the model
+    recognises less often, fewest first; None where there are none. The model card and the report say it alike."""
     thin = metrics.get("thin_intents") or {}
     if not thin:
-        return ""
+        return None
     repeated = metrics.get("thin_intents_repeated") or {}
-    weighed = (f" Their training queries were repeated ({', '.join(f'`{name}` x{n}' for name, n in repeated.items())}) to "
-               f"weigh nearer the others'; more examples of them are what helps most." if repeated else "")
-    return (f"\nNote: {len(thin)} intent(s) trained on far fewer queries than the median intent, and are recognised less "
-            f"often than the others: {', '.join(f'`{name}` ({count})' for name, count in thin.items())}.{weighed}\n")
+    weighed = (f" Their training queries were repeated ({', '.join(f'`{name}` x{n}' for name, n in repeated.items())}, "
+               f"`--thin-repeats`) to weigh nearer the others'." if repeated else "")
+    shown = ", ".join(f"`{name}` ({count})" for name, count in sorted(thin.items(), key=lambda kv: kv[1]))
+    return (f"{len(thin)} intent(s) trained on far fewer queries than the median intent, and are recognised less often "
+            f"than the others: {shown}.{weighed} More examples of them are what helps most.")
 
 
 def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict) -> Path:

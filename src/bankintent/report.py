@@ -37,7 +37,7 @@ from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noq
 from bankintent.data import Examples, Splits, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table, split_source  # noqa: E402
-from bankintent.model_card import distill_command  # noqa: E402
+from bankintent.model_card import distill_command, thin_intents_note  # noqa: E402
 from bankintent.modeling import MARKER  # noqa: E402
 from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
@@ -157,20 +157,9 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
         f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():g}, "
         f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."
                                            if per_intent_counts.min() < per_intent_counts.max() else ": every intent alike."),
-        _thin(analysed.metrics),
+        thin_intents_note(analysed.metrics),
         _figure(fig, figures, "dataset.png"),
     ]))
-
-
-def _thin(metrics: dict) -> str | None:
-    """The intents training named thin (far fewer queries than the median's), as the model card does."""
-    thin = metrics.get("thin_intents") or {}
-    if not thin:
-        return None
-    repeated = " (their queries repeated in training to weigh nearer the others': `--thin-repeats`)" if metrics.get(
-        "thin_intents_repeated") else ""
-    return (f"Thin intents: {', '.join(f'`{name}` ({count})' for name, count in sorted(thin.items(), key=lambda kv: kv[1]))}"
-            f"{repeated}; more examples of them are what helps most.")
 
 
 def _validation_note(splits: Splits) -> str:
