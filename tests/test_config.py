@@ -52,6 +52,10 @@ def test_bad_values():
         resolve_config(None, method="qlora")
     with pytest.raises(ConfigError, match="pooling"):
         TrainConfig(pooling="max")
+    with pytest.raises(ConfigError, match="unknown intent_names 'maybe'; choose one of auto, on, off"):
+        TrainConfig(intent_names="maybe")  # was taken as "on"
+    with pytest.raises(ConfigError, match="unknown augment 'pairs'; choose one of confused-pairs"):
+        TrainConfig(augment="pairs")
     with pytest.raises(ConfigError, match="batch_size must be positive"):
         TrainConfig(batch_size=0)
 

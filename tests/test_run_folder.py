@@ -86,7 +86,7 @@ def test_a_run_that_fails_before_training_leaves_no_folder(tiny_bert, tiny_data,
     with pytest.raises(DataError):
         _train(tiny_bert, bad, out)
     assert not (tmp_path / "new").exists()
-    with pytest.raises(ConfigError, match="augment='nonsense' is not known"):
+    with pytest.raises(ConfigError, match="unknown augment 'nonsense'"):
         _train(tiny_bert, tiny_data, out, augment="nonsense")
     assert not (tmp_path / "new").exists()
 
@@ -165,7 +165,7 @@ def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny
     assert "1 intent(s) have far fewer training queries than the median intent (18): 'buy_crypto': 7" in caplog.text
     assert "thin intents: training queries repeated ('buy_crypto' x2)" in caplog.text
     card = (tmp_path / "run" / "adapter" / "README.md").read_text()
-    assert "`buy_crypto` (7). Their training queries were repeated (`buy_crypto` x2)" in card
+    assert "`buy_crypto` (7). Their training queries were repeated (`buy_crypto` x2, `--thin-repeats`)" in card
     plain = _train(tiny_bert, data, tmp_path / "plain", thin_repeats=1)
     assert plain["thin_intents"] == {"buy_crypto": 7} and plain["thin_intents_repeated"] == {}
     assert metrics["train_size"] == plain["train_size"] + 7

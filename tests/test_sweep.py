@@ -124,6 +124,12 @@ def test_sweep_file_errors_name_the_run(tiny_bert, tiny_data, tmp_path):
     config = sweep_file(tmp_path / "bad.yaml", tiny_bert, tiny_data, [{"name": "x", "baseline": "y"}])
     with pytest.raises(ConfigError, match="baseline 'y' is not a run"):
         read_sweep(config)
+    config = sweep_file(tmp_path / "bad.yaml", tiny_bert, tiny_data, [{"name": "x", "seeds": "three"}])
+    with pytest.raises(ConfigError, match=r"bad.yaml: run 1: seeds must be a whole number, got 'three'$"):
+        read_sweep(config)  # was a bare ValueError
+    config = sweep_file(tmp_path / "bad.yaml", tiny_bert, tiny_data, [{"name": "x", "options": {"method": "qlora"}}])
+    with pytest.raises(ConfigError, match=r"bad.yaml: run 1 \(x\): unknown method 'qlora'; choose one of"):
+        read_sweep(config)
 
 
 def test_reference_sweep_is_valid_and_ordered():

@@ -138,10 +138,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, kind in _scalar_kinds().items():
             setattr(self, name, _as_kind(name, getattr(self, name), kind))
-        if self.method not in (AUTO, *METHODS):
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join((AUTO, *METHODS))}")
-        if self.pooling not in ("auto", "mean", "cls"):
-            raise ConfigError(f"pooling must be 'auto', 'mean' or 'cls', not {self.pooling!r}")
+        for f in fields(self):  # the options with a fixed set of values: method, pooling, augment, intent_names
+            value, allowed = getattr(self, f.name), f.metadata.get("choices")
+            if allowed and value is not None and value not in allowed:
+                raise ConfigError(f"unknown {f.name} {value!r}; choose one of {', '.join(allowed)}")
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.probe_c, (int, float)):

@@ -77,6 +77,13 @@ def _check_options(path: Path, where: str, options: Any) -> dict:
     return options
 
 
+def _whole(path: Path, where: str, value) -> int:
+    """A whole number of the sweep file (a seed, a count of seeds), or one line naming where it is not."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: {where} must be a whole number, got {value!r}")
+    return value
+
+
 def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[RunSpec]]:
     """The sweep file's shared options and its runs, validated (every run's config is resolved once)."""
     path = Path(path)
@@ -84,7 +91,7 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
     if not isinstance(content, dict) or not isinstance(content.get("runs"), list) or not content["runs"]:
         raise ConfigError(f"{path}: expected 'runs:', a list of runs")
     base = dict(_check_options(path, "base", content.get("base") or {}))  # a copy: the sweep file is saved as read
-    first_seed = int(base.pop("seed", TrainConfig.seed))
+    first_seed = _whole(path, "base: seed", base.pop("seed", TrainConfig.seed))
     runs: list[RunSpec] = []
     for number, entry in enumerate(content["runs"], start=1):
         where = f"run {number}"
@@ -97,10 +104,13 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
         tables = entry.get("tables", ["methods"])
         if not set(tables) <= set(TABLES):
             raise ConfigError(f"{path}: {where}: tables must be among {', '.join(TABLES)}")
-        count = seeds or int(entry.get("seeds", 1))
+        count = seeds or _whole(path, f"{where}: seeds", entry.get("seeds", 1))
         if count < 1:
             raise ConfigError(f"{path}: {where}: seeds must be at least 1")
-        cfg = resolve_config(None, **options)  # fail now, not an hour into the sweep
+        try:
+            cfg = resolve_config(None, **options)  # fail now, not an hour into the sweep
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where} ({entry['name']}): {exc}") from None
         for option, value in (("data", None if cfg.data == BANKING77 else cfg.data), ("oos_file", cfg.oos_file)):
             if value and not Path(value).expanduser().exists():
                 raise ConfigError(f"{path}: {where}: {option} {value}: not found (a relative path is read from the folder the "

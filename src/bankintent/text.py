@@ -23,10 +23,8 @@ from __future__ import annotations
 import random
 import re
 
-from bankintent.errors import ConfigError
 
 PLACEHOLDERS = ("<AMOUNT>", "<CURRENCY>", "<DATE>", "<NUMBER>")
-AUGMENTATIONS = ("confused-pairs",)
 
 _MONTHS = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
            r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
@@ -150,9 +148,4 @@ def augment(texts: list[str], labels: list[str], intents: set[str], seed: int, c
             new_texts.append(variant)
             new_labels.append(label)
     return new_texts, new_labels
-
-
-def check_augmentation(name: str | None) -> None:
-    if name is not None and name not in AUGMENTATIONS:
-        raise ConfigError(f"augment={name!r} is not known; choose one of {', '.join(AUGMENTATIONS)}")
 

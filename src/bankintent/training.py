@@ -92,7 +92,7 @@ from bankintent.modeling import (
 )
 from bankintent.predict import Predictor
 from bankintent.results import write_history, write_json
-from bankintent.text import augment, check_augmentation, intent_name_examples, preprocess
+from bankintent.text import augment, intent_name_examples, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -661,7 +661,6 @@ def _train(cfg: TrainConfig) -> dict:
         if splits.small_data and cfg.augment:
             raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                               f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
-        check_augmentation(cfg.augment)
         if splits.small_data and cfg.method not in ("contrastive", "linear-probe"):
             log.info("small data: --method contrastive is the few-shot recipe (docs/training.md, 'Your own data')")
         spec = ModelSpec(
@@ -932,7 +931,6 @@ def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Spl
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
     applies it to every query, test included), thin intents' queries repeated, the intents' names and
     augmentation of the training split."""
-    check_augmentation(cfg.augment)
     preprocess_splits(splits, preprocessing)
     repeat_thin_intents(splits, cfg.thin_repeats)
     add_intent_names(splits, cfg, preprocessing)
