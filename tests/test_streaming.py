@@ -113,8 +113,16 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(model_dir, queries, tmp_path,
         assert said == "interrupted: the answers so far are kept; continue with the same command and --resume"
         assert count_lines(output) > 0
     else:
-        assert said.startswith("interrupted: nothing written (a .csv or .parquet output is written once complete; a .jsonl")
+        assert said.startswith("interrupted: nothing written (a .csv output is written once complete; a .jsonl")
         assert not output.exists() and not started.exists()
+
+
+def test_the_interrupted_note_follows_the_output_format():
+    from bankintent.streaming import interrupted_note
+
+    assert interrupted_note("-") == "interrupted: the answers so far were written to stdout"  # not "nothing written"
+    assert interrupted_note("OUT.JSONL").startswith("interrupted: the answers so far are kept")  # any case of the suffix
+    assert interrupted_note("out.parquet").startswith("interrupted: nothing written (a .parquet output")
 
 
 def test_resume_cuts_a_torn_last_line(model_dir, queries, single_pass, tmp_path):

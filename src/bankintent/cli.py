@@ -188,16 +188,13 @@ def predict(args: argparse.Namespace) -> None:
     if args.master:
         raise BankintentError("--master is for --engine spark")
     if args.input:
-        from bankintent.streaming import STDOUT, predict_file
+        from bankintent.streaming import STDOUT, interrupted_note, predict_file
 
         try:
             written = predict_file(load, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
                                    resume=args.resume, overwrite=args.overwrite)
         except KeyboardInterrupt:
-            kept = args.output.endswith(".jsonl")
-            print("interrupted: " + ("the answers so far are kept; continue with the same command and --resume" if kept else
-                                     "nothing written (a .csv or .parquet output is written once complete; a .jsonl output "
-                                     "keeps what is done and continues with --resume)"), file=sys.stderr)
+            print(interrupted_note(args.output), file=sys.stderr)
             raise SystemExit(130) from None
         to_stdout = args.output == STDOUT
         print(f"{written} predictions written to {'stdout' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)

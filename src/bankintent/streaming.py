@@ -79,6 +79,17 @@ def _resume_point(output: Path, input_path: Path, text_column: str, total: int) 
     return done
 
 
+def interrupted_note(output: str | Path) -> str:
+    """What a prediction cut short (Ctrl-C) leaves in ``output``, for the line the command ends with."""
+    kind = output_format(output)
+    if kind == "stdout":
+        return "interrupted: the answers so far were written to stdout"
+    if kind == "jsonl":
+        return "interrupted: the answers so far are kept; continue with the same command and --resume"
+    return (f"interrupted: nothing written (a .{kind} output is written once complete; a .jsonl output keeps what is done "
+            f"and continues with --resume)")
+
+
 def output_format(output: str | Path) -> str:
     """``jsonl``, ``csv``, ``parquet`` or ``stdout``, from the output's name; DataError if unknown or
     if .parquet is asked for without pyarrow."""
