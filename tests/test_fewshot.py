@@ -34,6 +34,7 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     assert metrics["validation"].startswith("none: small data (median 3 examples per intent")
     assert metrics["val_accuracy"] is None and metrics["test_accuracy"] is not None
     assert metrics["optimizer_steps"] == 2  # no early stopping: the recipe's 2 epochs of 1 step (12 rows, batches of 16)
+    assert metrics["epochs_run"] == 2 and metrics["averaged_epochs"] == 2  # no validation rows in the history, yet 2 epochs ran
     assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
@@ -131,6 +132,7 @@ def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_
     metrics = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
     assert metrics["contrastive_pairs"] == (12 + 4) * 4 and metrics["contrastive_steps"] == 8  # 12 rows and 4 intent names
     assert metrics["contrastive_pairs_per_query"] == 4  # pairs_per_query(16): the default
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 0  # one epoch of pairs; the probe keeps no epoch
     assert metrics["trainable_pct"] == 100.0 and metrics["oos_threshold"] is not None
     assert not (tmp_path / "checkpoints").exists()
     saved = load_file(tmp_path / "adapter" / "model.safetensors")

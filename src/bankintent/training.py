@@ -592,7 +592,9 @@ def _training_arguments(cfg: TrainConfig, checkpoints: Path, steps_per_epoch: in
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train ``cfg.method``, save the best epoch to ``<output>/adapter`` and return metrics.json's content.
+    """Train ``cfg.method``, save the model it keeps (the best epoch's weights on validation, the mean of
+    the epochs' with ``average_weights``, the last epoch's without validation) to ``<output>/adapter``
+    and return metrics.json's content.
 
     A disk that fills up while training writes (a checkpoint, the model) ends it with a one-line
     ``ConfigError``; the checkpoints written before are intact and ``--resume`` continues from them."""
@@ -661,7 +663,7 @@ def _train(cfg: TrainConfig) -> dict:
         if splits.small_data and cfg.augment:
             raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                               f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
-        if splits.small_data and cfg.method not in ("contrastive", "linear-probe"):
+        if splits.small_data and cfg.method not in PROBE_FINAL_METHODS:
             log.info("small data: --method contrastive is the few-shot recipe (docs/training.md, 'Your own data')")
         spec = ModelSpec(
             base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
@@ -719,8 +721,9 @@ def _train(cfg: TrainConfig) -> dict:
 
     history: list[dict] = []
     best_epoch = 0
+    epochs_run = cfg.epochs if cfg.method == "contrastive" else 0  # the encoder's epochs on pairs; the probe has none
     validate = not splits.small_data
-    if cfg.method not in ("linear-probe", "contrastive") and cfg.epochs > 0:
+    if cfg.method not in PROBE_FINAL_METHODS and cfg.epochs > 0:
         train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
         val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
         steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
@@ -760,8 +763,9 @@ def _train(cfg: TrainConfig) -> dict:
             log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
         history = history_from_logs(trainer.state.log_history)
         best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
+        epochs_run = math.ceil(trainer.state.epoch or 0)  # early stopping may end it before cfg.epochs
         if not validate and not averaging.count:
-            best_epoch = math.ceil(trainer.state.epoch or 0)  # no validation: the last epoch is kept
+            best_epoch = epochs_run  # no validation: the last epoch is kept
         args = trainer.args
         extra.update({
             "averaged_epochs": averaging.count,
@@ -785,7 +789,7 @@ def _train(cfg: TrainConfig) -> dict:
         **scores,
         "train_seconds": round(train_seconds, 1),
         "best_epoch": best_epoch,
-        "epochs_run": len(history),
+        "epochs_run": epochs_run,
         "seed": cfg.seed,
         **data_metrics(splits),
         "hardware": hardware(),
