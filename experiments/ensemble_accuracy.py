@@ -18,9 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from bankintent.config import TrainConfig, read_yaml  # noqa: E402
+from bankintent.config import TrainConfig, read_yaml, run_config_file  # noqa: E402
 from bankintent.data import run_splits  # noqa: E402
-from bankintent.export import run_config  # noqa: E402
 from bankintent.predict import Predictor  # noqa: E402
 
 
@@ -28,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="training runs on the same data and intents")
     args = parser.parse_args()
-    cfg = TrainConfig(**read_yaml(run_config(args.runs[0])))
+    cfg = TrainConfig(**read_yaml(run_config_file(args.runs[0])))
     splits = run_splits(cfg)
     parts = {"validation": splits.validation, "test": splits.test}
     labels = {name: np.array(splits.ids(examples)) for name, examples in parts.items()}

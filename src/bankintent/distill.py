@@ -48,10 +48,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from bankintent.config import DistillConfig, TrainConfig, read_yaml
+from bankintent.config import DistillConfig, TrainConfig, read_yaml, run_config_file
 from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
-from bankintent.export import run_config
 from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec
 from bankintent.predict import ONNX_FILE, model_folder
@@ -151,7 +150,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         raise ConfigError(f"unknown distill option(s) {', '.join(unknown)}")
     opts = DistillConfig(**options)
     (source, teacher_spec), out = teacher_folder(run), Path(output)
-    config = run_config(run)
+    config = run_config_file(run)
     if config is None:
         raise ConfigError(f"{run}: no config.yaml beside the model records its training data; give the run folder "
                           f"`bankintent train` wrote")

@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import check_output_folder, read_yaml
+from bankintent.config import check_output_folder, read_yaml, run_config_file
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
@@ -136,21 +136,12 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     return output
 
 
-def run_config(dir: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run ``dir`` is (or whose model folder it is), if any."""
-    dir = Path(dir)
-    for folder in (dir, model_folder(dir).parent):
-        if (folder / "config.yaml").is_file():
-            return folder / "config.yaml"
-    return None
-
-
 def calibration_queries(dir: str | Path, data: str | Path | None = None) -> tuple[list[str], str]:
     """Up to ``CALIBRATION_QUERIES`` queries of ``data`` (default: the training data recorded in the
     run's ``config.yaml``), a fixed random sample so that an export is reproducible; and where they came from."""
     from bankintent.data import data_files, iter_queries
 
-    config = run_config(dir)
+    config = run_config_file(dir)
     saved = read_yaml(config) if config else {}
     text_column = saved.get("text_column", "text")  # a file in the training data's format
     hint = "pass --calibration-data (a file of queries like those the model will answer)"
