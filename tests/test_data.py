@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import SMALL_DATA_PER_INTENT, iter_queries, load_splits, query_key, read_examples, read_queries, thin_validation
+from bankintent.data import SMALL_DATA_PER_INTENT, data_files, iter_queries, load_splits, query_key, read_examples, read_queries, thin_validation
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -49,8 +49,11 @@ GOOD = [(f"query {i}", "a" if i % 2 else "b") for i in range(40)]
 def test_missing_folder_and_file(tmp_path):
     with pytest.raises(DataError, match="nope: no such data folder or file"):
         load_splits(str(tmp_path / "nope"))
-    with pytest.raises(DataError, match="no train.csv or train.jsonl"):
+    with pytest.raises(DataError, match=r"no training file \(train.csv, train.tsv or train.jsonl\) in the folder, which holds nothing"):
         load_splits(str(tmp_path))
+    (tmp_path / "training_data.csv").write_text("text,category\n")
+    with pytest.raises(DataError, match=r"no training file .* in the folder, which holds training_data.csv$"):
+        load_splits(str(tmp_path))  # the files it does hold are named: the one to rename shows
     with pytest.raises(DataError, match="file not found"):
         read_examples(tmp_path / "x.csv")
 
@@ -58,6 +61,8 @@ def test_missing_folder_and_file(tmp_path):
 def test_missing_column(tmp_path):
     with pytest.raises(DataError, match=r"train.csv: line 1: missing column 'category' \(columns: 'text', 'label'\); name the columns to read with --text-column"):
         load_splits(_folder(tmp_path, GOOD, header=("text", "label")))
+    with pytest.raises(DataError, match=r"missing column 'category' \(columns: 'Text', 'Intent'\)"):  # the header as written
+        load_splits(_folder(tmp_path, GOOD, header=("Text", "Intent")))
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "train.csv").write_text("text|category\nhello|a\n")
     with pytest.raises(DataError, match=r"missing column 'text' \(columns: 'text\|category'\); the file looks '\|'-separated"):
@@ -95,10 +100,35 @@ def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
         load_splits(str(tmp_path))
 
 
-def test_non_utf8(tmp_path):
-    (tmp_path / "train.csv").write_bytes(b"text,category\nfine,a\ncaf\xe9 card,b\n")
-    with pytest.raises(DataError, match=r"train.csv: line 3: not valid UTF-8"):
-        load_splits(str(tmp_path))
+def test_a_file_saved_by_excel_as_plain_csv_reads_as_windows_1252_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,category\nfine,a\ncaf\xe9 card \x80 \xa3 \x93quoted\x94,b\n")
+    assert read_examples(path).texts == ["fine", "caf\u00e9 card \u20ac \u00a3 \u201cquoted\u201d"]
+    assert "train.csv: not UTF-8 (line 3, byte 0xe9): read as Windows-1252" in caplog.text
+    path.write_bytes(b"text,category\nfine,a\nbad \x81 byte,b\n")  # 0x81 is no Windows-1252 character: not that either
+    with pytest.raises(DataError, match=r"train.csv: line 3: not valid UTF-8 text \(byte 0x81\); save the file as UTF-8"):
+        read_examples(path)
+
+
+def test_utf16_with_its_mark_reads(tmp_path):
+    path = tmp_path / "train.csv"  # Excel's "Unicode text"
+    path.write_bytes(b"\xff\xfe" + "text,category\nth\u00e9 card,a\n".encode("utf-16-le"))
+    assert read_examples(path).texts == ["th\u00e9 card"]
+
+
+def test_suffixes_in_any_case_tab_separated_files_and_workbooks(tmp_path):
+    rows = "text,category\nwhere is my card,card\nrate for euros,rate\n"
+    (tmp_path / "TRAIN.CSV").write_text(rows)
+    (tmp_path / "test.tsv").write_text(rows.replace(",", "\t"))
+    files = data_files(str(tmp_path))
+    assert (files.train.name, files.test.name) == ("TRAIN.CSV", "test.tsv")
+    assert read_examples(files.test).labels == ["card", "rate"]
+    (tmp_path / "queries.log").write_text("id,text\n1,where is my card\n")
+    with pytest.raises(DataError, match=r"queries.log: a file of queries must be .txt, .csv or .jsonl \(.txt: one query a line\), not '.log'$"):
+        read_queries(tmp_path / "queries.log")  # was read as .txt: its header and ids taken for queries
+    (tmp_path / "book.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match=r"book.xlsx: a spreadsheet workbook is not read; save the sheet as CSV UTF-8"):
+        read_examples(tmp_path / "book.xlsx")
 
 
 def test_header_only_and_empty(tmp_path):
@@ -307,7 +337,7 @@ def test_data_can_be_a_file(tmp_path, caplog):
     assert "the files beside it (test.csv) are not used (validation is carved from train_v2.csv, there is no test set); " \
            "to use them, give --data a folder holding them and this file as train.csv" in caplog.text
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="must be .csv or .jsonl"):
+    with pytest.raises(DataError, match=r"notes.txt: a data file \(or the folder holding train.csv\) must be .csv or .jsonl, not '.txt'$"):
         load_splits(str(tmp_path / "notes.txt"))
 
 

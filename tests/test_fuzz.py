@@ -42,7 +42,8 @@ def test_readers_load_or_raise_data_error(tmp_path, payload, suffix):
 
 @pytest.mark.parametrize("payload, message", [
     (b"text,category\n\"unterminated,a\n", None),
-    (b"\xff\xfe" + "text,category\nhi,a\n".encode("utf-16-le"), "not valid UTF-8"),
+    (b"\xff\xfe" + "text,category\nhi,a\n".encode("utf-16-le"), None),  # UTF-16 with its mark reads
+    (b"text,category\nhi \x81\x8d,a\n", "not valid UTF-8"),
     (b"text,category\nhi,a\n\x00\x00,b\n", None),
 ])
 def test_awkward_files(tmp_path, payload, message):

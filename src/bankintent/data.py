@@ -55,7 +55,10 @@ log = logging.getLogger(__name__)
 BANKING77 = "banking77"
 BANKING77_URL = "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/{split}.csv"
 CACHE_DIR = Path(os.environ.get("BANKINTENT_CACHE", Path.home() / ".cache" / "bankintent"))
-DATA_SUFFIXES = (".csv", ".jsonl")
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")  # labelled data; compared in lower case (Excel on Windows writes .CSV)
+QUERY_SUFFIXES = (".txt", *DATA_SUFFIXES)  # queries alone: .txt is one a line
+SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+ENCODING_SNIFF_BYTES = 4 << 20  # how much of a file says whether it is UTF-8 or a Windows code page
 VALIDATION_STEMS = ("valid", "validation", "dev")
 # fewer validation queries than this for an intent and its validation accuracy, the calibration and
 # the out-of-scope threshold rest on too little: training warns and records it
@@ -124,36 +127,85 @@ class Splits:
         return [index[label] for label in split.labels]
 
 
-def _first_bad_line(path: Path) -> tuple[int, int]:
-    """(line number, byte) of the first byte sequence in ``path`` that is not UTF-8."""
+def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str = "a file of queries") -> str:
+    """``csv`` (.csv or .tsv), ``jsonl`` or ``txt``, from ``path``'s suffix in any case, where it is one
+    of ``suffixes``; else a DataError saying what ``what`` must be (a workbook: how to save it as CSV)."""
+    suffix = path.suffix.lower()
+    if suffix in SPREADSHEETS:
+        raise DataError(f"{path}: a spreadsheet workbook is not read; save the sheet as CSV UTF-8 (in Excel: File > Save As > "
+                        f"CSV UTF-8) and give that file")
+    if suffix not in suffixes:
+        names = [s for s in suffixes if s != ".tsv"]
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        raise DataError(f"{path}: {what} must be {listed}" + (" (.txt: one query a line)" if ".txt" in suffixes else "")
+                        + (", not {!r}".format(path.suffix) if path.suffix else " (the name has no extension)"))
+    return {".tsv": "csv"}.get(suffix, suffix[1:])
+
+
+def _first_bad_line(path: Path, limit: int | None = None) -> tuple[int, int]:
+    """(line number, byte) of the first byte sequence in ``path`` (its first ``limit`` bytes) that is
+    not UTF-8; (0, 0) where there is none."""
+    read = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return number, line[exc.start]
+                if exc.end < len(line) or limit is None or read + len(line) < limit:  # not a character cut at the limit
+                    return number, line[exc.start]
+            read += len(line)
+            if limit is not None and read >= limit:
+                break
     return 0, 0
 
 
+def _encoding(path: Path) -> str:
+    """How to read ``path``: UTF-8 (a byte-order mark skipped), UTF-16 where it starts with its mark (Excel's
+    "Unicode text"), or Windows-1252 where its first bytes are not UTF-8 and are that code page (Excel's
+    plain "CSV" on Windows; Latin-1 text reads the same), with a warning, since the guess may misread a
+    few letters."""
+    with open(path, "rb") as handle:
+        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return "utf-16"
+    number, byte = _first_bad_line(path, ENCODING_SNIFF_BYTES)
+    if not number:
+        return "utf-8-sig"
+    with open(path, "rb") as handle:
+        head = handle.read(ENCODING_SNIFF_BYTES)
+    try:
+        head.decode("cp1252")
+    except UnicodeDecodeError:
+        raise _not_utf8(path, number, byte) from None
+    log.warning("%s: not UTF-8 (line %d, byte %#04x): read as Windows-1252, the encoding of Excel's plain CSV; check its "
+                "accented letters and symbols, or save it as CSV UTF-8", path, number, byte)
+    return "cp1252"
+
+
+def _not_utf8(path: Path, number: int, byte: int) -> DataError:
+    return DataError(f"{path}: line {number}: not valid UTF-8 text (byte {byte:#04x}); save the file as UTF-8 "
+                     f"(in Excel: CSV UTF-8)")
+
+
 def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """Stream (row number, row) from a .csv, .jsonl or .txt file (.txt: one ``text`` a line), in
+    """Stream (row number, row) from a .csv or .tsv, .jsonl or .txt file (.txt: one ``text`` a line), in
     constant memory. Problems raise DataError naming the file and row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    kind = file_kind(path)
+    encoding = _encoding(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="" if path.suffix == ".csv" else None) as handle:
-            if path.suffix == ".csv":
-                yield from _csv_rows(path, handle, columns, _separator(path, handle))
-            elif path.suffix == ".jsonl":
+        with open(path, encoding=encoding, newline="" if kind == "csv" else None) as handle:
+            if kind == "csv":
+                separator = "\t" if path.suffix.lower() == ".tsv" else _separator(path, handle)
+                yield from _csv_rows(path, handle, columns, separator)
+            elif kind == "jsonl":
                 yield from _jsonl_rows(path, handle, columns)
             else:
                 for number, line in enumerate(handle, start=1):
                     yield number, {"text": line.rstrip("\r\n")}
-    except UnicodeDecodeError:
-        number, byte = _first_bad_line(path)
-        raise DataError(f"{path}: line {number}: not valid UTF-8 text (byte {byte:#04x}); save the file as UTF-8 "
-                        f"(in Excel: CSV UTF-8)") from None
+    except UnicodeDecodeError:  # past the bytes _encoding read
+        raise _not_utf8(path, *_first_bad_line(path)) from None
 
 
 def _separator(path: Path, handle) -> str:
@@ -176,10 +228,10 @@ def _csv_rows(path: Path, handle, columns, separator: str = ","):
         header = next(reader, None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
-        header = _match_header(header, columns)
+        written, header = header, _match_header(header, columns)
         missing = [c for c in columns if c not in header]
         if missing:
-            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {_names(header)}){_column_hint(header, columns)}")
+            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {_names(written)}){_column_hint(written, columns)}")
         end = reader.line_num
         for values in reader:
             start, end = end + 1, reader.line_num
@@ -257,6 +309,8 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     counted (one blank row should not refuse a whole public data set); with ``strict`` it is refused.
     Every other row needs a text and a label."""
     path = Path(path)
+    if path.is_file():
+        file_kind(path, DATA_SUFFIXES, "a labelled data file")
     texts: list[str] = []
     labels: list[str] = []
     numbers: list[int] = []
@@ -296,11 +350,12 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
     records, as for Python's csv module and pandas). Rows whose text is empty or blank are skipped,
     keeping their number; once the file is read, ``warn`` logs how many were skipped and which."""
     path = Path(path)
-    column = "text" if path.suffix not in (".csv", ".jsonl") else text_column
+    kind = file_kind(path)
+    column = "text" if kind == "txt" else text_column
     skipped: list[int] = []
     previous = 0
     for record, (number, row) in enumerate(iter_rows(path, (column,)), start=1):
-        row_number = record if path.suffix == ".csv" else number
+        row_number = record if kind == "csv" else number
         skipped.extend(range(previous + 1, row_number))  # blank .jsonl lines, which iter_rows passes over
         previous = row_number
         value = row[column]
@@ -323,8 +378,7 @@ def read_queries(path: str | Path, text_column: str = "text") -> tuple[list[int]
     """(row numbers, queries) of a whole .txt (one a line), .csv or .jsonl file of unlabelled queries,
     numbered as ``iter_queries`` numbers them; a file with none is an error."""
     path = Path(path).expanduser()
-    if path.suffix not in (".txt", ".csv", ".jsonl"):
-        raise DataError(f"{path}: a file of queries must be .txt (one query a line), .csv or .jsonl")
+    file_kind(path)
     rows, texts = [], []
     for row, text in iter_queries(path, text_column):
         rows.append(row)
@@ -376,9 +430,10 @@ class DataFiles:
 
 
 def _pick(folder: Path, stems: tuple[str, ...], what: str) -> Path | None:
-    """The first of ``folder``'s files named stem + .csv/.jsonl (stems in order of preference);
-    a warning names the others, which are not read."""
-    present = [folder / f"{stem}{suffix}" for stem in stems for suffix in DATA_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    """The first of ``folder``'s files named stem + .csv/.tsv/.jsonl, in any case (stems in order of
+    preference); a warning names the others, which are not read."""
+    present = [p for stem in stems for p in sorted(folder.iterdir()) if p.is_file() and p.stem.lower() == stem
+               and p.suffix.lower() in DATA_SUFFIXES]
     if len(present) > 1:
         log.warning("%s: %s files %s: using %s, not %s", folder, what, ", ".join(p.name for p in present),
                     present[0].name, ", ".join(p.name for p in present[1:]))
@@ -394,10 +449,9 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
         return DataFiles(BANKING77, folder / "train.csv", None, folder / "test.csv" if (folder / "test.csv").is_file() else None)
     path = Path(data).expanduser().resolve()
     if path.is_file():
-        if path.suffix not in DATA_SUFFIXES:
-            raise DataError(f"{path}: a data file must be .csv or .jsonl (or give the folder holding train.csv)")
-        beside = [p.name for p in sorted(path.parent.iterdir()) if p != path and p.suffix in DATA_SUFFIXES
-                  and p.stem in ("test", *VALIDATION_STEMS) and p not in exclude]
+        file_kind(path, DATA_SUFFIXES, "a data file (or the folder holding train.csv)")
+        beside = [p.name for p in sorted(path.parent.iterdir()) if p != path and p.suffix.lower() in DATA_SUFFIXES
+                  and p.stem.lower() in ("test", *VALIDATION_STEMS) and p not in exclude]
         if beside:  # a train.csv beside another training file is another version of the data, not left out
             use = (f"give --data {path.parent} to use them" if path.stem == "train" else
                    f"to use them, give --data a folder holding them and this file as train{path.suffix}")
@@ -408,12 +462,14 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
         raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv/.jsonl file)")
     train = _pick(path, ("train",), "training")
     if train is None:
-        raise DataError(f"{path}: no train.csv or train.jsonl")
+        held = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "") if held else "nothing"
+        raise DataError(f"{path}: no training file (train.csv, train.tsv or train.jsonl) in the folder, which holds {shown}")
     files = DataFiles(str(path), train, _pick(path, VALIDATION_STEMS, "validation"), _pick(path, ("test",), "test"))
     used = {files.train, files.validation, files.test, *(Path(p).resolve() for p in exclude)}
-    unused = [p.name for p in sorted(path.iterdir()) if p.suffix in (*DATA_SUFFIXES, ".tsv") and p not in used]
+    unused = [p.name for p in sorted(path.iterdir()) if p.suffix.lower() in (*DATA_SUFFIXES, *SPREADSHEETS) and p not in used]
     if unused:
-        log.warning("%s: not read: %s (a data folder holds train, valid|validation|dev and test .csv/.jsonl files)",
+        log.warning("%s: not read: %s (a data folder holds train, valid|validation|dev and test .csv/.tsv/.jsonl files)",
                     path, ", ".join(unused))
     return files
 
@@ -436,7 +492,7 @@ def query_column(path: str | Path, column: str) -> str:
     column: a file of queries gathered apart from the training data (chat logs, out-of-scope
     examples) often names its column ``text`` whatever the training data called it."""
     path = Path(path).expanduser()
-    if column == "text" or path.suffix not in DATA_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
+    if column == "text" or path.suffix.lower() not in DATA_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
         return column
     log.info("%s: no column %r; its queries are read from column 'text'", path, column)
     return "text"
@@ -449,16 +505,15 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     names an intent is refused: a labelled data file given here by mistake would set the threshold
     on in-scope queries."""
     path = Path(path).expanduser()
-    if path.suffix not in (".txt", *DATA_SUFFIXES):
-        raise DataError(f"{path}: an out-of-scope file must be .txt (one query a line), .csv or .jsonl")
-    column = "text" if path.suffix == ".txt" else query_column(path, text_column)
+    kind = file_kind(path, what="an out-of-scope file")
+    column = "text" if kind == "txt" else query_column(path, text_column)
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
         if value is None or isinstance(value, str) and not value.strip():
-            empty += path.suffix != ".txt"
+            empty += kind != "txt"
             continue
-        if path.suffix == ".txt" and value.lstrip().startswith("#"):
+        if kind == "txt" and value.lstrip().startswith("#"):
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: line {number}: column {column!r} holds {type(value).__name__}, not text")
