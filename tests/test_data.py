@@ -95,9 +95,34 @@ def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
     assert splits.notes["empty_rows_skipped"] == 2 and splits.notes["empty_rows_skipped_by_file"] == {"train.csv": 2}
     with pytest.raises(DataError, match=r"train.csv: line 5: empty text in column 'text' \(strict_data"):
         load_splits(str(tmp_path), strict_data=True)
-    (tmp_path / "train.csv").write_text("text,category\n ,a\n,b\n")
-    with pytest.raises(DataError, match=r"no rows with a text \(2 empty row\(s\) skipped\)"):
+    (tmp_path / "train.csv").write_text("text,category\n ,a\n,b\nno label,\n")
+    with pytest.raises(DataError, match=r"no labelled rows \(2 row\(s\) with an empty text, 1 with no label skipped\)"):
         load_splits(str(tmp_path))
+
+
+def test_unlabelled_rows_are_skipped_and_named_unless_strict(tmp_path, caplog):
+    """A sheet with a row or two still to label trains on the labelled rows, and says which were left out."""
+    path = write_csv(tmp_path / "train.csv", GOOD[:3] + [("where is my card", "  ")] + GOOD[3:] + [("rate please", "")])
+    examples = read_examples(path)
+    assert len(examples) == len(GOOD) and examples.empty_skipped == 2 and "where is my card" not in examples.texts
+    assert "train.csv: 2 row(s) with no label in column 'category' skipped (lines 5, 43); label them to train on them" in caplog.text
+    with pytest.raises(DataError, match=r"train.csv: line 5: empty label in column 'category' \(strict_data refuses unlabelled rows\)"):
+        read_examples(path, strict=True)
+
+
+def test_a_query_labelled_two_ways_is_named(tmp_path, caplog):
+    path = write_csv(tmp_path / "train.csv", GOOD + [("Query 1", "b"), ("query  2", "b")])  # 'query 1' is an 'a'; 'query 2' a 'b'
+    read_examples(path)
+    assert ("train.csv: 1 query(ies) labelled more than one way: 'query 1' as 'a' (line 3) and 'b' (line 42); the model is "
+            "taught every label") in caplog.text
+
+
+def test_the_out_of_scope_label_written_otherwise_stops_training_data(tmp_path):
+    rows = GOOD + [("what is the weather", "Out of scope"), ("tell me a joke", "Out of scope")]
+    with pytest.raises(DataError, match=r"train.csv: label 'Out of scope' is the out-of-scope label 'out_of_scope' written "
+                                        r"otherwise.*--oos-label 'Out of scope'"):
+        load_splits(_folder(tmp_path, rows))
+    assert load_splits(str(tmp_path), oos_label="Out of scope").out_of_scope.texts == ["what is the weather", "tell me a joke"]
 
 
 def test_a_file_saved_by_excel_as_plain_csv_reads_as_windows_1252_with_a_warning(tmp_path, caplog):
@@ -415,13 +440,12 @@ def test_thin_intents_training_queries_are_repeated_toward_the_median():
 
 def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path, caplog):
     rows = [(f"where is my card {i}", "card_arrival") for i in range(3)] + [(f"card still not here {i}", "CARD_ARRIVAL") for i in range(3)] \
-        + [(f"what's the weather {i}", "OUT_OF_SCOPE") for i in range(2)] + [("hello", "out_of_scope")] \
+        + [("hello", "out_of_scope")] \
         + [(f"my pin is blocked {i}", "pin_blocked") for i in range(3)] + [(f"tell me a joke {i}", "OOS") for i in range(2)]
     write_csv(tmp_path / "train.csv", rows)
     splits = load_splits(tmp_path)
-    assert sorted(splits.labels) == ["CARD_ARRIVAL", "OOS", "OUT_OF_SCOPE", "card_arrival", "pin_blocked"]  # trained as given
+    assert sorted(splits.labels) == ["CARD_ARRIVAL", "OOS", "card_arrival", "pin_blocked"]  # trained as given
     assert "labels 'CARD_ARRIVAL', 'card_arrival' differ only in case or separators and train as 2 intents" in caplog.text
-    assert "label 'OUT_OF_SCOPE' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope'" in caplog.text
     assert ("label 'OOS' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope' "
             "(--oos-label OOS if these rows are out of scope)") in caplog.text
     from bankintent.data import label_warnings  # a label with a space is quoted, for the shell

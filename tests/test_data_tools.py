@@ -80,11 +80,11 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_data, bad)
     with open(bad / "train.csv", "a") as handle:
-        handle.write("where is my card,\n")
+        handle.write("where is my card,\"unclosed\n")
     with pytest.raises(SystemExit):
         cli.main(["audit", "--data", str(bad), "--output", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "train.csv: line 82: empty label in column 'category'" in error
+    assert error.count("\n") == 0 and "train.csv: line 82: a double quote opens a text that is never closed" in error
     one = tmp_path / "one"
     one.mkdir()
     write_csv(one / "train.csv", [("hello", "greet"), ("hi", "greet")])

@@ -305,18 +305,18 @@ def _jsonl_rows(path: Path, handle, columns):
 
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
                   strict: bool = False) -> Examples:
-    """Read a labelled .csv or .jsonl file. A row whose text is empty or whitespace is skipped and
-    counted (one blank row should not refuse a whole public data set); with ``strict`` it is refused.
-    Every other row needs a text and a label."""
+    """Read a labelled .csv, .tsv or .jsonl file. A row whose text or label is empty or whitespace is
+    skipped and counted (one blank row should not refuse a whole public data set, nor a row left
+    unlabelled a whole sheet); with ``strict`` it is refused. A query labelled two ways is warned about."""
     path = Path(path)
     if path.is_file():
         file_kind(path, DATA_SUFFIXES, "a labelled data file")
     texts: list[str] = []
     labels: list[str] = []
     numbers: list[int] = []
-    empty = 0
+    empty, unlabelled = 0, []
     for number, row in iter_rows(path, (text_column, label_column)):
-        value = row[text_column]
+        value, label = row[text_column], row[label_column]
         if value is None or isinstance(value, str) and not value.strip():
             if strict:
                 raise DataError(f"{path}: line {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
@@ -324,20 +324,44 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: line {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
-        texts.append(value.strip())
-        label = row[label_column]
         if label is None or not str(label).strip():
-            raise DataError(f"{path}: line {number}: empty label in column {label_column!r}")
+            if strict:
+                raise DataError(f"{path}: line {number}: empty label in column {label_column!r} (strict_data refuses unlabelled rows)")
+            unlabelled.append(number)
+            continue
+        texts.append(value.strip())
         labels.append(str(label).strip())
         numbers.append(number)
     if not texts:
-        raise DataError(f"{path}: no rows with a text ({empty} empty row(s) skipped)" if empty else f"{path}: no rows after the header")
+        skipped = f"{empty} row(s) with an empty text, {len(unlabelled)} with no label skipped"
+        raise DataError(f"{path}: no labelled rows ({skipped})" if empty or unlabelled else f"{path}: no rows after the header")
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped (strict_data / --strict-data refuses them)", path, empty)
+    if unlabelled:
+        shown = ", ".join(map(str, unlabelled[:5])) + (", ..." if len(unlabelled) > 5 else "")
+        log.warning("%s: %d row(s) with no label in column %r skipped (line%s %s); label them to train on them "
+                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column,
+                    "s" if len(unlabelled) > 1 else "", shown)
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
         log.warning("%s: %d duplicated row(s) kept", path, duplicates)
-    return Examples(texts, labels, numbers, empty, duplicates)
+    _warn_conflicts(path, texts, labels, numbers)
+    return Examples(texts, labels, numbers, empty + len(unlabelled), duplicates)
+
+
+def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: list[int]) -> None:
+    """Say which queries the file labels two ways (case and spaces aside): the model is taught both, and
+    one is most likely a mistake."""
+    seen: dict[str, dict[str, int]] = {}
+    for text, label, number in zip(texts, labels, numbers):
+        seen.setdefault(query_key(text), {}).setdefault(label, number)
+    conflicts = [(key, found) for key, found in seen.items() if len(found) > 1]
+    if not conflicts:
+        return
+    shown = "; ".join(f"{key[:40]!r} as {' and '.join(f'{label!r} (line {line})' for label, line in found.items())}"
+                      for key, found in conflicts[:3]) + ("; ..." if len(conflicts) > 3 else "")
+    log.warning("%s: %d query(ies) labelled more than one way: %s; the model is taught every label, so keep the right one "
+                "(`bankintent audit` lists near-copies too)", path, len(conflicts), shown)
 
 
 def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool = False,
@@ -790,6 +814,11 @@ def load_splits(
     out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
+    spelled = sorted({label for label in full.labels if oos_label and label != oos_label and _label_key(label) == _label_key(oos_label)})
+    if spelled:  # rows meant as out-of-scope examples would train an intent, and the fallback would have none
+        raise DataError(f"{files.train}: label {spelled[0]!r} is the out-of-scope label {oos_label!r} written otherwise, and its "
+                        f"rows would train as an intent; pass --oos-label {shlex.quote(spelled[0])} (oos_label in Python) to "
+                        f"take them as out-of-scope examples, or relabel them {oos_label!r}")
     for warning in label_warnings(full.labels, oos_label):
         log.warning("%s: %s", files.train, warning)
     validation = None
