@@ -7,7 +7,7 @@
   instead so that the mean confidence equals the accuracy estimated with Laplace's rule of succession
   (``accuracy_temperature``), and metrics.json says so (``temperature_rule``, ``temperature_note``).
   Leaving such a model's softmax as it is was worse: a probe regularised on a few dozen queries
-  answered the queries it got right with confidences of 0.3-0.6.
+  answered even the queries it got right with low confidence.
 - The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics and the kNN bank are
   fitted on the training split's embeddings; the default score is the one that catches the most
   out-of-scope examples at its threshold (``ood.choose``; ``out_of_scope_examples`` says which

@@ -79,8 +79,8 @@ COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
 RMD_WEIGHT = 0.25  # the relative Mahalanobis distance's weight in knn+msp+rmd
 # The least standard deviation msp is divided by in knn+msp: a model sure of nearly every validation
 # query (a few easy intents, a sharp temperature) has msp all but constant there, and a query it is
-# 99% sure of would otherwise count as many deviations out, outweighing the kNN distance. Validation
-# msp varies by about ten times this on Banking77, where the floor changes nothing.
+# 99% sure of would otherwise count as many deviations out, outweighing the kNN distance. On Banking77
+# validation msp varies far more than this, and the floor changes nothing.
 MSP_STD_FLOOR = 0.01
 # the arrays of ood.safetensors each score needs
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale"),
@@ -222,8 +222,8 @@ def rmd_evidence(standardised: np.ndarray) -> np.ndarray:
     else 0. It tells a query that lies among the intents but nearer to none of them (the banking request
     no intent covers); a query far from all of them (chatter) is as far from the background, and its
     relative distance can fall below every in-scope query's: with a few intents it ranked the probe
-    set's chatter as the most in scope of all (AUROC 0.000 alone; the sum then caught 1% of it). Cut
-    at 0, it only ever adds evidence; in the held-out-intents protocol the recalls were the same."""
+    set's chatter as the most in scope of all, and the sum then caught almost none of it. Cut at 0, it
+    only ever adds evidence; the held-out-intents protocol's recalls did not change (docs/results/out_of_scope)."""
     return np.maximum(standardised, 0.0)
 
 

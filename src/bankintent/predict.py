@@ -54,7 +54,7 @@ OUT_OF_SCOPE = "out_of_scope"
 CPU_BATCH = 8  # queries per forward pass on a CPU: similar lengths, little padding
 GPU_BATCH = 512  # on a GPU: large batches keep it busy
 # a forward pass's fixed cost, in tokens' worth of its compute (``length_batches``); measured by
-# benchmarks/batch_cost.py: about 7 tokens for the ONNX exports, about 40 for PyTorch on a CPU
+# benchmarks/batch_cost.py (docs/benchmarks.md): a few tokens for the ONNX exports, several times that for PyTorch on a CPU
 ONNX_PASS_TOKENS = 8
 TORCH_CPU_PASS_TOKENS = 40
 # ONNX Runtime fusions left out: on a CPU, the fused SkipLayerNormalization and BiasGelu kernels took

@@ -537,7 +537,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 def inference_threads() -> int:
     """Threads for the forward passes: $OMP_NUM_THREADS if set, else every core. The forward passes
     take most of a request's CPU time, and the event loop's work (HTTP, JSON) fits between them:
-    on 2 cores, 2 inference threads served 16 clients faster than 1 (README, benchmarks/serve_load.py)."""
+    on the 2-core development machine, two inference threads served 16 clients faster than one
+    (benchmarks/serve_load.py, docs/benchmarks.md)."""
     return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
@@ -548,7 +549,7 @@ def return_freed_memory() -> bool:
     """On glibc, serve every allocation of 128 KiB or more (a batch's activations) from its own
     mmap, given back to the system when freed. glibc's default raises that threshold each time such a
     block is freed (up to 32 MiB); the service's ever-changing batch shapes then fragment the heap and
-    its resident memory creeps up: +24% in 60 s of ``benchmarks/soak.py``, +2% with the fixed threshold.
+    its resident memory creeps up, which ``benchmarks/soak.py`` measures with and without the fixed threshold.
     Returns whether the setting took (False off glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -181,8 +181,8 @@ class RDropTrainer(Trainer):
 class WeightAveraging(TrainerCallback):
     """The mean of the trainable weights at the end of each epoch (``average_weights``; stochastic weight
     averaging, Izmailov et al., 2018, over the epochs of one linearly decaying run), which then replaces
-    the best epoch's weights. Only the trainable weights are averaged (LoRA and the head: 1.4 MiB for
-    lpft), where ``torch.optim.swa_utils.AveragedModel`` would copy the whole model. The mean travels
+    the best epoch's weights. Only the trainable weights are averaged (LoRA and the head for lpft: a
+    small copy), where ``torch.optim.swa_utils.AveragedModel`` would copy the whole model. The mean travels
     with each checkpoint (``weight_average.safetensors``), so ``--resume`` continues it.
 
     Why lpft uses it: choosing the weights on one half of the validation split and scoring them on
