@@ -490,6 +490,10 @@ def test_bad_ports_and_worker_counts_are_one_line():
         check_port("10.255.255.1", 8000)
     with pytest.raises(ConfigError, match="--workers must be at least 1, got 0"):
         serve("nowhere", None, "127.0.0.1", 0, 0, None, 64, 2.0)
+    with pytest.raises(ConfigError, match=r"--max-batch must be >= 1"):  # checked before the workers start, not in each
+        serve("nowhere", None, "127.0.0.1", 0, 2, None, 0, 2.0)
+    with pytest.raises(ConfigError, match="--oos-threshold is for one model"):
+        serve(None, "models", "127.0.0.1", 0, 2, None, 64, 2.0, oos_threshold=2.0)
 
 
 def free_port() -> int:

@@ -441,6 +441,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def check_serve_options(models_dir: str | Path | None, max_batch: int, max_wait_ms: float, oos_threshold: float | None) -> None:
+    """The service's options that no model is needed to check: checked once before ``--workers`` start
+    their processes, and by ``create_app``."""
+    if max_batch < 1 or max_wait_ms < 0:
+        raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
+    if oos_threshold is not None and models_dir:
+        raise ConfigError("--oos-threshold is for one model (a threshold is on one model's score scale); serve its folder, "
+                          "or give --oos-score alone, which takes each model's threshold for that score")
+
+
 def create_app(model_dir: str | Path | None = None, models_dir: str | Path | None = None, api_key_file: str | Path | None = None,
                max_batch: int = 64, max_wait_ms: float = 2.0, oos_score: str | None = None,
                oos_threshold: float | None = None) -> FastAPI:
@@ -448,11 +458,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     ``oos_score``: the out-of-scope score of every model (default: each model's own), with the
     threshold chosen for it at training, or ``oos_threshold`` (one model only: a threshold is on one
     model's scale), as ``predict --oos-threshold`` takes it."""
-    if max_batch < 1 or max_wait_ms < 0:
-        raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
-    if oos_threshold is not None and models_dir:
-        raise ConfigError("--oos-threshold is for one model (a threshold is on one model's score scale); serve its folder, "
-                          "or give --oos-score alone, which takes each model's threshold for that score")
+    check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)
     auth = [Depends(bearer_auth(read_api_keys(api_key_file)))] if api_key_file else []
     registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score,
                         oos_threshold=oos_threshold)
@@ -619,7 +625,8 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
         print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs; {threads} inference thread(s))", flush=True)
         uvicorn.run(app, **settings)
         return
-    Registry(model_dir=model_dir, models_dir=models_dir)  # fails here, once, on a missing folder
+    check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)  # here, once, not in every worker
+    Registry(model_dir=model_dir, models_dir=models_dir)  # a missing folder
     if api_key_file:
         read_api_keys(api_key_file)
     os.environ[ENVIRONMENT] = json.dumps(options)
