@@ -235,7 +235,7 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
         distill(teacher, out, unlabelled=bad)
     one_line(exc)
     with pytest.raises(DataError, match=r"must be \.txt"):
-        distill(teacher, out, unlabelled=tmp_path / "queries.tsv")
+        distill(teacher, out, unlabelled=tmp_path / "queries.xml")
     with pytest.raises(ConfigError, match="must not hold the teacher"):
         distill(teacher / "adapter", teacher, overwrite=True)
     assert not out.exists()

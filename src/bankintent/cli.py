@@ -48,7 +48,7 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
     from bankintent.errors import TrainingInterrupted
-    from bankintent.results import markdown_table, results_row
+    from bankintent.results import markdown_table, percent, results_row
     from bankintent.training import train as run
 
     try:
@@ -60,61 +60,20 @@ def train(args: argparse.Namespace) -> None:
     if metrics:
         print(markdown_table([results_row(metrics)]))
         if metrics.get("test_oos_recall") is not None:
-            print(f"out-of-scope: the fallback catches {_pct(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
+            print(f"out-of-scope: the fallback catches {percent(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
         print(f"\nmodel: {cfg.output}/adapter   metrics: {cfg.output}/metrics.json")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "
                   f"model has not seen with: bankintent evaluate {cfg.output} --data FILE")
 
 
-def _pct(value, digits: int = 2) -> str:
-    return f"{value:.{digits}%}" if isinstance(value, Real) and value == value else "n/a"  # NaN: no queries
-
-
 def evaluate(args: argparse.Namespace) -> None:
     _status(f"evaluating {args.dir} on its {args.split} split ...")
-    from bankintent.evaluation import evaluate_run, evaluation_files
+    from bankintent.evaluation import evaluate_run, summary_lines
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
                            args.oos_label, args.unseen_as_oos, args.oos_score, args.oos_threshold)
-    coverage = summary.get("out_of_scope") or {}
-    if summary.get("queries") == 0:  # a file of out-of-scope queries alone
-        print(f"{args.split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "
-              f"catches {_pct(coverage.get('oos_recall'), 1)} of {coverage.get('oos_examples')}")
-        print(f"written in {Path(args.output or args.dir)}: {args.split}_evaluation.json, {args.split}_out_of_scope.csv")
-        return
-    ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
-    fallback = isinstance((summary.get("out_of_scope") or {}).get("threshold"), Real)
-    print(f"{args.split}: {summary.get('queries', '?')} queries, accuracy {_pct(summary.get('accuracy'))}"
-          f"{' (every query answered with its top intent; the out-of-scope line below has the fallback)' if fallback else ''}, "
-          f"macro-F1 {_pct(summary.get('macro_f1'))}{ece}")
-    lengths = summary.get("accuracy_by_length") or []
-    if lengths:
-        print("accuracy by length: " + ", ".join(f"{r.get('length')} {_pct(r.get('accuracy'), 1)} ({r.get('queries')})" for r in lengths))
-    pairs = summary.get("confused_pairs") or []
-    if pairs:
-        print("most confused intent pairs:")
-    for pair in pairs:
-        example = (pair.get("examples") or [""])[0]
-        print(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
-    if isinstance(coverage.get("threshold"), Real):
-        recall = coverage.get("oos_recall", coverage.get("probe_recall"))
-        examples = coverage.get("oos_examples")
-        if coverage.get("oos_recall_optimistic"):
-            examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
-        target = coverage.get("coverage_target")
-        aim = f" (target {_pct(target, 0)})" if isinstance(target, Real) else ""
-        print(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
-              f"{_pct(coverage.get('coverage'), 1)}{aim}, accuracy on those {_pct(coverage.get('accuracy_kept'))}"
-              + (f", recall {_pct(recall, 1)} on {examples if examples and examples != 'none' else 'out-of-scope examples'}"
-                 if isinstance(recall, Real) else ""))
-        if coverage.get("oos_score_reason"):
-            print(f"  score: {coverage['oos_score_reason']}")
-        print(f"  every score at other thresholds (the share answered, accuracy, recall): {args.split}_coverage.csv")
-    folder = Path(args.output or args.dir)
-    written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{args.split}_")]
-    if written:
-        print(f"written in {folder}: {', '.join(written)}")
+    print("\n".join(summary_lines(summary, args.split, Path(args.output or args.dir))))
 
 
 def prediction_line(result: dict) -> str:
@@ -285,12 +244,13 @@ def select(args: argparse.Namespace) -> None:
 def distill(args: argparse.Namespace) -> None:
     _status(f"distilling {args.dir} into {args.output} ...")
     from bankintent.distill import distill as run
+    from bankintent.results import percent
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
     metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
     teacher = metrics.get("teacher_test_accuracy")
-    print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {_pct(metrics['val_accuracy'])}, "
-          f"test {_pct(metrics['test_accuracy'])} (teacher {_pct(teacher)}) -> {Path(args.output) / 'adapter'}")
+    print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {percent(metrics['val_accuracy'], missing='n/a')}, "
+          f"test {percent(metrics['test_accuracy'], missing='n/a')} (teacher {percent(teacher, missing='n/a')}) -> {Path(args.output) / 'adapter'}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

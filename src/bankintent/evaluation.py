@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_c
 from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
-from bankintent.results import write_json
+from bankintent.results import percent, write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
@@ -254,3 +255,46 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
         summary["out_of_scope"]["oos_recall_optimistic"] = True
     write_json(out / f"{split}_evaluation.json", summary)
     return summary
+
+
+def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
+    """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
+    accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
+    pct = lambda value, digits=2: percent(value, digits, missing="n/a")  # noqa: E731
+    coverage = summary.get("out_of_scope") or {}
+    if summary.get("queries") == 0:  # a file of out-of-scope queries alone
+        return [f"{split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "
+                f"catches {pct(coverage.get('oos_recall'), 1)} of {coverage.get('oos_examples')}",
+                f"written in {folder}: {split}_evaluation.json, {split}_out_of_scope.csv"]
+    fallback = isinstance(coverage.get("threshold"), Real)
+    ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
+    lines = [f"{split}: {summary.get('queries', '?')} queries, accuracy {pct(summary.get('accuracy'))}"
+             f"{' (every query answered with its top intent; the out-of-scope line below has the fallback)' if fallback else ''}, "
+             f"macro-F1 {pct(summary.get('macro_f1'))}{ece}"]
+    lengths = summary.get("accuracy_by_length") or []
+    if lengths:
+        lines.append("accuracy by length: " + ", ".join(f"{r.get('length')} {pct(r.get('accuracy'), 1)} ({r.get('queries')})" for r in lengths))
+    pairs = summary.get("confused_pairs") or []
+    if pairs:
+        lines.append("most confused intent pairs:")
+    for pair in pairs:
+        example = (pair.get("examples") or [""])[0]
+        lines.append(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
+    if fallback:
+        recall = coverage.get("oos_recall", coverage.get("probe_recall"))
+        examples = coverage.get("oos_examples")
+        if coverage.get("oos_recall_optimistic"):
+            examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
+        target = coverage.get("coverage_target")
+        aim = f" (target {pct(target, 0)})" if isinstance(target, Real) else ""
+        lines.append(f"out-of-scope ({coverage.get('oos_score')}, threshold {coverage['threshold']:.4g}): answers "
+                     f"{pct(coverage.get('coverage'), 1)}{aim}, accuracy on those {pct(coverage.get('accuracy_kept'))}"
+                     + (f", recall {pct(recall, 1)} on {examples if examples and examples != 'none' else 'out-of-scope examples'}"
+                        if isinstance(recall, Real) else ""))
+        if coverage.get("oos_score_reason"):
+            lines.append(f"  score: {coverage['oos_score_reason']}")
+        lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
+    written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
+    if written:
+        lines.append(f"written in {folder}: {', '.join(written)}")
+    return lines

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from bankintent.config import TrainConfig
-from bankintent.results import human_bytes
+from bankintent.results import human_bytes, percent
 
 METHOD_TEXT = {
     "lpft": "a linear probe on the frozen encoder's mean-pooled embeddings, then LoRA fine-tuning that starts from the probe's head (LP-FT)",
@@ -59,10 +59,6 @@ def _metadata(cfg: TrainConfig, metrics: dict) -> dict:
 def _source(cfg: TrainConfig, metrics: dict) -> str:
     found = metrics.get("data", cfg.data)
     return cfg.data if found == cfg.data else f"{cfg.data} (read from {found})"
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 SCORE_TEXT = {
@@ -183,7 +179,7 @@ def _procedure(cfg: TrainConfig, metrics: dict, lora: str, kept: str) -> str:
     """The training-procedure list: a trained run's options, or a distilled student's."""
     hardware = f"- hardware: {metrics['hardware']}; training time {metrics['train_seconds'] / 60:.1f} min"
     if metrics.get("method") == "distill":
-        teacher = f"{_pct(metrics.get('teacher_val_accuracy'))} validation, {_pct(metrics.get('teacher_test_accuracy'))} test"
+        teacher = f"{percent(metrics.get('teacher_val_accuracy'))} validation, {percent(metrics.get('teacher_test_accuracy'))} test"
         unlabelled = f", unlabelled queries from `{metrics['unlabelled_file']}`" if metrics.get("unlabelled_file") else ""
         members = metrics.get("ensemble_teachers") or []
         others = "".join(f", `{other}`" for other in members)
@@ -289,8 +285,8 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 
 | Split | Accuracy | Macro-F1 |
 |---|---|---|
-| validation | {_pct(metrics['val_accuracy'])} | {_pct(metrics['val_macro_f1'])} |
-| test | {_pct(metrics.get('test_accuracy'))} | {_pct(metrics.get('test_macro_f1'))} |
+| validation | {percent(metrics['val_accuracy'])} | {percent(metrics['val_macro_f1'])} |
+| test | {percent(metrics.get('test_accuracy'))} | {percent(metrics.get('test_macro_f1'))} |
 {f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{f"{chr(10)}Note: {thin_intents_note(metrics)}{chr(10)}" if metrics.get("thin_intents") else ""}
 {chosen}
 

@@ -44,6 +44,7 @@ from bankintent.results import (  # noqa: E402
     aggregate_runs,
     human_bytes,
     markdown_table,
+    percent,
     results_row,
     results_tables,
     whole_epochs,
@@ -300,10 +301,6 @@ def _number(value, digits: int = 4, style: str = "g") -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}{style}}"
 
 
-def _share(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.1%}"
-
-
 def _temperature(m: dict) -> str:
     if m.get("temperature") is None:
         return "-"
@@ -315,8 +312,8 @@ def _temperature(m: dict) -> str:
 def _kept(m: dict) -> str:
     """The share of the validation queries the threshold answers, and its target (runs before the share
     was recorded: the target alone)."""
-    target = _share(m.get("oos_coverage_target"))
-    return f"{_share(m['oos_val_coverage'])} ({target})" if m.get("oos_val_coverage") is not None else f"({target})"
+    target = percent(m.get("oos_coverage_target"), 1)
+    return f"{percent(m['oos_val_coverage'], 1)} ({target})" if m.get("oos_val_coverage") is not None else f"({target})"
 
 
 def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path, source: str | None = None) -> str:
@@ -334,8 +331,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
             "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _kept(m),
             **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"),
-            "Caught": _share(recall) + (" *" if m.get("oos_recall_optimistic") else ""),
-            "Caught on test": _share(m.get("test_oos_recall")),  # the test file's own out-of-scope rows, held out
+            "Caught": percent(recall, 1) + (" *" if m.get("oos_recall_optimistic") else ""),
+            "Caught on test": percent(m.get("test_oos_recall"), 1),  # the test file's own out-of-scope rows, held out
         })
     parts = [
         "## Calibration and the out-of-scope fallback",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
+def percent(value, digits: int = 2, missing: str = "-") -> str:
+    """``value`` (a share) as a percentage; ``missing`` where there is none (None, NaN: no queries)."""
+    return f"{value:.{digits}%}" if isinstance(value, Real) and not math.isnan(value) else missing
 
 
 def results_row(metrics: dict) -> dict[str, str]:
     return {
         "Method": metrics["method"],
-        "Val Acc": _pct(metrics.get("val_accuracy")),
-        "Test Acc": _pct(metrics.get("test_accuracy")),
-        "Macro-F1": _pct(metrics.get("test_macro_f1")),
+        "Val Acc": percent(metrics.get("val_accuracy")),
+        "Test Acc": percent(metrics.get("test_accuracy")),
+        "Macro-F1": percent(metrics.get("test_macro_f1")),
         "Trainable %": f"{metrics['trainable_pct']:.3f}%",
         "Adapter size": human_bytes(metrics["adapter_bytes"]),
         "Training time": f"{metrics['train_seconds'] / 60:.1f} min",
