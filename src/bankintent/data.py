@@ -814,13 +814,13 @@ def load_splits(
     out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
-    log.info("%s: %d queries of %d intents%s", files.train, len(full), len(set(full.labels)),
-             f", and {_rows(len(oos))} labelled {oos_label!r} (out-of-scope examples)" if oos else "")
     spelled = sorted({label for label in full.labels if oos_label and label != oos_label and _label_key(label) == _label_key(oos_label)})
     if spelled:  # rows meant as out-of-scope examples would train an intent, and the fallback would have none
         raise DataError(f"{files.train}: label {spelled[0]!r} is the out-of-scope label {oos_label!r} written otherwise, and its "
                         f"rows would train as an intent; pass --oos-label {shlex.quote(spelled[0])} (oos_label in Python) to "
                         f"take them as out-of-scope examples, or relabel them {oos_label!r}")
+    log.info("%s: %d queries of %d intents%s", files.train, len(full), len(set(full.labels)),
+             f", and {_rows(len(oos))} labelled {oos_label!r} (out-of-scope examples)" if oos else "")
     for warning in label_warnings(full.labels, oos_label):
         log.warning("%s: %s", files.train, warning)
     validation = None
