@@ -131,7 +131,7 @@ class TrainConfig:
     overwrite: bool = option(False, "replace what a non-empty output folder holds (without it, training refuses)")
     resume: bool = option(False, "continue the interrupted run in the output folder from its last checkpoint, "
                                         "with the options its config.yaml records (other options are refused)")
-    strict_data: bool = option(False, "refuse a data file with empty rows instead of skipping them with a warning")
+    strict_data: bool = option(False, "refuse a data file with empty or unlabelled rows instead of skipping them with a warning")
     oos_label: str = option("out_of_scope", "rows with this label are out-of-scope examples, not an intent")
     oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
 
