@@ -15,6 +15,7 @@ from bankintent.cli import build_parser, main
 from bankintent.config import AUTO, for_data
 from bankintent.errors import ConfigError, DataError
 from bankintent.contrastive import PAIR_BUDGET, pairs, pairs_per_query
+from bankintent.data import run_splits
 from bankintent.training import CROSS_FITTED, CROSS_FITTED_OUT_OF_FOLD
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
 
@@ -48,10 +49,10 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
 def test_the_default_method_is_contrastive_for_small_data_and_lpft_otherwise(tiny_bert, three_shot, tmp_path):
     auto = resolve_config(None, lr=1e-3)
     assert auto.method == AUTO
-    small, large = for_data(auto, small_data=True), for_data(auto, small_data=False)
+    small, large = for_data(auto, few_examples=True), for_data(auto, few_examples=False)
     assert (small.method, small.epochs, small.average_weights, small.lr) == ("contrastive", 1, False, 1e-3)  # lr was given
     assert large == resolve_config(None, method="lpft", lr=1e-3)
-    assert for_data(resolve_config(None, method="lora"), small_data=True).method == "lora"  # a named method is kept
+    assert for_data(resolve_config(None, method="lora"), few_examples=True).method == "lora"  # a named method is kept
     metrics = train(resolve_config(None, **tiny_options(tiny_bert, three_shot, tmp_path, epochs=None)))
     assert metrics["method"] == "contrastive" and metrics["val_size"] == 0
     assert resolve_config(tmp_path / "config.yaml").method == "contrastive"  # the run's config says what ran
@@ -68,11 +69,13 @@ def test_intent_names_join_the_training_queries_of_small_data(setting, per_inten
     assert ("include each intent's name as words (4: `--intent-names`)" in card) == bool(added)
 
 
-def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tmp_path):
+def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tiny_data, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.csv").write_text((three_shot / "train.csv").read_text())
     write_csv(data / "valid.csv", [(text, intent) for intent, texts in INTENTS.items() for text in texts])
+    assert run_splits(resolve_config(None, data=str(data))).few_examples  # the auto method's contrastive, with a validation file too
+    assert not run_splits(resolve_config(None, data=str(tiny_data))).few_examples  # 20 an intent: lpft
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "run", probe_c=[0.1, 10.0])))
     assert metrics["val_size"] == 16 and metrics["val_accuracy"] is not None and "calibration" not in metrics
     assert metrics["probe_c_chosen"] == "on the validation split" and metrics["probe_val_accuracy"] == metrics["val_accuracy"]

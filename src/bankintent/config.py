@@ -22,9 +22,9 @@ DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 METHODS = ("lpft", "lpft-full", "lora", "full", "lora-unfreeze", "linear-probe", "contrastive")
 LORA_METHODS = ("lpft", "lora", "lora-unfreeze")  # the others train every weight, or none
-# The default method: decided by the data once it is read (``for_data``): ``contrastive`` for small
-# data (no validation file and few examples per intent, ``Splits.small_data``), where it scored above
-# lpft and the linear probe at 5 and 10 examples per intent (docs/results/fewshot), else ``lpft``.
+# The default method: decided by the data once it is read (``for_data``): ``contrastive`` where the
+# median intent has fewer than 20 training examples (``Splits.few_examples``, with or without a validation
+# file), where it scored above lpft and the linear probe (docs/results/fewshot), else ``lpft``.
 AUTO = "auto"
 
 # The recipes. `lora`, `full` and `lora-unfreeze` are the original study's methods; they train with
@@ -77,8 +77,8 @@ class TrainConfig:
     """Every option of ``bankintent train``; the YAML keys are these field names, documented by their
     ``help`` (``dataclasses.fields(TrainConfig)[i].metadata["help"]``)."""
 
-    method: str = option(AUTO, "recipe: auto (lpft, or contrastive for small data: no validation file and few examples per "
-                         "intent), lpft (linear probe, then LoRA), lpft-full (linear probe, then every weight), lora, full (every weight), "
+    method: str = option(AUTO, "recipe: auto (lpft, or contrastive where the median intent has fewer than 20 training "
+                         "examples), lpft (linear probe, then LoRA), lpft-full (linear probe, then every weight), lora, full (every weight), "
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
                          "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=(AUTO, *METHODS))
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
@@ -346,13 +346,13 @@ def differences(was: dict, now: dict) -> str | None:
     return "; ".join(f"{key} {was.get(key, '(not given)')} -> {now.get(key, '(not given)')}" for key in changed) or None
 
 
-def for_data(cfg: TrainConfig, small_data: bool) -> TrainConfig:
-    """``cfg`` with the ``auto`` method decided by the data: ``contrastive`` for small data, else
-    ``lpft``. Options still at lpft's recipe values take the chosen recipe's (an option set to
+def for_data(cfg: TrainConfig, few_examples: bool) -> TrainConfig:
+    """``cfg`` with the ``auto`` method decided by the data: ``contrastive`` for few examples per intent
+    (``Splits.few_examples``), else ``lpft``. Options still at lpft's recipe values take the chosen recipe's (an option set to
     exactly lpft's value is taken for one left at it); options given otherwise are kept."""
     if cfg.method != AUTO:
         return cfg
-    method = "contrastive" if small_data else "lpft"
+    method = "contrastive" if few_examples else "lpft"
     lpft, chosen = recipe_values("lpft"), recipe_values(method)
     changes = {name: chosen[name] for name in set(RECIPES["lpft"]) | set(RECIPES[method])
                if getattr(cfg, name) == lpft[name]}

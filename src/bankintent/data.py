@@ -122,6 +122,13 @@ class Splits:
         """No validation split: small data without a validation file (every training row trains)."""
         return len(self.validation) == 0
 
+    @property
+    def few_examples(self) -> bool:
+        """Few examples per intent to train on, with or without a validation file: small data, or a
+        training file whose median intent has fewer than ``SMALL_DATA_PER_INTENT`` beside a validation
+        file of its own. What the ``auto`` method trains ``contrastive`` for."""
+        return self.small_data or bool(self.notes.get("validation_from_file")) and is_small(self.train.labels)
+
     def ids(self, split: Examples) -> list[int]:
         index = {name: i for i, name in enumerate(self.labels)}
         return [index[label] for label in split.labels]

@@ -376,7 +376,7 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
     if cfg.resume:
         check_resumed_options(cfg, Path(cfg.output))
     splits = run_splits(cfg, notes=False)
-    if for_data(cfg, splits.small_data).method == "linear-probe":
+    if for_data(cfg, splits.few_examples).method == "linear-probe":
         raise ConfigError(f"--nproc {nproc}: linear-probe trains no weights by gradient descent (it fits a scikit-learn probe "
                           f"on the base model's embeddings, in one process); leave --nproc out")
 
@@ -414,7 +414,7 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
     recorded = read_yaml(recorded_file)
     now = cfg
     if now.method == AUTO and recorded.get("method") in ("lpft", "contrastive"):
-        now = for_data(now, small_data=recorded["method"] == "contrastive")
+        now = for_data(now, few_examples=recorded["method"] == "contrastive")
     if now.pooling == "auto" and recorded.get("pooling"):
         now = dataclasses.replace(now, pooling=recorded["pooling"])
     compared = set(recorded) - {"output", "overwrite", "resume"}  # a run folder of an older version may lack newer options
@@ -655,8 +655,8 @@ def _train(cfg: TrainConfig) -> dict:
         if cfg.resume:
             check_same_data(splits, out / "checkpoints")
         if cfg.method == AUTO:
-            cfg = for_data(cfg, splits.small_data)
-            log.info("method: %s (the default for %s)", cfg.method, "small data" if splits.small_data else "this data")
+            cfg = for_data(cfg, splits.few_examples)
+            log.info("method: %s (the default for %s)", cfg.method, "few examples per intent" if splits.few_examples else "this data")
         if cfg.pooling == "auto":
             cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
             log.info("pooling: %s (the base model's own)", cfg.pooling)
