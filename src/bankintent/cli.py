@@ -249,8 +249,9 @@ def distill(args: argparse.Namespace) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
     metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
     teacher = metrics.get("teacher_test_accuracy")
-    print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {percent(metrics['val_accuracy'], missing='n/a')}, "
-          f"test {percent(metrics['test_accuracy'], missing='n/a')} (teacher {percent(teacher, missing='n/a')}) -> {Path(args.output) / 'adapter'}")
+    pct = lambda value: percent(value, missing="n/a")  # noqa: E731
+    print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
+          f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / 'adapter'}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -348,8 +348,9 @@ def differences(was: dict, now: dict) -> str | None:
 
 def for_data(cfg: TrainConfig, few_examples: bool) -> TrainConfig:
     """``cfg`` with the ``auto`` method decided by the data: ``contrastive`` for few examples per intent
-    (``Splits.few_examples``), else ``lpft``. Options still at lpft's recipe values take the chosen recipe's (an option set to
-    exactly lpft's value is taken for one left at it); options given otherwise are kept."""
+    (``Splits.few_examples``), else ``lpft``. Options still at lpft's recipe values take the chosen
+    recipe's (an option set to exactly lpft's value is taken for one left at it); options given
+    otherwise are kept."""
     if cfg.method != AUTO:
         return cfg
     method = "contrastive" if few_examples else "lpft"

@@ -158,8 +158,7 @@ def _first_bad_line(path: Path, limit: int | None = None) -> tuple[int, int]:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                if exc.end < len(line) or limit is None or read + len(line) < limit:  # not a character cut at the limit
-                    return number, line[exc.start]
+                return number, line[exc.start]
             read += len(line)
             if limit is not None and read >= limit:
                 break
@@ -183,9 +182,14 @@ def _encoding(path: Path) -> str:
         head.decode("cp1252")
     except UnicodeDecodeError:
         raise _not_utf8(path, number, byte) from None
-    log.warning("%s: not UTF-8 (line %d, byte %#04x): read as Windows-1252, the encoding of Excel's plain CSV; check its "
-                "accented letters and symbols, or save it as CSV UTF-8", path, number, byte)
+    if str(path) not in _GUESSED:  # said once, though a file may be read more than once (its columns, then its rows)
+        _GUESSED.add(str(path))
+        log.warning("%s: not UTF-8 (line %d, byte %#04x): read as Windows-1252, the encoding of Excel's plain CSV; check its "
+                    "accented letters and symbols, or save it as CSV UTF-8", path, number, byte)
     return "cp1252"
+
+
+_GUESSED: set[str] = set()  # the files read as Windows-1252, warned about
 
 
 def _not_utf8(path: Path, number: int, byte: int) -> DataError:
