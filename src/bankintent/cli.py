@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
     p.add_argument("dir", help="a training run's output folder; or a model folder or an exported folder, with --data FILE")
-    p.add_argument("--data", help="a .csv/.jsonl file of labelled queries, evaluated as the test split; or 'banking77' or a "
+    p.add_argument("--data", help="a .csv/.tsv/.jsonl file of labelled queries, evaluated as the test split; or 'banking77' or a "
                                   "data folder, as train --data (default: the run's data)")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
     p.add_argument("--top-k", type=positive_int, default=3, help="most probable intents listed per query")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.add_argument("--input", help="file of queries: .txt (one a line), .csv or .jsonl; empty rows are skipped and counted")
+    p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv or .jsonl; empty rows are skipped and counted")
     p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")
@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("discover", "group out-of-scope queries into candidate new intents (clusters, keywords, examples, a map)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
-    p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv or .jsonl")
+    p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv, .tsv or .jsonl")
     p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv and map.png")
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("select", "the unlabelled queries most worth labelling next (uncertain and diverse)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
-    p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv or .jsonl")
+    p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv, .tsv or .jsonl")
     p.add_argument("--budget", type=int, required=True, help="how many queries to pick")
     p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")

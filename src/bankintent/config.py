@@ -82,7 +82,7 @@ class TrainConfig:
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
                          "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=(AUTO, *METHODS))
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
-    data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.jsonl), or one training file")
+    data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.tsv/.jsonl), or one training file")
     text_column: str = option("text", "column holding the query text in the data files")
     label_column: str = option("category", "column holding the intent label in the data files")
     pooling: str = option("mean", "query embedding: mean (mean-pooled, L2-normalised), cls (the model's own head on the first "
