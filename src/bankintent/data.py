@@ -413,7 +413,6 @@ def read_queries(path: str | Path, text_column: str = "text") -> tuple[list[int]
     """(row numbers, queries) of a whole .txt (one a line), .csv or .jsonl file of unlabelled queries,
     numbered as ``iter_queries`` numbers them; a file with none is an error."""
     path = Path(path).expanduser()
-    file_kind(path)
     rows, texts = [], []
     for row, text in iter_queries(path, text_column):
         rows.append(row)

@@ -246,8 +246,8 @@ class Predictor:
             raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
             raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
-        self.oos_threshold = oos_threshold if oos_threshold is not None else spec.oos_thresholds.get(self.oos_score)
         trained = spec.oos_thresholds.get(self.oos_score)
+        self.oos_threshold = oos_threshold if oos_threshold is not None else trained
         if oos_threshold is not None and trained and not abs(trained) / 10 <= abs(oos_threshold) <= 10 * abs(trained):
             # a threshold is on one score's scale (msp's is 0-1, Mahalanobis's hundreds): one kept from a model that
             # used another score would turn the fallback off, or everything away, without a word

@@ -186,7 +186,6 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
     if not finished:
         raise ConfigError(f"{storage}: no trial finished yet")
     best = study.best_trial
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     importance = {}
     if len(finished) >= MIN_IMPORTANCE_TRIALS:  # fewer: every parameter comes out alike, which says nothing
         try:
