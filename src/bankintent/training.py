@@ -647,53 +647,15 @@ def _train(cfg: TrainConfig) -> dict:
             logging.getLogger(name).setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    preprocessing = {"normalize_entities": cfg.normalize_entities}
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
-        set_seed(cfg.seed)
-        cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
-        splits = run_splits(cfg)
-        if cfg.resume:
-            check_same_data(splits, out / "checkpoints")
-        if cfg.method == AUTO:
-            cfg = for_data(cfg, splits.few_examples)
-            log.info("method: %s (the default for %s)", cfg.method, "few examples per intent" if splits.few_examples else "this data")
-        if cfg.pooling == "auto":
-            cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
-            log.info("pooling: %s (the base model's own)", cfg.pooling)
-        if splits.small_data and cfg.augment:
-            raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
-                              f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
-        if splits.small_data and cfg.method not in PROBE_FINAL_METHODS:
-            log.info("small data: --method contrastive is the few-shot recipe (docs/training.md, 'Your own data')")
-        spec = ModelSpec(
-            base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
-            max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing=preprocessing,
-            logit_scale=COLD_HEAD_SCALE if cfg.pooling == "mean" and cfg.method in COLD_HEAD_METHODS else 1.0,
-        )
-        tokenizer = load_tokenizer(cfg.base_model)
-        model = build_model(spec, cfg.allow_pickle)
-        if cfg.uses_lora:
-            check_target_modules(model, cfg.target_modules)
+        cfg, splits, spec, tokenizer, model = _resolve(cfg)
     except BaseException:
         if main:
             _remove_created(created)
         raise
-    thin = None if splits.small_data else thin_validation(splits)
-    unused = unused_options(cfg)
     if main:
-        if unused:
-            log.warning("%s does not use %s: %s change%s nothing", cfg.method, "; ".join(unused),
-                        "they" if len(unused) > 1 else "it", "" if len(unused) > 1 else "s")
-        for warning in (thin, thin_intents_warning(splits)):
-            if warning:
-                log.warning("%s", warning)
-        if cfg.overwrite and not cfg.resume:
-            _empty_run_folder(out)
-        elif cfg.resume:
-            _remove_stale_evaluation(out)
-        saved_config(cfg).save(out / "config.yaml")
-        record_data(splits, out / "checkpoints")
-    splits = prepare_splits(splits, cfg, preprocessing)
+        _start_run_folder(cfg, splits, out)
+    splits = prepare_splits(splits, cfg, spec.preprocessing)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
     if cfg.resume and resume_from is None:
@@ -722,60 +684,10 @@ def _train(cfg: TrainConfig) -> dict:
     history: list[dict] = []
     best_epoch = 0
     epochs_run = cfg.epochs if cfg.method == "contrastive" else 0  # the encoder's epochs on pairs; the probe has none
-    validate = not splits.small_data
     if cfg.method not in PROBE_FINAL_METHODS and cfg.epochs > 0:
-        train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
-        val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
-        steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * process.num_processes))
-        interrupt = SaveOnInterrupt()
-        callbacks = [interrupt, CheckpointPermissions(), TrainingClock(started, before)]
-        stopped_after = None  # the epoch at which early stopping had ended a resumed run
-        if validate:  # small data: no validation split to stop on, the recipe's epochs run
-            early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
-            if resume_from:
-                stopped_after = restore_early_stopping(early_stopping, resume_from)
-            callbacks.insert(0, early_stopping)
-        if cfg.method == "lora-unfreeze":
-            callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
-        averaging = WeightAveraging()
-        if cfg.average_weights:
-            callbacks.append(averaging)
-            if resume_from:
-                averaging.restore(resume_from)
-        rdrop = {"rdrop": cfg.rdrop} if cfg.rdrop else {}
-        trainer = (RDropTrainer if rdrop else Trainer)(
-            model=model,
-            args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate, epochs=stopped_after),
-            train_dataset=train_set,
-            eval_dataset=val_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=_accuracy if validate else None,
-            callbacks=callbacks,
-            **rdrop,
-        )
-        use_training_bar(trainer)
-        trainer.train(resume_from_checkpoint=resume_from)
-        if interrupt.interrupted:
-            raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}")
-        model = trainer.model
-        if averaging.count:
-            averaging.apply(model)
-            log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
-        history = history_from_logs(trainer.state.log_history)
-        best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
-        epochs_run = math.ceil(trainer.state.epoch or 0)  # early stopping may end it before cfg.epochs
-        if not validate and not averaging.count:
-            best_epoch = epochs_run  # no validation: the last epoch is kept
-        args = trainer.args
-        extra.update({
-            "averaged_epochs": averaging.count,
-            "world_size": args.world_size,
-            "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
-            "lr_scheduler": args.lr_scheduler_type.value,
-            "peak_lr": args.learning_rate,
-            "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
-            "optimizer_steps": trainer.state.global_step,  # the steps taken: fewer than planned where early stopping ended the run
-        })
+        model, history, best_epoch, epochs_run, facts = _fine_tune(
+            model, tokenizer, splits, cfg, checkpoints, resume_from, TrainingClock(started, before), process.num_processes)
+        extra.update(facts)
     train_seconds = before + time.perf_counter() - started
     if not main:
         return {}
@@ -799,6 +711,117 @@ def _train(cfg: TrainConfig) -> dict:
     write_model_card(model_dir, saved_config(cfg), metrics)  # paths as config.yaml records them
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
     return metrics
+
+
+def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, Splits, ModelSpec, object, nn.Module]:
+    """What the run is, everything that can refuse it checked: the data read and split, ``auto``'s method
+    and pooling resolved, the base model and tokenizer loaded. Nothing is written."""
+    set_seed(cfg.seed)
+    cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
+    splits = run_splits(cfg)
+    if cfg.resume:
+        check_same_data(splits, Path(cfg.output) / "checkpoints")
+    if cfg.method == AUTO:
+        cfg = for_data(cfg, splits.few_examples)
+        log.info("method: %s (the default for %s)", cfg.method, "few examples per intent" if splits.few_examples else "this data")
+    if cfg.pooling == "auto":
+        cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
+        log.info("pooling: %s (the base model's own)", cfg.pooling)
+    if splits.small_data and cfg.augment:
+        raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
+                          f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
+    if splits.small_data and cfg.method not in PROBE_FINAL_METHODS:
+        log.info("small data: --method contrastive is the few-shot recipe (docs/training.md, 'Your own data')")
+    spec = ModelSpec(
+        base_model=cfg.base_model, method=cfg.method, pooling=cfg.pooling, labels=splits.labels,
+        max_length=cfg.max_length, lora=cfg.uses_lora, preprocessing={"normalize_entities": cfg.normalize_entities},
+        logit_scale=COLD_HEAD_SCALE if cfg.pooling == "mean" and cfg.method in COLD_HEAD_METHODS else 1.0,
+    )
+    tokenizer = load_tokenizer(cfg.base_model)
+    model = build_model(spec, cfg.allow_pickle)
+    if cfg.uses_lora:
+        check_target_modules(model, cfg.target_modules)
+    return cfg, splits, spec, tokenizer, model
+
+
+def _start_run_folder(cfg: TrainConfig, splits: Splits, out: Path) -> None:
+    """The run accepted (main process only): the data's warnings said, the folder emptied (``overwrite``)
+    or its stale evaluation removed (``resume``), config.yaml and the data's record written."""
+    unused = unused_options(cfg)
+    if unused:
+        log.warning("%s does not use %s: %s change%s nothing", cfg.method, "; ".join(unused),
+                    "they" if len(unused) > 1 else "it", "" if len(unused) > 1 else "s")
+    for warning in (None if splits.small_data else thin_validation(splits), thin_intents_warning(splits)):
+        if warning:
+            log.warning("%s", warning)
+    if cfg.overwrite and not cfg.resume:
+        _empty_run_folder(out)
+    elif cfg.resume:
+        _remove_stale_evaluation(out)
+    saved_config(cfg).save(out / "config.yaml")
+    record_data(splits, out / "checkpoints")
+
+
+def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, checkpoints: Path, resume_from: str | None,
+               clock: TrainingClock, num_processes: int) -> tuple[nn.Module, list[dict], int, int, dict]:
+    """The gradient-descent stage, with the Hugging Face Trainer: early stopping on validation accuracy
+    (none with small data: the recipe's epochs run), per-epoch checkpoints that ``--resume`` continues,
+    Ctrl-C saving a checkpoint. Returns the model kept, the per-epoch history, the best and the last
+    epoch, and what metrics.json records of the schedule."""
+    validate = not splits.small_data
+    train_set = _tokenized(tokenizer, splits.train.texts, splits.ids(splits.train), cfg.max_length)
+    val_set = _tokenized(tokenizer, splits.validation.texts, splits.ids(splits.validation), cfg.max_length) if validate else None
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * num_processes))
+    interrupt = SaveOnInterrupt()
+    callbacks = [interrupt, CheckpointPermissions(), clock]
+    stopped_after = None  # the epoch at which early stopping had ended a resumed run
+    if validate:
+        early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+        if resume_from:
+            stopped_after = restore_early_stopping(early_stopping, resume_from)
+        callbacks.insert(0, early_stopping)
+    if cfg.method == "lora-unfreeze":
+        callbacks.append(GradualUnfreezing(model.config.num_hidden_layers, cfg.unfreeze_layers_per_epoch))
+    averaging = WeightAveraging()
+    if cfg.average_weights:
+        callbacks.append(averaging)
+        if resume_from:
+            averaging.restore(resume_from)
+    rdrop = {"rdrop": cfg.rdrop} if cfg.rdrop else {}
+    trainer = (RDropTrainer if rdrop else Trainer)(
+        model=model,
+        args=_training_arguments(cfg, checkpoints, steps_per_epoch, validate, epochs=stopped_after),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_accuracy if validate else None,
+        callbacks=callbacks,
+        **rdrop,
+    )
+    use_training_bar(trainer)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if interrupt.interrupted:
+        raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}")
+    model = trainer.model
+    if averaging.count:
+        averaging.apply(model)
+        log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
+    history = history_from_logs(trainer.state.log_history)
+    best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
+    epochs_run = math.ceil(trainer.state.epoch or 0)  # early stopping may end it before cfg.epochs
+    if not validate and not averaging.count:
+        best_epoch = epochs_run  # no validation: the last epoch is kept
+    args = trainer.args
+    facts = {
+        "averaged_epochs": averaging.count,
+        "world_size": args.world_size,
+        "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+        "lr_scheduler": args.lr_scheduler_type.value,
+        "peak_lr": args.learning_rate,
+        "warmup_steps": args.get_warmup_steps(trainer.state.max_steps),
+        "optimizer_steps": trainer.state.global_step,  # the steps taken: fewer than planned where early stopping ended the run
+    }
+    return model, history, best_epoch, epochs_run, facts
 
 
 def data_metrics(splits: Splits) -> dict:
