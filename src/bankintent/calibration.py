@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 # but the likelihood of a few queries is dominated by the one or two the model gets wrong, or by none)
 MIN_TEMPERATURE_QUERIES = 50
 TEMPERATURE_RANGE = (0.01, 100.0)  # where ``accuracy_temperature`` searches
+
+
+class OutOfFold(NamedTuple):
+    """Small data's stand-in for the model's logits (its validation split is queries it trained on): the
+    probe's logits of each training query from a probe fitted without it (``probe.out_of_fold_logits``)."""
+
+    logits: np.ndarray  # every training query's
+    labels: np.ndarray  # their label ids
+    held: np.ndarray  # those of the validation split's queries (the held half of the training split)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -136,14 +146,12 @@ def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validati
 
 
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
-              out_of_fold: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, queries: str = "validation queries") -> dict:
+              out_of_fold: OutOfFold | None = None, queries: str = "validation queries") -> dict:
     """Fit the temperature, the Mahalanobis statistics, the default out-of-scope score and the
     thresholds into ``predictor.spec``; write ``validation_coverage.{csv,png}`` to ``cfg.output``.
-    ``out_of_fold`` (small data, whose validation split is queries the model trained on): the probe's
-    logits of each training query from a probe fitted without it (``probe.out_of_fold_logits``), their
-    labels, and those logits of the validation split's queries. The temperature is fitted on the
-    first two, and the third stands in for the model's own logits of the validation queries, which it
-    is surer of than of a new query, wherever the probabilities count (msp and the thresholds).
+    ``out_of_fold`` (small data): the temperature is fitted on every training query's out-of-fold
+    logits, and the held half's stand in for the model's own logits of the validation queries, which
+    it is surer of than of a new query, wherever the probabilities count (msp and the thresholds).
     Returns the metrics: ECE before and after (on the logits the temperature was fitted on), whether,
     on what and why the temperature was fitted, the score chosen and why, its threshold, the
     out-of-scope examples used (source, count), each score's AUROC and the examples' recall at the
@@ -155,7 +163,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     if out_of_fold is None:
         fit_logits, fit_labels = logits, labels
     else:
-        fit_logits, fit_labels, logits = out_of_fold
+        fit_logits, fit_labels, logits = out_of_fold.logits, out_of_fold.labels, out_of_fold.held
     fitted_on = queries if out_of_fold is None else "training queries' out-of-fold probe logits"
     spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
     if note:

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from bankintent.config import DistillConfig, TrainConfig, read_yaml, run_config_file
+from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, read_yaml, run_config_file
 from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
 from bankintent.model_card import write_model_card
@@ -56,8 +56,8 @@ from bankintent.modeling import encode_batches, keep_layers, load_model, load_to
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
-from bankintent.training import (MODEL_DIR, _empty_run_folder, _prepare_output, _remove_created, data_metrics, hardware,
-                                 preprocess_splits, save_and_score, saved_config)
+from bankintent.training import (_empty_run_folder, _prepare_output, _remove_created, preprocess_splits, run_metrics, save_and_score,
+                                 saved_config)
 
 log = logging.getLogger(__name__)
 
@@ -214,16 +214,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     extra: dict = {}
     scores = save_and_score(student, tokenizer, spec, splits, cfg, history, extra)
     teacher_metrics = json.loads((config.parent / "metrics.json").read_text()) if (config.parent / "metrics.json").is_file() else {}
-    metrics = {
-        "method": "distill",
-        "base_model": spec.base_model,
-        "pooling": spec.pooling,
-        **scores,
-        "train_seconds": round(train_seconds, 1),
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "seed": opts.seed,
-        **data_metrics(splits),
+    metrics = run_metrics(spec, scores, splits, train_seconds, best_epoch, len(history), opts.seed, {
         "augmented_size": len(augmented),
         "unlabelled_size": len(extra_texts),
         "unlabelled_left_out": held_out,  # validation and test queries found among them, not trained on
@@ -246,9 +237,8 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "peak_lr": opts.learning_rate,
         "batch_size": opts.batch_size,
         "optimizer_steps": steps,
-        "hardware": hardware(),
         **extra,
-    }
+    })
     write_json(out / "metrics.json", metrics)
     write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
     return metrics

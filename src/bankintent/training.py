@@ -68,8 +68,8 @@ from sklearn.model_selection import train_test_split
 from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
-from bankintent.calibration import calibrate
-from bankintent.config import AUTO, TrainConfig, check_output_folder, differences, for_data, read_yaml, unused_options
+from bankintent.calibration import OutOfFold, calibrate
+from bankintent.config import AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, for_data, read_yaml, unused_options
 from bankintent.data import (BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
                              training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
@@ -108,7 +108,6 @@ class _AveragedNotBest(logging.Filter):
 
 logging.getLogger("transformers.trainer_callback").addFilter(_AveragedNotBest())
 
-MODEL_DIR = "adapter"
 # methods whose head starts from scratch, and those whose head starts as the linear probe
 COLD_HEAD_METHODS = ("lora", "full", "lora-unfreeze")
 PROBE_HEAD_METHODS = ("lpft", "lpft-full", "linear-probe", "contrastive")
@@ -608,6 +607,18 @@ def train(cfg: TrainConfig) -> dict:
                           f"bankintent train --config {cfg.output}/config.yaml --resume") from None
 
 
+def interrupted_note(output: str | Path) -> str:
+    """What to do after Ctrl-C stopped ``train``: continue from the checkpoint the run left, or, where it
+    had none yet (the contrastive pair training and the probe keep none), start it again."""
+    folder = Path(output)
+    command = f"bankintent train --config {folder}/config.yaml --resume"
+    if not (folder / "config.yaml").is_file():
+        return "Stopped before training started: run the same command again"
+    if last_checkpoint(folder / "checkpoints", remove_incomplete=False) is None:
+        return f"Stopped before the run's first checkpoint: nothing to continue from; {command} starts it again from the beginning"
+    return f"Continue with: {command}"
+
+
 def _full_disk(exc: Exception) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _FULL_DISK_ERRNOS:
         return exc.strerror
@@ -692,23 +703,10 @@ def _train(cfg: TrainConfig) -> dict:
     if not main:
         return {}
 
-    model_dir = out / MODEL_DIR
     scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold)
-    metrics = {
-        "method": cfg.method,
-        "base_model": cfg.base_model,
-        "pooling": cfg.pooling,
-        **scores,
-        "train_seconds": round(train_seconds, 1),
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
-        "seed": cfg.seed,
-        **data_metrics(splits),
-        "hardware": hardware(),
-        **extra,
-    }
+    metrics = run_metrics(spec, scores, splits, train_seconds, best_epoch, epochs_run, cfg.seed, extra)
     write_json(out / "metrics.json", metrics)
-    write_model_card(model_dir, saved_config(cfg), metrics)  # paths as config.yaml records them
+    write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
     return metrics
 
@@ -824,8 +822,28 @@ def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, ch
     return model, history, best_epoch, epochs_run, facts
 
 
+def run_metrics(spec: ModelSpec, scores: dict, splits: Splits, train_seconds: float, best_epoch: int, epochs_run: int, seed: int,
+                extra: dict) -> dict:
+    """metrics.json's content, for every way of making a model (training, ``bankintent.distill``): what
+    made it, its scores (``save_and_score``), how long and how many epochs, the data, the hardware, then
+    what the method alone reports (``extra``)."""
+    return {
+        "method": spec.method,
+        "base_model": spec.base_model,
+        "pooling": spec.pooling,
+        **scores,
+        "train_seconds": round(train_seconds, 1),
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "seed": seed,
+        **data_metrics(splits),
+        "hardware": hardware(),
+        **extra,
+    }
+
+
 def data_metrics(splits: Splits) -> dict:
-    """What ``metrics.json`` says of the data a model was made from (training, ``bankintent.distill``)."""
+    """What ``metrics.json`` says of the data a model was made from."""
     return {
         "train_size": len(splits.train),
         "val_size": len(splits.validation),
@@ -857,7 +875,7 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     model.eval()
     held_out = None
     if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
-        held_out = (out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
+        held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
     held_half = "training queries of the held half (trained on)" if splits.small_data else "validation queries"
     extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half))
     if splits.small_data:
