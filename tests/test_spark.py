@@ -15,7 +15,7 @@ if shutil.which("java") is None:
 
 from bankintent.errors import DataError  # noqa: E402
 from bankintent.export import export  # noqa: E402
-from bankintent.predict import Predictor  # noqa: E402
+from bankintent.predict import ANSWER_FIELDS, Predictor  # noqa: E402
 from bankintent.spark import FIELDS, predict_udf, score_batch  # noqa: E402
 
 QUERIES = ["where is my new card", "i lost my card", None, "   ", "exchange rates today", "my top-up failed"]
@@ -50,6 +50,7 @@ def test_the_udf_gives_the_predictors_answers_and_keeps_bad_rows(spark, queries,
     assert out.loc[[2, 3], "intent"].isna().all()
     good = [0, 1, 4, 5]
     expected = Predictor.load(tiny_probe_run).predict([QUERIES[i] for i in good], top_k=2)
+    assert tuple(expected[0]) == ANSWER_FIELDS and FIELDS == ANSWER_FIELDS[1:]  # the predictor's fields, but the text
     assert list(out.loc[good, "intent"]) == [e["intent"] for e in expected]
     assert list(out.loc[good, "closest_intent"]) == [e["closest_intent"] for e in expected]
     for got, want in zip(out.loc[good].itertuples(), expected):

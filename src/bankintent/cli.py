@@ -49,13 +49,13 @@ def train(args: argparse.Namespace) -> None:
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
     from bankintent.errors import TrainingInterrupted
     from bankintent.results import markdown_table, percent, results_row
+    from bankintent.training import interrupted_note
     from bankintent.training import train as run
 
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        print(f"\n{str(exc) or 'interrupted'}. Continue with: bankintent train --config {cfg.output}/config.yaml --resume",
-              file=sys.stderr)
+        print(f"\n{str(exc) or 'interrupted'}. {interrupted_note(cfg.output)}", file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
@@ -243,6 +243,7 @@ def select(args: argparse.Namespace) -> None:
 
 def distill(args: argparse.Namespace) -> None:
     _status(f"distilling {args.dir} into {args.output} ...")
+    from bankintent.config import MODEL_DIR
     from bankintent.distill import distill as run
     from bankintent.results import percent
 
@@ -251,7 +252,7 @@ def distill(args: argparse.Namespace) -> None:
     teacher = metrics.get("teacher_test_accuracy")
     pct = lambda value: percent(value, missing="n/a")  # noqa: E731
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
-          f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / 'adapter'}")
+          f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / MODEL_DIR}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

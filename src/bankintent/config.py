@@ -289,11 +289,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+MODEL_DIR = "adapter"  # a run folder's model folder: what predict, serve and export load
+
+
 def run_config_file(folder: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run ``folder`` is (or whose ``adapter`` model folder it is); None for a
+    """The ``config.yaml`` of the run ``folder`` is (or whose model folder, ``MODEL_DIR``, it is); None for a
     model with no run around it (an export)."""
     folder = Path(folder)
-    for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == "adapter" else []):
+    for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == MODEL_DIR else []):
         if saved.is_file():
             return saved
     return None

@@ -59,7 +59,7 @@ from transformers import PreTrainedModel
 from bankintent.config import check_output_folder, read_yaml, run_config_file
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
-from bankintent.modeling import MARKER, OOD_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
+from bankintent.modeling import MARKER, OOD_FILE, SPEC_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
 from bankintent.predict import ONNX_FILE, TOKENIZER_FILE, WithFeatures, fast_tokenizer, model_folder
 from bankintent.text import preprocess
 
@@ -71,7 +71,7 @@ FUSABLE = ("bert", "distilbert", "roberta", "xlm-roberta")  # encoders ONNX Runt
 CALIBRATION_QUERIES = 512  # sampled from the calibration data; each one forward pass at export
 CALIBRATION_SEED = 0
 # what an export folder holds (either format): an earlier export may be replaced, nothing else
-EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", "bankintent.json", OOD_FILE, "export.json", MARKER}
+EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", SPEC_FILE, OOD_FILE, "export.json", MARKER}
 
 
 def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:

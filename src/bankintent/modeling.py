@@ -33,7 +33,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from bankintent.config import DEFAULT_BASE_MODEL
+from bankintent.config import DEFAULT_BASE_MODEL, MODEL_DIR
 from bankintent.errors import ConfigError, ModelError
 
 
@@ -56,6 +56,7 @@ def no_loading_bar():
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
+SPEC_FILE = "bankintent.json"  # what makes a folder a bankintent model folder: the ModelSpec but its labels and statistics
 OOD_FILE = "ood.safetensors"  # the out-of-scope score's statistics (class centroids, whitening matrix)
 
 # LoRA target modules per architecture (the original study's choice: attention and feed-forward).
@@ -91,7 +92,7 @@ def resolve_base_model(name: str) -> str:
     if not folder.is_dir():
         _check_hub_reachable(name)
         return name
-    if (folder / "bankintent.json").is_file() or (folder / "adapter" / "bankintent.json").is_file():
+    if (folder / SPEC_FILE).is_file() or (folder / MODEL_DIR / SPEC_FILE).is_file():
         raise ModelError(f"base model {name}: a model bankintent trained, not a base encoder; training starts from a base model "
                          f"(the default, a Hugging Face id, or a folder with its config.json), never from a trained one: "
                          f"to add examples or intents, train again from the base model on the whole data")
@@ -375,7 +376,7 @@ def write_spec(spec: ModelSpec, folder: Path) -> None:
     """``labels.json``, ``bankintent.json`` and, where the spec has them, the OOS statistics."""
     (folder / "labels.json").write_text(json.dumps(spec.labels, indent=1))
     values = {k: v for k, v in asdict(spec).items() if k not in ("labels", "ood")}
-    (folder / "bankintent.json").write_text(json.dumps(values, indent=1))
+    (folder / SPEC_FILE).write_text(json.dumps(values, indent=1))
     if spec.ood:
         save_file({k: torch.as_tensor(v).contiguous() for k, v in spec.ood.items()}, folder / OOD_FILE)
 
@@ -397,12 +398,15 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
 def read_spec(folder: Path) -> ModelSpec:
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
-    if not (folder / "bankintent.json").is_file():
-        raise ModelError(f"{folder}: not a bankintent model folder (no bankintent.json)")
+    if not (folder / SPEC_FILE).is_file():
+        if (folder / "config.yaml").is_file():  # a run folder whose training has not saved its model (MODEL_DIR)
+            raise ModelError(f"{folder}: no model in this run folder yet (no {MODEL_DIR}/): its training was interrupted, failed or "
+                             f"is still running; continue it with: bankintent train --config {folder}/config.yaml --resume")
+        raise ModelError(f"{folder}: not a bankintent model folder (no {SPEC_FILE})")
     if not (folder / MARKER).is_file():
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")
     _refuse_pickles(folder, "the model folder")
-    values = json.loads((folder / "bankintent.json").read_text())
+    values = json.loads((folder / SPEC_FILE).read_text())
     values["labels"] = json.loads((folder / "labels.json").read_text())
     if (folder / OOD_FILE).is_file():
         values["ood"] = {k: v.numpy() for k, v in load_file(folder / OOD_FILE).items()}

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bankintent import ood
+from bankintent.config import MODEL_DIR
 from bankintent.errors import ConfigError, DataError, ModelError
 from bankintent.modeling import MARKER, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import preprocess
@@ -64,7 +65,7 @@ SLOW_FUSIONS = ["SkipLayerNormFusion", "BiasGeluFusion"]
 
 def model_folder(path: str | Path) -> Path:
     path = Path(path)
-    return path / "adapter" if (path / "adapter").is_dir() else path
+    return path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
 
 
 def default_batch_size(device: torch.device | None) -> int:
@@ -126,6 +127,10 @@ def warn_if_stale(folder: Path) -> None:
     if source and saved and marker.is_file() and marker.stat().st_mtime_ns != saved:
         log.warning("%s: the model it was exported from (%s) has been saved again since; it answers as the model before: "
                     "export it again (bankintent export ... --overwrite)", folder, exported["source"])
+
+
+# the fields of each answer of ``Predictor.predict``, in order: the service answers with these, Spark with all but the text
+ANSWER_FIELDS = ("text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
 
 
 def check_texts(texts) -> list[str]:
@@ -232,20 +237,20 @@ class Predictor:
 
     def __init__(self, model, tokenizer, spec: ModelSpec, batch_size: int | None = None,
                  oos_score: str | None = None, oos_threshold: float | None = None):
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        if oos_threshold is not None and (isinstance(oos_threshold, bool) or not isinstance(oos_threshold, numbers.Real)
+                                          or np.isnan(oos_threshold)):  # nan would answer every query in scope (inf says so)
+            raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold!r}")
+        self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
+        if self.oos_score is not None and self.oos_score not in ood.SCORES:
+            raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
         self.model, self.spec = model, spec
         self.backend = model if isinstance(model, OnnxModel) else TorchModel(model)
         self.batch_size = batch_size or default_batch_size(getattr(self.backend, "device", None))
         self.tokenizer = fast_tokenizer(tokenizer, spec.max_length)
         self.pad_id = self.tokenizer.padding["pad_id"]
         self.tokenizer.no_padding()  # batches are padded after sorting by length (``outputs``)
-        self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
-        if self.oos_score is not None and self.oos_score not in ood.SCORES:
-            raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
-        if oos_threshold is not None and (isinstance(oos_threshold, bool) or not isinstance(oos_threshold, numbers.Real)
-                                          or np.isnan(oos_threshold)):  # nan would answer every query in scope (inf says so)
-            raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
-            raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         trained = spec.oos_thresholds.get(self.oos_score)
         self.oos_threshold = oos_threshold if oos_threshold is not None else trained
         if oos_threshold is not None and trained and not abs(trained) / 10 <= abs(oos_threshold) <= 10 * abs(trained):
@@ -298,7 +303,11 @@ class Predictor:
     def outputs(self, texts: list[str], desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(logits, embeddings) of ``texts``, computed in batches of texts of similar length in tokens;
         with a progress bar titled ``desc`` if given."""
-        texts = [preprocess(t, self.spec.preprocessing) for t in check_texts(texts)]
+        return self._outputs(check_texts(texts), desc)
+
+    def _outputs(self, texts: list[str], desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``outputs`` of texts that ``check_texts`` has passed."""
+        texts = [preprocess(t, self.spec.preprocessing) for t in texts]
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
@@ -351,7 +360,7 @@ class Predictor:
         texts = check_texts(texts)
         if not texts:
             return []
-        logits, features = self.outputs(texts)
+        logits, features = self._outputs(texts)
         probs = softmax(logits / self.spec.temperature)
         if self.oos_threshold is None:
             scores = np.full(len(texts), np.nan)

@@ -29,7 +29,8 @@ from safetensors import safe_open
 from torch import nn
 
 from bankintent.errors import ModelError
-from bankintent.modeling import MARKER, ModelSpec, build_model, load_tokenizer, read_spec
+from bankintent.config import MODEL_DIR
+from bankintent.modeling import MARKER, SPEC_FILE, ModelSpec, build_model, load_tokenizer, read_spec
 from bankintent.predict import Predictor, model_folder
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class UnknownModel(ModelError):
 def model_name(path: str | Path) -> str:
     """The name a single served folder answers to: the run folder's name (``runs/demo`` -> ``demo``)."""
     path = Path(path).resolve()
-    return path.parent.name if path.name == "adapter" else path.name
+    return path.parent.name if path.name == MODEL_DIR else path.name
 
 
 class SharedBase:
@@ -120,16 +121,16 @@ def _stamp(folder: Path) -> int:
 def _not_served(entry: Path, folder: Path, rewriting: bool) -> str:
     """Why a folder of the models folder holds no model to serve: one being written (training, or
     stopped before saving), or no model folder at all, with where models lie one level down."""
-    if (not any(entry.iterdir()) or (folder / "bankintent.json").is_file() or (entry / "config.yaml").is_file()
+    if (not any(entry.iterdir()) or (folder / SPEC_FILE).is_file() or (entry / "config.yaml").is_file()
             or (entry / "checkpoints").is_dir()):  # empty: a training just started, or emptying it (--overwrite)
         return (f"{entry}: no complete model in it (no {MARKER} marker: training, or stopped before saving); "
                 + ("answering with the model loaded before until a new one is saved" if rewriting
                    else "not served until a model is saved there"))
-    deeper = sorted(p.parent.parent.relative_to(entry) if p.parent.name == "adapter" else p.parent.relative_to(entry)
+    deeper = sorted(p.parent.parent.relative_to(entry) if p.parent.name == MODEL_DIR else p.parent.relative_to(entry)
                     for p in entry.glob("**/" + MARKER))[:3]
     hint = (f"; it holds model folders further down ({', '.join(map(str, deeper))}): --models-dir serves the folders directly in it, "
             f"so copy or link those there") if deeper else ""
-    return f"{entry}: not a model folder (no bankintent.json, config.yaml or checkpoints/ in it), not served{hint}"
+    return f"{entry}: not a model folder (no {SPEC_FILE}, config.yaml or checkpoints/ in it), not served{hint}"
 
 
 @dataclass

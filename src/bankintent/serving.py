@@ -55,7 +55,7 @@ from tqdm import tqdm as std_tqdm
 
 from bankintent import ood
 from bankintent.errors import BankintentError, ConfigError
-from bankintent.predict import MAX_CHARS, OUT_OF_SCOPE, OnnxModel
+from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel
 from bankintent.registry import Registry, ServedModel, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -348,12 +348,9 @@ class MicroBatcher:
             start += len(job.texts)
 
 
-ANSWER_FIELDS = ("text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent")
-
-
 def _answer(result: dict, top_k: int) -> dict:
     """The fields of ``Prediction`` from a ``Predictor.predict`` result, with ``top_k`` alternatives."""
-    return {**{key: result[key] for key in ANSWER_FIELDS}, "top_k": result["top_k"][:top_k]}
+    return {**{key: result[key] for key in ANSWER_FIELDS}, "top_k": result["top_k"][:top_k]}  # top_k replaced
 
 
 def _model_info(served: ServedModel) -> dict:

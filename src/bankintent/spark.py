@@ -29,6 +29,7 @@ import pandas as pd
 
 from bankintent.errors import DataError
 
+# predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
 FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
 INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 _TYPES = {
