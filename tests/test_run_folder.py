@@ -106,6 +106,27 @@ def test_resume_removes_the_previous_models_evaluation(tiny_bert, tiny_data, pre
     assert not (previous_run / "test_evaluation.json").exists() and (previous_run / "validation_coverage.csv").is_file()
 
 
+def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(tmp_path):
+    """Ctrl-C before the first checkpoint (the contrastive pair training, the probe) leaves nothing to
+    continue from: the note says --resume starts again, and predict on the run folder says it has no
+    model yet rather than "not a model folder"."""
+    from bankintent.errors import ModelError
+    from bankintent.predict import Predictor
+    from bankintent.training import interrupted_note
+
+    run = tmp_path / "run"
+    assert interrupted_note(run) == "Stopped before training started: run the same command again"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: contrastive\n")
+    (run / "checkpoints" / "contrastive").mkdir(parents=True)
+    assert "nothing to continue from" in interrupted_note(run) and "starts it again from the beginning" in interrupted_note(run)
+    with pytest.raises(ModelError, match=r"no model in this run folder yet .*interrupted.* --resume$"):
+        Predictor.load(run)
+    (run / "checkpoints" / "checkpoint-12").mkdir()
+    (run / "checkpoints" / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert interrupted_note(run) == f"Continue with: bankintent train --config {run}/config.yaml --resume"
+
+
 def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, caplog):
     metrics = previous_run / "metrics.json"
     written = metrics.stat().st_mtime_ns

@@ -22,7 +22,9 @@ from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import percent, write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
-PREDICTION_COLUMNS = ["text", "label", "predicted", "confidence", "correct", "answer", "out_of_scope", "oos_score"]
+# ``answer``: what the service answers (an intent, or out_of_scope); ``predicted``: the most probable
+# intent, which accuracy counts (``correct``) also where the answer is out of scope
+PREDICTION_COLUMNS = ["text", "label", "answer", "out_of_scope", "predicted", "confidence", "correct", "oos_score"]
 # what ``evaluate`` writes for a split, each name after the split's ``<split>_``
 EVALUATION_NAMES = ("evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv", "by_length.csv", "coverage.csv",
                     "coverage.png", "out_of_scope.csv")

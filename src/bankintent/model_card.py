@@ -61,6 +61,7 @@ def _source(cfg: TrainConfig, metrics: dict) -> str:
     return cfg.data if found == cfg.data else f"{cfg.data} (read from {found})"
 
 
+# {fitted_on}: what the scales were fitted on, which differs for small data (``fallback_text``)
 SCORE_TEXT = {
     "msp": "one minus the calibrated probability of the most probable intent (`msp`)",
     "mahalanobis": "the squared Mahalanobis distance of the query's embedding to the nearest intent's centroid (the mean of its "
@@ -68,9 +69,9 @@ SCORE_TEXT = {
     "knn": "one minus the cosine similarity of the query's embedding to the nearest of the intents' prototypes (k-means "
            "centroids of each intent's training queries), both centred on the training queries' mean embedding (`knn`)",
     "knn+msp": "the distance to the nearest of the intents' prototypes (`knn`) plus, weighted, the classifier's hesitation between "
-               "intents (`msp`), each standardised on the validation queries (`knn+msp`)",
+               "intents (`msp`), each standardised on {fitted_on} (`knn+msp`)",
     "knn+msp+rmd": "`knn+msp` plus, weighted, how much further the query's embedding lies from the nearest intent than from the "
-                   "training queries as a whole: the relative Mahalanobis distance, standardised on the validation queries (`knn+msp+rmd`)",
+                   "training queries as a whole: the relative Mahalanobis distance, standardised on {fitted_on} (`knn+msp+rmd`)",
 }
 
 
@@ -99,9 +100,8 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     measured = metrics.get("oos_val_coverage")
     answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
     kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent{answered})" if target is not None else ""
-    described = SCORE_TEXT.get(score, f"`{score}`")
-    if _small(metrics):
-        described = described.replace("the validation queries", "held-out training queries")
+    fitted_on = "held-out training queries" if _small(metrics) else "the validation queries"
+    described = SCORE_TEXT[score].format(fitted_on=fitted_on) if score in SCORE_TEXT else f"`{score}`"
     text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
             f"{described}, is above {metrics['oos_threshold']:.4g}{kept}. "
             "Such an answer has no confidence of its own: it carries the score and the threshold, and names the "
@@ -137,6 +137,9 @@ def calibration_rows(metrics: dict) -> str:
         if metrics.get("val_ece_before") is not None:
             on = metrics.get("temperature_fitted_on") or "validation queries"
             line += f"; expected calibration error on the {on} {metrics['val_ece_before']:.3f} before, {metrics['val_ece_after']:.3f} after"
+            if _small(metrics) and metrics.get("method") != "linear-probe":  # its encoder trained on those queries
+                line += (" (optimistic: the encoder trained on those queries; `bankintent evaluate RUN --data FILE` measures it "
+                         "on labelled queries of your own)")
         lines.append(line)
     if metrics.get("oos_score") is not None:
         auroc = ", ".join(f"{name} {metrics[f'oos_auroc_{name}']:.3f}" for name in SCORE_TEXT if metrics.get(f"oos_auroc_{name}") is not None)
