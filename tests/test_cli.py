@@ -111,12 +111,17 @@ def test_list_options_parse():
 @pytest.mark.parametrize("argv, said", [
     (["train", "--ouput", "runs/x"], "bankintent train: error: unrecognized arguments: --ouput runs/x (--ouput: did you mean --output?)"),
     (["distill", "runs/x", "--output", "y", "--lr", "1e-4"], "(--lr: did you mean --learning-rate?)"),  # train's name for it
-    (["predict", "runs/x", "hi", "--topk", "3"], "usage: bankintent predict"),
+    (["predict", "runs/x", "hi", "--topk", "3"], "bankintent predict: error: "),
+    (["predict", "runs/x", "hi", "--top-k", "0"], "bankintent predict: error: argument --top-k: must be at least 1, got 0 "
+                                                  "(usage: bankintent predict --help)"),
+    (["train", "--method", "lpt"], "bankintent train: error: argument --method: invalid choice: 'lpt'"),
+    (["predict"], "bankintent predict: error: the following arguments are required: dir"),
 ])
 def test_a_mistyped_flag_is_the_command_s_own_error_with_the_flag_meant(argv, said, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv)
-    assert stopped.value.code == 2 and said in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and said in err and len(err.strip().splitlines()) == 1  # one line: no usage block first
 
 
 IN_SCOPE = {"text": "where is my card", "intent": "card_arrival", "confidence": 0.873, "out_of_scope": False,

@@ -47,6 +47,11 @@ def test_bad_config_file(tmp_path, content, message):
         resolve_config(path)
 
 
+def test_a_mistyped_option_in_python_names_the_one_meant():
+    with pytest.raises(ConfigError, match=r"^unknown option\(s\) epoch \(epochs\?\), zzz$"):
+        resolve_config(None, data="my_intents", epoch=3, zzz=1)
+
+
 def test_bad_values():
     with pytest.raises(ConfigError, match="unknown method 'qlora'"):
         resolve_config(None, method="qlora")

@@ -111,10 +111,11 @@ def test_unlabelled_rows_are_skipped_and_named_unless_strict(tmp_path, caplog):
 
 
 def test_a_query_labelled_two_ways_is_named(tmp_path, caplog):
-    path = write_csv(tmp_path / "train.csv", GOOD + [("Query 1", "b"), ("query  2", "b")])  # 'query 1' is an 'a'; 'query 2' a 'b'
+    path = write_csv(tmp_path / "train.csv", GOOD + [("Query 1", "b"), ("query  2", "b"),  # 'query 1' is an 'a'; 'query 2' a 'b'
+                                                    ("Where IS my PIN?", "a"), ("where is my pin?", "b")])
     read_examples(path)
-    assert ("train.csv: 1 query(ies) labelled more than one way: 'query 1' as 'a' (line 3) and 'b' (line 42); the model is "
-            "taught every label") in caplog.text
+    assert ("train.csv: 2 query(ies) labelled more than one way: 'query 1' as 'a' (line 3) and 'b' (line 42); "
+            "'Where IS my PIN?' as 'a' (line 44) and 'b' (line 45); the model is taught every label") in caplog.text  # as written
 
 
 def test_the_out_of_scope_label_written_otherwise_stops_training_data(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from bankintent import cli
 from bankintent.discover import cluster, keywords
 from bankintent.selection import margins, rank
-from conftest import write_csv
+from conftest import tiny_options, write_csv
 
 
 def _rows(path):
@@ -91,6 +91,10 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["audit", "--data", str(one), "--output", str(tmp_path / "out")])
     assert "at least 2 intents, found 1" in capsys.readouterr().err
+    for threshold in ("-1", "2"):  # every pair is a near-duplicate at -1, none at 2: neither is a question worth asking
+        with pytest.raises(SystemExit):
+            cli.main(["audit", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--duplicate-threshold", threshold])
+        assert f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {float(threshold)}" in capsys.readouterr().err
 
 
 def _blobs(rng, centres, per, noise=0.05):
@@ -197,7 +201,7 @@ def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_prob
     select = ["select", str(tiny_probe_run), "--input", str(queries), "--budget", "5", "--output", str(sheet)]
     with caplog.at_level(logging.INFO, logger="bankintent"):
         cli.main(select)
-    assert not set(pd.read_csv(sheet).text) & set(trained) and "3 of its 33 queries are in the run's training data already" in caplog.text
+    assert not set(pd.read_csv(sheet).text) & set(trained) and "3 of its 33 queries are labelled in the run's data already" in caplog.text
     cli.main(select)  # an earlier sheet with nothing filled in is replaced: the retraining loop's rerun
     labelled = pd.read_csv(sheet, dtype=str, keep_default_na=False)
     labelled.loc[0, "label"] = "card_arrival"
@@ -208,7 +212,7 @@ def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_prob
     assert pd.read_csv(sheet, dtype=str, keep_default_na=False).loc[0, "label"] == "card_arrival"
     with pytest.raises(SystemExit):  # the file of queries named as --output by mistake
         cli.main(["select", str(tiny_probe_run), "--input", str(queries), "--budget", "5", "--output", str(queries)])
-    assert "exists and is not a sheet this command wrote" in capsys.readouterr().err and queries.read_text().startswith("query number 0")
+    assert "the sheet to label is written as CSV" in capsys.readouterr().err and queries.read_text().startswith("query number 0")
     cli.main(select + ["--overwrite"])
     assert (pd.read_csv(sheet, dtype=str, keep_default_na=False)["label"] == "").all()
 
@@ -231,3 +235,44 @@ def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_prob
         with pytest.raises(SystemExit):
             cli.main(discover + [option, value])
         assert message in capsys.readouterr().err
+
+
+def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_data_labels(tiny_bert, tiny_data, tmp_path, capsys):
+    """The sheets of select and discover carry the input's own columns (the log's id joins the labels
+    back); rows the run's data labels out of scope are labelled already, so never picked; a sheet is
+    CSV whatever --output is called; a missing --input is said before anything about --output."""
+    from bankintent import resolve_config, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    oos = ["tell me a joke please", "what is the weather like today"]
+    trained = pd.read_csv(tiny_data / "train.csv")
+    pd.concat([trained, pd.DataFrame({"text": oos, "category": "out_of_scope"})]).to_csv(data / "train.csv", index=False)
+    shutil.copy(tiny_data / "test.csv", data / "test.csv")
+    run = tmp_path / "run"
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
+    messages = [f"question {i} about my account and card" for i in range(10)] + oos
+    logs = tmp_path / "logs.csv"
+    pd.DataFrame({"id": [f"c{i:03d}" for i in range(12)], "message": messages, "row": range(100, 112)}).to_csv(logs, index=False)
+    sheet = tmp_path / "sheet.csv"
+    select = ["select", str(run), "--input", str(logs), "--text-column", "message", "--budget", "12"]
+    cli.main(select + ["--output", str(sheet)])
+    picked = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    assert list(picked.columns) == ["rank", "row", "id", "input_row", "text", "predicted_intent", "confidence", "margin", "label"]
+    assert len(picked) == 10 and not set(picked.text) & set(oos)  # labelled out of scope in the run's data: not asked again
+    assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(picked.row, picked.id, picked.text))
+    cli.main(select + ["--output", str(sheet)])  # its own sheet, with the input's columns among its own: replaced
+    for output, said in ((tmp_path / "pick.jsonl", "pick.jsonl: the sheet to label is written as CSV; give --output a .csv name"),
+                         (logs, "exists and is not a sheet this command wrote")):
+        with pytest.raises(SystemExit):
+            cli.main(select + ["--output", str(output)])
+        assert said in capsys.readouterr().err and not (tmp_path / "pick.jsonl").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["select", str(run), "--input", str(tmp_path / "nofile.txt"), "--budget", "3", "--output", str(logs)])
+    assert "nofile.txt: file not found" in capsys.readouterr().err
+
+    cli.main(["discover", str(run), "--input", str(logs), "--text-column", "message", "--output", str(tmp_path / "found"),
+              "--all", "--min-size", "2"])
+    found = pd.read_csv(tmp_path / "found" / "queries.csv", dtype=str, keep_default_na=False)
+    assert list(found.columns[:4]) == ["cluster", "row", "id", "input_row"] and len(found) == 12
+    assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(found.row, found.id, found.text))

@@ -170,6 +170,10 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
     said = [record.getMessage() for record in caplog.records]
     assert not any("--data names one file" in line or "train.csv: " in line and "duplicated" in line for line in said)
     assert any("test.csv: " in line and "also in train.csv" in line for line in said)  # what is said of the file evaluated stays
+    caplog.clear()
+    with pytest.raises(BankintentError, match="no test file"):  # the run's own data, which has none: the error alone
+        evaluate(out)
+    assert not caplog.records
 
 
 def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny_data, tmp_path, caplog):

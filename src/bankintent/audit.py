@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder
 from bankintent.data import Examples, data_files, likely_typo, read_examples, set_apart
-from bankintent.errors import DataError
+from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
           max_length: int = 64, seed: int = 42, progress: bool = True) -> dict:
     """Audit ``data`` (a folder or file, as ``train --data`` takes) into ``output``; returns the counts
     (``audit.json``)."""
+    if not 0 < duplicate_threshold <= 1:
+        raise ConfigError(f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {duplicate_threshold}")
     check_output_folder(output)
     read = read_labelled(data, text_column, label_column, oos_label)
     examples = read.examples
@@ -260,9 +262,9 @@ def summary_markdown(summary: dict, issues: pd.DataFrame, duplicates: pd.DataFra
         f"Embeddings: the frozen `{summary['base_model']}`; a linear probe (C = {summary['probe_c']:g}) scores every query "
         f"from the other folds: out-of-fold accuracy {summary['out_of_fold_accuracy']:.2%}. Nothing in the data was changed.",
         f"## Likely label errors: {summary['label_issues']}",
-        "Labels given once and spelt nearly like another label first (likely typos; no probability, as a single "
-        "query cannot be cross-validated), then ranked by how unlikely the other folds find the given label (cleanlab, "
-        "self-confidence). Each is a candidate for a person's look, not a verdict: `label_issues.csv`.",
+        "Any label given once and spelt nearly like another comes first (a likely typo; no probability, as a single "
+        "query cannot be cross-validated); the rest are ranked by how unlikely the other folds find the given label "
+        "(cleanlab, self-confidence). Each is a candidate for a person's look, not a verdict: `label_issues.csv`.",
         table(issues, ["rank", "line", "text", "label", "suggested_label", "given_probability"]),
         f"## Near-duplicates with different labels: {summary['conflicting_duplicates']}",
         f"Cosine similarity ≥ {summary['duplicate_threshold']}: `conflicting_duplicates.csv`.",

@@ -99,7 +99,7 @@ def _number(value) -> str:
 
 
 def positive_int(value: str) -> int:
-    """An argument that must be a whole number of at least 1 (argparse turns the error into one line)."""
+    """An argument that must be a whole number of at least 1 (``Parser`` turns the error into one line)."""
     try:
         number = int(value)
     except ValueError:
@@ -255,6 +255,14 @@ def distill(args: argparse.Namespace) -> None:
           f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / MODEL_DIR}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors (a bad value, a missing argument, a mistyped flag): the
+    error and where the usage is, rather than the usage block first. Each command's parser is one too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds ``(default: X)`` to an option's help, unless there is nothing to show (no default, or a
     flag that is off) or the help already says it."""
@@ -319,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bankintent import __version__
     from bankintent.config import DEFAULT_BASE_MODEL, DistillConfig, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="bankintent", description="LoRA intent classification for banking chatbots.",
-                                     formatter_class=HelpFormatter)
+    parser = Parser(prog="bankintent", description="LoRA intent classification for banking chatbots.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"bankintent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -7,6 +7,7 @@ flags. The files in ``configs/`` hold exactly the recipes below (a test checks t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -256,13 +257,15 @@ def check_output_folder(path: str | Path) -> None:
 
 
 def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool = False) -> None:
-    """Refuse to write a sheet for labelling (a CSV of ``columns``, the last an empty ``label``) over a
-    file that is not an earlier such sheet, or over one in which a person has filled in labels:
+    """Refuse to write a sheet for labelling (a CSV of ``columns``, the last an empty ``label``, with the
+    input's own columns among them) over a file that is not an earlier such sheet, or over one in which a person has filled in labels:
     ``select`` and ``discover`` are rerun after each retraining, into the same default file, and that
     work (or the file of queries itself, named by mistake) would be lost. ``overwrite`` replaces it."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; --output names the CSV file to write")
+    if path.suffix.lower() != ".csv":
+        raise ConfigError(f"{path}: the sheet to label is written as CSV; give --output a .csv name")
     if overwrite or not path.is_file():
         return
     import pandas as pd
@@ -271,11 +274,17 @@ def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool 
         sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
         sheet = None
-    if sheet is None or list(sheet.columns) != columns:
+    if sheet is None or [name for name in sheet.columns if name in columns] != columns or sheet.columns[-1] != "label":
         raise ConfigError(f"{path}: exists and is not a sheet this command wrote; choose another --output, or pass --overwrite to replace it")
     filled = int((sheet["label"].str.strip() != "").sum())
     if filled:
         raise ConfigError(f"{path}: holds {filled} label(s) filled in; choose another --output, or pass --overwrite to replace them")
+
+
+def unknown_names(unknown: list[str], known) -> str:
+    """``epoch (epochs?), lora_rank (lora_r?)``: each unknown option name with the one probably meant."""
+    return ", ".join(f"{name} ({close[0]}?)" if (close := difflib.get_close_matches(name, list(known), n=1)) else name
+                     for name in unknown)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -285,7 +294,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of option: value")
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
+        raise ConfigError(f"{path}: unknown option(s) {unknown_names(unknown, FIELD_NAMES)}")
     return values
 
 
@@ -320,7 +329,7 @@ def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> T
     file_values = read_yaml(config_file) if config_file else {}
     unknown = sorted(set(given) - set(FIELD_NAMES))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        raise ConfigError(f"unknown option(s) {unknown_names(unknown, FIELD_NAMES)}")
     method = given.get("method", file_values.get("method", TrainConfig.method))
     if method not in RECIPES and method != AUTO:
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join((AUTO, *METHODS))}")

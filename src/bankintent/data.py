@@ -364,12 +364,14 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
     """Say which queries the file labels two ways (case and spaces aside): the model is taught both, and
     one is most likely a mistake."""
     seen: dict[str, dict[str, int]] = {}
+    written: dict[str, str] = {}  # each query as the file first writes it, for the warning
     for text, label, number in zip(texts, labels, numbers):
         seen.setdefault(query_key(text), {}).setdefault(label, number)
+        written.setdefault(query_key(text), text)
     conflicts = [(key, found) for key, found in seen.items() if len(found) > 1]
     if not conflicts:
         return
-    shown = "; ".join(f"{key[:40]!r} as {' and '.join(f'{label!r} (line {line})' for label, line in found.items())}"
+    shown = "; ".join(f"{written[key][:40]!r} as {' and '.join(f'{label!r} (line {line})' for label, line in found.items())}"
                       for key, found in conflicts[:3]) + ("; ..." if len(conflicts) > 3 else "")
     log.warning("%s: %d query(ies) labelled more than one way: %s; the model is taught every label, so keep the right one "
                 "(`bankintent audit` lists near-copies too)", path, len(conflicts), shown)
@@ -409,17 +411,31 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         log.warning("%s: %d empty row(s) skipped (row%s %s)", path, len(skipped), "s" if len(skipped) > 1 else "", shown)
 
 
-def read_queries(path: str | Path, text_column: str = "text") -> tuple[list[int], list[str]]:
+def read_queries(path: str | Path, text_column: str = "text", *, columns: bool = False) -> tuple:
     """(row numbers, queries) of a whole .txt (one a line), .csv or .jsonl file of unlabelled queries,
-    numbered as ``iter_queries`` numbers them; a file with none is an error."""
+    numbered as ``iter_queries`` numbers them; with ``columns=True``, (rows, queries, each row's other
+    columns as a dict). A file with none is an error."""
     path = Path(path).expanduser()
-    rows, texts = [], []
-    for row, text in iter_queries(path, text_column):
+    rows, texts, others = [], [], []
+    for row, text, other in iter_queries(path, text_column, columns=True):
         rows.append(row)
         texts.append(text)
+        others.append(other)
     if not texts:
         raise DataError(f"{path}: no queries in the file")
-    return rows, texts
+    return (rows, texts, others) if columns else (rows, texts)
+
+
+def with_input_columns(sheet, others: list[dict]):
+    """A labelling sheet (``select``, ``discover``: a DataFrame with a ``row`` column) with each query's
+    other input columns after ``row`` (an id, a timestamp: what joins the labels back to the logs). An
+    input column named like one of the sheet's is kept as ``input_<name>``."""
+    import pandas as pd
+
+    extra = pd.DataFrame(others, index=sheet.index)
+    extra.columns = [f"input_{name}" if name in sheet.columns else name for name in extra.columns]
+    at = list(sheet.columns).index("row") + 1
+    return pd.concat([sheet.iloc[:, :at], extra, sheet.iloc[:, at:]], axis=1)
 
 
 def _download_banking77() -> Path:

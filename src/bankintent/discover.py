@@ -29,7 +29,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import CountVectorizer
 
 from bankintent.config import check_labelling_sheet, check_output_folder
-from bankintent.data import read_queries
+from bankintent.data import read_queries, with_input_columns
 from bankintent.errors import ConfigError, DataError
 from bankintent.results import write_json
 
@@ -127,8 +127,8 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         raise ConfigError(f"--distance-threshold is a cosine distance, between 0 and 2; got {distance_threshold}")
     out = Path(output)
     check_output_folder(out)
+    rows, texts, others = read_queries(input, text_column, columns=True)
     check_labelling_sheet(out / "queries.csv", QUERY_COLUMNS, overwrite)
-    rows, texts = read_queries(input, text_column)
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
     probabilities = softmax(logits / predictor.spec.temperature)
@@ -158,8 +158,9 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         "closest_intent": [predictor.labels[closest[i]] for i in chosen],
         "oos_score": np.round(scores[chosen], 6), "out_of_scope": out_of_scope[chosen], "label": "",
     }, columns=QUERY_COLUMNS)
-    queries["order"] = np.where(queries["cluster"] < 0, np.iinfo(np.int64).max, queries["cluster"])
-    queries.sort_values(["order", "row"], kind="stable").drop(columns="order").to_csv(out / "queries.csv", index=False)
+    queries = with_input_columns(queries, [others[i] for i in chosen])
+    order = np.lexsort((queries["row"], np.where(queries["cluster"] < 0, np.iinfo(np.int64).max, queries["cluster"])))
+    queries.iloc[order].to_csv(out / "queries.csv", index=False)  # by cluster, the unclustered last; by row within one
     if len(chosen):
         map_figure(chosen_features, clusters, {k: ", ".join(v[:2]) for k, v in words.items()}, out / "map.png", seed)
     summary = {

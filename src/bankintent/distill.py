@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, read_yaml, run_config_file
+from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, read_yaml, run_config_file, unknown_names
 from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
 from bankintent.model_card import write_model_card
@@ -147,7 +147,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     metrics.json content."""
     unknown = sorted(set(options) - {f.name for f in fields(DistillConfig)})
     if unknown:
-        raise ConfigError(f"unknown distill option(s) {', '.join(unknown)}")
+        raise ConfigError(f"unknown distill option(s) {unknown_names(unknown, [f.name for f in fields(DistillConfig)])}")
     opts = DistillConfig(**options)
     (source, teacher_spec), out = teacher_folder(run), Path(output)
     config = run_config_file(run)

@@ -135,7 +135,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         if trained is not None:
             seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
         return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model)
-    splits = run_splits(cfg)
+    splits = run_splits(cfg, notes=False)  # the run's own data: its training said the notes
     examples = splits.test if split == "test" else splits.validation
     elsewhere = "evaluate a file of labelled queries the model has not seen with --data FILE"
     if examples is None:

@@ -49,32 +49,33 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
 
 
 def labelled_queries(run: str | Path) -> set[str]:
-    """The queries (``query_key``) the run trained and chose on (its training and validation splits);
-    empty where the run records no data (an export) or the data has moved."""
+    """The queries (``query_key``) the run's data labels: its training and validation splits and its
+    out-of-scope rows; empty where the run records no data (an export) or the data has moved."""
     from bankintent.data import query_key
     from bankintent.evaluation import trained_splits
 
     splits = trained_splits(run)
-    return set() if splits is None else {query_key(text) for text in splits.train.texts + splits.validation.texts}
+    return set() if splits is None else {query_key(t) for t in splits.train.texts + splits.validation.texts + splits.out_of_scope.texts}
 
 
 def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42,
            overwrite: bool = False) -> dict:
-    """Write the ``budget`` queries of ``input`` to label next to ``output`` (CSV: rank, row, text, the
-    model's guess and its margin, an empty ``label`` column); returns a summary. An existing ``output``
-    is replaced only if it is an earlier sheet with no label filled in, or with ``overwrite``."""
-    from bankintent.data import query_key, read_queries
+    """Write the ``budget`` queries of ``input`` to label next to ``output`` (CSV: rank, row, the input's
+    other columns, text, the model's guess and its margin, an empty ``label`` column); returns a summary.
+    An existing ``output`` is replaced only if it is an earlier sheet with no label filled in, or with
+    ``overwrite``."""
+    from bankintent.data import query_key, read_queries, with_input_columns
     from bankintent.predict import Predictor, softmax
 
     if budget < 1:
         raise ConfigError(f"--budget must be at least 1, got {budget}")
+    rows, texts, others = read_queries(input, text_column, columns=True)
     check_labelling_sheet(output, COLUMNS, overwrite)
-    rows, texts = read_queries(input, text_column)
     labelled = labelled_queries(run)  # a query labelled in an earlier round and trained on is no use picked again
     fresh = [i for i, text in enumerate(texts) if query_key(text) not in labelled]
     if len(fresh) < len(texts):
-        log.info("%s: %d of its %d queries are in the run's training data already, left out", input, len(texts) - len(fresh), len(texts))
-    rows, texts = [rows[i] for i in fresh], [texts[i] for i in fresh]
+        log.info("%s: %d of its %d queries are labelled in the run's data already, left out", input, len(texts) - len(fresh), len(texts))
+    rows, texts, others = [rows[i] for i in fresh], [texts[i] for i in fresh], [others[i] for i in fresh]
     if not texts:
         raise DataError(f"{input}: every query is in the run's training data already")
     predictor = Predictor.load(run)
@@ -88,6 +89,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
         "predicted_intent": [predictor.labels[guess[i]] for i in picked],
         "confidence": np.round(probabilities[picked, guess[picked]], 4), "margin": np.round(margin[picked], 4), "label": "",
     }, columns=COLUMNS)
+    table = with_input_columns(table, [others[i] for i in picked])
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

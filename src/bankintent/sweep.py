@@ -40,8 +40,8 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config
-from bankintent.data import BANKING77, likely_typo
+from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config, unknown_names
+from bankintent.data import BANKING77
 from bankintent.errors import ConfigError
 from bankintent.results import aggregate_runs, write_results_tables
 
@@ -61,17 +61,12 @@ class RunSpec:
     note: str = ""
 
 
-def _meant(unknown: list[str], known) -> str:
-    """``epoch (epochs?), lora_rank (lora_r?)``: each unknown name with the one probably meant."""
-    return ", ".join(f"{name} ({close}?)" if (close := likely_typo(name, list(known))) else name for name in unknown)
-
-
 def _check_options(path: Path, where: str, options: Any) -> dict:
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: {where}: expected a mapping of option: value")
     unknown = sorted(set(options) - set(FIELD_NAMES))
     if unknown:
-        raise ConfigError(f"{path}: {where}: unknown option(s) {_meant(unknown, FIELD_NAMES)}")
+        raise ConfigError(f"{path}: {where}: unknown option(s) {unknown_names(unknown, FIELD_NAMES)}")
     if "output" in options or "seed" in options and where != "base":
         raise ConfigError(f"{path}: {where}: 'output' and 'seed' are set by the sweep")
     return options
@@ -99,7 +94,7 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
             raise ConfigError(f"{path}: {where}: expected a mapping with a 'name'")
         unknown = sorted(set(entry) - RUN_KEYS)
         if unknown:
-            raise ConfigError(f"{path}: {where}: unknown key(s) {_meant(unknown, sorted(RUN_KEYS))}")
+            raise ConfigError(f"{path}: {where}: unknown key(s) {unknown_names(unknown, sorted(RUN_KEYS))}")
         options = {**base, **_check_options(path, where, entry.get("options") or {})}
         tables = entry.get("tables", ["methods"])
         if not set(tables) <= set(TABLES):
