@@ -276,3 +276,18 @@ def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_
     found = pd.read_csv(tmp_path / "found" / "queries.csv", dtype=str, keep_default_na=False)
     assert list(found.columns[:4]) == ["cluster", "row", "id", "input_row"] and len(found) == 12
     assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(found.row, found.id, found.text))
+
+
+def test_a_sheet_keeps_the_input_columns_as_read(tmp_path):
+    """JSONL rows with other keys each: an id stays the id (no 2.0, no lost digits), a nested value is
+    JSON, a column named like the sheet's (or like an earlier renamed one) is renamed apart."""
+    from bankintent.data import with_input_columns
+
+    sheet = pd.DataFrame({"rank": [1, 2], "row": [1, 2], "text": ["a", "b"], "label": ["", ""]})
+    others = [{"id": 9007199254740993, "row": 5, "input_row": 6, "meta": {"channel": "app"}}, {"id": 2}]
+    with_input_columns(sheet, others).to_csv(tmp_path / "sheet.csv", index=False)
+    read = pd.read_csv(tmp_path / "sheet.csv", dtype=str, keep_default_na=False)
+    assert list(read.columns) == ["rank", "row", "id", "input_row", "input_input_row", "meta", "text", "label"]
+    assert read.id.tolist() == ["9007199254740993", "2"] and read.input_row.tolist() == ["5", ""]
+    assert read.meta.tolist() == ['{"channel": "app"}', ""]
+    assert list(with_input_columns(sheet, [{}, {}]).columns) == list(sheet.columns)  # a .txt input: nothing added

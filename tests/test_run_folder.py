@@ -100,6 +100,23 @@ def test_overwrite_with_bad_data_keeps_the_previous_run(tiny_bert, previous_run,
     assert (previous_run / "adapter" / "model.safetensors").is_file() and (previous_run / "test_evaluation.json").is_file()
 
 
+def test_ctrl_c_before_training_starts_keeps_the_previous_run_and_says_run_again(tiny_bert, tiny_data, previous_run,
+                                                                                 monkeypatch):
+    """Stopped while the data or the base model loads, --overwrite has not emptied the folder: its
+    finished run is intact, and --resume would do nothing there, so the message says to run again."""
+    import bankintent.training
+    from bankintent.errors import TrainingInterrupted
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bankintent.training, "_resolve", interrupted)
+    with pytest.raises(TrainingInterrupted, match="before training started, the output folder as it was: run the same") as stop:
+        _train(tiny_bert, tiny_data, previous_run, overwrite=True)
+    assert not stop.value.resumable
+    assert (previous_run / "adapter" / "model.safetensors").is_file() and (previous_run / "metrics.json").is_file()
+
+
 def test_resume_removes_the_previous_models_evaluation(tiny_bert, tiny_data, previous_run):
     (previous_run / "metrics.json").unlink()  # written last: without it the run did not finish
     _train(tiny_bert, tiny_data, previous_run, resume=True)
@@ -115,12 +132,11 @@ def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(t
     from bankintent.training import interrupted_note
 
     run = tmp_path / "run"
-    assert interrupted_note(run) == "Stopped before training started: run the same command again"
     run.mkdir()
     (run / "config.yaml").write_text("method: contrastive\n")
     (run / "checkpoints" / "contrastive").mkdir(parents=True)
     assert "nothing to continue from" in interrupted_note(run) and "starts it again from the beginning" in interrupted_note(run)
-    with pytest.raises(ModelError, match=r"no model in this run folder yet .*interrupted.* --resume$"):
+    with pytest.raises(ModelError, match=r"no model in this run folder yet .*interrupted.* --resume\)$"):
         Predictor.load(run)
     (run / "checkpoints" / "checkpoint-12").mkdir()
     (run / "checkpoints" / "checkpoint-12" / "trainer_state.json").write_text("{}")

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bankintent import ConfigError, ModelError, Predictor, ood, train
 from bankintent.modeling import MARKER
-from bankintent.predict import model_folder
+from bankintent.predict import ANSWER_FIELDS, model_folder
 from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
 from conftest import tiny_options, write_csv
 
@@ -128,7 +128,7 @@ def test_predictions_are_the_predictors(single, runs):
     assert response.status_code == 200
     expected = Predictor.load(runs / "bank_a").predict(TEXTS, top_k=2)
     for got, want in zip(response.json(), expected, strict=True):
-        assert set(got) == FIELDS
+        assert set(got) == FIELDS and tuple(want) == ANSWER_FIELDS  # the predictor's fields, which the service copies
         assert (got["text"], got["intent"], got["out_of_scope"]) == (want["text"], want["intent"], want["out_of_scope"])
         assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
         assert [r["intent"] for r in got["top_k"]] == [r["intent"] for r in want["top_k"]]

@@ -14,7 +14,7 @@ trained model and costs one pass of the encoder:
   best alternative is not confident; and each intent's threshold is capped (``CONFIDENT_CAP``), else
   on small data a clear error whose alternative falls just below that intent's (high) threshold is
   missed by both rules. A label given to a single query cannot be cross-validated;
-  where it is spelt nearly like another label (``data.likely_typo``) it heads the list, with that
+  where it is spelt nearly like another label (``config.closest_name``) it heads the list, with that
   label suggested.
 - **conflicting near-duplicates**: pairs of queries whose embeddings' cosine similarity is at least
   ``duplicate_threshold`` and whose labels differ (exact duplicates included).
@@ -42,8 +42,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder
-from bankintent.data import Examples, data_files, likely_typo, read_examples, set_apart
+from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder, closest_name
+from bankintent.data import Examples, data_files, read_examples, set_apart
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
 
@@ -186,7 +186,7 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     predicted = probabilities.argmax(1)
     # a label given once, spelt nearly like another label, is most likely that label mistyped: first in the list
     typos = [{**where(i), "suggested_label": close} for i, label in enumerate(examples.labels)
-             if counts[label] == 1 and (close := likely_typo(label, cv_labels))]
+             if counts[label] == 1 and (close := closest_name(label, cv_labels))]
     issues = pd.DataFrame([{"rank": rank, **row} for rank, row in enumerate(typos + [{
         **where(int(kept[i])), "suggested_label": cv_labels[predicted[i]],
         "given_probability": round(float(probabilities[i, y[i]]), 4),

@@ -47,21 +47,22 @@ def train(args: argparse.Namespace) -> None:
         check_launch(cfg, args.nproc)
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
+    from bankintent.config import MODEL_DIR
     from bankintent.errors import TrainingInterrupted
     from bankintent.results import markdown_table, percent, results_row
-    from bankintent.training import interrupted_note
-    from bankintent.training import train as run
+    from bankintent.training import interrupted_note, train as run
 
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        print(f"\n{str(exc) or 'interrupted'}. {interrupted_note(cfg.output)}", file=sys.stderr)
+        note = f". {interrupted_note(cfg.output)}" if getattr(exc, "resumable", True) else ""
+        print(f"\n{str(exc) or 'interrupted'}{note}", file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
         if metrics.get("test_oos_recall") is not None:
             print(f"out-of-scope: the fallback catches {percent(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
-        print(f"\nmodel: {cfg.output}/adapter   metrics: {cfg.output}/metrics.json")
+        print(f"\nmodel: {Path(cfg.output) / MODEL_DIR}   metrics: {Path(cfg.output) / 'metrics.json'}")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "
                   f"model has not seen with: bankintent evaluate {cfg.output} --data FILE")
@@ -229,7 +230,7 @@ def discover(args: argparse.Namespace) -> None:
                 distance_threshold=args.distance_threshold, min_size=args.min_size, seed=args.seed, overwrite=args.overwrite)
     chosen = "every query" if args.all else f"{found['out_of_scope']:,} out-of-scope queries"
     print(f"{found['queries']:,} queries, {chosen} grouped: {found['clusters']} candidate intents of {found['in_clusters']:,} "
-          f"queries, {found['unclustered']:,} left unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png")
+          f"queries, {found['unclustered']:,} left unclustered -> {Path(args.output) / 'clusters.csv'}, queries.csv, map.png, discover.json")
 
 
 def select(args: argparse.Namespace) -> None:
@@ -449,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("discover", "group out-of-scope queries into candidate new intents (clusters, keywords, examples, a map)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
     p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv, .tsv or .jsonl")
-    p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv and map.png")
+    p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv, map.png and discover.json")
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")

@@ -281,10 +281,16 @@ def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool 
         raise ConfigError(f"{path}: holds {filled} label(s) filled in; choose another --output, or pass --overwrite to replace them")
 
 
+def closest_name(name: str, known) -> str | None:
+    """The name of ``known`` that ``name`` is most likely a misspelling of (difflib's closest match,
+    similarity 0.6 or more; ``name`` itself left out), or None: a mistyped option, or label."""
+    close = difflib.get_close_matches(name, [other for other in known if other != name], n=1)
+    return close[0] if close else None
+
+
 def unknown_names(unknown: list[str], known) -> str:
     """``epoch (epochs?), lora_rank (lora_r?)``: each unknown option name with the one probably meant."""
-    return ", ".join(f"{name} ({close[0]}?)" if (close := difflib.get_close_matches(name, list(known), n=1)) else name
-                     for name in unknown)
+    return ", ".join(f"{name} ({close}?)" if (close := closest_name(name, known)) else name for name in unknown)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -32,7 +32,6 @@ rule included. The user's validation file, if any, is kept whole.
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from typing import Iterator
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from bankintent.config import closest_name
 from bankintent.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -416,24 +416,33 @@ def read_queries(path: str | Path, text_column: str = "text", *, columns: bool =
     numbered as ``iter_queries`` numbers them; with ``columns=True``, (rows, queries, each row's other
     columns as a dict). A file with none is an error."""
     path = Path(path).expanduser()
-    rows, texts, others = [], [], []
-    for row, text, other in iter_queries(path, text_column, columns=True):
-        rows.append(row)
-        texts.append(text)
-        others.append(other)
-    if not texts:
+    found = list(iter_queries(path, text_column, columns=columns))
+    if not found:
         raise DataError(f"{path}: no queries in the file")
-    return (rows, texts, others) if columns else (rows, texts)
+    return tuple(list(values) for values in zip(*found))
+
+
+def input_column_names(columns, taken) -> dict[str, str]:
+    """The output name of each input column kept beside a command's own columns (``taken``): its own,
+    or ``input_<name>`` (``input_input_<name>``, ...) where it clashes with one of them or with another's."""
+    names: dict[str, str] = {}
+    for column in columns:
+        name = column
+        while name in taken or name in names.values():
+            name = f"input_{name}"
+        names[column] = name
+    return names
 
 
 def with_input_columns(sheet, others: list[dict]):
     """A labelling sheet (``select``, ``discover``: a DataFrame with a ``row`` column) with each query's
-    other input columns after ``row`` (an id, a timestamp: what joins the labels back to the logs). An
-    input column named like one of the sheet's is kept as ``input_<name>``."""
+    other input columns after ``row`` (an id, a timestamp: what joins the labels back to the logs), as
+    read (no id turned into a float where a row lacks it; a nested JSON value as JSON)."""
     import pandas as pd
 
-    extra = pd.DataFrame(others, index=sheet.index)
-    extra.columns = [f"input_{name}" if name in sheet.columns else name for name in extra.columns]
+    cells = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in others]
+    extra = pd.DataFrame(cells, index=sheet.index, dtype=object)
+    extra = extra.rename(columns=input_column_names(extra.columns, set(sheet.columns)))
     at = list(sheet.columns).index("row") + 1
     return pd.concat([sheet.iloc[:, :at], extra, sheet.iloc[:, at:]], axis=1)
 
@@ -652,13 +661,6 @@ def is_small(labels: list[str]) -> bool:
     return bool(counts) and float(np.median(counts)) < SMALL_DATA_PER_INTENT
 
 
-def likely_typo(label: str, others: list[str]) -> str | None:
-    """The label of ``others`` that ``label`` is most likely a misspelling of (difflib's closest match,
-    similarity 0.6 or more), or None."""
-    close = difflib.get_close_matches(label, [other for other in others if other != label], n=1)
-    return close[0] if close else None
-
-
 def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     # distinct queries, as the validation split tells them apart (``query_key``): a repeated row teaches nothing new
     counts = Counter(label for _, label in {(query_key(text), label) for text, label in zip(full.texts, full.labels)})
@@ -667,7 +669,7 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
         row = full.rows[full.labels.index(rare[0])] if full.rows else None
         where = f"line {row}: " if row else ""
-        close = likely_typo(rare[0], [label for label, n in counts.items() if n >= 2])
+        close = closest_name(rare[0], [label for label, n in counts.items() if n >= 2])
         hint = f" (a typo for {close!r}?)" if close else ""
         repeated = full.labels.count(rare[0]) - 1
         example = f"1 distinct example (its other {repeated} row(s) repeat it, case and spaces aside)" if repeated else "1 example"
@@ -773,7 +775,7 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
         if label not in known:
             hint = (f" (out-of-scope rows are read under the label {oos_label!r}; --oos-label {shlex.quote(label)} reads these as such)"
                     if _written_as_out_of_scope(label, oos_label) else "")
-            close = likely_typo(label, sorted(known) + ([oos_label] if oos_label else []))
+            close = closest_name(label, sorted(known) + ([oos_label] if oos_label else []))
             typo = f" (a typo for {close!r}?)" if close and not hint else ""
             raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or typo or otherwise}")
 

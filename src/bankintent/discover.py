@@ -126,8 +126,8 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     if not 0 < distance_threshold <= 2:
         raise ConfigError(f"--distance-threshold is a cosine distance, between 0 and 2; got {distance_threshold}")
     out = Path(output)
-    check_output_folder(out)
     rows, texts, others = read_queries(input, text_column, columns=True)
+    check_output_folder(out)
     check_labelling_sheet(out / "queries.csv", QUERY_COLUMNS, overwrite)
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")

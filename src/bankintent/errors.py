@@ -19,4 +19,9 @@ class ModelError(BankintentError):
 
 
 class TrainingInterrupted(BankintentError):
-    """Training was stopped by a signal after saving a checkpoint; ``--resume`` continues it."""
+    """Training was stopped by a signal after saving a checkpoint; ``--resume`` continues it.
+    ``resumable`` False: stopped before the output folder changed, so there is nothing to continue."""
+
+    def __init__(self, message: str, resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable

@@ -400,8 +400,9 @@ def read_spec(folder: Path) -> ModelSpec:
         raise ModelError(f"{folder}: model folder not found")
     if not (folder / SPEC_FILE).is_file():
         if (folder / "config.yaml").is_file():  # a run folder whose training has not saved its model (MODEL_DIR)
-            raise ModelError(f"{folder}: no model in this run folder yet (no {MODEL_DIR}/): its training was interrupted, failed or "
-                             f"is still running; continue it with: bankintent train --config {folder}/config.yaml --resume")
+            raise ModelError(f"{folder}: no model in this run folder yet (no {MODEL_DIR}/): the command that writes it was "
+                             f"interrupted, failed or is still running (an interrupted `bankintent train` continues with "
+                             f"--config {folder}/config.yaml --resume)")
         raise ModelError(f"{folder}: not a bankintent model folder (no {SPEC_FILE})")
     if not (folder / MARKER).is_file():
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")

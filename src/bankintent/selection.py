@@ -77,7 +77,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
         log.info("%s: %d of its %d queries are labelled in the run's data already, left out", input, len(texts) - len(fresh), len(texts))
     rows, texts, others = [rows[i] for i in fresh], [texts[i] for i in fresh], [others[i] for i in fresh]
     if not texts:
-        raise DataError(f"{input}: every query is in the run's training data already")
+        raise DataError(f"{input}: every query is labelled in the run's data already")
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
     probabilities = softmax(logits / predictor.spec.temperature)

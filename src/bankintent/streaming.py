@@ -27,11 +27,11 @@ import json
 import sys
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from tqdm.auto import tqdm
 
-from bankintent.data import iter_queries
+from bankintent.data import input_column_names, iter_queries
 from bankintent.errors import DataError
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
             while chunk := list(islice(queries, CHUNK)):
                 results = predictor.predict([text for _, text, _ in chunk], top_k=top_k)
                 if writer is None:
-                    names = _output_names(columns, results[0])
+                    names = input_column_names(columns, {"row", *results[0]})
                     writer = _WRITERS[kind](output_path, {names[c]: kinds for c, kinds in columns.items()})
                 writer.write([{"row": row, **{names[c]: extra.get(c) for c in columns}, **result}
                               for (row, _, extra), result in zip(chunk, results)])
@@ -175,18 +175,6 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     if writer is not None:
         writer.close()
     return written
-
-
-def _output_names(columns: dict[str, Any], result: dict[str, Any]) -> dict[str, str]:
-    """The output name of each input column: its own, or ``input_<name>`` where it clashes with
-    ``row`` or a prediction field."""
-    names: dict[str, str] = {}
-    for column in columns:
-        name = column
-        while name == "row" or name in result or name in names.values():
-            name = f"input_{name}"
-        names[column] = name
-    return names
 
 
 class _JsonLines:

@@ -608,12 +608,11 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def interrupted_note(output: str | Path) -> str:
-    """What to do after Ctrl-C stopped ``train``: continue from the checkpoint the run left, or, where it
-    had none yet (the contrastive pair training and the probe keep none), start it again."""
+    """What to do after Ctrl-C stopped ``train`` once its run folder was started (``TrainingInterrupted.
+    resumable``): continue from the checkpoint the run left, or, where it had none yet (the contrastive
+    pair training and the probe keep none), start it again."""
     folder = Path(output)
     command = f"bankintent train --config {folder}/config.yaml --resume"
-    if not (folder / "config.yaml").is_file():
-        return "Stopped before training started: run the same command again"
     if last_checkpoint(folder / "checkpoints", remove_incomplete=False) is None:
         return f"Stopped before the run's first checkpoint: nothing to continue from; {command} starts it again from the beginning"
     return f"Continue with: {command}"
@@ -660,9 +659,12 @@ def _train(cfg: TrainConfig) -> dict:
         hf_logging.disable_progress_bar()
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
         cfg, splits, spec, tokenizer, model = _resolve(cfg)
-    except BaseException:
+    except BaseException as exc:
         if main:
             _remove_created(created)
+        if isinstance(exc, KeyboardInterrupt):  # the folder holds what it held (a previous run, with --overwrite)
+            raise TrainingInterrupted("interrupted before training started, the output folder as it was: run the same command "
+                                      "again", resumable=False) from None
         raise
     if main:
         _start_run_folder(cfg, splits, out)
