@@ -258,9 +258,10 @@ def check_output_folder(path: str | Path) -> None:
 
 def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool = False) -> None:
     """Refuse to write a sheet for labelling (a CSV of ``columns``, the last an empty ``label``, with the
-    input's own columns among them) over a file that is not an earlier such sheet, or over one in which a person has filled in labels:
-    ``select`` and ``discover`` are rerun after each retraining, into the same default file, and that
-    work (or the file of queries itself, named by mistake) would be lost. ``overwrite`` replaces it."""
+    input's own columns among them) over a file that is not an earlier such sheet, or over one in which
+    a person has filled in labels: ``select`` and ``discover`` are rerun after each retraining, into the
+    same default file, and that work (or the file of queries itself, named by mistake) would be lost.
+    ``overwrite`` replaces it. The sheet is CSV: another suffix is refused."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; --output names the CSV file to write")
