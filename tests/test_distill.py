@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -213,11 +214,12 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return str(exc.value)
 
 
-def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path):
+def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path, caplog):
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=r"layers must be between 1 and 4 \(the teacher has 4") as exc:
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match=r"layers must be between 1 and 4 \(the teacher has 4") as exc:
         distill(teacher, out, layers=5)
     one_line(exc)
+    assert "queries of" not in caplog.text  # said before the data is read
     with pytest.raises(ConfigError, match="layers must be between 1 and 4"):
         distill(teacher, out, layers=0)
     with pytest.raises(ConfigError, match="alpha must be between 0 and 1"):

@@ -246,6 +246,8 @@ def test_report_into_a_file_is_an_error(tmp_path):
 def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="neither a training run .no metrics.json. nor a sweep .no sweep.yaml."):
         write_report([tmp_path], tmp_path / "report")
+    with pytest.raises(ConfigError, match=r"nosuch: not found; give a training run's or a sweep's folder$"):  # a typo, said as one
+        write_report([tmp_path / "nosuch"], tmp_path / "report")
 
 
 def test_model_card_in_the_model_folder(tiny_sweep):

@@ -117,6 +117,15 @@ def test_the_sweep_file_is_read_without_changing_it(tmp_path):
     assert content["base"] == {"seed": 7, "epochs": 1} and runs[0].seeds == [7]
 
 
+def test_a_mistyped_top_level_key_is_refused_not_trained_on_the_defaults(tmp_path):
+    """'bse:' for 'base:' left every run on the default data (Banking77) and recipe; 'seeds:' at the
+    top level was dropped. Both are refused, naming what a sweep file holds."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"bse": {"data": "my_intents"}, "seeds": 2, "runs": [{"name": "a"}]}))
+    with pytest.raises(ConfigError, match=r"s.yaml: unknown top-level key\(s\) bse \(base\?\), seeds: a sweep file holds 'base:'"):
+        read_sweep(path)
+
+
 def test_sweep_file_errors_name_the_run(tiny_bert, tiny_data, tmp_path):
     config = sweep_file(tmp_path / "bad.yaml", tiny_bert, tiny_data, [{"name": "x", "options": {"lora_rank": 4}}])
     with pytest.raises(ConfigError, match=r"bad.yaml: run 1: unknown option\(s\) lora_rank \(lora_r\?\)$"):

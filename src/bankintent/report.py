@@ -89,6 +89,9 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
 
     runs, sweeps = [], []
     for folder in map(Path, dirs):
+        if not folder.is_dir():
+            missing = "not a folder" if folder.exists() else "not found"
+            raise ConfigError(f"{folder}: {missing}; give a training run's or a sweep's folder")
         if (folder / "sweep.yaml").is_file():
             _, planned_runs = read_sweep(folder / "sweep.yaml")
             results = sweep_results(folder, planned_runs)  # every finished run, also one finished since results.csv

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 TABLES = ("methods", "grid", "hyperparameters", "improvements")
 RUN_KEYS = {"name", "tables", "seeds", "options", "baseline", "note"}
+SWEEP_KEYS = {"base", "runs"}  # a sweep file's top level
 
 
 @dataclass
@@ -83,6 +84,10 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
     """The sweep file's shared options and its runs, validated (every run's config is resolved once)."""
     path = Path(path)
     content = load_yaml_file(path, "sweep file")
+    if isinstance(content, dict) and set(content) - SWEEP_KEYS:  # a mistyped 'base:' would train every run on the defaults
+        unknown = sorted(map(str, set(content) - SWEEP_KEYS))
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown_names(unknown, sorted(SWEEP_KEYS))}: a sweep file holds "
+                          f"'base:' (options every run shares) and 'runs:' (each run's name, options and seeds)")
     if not isinstance(content, dict) or not isinstance(content.get("runs"), list) or not content["runs"]:
         raise ConfigError(f"{path}: expected 'runs:', a list of runs")
     base = dict(_check_options(path, "base", content.get("base") or {}))  # a copy: the sweep file is saved as read
