@@ -149,19 +149,14 @@ def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str 
     return {".tsv": "csv"}.get(suffix, suffix[1:])
 
 
-def _first_bad_line(path: Path, limit: int | None = None) -> tuple[int, int]:
-    """(line number, byte) of the first byte sequence in ``path`` (its first ``limit`` bytes) that is
-    not UTF-8; (0, 0) where there is none."""
-    read = 0
+def _first_bad_line(path: Path) -> tuple[int, int]:
+    """(line number, byte) of the first byte sequence in ``path`` that is not UTF-8; (0, 0) where there is none."""
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return number, line[exc.start]
-            read += len(line)
-            if limit is not None and read >= limit:
-                break
     return 0, 0
 
 
@@ -170,14 +165,16 @@ def _encoding(path: Path) -> str:
     "Unicode text"), or Windows-1252 where its first bytes are not UTF-8 and are that code page (Excel's
     plain "CSV" on Windows; Latin-1 text reads the same), with a warning, since the guess may misread a
     few letters."""
-    with open(path, "rb") as handle:
-        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-            return "utf-16"
-    number, byte = _first_bad_line(path, ENCODING_SNIFF_BYTES)
-    if not number:
-        return "utf-8-sig"
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle:  # read once: the file's first lines, whole
         head = handle.read(ENCODING_SNIFF_BYTES)
+        lines = head if head.endswith(b"\n") else head + handle.readline()
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    try:
+        lines.decode("utf-8")
+        return "utf-8-sig"
+    except UnicodeDecodeError as exc:
+        number, byte = lines.count(b"\n", 0, exc.start) + 1, lines[exc.start]
     try:
         head.decode("cp1252")
     except UnicodeDecodeError:
@@ -366,8 +363,9 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
     seen: dict[str, dict[str, int]] = {}
     written: dict[str, str] = {}  # each query as the file first writes it, for the warning
     for text, label, number in zip(texts, labels, numbers):
-        seen.setdefault(query_key(text), {}).setdefault(label, number)
-        written.setdefault(query_key(text), text)
+        key = query_key(text)
+        seen.setdefault(key, {}).setdefault(label, number)
+        written.setdefault(key, text)
     conflicts = [(key, found) for key, found in seen.items() if len(found) > 1]
     if not conflicts:
         return
