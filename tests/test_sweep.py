@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from bankintent.config import TrainConfig
-from bankintent.errors import ConfigError
+from bankintent.errors import ConfigError, DataError
 from bankintent.results import aggregate_runs, results_tables
 from bankintent.sweep import read_sweep, run_sweep
 
@@ -63,15 +63,35 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
 
 
 def test_a_failed_run_is_reported_with_its_error(tiny_bert, tiny_data, tmp_path):
-    runs = [{"name": "probe", "options": {"method": "linear-probe", "max_train_samples": 2}}]  # 4 intents: refused by training
+    runs = [{"name": "lora", "options": {"method": "lora", "target_modules": "no_such_layer"}}]  # refused by training
     config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
-    with pytest.raises(ConfigError, match=r"1 run\(s\) failed: probe seed 42: .*max_train_samples.* \(.*seed-42/train.log\); start the sweep"):
+    with pytest.raises(ConfigError, match=r"1 run\(s\) failed: lora seed 42: target_modules: no layer named 'no_such_layer'.* "
+                                          r"\(.*seed-42/train.log\); start the sweep"):
         run_sweep(config, tmp_path / "sweep")
     runs[0]["options"] = {"data": "no_such_data"}  # a missing data folder: before any run starts
     sweep_file(config, tiny_bert, tiny_data, runs)
     with pytest.raises(ConfigError, match=r"sweep.yaml: run 1: data no_such_data: not found \(a relative path is read from the folder"):
         run_sweep(config, tmp_path / "sweep2")
     assert not (tmp_path / "sweep2").exists()
+
+
+def test_bad_data_stops_the_sweep_before_any_run(tiny_bert, tiny_data, tmp_path):
+    """A data error every run would meet in turn (each after loading its model) is met once, first, naming the run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text((tiny_data / "train.csv").read_text())
+    (data / "test.csv").write_text((tiny_data / "test.csv").read_text() + "where is my card,card_arival\n")
+    runs = [{"name": "probe", "seeds": 2, "options": {"method": "linear-probe"}},
+            {"name": "fewer", "options": {"method": "linear-probe", "max_train_samples": 2}}]
+    config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, data, runs)
+    with pytest.raises(DataError, match=r"sweep.yaml: run 'probe' seed 42: .*test.csv: line 22: label 'card_arival' never seen in training"):
+        run_sweep(config, tmp_path / "sweep")
+    assert not list((tmp_path / "sweep").glob("runs/*"))
+    runs[0]["options"]["data"] = str(tiny_data)
+    sweep_file(config, tiny_bert, tiny_data, runs)
+    with pytest.raises(DataError, match=r"run 'fewer' seed 42: .*max_train_samples=2 is fewer than the 4 intents"):
+        run_sweep(config, tmp_path / "sweep")
+    assert not list((tmp_path / "sweep").glob("runs/*"))
 
 
 def test_tables_mean_std_single_seed_and_deltas():

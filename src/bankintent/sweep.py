@@ -41,8 +41,8 @@ import yaml
 from tqdm import tqdm
 
 from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config, unknown_names
-from bankintent.data import BANKING77
-from bankintent.errors import ConfigError
+from bankintent.data import BANKING77, run_splits
+from bankintent.errors import ConfigError, DataError
 from bankintent.results import aggregate_runs, write_results_tables
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,24 @@ def changed_options(run_dir: Path, command: list[str]) -> str | None:
     return differences(_flags(shlex.split(recorded.read_text())), _flags(command))
 
 
+def check_data(config: str | Path, runs: list[tuple[RunSpec, int]]) -> None:
+    """Read the data of every run to train, each distinct read once, before the first run starts: a bad
+    row (a test label no intent has, say) stops the sweep with the run's name, where each run would
+    otherwise fail on it in turn, after loading its model."""
+    checked = set()
+    for run, seed in runs:
+        cfg = resolve_config(None, **{**run.options, "seed": seed})
+        read = (cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
+                cfg.strict_data, cfg.oos_label, cfg.oos_file, cfg.shots, cfg.draw_seed)
+        if read in checked:
+            continue
+        checked.add(read)
+        try:
+            run_splits(cfg, notes=False)
+        except DataError as exc:
+            raise DataError(f"{config}: run {run.name!r} seed {seed}: {exc}") from None
+
+
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,
               train: bool = True) -> pd.DataFrame:
     """Run every run of the sweep file not yet finished, ``jobs`` at a time (more than one pays on a GPU,
@@ -217,6 +235,7 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     todo = [(run, seed) for run, seed in planned if train and not (run_folder(out, run.name, seed) / "metrics.json").is_file()]
     if train and len(todo) < len(planned):
         log.info("%d of %d runs finished already in %s: kept, not trained again", len(planned) - len(todo), len(planned), out)
+    check_data(config, todo)
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
     with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run") as progress:
