@@ -175,9 +175,10 @@ def test_an_ensemble_of_teachers_is_distilled_into_one_model_as_deep(teacher, cl
     are that teacher (the same student, tensor for tensor); another teacher changes it."""
     alone = distill(teacher, tmp_path / "alone", layers=4, epochs=1, batch_size=16, augment_copies=0, progress=False)
     assert alone["kept_layers"] == [0, 1, 2, 3] and alone["ensemble_teachers"] == []
+    assert alone["teacher"] == str(teacher.resolve())  # the run folder typed, which the recorded command reruns
     twice = distill(teacher, tmp_path / "twice", layers=4, teachers=[str(teacher)], epochs=1, batch_size=16, augment_copies=0,
                     progress=False)
-    assert twice["ensemble_teachers"] == [str((teacher / "adapter").resolve())]
+    assert twice["ensemble_teachers"] == [str(teacher.resolve())]
     one, two = (load_file(tmp_path / name / "adapter" / "model.safetensors") for name in ("alone", "twice"))
     assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
 

@@ -222,9 +222,9 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
         "unlabelled_size": len(extra_texts),
         "unlabelled_left_out": held_out,  # validation and test queries found among them, not trained on
         "distill_queries": len(texts),
-        "teacher": str(source.resolve()),
+        "teacher": str(Path(run).resolve()),  # as typed (a run folder, or its model folder): the command to rerun
         "teacher_method": teacher_spec.method,
-        "ensemble_teachers": [str(other.resolve()) for other in others],
+        "ensemble_teachers": [str(Path(other).resolve()) for other in opts.teachers or []],
         "teacher_layers": depth,
         "layers": len(kept),
         "kept_layers": kept,
