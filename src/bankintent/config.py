@@ -256,32 +256,6 @@ def check_output_folder(path: str | Path) -> None:
         raise ConfigError(f"{path}: exists and is not a folder; choose another --output")
 
 
-def check_labelling_sheet(path: str | Path, columns: list[str], overwrite: bool = False) -> None:
-    """Refuse to write a sheet for labelling (a CSV of ``columns``, the last an empty ``label``, with the
-    input's own columns among them) over a file that is not an earlier such sheet, or over one in which
-    a person has filled in labels: ``select`` and ``discover`` are rerun after each retraining, into the
-    same default file, and that work (or the file of queries itself, named by mistake) would be lost.
-    ``overwrite`` replaces it. The sheet is CSV: another suffix is refused."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder; --output names the CSV file to write")
-    if path.suffix.lower() != ".csv":
-        raise ConfigError(f"{path}: the sheet to label is written as CSV; give --output a .csv name")
-    if overwrite or not path.is_file():
-        return
-    import pandas as pd
-
-    try:
-        sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
-        sheet = None
-    if sheet is None or [name for name in sheet.columns if name in columns] != columns or sheet.columns[-1] != "label":
-        raise ConfigError(f"{path}: exists and is not a sheet this command wrote; choose another --output, or pass --overwrite to replace it")
-    filled = int((sheet["label"].str.strip() != "").sum())
-    if filled:
-        raise ConfigError(f"{path}: holds {filled} label(s) filled in; choose another --output, or pass --overwrite to replace them")
-
-
 def closest_name(name: str, known) -> str | None:
     """The name of ``known`` that ``name`` is most likely a misspelling of (difflib's closest match,
     similarity 0.6 or more; ``name`` itself left out), or None: a mistyped option, or label."""

@@ -28,8 +28,8 @@ import pandas as pd
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import CountVectorizer
 
-from bankintent.config import check_labelling_sheet, check_output_folder
-from bankintent.data import read_queries, with_input_columns
+from bankintent.config import check_output_folder
+from bankintent.data import check_labelling_sheet, read_queries, with_input_columns
 from bankintent.errors import ConfigError, DataError
 from bankintent.results import write_json
 

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
-from bankintent.config import check_labelling_sheet
 from bankintent.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     other columns, text, the model's guess and its margin, an empty ``label`` column); returns a summary.
     An existing ``output`` is replaced only if it is an earlier sheet with no label filled in, or with
     ``overwrite``."""
-    from bankintent.data import query_key, read_queries, with_input_columns
+    from bankintent.data import check_labelling_sheet, query_key, read_queries, with_input_columns
     from bankintent.predict import Predictor, softmax
 
     if budget < 1:
