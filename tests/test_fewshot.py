@@ -152,6 +152,7 @@ def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_
     assert "contrastive fine-tuning of the encoder" in card
     # small data: the calibration error is measured on queries the encoder trained on, and the card says so
     assert "(optimistic: the encoder trained on those queries; `bankintent evaluate RUN --data FILE`" in card
+    assert json.loads((tmp_path / "metrics.json").read_text())["ece_optimistic"] is True
 
 
 def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_data(tiny_bert, three_shot, tmp_path, capsys):
@@ -168,6 +169,7 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     card = (run / "adapter" / "README.md").read_text()
     assert "expected calibration error on the training queries' out-of-fold probe logits" in card
     assert "optimistic: the encoder trained" not in card  # the encoder is the base's: out-of-fold logits are a probe's that never saw the query
+    assert metrics["ece_optimistic"] is False
     # the card says what small data did, not what a validation split would have done
     assert "no validation split to choose an epoch on" in card and "held-out training queries (small data" in card
     assert "selected on validation" not in card and "chosen on validation" not in card

@@ -137,9 +137,7 @@ def calibration_rows(metrics: dict) -> str:
         if metrics.get("val_ece_before") is not None:
             on = metrics.get("temperature_fitted_on") or "validation queries"
             line += f"; expected calibration error on the {on} {metrics['val_ece_before']:.3f} before, {metrics['val_ece_after']:.3f} after"
-            trained_encoder = metrics.get("method") != "linear-probe" and (metrics.get("method") != "contrastive"
-                                                                            or bool(metrics.get("contrastive_pairs")))
-            if _small(metrics) and trained_encoder:  # on the queries the ECE is measured on
+            if metrics.get("ece_optimistic"):
                 line += (" (optimistic: the encoder trained on those queries; `bankintent evaluate RUN --data FILE` measures it "
                          "on labelled queries of your own)")
         lines.append(line)

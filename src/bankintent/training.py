@@ -705,7 +705,9 @@ def _train(cfg: TrainConfig) -> dict:
     if not main:
         return {}
 
-    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold)
+    # the encoder trained on the training queries (the probe alone did not; nor contrastive without a pair to train on)
+    encoder_trained = cfg.method not in PROBE_FINAL_METHODS or bool(extra.get("contrastive_pairs"))
+    scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold, encoder_trained)
     metrics = run_metrics(spec, scores, splits, train_seconds, best_epoch, epochs_run, cfg.seed, extra)
     write_json(out / "metrics.json", metrics)
     write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
@@ -866,10 +868,12 @@ def data_metrics(splits: Splits) -> dict:
 
 
 def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict,
-                   out_of_fold: np.ndarray | None = None) -> dict:
+                   out_of_fold: np.ndarray | None = None, encoder_trained: bool = True) -> dict:
     """How every way of making a model ends (training, ``bankintent.distill``): the temperature and the
     out-of-scope detector fitted (they fill ``spec``; ``extra`` gets what the calibration reports;
-    ``out_of_fold``: small data's probe logits of the training queries, see ``calibrate``), the
+    ``out_of_fold``: small data's probe logits of the training queries, see ``calibrate``; with small
+    data and ``encoder_trained``, the calibration error is flagged ``ece_optimistic``, measured on
+    queries the encoder trained on, however out of fold the head's logits are), the
     model folder saved in OUTPUT/adapter, the history written, and the saved folder, loaded as a user
     loads it, scored on validation and test. Returns those scores and the model's sizes."""
     out = Path(cfg.output)
@@ -882,6 +886,7 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half))
     if splits.small_data:
         extra["calibration"] = CROSS_FITTED if out_of_fold is None else CROSS_FITTED_OUT_OF_FOLD
+    extra["ece_optimistic"] = splits.small_data and encoder_trained
     model_dir = out / MODEL_DIR
     save_model(model, spec, model_dir)
     oos_bytes = (model_dir / OOD_FILE).stat().st_size if (model_dir / OOD_FILE).is_file() else 0  # the detector, not the adapter
