@@ -232,7 +232,10 @@ def curves_section(runs: list[Run], figures: Path) -> str:
     for index, name in enumerate(names):
         mean = frame[frame.name == name].groupby("epoch")[["train_loss", "val_loss", "val_accuracy"]].mean()
         label = name if seeds[name] == 1 else f"{name} (mean of {seeds[name]} seeds)"
-        style = dict(marker="o", markersize=3, color=colors(index % colors.N), label=label)
+        # each later run drawn thinner, dashed otherwise, with another marker: a run whose curves are another's (the
+        # same recipe, say) shows on top of it, not instead of it
+        style = dict(marker="os^Dv"[index % 5], markersize=7 - 1.5 * (index % 4), linewidth=2.5 - 0.5 * (index % 4),
+                     linestyle=("-", "--", ":", "-.")[index % 4], color=colors(index % colors.N), label=label)
         for ax, column in zip(axes, mean.columns):
             ax.plot(mean.index, mean[column], **style)
     for ax, title in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
