@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bankintent import cli
-from bankintent.discover import cluster, keywords
+from bankintent.discover import cluster, keywords, terms
 from bankintent.selection import margins, rank
 from conftest import tiny_options, write_csv
 
@@ -110,7 +110,24 @@ def test_two_planted_clusters_are_separated_and_stragglers_left_out():
     assert set(found[:20]) == {0} and set(found[20:40]) == {1} and list(found[40:]) == [-1, -1]
     texts = ["raise my card limit"] * 20 + ["change my home address"] * 20 + ["weather", "joke"]
     words = keywords(texts, found)
-    assert "limit" in words[0] and "address" in words[1] and not set(words[0]) & set(words[1])
+    assert any("limit" in w for w in words[0]) and any("address" in w for w in words[1]) and not set(words[0]) & set(words[1])
+
+
+def test_keywords_pair_only_neighbouring_words_of_one_query():
+    """A pair of words is two neighbours in one query: not across queries ("limit limit"), a dropped
+    stop word ("fee using" from "fee for using") or punctuation; contractions are not words ("didn",
+    "won"); a term whose words are shown already is passed over."""
+    assert terms("I didn't get a fee for using my card, top-up failed") == [
+        "fee", "using", "card", "top-up", "failed", "top-up failed"]
+    texts = ["my card limit", "limit is too low", "raise limit please", "card limit higher",
+             "change my home address", "new address", "address changed", "update my address"]
+    found = np.array([0] * 4 + [1] * 4)
+    words = keywords(texts, found)
+    assert words[0][0] == "limit" and "limit limit" not in words[0] and "address" in words[1]
+    for k in (0, 1):  # each term shows a word the terms above it do not
+        assert all(set(term.split()) - {w for above in words[k][:i] for w in above.split()} for i, term in enumerate(words[k]))
+    words = keywords(["exchange rate", "the exchange rate", "exchange rate today", "home address"] * 2, np.array([0, 0, 0, 1] * 2))
+    assert words[0][:2] == ["exchange", "exchange rate"] and "rate" not in words[0]  # ties in the terms' order
 
 
 def test_select_prefers_uncertain_queries_spreads_them_and_is_deterministic():

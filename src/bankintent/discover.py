@@ -21,12 +21,13 @@ Output: ``clusters.csv`` (a row per cluster: size, keywords, representative quer
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.cluster import AgglomerativeClustering
-from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from bankintent.config import check_output_folder
 from bankintent.data import check_labelling_sheet, read_queries, with_input_columns
@@ -55,22 +56,47 @@ def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD
     return renumber[found]
 
 
+# a word ("didn't" and "top-up" one each, not "didn" and "t", "top" and "up") or a punctuation mark
+TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
+
+
+def terms(text: str) -> list[str]:
+    """A query's words and its pairs of neighbouring words, stop words and contractions ("didn't",
+    "i'm") left out: a pair is two words next to each other in the query, never two that a stop word
+    or a punctuation mark stood between, nor the end of one query and the start of the next."""
+    words = [w if w[0].isalnum() and len(w) > 1 and "'" not in w and w not in ENGLISH_STOP_WORDS else None
+             for w in TOKEN.findall(text.lower())]
+    return [w for w in words if w] + [f"{a} {b}" for a, b in zip(words, words[1:]) if a and b]
+
+
 def keywords(texts: list[str], clusters: np.ndarray, top: int = KEYWORDS) -> dict[int, list[str]]:
-    """Class-based TF-IDF: each cluster's queries as one document; a term's frequency in the cluster
-    (normalised by its length) times log(1 + mean words per cluster / the term's frequency over all)."""
+    """Class-based TF-IDF: each cluster's queries counted together; a term's frequency in the cluster
+    (normalised by its length) times log(1 + mean words per cluster / the term's frequency over all).
+    A term whose words the cluster's higher terms already show ("exchange rate" after "exchange" and
+    "rate") is passed over for the next."""
     ids = sorted(c for c in set(clusters.tolist()) if c >= 0)
     if not ids:
         return {}
-    documents = [" ".join(t for t, c in zip(texts, clusters) if c == k) for k in ids]
     try:
-        vectorizer = CountVectorizer(stop_words="english", ngram_range=(1, 2), min_df=1)
-        counts = vectorizer.fit_transform(documents).toarray().astype(float)
+        vectorizer = CountVectorizer(analyzer=terms)
+        per_query = vectorizer.fit_transform(texts)
     except ValueError:  # only stop words
         return {k: [] for k in ids}
+    counts = np.stack([np.asarray(per_query[clusters == k].sum(0)).ravel() for k in ids]).astype(float)
     tf = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     idf = np.log(1 + counts.sum(1).mean() / np.maximum(counts.sum(0), 1))
-    terms = vectorizer.get_feature_names_out()
-    return {k: [terms[j] for j in np.argsort(-(tf[i] * idf))[:top] if counts[i, j] > 0] for i, k in enumerate(ids)}
+    names = vectorizer.get_feature_names_out()
+    chosen = {}
+    for i, k in enumerate(ids):
+        shown, words = [], set()
+        for j in np.argsort(-(tf[i] * idf), kind="stable"):
+            if len(shown) == top or counts[i, j] == 0:
+                break
+            if not set(names[j].split()) <= words:
+                shown.append(str(names[j]))
+                words |= set(names[j].split())
+        chosen[k] = shown
+    return chosen
 
 
 def representatives(texts: list[str], features: np.ndarray, clusters: np.ndarray, top: int = REPRESENTATIVES) -> dict[int, list[str]]:
