@@ -116,6 +116,7 @@ def test_list_options_parse():
                                                   "(usage: bankintent predict --help)"),
     (["train", "--method", "lpt"], "bankintent train: error: argument --method: invalid choice: 'lpt'"),
     (["predict"], "bankintent predict: error: the following arguments are required: dir"),
+    (["predict", "runs/x", "hi", "--top-kk", "3", "there"], "unrecognized arguments: --top-kk 3 there (--top-kk: did you mean --top-k?)"),
 ])
 def test_a_mistyped_flag_is_the_command_s_own_error_with_the_flag_meant(argv, said, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -147,6 +148,14 @@ def test_the_cli_offers_every_out_of_scope_score():
     from bankintent import ood
 
     assert cli.OOS_SCORES == ood.SCORES
+
+
+def test_query_texts_may_follow_predict_s_options():
+    """``predict RUN --top-k 2 "lost card"`` and texts on both sides of an option: every text is a query."""
+    parser = cli.build_parser()
+    for argv in (["predict", "runs/x", "--top-k", "2", "lost card", "new pin"], ["predict", "runs/x", "lost card", "--top-k", "2", "new pin"]):
+        args = cli.parse(parser, argv)
+        assert (args.command, args.dir, args.texts, args.top_k, args.func) == ("predict", "runs/x", ["lost card", "new pin"], 2, cli.predict)
 
 
 def test_predict_prints_out_of_scope_answers_apart(tiny_probe_run, capsys, clean_env):

@@ -479,10 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[name]  # noqa: SLF001 (argparse keeps no other handle)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command line's arguments. A command that takes any number of texts (``predict RUN TEXT...``)
+    takes them before, between and after its options (``predict RUN --top-k 2 "lost card"``), as
+    argparse's intermixed parsing reads them; arguments a command does not take are refused in one line."""
+    args, extra = parser.parse_known_args(argv)
+    command = _command_parser(parser, args.command)
+    if extra and any(action.nargs == "*" for action in command._actions if not action.option_strings):  # noqa: SLF001
+        args, extra = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1:],
+                                                          argparse.Namespace(command=args.command))
+    if extra:
+        _unknown_flags(parser, args, extra)
+    return args
+
+
 def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
     """Arguments the command does not take: the error is the command's own (its usage, not the
     top-level one), with the flag probably meant (``--ouput``: ``--output``; ``--lr``: ``--learning-rate``)."""
-    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse keeps no other handle)
+    command = _command_parser(parser, args.command)
     known = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]  # noqa: SLF001
     hints = []
     for given in (e.split("=")[0] for e in extra if e.startswith("--")):
@@ -493,10 +511,7 @@ def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        _unknown_flags(parser, args, extra)
+    args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below
     progress.configure(loading_bars=args.command in TRAINING_COMMANDS)
