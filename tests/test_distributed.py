@@ -37,7 +37,8 @@ def data(tmp_path_factory):
 
 
 def cli_train(nproc: int, batch_size: int, output, **options) -> subprocess.CompletedProcess:
-    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items()]
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={','.join(map(str, v)) if isinstance(v, list) else v}")
+             for k, v in options.items()]
     result = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--nproc", str(nproc), *flags,
                              f"--batch-size={batch_size}", f"--output={output}"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -70,6 +71,8 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(no_dropout_b
     assert result.stderr.count("probe: embedding train: 100%") == 1  # ... and shows progress
     assert result.stderr.count("duplicated row(s) kept") == 2  # the data's notes once (train.csv, test.csv), not per process
     assert "load_best_model_at_end" not in result.stderr  # averaged weights are kept, as intended: no warning that they are
+    again = cli_train(2, 8, out, resume=True, **common)  # finished already: nothing to resume, said and reported once
+    assert again.stdout.count("| lpft |") == 1 and again.stderr.count("finished training already") == 1
 
 
 def test_nproc_is_not_passed_on():
@@ -87,7 +90,9 @@ def test_nproc_checks_the_output_and_the_data_once_before_launching(tiny_data, t
     cases = [(["--nproc", "2", "--data", str(tmp_path / "nosuch"), "--output", str(tmp_path / "a")], "nosuch: no such data folder"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(full)], "full: output folder is not empty (notes.txt)"),
              (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0"),
-             (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c")], "linear-probe trains no weights by gradient")]
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c")], "linear-probe trains no weights by gradient"),
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c"), "--method", "contrastive"],
+              "--nproc 2: contrastive (the few-shot recipe, the default for few examples per intent) trains in one process")]
     for flags, message in cases:
         done = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--method", "linear-probe", *flags],
                               capture_output=True, text=True, timeout=300)

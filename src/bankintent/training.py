@@ -375,9 +375,19 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
     if cfg.resume:
         check_resumed_options(cfg, Path(cfg.output))
     splits = run_splits(cfg, notes=False)
-    if for_data(cfg, splits.few_examples).method == "linear-probe":
-        raise ConfigError(f"--nproc {nproc}: linear-probe trains no weights by gradient descent (it fits a scikit-learn probe "
-                          f"on the base model's embeddings, in one process); leave --nproc out")
+    check_processes(for_data(cfg, splits.few_examples).method, nproc)
+
+
+def check_processes(method: str, processes: int) -> None:
+    """Refuse several processes for the methods that train in one: ``linear-probe`` (no gradient descent)
+    and ``contrastive`` (its pair training's in-batch negatives would be each process's share of the
+    batch, and its schedule and metrics a single process's)."""
+    if processes > 1 and method in PROBE_FINAL_METHODS:
+        why = ("trains no weights by gradient descent (it fits a scikit-learn probe on the base model's embeddings, in one "
+               "process)" if method == "linear-probe" else
+               "(the few-shot recipe, the default for few examples per intent) trains in one process: split across processes, "
+               "each pair would meet only its process's share of the batch as negatives")
+        raise ConfigError(f"--nproc {processes}: {method} {why}; leave --nproc out")
 
 
 def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
@@ -464,7 +474,8 @@ def check_same_data(splits: Splits, checkpoints: Path) -> None:
 def _finished_run(folder: Path, main: bool = True) -> dict:
     """--resume on a run that finished: metrics.json is written last, so there is nothing to continue,
     and training again from the beginning (what a missing checkpoint means otherwise) would spend the
-    whole run to replace the model. Returns the finished run's metrics."""
+    whole run to replace the model. Returns the finished run's metrics (the main process; the others,
+    which print nothing, as after training, get {})."""
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError) as exc:
@@ -472,7 +483,7 @@ def _finished_run(folder: Path, main: bool = True) -> dict:
     if main:
         log.warning("--resume: %s finished training already (it has its metrics.json); nothing to resume. "
                     "Pass --overwrite to train it again", folder)
-    return metrics
+    return metrics if main else {}
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -659,6 +670,7 @@ def _train(cfg: TrainConfig) -> dict:
         hf_logging.disable_progress_bar()
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
         cfg, splits, spec, tokenizer, model = _resolve(cfg)
+        check_processes(cfg.method, process.num_processes)  # started by torchrun by hand, which --nproc's checks did not see
     except BaseException as exc:
         if main:
             _remove_created(created)
