@@ -140,10 +140,11 @@ def predict(args: argparse.Namespace) -> None:
         _status(f"starting Spark ({args.master or 'the master spark-submit or the environment names'}) ...")
         from bankintent.spark import score_file
 
-        written = score_file(args.dir, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
-                             master=args.master, batch_size=args.batch_size, oos_score=args.oos_score,
-                             oos_threshold=args.oos_threshold, overwrite=args.overwrite)
-        print(f"{written} predictions written to {args.output}")
+        written, failed = score_file(args.dir, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
+                                     master=args.master, batch_size=args.batch_size, oos_score=args.oos_score,
+                                     oos_threshold=args.oos_threshold, overwrite=args.overwrite)
+        unscored = f" ({failed} not scored: a null or empty text, said in their 'error' column)" if failed else ""
+        print(f"{written} rows written to {args.output}, {written - failed} scored{unscored}")
         return
     if args.master:
         raise BankintentError("--master is for --engine spark")
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
-                   help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl, "
+                   help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl/.txt, "
                         "--output .parquet; needs pip install 'bankintent[spark]')")
     p.add_argument("--master", help="with --engine spark: the Spark master, e.g. local[2] (default: spark-submit's or the environment's)")
     p.set_defaults(func=predict)

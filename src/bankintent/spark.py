@@ -11,7 +11,8 @@ by its folder name with ``SparkFiles.get``.
 Each input row gives one output row: the fields of ``Predictor.predict`` (``FIELDS``), and
 ``error`` for a row that could not be scored (a null or empty text), whose other fields are null:
 such rows are kept, never dropped. ``score_file`` is ``bankintent predict --engine spark``: Parquet,
-CSV or JSONL in, Parquet out, every input column kept.
+CSV, JSONL or text (a query a line) in, Parquet out, every input column kept (one named like a
+prediction field as ``input_<name>``, as ``bankintent predict`` writes it without Spark).
 
 One model copy per Python worker: with ``threads`` (default 1) intra-op threads each, give Spark one
 task slot per core (``spark.task.cpus`` 1) and the executor's cores are all busy; docs/spark.md.
@@ -27,11 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bankintent.data import input_column_names
 from bankintent.errors import DataError
 
 # predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
 FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
-INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
 _TYPES = {
     "intent": "string", "confidence": "double", "out_of_scope": "boolean", "oos_score": "double",
     "oos_threshold": "double", "oos_method": "string", "closest_intent": "string",
@@ -135,7 +137,7 @@ def session(master: str | None = None, app_name: str = "bankintent"):
 
 
 def input_format(input_path: str | Path) -> str:
-    """Spark's reader for the input file (``parquet``, ``csv`` or ``json``); DataError for another
+    """Spark's reader for the input file (``parquet``, ``csv``, ``json`` or ``text``); DataError for another
     extension or a local file that does not exist."""
     path = Path(input_path)
     kind = INPUT_FORMATS.get(path.suffix.lower())
@@ -147,12 +149,15 @@ def input_format(input_path: str | Path) -> str:
 
 
 def read_queries(spark, input_path: str | Path, text_column: str = "text"):
-    """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``."""
+    """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``; of a
+    text file, its lines as ``text_column``."""
     kind = input_format(input_path)
     reader = spark.read
     if kind == "csv":
         reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
     frame = getattr(reader, kind)(str(input_path))
+    if kind == "text":
+        frame = frame.withColumnRenamed("value", text_column)
     if text_column not in frame.columns:
         raise DataError(f"{input_path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
     return frame
@@ -160,11 +165,12 @@ def read_queries(spark, input_path: str | Path, text_column: str = "text"):
 
 def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, text_column: str = "text",
                top_k: int = 3, master: str | None = None, batch_size: int | None = None, threads: int | None = 1,
-               oos_score: str | None = None, oos_threshold: float | None = None, overwrite: bool = False) -> int:
+               oos_score: str | None = None, oos_threshold: float | None = None, overwrite: bool = False) -> tuple[int, int]:
     """``bankintent predict --engine spark``: score every row of ``input_path`` into the Parquet
-    folder ``output_path`` (the input's columns, then the prediction fields and ``error``); returns
-    the number of rows written. An input of fewer partitions than the session's cores (one small
-    file) is repartitioned so that every core scores; rows keep their columns, not their order."""
+    folder ``output_path`` (the input's columns, one named like a prediction field as
+    ``input_<name>``, then the prediction fields and ``error``); returns the rows written and how many
+    of them have an ``error`` (not scored). An input of fewer partitions than the session's cores (one
+    small file) is repartitioned so that every core scores; rows keep their columns, not their order."""
     output = Path(output_path)
     if output.suffix.lower() != ".parquet":
         raise DataError(f"{output}: --engine spark writes Parquet; name the output .parquet")
@@ -179,12 +185,12 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     spark = session(master)
     frame = read_queries(spark, input_path, text_column)
     udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
-    clash = [c for c in frame.columns if c in (*FIELDS, "error")]
-    if clash:
-        raise DataError(f"{input_path}: column {clash[0]!r} would clash with a prediction field; rename it")
+    names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"})
+    frame = frame.withColumnsRenamed({old: new for old, new in names.items() if old != new})
     cores = spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
         frame = frame.repartition(cores)
-    scored = frame.withColumn("_prediction", udf(frame[text_column])).select(*frame.columns, "_prediction.*")
+    scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
     scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
-    return spark.read.parquet(str(output)).count()
+    written = spark.read.parquet(str(output))
+    return written.count(), written.filter(written["error"].isNotNull()).count()
