@@ -97,6 +97,26 @@ def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_pa
     assert "| records | lpft | 100.00% |" in md and "Run `probe (seed 42)` (the only run whose model is here)" in md
 
 
+def test_a_search_folder_brings_its_finished_trials_and_a_run_on_two_processes_its_command(tiny_sweep, tmp_path):
+    import shutil
+
+    from bankintent.report import collect
+
+    search = tmp_path / "search"
+    for number in (10, 2):  # trial-2 before trial-10; a trial without metrics.json (stopped) is left out
+        shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", search / f"trial-{number}")
+    (search / "trial-3").mkdir()
+    (search / "search.json").write_text("{}")
+    ddp = shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", tmp_path / "ddp", ignore=shutil.ignore_patterns("command.txt"))
+    metrics = json.loads((ddp / "metrics.json").read_text())
+    (ddp / "metrics.json").write_text(json.dumps({**metrics, "world_size": 2}))
+    runs, _ = collect([search, ddp])
+    assert [r.name for r in runs] == ["trial-2", "trial-10", "ddp"]
+    assert runs[2].command == f"bankintent train --config {ddp / 'config.yaml'} --nproc 2"  # config.yaml does not record it
+    md = write_report([search, ddp], tmp_path / "report")[1].read_text()
+    assert "× 2 processes |" in md and "give it another `--output` to make the run again" in md
+
+
 def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):
     """No run of the sweep was evaluated: the best one's test predictions are made once and kept, in
     the columns ``evaluate`` writes."""
@@ -244,9 +264,9 @@ def test_report_into_a_file_is_an_error(tmp_path):
 
 
 def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="neither a training run .no metrics.json. nor a sweep .no sweep.yaml."):
+    with pytest.raises(ConfigError, match="not a training run .no metrics.json., a sweep .no sweep.yaml. nor a search .no search.json."):
         write_report([tmp_path], tmp_path / "report")
-    with pytest.raises(ConfigError, match=r"nosuch: not found; give a training run's or a sweep's folder$"):  # a typo, said as one
+    with pytest.raises(ConfigError, match=r"nosuch: not found; give a training run's, a sweep's or a search's folder$"):  # a typo, said as one
         write_report([tmp_path / "nosuch"], tmp_path / "report")
 
 

@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-samples", type=int, help="train each trial on this many queries (default: all)")
     p.set_defaults(func=search)
 
-    p = command("report", "self-contained HTML + Markdown report of runs and sweeps")
-    p.add_argument("dirs", nargs="+", help="run or sweep folders")
+    p = command("report", "self-contained HTML + Markdown report of runs, sweeps and searches")
+    p.add_argument("dirs", nargs="+", help="run, sweep or search folders")
     p.add_argument("--output", required=True, help="folder to write report.html and report.md to")
     p.set_defaults(func=report)
 

@@ -74,24 +74,27 @@ class Sweep:
 
 
 def _command(folder: Path, metrics: dict) -> str:
-    """How the run was made: a sweep's recorded command, the ``distill`` command of a student (whose
-    config.yaml holds its teacher's options), else training from the run's config.yaml."""
+    """How the run was made: a sweep's or a search's recorded command, the ``distill`` command of a
+    student (whose config.yaml holds its teacher's options), else training from the run's config.yaml,
+    on as many processes as it trained on (config.yaml does not record them; metrics.json does)."""
     if (folder / "command.txt").is_file():
         return (folder / "command.txt").read_text().strip()
     if metrics.get("method") == "distill":
         return distill_command(metrics, str(folder))
-    return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml")])
+    processes = metrics.get("world_size") or 1
+    return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml"), *(["--nproc", str(processes)] if processes > 1 else [])])
 
 
 def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
-    """The runs of every folder given: a training run (metrics.json) or a sweep (sweep.yaml)."""
+    """The runs of every folder given: a training run (metrics.json), a sweep (sweep.yaml) or a search
+    (search.json: its finished trials)."""
     from bankintent.sweep import collect as sweep_results, read_sweep
 
     runs, sweeps = [], []
     for folder in map(Path, dirs):
         if not folder.is_dir():
             missing = "not a folder" if folder.exists() else "not found"
-            raise ConfigError(f"{folder}: {missing}; give a training run's or a sweep's folder")
+            raise ConfigError(f"{folder}: {missing}; give a training run's, a sweep's or a search's folder")
         if (folder / "sweep.yaml").is_file():
             _, planned_runs = read_sweep(folder / "sweep.yaml")
             results = sweep_results(folder, planned_runs)  # every finished run, also one finished since results.csv
@@ -102,8 +105,13 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
         elif (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text())
             runs.append(Run(folder.name, folder, metrics, _command(folder, metrics)))
+        elif (folder / "search.json").is_file():
+            trials = sorted(folder.glob("trial-*/metrics.json"), key=lambda path: int(path.parent.name.split("-")[1]))
+            for path in trials:
+                metrics = json.loads(path.read_text())
+                runs.append(Run(path.parent.name, path.parent, metrics, _command(path.parent, metrics)))
         else:
-            raise ConfigError(f"{folder}: neither a training run (no metrics.json) nor a sweep (no sweep.yaml)")
+            raise ConfigError(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
     if not runs:
         raise ConfigError("no finished runs in " + ", ".join(map(str, dirs)))
     return runs, sweeps
@@ -503,11 +511,18 @@ def cost_section(runs: list[Run], figures: Path) -> str:
 
 
 def commands_section(runs: list[Run], report_command: str) -> str:
-    rows = [{"Run": r.name, "Seed": r.metrics.get("seed"), "Hardware": r.metrics.get("hardware", "-"),
+    rows = [{"Run": r.name, "Seed": r.metrics.get("seed"), "Hardware": _hardware(r.metrics),
              "Training time": f"{r.metrics['train_seconds'] / 60:.1f} min", "Command": f"`{_cell(r.command)}`"}
             for r in runs]
-    return "\n\n".join(["## How each run was made", f"This report: `{report_command}`.",
+    return "\n\n".join(["## How each run was made", f"This report: `{report_command}`. Each command names the "
+                                                      "run's own folder, which holds the run now: give it another "
+                                                      "`--output` to make the run again.",
                         markdown_table(rows, list(rows[0]))])
+
+
+def _hardware(metrics: dict) -> str:
+    processes = metrics.get("world_size") or 1
+    return metrics.get("hardware", "-") + (f" × {processes} processes" if processes > 1 else "")
 
 
 # --- the document -----------------------------------------------------------------------------------
