@@ -196,7 +196,7 @@ def test_export_errors(runs, tmp_path):
         Predictor.load(broken)
 
 
-def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_data, tmp_path):
+def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_data, tmp_path, caplog):
     """The export replaces its output folder whole: a folder of other files, or one holding the run
     itself, was deleted without a word."""
     shelf = tmp_path / "shelf"
@@ -228,9 +228,11 @@ def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_da
     with pytest.raises(ConfigError, match="holds an earlier export; pass --overwrite to replace it"):
         export(shelf / "run", folder, format="merged")
     assert (folder / "model.onnx").is_file()
-    export(shelf / "run", folder, format="merged", overwrite=True)
+    with caplog.at_level(logging.WARNING, logger="bankintent.export"):
+        export(shelf / "run", folder, format="merged", overwrite=True)
     assert (folder / "model.safetensors").is_file() and not (folder / "model.onnx").exists()
-    assert not (folder / "test_evaluation.json").exists()  # it was about the model replaced
+    assert not (folder / "test_evaluation.json").exists()  # it was about the model replaced, and that is said
+    assert "the earlier export's evaluation goes with it (" in caplog.text and "test_evaluation.json" in caplog.text
 
 
 def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):

@@ -95,6 +95,8 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     if not overwrite:
         raise ConfigError(f"{output}: holds an earlier export; pass --overwrite to replace it, or choose another --output "
                           f"(in Python: overwrite=True)")
+    if evaluated & set(contents):  # what `evaluate` wrote of the earlier model is gone with it: said, not silent
+        log.warning("--overwrite: the earlier export's evaluation goes with it (%s)", ", ".join(sorted(evaluated & set(contents))))
 
 
 def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
