@@ -119,6 +119,7 @@ def test_keywords_pair_only_neighbouring_words_of_one_query():
     "won"); a term whose words are shown already is passed over."""
     assert terms("I didn't get a fee for using my card, top-up failed") == [
         "fee", "using", "card", "top-up", "failed", "top-up failed"]
+    assert terms("don’t block my card's PIN at the café") == ["block", "card", "pin", "café", "card pin"]
     texts = ["my card limit", "limit is too low", "raise limit please", "card limit higher",
              "change my home address", "new address", "address changed", "update my address"]
     found = np.array([0] * 4 + [1] * 4)

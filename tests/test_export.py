@@ -232,7 +232,7 @@ def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_da
         export(shelf / "run", folder, format="merged", overwrite=True)
     assert (folder / "model.safetensors").is_file() and not (folder / "model.onnx").exists()
     assert not (folder / "test_evaluation.json").exists()  # it was about the model replaced, and that is said
-    assert "the earlier export's evaluation goes with it (" in caplog.text and "test_evaluation.json" in caplog.text
+    assert "the earlier export's evaluation went with it (" in caplog.text and "test_evaluation.json" in caplog.text
 
 
 def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):

@@ -106,12 +106,13 @@ def test_a_search_folder_brings_its_finished_trials_and_a_run_on_two_processes_i
     for number in (10, 2):  # trial-2 before trial-10; a trial without metrics.json (stopped) is left out
         shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", search / f"trial-{number}")
     (search / "trial-3").mkdir()
+    (search / "trial-old").mkdir()  # not a trial's folder
     (search / "search.json").write_text("{}")
     ddp = shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", tmp_path / "ddp", ignore=shutil.ignore_patterns("command.txt"))
     metrics = json.loads((ddp / "metrics.json").read_text())
     (ddp / "metrics.json").write_text(json.dumps({**metrics, "world_size": 2}))
     runs, _ = collect([search, ddp])
-    assert [r.name for r in runs] == ["trial-2", "trial-10", "ddp"]
+    assert [r.name for r in runs] == ["search/trial-2", "search/trial-10", "ddp"]  # named apart from another search's trials
     assert runs[2].command == f"bankintent train --config {ddp / 'config.yaml'} --nproc 2"  # config.yaml does not record it
     md = write_report([search, ddp], tmp_path / "report")[1].read_text()
     assert "× 2 processes |" in md and "give it another `--output` to make the run again" in md

@@ -91,17 +91,20 @@ def test_score_batch_without_spark(tiny_probe_run):
 
 
 def test_cli_engine_spark_end_to_end(tiny_probe_run, tmp_path):
-    pd.DataFrame({"ticket": ["a", "b", "c"], "text": ["i lost my card", "", "exchange rates today"],
-                  "intent": ["lost_card", None, None]}).to_parquet(tmp_path / "logs.parquet")  # an earlier scoring's column
+    pd.DataFrame({"ticket": ["a", "b", "c"], "text": ["i lost my card", "", "exchange rates today"],  # an earlier scoring's columns:
+                  "intent": ["lost_card", None, None], "input_intent": ["x", None, None], "Error": [None, "e", None]}
+                 ).to_parquet(tmp_path / "logs.parquet")
     command = [sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(tmp_path / "logs.parquet"),
                "--output", str(tmp_path / "scored.parquet"), "--engine", "spark", "--master", "local[1]"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"3 rows written to {tmp_path / 'scored.parquet'}, 2 scored (1 not scored: a null or empty text" in done.stdout
+    assert f"3 rows written to {tmp_path / 'scored.parquet'}, 2 scored (1 not scored: no text" in done.stdout
     scored = pd.read_parquet(tmp_path / "scored.parquet").sort_values("ticket")
     assert list(scored["ticket"]) == ["a", "b", "c"] and list(scored["error"].fillna("")) == ["", "empty text", ""]
-    # the input's column named like a prediction field is kept as input_<name>, as predict without Spark keeps it
-    assert list(scored.columns[:4]) == ["ticket", "text", "input_intent", "intent"] and scored["input_intent"].iloc[0] == "lost_card"
+    # an input column named like a prediction field (in any case: Spark's names ignore it) is kept as input_<name>, as
+    # predict without Spark keeps it; one named input_<field> moves on in turn
+    assert list(scored.columns[:6]) == ["ticket", "text", "input_intent", "input_input_intent", "input_Error", "intent"]
+    assert list(scored.iloc[0, 2:4]) == ["lost_card", "x"] and scored["input_Error"].iloc[1] == "e"
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # the output exists: one line, no traceback
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
@@ -115,8 +118,8 @@ def test_bad_inputs_get_one_line_errors(spark, tmp_path):
     with pytest.raises(DataError, match="unknown input format '.xml'"):
         score_file(tmp_path, tmp_path / "logs.xml", tmp_path / "out.parquet")
     (tmp_path / "logs.txt").write_text("i lost my card\n\nexchange rates\n")  # a query a line, as predict reads it without Spark
-    lines = read_queries(spark, tmp_path / "logs.txt", "utterance").toPandas()
-    assert list(lines.columns) == ["utterance"] and list(lines["utterance"]) == ["i lost my card", "", "exchange rates"]
+    lines = read_queries(spark, tmp_path / "logs.txt", "utterance").toPandas()  # text, whatever the run's column
+    assert list(lines.columns) == ["text"] and list(lines["text"]) == ["i lost my card", "", "exchange rates"]
     with pytest.raises(DataError, match="writes Parquet"):
         score_file(tmp_path, tmp_path / "logs.csv", tmp_path / "out.csv")
 

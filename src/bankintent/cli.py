@@ -143,7 +143,7 @@ def predict(args: argparse.Namespace) -> None:
         written, failed = score_file(args.dir, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
                                      master=args.master, batch_size=args.batch_size, oos_score=args.oos_score,
                                      oos_threshold=args.oos_threshold, overwrite=args.overwrite)
-        unscored = f" ({failed} not scored: a null or empty text, said in their 'error' column)" if failed else ""
+        unscored = f" ({failed} not scored: no text, said in their 'error' column)" if failed else ""
         print(f"{written} rows written to {args.output}, {written - failed} scored{unscored}")
         return
     if args.master:

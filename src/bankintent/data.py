@@ -420,15 +420,19 @@ def read_queries(path: str | Path, text_column: str = "text", *, columns: bool =
     return tuple(list(values) for values in zip(*found))
 
 
-def input_column_names(columns, taken) -> dict[str, str]:
+def input_column_names(columns, taken, case_sensitive: bool = True) -> dict[str, str]:
     """The output name of each input column kept beside a command's own columns (``taken``): its own,
-    or ``input_<name>`` (``input_input_<name>``, ...) where it clashes with one of them or with another's."""
+    or ``input_<name>`` (``input_input_<name>``, ...) where it clashes with one of them or with another's
+    (``case_sensitive`` False: ``Intent`` clashes with ``intent``, as in Spark)."""
+    key = (lambda name: name) if case_sensitive else str.lower
+    used = {key(name) for name in taken}
     names: dict[str, str] = {}
     for column in columns:
         name = column
-        while name in taken or name in names.values():
+        while key(name) in used:
             name = f"input_{name}"
         names[column] = name
+        used.add(key(name))
     return names
 
 

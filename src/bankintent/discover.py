@@ -56,16 +56,17 @@ def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD
     return renumber[found]
 
 
-# a word ("didn't" and "top-up" one each, not "didn" and "t", "top" and "up") or a punctuation mark
-TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
+# a word in any script ("didn't", "don’t" and "top-up" one each, not "didn" and "t", "top" and "up") or a punctuation mark
+TOKEN = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*|[^\w\s]")
 
 
 def terms(text: str) -> list[str]:
     """A query's words and its pairs of neighbouring words, stop words and contractions ("didn't",
     "i'm") left out: a pair is two words next to each other in the query, never two that a stop word
     or a punctuation mark stood between, nor the end of one query and the start of the next."""
-    words = [w if w[0].isalnum() and len(w) > 1 and "'" not in w and w not in ENGLISH_STOP_WORDS else None
-             for w in TOKEN.findall(text.lower())]
+    words = [re.sub(r"['’]s$", "", w) for w in TOKEN.findall(text.lower())]  # "card's": card
+    words = [w if w[0].isalnum() and len(w) > 1 and not {"'", "’"} & set(w) and w not in ENGLISH_STOP_WORDS else None
+             for w in words]
     return [w for w in words if w] + [f"{a} {b}" for a, b in zip(words, words[1:]) if a and b]
 
 

@@ -74,10 +74,11 @@ CALIBRATION_SEED = 0
 EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", SPEC_FILE, OOD_FILE, "export.json", MARKER}
 
 
-def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
+def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
     """Refuse an ``output`` that the export would wrongly replace: the export writes a folder of its
     own and replaces what is there, so it may only be new, empty, or (with ``overwrite``) an earlier
-    export holding nothing else; never the model folder, a folder holding it, or a file."""
+    export holding nothing else; never the model folder, a folder holding it, or a file. Returns the
+    files of the earlier export's evaluation that go with it."""
     source = model_folder(dir).resolve()
     target = output.resolve()
     if target in (source, Path(dir).resolve()) or target in source.parents:
@@ -85,7 +86,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     check_output_folder(output)
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
-        return
+        return []
     evaluated = {path.name for path in evaluation_files(output)}  # of the earlier export: replaced with it
     others = [name for name in contents if name not in EXPORT_FILES | evaluated]
     if others or "export.json" not in contents:  # an earlier export names itself in export.json
@@ -95,8 +96,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> None:
     if not overwrite:
         raise ConfigError(f"{output}: holds an earlier export; pass --overwrite to replace it, or choose another --output "
                           f"(in Python: overwrite=True)")
-    if evaluated & set(contents):  # what `evaluate` wrote of the earlier model is gone with it: said, not silent
-        log.warning("--overwrite: the earlier export's evaluation goes with it (%s)", ", ".join(sorted(evaluated & set(contents))))
+    return sorted(evaluated & set(contents))
 
 
 def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
@@ -116,7 +116,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     if (source / ONNX_FILE).is_file():
         raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its export.json names it)")
     read_spec(source)  # the source is a complete model folder, and
-    check_output(output, dir, overwrite)  # the output can be written, before the model loads
+    replaced = check_output(output, dir, overwrite)  # the output can be written, before the model loads
     model, spec = load_model(source, merge=True)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve()),
@@ -134,6 +134,8 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
                 record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax"}
         write_spec(spec, folder)
         (folder / "export.json").write_text(json.dumps(record, indent=1))
+    if replaced:  # what `evaluate` wrote of the earlier model went with it: said, not silent
+        log.warning("--overwrite: the earlier export's evaluation went with it (%s)", ", ".join(replaced))
     log.debug("exported %s to %s", source, output)
     return output
 

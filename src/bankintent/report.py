@@ -106,10 +106,12 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
             metrics = json.loads((folder / "metrics.json").read_text())
             runs.append(Run(folder.name, folder, metrics, _command(folder, metrics)))
         elif (folder / "search.json").is_file():
-            trials = sorted(folder.glob("trial-*/metrics.json"), key=lambda path: int(path.parent.name.split("-")[1]))
-            for path in trials:
-                metrics = json.loads(path.read_text())
-                runs.append(Run(path.parent.name, path.parent, metrics, _command(path.parent, metrics)))
+            trials = {int(match[1]): trial for trial in folder.glob("trial-*") if (match := re.fullmatch(r"trial-(\d+)", trial.name))}
+            for number in sorted(trials):
+                trial = trials[number]
+                if (trial / "metrics.json").is_file():  # a trial stopped or pruned has none
+                    metrics = json.loads((trial / "metrics.json").read_text())
+                    runs.append(Run(f"{folder.name}/{trial.name}", trial, metrics, _command(trial, metrics)))
         else:
             raise ConfigError(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
     if not runs:
@@ -522,7 +524,7 @@ def commands_section(runs: list[Run], report_command: str) -> str:
 
 def _hardware(metrics: dict) -> str:
     processes = metrics.get("world_size") or 1
-    return metrics.get("hardware", "-") + (f" × {processes} processes" if processes > 1 else "")
+    return (metrics.get("hardware") or "-") + (f" × {processes} processes" if processes > 1 else "")
 
 
 # --- the document -----------------------------------------------------------------------------------

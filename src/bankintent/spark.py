@@ -150,14 +150,14 @@ def input_format(input_path: str | Path) -> str:
 
 def read_queries(spark, input_path: str | Path, text_column: str = "text"):
     """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``; of a
-    text file, its lines as ``text_column``."""
+    text file, its lines as ``text``, as ``bankintent predict`` reads one without Spark."""
     kind = input_format(input_path)
     reader = spark.read
     if kind == "csv":
         reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
     frame = getattr(reader, kind)(str(input_path))
     if kind == "text":
-        frame = frame.withColumnRenamed("value", text_column)
+        return frame.withColumnRenamed("value", "text")
     if text_column not in frame.columns:
         raise DataError(f"{input_path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
     return frame
@@ -179,18 +179,22 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     from bankintent.modeling import read_spec
     from bankintent.predict import model_folder
 
-    input_format(input_path)  # these fail before Spark starts
+    if input_format(input_path) == "text":  # these fail before Spark starts
+        text_column = "text"
     folder = model_folder(Path(model_dir).expanduser().resolve())
     read_spec(folder)
     spark = session(master)
     frame = read_queries(spark, input_path, text_column)
     udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
-    names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"})
-    frame = frame.withColumnsRenamed({old: new for old, new in names.items() if old != new})
+    # Spark's column names ignore case: "Intent" clashes with the field "intent" too
+    names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"}, case_sensitive=False)
+    frame = frame.toDF(*[names[column] for column in frame.columns])  # by position: "intent" and "input_intent" both renamed
     cores = spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
         frame = frame.repartition(cores)
     scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
     scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
-    written = spark.read.parquet(str(output))
-    return written.count(), written.filter(written["error"].isNotNull()).count()
+    from pyspark.sql import functions
+
+    written, failed = spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first()
+    return written, failed

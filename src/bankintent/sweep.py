@@ -198,14 +198,14 @@ def check_data(config: str | Path, runs: list[tuple[RunSpec, int]]) -> None:
     for run, seed in runs:
         cfg = resolve_config(None, **{**run.options, "seed": seed})
         read = (cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
-                cfg.strict_data, cfg.oos_label, cfg.oos_file, cfg.shots, cfg.draw_seed)
+                cfg.strict_data, cfg.oos_label, cfg.oos_file, cfg.shots, cfg.draw_seed if cfg.shots else None)
         if read in checked:
             continue
         checked.add(read)
         try:
             run_splits(cfg, notes=False)
-        except DataError as exc:
-            raise DataError(f"{config}: run {run.name!r} seed {seed}: {exc}") from None
+        except (DataError, ConfigError) as exc:
+            raise type(exc)(f"{config}: run {run.name!r} seed {seed}: {exc}") from None
 
 
 def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, jobs: int = 1,

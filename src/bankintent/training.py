@@ -387,7 +387,7 @@ def check_processes(method: str, processes: int) -> None:
                "process)" if method == "linear-probe" else
                "(the few-shot recipe, the default for few examples per intent) trains in one process: split across processes, "
                "each pair would meet only its process's share of the batch as negatives")
-        raise ConfigError(f"--nproc {processes}: {method} {why}; leave --nproc out")
+        raise ConfigError(f"--nproc {processes}: {method} {why}; train it in one process (leave --nproc out)")
 
 
 def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
