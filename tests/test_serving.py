@@ -123,6 +123,22 @@ def test_model_info_names_the_intents_and_the_fallback(single, runs):
     assert missing.status_code == 404 and missing.json()["error"].startswith("model: unknown model 'nothing'")
 
 
+def test_saved_is_when_the_model_was_saved_also_for_a_copy(runs, tmp_path):
+    """The COMPLETE marker holds the time the folder was saved: a copy (cp -r gives its files the copy's
+    time) keeps it; a folder whose marker is empty (saved before markers held one) falls back to its time."""
+    import os
+    import shutil
+
+    from bankintent.modeling import saved_at
+
+    copy = shutil.copytree(model_folder(runs / "bank_a"), tmp_path / "copy")
+    os.utime(copy / MARKER, (0, 0))  # as a copy without its times would have it: another time than the save's
+    assert saved_at(copy) == saved_at(model_folder(runs / "bank_a")) == (copy / MARKER).read_text()
+    (copy / MARKER).write_text("")
+    os.utime(copy / MARKER, (0, 0))
+    assert saved_at(copy) == "1970-01-01T00:00:00+00:00" and saved_at(tmp_path) is None
+
+
 def test_predictions_are_the_predictors(single, runs):
     response = single.post("/v1/predict", json={"texts": TEXTS, "top_k": 2})
     assert response.status_code == 200

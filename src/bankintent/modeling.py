@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -353,7 +354,7 @@ def atomic_folder(folder: Path):
     for path in partial.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    (partial / MARKER).write_text("")
+    (partial / MARKER).write_text(datetime.now(timezone.utc).isoformat(timespec="seconds"))  # saved_at reads it: a copy keeps it
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
@@ -370,6 +371,21 @@ def match_permissions(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
             path.chmod(mode)
+
+
+def saved_at(folder: Path) -> str | None:
+    """When the model folder was saved (UTC, ISO 8601): the time its COMPLETE marker holds, which a
+    copy of the folder keeps; the marker's file time for a folder saved before markers held one. None
+    without a marker."""
+    marker = Path(folder) / MARKER
+    try:
+        written = marker.read_text().strip()
+        datetime.fromisoformat(written)
+        return written
+    except ValueError:
+        return datetime.fromtimestamp(marker.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    except OSError:
+        return None
 
 
 def write_spec(spec: ModelSpec, folder: Path) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from bankintent.errors import ModelError
 from bankintent.config import MODEL_DIR
-from bankintent.modeling import MARKER, SPEC_FILE, ModelSpec, build_model, load_tokenizer, read_spec
+from bankintent.modeling import MARKER, SPEC_FILE, ModelSpec, build_model, load_tokenizer, read_spec, saved_at
 from bankintent.predict import Predictor, model_folder
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class ServedModel:
     predictor: Predictor
     stamp: int = 0  # mtime of the folder's COMPLETE marker when loaded
     base: SharedBase | None = None
+    saved: str | None = None  # when the model folder was saved (modeling.saved_at)
 
     @property
     def labels(self) -> list[str]:
@@ -252,7 +253,7 @@ class Registry:
         if not self.models_dir or not (folder / ADAPTER_CONFIG).is_file():
             log.info("loading model %s from %s", name, folder)
             return ServedModel(name, Predictor.load(folder, threads=self.threads, oos_score=self.oos_score,
-                                                    oos_threshold=self.oos_threshold), stamp)
+                                                    oos_threshold=self.oos_threshold), stamp, saved=saved_at(folder))
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)
@@ -263,7 +264,8 @@ class Registry:
             log.info("loading adapter %s onto %s", name, spec.base_model)
             base.add(name, folder)
         try:
-            return ServedModel(name, Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), stamp, base)
+            return ServedModel(name, Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), stamp, base,
+                               saved_at(folder))
         except ModelError as exc:  # a score the model cannot use (Predictor's check)
             self._release(name, base)
             raise ModelError(f"{folder}: {exc}") from None

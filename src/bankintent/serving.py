@@ -36,7 +36,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Iterator
@@ -360,7 +359,7 @@ def _model_info(served: ServedModel) -> dict:
             "intents": list(predictor.labels), "oos_method": predictor.oos_score if detector else None,
             "oos_threshold": float(predictor.oos_threshold) if detector else None,
             "backend": "onnx" if isinstance(predictor.model, OnnxModel) else "pytorch",
-            "saved": datetime.fromtimestamp(served.stamp / 1e9, timezone.utc).isoformat(timespec="seconds") if served.stamp else None}
+            "saved": served.saved}
 
 
 # ----------------------------------------------------------------------------------------- the app
