@@ -21,9 +21,9 @@ import json
 import os
 import re
 import shutil
-from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
