@@ -82,7 +82,8 @@ def _command(folder: Path, metrics: dict) -> str:
     if metrics.get("method") == "distill":
         return distill_command(metrics, str(folder))
     processes = metrics.get("world_size") or 1
-    return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml"), *(["--nproc", str(processes)] if processes > 1 else [])])
+    nproc = ["--nproc", str(processes)] if processes > 1 else []
+    return shlex.join(["bankintent", "train", "--config", str(folder / "config.yaml"), *nproc])
 
 
 def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
