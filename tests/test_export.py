@@ -233,6 +233,8 @@ def test_export_replaces_only_an_earlier_export_and_only_when_told(runs, tiny_da
     assert (folder / "model.safetensors").is_file() and not (folder / "model.onnx").exists()
     assert not (folder / "test_evaluation.json").exists()  # it was about the model replaced, and that is said
     assert "the earlier export's evaluation went with it (" in caplog.text and "test_evaluation.json" in caplog.text
+    with pytest.raises(ConfigError, match=r"inside the model folder .*; choose a folder of its own"):
+        export(shelf / "run", folder / "nested")  # it would go with the next --overwrite of the folder holding it
 
 
 def test_cli_export_writes_a_folder_predict_uses(runs, tmp_path):

@@ -83,6 +83,9 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
     target = output.resolve()
     if target in (source, Path(dir).resolve()) or target in source.parents:
         raise ConfigError(f"{output}: the output folder must differ from the model folder and not hold it")
+    inside = next((parent for parent in target.parents if (parent / MARKER).is_file()), None)
+    if inside is not None:  # replacing that model folder (an --overwrite of an export) would take this one with it
+        raise ConfigError(f"{output}: inside the model folder {inside}; choose a folder of its own")
     check_output_folder(output)
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
