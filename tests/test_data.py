@@ -397,6 +397,12 @@ def test_thin_validation_is_flagged():
     assert thin_validation(splits(5)) is None
     warning = thin_validation(splits(2))
     assert "2 of 2 intents have fewer than 5 validation queries ('a': 2; 4 queries in all)" in warning
+    # 2 thin intents of 77 (Banking77's stratified 10%): nothing the user could do about, and no warning; 8 of 77 are
+    many = [f"i{n}" for n in range(77)]
+    for thin, warned in ((2, False), (7, False), (8, True)):
+        labels = [label for n, label in enumerate(many) for _ in range(3 if n < thin else 10)]
+        split = Splits(Examples(["t"] * 77, many), Examples(["v"] * len(labels), labels), None, many, "x")
+        assert (thin_validation(split) is not None) == warned
 
 
 def test_intents_with_far_fewer_training_queries_than_the_median_are_thin():

@@ -63,6 +63,7 @@ VALIDATION_STEMS = ("valid", "validation", "dev")
 # fewer validation queries than this for an intent and its validation accuracy, the calibration and
 # the out-of-scope threshold rest on too little: training warns and records it
 MIN_VALIDATION_PER_INTENT = 5
+THIN_VALIDATION_SHARE = 0.1  # of the intents, with fewer validation queries than that, before thin_validation warns
 FEW_TRAINING_QUERIES = 20  # an intent with fewer, and half the median intent's or fewer, is said to be thin (thin_intents)
 # without a validation file, a training file whose median intent has fewer examples than this is
 # "small data": no validation split is carved from it (see the module docstring)
@@ -783,11 +784,14 @@ def thin_intents_warning(splits: Splits) -> str | None:
 
 
 def thin_validation(splits: Splits) -> str | None:
-    """A one-line warning when the validation split has fewer than ``MIN_VALIDATION_PER_INTENT``
-    queries for some intent, else None."""
+    """A one-line warning when more than ``THIN_VALIDATION_SHARE`` of the intents have fewer than
+    ``MIN_VALIDATION_PER_INTENT`` validation queries, else None. A few such intents among many (the
+    stratified 10% of Banking77 gives 2 of its 77 three or four) leave the validation split, which
+    calibration and the threshold use as a whole, as good as it was: a warning there is one the user
+    cannot act on."""
     counts = Counter(splits.validation.labels)
     thin = sorted((counts[label], label) for label in splits.labels if counts[label] < MIN_VALIDATION_PER_INTENT)
-    if not thin:
+    if len(thin) <= THIN_VALIDATION_SHARE * len(splits.labels):
         return None
     fewest, name = thin[0]
     remedy = (f"add validation queries to {Path(splits.notes['validation']).name}" if splits.notes.get("validation_from_file")

@@ -73,7 +73,9 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     labelled = labelled_queries(run)  # a query labelled in an earlier round and trained on is no use picked again
     fresh = [i for i, text in enumerate(texts) if query_key(text) not in labelled]
     if len(fresh) < len(texts):
-        log.info("%s: %d of its %d queries are labelled in the run's data already, left out", input, len(texts) - len(fresh), len(texts))
+        known = len(texts) - len(fresh)
+        log.info("%s: %d of its %d queries %s labelled in the run's data already, left out", input, known, len(texts),
+                 "is" if known == 1 else "are")
     rows, texts, others = [rows[i] for i in fresh], [texts[i] for i in fresh], [others[i] for i in fresh]
     if not texts:
         raise DataError(f"{input}: every query is labelled in the run's data already")
