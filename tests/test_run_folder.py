@@ -231,6 +231,13 @@ def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, t
     shutil.copytree(out / "adapter", tmp_path / "export")  # a model with no run around it: no data to default to
     with pytest.raises(BankintentError, match=r"export: no config.yaml to say what the model was trained on .*--data FILE"):
         evaluate_run(tmp_path / "export", "test")
+    # an export names the model folder it was made from (export.json): while that run is here, its data is the export's
+    (tmp_path / "export" / "export.json").write_text(json.dumps({"source": str((out / "adapter").resolve())}))
+    assert evaluate_run(tmp_path / "export", "test")["queries"] == 20
+    shutil.move(out, tmp_path / "moved")  # the run gone (the export on another machine): nothing to default to again
+    with pytest.raises(BankintentError, match=r"export: no config.yaml to say what the model was trained on .*--data FILE"):
+        evaluate_run(tmp_path / "export", "test")
+    out = tmp_path / "moved"
     # the tiny test queries leave length buckets empty (accuracy NaN): the file is still strict JSON, with null
     strict = json.loads((out / "test_evaluation.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert any(row["accuracy"] is None for row in strict["accuracy_by_length"])

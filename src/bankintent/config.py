@@ -283,13 +283,20 @@ MODEL_DIR = "adapter"  # a run folder's model folder: what predict, serve and ex
 
 
 def run_config_file(folder: str | Path) -> Path | None:
-    """The ``config.yaml`` of the run ``folder`` is (or whose model folder, ``MODEL_DIR``, it is); None for a
-    model with no run around it (an export)."""
+    """The ``config.yaml`` of the run ``folder`` is (or whose model folder, ``MODEL_DIR``, it is), or of the
+    run an export was made from (its ``export.json`` names the model folder) while that run is there;
+    None for a model with no run around it (an export moved to another machine)."""
+    import json
+
     folder = Path(folder)
     for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == MODEL_DIR else []):
         if saved.is_file():
             return saved
-    return None
+    try:
+        source = json.loads((folder / "export.json").read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return run_config_file(source) if Path(source).resolve() != folder.resolve() else None
 
 
 def trained_text_column(folder: str | Path) -> str:

@@ -113,8 +113,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     config = run_config_file(run_dir)
     saved = read_yaml(config) if config else {}
     if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
-        raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (an export or a model folder); "
-                              "give a file of labelled queries with --data FILE")
+        raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (a model folder, or an export whose run "
+                              "is not here); give a file of labelled queries with --data FILE")
     given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column), ("oos_label", oos_label)) if v}
     cfg = TrainConfig(**{**saved, **given})
     given_file = data is not None and Path(data).expanduser().is_file()
