@@ -316,6 +316,12 @@ class TrainingBar(ProgressCallback):
     say what the run chose. Here the latest training loss is shown in the bar, and each evaluation
     gives one line: the epoch and its validation accuracy. ``history.csv`` keeps every logged value."""
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:  # named, like the other bars of a run ("probe: embedding train", "calibrating")
+            self.training_bar.set_description("training", refresh=False)
+            self.training_bar.unit = "step"
+
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         """No bar for the validation pass, short beside an epoch: nested under the training bar, it left
         cursor-up escape codes in logs written to a file."""
