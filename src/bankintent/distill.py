@@ -52,7 +52,7 @@ from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, read_yaml, 
 from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError
 from bankintent.model_card import write_model_card
-from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec, resolve_base_model
+from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, read_spec, resolve_base_model
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
@@ -156,9 +156,10 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
                           f"`bankintent train` wrote")
     if out.resolve() in (source.resolve(), *source.resolve().parents):
         raise ConfigError(f"{out}: the output folder must not hold the teacher ({source}); choose another --output")
-    # the student's depth checked before the data is read: the teacher's from its spec or its base model's config
-    student_layers(len(teacher_spec.layers) if teacher_spec.layers else
-                   AutoConfig.from_pretrained(resolve_base_model(teacher_spec.base_model)).num_hidden_layers, opts.layers)
+    # the student's layers chosen before the data is read: the teacher's depth from its spec or its base model's config
+    depth = len(teacher_spec.layers) if teacher_spec.layers else AutoConfig.from_pretrained(
+        resolve_base_model(teacher_spec.base_model)).num_hidden_layers
+    kept = student_layers(depth, opts.layers)
     saved = TrainConfig(**read_yaml(config))
     # the teacher's data and split options (config.yaml of the output), this run's seed and folder
     cfg = dataclasses.replace(saved, output=str(out), overwrite=overwrite, resume=False, seed=opts.seed,
@@ -175,8 +176,6 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
                                  if opts.unlabelled else ([], {}))
         others = [ensemble_member(other, teacher_spec) for other in opts.teachers or []]
         teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
-        depth = num_layers(teacher)
-        kept = student_layers(depth, opts.layers)
     except BaseException:
         _remove_created(created)
         raise
