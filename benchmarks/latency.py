@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from bankintent.config import export_record  # noqa: E402
 from bankintent.data import load_splits  # noqa: E402
 from bankintent.export import export  # noqa: E402
 from bankintent.modeling import load_model, load_tokenizer, read_spec  # noqa: E402
@@ -100,7 +101,7 @@ def reusable(target: Path, folder: Path) -> bool:
     another model there stops the run: it would be measured under this model's name."""
     if not (target / "COMPLETE").is_file():
         return False
-    source = json.loads((target / "export.json").read_text()).get("source", "")
+    source = export_record(target).get("source", "")
     if Path(source).resolve() != folder.resolve():
         raise SystemExit(f"error: {target} holds an export of {source}, not of {folder}; pass another --export-dir")
     return True

@@ -280,23 +280,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 MODEL_DIR = "adapter"  # a run folder's model folder: what predict, serve and export load
+EXPORT_RECORD = "export.json"  # an export's record of how it was made, and from which model folder ("source")
+
+
+def export_record(folder: str | Path) -> dict[str, Any]:
+    """What ``folder``'s ``EXPORT_RECORD`` says; empty for a folder that is no export, or whose record
+    cannot be read (it then answers as an export with no run around it)."""
+    import json
+
+    try:
+        record = json.loads((Path(folder) / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def run_config_file(folder: str | Path) -> Path | None:
     """The ``config.yaml`` of the run ``folder`` is (or whose model folder, ``MODEL_DIR``, it is), or of the
-    run an export was made from (its ``export.json`` names the model folder) while that run is there;
+    run an export was made from (its ``EXPORT_RECORD`` names the model folder) while that run is there;
     None for a model with no run around it (an export moved to another machine)."""
-    import json
-
     folder = Path(folder)
     for saved in [folder / "config.yaml"] + ([folder.parent / "config.yaml"] if folder.name == MODEL_DIR else []):
         if saved.is_file():
             return saved
-    try:
-        source = json.loads((folder / "export.json").read_text())["source"]
-    except (OSError, ValueError, KeyError, TypeError):
+    source = export_record(folder).get("source")
+    if not isinstance(source, str) or Path(source).resolve() == folder.resolve():
         return None
-    return run_config_file(source) if Path(source).resolve() != folder.resolve() else None
+    return run_config_file(source)
 
 
 def trained_text_column(folder: str | Path) -> str:

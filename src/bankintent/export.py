@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import check_output_folder, read_yaml, run_config_file
+from bankintent.config import EXPORT_RECORD, check_output_folder, read_yaml, run_config_file
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, SPEC_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
@@ -71,7 +71,7 @@ FUSABLE = ("bert", "distilbert", "roberta", "xlm-roberta")  # encoders ONNX Runt
 CALIBRATION_QUERIES = 512  # sampled from the calibration data; each one forward pass at export
 CALIBRATION_SEED = 0
 # what an export folder holds (either format): an earlier export may be replaced, nothing else
-EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", SPEC_FILE, OOD_FILE, "export.json", MARKER}
+EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", SPEC_FILE, OOD_FILE, EXPORT_RECORD, MARKER}
 
 
 def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
@@ -92,7 +92,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
         return []
     evaluated = {path.name for path in evaluation_files(output)}  # of the earlier export: replaced with it
     others = [name for name in contents if name not in EXPORT_FILES | evaluated]
-    if others or "export.json" not in contents:  # an earlier export names itself in export.json
+    if others or EXPORT_RECORD not in contents:  # an earlier export names itself in its record
         shown = ", ".join((others or contents)[:4]) + (", ..." if len(others or contents) > 4 else "")
         raise ConfigError(f"{output}: the folder holds other files ({shown}) and the export would replace them; choose another --output "
                           f"(the export writes a folder of its own)")
@@ -117,7 +117,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
         raise ConfigError("--calibration-data is for --quantize int8 (only int8 activations are calibrated)")
     source, output = model_folder(dir), Path(output)
     if (source / ONNX_FILE).is_file():
-        raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its export.json names it)")
+        raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its {EXPORT_RECORD} names it)")
     read_spec(source)  # the source is a complete model folder, and
     replaced = check_output(output, dir, overwrite)  # the output can be written, before the model loads
     model, spec = load_model(source, merge=True)
@@ -136,7 +136,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
             if quantize:
                 record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax"}
         write_spec(spec, folder)
-        (folder / "export.json").write_text(json.dumps(record, indent=1))
+        (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=1))
     if replaced:  # what `evaluate` wrote of the earlier model went with it: said, not silent
         log.warning("--overwrite: the earlier export's evaluation went with it (%s)", ", ".join(replaced))
     log.debug("exported %s to %s", source, output)

@@ -24,7 +24,6 @@ confidence, to float rounding (``tests/test_batch_independence.py``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import numbers
 import os
@@ -41,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bankintent import ood
-from bankintent.config import MODEL_DIR
+from bankintent.config import MODEL_DIR, export_record
 from bankintent.errors import ConfigError, DataError, ModelError
 from bankintent.modeling import MARKER, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import preprocess
@@ -118,15 +117,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def warn_if_stale(folder: Path) -> None:
     """Warn where ``folder`` is an export of a model saved again since (a retrained run): it answers as
     the model before."""
-    record = folder / "export.json"
-    if not record.is_file():
-        return
-    exported = json.loads(record.read_text())
+    exported = export_record(folder)
     source, saved = exported.get("source"), exported.get("source_saved_ns")  # exports before 2026-11-29 have no time
     marker = Path(source or ".") / MARKER
     if source and saved and marker.is_file() and marker.stat().st_mtime_ns != saved:
         log.warning("%s: the model it was exported from (%s) has been saved again since; it answers as the model before: "
-                    "export it again (bankintent export ... --overwrite)", folder, exported["source"])
+                    "export it again (bankintent export ... --overwrite)", folder, source)
 
 
 # the fields of each answer of ``Predictor.predict``, in order: the service answers with these, Spark with all but the text
