@@ -32,7 +32,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class RunSpec:
     name: str
     options: dict[str, Any]
     seeds: list[int]
+    config: TrainConfig  # the options resolved, as read_sweep checked them (seed aside)
     tables: list[str] = field(default_factory=lambda: ["methods"])
     baseline: str | None = None
     note: str = ""
@@ -115,7 +116,7 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
             if value and not Path(value).expanduser().exists():
                 raise ConfigError(f"{path}: {where}: {option} {value}: not found (a relative path is read from the folder the "
                                   f"sweep is started in, {Path.cwd()})")
-        runs.append(RunSpec(str(entry["name"]), options, [first_seed + i for i in range(count)], list(tables),
+        runs.append(RunSpec(str(entry["name"]), options, [first_seed + i for i in range(count)], cfg, list(tables),
                             entry.get("baseline"), str(entry.get("note", ""))))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -196,7 +197,7 @@ def check_data(config: str | Path, runs: list[tuple[RunSpec, int]]) -> None:
     otherwise fail on it in turn, after loading its model."""
     checked = set()
     for run, seed in runs:
-        cfg = resolve_config(None, **{**run.options, "seed": seed})
+        cfg = replace(run.config, seed=seed)
         read = (cfg.data, cfg.text_column, cfg.label_column, cfg.val_fraction, cfg.split_seed, cfg.max_train_samples,
                 cfg.strict_data, cfg.oos_label, cfg.oos_file, cfg.shots, cfg.draw_seed if cfg.shots else None)
         if read in checked:
