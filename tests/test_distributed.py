@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bankintent.launch import torchrun_command, without_nproc
-from conftest import _save_tiny, _tiny_rows, write_csv
+from conftest import _save_tiny, _tiny_rows, tiny_options, write_csv
 
 OPTIONS = {"method": "lpft", "epochs": 2, "lr": 1e-2, "max_length": 24, "probe_c": [1.0], "lora_dropout": 0.0}
 
@@ -73,6 +73,22 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(no_dropout_b
     assert "load_best_model_at_end" not in result.stderr  # averaged weights are kept, as intended: no warning that they are
     again = cli_train(2, 8, out, resume=True, **common)  # finished already: nothing to resume, said and reported once
     assert again.stdout.count("| lpft |") == 1 and again.stderr.count("finished training already") == 1
+
+
+def test_torchrun_by_hand_refuses_a_one_process_method_before_the_model_loads(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    from bankintent import training
+    from bankintent.config import resolve_config
+    from bankintent.errors import ConfigError
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(training, "build_model", no_model)
+    cfg = resolve_config(None, **tiny_options(tiny_bert, tiny_data, tmp_path / "run", method="contrastive"))
+    with pytest.raises(ConfigError, match="contrastive .* trains in one process"):
+        training._resolve(cfg, processes=2)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # one process: the check passes, the model loads
+        training._resolve(cfg, processes=1)
 
 
 def test_nproc_is_not_passed_on():

@@ -107,7 +107,7 @@ def test_ctrl_c_before_training_starts_keeps_the_previous_run_and_says_run_again
     import bankintent.training
     from bankintent.errors import TrainingInterrupted
 
-    def interrupted(cfg):
+    def interrupted(cfg, processes):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bankintent.training, "_resolve", interrupted)

@@ -675,8 +675,7 @@ def _train(cfg: TrainConfig) -> dict:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     try:  # what can refuse the run (data, options, base model) is checked before the output folder changes
-        cfg, splits, spec, tokenizer, model = _resolve(cfg)
-        check_processes(cfg.method, process.num_processes)  # started by torchrun by hand, which --nproc's checks did not see
+        cfg, splits, spec, tokenizer, model = _resolve(cfg, process.num_processes)
     except BaseException as exc:
         if main:
             _remove_created(created)
@@ -733,9 +732,10 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, Splits, ModelSpec, object, nn.Module]:
+def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits, ModelSpec, object, nn.Module]:
     """What the run is, everything that can refuse it checked: the data read and split, ``auto``'s method
-    and pooling resolved, the base model and tokenizer loaded. Nothing is written."""
+    and pooling resolved (and refused in ``processes`` where it trains in one: started by torchrun by hand,
+    which ``--nproc``'s checks did not see), the base model and tokenizer loaded. Nothing is written."""
     set_seed(cfg.seed)
     cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
     splits = run_splits(cfg)
@@ -744,6 +744,7 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, Splits, ModelSpec, object, 
     if cfg.method == AUTO:
         cfg = for_data(cfg, splits.few_examples)
         log.info("method: %s (the default for %s)", cfg.method, "few examples per intent" if splits.few_examples else "this data")
+    check_processes(cfg.method, processes)
     if cfg.pooling == "auto":
         cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
         log.info("pooling: %s (the base model's own)", cfg.pooling)
