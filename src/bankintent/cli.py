@@ -247,12 +247,11 @@ def distill(args: argparse.Namespace) -> None:
     _status(f"distilling {args.dir} into {args.output} ...")
     from bankintent.config import MODEL_DIR
     from bankintent.distill import distill as run
-    from bankintent.results import percent
+    from bankintent.results import percent_in_words as pct
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
     metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
     teacher = metrics.get("teacher_test_accuracy")
-    pct = lambda value: percent(value, missing="n/a")  # noqa: E731
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
           f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / MODEL_DIR}")
 

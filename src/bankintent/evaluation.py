@@ -19,7 +19,7 @@ from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_c
 from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
-from bankintent.results import percent, write_json
+from bankintent.results import percent_in_words, write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 # ``answer``: what the service answers (an intent, or out_of_scope); ``predicted``: the most probable
@@ -262,7 +262,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
 def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
     accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
-    pct = lambda value, digits=2: percent(value, digits, missing="n/a")  # noqa: E731
+    pct = percent_in_words
     coverage = summary.get("out_of_scope") or {}
     if summary.get("queries") == 0:  # a file of out-of-scope queries alone
         return [f"{split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "

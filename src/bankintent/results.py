@@ -86,6 +86,11 @@ def percent(value, digits: int = 2, missing: str = "-") -> str:
     return f"{value:.{digits}%}" if isinstance(value, Real) and not math.isnan(value) else missing
 
 
+def percent_in_words(value, digits: int = 2) -> str:
+    """``percent`` for a printed sentence, where a missing value reads "n/a" rather than a table's "-"."""
+    return percent(value, digits, missing="n/a")
+
+
 def results_row(metrics: dict) -> dict[str, str]:
     return {
         "Method": metrics["method"],
