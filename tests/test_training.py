@@ -135,6 +135,19 @@ def test_out_of_fold_logits_come_from_probes_that_never_saw_the_query():
     assert probe.out_of_fold_logits(x[:4], [0, 0, 1, 2], c=1.0, seed=0) is None  # an intent with one example: no fold without it
 
 
+def test_an_intent_with_fewer_examples_than_folds_is_held_in_fewer_folds_not_every_intent():
+    from bankintent import probe
+
+    y = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    folds = probe.stratified_folds(y, seed=0)
+    assert len(folds) == probe.FOLDS
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held) == list(range(len(y)))  # every query held out exactly once
+    assert sum(bool(set(h) & {20, 21}) for _, h in folds) == 2  # the 2-example intent, in 2 of the 5 folds
+    assert all(len(f) >= 16 for f, _ in folds)  # each probe fitted on four fifths of the data, not half of it
+    assert len(probe.stratified_folds([0, 0, 1, 1, 1], seed=0)) == 3  # no intent with 5 examples: as many folds as the largest
+
+
 def tiny_bert_width(folder) -> int:
     return json.loads((folder / "config.json").read_text())["hidden_size"]
 

@@ -39,19 +39,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder, closest_name
 from bankintent.data import Examples, data_files, read_examples, set_apart
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
+from bankintent.modeling import ModelSpec, build_model, load_tokenizer
+from bankintent.probe import embed, stratified_folds
 
 log = logging.getLogger(__name__)
 
 MIN_EXAMPLES = 8  # below this an intent is thin whatever the median (the few-shot recipes start near 5-10)
 SHORT_WORDS = 2
-FOLDS = 5
 # Confident learning counts a query as confidently intent j when j's probability reaches j's threshold,
 # the mean probability the queries labelled j get for j. On small, clean data an intent's queries get
 # 0.9 and more, so a clear error the other folds give 0.85 to that intent went uncounted. Capped here:
@@ -87,9 +87,6 @@ def read_labelled(data: str, text_column: str = "text", label_column: str = "cat
 def embed_texts(texts: list[str], base_model: str = DEFAULT_BASE_MODEL, max_length: int = 64, desc: str = "embedding",
                 progress: bool = True) -> np.ndarray:
     """The frozen base model's mean-pooled, L2-normalised embeddings (the linear probe's input)."""
-    from bankintent.modeling import ModelSpec, build_model, load_tokenizer
-    from bankintent.probe import embed
-
     model = build_model(ModelSpec(base_model=base_model, method="linear-probe", pooling="mean", labels=["_"]))
     return embed(model, load_tokenizer(base_model), texts, max_length, desc=desc, disable=not progress)
 
@@ -98,13 +95,9 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, cs: list[float], seed: int, progre
     """Out-of-fold class probabilities of a logistic regression, for the ``C`` of ``cs`` whose
     out-of-fold accuracy is best (the same folds choose it; no query is ever scored by a model that
     trained on it). Every intent needs 2 examples. Returns (probabilities, C)."""
-    # an intent with fewer examples than folds is in fewer folds, not a reason for fewer folds for all
-    folds = min(FOLDS, int(np.bincount(y).max()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only N members"
-        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
+    splits = stratified_folds(y, seed)
     best = None
-    with tqdm(total=len(cs) * folds, desc="cross-validation", unit="fit", disable=not progress) as bar:
+    with tqdm(total=len(cs) * len(splits), desc="cross-validation", unit="fit", disable=not progress) as bar:
         for c in cs:
             probabilities = np.zeros((len(y), int(y.max()) + 1))
             for fit_rows, held_rows in splits:

@@ -60,9 +60,23 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
     return clf, c, val_acc
 
 
+FOLDS = 5
+
+
+def stratified_folds(y, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (fitted rows, held rows) splits of the labels ``y``: k = ``FOLDS``, or the most
+    examples an intent has if fewer. An intent with fewer examples than folds is held out in fewer of
+    them, rather than every intent's queries held in fewer, larger folds, each probe then fitted on less
+    of the data."""
+    y = np.asarray(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only N members"
+        return list(StratifiedKFold(min(FOLDS, int(np.bincount(y).max())), shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
 def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int) -> np.ndarray | None:
-    """Each training query's logits from a probe of regularisation ``c`` fitted without it (stratified
-    k-fold, k = 5 or the fewest examples of an intent); None where an intent has a single example.
+    """Each training query's logits from a probe of regularisation ``c`` fitted without it
+    (``stratified_folds``); None where an intent has a single example.
     Why: small data has no validation split, and a probe's logits for the queries it was fitted on are
     surer than for new ones; out of fold, the head (not the encoder, which saw them all) is as new to
     each query as to a user's."""
@@ -73,7 +87,7 @@ def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: 
     out = np.zeros((len(train_y), len(counts)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        for fitted, held in StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=seed).split(train_x, train_y):
+        for fitted, held in stratified_folds(train_y, seed):
             clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x[fitted], train_y[fitted])
             out[held] = logits(clf, train_x[held])
     return out
