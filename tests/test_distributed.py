@@ -95,7 +95,7 @@ def test_nproc_is_not_passed_on():
     argv = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "--output", "runs/x"]
     assert without_nproc(argv) == ["train", "--epochs", "1", "--output", "runs/x"]
     command = torchrun_command(4, argv)
-    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
+    assert command[1:6] == ["-m", "bankintent.launch", "--standalone", "--nproc-per-node=4", "-m"]
     assert command[6:] == ["bankintent.cli", "train", "--epochs", "1", "--output", "runs/x"]
 
 

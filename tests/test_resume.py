@@ -130,6 +130,24 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_p
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == EPOCHS
 
 
+def test_sigterm_before_the_first_checkpoint_says_so_like_ctrl_c(tiny_bert, data, tmp_path):
+    """SIGTERM (kill, docker stop) in the contrastive pair training, which keeps no checkpoint: the run
+    says it stopped and that --resume starts it again, as Ctrl-C does, rather than ending without a word."""
+    options = {**_options(tiny_bert, data, tmp_path), "pairs_per_example": 40}
+    process = subprocess.Popen([sys.executable, "-m", "bankintent.cli", "train", "--method", "contrastive", *_cli_args(options)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "config.yaml").is_file():  # the run folder started: the pair training is next
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Stopped before the run's first checkpoint: nothing to continue from" in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def _file_size_limit(limit: int):
     """In the child: files can not grow past ``limit`` bytes, as on a disk that fills up (writes fail
     with EFBIG instead of the process being killed by SIGXFSZ)."""

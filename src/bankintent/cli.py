@@ -15,7 +15,9 @@ import difflib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from numbers import Real
@@ -55,8 +57,9 @@ def train(args: argparse.Namespace) -> None:
     try:
         metrics = run(cfg)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        note = f". {interrupted_note(cfg.output)}" if getattr(exc, "resumable", True) else ""
-        print(f"\n{str(exc) or 'interrupted'}{note}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process says it for all
+            note = f". {interrupted_note(cfg.output)}" if getattr(exc, "resumable", True) else ""
+            print(f"\n{str(exc) or 'interrupted'}{note}", file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
@@ -510,6 +513,10 @@ def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
+def _stopped(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -518,6 +525,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # SIGTERM (kill, docker stop, a scheduler's timeout) stops a command as Ctrl-C does: it says what was
+    # left and how to go on, where its default would end it without a word; serve keeps uvicorn's own
+    # graceful shutdown, and training's fine-tuning epochs their checkpoint on either signal
+    own = args.command != "serve" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if own else None
     try:
         args.func(args)
     except BankintentError as exc:
@@ -529,6 +541,9 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """``bankintent train --nproc N``: data-parallel training on this machine, launched by torchrun.
 
-The launcher is PyTorch's own (``python -m torch.distributed.run``, alias ``torchrun``) with a
-standalone rendezvous (a free local port); inside each process the Hugging Face Trainer does the
+The launcher is PyTorch's own (``torch.distributed.run``, alias ``torchrun``, run by this module so
+that a stop by Ctrl-C or SIGTERM, or a process's own error, ends with the processes' own lines rather
+than torchrun's traceback) with a standalone rendezvous (a free local port); inside each process the
+Hugging Face Trainer does the
 distributed work (DDP over NCCL on GPUs, over gloo on CPUs). Several machines: run torchrun or
 ``accelerate launch`` directly, as docs/distributed.md shows.
 """
@@ -9,6 +11,7 @@ distributed work (DDP over NCCL on GPUs, over gloo on CPUs). Several machines: r
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,8 +34,25 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    return [sys.executable, "-m", "bankintent.launch", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "bankintent.cli", *without_nproc(argv)]
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun with ``argv``; its exit status. Stopped by a signal (which it passes to the processes,
+    and they say where they stopped), 128 + the signal; a process that failed (it said why), its status."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:  # a process killed by a signal has a negative status
+        code = next((failure.exitcode for failure in exc.failures.values() if failure.exitcode), 1)
+        return code if code > 0 else 128 - code
+    return 0
 
 
 def _environment(nproc: int) -> dict[str, str]:
@@ -48,7 +68,16 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     if gpus and nproc > gpus:
         raise ConfigError(f"--nproc {nproc}: this machine has {gpus} GPU(s); use at most one process per GPU")
     with subprocess.Popen(torchrun_command(nproc, argv), env=_environment(nproc)) as launcher:
+        # a SIGTERM sent to this process alone (kill, a scheduler) is passed on: torchrun passes it to the
+        # workers, which save a checkpoint as on Ctrl-C, and this process waits for them as it does then
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: launcher.send_signal(signal.SIGTERM))
         try:
             return launcher.wait()
         except KeyboardInterrupt:  # Ctrl-C reached torchrun too: it stops the workers; wait for that
             return launcher.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    raise SystemExit(torchrun(sys.argv[1:]))
