@@ -87,7 +87,7 @@ def test_a_semicolon_or_tab_separated_csv_is_read_as_such(tmp_path, separator, c
 
 
 def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
-    rows = GOOD[:3] + [("   ", "a")] + GOOD[3:] + [("", "b")]
+    rows = GOOD[:3] + [("   ", "a")] + GOOD[3:] + [("\u200b", "b")]  # a zero-width space is no text either
     splits = load_splits(_folder(tmp_path, rows))
     assert len(splits.train) + len(splits.validation) == len(GOOD)
     assert all(t.strip() for t in splits.train.texts + splits.validation.texts)

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from bankintent import resolve_config
 from bankintent.data import load_splits
 from bankintent.errors import ConfigError
-from bankintent.text import augment, intent_name_examples, intent_name_text, normalize_entities, perturb, preprocess
+from bankintent.text import augment, blank, intent_name_examples, intent_name_text, normalize_entities, perturb, preprocess
 from bankintent.training import prepare_splits
 from conftest import tiny_options
 
@@ -130,3 +130,10 @@ def test_an_intent_name_as_words(name, words):
                                          (["A1", "B2"], "intent 'A1' has no word in its name")])
 def test_intent_names_that_are_codes_are_not_examples(labels, why):
     assert intent_name_examples(labels) == ([], why)
+
+
+def test_a_text_of_invisible_characters_is_blank():
+    for text in ("", "  \n", "\u00a0", "\u200b", "\ufeff", "\x00", "\u200d \t"):
+        assert blank(text), repr(text)
+    for text in ("a", " hi ", "\u200bhi", "é", "日本", "hi\x00", "?"):
+        assert not blank(text), repr(text)

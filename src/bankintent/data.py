@@ -49,6 +49,7 @@ from sklearn.model_selection import train_test_split
 
 from bankintent.config import closest_name
 from bankintent.errors import ConfigError, DataError
+from bankintent.text import blank
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     empty, unlabelled = 0, []
     for number, row in iter_rows(path, (text_column, label_column)):
         value, label = row[text_column], row[label_column]
-        if value is None or isinstance(value, str) and not value.strip():
+        if value is None or isinstance(value, str) and blank(value):
             if strict:
                 raise DataError(f"{path}: line {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
             empty += 1
@@ -397,7 +398,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         value = row[column]
         if value is not None and not isinstance(value, str):
             raise DataError(f"{path}: row {row_number}: expected text in column {column!r}, got {type(value).__name__}")
-        if value is None or not value.strip():
+        if value is None or blank(value):
             skipped.append(row_number)
             continue
         text = value.strip()
@@ -598,7 +599,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
-        if value is None or isinstance(value, str) and not value.strip():
+        if value is None or isinstance(value, str) and blank(value):
             empty += kind != "txt"
             continue
         if kind == "txt" and value.lstrip().startswith("#"):

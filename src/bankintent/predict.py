@@ -43,7 +43,7 @@ from bankintent import ood
 from bankintent.config import MODEL_DIR, export_record
 from bankintent.errors import ConfigError, DataError, ModelError
 from bankintent.modeling import MARKER, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
-from bankintent.text import preprocess
+from bankintent.text import blank, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def check_texts(texts) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"text {i + 1}: expected a string, got {type(text).__name__}")
-        if not text.strip():
+        if blank(text):
             raise DataError(f"text {i + 1}: empty text")
         if len(text) > MAX_CHARS:
             log.warning("a query of %d characters (%r...) truncated to its first %d", len(text), text[:40], MAX_CHARS)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from bankintent.data import input_column_names
 from bankintent.errors import DataError
+from bankintent.text import blank
 
 # predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
 FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
@@ -64,7 +65,7 @@ def _model_path(model_dir: str) -> str:
 def score_batch(predictor, texts: pd.Series, columns: Sequence[str] = FIELDS, top_k: int = 3) -> pd.DataFrame:
     """The prediction fields of a batch of texts (one row each, in order); null or empty texts get
     nulls and an ``error``."""
-    valid = [isinstance(t, str) and bool(t.strip()) for t in texts]
+    valid = [isinstance(t, str) and not blank(t) for t in texts]
     results = iter(predictor.predict([t for t, ok in zip(texts, valid) if ok], top_k=top_k)) if any(valid) else iter(())
     rows = []
     for text, ok in zip(texts, valid):

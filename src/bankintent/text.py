@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 
 
 PLACEHOLDERS = ("<AMOUNT>", "<CURRENCY>", "<DATE>", "<NUMBER>")
@@ -53,6 +54,16 @@ def normalize_entities(text: str) -> str:
     for pattern, placeholder in _RULES:
         text = pattern.sub(placeholder, text)
     return re.sub(r"> ([?.!,])", r">\1", " ".join(text.split()))  # "<AMOUNT> ?" -> "<AMOUNT>?"
+
+
+def blank(text: str) -> bool:
+    """Whether a query has nothing to read: only white space, invisible format characters (a zero-width
+    space, a byte order mark) and control characters (a NUL). Such a text would be answered as the empty
+    string is, so it is refused or skipped like one rather than given an intent."""
+    stripped = text.strip()
+    if stripped.isprintable():
+        return not stripped
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in stripped)
 
 
 def preprocess(text: str, options: dict) -> str:
