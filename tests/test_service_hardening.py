@@ -72,6 +72,36 @@ def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(url, content, cont
     assert _post(url, json.dumps({"texts": ["i lost my card"]}).encode()).status_code == 200
 
 
+def test_bytes_that_are_no_utf8_are_named(url):
+    response = _post(url, b'{"texts": ["\xff\xfe"]}')
+    assert response.status_code == 400 and response.json() == {"error": "body: invalid JSON (not UTF-8 text)"}
+
+
+def _raw_post(url: str, head: bytes, body: bytes, wait: float) -> bytes:
+    """Send a POST's headers and part of its body on a socket of its own; what came back in ``wait`` seconds."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return b""
+
+
+def test_a_body_declared_too_large_or_never_finished_is_answered_not_waited_for(run, monkeypatch):
+    from bankintent import serving
+
+    monkeypatch.setattr(serving, "BODY_TIMEOUT_S", 1.0)
+    with serve_in_background(create_app(model_dir=run)) as base:
+        started = time.monotonic()
+        answer = _raw_post(base, b"Content-Length: 5000000\r\n", b"", wait=10)  # refused from its header, before any byte of it
+        assert answer.startswith(b"HTTP/1.1 413") and b"request body over 1048576 bytes" in answer
+        answer = _raw_post(base, b"Content-Length: 100\r\n", b'{"te', wait=10)  # 4 bytes of 100, then nothing
+        assert answer.startswith(b"HTTP/1.1 408") and b"request body not received within 1 s" in answer
+        assert time.monotonic() - started < 8
+        assert httpx.post(f"{base}/v1/predict", json={"texts": ["hi"]}, timeout=30).status_code == 200
+
+
 @pytest.mark.parametrize("name", ["..%2Fadapter", "%2e%2e%2f%2e%2e%2fetc", "/etc/passwd", "adapter\x00", "..\\..\\x", "~root"])
 def test_path_like_model_names_are_refused(url, name):
     response = _post(url, json.dumps({"texts": ["hi"], "model": name}).encode())

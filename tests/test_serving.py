@@ -166,6 +166,8 @@ BAD_REQUESTS = [
     ({"texts": ["ok", 3]}, 422, "texts[1]: Input should be a valid string"),
     ({"texts": ["ok", ""]}, 422, "texts[1]: empty text"),
     ({"texts": ["   "]}, 422, "texts[0]: empty text"),
+    ({"texts": ["ok", "\u200b\u00a0"]}, 422, "texts[1]: empty text"),  # a zero-width and a no-break space: nothing to read
+    ({"texts": ["\x00"]}, 422, "texts[0]: empty text"),
     ({"texts": ["a"] * (MAX_TEXTS + 1)}, 422, f"texts: List should have at most {MAX_TEXTS} items"),
     ({"texts": ["a" * 2001]}, 422, "texts[0]: String should have at most 2000 characters"),
     ({"texts": ["ok"], "top_k": 0}, 422, "top_k: Input should be greater than or equal to 1"),
@@ -209,6 +211,17 @@ def test_concurrent_requests_share_forward_passes(single):
     assert 1 <= passes < len(queries)
     assert metric(single, "bankintent_requests_total", path="/v1/predict", status="200") >= len(queries)
     assert metric(single, "bankintent_request_latency_seconds_count", path="/v1/predict") >= len(queries)
+
+
+def test_a_request_of_more_texts_than_max_batch_runs_in_passes_of_at_most_that_many(runs):
+    queries = [f"{TEXTS[i % 4]} {i}" for i in range(10)]
+    expected = Predictor.load(runs / "bank_a").predict(queries, top_k=2)
+    with serve_in_background(create_app(model_dir=runs / "bank_a", max_batch=4)) as url, httpx.Client(base_url=url) as client:
+        answers = client.post("/v1/predict", json={"texts": queries, "top_k": 2}).json()
+        assert [a["text"] for a in answers] == queries  # in order, every part's answers in place
+        assert [a["intent"] for a in answers] == [e["intent"] for e in expected]
+        assert metric(client, "bankintent_batch_texts_count") == 3  # 4 + 4 + 2
+        assert metric(client, "bankintent_batch_texts_bucket", le="4.0") == 3
 
 
 @pytest.fixture(scope="module")
@@ -353,15 +366,24 @@ def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the
     assert ask().status_code == 404  # a folder removed is no longer served
 
 
-def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path):
+def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path, caplog):
     shutil.copytree(runs / "bank_a" / "adapter", tmp_path / "good")
     shutil.copytree(runs / "bank_b" / "adapter", tmp_path / "broken")
     (tmp_path / "broken" / "adapter_model.safetensors").write_bytes(b"damaged")
     with serve_in_background(create_app(models_dir=tmp_path)) as url, httpx.Client(base_url=url) as client:
         assert client.post("/v1/predict", json={"texts": ["hi"], "model": "good"}).status_code == 200
-        response = client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"})
-        assert response.status_code == 503
-        assert response.json()["error"].startswith(f"model broken: cannot be loaded: {tmp_path / 'broken'}: cannot load the model")
+        for _ in range(2):
+            response = client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"})
+            assert response.status_code == 503  # the folder named by the model's name: the server's paths stay in its log
+            assert response.json()["error"].startswith("model broken: cannot be loaded: broken: cannot load the model")
+            assert str(tmp_path) not in response.json()["error"]
+        assert client.get("/v1/models").json()["models"] == ["good"]
+        assert client.get("/readyz").json() == {"status": "ready", "models": ["good"], "not_loaded": ["broken"]}
+        (tmp_path / "broken" / "adapter_model.safetensors").write_bytes((runs / "bank_b" / "adapter" / "adapter_model.safetensors").read_bytes())
+        assert client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"}).status_code == 200  # mended: loaded
+        assert client.get("/readyz").json() == {"status": "ready", "models": ["broken", "good"]}
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model broken not loaded")]
+    assert len(said) == 1 and f"{tmp_path / 'broken'}: cannot load the model" in said[0]  # once, not at every request
 
 
 def test_an_empty_models_folder_answers_that_no_model_is_served_yet(tmp_path):
@@ -370,7 +392,7 @@ def test_an_empty_models_folder_answers_that_no_model_is_served_yet(tmp_path):
     assert response.status_code == 400 and response.json()["error"].startswith(f"no model is served yet: {tmp_path} holds no model")
 
 
-def test_api_keys(runs, tmp_path):
+def test_api_keys(runs, tmp_path, caplog):
     keys = tmp_path / "keys.txt"
     keys.write_text("# service keys\nkey-one\n\nkey-two\n")
     with serve_in_background(create_app(model_dir=runs / "bank_a", api_key_file=keys)) as url, httpx.Client(base_url=url) as client:
@@ -382,6 +404,14 @@ def test_api_keys(runs, tmp_path):
         assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-two"}).status_code == 200
         assert client.get("/metrics").status_code == 401
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        keys.write_text("key-three\n")  # rotated: the file is read again, without a restart
+        time.sleep(1.1)
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-three"}).status_code == 200
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-two"}).status_code == 401
+        keys.write_text("# being edited\n")  # a file with no key left: the keys read before hold, and the log says so
+        time.sleep(1.1)
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-three"}).status_code == 200
+    assert any("the API key file changed and cannot be used" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_service_options(runs, tmp_path):

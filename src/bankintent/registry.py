@@ -10,7 +10,9 @@ Names are only ever looked up in the folder's listing, never joined into a path,
 an unknown name. The listing is re-read at most every ``rescan_s`` seconds, and at once for a name it
 does not know: a folder dropped in is served without a restart, one rewritten (a new ``COMPLETE``
 marker) is reloaded and one removed is unloaded. A served folder that has lost its marker (emptied by
-``train --overwrite`` into it) keeps answering with the model loaded until the new one is saved.
+``train --overwrite`` into it) keeps answering with the model loaded until the new one is saved. A
+folder that cannot be loaded (damaged, or copied marker first) is said once in the log and left out of
+the names served; it is tried again once its files change.
 """
 
 from __future__ import annotations
@@ -119,6 +121,15 @@ def _stamp(folder: Path) -> int:
         return 0
 
 
+def _contents(folder: Path) -> frozenset:
+    """What a folder's files are now (name, size, time): a folder that failed to load is tried again
+    once they change (a copy that was still being made, a file put back)."""
+    try:
+        return frozenset((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+    except OSError:
+        return frozenset()
+
+
 def _not_served(entry: Path, folder: Path, rewriting: bool) -> str:
     """Why a folder of the models folder holds no model to serve: one being written (training, or
     stopped before saving), or no model folder at all, with where models lie one level down."""
@@ -148,6 +159,7 @@ class Registry:
     _scanned: float = field(default=float("-inf"), init=False, repr=False)
     _loaded: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
     _incomplete: set[str] = field(default_factory=set, init=False, repr=False)  # folders seen without a complete model
+    _failed: dict[str, tuple[frozenset, str]] = field(default_factory=dict, init=False, repr=False)  # name: (_contents, error)
     _bases: dict[tuple[str, str], SharedBase] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
@@ -168,20 +180,25 @@ class Registry:
         return list(self._bases.values())
 
     def names(self) -> list[str]:
-        return sorted(self._scan(force=False))
+        """The models served: the folders listed, less those that failed to load as they are now."""
+        return sorted(name for name in self._scan(force=False) if name not in self.failed())
+
+    def failed(self) -> list[str]:
+        """The folders listed that could not be loaded (the log says why)."""
+        listing = self._scan(force=False)
+        return sorted(name for name in self._failed if name in listing)
 
     def load_all(self) -> list[str]:
         """Load every listed model now (at start-up); returns the names loaded. With a models folder
-        a folder that fails to load is logged and skipped (requests for it get its error), so one
+        a folder that fails to load is logged and skipped (requests for it get an error), so one
         broken model does not take the others down; a single model's error is raised."""
         loaded = []
         for name in self.names():
             try:
                 loaded.append(self.get(name).name)
-            except ModelError as exc:
+            except ModelError:
                 if self.model_dir:
                     raise
-                log.error("model %s not loaded: %s", name, exc)
         return loaded
 
     def cached(self, name: str | None) -> ServedModel | None:
@@ -209,8 +226,27 @@ class Registry:
                 raise UnknownModel(f"model: unknown model {name!r}; one of {', '.join(sorted(listing)) or '(none yet)'}")
             served = self._loaded.get(name)
             if served is None:
-                served = self._loaded[name] = self._load(name, listing[name])
+                served = self._loaded[name] = self._load_once(name, listing[name])
             return served
+
+    def _load_once(self, name: str, folder: Path) -> ServedModel:
+        """``_load``, where a models folder's folder that failed to load is not loaded again (nor its
+        error logged again) until its files change. The error a client gets names the folder by the
+        model's name, not by the server's path (which the log keeps)."""
+        if self.model_dir:
+            return self._load(name, folder)
+        contents = _contents(folder)
+        if self._failed.get(name, (None,))[0] == contents:
+            raise ModelError(self._failed[name][1])
+        try:
+            served = self._load(name, folder)
+        except ModelError as exc:
+            log.error("model %s not loaded: %s", name, exc)
+            said = str(exc).replace(str(folder), name).replace(str(Path(self.models_dir)), "")
+            self._failed[name] = (contents, said)
+            raise ModelError(said) from None
+        self._failed.pop(name, None)
+        return served
 
     def _scan(self, force: bool) -> dict[str, Path]:
         """Re-read the models folder's listing (at most every ``rescan_s``), unloading models whose

@@ -56,12 +56,14 @@ from bankintent import ood
 from bankintent.errors import BankintentError, ConfigError
 from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel
 from bankintent.registry import Registry, ServedModel, UnknownModel
+from bankintent.text import blank
 
 log = logging.getLogger(__name__)
 
 MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408: a stalled client holds no connection
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -74,7 +76,7 @@ RECENT_ANSWERS_METRIC, RECENT_OUT_OF_SCOPE_METRIC = "bankintent_recent_answers",
 
 
 def _not_blank(text: str) -> str:
-    if not text.strip():
+    if blank(text):
         raise ValueError("empty text")
     return text
 
@@ -123,7 +125,7 @@ class ErrorBody(BaseModel):
     error: str
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 408, 413, 415, 422, 503)}
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -203,10 +205,12 @@ class Metrics:
 
 class Guard:
     """ASGI middleware: counts and times every request, and answers 413 to a body over ``max_body``
-    bytes before the application reads any of it (the body is read here, then replayed)."""
+    bytes (declared so, or growing so) before the application reads any of it, and 408 to one not
+    received within ``BODY_TIMEOUT_S`` (the body is read here, then replayed)."""
 
     def __init__(self, app, metrics: Metrics, max_body: int = MAX_BODY_BYTES):
         self.app, self.metrics, self.max_body = app, metrics, max_body
+        self.body_timeout_s = BODY_TIMEOUT_S
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -221,7 +225,13 @@ class Guard:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_body(receive)
+                declared = dict(scope["headers"]).get(b"content-length", b"")
+                try:
+                    body = None if declared.isdigit() and int(declared) > self.max_body else (
+                        await asyncio.wait_for(self._read_body(receive), self.body_timeout_s))
+                except TimeoutError:
+                    late = JSONResponse({"error": f"request body not received within {self.body_timeout_s:g} s"}, 408)
+                    return await late(scope, receive, send_counted)
                 if body is None:
                     too_large = JSONResponse({"error": f"request body over {self.max_body} bytes"}, 413)
                     return await too_large(scope, receive, send_counted)
@@ -274,7 +284,8 @@ class _Job:
 @dataclass
 class MicroBatcher:
     """Groups concurrent requests for one model into forward passes of up to ``max_batch`` texts,
-    waiting at most ``max_wait_s`` after a batch's first request, and runs them on ``executor``."""
+    waiting at most ``max_wait_s`` after a batch's first request, and runs them on ``executor``. A
+    request of more texts than ``max_batch`` is cut into parts of at most that many."""
 
     executor: ThreadPoolExecutor
     max_batch: int
@@ -289,12 +300,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run_forever())
-        job = _Job(model, texts, top_k, loop.create_future(), loop.time())
-        self.queue.put_nowait(job)
+        jobs = [_Job(model, texts[start:start + self.max_batch], top_k, loop.create_future(), loop.time())
+                for start in range(0, len(texts), self.max_batch)]
+        for job in jobs:
+            self.queue.put_nowait(job)
         self._pending += len(texts)
         if self._pending >= self.max_batch:
             self._full.set()
-        return await job.future
+        parts = await asyncio.gather(*(job.future for job in jobs))
+        return [answer for part in parts for answer in part]
 
     def close(self) -> None:
         if self._task is not None:
@@ -382,7 +396,7 @@ class Service:
             return await asyncio.to_thread(self.registry.get, name)
         except UnknownModel as exc:
             raise HTTPException(400 if name is None else 404, str(exc)) from None
-        except BankintentError as exc:  # a model folder that cannot be loaded
+        except BankintentError as exc:  # a model folder that cannot be loaded (the log has it with the server's paths)
             raise HTTPException(503, f"model {name}: cannot be loaded: {exc}") from None
 
     async def predict(self, request: PredictRequest) -> list[dict]:
@@ -405,20 +419,57 @@ def read_api_keys(path: str | Path) -> list[bytes]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: API key file not found")
-    keys = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file of API keys (not UTF-8)") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not keys:
         raise ConfigError(f"{path}: no API keys in the file")
     return [hashlib.sha256(key.encode()).digest() for key in keys]
 
 
-def bearer_auth(key_digests: list[bytes]):
+class ApiKeys:
+    """The keys of an API key file, read again when the file changes (looked at most every
+    ``recheck_s``): a key is added or revoked by editing the file, without a restart. A file made
+    unreadable or empty meanwhile is logged and the keys read before are kept, so that a half-written
+    file neither locks every client out nor opens the service."""
+
+    def __init__(self, path: str | Path, recheck_s: float = 1.0):
+        self.path, self.recheck_s = Path(path), recheck_s
+        self.digests, self.stamp, self.checked = read_api_keys(self.path), self._stamp(), time.monotonic()
+        self.lock = threading.Lock()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def current(self) -> list[bytes]:
+        if time.monotonic() - self.checked < self.recheck_s:
+            return self.digests
+        with self.lock:
+            self.checked, stamp = time.monotonic(), self._stamp()
+            if stamp != self.stamp:
+                self.stamp = stamp
+                try:
+                    self.digests = read_api_keys(self.path)
+                    log.info("%s: API keys read again (%d keys)", self.path, len(self.digests))
+                except (ConfigError, OSError) as exc:
+                    log.error("%s: the API key file changed and cannot be used (%s); the keys read before still hold", self.path, exc)
+        return self.digests
+
+
+def bearer_auth(keys: ApiKeys):
     """A dependency accepting ``Authorization: Bearer <key>`` for any of the keys. Digests of equal
     length are compared in constant time, with every key, so timing tells nothing about a key."""
     scheme = HTTPBearer(auto_error=False, description="an API key from the service's --api-key-file")
 
     def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         given = hashlib.sha256(credentials.credentials.encode()).digest() if credentials else b""
-        if not any([hmac.compare_digest(given, digest) for digest in key_digests]):
+        if not any([hmac.compare_digest(given, digest) for digest in keys.current()]):
             raise HTTPException(401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"})
 
     return check
@@ -455,7 +506,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     threshold chosen for it at training, or ``oos_threshold`` (one model only: a threshold is on one
     model's scale), as ``predict --oos-threshold`` takes it."""
     check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)
-    auth = [Depends(bearer_auth(read_api_keys(api_key_file)))] if api_key_file else []
+    auth = [Depends(bearer_auth(ApiKeys(api_key_file)))] if api_key_file else []
     registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score,
                         oos_threshold=oos_threshold)
     loaded = registry.load_all()
@@ -475,6 +526,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's, for bytes that are no UTF-8
+            return JSONResponse({"error": "body: invalid JSON (not UTF-8 text)"}, 400)
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -516,11 +569,12 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.get("/readyz", responses=ERRORS)
     async def readyz() -> dict[str, str | list[str]]:
-        """Ready: at least one model is loaded."""
-        names = registry.names()
+        """Ready: at least one model is loaded; ``not_loaded`` names the model folders that could not be."""
+        names, failed = registry.names(), registry.failed()
         if not names:
-            raise HTTPException(503, f"no model folders in {models_dir} yet")
-        return {"status": "ready", "models": names}
+            raise HTTPException(503, f"no model could be loaded from {models_dir}: {', '.join(failed)} (the service's log says why)"
+                                if failed else f"no model folders in {models_dir} yet")
+        return {"status": "ready", "models": names, **({"not_loaded": failed} if failed else {})}
 
     @app.get("/metrics", response_class=Response, dependencies=auth)
     async def metrics() -> Response:
