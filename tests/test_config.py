@@ -124,3 +124,22 @@ def test_options_a_method_has_no_use_for_are_named_when_set():
     assert unused_options(resolve_config(None, method="lora-unfreeze", unfreeze_layers_per_epoch=1)) == []
     for method in METHODS:  # every recipe as it stands says nothing
         assert method in UNUSED and unused_options(resolve_config(None, method=method)) == []
+
+
+@pytest.mark.parametrize("method", ["auto", *METHODS])
+def test_a_train_config_object_trains_what_the_same_keywords_train(method, monkeypatch):
+    """TrainConfig(method=M) took every dataclass default as given, so a contrastive run got lpft's
+    learning rate (ten times the recipe's) and lora the wrong pooling; it now gets the method's recipe."""
+    import bankintent
+    import bankintent.training
+
+    trained = []
+    monkeypatch.setattr(bankintent.training, "train", lambda cfg: trained.append(cfg) or {})
+    bankintent.train(TrainConfig(method=method, data="mine", output="runs/a", seed=7))
+    bankintent.train(method=method, data="mine", output="runs/a", seed=7)
+    bankintent.train(trained[1])  # a resolved config trains as itself
+    bankintent.train(TrainConfig(method=method, data="mine", output="runs/a"), seed=7)  # keywords over a config's values
+    assert trained[0] == trained[1] == trained[2] == trained[3]
+    assert trained[0].lr == RECIPES.get(method, RECIPES["lpft"]).get("lr", TrainConfig.lr)
+    with pytest.raises(ConfigError, match=r"train\(config\): expected a bankintent.TrainConfig, got str 'mine.csv'"):
+        bankintent.train("mine.csv")

@@ -46,14 +46,17 @@ def __dir__() -> list[str]:
 
 
 def train(config: TrainConfig | None = None, **options) -> dict:
-    """Train and evaluate; returns the content of metrics.json. ``train(method="lora", output="runs/x")``;
-    ``options`` given with a ``config`` override its values, as flags do a config file's."""
-    import dataclasses
-
-    from bankintent.config import resolve_config
+    """Train and evaluate; returns the content of metrics.json. ``train(method="lora", output="runs/x")``,
+    or ``train(TrainConfig(...))``: the options a config was made with (``given_options``) are taken as
+    the same keywords would be, the method's recipe filling in the rest; ``options`` given with a
+    ``config`` override its values, as flags do a config file's."""
+    from bankintent.config import TrainConfig, given_options, resolve_config
     from bankintent.training import train as run
 
-    return run(resolve_config(None, **{**(dataclasses.asdict(config) if config else {}), **options}))
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"train(config): expected a bankintent.TrainConfig, got {type(config).__name__} {str(config)[:40]!r}; "
+                          f"give options by name: train(data=..., output=...)")
+    return run(resolve_config(None, **{**(given_options(config) if config else {}), **options}))
 
 
 def evaluate(run, split: str = "test", data=None, **options) -> dict:

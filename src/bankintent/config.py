@@ -341,6 +341,16 @@ def recipe_values(method: str) -> dict[str, Any]:
     return {**defaults, **RECIPES.get(method, {})}
 
 
+def given_options(config: TrainConfig) -> dict[str, Any]:
+    """The options a ``TrainConfig`` was made with: its fields set to other than the defaults. Given to
+    ``resolve_config``, ``TrainConfig(method="contrastive")`` trains with the contrastive recipe's
+    learning rate and epochs, as ``train(method="contrastive")`` and ``--method contrastive`` do, where
+    its dataclass defaults would have overridden them; a config ``resolve_config`` made resolves to
+    itself. As in ``for_data``, a field set to exactly its default is taken for one left at it."""
+    defaults = recipe_values(AUTO)
+    return {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != defaults[f.name]}
+
+
 def unused_options(cfg: TrainConfig) -> list[str]:
     """``name value`` of each option ``cfg.method`` (decided, not ``auto``) has no use for that is set
     to other than the method's recipe value (``--epochs 8`` for a linear probe, ``--lora-r`` for full)."""
