@@ -118,6 +118,16 @@ def test_a_query_labelled_two_ways_is_named(tmp_path, caplog):
             "'Where IS my PIN?' as 'a' (line 44) and 'b' (line 45); the model is taught every label") in caplog.text  # as written
 
 
+def test_one_intent_is_refused_in_one_line_out_of_scope_rows_or_not(tmp_path):
+    """With out-of-scope rows beside it, one intent reached scikit-learn's 'needs samples of at least 2 classes'."""
+    rows = [(f"what is my balance {i}", "check_balance") for i in range(3)] + [("tell me a joke", "out_of_scope"), ("sing", "out_of_scope")]
+    with pytest.raises(DataError, match=r"train.csv: one intent, 'check_balance' \(its 2 rows labelled 'out_of_scope' are "
+                                        r"out-of-scope examples, not an intent\); a classifier needs at least 2 intents"):
+        load_splits(_folder(tmp_path, rows))
+    with pytest.raises(DataError, match=r"train.csv: one intent, 'check_balance'; a classifier needs at least 2 intents"):
+        load_splits(_folder(tmp_path, rows[:3]))
+
+
 def test_the_out_of_scope_label_written_otherwise_stops_training_data(tmp_path):
     rows = GOOD + [("what is the weather", "Out of scope"), ("tell me a joke", "Out of scope")]
     with pytest.raises(DataError, match=r"train.csv: label 'Out of scope' is the out-of-scope label 'out_of_scope' written "

@@ -875,6 +875,10 @@ def load_splits(
     out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
+    if len(set(full.labels)) < 2:
+        besides = f" (its {_rows(len(oos))} labelled {oos_label!r} are out-of-scope examples, not an intent)" if oos else ""
+        raise DataError(f"{files.train}: one intent, {full.labels[0]!r}{besides}; a classifier needs at least 2 intents to tell "
+                        f"apart: add the rows of another intent")
     spelled = sorted({label for label in full.labels if oos_label and label != oos_label and _label_key(label) == _label_key(oos_label)})
     if spelled:  # rows meant as out-of-scope examples would train an intent, and the fallback would have none
         raise DataError(f"{files.train}: label {spelled[0]!r} is the out-of-scope label {oos_label!r} written otherwise, and its "
