@@ -143,3 +143,9 @@ def test_a_train_config_object_trains_what_the_same_keywords_train(method, monke
     assert trained[0].lr == RECIPES.get(method, RECIPES["lpft"]).get("lr", TrainConfig.lr)
     with pytest.raises(ConfigError, match=r"train\(config\): expected a bankintent.TrainConfig, got str 'mine.csv'"):
         bankintent.train("mine.csv")
+
+
+def test_resume_and_overwrite_together_are_refused():
+    """Together they resumed a finished run and then advised --overwrite, the flag already given."""
+    with pytest.raises(ConfigError, match=r"runs/a: --resume continues the run in the output folder and --overwrite replaces it; give one"):
+        resolve_config(None, output="runs/a", resume=True, overwrite=True)

@@ -147,6 +147,9 @@ class TrainConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.probe_c, (int, float)):
             self.probe_c = [float(self.probe_c)]
+        if self.resume and self.overwrite:
+            raise ConfigError(f"{self.output}: --resume continues the run in the output folder and --overwrite replaces it; "
+                              f"give one of them (in Python: resume=True or overwrite=True)")
         if self.rdrop < 0:
             raise ConfigError(f"rdrop must be at least 0, got {self.rdrop}")
         if self.thin_repeats < 1:
