@@ -117,6 +117,27 @@ def test_ctrl_c_before_training_starts_keeps_the_previous_run_and_says_run_again
     assert (previous_run / "adapter" / "model.safetensors").is_file() and (previous_run / "metrics.json").is_file()
 
 
+def test_ctrl_c_in_python_says_how_to_go_on_and_is_no_exception_a_notebook_swallows(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """Stopped after the run folder started (in the stages that keep no checkpoint, here): from Python
+    too, the stop says what the folder holds and how to go on, and ``except Exception`` does not take it."""
+    import bankintent.training
+    from bankintent.errors import TrainingInterrupted
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bankintent.training, "prepare_splits", interrupted)
+    with pytest.raises(TrainingInterrupted) as stop:
+        try:
+            _train(tiny_bert, tiny_data, tmp_path / "run")
+        except Exception:  # a notebook's loop over runs
+            pytest.fail("the stop was taken for a failed run")
+    assert str(stop.value) == (f"interrupted. Stopped before the run's first checkpoint: nothing to continue from; bankintent train "
+                               f"--config {tmp_path / 'run'}/config.yaml --resume (in Python: train(output={str(tmp_path / 'run')!r}, "
+                               f"resume=True)) starts it again from the beginning")
+    assert stop.value.resumable and isinstance(stop.value, KeyboardInterrupt)
+
+
 def test_resume_removes_the_previous_models_evaluation(tiny_bert, tiny_data, previous_run):
     (previous_run / "metrics.json").unlink()  # written last: without it the run did not finish
     _train(tiny_bert, tiny_data, previous_run, resume=True)
@@ -140,7 +161,8 @@ def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(t
         Predictor.load(run)
     (run / "checkpoints" / "checkpoint-12").mkdir()
     (run / "checkpoints" / "checkpoint-12" / "trainer_state.json").write_text("{}")
-    assert interrupted_note(run) == f"Continue with: bankintent train --config {run}/config.yaml --resume"
+    assert interrupted_note(run) == (f"Continue with: bankintent train --config {run}/config.yaml --resume (in Python: "
+                                     f"train(output={str(run)!r}, resume=True))")
 
 
 def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, caplog):

@@ -50,16 +50,14 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
     from bankintent.config import MODEL_DIR
-    from bankintent.errors import TrainingInterrupted
     from bankintent.results import markdown_table, percent, results_row
-    from bankintent.training import interrupted_note, train as run
+    from bankintent.training import train as run
 
     try:
         metrics = run(cfg)
-    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+    except KeyboardInterrupt as exc:  # training's TrainingInterrupted: what the run folder holds, and how to go on
         if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process says it for all
-            note = f". {interrupted_note(cfg.output)}" if getattr(exc, "resumable", True) else ""
-            print(f"\n{str(exc) or 'interrupted'}{note}", file=sys.stderr)
+            print(f"\n{str(exc) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))

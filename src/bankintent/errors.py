@@ -18,9 +18,11 @@ class ModelError(BankintentError):
     """A model folder that is missing, incomplete, unsafe or inconsistent."""
 
 
-class TrainingInterrupted(BankintentError):
-    """Training was stopped by a signal after saving a checkpoint; ``--resume`` continues it.
-    ``resumable`` False: stopped before the output folder changed, so there is nothing to continue."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C or SIGTERM; the message says what the run folder holds and how to
+    go on (``--resume``, ``resume=True``). ``resumable`` False: stopped before the output folder changed,
+    so there is nothing to continue. A ``KeyboardInterrupt``, as the stop that caused it: a notebook's
+    ``except Exception`` around a training does not take it for a failed run and go on to the next."""
 
     def __init__(self, message: str, resumable: bool = True):
         super().__init__(message)

@@ -616,6 +616,10 @@ def train(cfg: TrainConfig) -> dict:
     ``ConfigError``; the checkpoints written before are intact and ``--resume`` continues from them."""
     try:
         return _train(cfg)
+    except KeyboardInterrupt as exc:  # a TrainingInterrupted too: the stop said with what the folder holds and how to go on
+        if not getattr(exc, "resumable", True):
+            raise
+        raise TrainingInterrupted(f"{str(exc) or 'interrupted'}. {interrupted_note(cfg.output)}") from None
     except Exception as exc:
         reason = _full_disk(exc)
         if reason is None:
@@ -629,7 +633,7 @@ def interrupted_note(output: str | Path) -> str:
     resumable``): continue from the checkpoint the run left, or, where it had none yet (the contrastive
     pair training and the probe keep none), start it again."""
     folder = Path(output)
-    command = f"bankintent train --config {folder}/config.yaml --resume"
+    command = f"bankintent train --config {folder}/config.yaml --resume (in Python: train(output={str(folder)!r}, resume=True))"
     if last_checkpoint(folder / "checkpoints", remove_incomplete=False) is None:
         return f"Stopped before the run's first checkpoint: nothing to continue from; {command} starts it again from the beginning"
     return f"Continue with: {command}"
