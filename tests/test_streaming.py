@@ -110,8 +110,8 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(model_dir, queries, tmp_path,
     assert run.returncode == 130
     said = err.strip().splitlines()[-1]
     if suffix == ".jsonl":
-        assert said == "interrupted: the answers so far are kept; continue with the same command and --resume"
-        assert count_lines(output) > 0
+        kept = count_lines(output)
+        assert kept > 0 and said == f"interrupted: {kept:,} answers so far are kept in {output}; continue with the same command and --resume"
     else:
         assert said.startswith("interrupted: nothing written (a .csv output is written once complete; a .jsonl")
         assert not output.exists() and not started.exists()
@@ -122,6 +122,7 @@ def test_the_interrupted_note_follows_the_output_format():
 
     assert interrupted_note("-") == "interrupted: the answers so far were written to stdout"  # not "nothing written"
     assert interrupted_note("OUT.JSONL").startswith("interrupted: the answers so far are kept")  # any case of the suffix
+    assert interrupted_note("out.jsonl", kept=0) == "interrupted before the first answers were written: nothing to continue; run the same command again"
     assert interrupted_note("out.parquet").startswith("interrupted: nothing written (a .parquet output")
 
 
@@ -158,6 +159,21 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
         predict_file(predictor, short, output, resume=True, overwrite=True)
     with pytest.raises(DataError, match="does not exist"):
         predict_file(predictor, short, tmp_path / "missing" / "out.jsonl")
+
+
+def test_resume_refuses_to_continue_with_another_model_or_other_options(model_dir, queries, single_pass, tmp_path):
+    """A file continued with other options held two kinds of answers (3 then 5 top intents, two
+    out-of-scope thresholds): its last query is answered again, and must be answered alike."""
+    output = tmp_path / "out.jsonl"
+    output.write_text("".join(json.dumps(r) + "\n" for r in single_pass[:50]))
+    with pytest.raises(DataError, match=r"out.jsonl: its answers were made with another model or other options \(its last query, "
+                                        r"answered again: top_k 3 -> 4\); continue it with the model and options it was started with"):
+        predict_file(Predictor.load(model_dir), queries, output, top_k=4, resume=True)
+    with pytest.raises(DataError, match=r"answered again: .*oos_threshold .* -> 0\.5\)"):
+        predict_file(Predictor.load(model_dir, oos_threshold=0.5), queries, output, resume=True)
+    assert len(output.read_text().splitlines()) == 50  # nothing added
+    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True) == QUERIES - 50
+    assert_same_lines(output, single_pass)
 
 
 def test_batches_are_sized_for_the_backend(model_dir):

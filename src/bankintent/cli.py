@@ -150,13 +150,14 @@ def predict(args: argparse.Namespace) -> None:
     if args.master:
         raise BankintentError("--master is for --engine spark")
     if args.input:
-        from bankintent.streaming import STDOUT, interrupted_note, predict_file
+        from bankintent.streaming import STDOUT, PredictionInterrupted, predict_file
 
         try:
             written = predict_file(load, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
                                    resume=args.resume, overwrite=args.overwrite)
-        except KeyboardInterrupt:
-            print(interrupted_note(args.output), file=sys.stderr)
+        except KeyboardInterrupt as exc:  # before the answers began (reading the input, loading the model): nothing written
+            print(exc if isinstance(exc, PredictionInterrupted) else "interrupted before predicting began; run the same command again",
+                  file=sys.stderr)
             raise SystemExit(130) from None
         to_stdout = args.output == STDOUT
         print(f"{written} predictions written to {'stdout' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)

@@ -3,7 +3,8 @@
 The input (.txt one query a line, .csv or .jsonl) is read in a first streaming pass, so a bad row
 fails before any output is written or the model is loaded, and the progress bar knows the total (it
 shows the rate and the time left). Rows with an empty text are skipped with a warning that counts
-them. Queries are then read in chunks of ``CHUNK``; the predictor sorts each chunk by length so its
+them. Queries are then read in chunks (``FIRST_CHUNK`` queries, doubling up to ``CHUNK``: the first
+answers are written within seconds on a slow machine); the predictor sorts each chunk by length so its
 batches pad little, and the chunk's predictions are written in input order. Memory holds one chunk,
 whatever the size of the file.
 
@@ -16,8 +17,10 @@ spread over ``top1_intent``, ``top1_confidence``, ... columns), ``.parquet`` (ne
 renamed when complete, so a killed run never leaves a file that looks whole.
 
 ``resume=True`` continues an interrupted .jsonl output: a torn last line (from a killed run) is cut
-off, the last complete line is checked against the input (same row, same text) and the queries after
-it are predicted, so no line is duplicated or lost.
+off, the last complete line is checked against the input (same row, same text) and against the model
+and options of this run (its query answered again must give the same answer: another model,
+``--top-k``, ``--oos-score`` or ``--oos-threshold`` would mix two kinds of answers in one file), and
+the queries after it are predicted, so no line is duplicated or lost.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from bankintent.predict import Predictor
 
 CHUNK = 4096  # queries read, sorted by length, predicted and written at once
+FIRST_CHUNK = 256  # the first chunk's size, doubled with each chunk up to CHUNK
 STDOUT = "-"
 FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -56,7 +60,7 @@ def _complete_lines(output: Path) -> tuple[int, bytes | None]:
     return count, last
 
 
-def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text: str) -> None:
+def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text: str) -> dict:
     """The output's last line must be the prediction of query ``row`` of the input."""
     from bankintent.predict import check_texts
 
@@ -67,27 +71,58 @@ def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text
         same = False
     if not same:
         raise DataError(f"{output}: its last line does not answer row {row} of {input_path}; not its output")
+    return result
 
 
-def _resume_point(output: Path, input_path: Path, text_column: str, total: int) -> int:
+def _resume_point(output: Path, input_path: Path, text_column: str, total: int) -> tuple[int, dict | None]:
+    """(lines of ``output`` done, the last of them) for ``resume``."""
     done, last = _complete_lines(output)
     if done > total:
         raise DataError(f"{output}: holds {done} lines but {input_path} has only {total} queries; not its output")
-    if done:
-        row, text = next(islice(iter_queries(input_path, text_column, warn=False), done - 1, None))
-        _check_continues(output, last, input_path, row, text)
-    return done
+    if not done:
+        return 0, None
+    row, text = next(islice(iter_queries(input_path, text_column, warn=False), done - 1, None))
+    return done, _check_continues(output, last, input_path, row, text)
 
 
-def interrupted_note(output: str | Path) -> str:
-    """What a prediction cut short (Ctrl-C) leaves in ``output``, for the line the command ends with."""
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _check_same_answers(output: Path, last: dict, predictor: Predictor, top_k: int) -> None:
+    """The output's last answer, given again by this run's model and options: a file continued with
+    another model or other options would hold two kinds of answers."""
+    again = predictor.predict([last["text"]], top_k=top_k)[0]
+    differ = [f"{name} {last.get(name)!r} -> {again[name]!r}" if name != "top_k" else f"top_k {len(last.get(name) or [])} -> {len(again[name])}"
+              for name in ("intent", "confidence", "oos_method", "oos_threshold", "top_k") if not _same(last.get(name), again[name])]
+    if differ:
+        raise DataError(f"{output}: its answers were made with another model or other options (its last query, answered again: "
+                        f"{'; '.join(differ)}); continue it with the model and options it was started with, or write another --output")
+
+
+def interrupted_note(output: str | Path, kept: int | None = None) -> str:
+    """What a prediction cut short (Ctrl-C) leaves in ``output`` (``kept``: the answers in it, if known),
+    for the line the command ends with."""
     kind = output_format(output)
     if kind == "stdout":
         return "interrupted: the answers so far were written to stdout"
+    if kind == "jsonl" and kept == 0:
+        return "interrupted before the first answers were written: nothing to continue; run the same command again"
     if kind == "jsonl":
-        return "interrupted: the answers so far are kept; continue with the same command and --resume"
+        return (f"interrupted: {'the' if kept is None else f'{kept:,}'} answers so far are kept in {output}; continue with the same "
+                f"command and --resume")
     return (f"interrupted: nothing written (a .{kind} output is written once complete; a .jsonl output keeps what is done "
             f"and continues with --resume)")
+
+
+class PredictionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped ``predict_file``; the message says what the output keeps."""
 
 
 def output_format(output: str | Path) -> str:
@@ -150,16 +185,19 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     total, columns = _scan(input_path, text_column)
     if total == 0:
         raise DataError(f"{input_path}: no queries")
-    done = _resume_point(Path(output_path), input_path, text_column, total) if resume else 0
+    done, last = _resume_point(Path(output_path), input_path, text_column, total) if resume else (0, None)
     if overwrite and kind == "jsonl" and Path(output_path).exists():  # appended to: start it empty (.csv and .parquet replace it whole)
         Path(output_path).unlink()
     if callable(predictor):
         predictor = predictor()
+    if last is not None:
+        _check_same_answers(Path(output_path), last, predictor, top_k)
     queries = islice(iter_queries(input_path, text_column, columns=True, warn=False), done, None)
-    writer, names, written = None, {}, 0
+    writer, names, written, size = None, {}, 0, min(FIRST_CHUNK, CHUNK)
     try:
         with tqdm(total=total, initial=done, unit="q", desc="predicting", smoothing=0.1) as bar:
-            while chunk := list(islice(queries, CHUNK)):
+            while chunk := list(islice(queries, size)):
+                size = min(CHUNK, 2 * size)
                 results = predictor.predict([text for _, text, _ in chunk], top_k=top_k)
                 if writer is None:
                     names = input_column_names(columns, {"row", *results[0]})
@@ -168,9 +206,11 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
                               for (row, _, extra), result in zip(chunk, results)])
                 written += len(chunk)
                 bar.update(len(chunk))
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if isinstance(exc, KeyboardInterrupt):
+            raise PredictionInterrupted(interrupted_note(output_path, done + written)) from None
         raise
     if writer is not None:
         writer.close()
