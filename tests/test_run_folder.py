@@ -212,6 +212,13 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
     with pytest.raises(BankintentError, match="no test file"):  # the run's own data, which has none: the error alone
         evaluate(out)
     assert not caplog.records
+    assert json.dumps(summary, allow_nan=False)  # returned as written: None where a length bucket has no query, not NaN
+    with pytest.raises(ConfigError, match=r"evaluate: unknown option\(s\) text_col \(text_column\?\)"):
+        evaluate(out, data=tiny_data / "test.csv", text_col="text")
+    other = tmp_path / "other.csv"
+    other.write_text((tiny_data / "test.csv").read_text())
+    with pytest.raises(BankintentError, match=r"pass --overwrite .*\(in Python each --flag is a keyword: .*--overwrite is overwrite=True\)"):
+        evaluate(out, data=other)
 
 
 def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny_data, tmp_path, caplog):

@@ -64,6 +64,18 @@ def evaluate(run, split: str = "test", data=None, **options) -> dict:
     on ``data``, a file of labelled queries (evaluated as the test split); returns the summary
     (accuracy, macro-F1, the fallback's coverage, ...) and writes the evaluation files into the run, or
     into ``output=``. ``options``: ``evaluate_run``'s (``output``, ``overwrite``, ``text_column``, ...)."""
+    import inspect
+
+    from bankintent.config import unknown_names
     from bankintent.evaluation import evaluate_run
 
-    return evaluate_run(run, split, None if data is None else str(data), **options)
+    known = [name for name in inspect.signature(evaluate_run).parameters if name not in ("run_dir", "split", "data")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"evaluate: unknown option(s) {unknown_names(unknown, known)}")
+    try:
+        return evaluate_run(run, split, None if data is None else str(data), **options)
+    except BankintentError as exc:  # its messages name the command's flags
+        if "--" not in str(exc):
+            raise
+        raise type(exc)(f"{exc} (in Python each --flag is a keyword: --output DIR is output=DIR, --overwrite is overwrite=True)") from None

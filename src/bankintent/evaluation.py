@@ -19,7 +19,7 @@ from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_c
 from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
-from bankintent.results import percent_in_words, write_json
+from bankintent.results import finite, percent_in_words, write_json
 
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 # ``answer``: what the service answers (an intent, or out_of_scope); ``predicted``: the most probable
@@ -255,6 +255,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     })
     if optimistic:
         summary["out_of_scope"]["oos_recall_optimistic"] = True
+    summary = finite(summary)  # returned as written: None, not NaN, for an empty length bucket
     write_json(out / f"{split}_evaluation.json", summary)
     return summary
 
