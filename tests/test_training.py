@@ -398,3 +398,18 @@ def test_weight_averaging_means_the_epoch_ends_and_survives_a_resume(tmp_path):
     resumed.apply(model)
     assert torch.allclose(model[1].weight, torch.full((2, 2), sum(seen) / 3))  # (1 + 4 + 10) / 3
     assert torch.equal(model[0].weight, frozen)
+
+
+def test_a_cls_model_is_built_and_wrapped_without_library_noise(tiny_bert):
+    """Transformers' load report (the CLS head it made new, by design) and PEFT's use of a deprecated
+    Transformers property were printed at every training, warnings a user could do nothing about. In a
+    process of its own: the test session's warning filters and captured streams would hide both."""
+    import subprocess
+    import sys
+
+    script = (f"from bankintent.modeling import ModelSpec, add_lora, build_model\n"
+              f"spec = ModelSpec(base_model={str(tiny_bert)!r}, method='lora', pooling='cls', labels=['a', 'b', 'c'])\n"
+              f"add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=None)\nprint('built')\n")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "built", done.stderr[-2000:]
+    assert "LOAD REPORT" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr[-2000:]

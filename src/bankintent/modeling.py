@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +55,24 @@ def no_loading_bar():
         yield
     finally:
         hf_logging.set_tqdm_hook(previous)
+
+
+@contextmanager
+def no_load_report():
+    """Within it, Transformers' load report (a table of the weights it did not find) is not logged:
+    a CLS-pooled classifier's head is made new here by design, and the table said so, twice a run, as
+    a warning a user could do nothing about. Errors are still logged."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+# PEFT reads this Transformers property when it wraps a model; the deprecation is theirs to settle, and
+# said at every training and load it told a user of this project nothing to do
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -248,13 +267,14 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     try:
         with no_loading_bar():
             if spec.pooling == "cls":
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    path,
-                    num_labels=num_labels,
-                    id2label=dict(enumerate(spec.labels)),
-                    label2id={label: i for i, label in enumerate(spec.labels)},
-                    **kwargs,
-                )
+                with no_load_report():
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        path,
+                        num_labels=num_labels,
+                        id2label=dict(enumerate(spec.labels)),
+                        label2id={label: i for i, label in enumerate(spec.labels)},
+                        **kwargs,
+                    )
             else:
                 model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:
