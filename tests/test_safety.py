@@ -113,3 +113,15 @@ def test_a_hub_id_is_refused_at_once_where_the_hub_cannot_be_reached(monkeypatch
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
     assert resolve_base_model("some-org/other-model") == "some-org/other-model"  # loading reports a missing repository itself
+
+
+def test_a_model_folder_copied_without_its_detector_is_refused_at_load(tiny_probe_run, tmp_path):
+    """Its out-of-scope score's statistics missing (a copy cut short), the folder loaded and failed at every query."""
+    import shutil
+
+    copy = shutil.copytree(tiny_probe_run / "adapter", tmp_path / "copy")
+    (copy / "ood.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"copy: no ood.safetensors, or one without what its .* out-of-scope score needs: an "
+                                         r"incomplete copy of the model folder\?"):
+        Predictor.load(copy)
+    assert Predictor.load(copy, oos_score="msp").predict("hi")[0]["oos_method"] == "msp"  # the score that needs none still serves

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from bankintent import ood
 from bankintent.config import MODEL_DIR, export_record
 from bankintent.errors import ConfigError, DataError, ModelError
-from bankintent.modeling import MARKER, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
+from bankintent.modeling import MARKER, OOD_FILE, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import blank, preprocess
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,9 @@ class Predictor:
             # a score asked for by name that the model cannot use would silently answer every query in scope
             have = ", ".join(name for name in spec.oos_thresholds if ood.supports(name, spec.ood)) or "none"
             raise ModelError(f"no {oos_score} out-of-scope threshold (the model has: {have})")
+        if self.oos_threshold is not None and not ood.supports(self.oos_score, spec.ood):  # else refused at the first query
+            raise ModelError(f"no {OOD_FILE}, or one without what its {self.oos_score} out-of-scope score needs: an incomplete "
+                             f"copy of the model folder? copy it again, or retrain")
         self._stats_of, self._stats = None, {}  # spec.ood as the scores use it (oos_scores)
 
     @classmethod
