@@ -143,6 +143,9 @@ def test_a_train_config_object_trains_what_the_same_keywords_train(method, monke
     assert trained[0].lr == RECIPES.get(method, RECIPES["lpft"]).get("lr", TrainConfig.lr)
     with pytest.raises(ConfigError, match=r"train\(config\): expected a bankintent.TrainConfig, got str 'mine.csv'"):
         bankintent.train("mine.csv")
+    # a value given, though it is the dataclass default, is kept over the recipe's
+    bankintent.train(TrainConfig(method=method, average_weights=False, lr=TrainConfig.lr, pooling="mean"))
+    assert (trained[-1].average_weights, trained[-1].lr, trained[-1].pooling) == (False, TrainConfig.lr, "mean")
 
 
 def test_resume_and_overwrite_together_are_refused():

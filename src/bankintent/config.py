@@ -136,6 +136,12 @@ class TrainConfig:
     oos_label: str = option("out_of_scope", "rows with this label are out-of-scope examples, not an intent")
     oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
 
+    def __new__(cls, *args, **kwargs):
+        # which options the config was made with, however equal to the defaults (``given_options``)
+        self = super().__new__(cls)
+        object.__setattr__(self, "_given", frozenset(f.name for f in fields(cls)[:len(args)]) | frozenset(kwargs))
+        return self
+
     def __post_init__(self) -> None:
         for name, kind in _scalar_kinds().items():
             setattr(self, name, _as_kind(name, getattr(self, name), kind))
@@ -345,13 +351,15 @@ def recipe_values(method: str) -> dict[str, Any]:
 
 
 def given_options(config: TrainConfig) -> dict[str, Any]:
-    """The options a ``TrainConfig`` was made with: its fields set to other than the defaults. Given to
-    ``resolve_config``, ``TrainConfig(method="contrastive")`` trains with the contrastive recipe's
-    learning rate and epochs, as ``train(method="contrastive")`` and ``--method contrastive`` do, where
-    its dataclass defaults would have overridden them; a config ``resolve_config`` made resolves to
-    itself. As in ``for_data``, a field set to exactly its default is taken for one left at it."""
+    """The options a ``TrainConfig`` was made with (its constructor's arguments, or set since to other
+    than the defaults), not the defaults it filled in. Given to ``resolve_config``,
+    ``TrainConfig(method="contrastive")`` trains with the contrastive recipe's learning rate and epochs,
+    as ``train(method="contrastive")`` and ``--method contrastive`` do, where the dataclass defaults
+    would have overridden them; ``TrainConfig(method="lpft", average_weights=False)`` keeps the value
+    given, though it is the default; a config ``resolve_config`` made resolves to itself."""
     defaults = recipe_values(AUTO)
-    return {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != defaults[f.name]}
+    given = getattr(config, "_given", frozenset())
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name in given or getattr(config, f.name) != defaults[f.name]}
 
 
 def unused_options(cfg: TrainConfig) -> list[str]:
