@@ -72,9 +72,11 @@ def test_hostile_bodies_get_4xx_and_the_service_keeps_serving(url, content, cont
     assert _post(url, json.dumps({"texts": ["i lost my card"]}).encode()).status_code == 200
 
 
-def test_bytes_that_are_no_utf8_are_named(url):
+def test_bytes_that_are_no_utf8_and_json_nested_too_deeply_are_named(url):
     response = _post(url, b'{"texts": ["\xff\xfe"]}')
     assert response.status_code == 400 and response.json() == {"error": "body: invalid JSON (not UTF-8 text)"}
+    response = _post(url, b'{"texts": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+    assert response.status_code == 400 and response.json() == {"error": "body: invalid JSON (nested too deeply)"}
 
 
 def _raw_post(url: str, head: bytes, body: bytes, wait: float) -> bytes:

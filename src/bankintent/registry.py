@@ -122,10 +122,10 @@ def _stamp(folder: Path) -> int:
 
 
 def _contents(folder: Path) -> frozenset:
-    """What a folder's files are now (name, size, time): a folder that failed to load is tried again
-    once they change (a copy that was still being made, a file put back)."""
+    """What a folder's files are now (name, inode, size, times): a folder that failed to load is tried
+    again once they change (a copy that was still being made, a file put back, its permissions mended)."""
     try:
-        return frozenset((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+        return frozenset((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns, e.stat().st_ctime_ns) for e in os.scandir(folder))
     except OSError:
         return frozenset()
 
@@ -184,9 +184,10 @@ class Registry:
         return sorted(name for name in self._scan(force=False) if name not in self.failed())
 
     def failed(self) -> list[str]:
-        """The folders listed that could not be loaded (the log says why)."""
-        listing = self._scan(force=False)
-        return sorted(name for name in self._failed if name in listing)
+        """The folders listed that could not be loaded as their files are now (the log says why); one whose
+        files have changed since is served again, and loaded at its first request."""
+        listing, failed = self._scan(force=False), dict(self._failed)  # a copy: a load in another thread may change it
+        return sorted(name for name, (contents, _) in failed.items() if name in listing and contents == _contents(listing[name]))
 
     def load_all(self) -> list[str]:
         """Load every listed model now (at start-up); returns the names loaded. With a models folder
@@ -217,8 +218,8 @@ class Registry:
                 listing = self._scan(force=True)
             if name is None:
                 if not listing:
-                    raise UnknownModel(f"no model is served yet: {self.models_dir} holds no model folder (the service's log "
-                                       f"says what it found)")
+                    raise UnknownModel("no model is served yet: the models folder holds no model folder (the service's log "
+                                       "says what it found)")
                 if len(listing) != 1:
                     raise UnknownModel(f"model: required when serving several models; one of {', '.join(sorted(listing))}")
                 name = next(iter(listing))
@@ -231,22 +232,21 @@ class Registry:
 
     def _load_once(self, name: str, folder: Path) -> ServedModel:
         """``_load``, where a models folder's folder that failed to load is not loaded again (nor its
-        error logged again) until its files change. The error a client gets names the folder by the
-        model's name, not by the server's path (which the log keeps)."""
+        error logged again) until its files change. Why it failed is in the log only: the error names
+        the server's paths (the model folder's, the base model's), which are not a client's to see."""
         if self.model_dir:
             return self._load(name, folder)
         contents = _contents(folder)
-        if self._failed.get(name, (None,))[0] == contents:
-            raise ModelError(self._failed[name][1])
-        try:
-            served = self._load(name, folder)
-        except ModelError as exc:
-            log.error("model %s not loaded: %s", name, exc)
-            said = str(exc).replace(str(folder), name).replace(str(Path(self.models_dir)), "")
-            self._failed[name] = (contents, said)
-            raise ModelError(said) from None
-        self._failed.pop(name, None)
-        return served
+        if self._failed.get(name, (None,))[0] != contents:
+            try:
+                served = self._load(name, folder)
+            except ModelError as exc:
+                log.error("model %s not loaded: %s", name, exc)
+                self._failed[name] = (contents, str(exc))
+            else:
+                self._failed.pop(name, None)
+                return served
+        raise ModelError(f"model {name}: cannot be loaded (the service's log says why)")
 
     def _scan(self, force: bool) -> dict[str, Path]:
         """Re-read the models folder's listing (at most every ``rescan_s``), unloading models whose

@@ -229,7 +229,7 @@ class Guard:
                 try:
                     body = None if declared.isdigit() and int(declared) > self.max_body else (
                         await asyncio.wait_for(self._read_body(receive), self.body_timeout_s))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11, another class in 3.10
                     late = JSONResponse({"error": f"request body not received within {self.body_timeout_s:g} s"}, 408)
                     return await late(scope, receive, send_counted)
                 if body is None:
@@ -330,7 +330,7 @@ class MicroBatcher:
             self._full.clear()
             try:
                 await asyncio.wait_for(self._full.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass
         jobs, size = [first], len(first.texts)
         while size < self.max_batch and not self.queue.empty():
@@ -396,8 +396,8 @@ class Service:
             return await asyncio.to_thread(self.registry.get, name)
         except UnknownModel as exc:
             raise HTTPException(400 if name is None else 404, str(exc)) from None
-        except BankintentError as exc:  # a model folder that cannot be loaded (the log has it with the server's paths)
-            raise HTTPException(503, f"model {name}: cannot be loaded: {exc}") from None
+        except BankintentError as exc:  # a model folder that cannot be loaded (why, with the server's paths: in the log)
+            raise HTTPException(503, str(exc)) from None
 
     async def predict(self, request: PredictRequest) -> list[dict]:
         served = await self.model(request.model)
@@ -440,12 +440,14 @@ class ApiKeys:
         self.digests, self.stamp, self.checked = read_api_keys(self.path), self._stamp(), time.monotonic()
         self.lock = threading.Lock()
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, ...] | None:
+        """The file as it is: another file renamed over it (its inode), an edit (size, times) or mended
+        permissions (the change time) each count as a change."""
         try:
             stat = self.path.stat()
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
     def current(self) -> list[bytes]:
         if time.monotonic() - self.checked < self.recheck_s:
@@ -526,8 +528,9 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's, for bytes that are no UTF-8
-            return JSONResponse({"error": "body: invalid JSON (not UTF-8 text)"}, 400)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's, for what json.loads raised
+            why = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "nested too deeply"}.get(type(exc.__cause__), "cannot be read")
+            return JSONResponse({"error": f"body: invalid JSON ({why})"}, 400)
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -572,8 +575,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         """Ready: at least one model is loaded; ``not_loaded`` names the model folders that could not be."""
         names, failed = registry.names(), registry.failed()
         if not names:
-            raise HTTPException(503, f"no model could be loaded from {models_dir}: {', '.join(failed)} (the service's log says why)"
-                                if failed else f"no model folders in {models_dir} yet")
+            raise HTTPException(503, f"no model could be loaded: {', '.join(failed)} (the service's log says why)"
+                                if failed else "no model folders in the models folder yet")
         return {"status": "ready", "models": names, **({"not_loaded": failed} if failed else {})}
 
     @app.get("/metrics", response_class=Response, dependencies=auth)
