@@ -133,7 +133,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_p
 def test_sigterm_before_the_first_checkpoint_says_so_like_ctrl_c(tiny_bert, data, tmp_path):
     """SIGTERM (kill, docker stop) in the contrastive pair training, which keeps no checkpoint: the run
     says it stopped and that --resume starts it again, as Ctrl-C does, rather than ending without a word."""
-    options = {**_options(tiny_bert, data, tmp_path), "pairs_per_example": 40}
+    options = {**_options(tiny_bert, data, tmp_path), "pairs_per_example": 400}  # minutes of pair training: stopped well inside it
     process = subprocess.Popen([sys.executable, "-m", "bankintent.cli", "train", "--method", "contrastive", *_cli_args(options)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -141,6 +141,7 @@ def test_sigterm_before_the_first_checkpoint_says_so_like_ctrl_c(tiny_bert, data
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
         time.sleep(0.05)
     time.sleep(1.0)
+    assert process.poll() is None, "the pair training ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]

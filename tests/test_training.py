@@ -413,3 +413,20 @@ def test_a_cls_model_is_built_and_wrapped_without_library_noise(tiny_bert):
     done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "built", done.stderr[-2000:]
     assert "LOAD REPORT" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr[-2000:]
+
+
+def test_encoder_weights_missing_from_a_cls_base_are_named(tiny_bert, tmp_path, caplog):
+    """The load report is silenced for the new head only: an encoder weight the base model lacks is said."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base = shutil.copytree(tiny_bert, tmp_path / "base")
+    weights = load_file(base / "model.safetensors")
+    dropped = next(name for name in weights if "layer.0.attention.self.query.weight" in name)
+    save_file({k: v for k, v in weights.items() if k != dropped}, base / "model.safetensors", metadata={"format": "pt"})
+    build_model(ModelSpec(base_model=str(base), method="lora", pooling="cls", labels=["a", "b"]))
+    assert "1 weight(s) of the encoder not in the base model, initialised at random: " in caplog.text and "query.weight" in caplog.text
+    caplog.clear()
+    build_model(ModelSpec(base_model=str(tiny_bert), method="lora", pooling="cls", labels=["a", "b"]))  # the head alone: nothing said
+    assert "not in the base model" not in caplog.text

@@ -534,14 +534,14 @@ def main(argv: list[str] | None = None) -> None:
     except BankintentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # with what was stopped and how to go on, where the command says
+        print(str(exc) or "interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
     finally:
-        if own:
+        if own and previous is not None:  # None: a handler set from C, which Python cannot set back
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-
-import torch
+import threading
 
 from bankintent.errors import ConfigError
 
@@ -62,21 +61,44 @@ def _environment(nproc: int) -> dict[str, str]:
     return env
 
 
+def start_child(command: list[str], **options) -> subprocess.Popen:
+    """A ``bankintent`` child process (a sweep's run, a search's trial, torchrun) in a session of its own:
+    a terminal's Ctrl-C, or a SIGTERM to the whole process group, reaches this process alone, which
+    passes one stop on (``stop_children``). A child stopped twice (by the terminal and by its parent)
+    takes the second stop as "now", without saving its checkpoint."""
+    return subprocess.Popen(command, start_new_session=True, **options)
+
+
+def stop_children(children, signum: int = signal.SIGTERM) -> None:
+    """Stop the children still running (training saves a checkpoint on the signal), and wait for them."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
+        child.send_signal(signum)
+    for child in running:
+        child.wait()
+
+
 def relaunch(nproc: int, argv: list[str]) -> int:
-    """Run ``bankintent <argv>`` (less ``--nproc``) in ``nproc`` processes under torchrun; its exit status."""
+    """Run ``bankintent <argv>`` (less ``--nproc``) in ``nproc`` processes under torchrun; its exit status.
+    Ctrl-C and SIGTERM here are passed on to torchrun, which passes them to the processes: they save a
+    checkpoint as one process does, and this one waits for them."""
+    import torch
+
     gpus = torch.cuda.device_count()
     if gpus and nproc > gpus:
         raise ConfigError(f"--nproc {nproc}: this machine has {gpus} GPU(s); use at most one process per GPU")
-    with subprocess.Popen(torchrun_command(nproc, argv), env=_environment(nproc)) as launcher:
-        # a SIGTERM sent to this process alone (kill, a scheduler) is passed on: torchrun passes it to the
-        # workers, which save a checkpoint as on Ctrl-C, and this process waits for them as it does then
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: launcher.send_signal(signal.SIGTERM))
+    with start_child(torchrun_command(nproc, argv), env=_environment(nproc)) as launcher:
+        main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: launcher.send_signal(signum)) if main_thread else None
         try:
-            return launcher.wait()
-        except KeyboardInterrupt:  # Ctrl-C reached torchrun too: it stops the workers; wait for that
-            return launcher.wait()
+            while True:
+                try:
+                    return launcher.wait()
+                except KeyboardInterrupt:  # passed on; a second Ctrl-C too, which stops the processes at once
+                    launcher.send_signal(signal.SIGINT)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ from transformers.utils import logging as hf_logging
 
 from bankintent.config import DEFAULT_BASE_MODEL, MODEL_DIR
 from bankintent.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -61,7 +64,8 @@ def no_loading_bar():
 def no_load_report():
     """Within it, Transformers' load report (a table of the weights it did not find) is not logged:
     a CLS-pooled classifier's head is made new here by design, and the table said so, twice a run, as
-    a warning a user could do nothing about. Errors are still logged."""
+    a warning a user could do nothing about (``build_model`` names any other weight not found).
+    Errors are still logged."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -268,13 +272,19 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
         with no_loading_bar():
             if spec.pooling == "cls":
                 with no_load_report():
-                    model = AutoModelForSequenceClassification.from_pretrained(
+                    model, loading = AutoModelForSequenceClassification.from_pretrained(
                         path,
                         num_labels=num_labels,
                         id2label=dict(enumerate(spec.labels)),
                         label2id={label: i for i, label in enumerate(spec.labels)},
+                        output_loading_info=True,
                         **kwargs,
                     )
+                head = CLS_HEAD_MODULES.get(model.config.model_type, ["classifier"])
+                random = [key for key in loading["missing_keys"] if key.split(".")[0] not in head]
+                if random:  # not the new head: an encoder that does not match the base model named
+                    log.warning("%s: %d weight(s) of the encoder not in the base model, initialised at random: %s", spec.base_model,
+                                len(random), ", ".join(sorted(random)[:5]) + (", ..." if len(random) > 5 else ""))
             else:
                 model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:

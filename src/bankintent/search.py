@@ -23,7 +23,6 @@ import json
 import logging
 import shlex
 import shutil
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +35,7 @@ from transformers import AutoConfig
 from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, differences, read_yaml, resolve_config
 from bankintent.data import run_splits
 from bankintent.errors import ConfigError
+from bankintent.launch import stop_children
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
 from bankintent.sweep import start_run, train_command
@@ -98,18 +98,21 @@ def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
     """Run one trial's training; report each epoch's validation accuracy; stop it if pruned."""
     reported: set[int] = set()
     child = start_run(command, run_dir)
-    while child.poll() is None:
-        time.sleep(POLL_SECONDS)
-        for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
-            if epoch in reported:
-                continue
-            reported.add(epoch)
-            trial.report(accuracy, epoch)
-            if trial.should_prune():
-                child.send_signal(signal.SIGTERM)  # the child saves a checkpoint and stops
-                child.wait()
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-                raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
+    try:  # Ctrl-C or SIGTERM: the trial's training stops at a checkpoint
+        while child.poll() is None:
+            time.sleep(POLL_SECONDS)
+            for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
+                if epoch in reported:
+                    continue
+                reported.add(epoch)
+                trial.report(accuracy, epoch)
+                if trial.should_prune():
+                    stop_children([child])  # the child saves a checkpoint and stops
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                    raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
+    except KeyboardInterrupt:
+        stop_children([child])
+        raise
     if child.returncode != 0 or not (run_dir / "metrics.json").is_file():
         raise ConfigError(f"trial {trial.number} failed (exit status {child.returncode}); see {run_dir}/train.log")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model folder is kept, the optimizer states not

@@ -209,8 +209,9 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     except BaseException as exc:
         if writer is not None:
             writer.abort()
-        if isinstance(exc, KeyboardInterrupt):
-            raise PredictionInterrupted(interrupted_note(output_path, done + written)) from None
+        if isinstance(exc, KeyboardInterrupt):  # a .jsonl's lines counted: a chunk may be in it whose count was not yet added
+            kept = _complete_lines(Path(output_path))[0] if kind == "jsonl" else done + written
+            raise PredictionInterrupted(interrupted_note(output_path, kept)) from None
         raise
     if writer is not None:
         writer.close()

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config, unknown_names
 from bankintent.data import BANKING77, run_splits
 from bankintent.errors import ConfigError, DataError
+from bankintent.launch import start_child, stop_children
 from bankintent.results import aggregate_runs, write_results_tables
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,8 @@ def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subpro
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
     with open(run_dir / "train.log", "a") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "bankintent.cli", *command[1:], "--resume" if resume else "--overwrite"],
-                                stdout=log_file, stderr=subprocess.STDOUT)
+        return start_child([sys.executable, "-m", "bankintent.cli", *command[1:], "--resume" if resume else "--overwrite"],
+                           stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def failure(run_dir: Path) -> str:
@@ -239,26 +240,31 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     check_data(config, todo)
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
-    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run") as progress:
-        while todo or running:
-            while todo and len(running) < jobs:
-                run, seed = todo.pop(0)
-                run_dir = run_folder(out, run.name, seed)
-                resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
-                running[start_run(train_command(run.options, seed, run_dir), run_dir, resume)] = (run, seed)
-            # refresh=False: the bar's own interval (5 s in a log, progress.configure) decides when a frame is written
-            progress.set_postfix_str(", ".join(f"{run.name} seed {seed}" for run, seed in running.values()), refresh=False)
-            done = next((child for child in running if child.poll() is not None), None)
-            if done is None:
-                time.sleep(1)
-                continue
-            run, seed = running.pop(done)
-            if done.returncode != 0:
-                run_dir = run_folder(out, run.name, seed)
-                failed.append(f"{run.name} seed {seed}: {failure(run_dir)}")
-                log.error("run %s seed %d failed: %s", run.name, seed, failure(run_dir))
-            progress.update()
-            write_results(out, runs, sweep_command)
+    try:  # Ctrl-C or SIGTERM: the runs in training stop at a checkpoint (stop_children), which the next start continues
+        with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run") as progress:
+            while todo or running:
+                while todo and len(running) < jobs:
+                    run, seed = todo.pop(0)
+                    run_dir = run_folder(out, run.name, seed)
+                    resume = (run_dir / "checkpoints").is_dir()  # stopped mid-training: continue from its checkpoint
+                    running[start_run(train_command(run.options, seed, run_dir), run_dir, resume)] = (run, seed)
+                # refresh=False: the bar's own interval (5 s in a log, progress.configure) decides when a frame is written
+                progress.set_postfix_str(", ".join(f"{run.name} seed {seed}" for run, seed in running.values()), refresh=False)
+                done = next((child for child in running if child.poll() is not None), None)
+                if done is None:
+                    time.sleep(1)
+                    continue
+                run, seed = running.pop(done)
+                if done.returncode != 0:
+                    run_dir = run_folder(out, run.name, seed)
+                    failed.append(f"{run.name} seed {seed}: {failure(run_dir)}")
+                    log.error("run %s seed %d failed: %s", run.name, seed, failure(run_dir))
+                progress.update()
+                write_results(out, runs, sweep_command)
+    except KeyboardInterrupt:
+        stop_children(running)
+        raise KeyboardInterrupt(f"interrupted: {len(running)} run(s) in training stopped with a checkpoint; start the sweep "
+                                f"again to continue them") from None
     results = write_results(out, runs, sweep_command)
     if failed:
         raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; start the sweep again to retry them")

@@ -662,17 +662,23 @@ def last_checkpoint(folder: Path, remove_incomplete: bool = True) -> str | None:
     return str(complete[max(complete)]) if complete else None
 
 
+STOPPED_BEFORE = "interrupted before training started, the output folder as it was: run the same command again"
+
+
 def _train(cfg: TrainConfig) -> dict:
     out = Path(cfg.output)
-    # one of the processes started by torchrun / accelerate launch (or the only one); only rank 0 writes,
-    # logs and shows progress
-    process = PartialState(cpu=not torch.cuda.is_available())
-    main = process.is_main_process
-    if cfg.resume:
-        check_resumed_options(cfg, out)
-        if (out / "metrics.json").is_file():
-            return _finished_run(out, main)
-    created = _prepare_output(out, cfg) if main else []
+    try:
+        # one of the processes started by torchrun / accelerate launch (or the only one); only rank 0 writes,
+        # logs and shows progress
+        process = PartialState(cpu=not torch.cuda.is_available())
+        main = process.is_main_process
+        if cfg.resume:
+            check_resumed_options(cfg, out)
+            if (out / "metrics.json").is_file():
+                return _finished_run(out, main)
+        created = _prepare_output(out, cfg) if main else []
+    except KeyboardInterrupt:  # nothing of this run in the folder yet (with --overwrite, the previous run as it was)
+        raise TrainingInterrupted(STOPPED_BEFORE, resumable=False) from None
     if not main:
         for name in ("bankintent", "sentence_transformers"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -684,8 +690,7 @@ def _train(cfg: TrainConfig) -> dict:
         if main:
             _remove_created(created)
         if isinstance(exc, KeyboardInterrupt):  # the folder holds what it held (a previous run, with --overwrite)
-            raise TrainingInterrupted("interrupted before training started, the output folder as it was: run the same command "
-                                      "again", resumable=False) from None
+            raise TrainingInterrupted(STOPPED_BEFORE, resumable=False) from None
         raise
     if main:
         _start_run_folder(cfg, splits, out)
