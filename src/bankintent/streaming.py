@@ -99,8 +99,14 @@ def _check_same_answers(output: Path, last: dict, predictor: Predictor, top_k: i
     """The output's last answer, given again by this run's model and options: a file continued with
     another model or other options would hold two kinds of answers."""
     again = predictor.predict([last["text"]], top_k=top_k)[0]
-    differ = [f"{name} {last.get(name)!r} -> {again[name]!r}" if name != "top_k" else f"top_k {len(last.get(name) or [])} -> {len(again[name])}"
-              for name in ("intent", "confidence", "oos_method", "oos_threshold", "top_k") if not _same(last.get(name), again[name])]
+
+    def change(name: str) -> str:
+        was, now = last.get(name), again[name]
+        if name != "top_k":
+            return f"{name} {was!r} -> {now!r}"
+        return f"top_k {len(was or [])} -> {len(now)}" if len(was or []) != len(now) else "top_k's intents or confidences"
+
+    differ = [change(name) for name in ("intent", "confidence", "oos_method", "oos_threshold", "top_k") if not _same(last.get(name), again[name])]
     if differ:
         raise DataError(f"{output}: its answers were made with another model or other options (its last query, answered again: "
                         f"{'; '.join(differ)}); continue it with the model and options it was started with, or write another --output")
