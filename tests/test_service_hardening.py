@@ -154,13 +154,14 @@ def test_api_keys_never_appear_in_logs(run, tmp_path):
     assert secret not in output and wrong not in output
 
 
-def test_sigterm_finishes_requests_in_flight(run):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # a hang-up ended the process at once
+def test_sigterm_finishes_requests_in_flight(run, signum):
     process, base = _start_cli_server(run, "--max-wait-ms", "200")  # requests wait in the micro-batcher
     body = {"texts": ["my card has not arrived yet"] * 32}
     with httpx.Client(base_url=base, timeout=60) as client, concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client.post, "/v1/predict", json=body) for _ in range(16)]
         time.sleep(0.1)  # the requests are in flight
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * 16
     assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained

@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -676,6 +677,9 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     if workers <= 1:
         app = create_app(**options)
         print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs; {threads} inference thread(s))", flush=True)
+        # a hang-up (the terminal closed) drains the requests in flight as SIGTERM does, where it ended the process
+        # at once; uvicorn handles SIGINT and SIGTERM only (with --workers, its supervisor restarts the workers on it)
+        signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
         uvicorn.run(app, **settings)
         return
     check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)  # here, once, not in every worker
