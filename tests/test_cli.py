@@ -315,3 +315,32 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, 
     assert "most queries will be out of scope" in caplog.text
     with pytest.raises(ModelError, match="device 'tpu': "):
         Predictor.load(tiny_probe_run, device="tpu")
+
+
+def test_sigterm_stops_the_command_as_ctrl_c_but_ends_a_forked_worker_as_by_default():
+    """The handler is inherited by a multiprocessing pool's workers, which their pool ends with SIGTERM:
+    there it raised KeyboardInterrupt, and every audit printed each worker's traceback. In a process of
+    its own, which forks."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, time\n"
+              "from bankintent.cli import stop_as_ctrl_c\n"
+              "signal.signal(signal.SIGTERM, stop_as_ctrl_c(os.getpid()))\n"
+              "child = os.fork()\n"
+              "if child == 0:\n"  # a forked worker, ended by SIGTERM
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(5)\n"
+              "        os._exit(0)\n"
+              "    except KeyboardInterrupt:\n"
+              "        os._exit(3)\n"
+              "_, status = os.waitpid(child, 0)\n"
+              "print('worker ended by SIGTERM' if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM else f'worker {status}')\n"
+              "try:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(5)\n"
+              "except KeyboardInterrupt:\n"
+              "    print('stopped as by Ctrl-C')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["worker ended by SIGTERM", "stopped as by Ctrl-C"], done.stdout + done.stderr[-2000:]

@@ -512,8 +512,18 @@ def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
-def _stopped(signum, frame):
-    raise KeyboardInterrupt
+def stop_as_ctrl_c(pid: int):
+    """A SIGTERM handler that stops process ``pid`` as Ctrl-C does. A process forked from it (a worker of a
+    multiprocessing pool, which its pool ends with SIGTERM) inherits the handler: there it ends as by
+    default, where a KeyboardInterrupt would print each worker's traceback."""
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -528,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     # left and how to go on, where its default would end it without a word; serve keeps uvicorn's own
     # graceful shutdown, and training's fine-tuning epochs their checkpoint on either signal
     own = args.command != "serve" and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stopped) if own else None
+    previous = signal.signal(signal.SIGTERM, stop_as_ctrl_c(os.getpid())) if own else None
     try:
         args.func(args)
     except BankintentError as exc:
