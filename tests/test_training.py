@@ -430,3 +430,15 @@ def test_encoder_weights_missing_from_a_cls_base_are_named(tiny_bert, tmp_path, 
     caplog.clear()
     build_model(ModelSpec(base_model=str(tiny_bert), method="lora", pooling="cls", labels=["a", "b"]))  # the head alone: nothing said
     assert "not in the base model" not in caplog.text
+
+
+def test_the_copies_of_a_query_are_held_in_one_fold():
+    """A mislabelled query repeated in a file was scored by a probe fitted on its copy, and looked right."""
+    from bankintent import probe
+
+    y = np.array([0] * 10 + [1] * 10 + [0, 0])
+    groups = [f"q{i}" for i in range(20)] + ["q3", "q3"]  # two more copies of query 3
+    for fitted, held in probe.stratified_folds(y, seed=0, groups=groups):
+        copies = {3, 20, 21}
+        assert copies <= set(held) or not copies & set(held)  # all in the held fold, or none
+    assert sorted(np.concatenate([h for _, h in probe.stratified_folds(y, 0, groups)])) == list(range(22))

@@ -42,7 +42,7 @@ from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder, closest_name
-from bankintent.data import Examples, data_files, read_examples, set_apart
+from bankintent.data import Examples, data_files, query_key, read_examples, set_apart
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import ModelSpec, build_model, load_tokenizer
@@ -91,11 +91,12 @@ def embed_texts(texts: list[str], base_model: str = DEFAULT_BASE_MODEL, max_leng
     return embed(model, load_tokenizer(base_model), texts, max_length, desc=desc, disable=not progress)
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, cs: list[float], seed: int, progress: bool = True) -> tuple[np.ndarray, float]:
+def out_of_fold(x: np.ndarray, y: np.ndarray, cs: list[float], seed: int, progress: bool = True,
+                groups: list[str] | None = None) -> tuple[np.ndarray, float]:
     """Out-of-fold class probabilities of a logistic regression, for the ``C`` of ``cs`` whose
     out-of-fold accuracy is best (the same folds choose it; no query is ever scored by a model that
     trained on it). Every intent needs 2 examples. Returns (probabilities, C)."""
-    splits = stratified_folds(y, seed)
+    splits = stratified_folds(y, seed, groups)
     best = None
     with tqdm(total=len(cs) * len(splits), desc="cross-validation", unit="fit", disable=not progress) as bar:
         for c in cs:
@@ -174,7 +175,8 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     cv_labels = sorted({examples.labels[i] for i in kept})
     cv_index = {name: i for i, name in enumerate(cv_labels)}
     y = np.array([cv_index[examples.labels[i]] for i in kept])
-    probabilities, c = out_of_fold(x_all[kept], y, TrainConfig().probe_c, seed, progress)
+    copies = [query_key(examples.texts[i]) for i in kept]  # a repeated query in one fold: never scored by a probe fitted on it
+    probabilities, c = out_of_fold(x_all[kept], y, TrainConfig().probe_c, seed, progress, copies)
     ranked, quality = likely_label_errors(y, probabilities)
     predicted = probabilities.argmax(1)
     # a label given once, spelt nearly like another label, is most likely that label mistyped: first in the list

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.evaluation import confused_pairs
@@ -63,15 +63,22 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
 FOLDS = 5
 
 
-def stratified_folds(y, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_folds(y, seed: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold (fitted rows, held rows) splits of the labels ``y``: k = ``FOLDS``, or the most
     examples an intent has if fewer. An intent with fewer examples than folds is held out in fewer of
     them, rather than every intent's queries held in fewer, larger folds, each probe then fitted on less
-    of the data."""
+    of the data. ``groups`` (one key a row: the query as ``data.query_key`` reads it) keeps the copies
+    of a query in one fold: a copy in another fold would have the probe fitted on the very query it
+    scores, and a mislabelled query repeated in a file would look right."""
     y = np.asarray(y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only N members"
-        return list(StratifiedKFold(min(FOLDS, int(np.bincount(y).max())), shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+        if groups is None:
+            folds = min(FOLDS, int(np.bincount(y).max()))
+            return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+        distinct = {(g, label) for g, label in zip(groups, y)}
+        folds = min(FOLDS, max(np.bincount([label for _, label in distinct])), len({g for g, _ in distinct}))
+        return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
 def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int) -> np.ndarray | None:
