@@ -252,7 +252,11 @@ def distill(args: argparse.Namespace) -> None:
     from bankintent.results import percent_in_words as pct
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
-    metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
+    try:
+        metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
+    except KeyboardInterrupt:  # distillation keeps no checkpoint: what is left, and how to start again, said
+        raise KeyboardInterrupt(f"interrupted: {args.output} holds no student (distill keeps no checkpoint to resume from); "
+                                f"run the same command with --overwrite to start again") from None
     teacher = metrics.get("teacher_test_accuracy")
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
           f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / MODEL_DIR}")
