@@ -192,8 +192,13 @@ def test_select_cli_writes_a_deterministic_labelling_file(subset_run, banking77_
         cli.main(["select", str(subset_run), "--input", str(queries), "--budget", "10", "--output", str(tmp_path / name)])
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert a.equals(b) and len(a) == 10 and list(a["rank"]) == list(range(1, 11))
-    assert list(a.columns) == ["rank", "row", "text", "predicted_intent", "confidence", "margin", "label"]
+    assert list(a.columns) == ["rank", "row", "text", "predicted_intent", "out_of_scope", "confidence", "margin", "label"]
     assert a["text"].is_unique
+    from bankintent import Predictor
+
+    answers = Predictor.load(subset_run).predict(list(a["text"]))  # the fallback's answer, beside the closest intent
+    assert list(a["out_of_scope"]) == [x["out_of_scope"] for x in answers]
+    assert list(a["predicted_intent"]) == [x["closest_intent"] for x in answers]
     from bankintent.selection import select
 
     summary = select(subset_run, queries, 10, tmp_path / "c.csv")
@@ -276,7 +281,8 @@ def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_
     select = ["select", str(run), "--input", str(logs), "--text-column", "message", "--budget", "12"]
     cli.main(select + ["--output", str(sheet)])
     picked = pd.read_csv(sheet, dtype=str, keep_default_na=False)
-    assert list(picked.columns) == ["rank", "row", "id", "input_row", "text", "predicted_intent", "confidence", "margin", "label"]
+    assert list(picked.columns) == ["rank", "row", "id", "input_row", "text", "predicted_intent", "out_of_scope", "confidence", "margin",
+                                    "label"]
     assert len(picked) == 10 and not set(picked.text) & set(oos)  # labelled out of scope in the run's data: not asked again
     assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(picked.row, picked.id, picked.text))
     cli.main(select + ["--output", str(sheet)])  # its own sheet, with the input's columns among its own: replaced

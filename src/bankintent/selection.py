@@ -23,7 +23,8 @@ from bankintent.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 CANDIDATES = 3  # uncertain candidates per query picked; 1 is uncertainty alone
-COLUMNS = ["rank", "row", "text", "predicted_intent", "confidence", "margin", "label"]  # the sheet to label
+# the sheet to label; out_of_scope: the model's fallback turns the query away, so predicted_intent is only its closest intent
+COLUMNS = ["rank", "row", "text", "predicted_intent", "out_of_scope", "confidence", "margin", "label"]
 
 
 def margins(probabilities: np.ndarray) -> np.ndarray:
@@ -85,9 +86,11 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     picked = rank(probabilities, features, budget, seed)
     margin = margins(probabilities)
     guess = probabilities.argmax(1)
+    turned_away = (predictor.oos_scores(probabilities, features) > predictor.oos_threshold if predictor.oos_threshold is not None
+                   else np.zeros(len(texts), dtype=bool))
     table = pd.DataFrame({
         "rank": np.arange(1, len(picked) + 1), "row": [rows[i] for i in picked], "text": [texts[i] for i in picked],
-        "predicted_intent": [predictor.labels[guess[i]] for i in picked],
+        "predicted_intent": [predictor.labels[guess[i]] for i in picked], "out_of_scope": turned_away[picked],
         "confidence": np.round(probabilities[picked, guess[picked]], 4), "margin": np.round(margin[picked], 4), "label": "",
     }, columns=COLUMNS)
     table = with_input_columns(table, [others[i] for i in picked])
