@@ -165,7 +165,7 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         scores = np.full(len(texts), np.nan)
     else:
         scores = predictor.oos_scores(probabilities, features)
-    out_of_scope = scores > predictor.oos_threshold if predictor.oos_threshold is not None else np.zeros(len(texts), bool)
+    out_of_scope = predictor.turned_away(scores)
     chosen = np.arange(len(texts)) if all_queries else np.flatnonzero(out_of_scope)
     chosen_features = features[chosen] / np.linalg.norm(features[chosen], axis=1, keepdims=True).clip(1e-12)
     chosen_texts = [texts[i] for i in chosen]

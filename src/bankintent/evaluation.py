@@ -213,11 +213,8 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
     ``answer`` (``out_of_scope`` where the out-of-scope score is above the threshold)."""
     probs = softmax(logits / predictor.spec.temperature)
     predicted = probs.argmax(-1)
-    if predictor.oos_threshold is None:
-        scores, out = np.full(len(predicted), np.nan), np.zeros(len(predicted), dtype=bool)
-    else:
-        scores = predictor.oos_scores(probs, features)
-        out = scores > predictor.oos_threshold
+    scores = np.full(len(predicted), np.nan) if predictor.oos_threshold is None else predictor.oos_scores(probs, features)
+    out = predictor.turned_away(scores)
     names = np.array(predictor.labels, dtype=object)[predicted]
     return pd.DataFrame({
         "text": examples.texts, "label": examples.labels, "predicted": names, "confidence": probs.max(-1),

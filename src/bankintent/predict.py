@@ -336,6 +336,13 @@ class Predictor:
         """Out-of-scope score ``name`` (default: this predictor's) of each query; higher: more out of scope."""
         return ood.score(name or self.oos_score or "msp", probabilities, features, self._scoring_stats())
 
+    def turned_away(self, scores: np.ndarray) -> np.ndarray:
+        """Whether the fallback answers each query out of scope: its out-of-scope score above the threshold;
+        none without a detector."""
+        if self.oos_threshold is None:
+            return np.zeros(len(scores), dtype=bool)
+        return scores > self.oos_threshold
+
     def every_oos_score(self, probabilities: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
         """{score name: each query's score} for every out-of-scope score the model folder supports."""
         stats = self._scoring_stats()
@@ -368,11 +375,11 @@ class Predictor:
                 scores = self.oos_scores(probs, features)
         top_k = min(top_k, len(self.labels))
         results = []
-        for text, row, score in zip(texts, probs, scores):
+        for text, row, score, turned in zip(texts, probs, scores, self.turned_away(scores)):
             order = np.argsort(-row)[:top_k]
             ranked = [{"intent": self.labels[i], "confidence": round(float(row[i]), 6)} for i in order]
             detector = not np.isnan(score)
-            out = bool(detector and score > self.oos_threshold)
+            out = bool(turned)
             results.append({
                 "text": text,
                 "intent": OUT_OF_SCOPE if out else ranked[0]["intent"],

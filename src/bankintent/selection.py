@@ -86,8 +86,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     picked = rank(probabilities, features, budget, seed)
     margin = margins(probabilities)
     guess = probabilities.argmax(1)
-    turned_away = (predictor.oos_scores(probabilities, features) > predictor.oos_threshold if predictor.oos_threshold is not None
-                   else np.zeros(len(texts), dtype=bool))
+    turned_away = predictor.turned_away(predictor.oos_scores(probabilities, features))
     table = pd.DataFrame({
         "rank": np.arange(1, len(picked) + 1), "row": [rows[i] for i in picked], "text": [texts[i] for i in picked],
         "predicted_intent": [predictor.labels[guess[i]] for i in picked], "out_of_scope": turned_away[picked],
