@@ -216,7 +216,7 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
         if writer is not None:
             writer.abort()
         if isinstance(exc, KeyboardInterrupt):  # a .jsonl's lines counted: a chunk may be in it whose count was not yet added
-            kept = _complete_lines(Path(output_path))[0] if kind == "jsonl" else done + written
+            kept = _complete_lines(Path(output_path))[0] if kind == "jsonl" else None  # the others keep nothing
             raise PredictionInterrupted(interrupted_note(output_path, kept)) from None
         raise
     if writer is not None:
