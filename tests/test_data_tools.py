@@ -113,6 +113,25 @@ def test_two_planted_clusters_are_separated_and_stragglers_left_out():
     assert any("limit" in w for w in words[0]) and any("address" in w for w in words[1]) and not set(words[0]) & set(words[1])
 
 
+def test_copies_of_one_query_are_one_query_to_the_minimum_size():
+    """Logs repeat a query: twelve copies of "hi" are one phrasing, not a group of twelve, while five
+    distinct phrasings of one request are; rows of a cluster still count every copy."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:2]
+    features = np.concatenate([np.repeat(centres[:1], 12, axis=0), _blobs(rng, centres[1:], 5)])
+    keys = ["hi"] * 12 + [f"request {i}" for i in range(5)]
+    assert list(cluster(features, min_size=5, keys=keys)) == [-1] * 12 + [0] * 5
+    assert list(cluster(features, min_size=5)) == [0] * 12 + [1] * 5  # without keys every row is a query
+    assert list(cluster(features, min_size=1, keys=keys)) == [0] * 12 + [1] * 5  # ordered by rows, copies counted
+
+
+def test_keywords_leave_out_asking_words_and_a_plural_of_a_word_shown():
+    texts = ["does my card work abroad", "does the card work in spain", "cards abroad", "did my card work abroad"] + ["home address"] * 4
+    words = keywords(texts, np.array([0] * 4 + [1] * 4))
+    assert "does" not in " ".join(words[0]) and "did" not in " ".join(words[0])
+    assert "card" in words[0] and "cards" not in words[0]
+
+
 def test_keywords_pair_only_neighbouring_words_of_one_query():
     """A pair of words is two neighbours in one query: not across queries ("limit limit"), a dropped
     stop word ("fee using" from "fee for using") or punctuation; contractions are not words ("didn",

@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
-    p.add_argument("--min-size", type=int, default=5, help="smallest cluster reported; smaller groups stay unclustered")
+    p.add_argument("--min-size", type=int, default=5, help="fewest distinct queries (copies of one count once) a cluster reported holds; smaller groups stay unclustered")
     p.add_argument("--seed", type=int, default=42, help="seed of the map's layout")
     p.add_argument("--overwrite", action="store_true", help="replace a queries.csv in --output whose labels were filled in")
     p.set_defaults(func=discover)

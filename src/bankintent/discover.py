@@ -8,12 +8,14 @@ a person to name and label.
 - **Clustering**: agglomerative, average linkage on cosine distance, cut at ``distance_threshold``.
   The number of new intents is not known in advance, and a distance cut does not depend on how many
   queries there are (a Ward cut or HDBSCAN's density does); the default cut was chosen on the
-  held-out intents' validation queries. Groups smaller than ``min_size`` are left unclustered
-  (``cluster`` -1): too few to define an intent.
-- **Description**: each cluster's keywords by class-based TF-IDF (a word frequent in this cluster and
-  rare in the others, as BERTopic does) and its representative queries (nearest the centroid).
+  held-out intents' validation queries. Copies of one query (logs repeat "hi" and "card not
+  working") are clustered once, and groups of fewer than ``min_size`` distinct queries are left
+  unclustered (``cluster`` -1): a query asked many times is one phrasing, too few to define an intent.
+- **Description**: each cluster's keywords by class-based TF-IDF over its distinct queries (a word
+  frequent in this cluster and rare in the others, as BERTopic does) and its representative queries
+  (nearest the centroid).
 
-Output: ``clusters.csv`` (a row per cluster: size, keywords, representative queries),
+Output: ``clusters.csv`` (a row per cluster: queries, distinct queries, keywords, representatives),
 ``queries.csv`` (every query with its cluster, ready for labelling: fill in ``label``), ``map.png``
 (a 2-D t-SNE map coloured by cluster) and ``discover.json`` (the counts).
 """
@@ -30,7 +32,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from bankintent.config import check_output_folder
-from bankintent.data import check_labelling_sheet, read_queries, with_input_columns
+from bankintent.data import check_labelling_sheet, query_key, read_queries, with_input_columns
 from bankintent.errors import ConfigError, DataError
 from bankintent.results import write_json
 
@@ -43,19 +45,28 @@ REPRESENTATIVES = 3
 QUERY_COLUMNS = ["cluster", "row", "text", "closest_intent", "oos_score", "out_of_scope", "label"]  # queries.csv, to label
 
 
-def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE) -> np.ndarray:
-    """Cluster ids (0 the largest cluster, 1 the next...; -1 unclustered) of the rows of ``features``."""
-    if len(features) < 2:
+def cluster(features: np.ndarray, distance_threshold: float = DISTANCE_THRESHOLD, min_size: int = MIN_SIZE,
+            keys: list[str] | None = None) -> np.ndarray:
+    """Cluster ids (0 the cluster of most rows, 1 the next...; -1 unclustered) of the rows of
+    ``features``. Rows with the same ``keys`` are copies of one query: clustered as one, so that
+    ``min_size`` counts distinct queries and a query repeated in the logs does not weigh as many."""
+    first: dict = {}
+    copy_of = np.array([first.setdefault(k, len(first)) for k in (range(len(features)) if keys is None else keys)], dtype=int)
+    if len(first) < 2:
         return np.full(len(features), -1)
+    distinct = features[np.unique(copy_of, return_index=True)[1]]
     found = AgglomerativeClustering(n_clusters=None, distance_threshold=distance_threshold, metric="cosine",
-                                    linkage="average").fit_predict(features)
+                                    linkage="average").fit_predict(distinct)
     sizes = np.bincount(found)
-    order = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] >= min_size]
+    rows = np.bincount(found[copy_of], minlength=len(sizes))
+    order = [c for c in np.argsort(-rows, kind="stable") if sizes[c] >= min_size]
     renumber = np.full(len(sizes), -1)
     renumber[order] = np.arange(len(order))
-    return renumber[found]
+    return renumber[found][copy_of]
 
 
+# words a query asks with that say nothing of what it asks about, beside scikit-learn's English stop words
+QUERY_STOP_WORDS = ENGLISH_STOP_WORDS | {"does", "did", "doing", "hi", "hello", "hey", "thanks", "thank", "ok", "okay", "pls", "just"}
 # a word in any script ("didn't", "don’t" and "top-up" one each, not "didn" and "t", "top" and "up") or a punctuation mark
 TOKEN = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*|[^\w\s]")
 
@@ -65,16 +76,22 @@ def terms(text: str) -> list[str]:
     "i'm") left out: a pair is two words next to each other in the query, never two that a stop word
     or a punctuation mark stood between, nor the end of one query and the start of the next."""
     words = [re.sub(r"['’]s$", "", w) for w in TOKEN.findall(text.lower())]  # "card's": card
-    words = [w if w[0].isalnum() and len(w) > 1 and not {"'", "’"} & set(w) and w not in ENGLISH_STOP_WORDS else None
+    words = [w if w[0].isalnum() and len(w) > 1 and not {"'", "’"} & set(w) and w not in QUERY_STOP_WORDS else None
              for w in words]
     return [w for w in words if w] + [f"{a} {b}" for a, b in zip(words, words[1:]) if a and b]
+
+
+def singular(word: str) -> str:
+    """A word's form for telling keywords apart: a plural's final s dropped ("cards": card), not that
+    of "address" or "status"."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")) else word
 
 
 def keywords(texts: list[str], clusters: np.ndarray, top: int = KEYWORDS) -> dict[int, list[str]]:
     """Class-based TF-IDF: each cluster's queries counted together; a term's frequency in the cluster
     (normalised by its length) times log(1 + mean words per cluster / the term's frequency over all).
     A term whose words the cluster's higher terms already show ("exchange rate" after "exchange" and
-    "rate") is passed over for the next."""
+    "rate", "cards" after "card") is passed over for the next."""
     ids = sorted(c for c in set(clusters.tolist()) if c >= 0)
     if not ids:
         return {}
@@ -93,9 +110,10 @@ def keywords(texts: list[str], clusters: np.ndarray, top: int = KEYWORDS) -> dic
         for j in np.argsort(-(tf[i] * idf), kind="stable"):
             if len(shown) == top or counts[i, j] == 0:
                 break
-            if not set(names[j].split()) <= words:
+            forms = {singular(w) for w in names[j].split()}
+            if not forms <= words:
                 shown.append(str(names[j]))
-                words |= set(names[j].split())
+                words |= forms
         chosen[k] = shown
     return chosen
 
@@ -169,16 +187,18 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     chosen = np.arange(len(texts)) if all_queries else np.flatnonzero(out_of_scope)
     chosen_features = features[chosen] / np.linalg.norm(features[chosen], axis=1, keepdims=True).clip(1e-12)
     chosen_texts = [texts[i] for i in chosen]
-    clusters = cluster(chosen_features, distance_threshold, min_size)
-    words = keywords(chosen_texts, clusters)
+    keys = [query_key(text) for text in chosen_texts]
+    clusters = cluster(chosen_features, distance_threshold, min_size, keys)
+    firsts = np.unique(keys, return_index=True)[1] if keys else np.zeros(0, dtype=int)
+    words = keywords([chosen_texts[i] for i in firsts], clusters[firsts])
     examples = representatives(chosen_texts, chosen_features, clusters)
 
     out.mkdir(parents=True, exist_ok=True)
     closest = probabilities.argmax(1)
     pd.DataFrame([{
-        "cluster": k, "size": int((clusters == k).sum()), "keywords": ", ".join(words[k]),
+        "cluster": k, "size": int((clusters == k).sum()), "distinct": int((clusters[firsts] == k).sum()), "keywords": ", ".join(words[k]),
         **{f"example_{j + 1}": text for j, text in enumerate(examples[k])},
-    } for k in sorted(words)], columns=["cluster", "size", "keywords"] + [f"example_{j + 1}" for j in range(REPRESENTATIVES)]
+    } for k in sorted(words)], columns=["cluster", "size", "distinct", "keywords"] + [f"example_{j + 1}" for j in range(REPRESENTATIVES)]
     ).to_csv(out / "clusters.csv", index=False)
     queries = pd.DataFrame({
         "cluster": clusters, "row": [rows[i] for i in chosen], "text": chosen_texts,
@@ -192,7 +212,7 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         map_figure(chosen_features, clusters, {k: ", ".join(v[:2]) for k, v in words.items()}, out / "map.png", seed)
     summary = {
         "run": str(run), "input": str(input), "queries": len(texts), "out_of_scope": int(out_of_scope.sum()),
-        "clustered_queries": len(chosen), "selection": "all" if all_queries else "out_of_scope",  # the queries grouped
+        "clustered_queries": len(chosen), "distinct_queries": len(firsts), "selection": "all" if all_queries else "out_of_scope",  # the queries grouped
         "clusters": len(words), "in_clusters": int((clusters >= 0).sum()), "unclustered": int((clusters < 0).sum()),
         "distance_threshold": distance_threshold, "min_size": min_size,
     }
