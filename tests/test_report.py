@@ -3,6 +3,7 @@ trained model folder gets a model card."""
 
 import base64
 import json
+import logging
 import os
 import re
 import shlex
@@ -19,7 +20,7 @@ from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
 from bankintent.predict import model_folder
-from bankintent.report import Run, f1_figure, run_evaluation, write_report
+from bankintent.report import Run, collect, f1_figure, run_evaluation, write_report
 from bankintent.results import learning_curves_figure, write_history
 from bankintent.sweep import read_sweep, run_folder, train_command, write_results
 from conftest import tiny_options
@@ -99,8 +100,6 @@ def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_pa
 
 def test_a_search_folder_brings_its_finished_trials_and_a_run_on_two_processes_its_command(tiny_sweep, tmp_path):
     import shutil
-
-    from bankintent.report import collect
 
     search = tmp_path / "search"
     for number in (10, 2):  # trial-2 before trial-10; a trial without metrics.json (stopped) is left out
@@ -269,6 +268,26 @@ def test_report_of_a_folder_without_runs_is_an_error(tmp_path):
         write_report([tmp_path], tmp_path / "report")
     with pytest.raises(ConfigError, match=r"nosuch: not found; give a training run's, a sweep's or a search's folder$"):  # a typo, said as one
         write_report([tmp_path / "nosuch"], tmp_path / "report")
+
+
+def test_a_folder_that_holds_no_run_beside_runs_is_left_out_with_a_warning(tiny_sweep, tmp_path, caplog):
+    """`bankintent report runs/*` takes in an export folder or a run stopped early: named and left out."""
+    export = tmp_path / "demo-int8"
+    export.mkdir()
+    with caplog.at_level(logging.WARNING, logger="bankintent"):
+        runs, _ = collect([tiny_sweep / "runs" / "linear-probe" / "seed-42", export])
+    assert [run.name for run in runs] == ["seed-42"]
+    assert f"{export}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json): left out of the report" in caplog.text
+    (tmp_path / "stopped").mkdir()
+    with pytest.raises(ConfigError, match="no finished runs in"):
+        collect([export, tmp_path / "stopped"])
+
+
+def test_the_cost_table_says_a_folder_of_every_weight_in_words():
+    from bankintent.report import _share
+
+    assert _share(2_170_000, 91_710_000) == "2.37%"
+    assert _share(91_690_000, 90_970_000) == "all its weights, with the tokenizer"  # tokenizer and small files besides
 
 
 def test_model_card_in_the_model_folder(tiny_sweep):

@@ -16,6 +16,7 @@ import base64
 import dataclasses
 import html
 import json
+import logging
 import re
 import shlex
 import shutil
@@ -49,6 +50,8 @@ from bankintent.results import (  # noqa: E402
     results_tables,
     whole_epochs,
 )
+
+log = logging.getLogger(__name__)
 
 WORST = 15  # intents highlighted in the per-intent F1 figure
 HEATMAP_INTENTS = 12  # intents in the confusion heat map
@@ -88,10 +91,11 @@ def _command(folder: Path, metrics: dict) -> str:
 
 def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
     """The runs of every folder given: a training run (metrics.json), a sweep (sweep.yaml) or a search
-    (search.json: its finished trials)."""
+    (search.json: its finished trials). A folder that is none of them (``runs/*`` takes in an export
+    or a run stopped before it finished) is left out with a warning, unless it is all there is."""
     from bankintent.sweep import collect as sweep_results, read_sweep
 
-    runs, sweeps = [], []
+    runs, sweeps, others = [], [], []
     for folder in map(Path, dirs):
         if not folder.is_dir():
             missing = "not a folder" if folder.exists() else "not found"
@@ -114,9 +118,11 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
                     metrics = json.loads((trial / "metrics.json").read_text())
                     runs.append(Run(f"{folder.name}/{trial.name}", trial, metrics, _command(trial, metrics)))
         else:
-            raise ConfigError(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
+            others.append(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
     if not runs:
-        raise ConfigError("no finished runs in " + ", ".join(map(str, dirs)))
+        raise ConfigError(others[0] if len(dirs) == 1 and others else "no finished runs in " + ", ".join(map(str, dirs)))
+    for other in others:
+        log.warning("%s: left out of the report", other)
     return runs, sweeps
 
 
@@ -486,6 +492,12 @@ def f1_figure(intents: pd.DataFrame):
     return fig
 
 
+def _share(saved: int, full: int) -> str:
+    """A saved folder's share of the full model's weights; one that holds every weight also holds the
+    tokenizer and the run's small files, so it is a little over the weights, said in words."""
+    return f"{100 * saved / full:.2f}%" if saved < full else "all its weights, with the tokenizer"
+
+
 def cost_section(runs: list[Run], figures: Path) -> str:
     first = {}
     for run in runs:
@@ -496,7 +508,7 @@ def cost_section(runs: list[Run], figures: Path) -> str:
         rows.append({"Run": name, "Trainable parameters": f"{m['trainable_params']:,}",
                      "Trainable %": f"{m['trainable_pct']:.3f}%", "Saved folder": human_bytes(m["adapter_bytes"]),
                      "Full model (float32)": human_bytes(full_bytes),
-                     "Share of full model": f"{100 * m['adapter_bytes'] / full_bytes:.2f}%"})
+                     "Share of full model": _share(m["adapter_bytes"], full_bytes)})
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(first) + 1.2))
     names = list(first)
     ax.barh(names, [4 * first[n]["total_params"] for n in names], color="0.8", label="full model (float32)")
