@@ -311,7 +311,7 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     assert "Predictor.load" in card and "Model Card for Model ID" not in card  # not PEFT's generic card
     # the out-of-scope fallback as metrics.json has it, not the old "no none-of-these class"
     assert "no \"none of these\"" not in card
-    assert f"is answered `out_of_scope` when its out-of-scope score" in card
+    assert "is answered `out_of_scope` when its out-of-scope score" in card
     assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set so that " \
            f"{metrics['oos_coverage_target']:.0%} of the validation queries are answered" in card
     assert f"Why this score: {metrics['oos_score_reason']}." in card

@@ -442,3 +442,20 @@ def test_the_copies_of_a_query_are_held_in_one_fold():
         copies = {3, 20, 21}
         assert copies <= set(held) or not copies & set(held)  # all in the held fold, or none
     assert sorted(np.concatenate([h for _, h in probe.stratified_folds(y, 0, groups)])) == list(range(22))
+
+
+def test_the_training_bar_reckons_time_left_from_the_mean_rate_and_a_resumed_run_starts_at_its_step():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from bankintent.training import TrainingBar
+
+    bar = TrainingBar()
+    args, state, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerState(max_steps=100, global_step=40), TrainerControl()
+    bar.on_train_begin(args, state, control)
+    try:
+        state.global_step = 42
+        bar.on_step_end(args, state, control)
+        assert (bar.training_bar.n, bar.training_bar.initial) == (42, 40)  # two steps trained here, not 42
+        assert bar.training_bar.format_dict["rate"] is None  # so tqdm takes (n - initial) / elapsed, the mean since the start
+    finally:
+        bar.training_bar.close()

@@ -314,13 +314,19 @@ class TrainingBar(ProgressCallback):
     """The Trainer's progress bar without its log lines. Hugging Face's bar writes every logged dict
     under it (a loss line five times an epoch, then the run's throughput), which buried the lines that
     say what the run chose. Here the latest training loss is shown in the bar, and each evaluation
-    gives one line: the epoch and its validation accuracy. ``history.csv`` keeps every logged value."""
+    gives one line: the epoch and its validation accuracy. ``history.csv`` keeps every logged value.
+    The time left is reckoned from the mean rate since the bar started: tqdm's default, the recent
+    rate, swung after each validation pass, and a resumed run's bar jumped to its checkpoint's step in
+    its first update, as if that many steps had just been trained."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
+        self.current_step = state.global_step  # a resumed run's bar starts at its checkpoint
         if self.training_bar is not None:  # named, like the other bars of a run ("probe: embedding train", "calibrating")
             self.training_bar.set_description("training", refresh=False)
             self.training_bar.unit = "step"
+            self.training_bar.smoothing = 0
+            self.training_bar.initial = self.training_bar.n = self.training_bar.last_print_n = state.global_step
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         """No bar for the validation pass, short beside an epoch: nested under the training bar, it left
