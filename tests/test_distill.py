@@ -247,7 +247,50 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path, caplog):
     with pytest.raises(ConfigError, match="output folder is not empty .*--overwrite") as exc:
         distill(teacher, out)
     one_line(exc)
-    assert "resume" not in str(exc.value)  # distill has no --resume to offer
+    assert "--resume to continue" in str(exc.value)
+    with pytest.raises(ConfigError, match="no student to resume .no checkpoints/distill.pt") as exc:
+        distill(teacher, out, resume=True)
+    one_line(exc)
+    with pytest.raises(ConfigError, match="give one of them"):
+        distill(teacher, out, resume=True, overwrite=True)
+
+
+def test_a_stopped_student_resumes_to_the_student_of_a_run_never_stopped(teacher, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a step: the step is finished and saved with the optimizer, schedule,
+    random states and teacher logits; --resume ends with the very weights of a run never stopped."""
+    import os
+    import signal
+
+    from bankintent import distill as module
+    from bankintent.errors import TrainingInterrupted
+
+    options = dict(layers=2, epochs=2, batch_size=16, progress=False)
+    whole = distill(teacher, tmp_path / "whole", **options)
+    real, calls = module.distillation_loss, []
+
+    def stop_in_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "distillation_loss", stop_in_the_third_step)
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted, match=r"^interrupted at step 3 of \d+: checkpoint saved in .*distill.pt; continue with the "
+                                                  r"same command and --resume \(in Python: distill\(..., resume=True\)\)$"):
+        distill(teacher, out, **options)
+    assert len(calls) == 3 and not (out / "metrics.json").exists()
+    with pytest.raises(ConfigError, match=r"options differ from it \(epochs 2 -> 3\)"):
+        distill(teacher, out, resume=True, **{**options, "epochs": 3})
+    monkeypatch.setattr(module, "distillation_loss", real)
+    resumed = distill(teacher, out, resume=True, **options)
+    for key in ("val_accuracy", "test_accuracy", "best_epoch", "optimizer_steps"):
+        assert resumed[key] == whole[key], key
+    expected = load_file(tmp_path / "whole" / "adapter" / "model.safetensors")
+    got = load_file(out / "adapter" / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not (out / "checkpoints").exists()  # removed once the student is saved
+    assert distill(teacher, out, resume=True, **options) == resumed  # a finished student is left as it is
 
 
 def test_the_distill_command_trains_a_student_from_its_flags(teacher, tmp_path, capsys):

@@ -251,12 +251,8 @@ def distill(args: argparse.Namespace) -> None:
     from bankintent.distill import distill as run
     from bankintent.results import percent_in_words as pct
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite") and v is not None}
-    try:
-        metrics = run(args.dir, args.output, overwrite=args.overwrite, **options)
-    except KeyboardInterrupt:  # distillation keeps no checkpoint: what is left, and how to start again, said
-        raise KeyboardInterrupt(f"interrupted: {args.output} holds no student (distill keeps no checkpoint to resume from); "
-                                f"run the same command with --overwrite to start again") from None
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite", "resume") and v is not None}
+    metrics = run(args.dir, args.output, overwrite=args.overwrite, resume=args.resume, **options)  # a stop says how to go on
     teacher = metrics.get("teacher_test_accuracy")
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
           f"test {pct(metrics['test_accuracy'])} (teacher {pct(teacher)}) -> {Path(args.output) / MODEL_DIR}")
@@ -480,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="the teacher (the first, whose layers the student starts from): a training run's output folder")
     p.add_argument("--output", required=True, help="the student's run folder")
     p.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    p.add_argument("--resume", action="store_true", help="continue a student stopped by Ctrl-C or SIGTERM from its checkpoint (the same options)")
     _add_config_options(p, DistillConfig)
     p.set_defaults(func=distill)
     return parser

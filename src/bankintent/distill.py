@@ -26,6 +26,11 @@ the intent and the teacher's probabilities say what the copy still means. The te
 computed once, before training. The epoch kept is the one with the best validation accuracy (the
 last without a validation split); the test split is evaluated, never chosen on.
 
+A stop (Ctrl-C, SIGTERM) during training finishes its step and saves ``checkpoints/distill.pt`` (the
+student, optimizer, schedule, random states and the teacher's logits), as does the end of every
+epoch; ``resume`` continues from there with the same options and ends with the same student as a run
+never stopped. The checkpoint is removed once the student is saved.
+
 The output is a run folder like any other: ``adapter/`` (a model folder holding every student tensor,
 ``ModelSpec.layers`` naming the base model's layers kept), calibrated and with the out-of-scope
 detector fitted as training does, ``metrics.json``, ``history.csv`` and the teacher's ``config.yaml``
@@ -39,6 +44,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -48,16 +55,16 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, get_linear_schedule_with_warmup, set_seed
 
-from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, read_yaml, run_config_file, unknown_names
+from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, differences, read_yaml, run_config_file, unknown_names
 from bankintent.data import query_key, read_queries, run_splits
-from bankintent.errors import ConfigError, ModelError
+from bankintent.errors import ConfigError, ModelError, TrainingInterrupted
 from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, read_spec, resolve_base_model
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
-from bankintent.training import (_empty_run_folder, _prepare_output, _remove_created, preprocess_splits, run_metrics, save_and_score,
-                                 saved_config)
+from bankintent.training import (StopRequest, _empty_run_folder, _prepare_output, _remove_created, preprocess_splits, run_metrics,
+                                 save_and_score, saved_config)
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +147,53 @@ def held_out_removed(texts: list[str], splits, path) -> tuple[list[str], dict[st
     return texts, left_out
 
 
-def distill(run: str | Path, output: str | Path, overwrite: bool = False, progress: bool = True, **options) -> dict:
+CHECKPOINT = Path("checkpoints") / "distill.pt"  # in the student's run folder, until the student is saved
+
+
+def resume_note(output: str | Path) -> str:
+    """What a stop left in ``output``, and how to go on."""
+    if (Path(output) / CHECKPOINT).is_file():
+        return (f"checkpoint saved in {Path(output) / CHECKPOINT}; continue with the same command and --resume "
+                f"(in Python: distill(..., resume=True))")
+    return f"{output} holds no student and no checkpoint yet; run the same command with --overwrite to start again"
+
+
+def distill(run: str | Path, output: str | Path, overwrite: bool = False, resume: bool = False, progress: bool = True,
+            **options) -> dict:
     """Distil the model of ``run`` (a run folder, or its model folder) into a student with
     ``options["layers"]`` encoder layers (``DistillConfig`` has the options), saved as the run folder
-    ``output`` (refused if it holds something, unless ``overwrite``, as training does); returns its
-    metrics.json content."""
+    ``output`` (refused if it holds something, unless ``overwrite``, as training does, or ``resume``:
+    continue from its checkpoint); returns its metrics.json content."""
     unknown = sorted(set(options) - {f.name for f in fields(DistillConfig)})
     if unknown:
         raise ConfigError(f"unknown distill option(s) {unknown_names(unknown, [f.name for f in fields(DistillConfig)])}")
     opts = DistillConfig(**options)
-    (source, teacher_spec), out = teacher_folder(run), Path(output)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the student in --output and --overwrite starts it again: give one of them")
+    if resume and (Path(output) / "metrics.json").is_file():
+        log.info("%s: the student is trained already (metrics.json there); nothing to resume", output)
+        return json.loads((Path(output) / "metrics.json").read_text())
+    try:
+        return _distill(run, Path(output), opts, overwrite, resume, progress)
+    except KeyboardInterrupt as exc:  # a TrainingInterrupted of the training loop too
+        raise TrainingInterrupted(f"{str(exc) or 'interrupted'}: {resume_note(output)}") from None
+
+
+def _read_checkpoint(out: Path, recorded: dict) -> dict:
+    """The checkpoint ``resume`` continues from, refused where it was made with other options."""
+    if not (out / CHECKPOINT).is_file():
+        raise ConfigError(f"{out}: no student to resume (no {CHECKPOINT}: stopped before its first training step, or never "
+                          f"started there); run the same command with --overwrite instead of --resume")
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    changed = differences(state["options"], recorded)
+    if changed:
+        raise ConfigError(f"{out}: --resume continues the student its checkpoint records, and options differ from it "
+                          f"({changed}); give the same options, or --overwrite to start again with these")
+    return state
+
+
+def _distill(run: str | Path, out: Path, opts: DistillConfig, overwrite: bool, resume: bool, progress: bool) -> dict:
+    source, teacher_spec = teacher_folder(run)
     config = run_config_file(run)
     if config is None:
         raise ConfigError(f"{run}: no config.yaml beside the model records its training data; give the run folder "
@@ -164,8 +208,10 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     # the teacher's data and split options (config.yaml of the output), this run's seed and folder
     cfg = dataclasses.replace(saved, output=str(out), overwrite=overwrite, resume=False, seed=opts.seed,
                               shots_seed=saved.draw_seed if saved.shots else saved.shots_seed)
+    recorded = {"teacher": str(source.resolve()), **dataclasses.asdict(opts)}  # what a checkpoint must have been made with
+    resumed = _read_checkpoint(out, recorded) if resume else None
 
-    created = _prepare_output(out, cfg, resumable=False)  # a student trains in one go
+    created = _prepare_output(out, dataclasses.replace(cfg, resume=resume))
     try:  # what can refuse the run is checked before the output folder changes
         set_seed(opts.seed)
         splits = run_splits(cfg)
@@ -199,19 +245,26 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
 
     started = time.perf_counter()
     teacher.to(device)
-    targets = logits_of(teacher, tokenizer, texts, spec.max_length, desc="distill: teacher logits" if progress else None)
-    for number, other in enumerate(others, start=2):  # an ensemble: the mean of every teacher's logits
-        member = load_model(other, allow_pickle=cfg.allow_pickle)[0].to(device)
-        targets += logits_of(member, tokenizer, texts, spec.max_length, desc=f"distill: teacher {number} logits" if progress else None)
-        del member
-    targets /= 1 + len(others)
+    if resumed is not None:  # the logits the checkpoint keeps, of the same queries
+        if len(resumed["targets"]) != len(texts):
+            raise ModelError(f"{out}: the checkpoint was made on {len(resumed['targets'])} queries and the teacher's data now gives "
+                             f"{len(texts)}; was the data changed? Start again with --overwrite")
+        targets = resumed["targets"]
+    else:
+        targets = logits_of(teacher, tokenizer, texts, spec.max_length, desc="distill: teacher logits" if progress else None)
+        for number, other in enumerate(others, start=2):  # an ensemble: the mean of every teacher's logits
+            member = load_model(other, allow_pickle=cfg.allow_pickle)[0].to(device)
+            targets += logits_of(member, tokenizer, texts, spec.max_length, desc=f"distill: teacher {number} logits" if progress else None)
+            del member
+        targets /= 1 + len(others)
     student = keep_layers(copy.deepcopy(teacher), kept).requires_grad_(True)
     del teacher
     validation = (splits.validation.texts, torch.tensor(splits.ids(splits.validation)))
     set_seed(opts.seed)  # the student's dropout, whatever loading the teachers drew from the generator
+    checkpoint = Checkpoint(out / CHECKPOINT, recorded, targets, (resumed or {}).get("elapsed", 0.0) - started)
     history, best_epoch, steps = train_student(student, tokenizer, texts, labels, targets, validation, spec.max_length, opts,
-                                               saved.weight_decay, saved.warmup_ratio, progress)
-    train_seconds = time.perf_counter() - started
+                                               saved.weight_decay, saved.warmup_ratio, progress, checkpoint, resumed)
+    train_seconds = checkpoint.elapsed()
 
     extra: dict = {}
     scores = save_and_score(student, tokenizer, spec, splits, cfg, history, extra)
@@ -243,51 +296,105 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, progre
     })
     write_json(out / "metrics.json", metrics)
     write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
+    shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     return metrics
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Where the student's training state is saved, with what it needs besides the loop's own state:
+    the options it was made with, the teacher's logits and the training seconds (``offset`` plus the
+    clock: the seconds spent before a resume, less the clock's start)."""
+
+    path: Path
+    options: dict
+    targets: torch.Tensor
+    offset: float
+
+    def elapsed(self) -> float:
+        return self.offset + time.perf_counter()
+
+    def save(self, **state) -> None:
+        """Written beside and renamed over the last one, so that a stop while writing leaves that one whole."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({"options": self.options, "targets": self.targets, "elapsed": self.elapsed(), **state}, partial)
+        os.replace(partial, self.path)
 
 
 def train_student(student: nn.Module, tokenizer, texts: list[str], labels: torch.Tensor, targets: torch.Tensor,
                   validation: tuple[list[str], torch.Tensor], max_length: int, opts: DistillConfig, weight_decay: float,
-                  warmup_ratio: float, progress: bool) -> tuple[list[dict], int, int]:
+                  warmup_ratio: float, progress: bool, checkpoint: Checkpoint | None = None,
+                  resumed: dict | None = None) -> tuple[list[dict], int, int]:
     """AdamW with a linear warm-up and decay over every epoch; after each epoch the accuracy on the
     ``validation`` (texts, label ids), and at the end the weights of the best epoch (the last without
-    validation queries) are put back. Returns (history rows, the epoch kept, optimizer steps)."""
+    validation queries) are put back. Returns (history rows, the epoch kept, optimizer steps).
+    With a ``checkpoint``, the state is saved there after every epoch and at a stop (after the step
+    in progress; then ``TrainingInterrupted``); ``resumed``, a saved state, is continued."""
     device = next(student.parameters()).device
     decay = [p for p in student.parameters() if p.dim() >= 2]  # no weight decay on biases and layer norms
     rest = [p for p in student.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
                                   lr=opts.learning_rate)
-    steps = opts.epochs * math.ceil(len(texts) / opts.batch_size)
+    per_epoch = math.ceil(len(texts) / opts.batch_size)
+    steps = opts.epochs * per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
     generator = torch.Generator().manual_seed(opts.seed)
     val_texts, val_labels = validation
-    history, best, best_state = [], None, None
-    bar = tqdm(total=steps, desc="distill", unit="step", disable=not progress)
-    for epoch in range(1, opts.epochs + 1):
-        student.train()
-        losses = []
-        for batch_ids in torch.randperm(len(texts), generator=generator).split(opts.batch_size):
-            batch = tokenizer([texts[i] for i in batch_ids], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            logits = student(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            loss = distillation_loss(logits, targets[batch_ids].to(device), labels[batch_ids].to(device), opts.temperature, opts.alpha)
-            loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "val_loss": None, "val_accuracy": None}
-        if val_texts:
-            val_logits = logits_of(student, tokenizer, val_texts, max_length)
-            row.update(val_loss=nn.functional.cross_entropy(val_logits, val_labels).item(),
-                       val_accuracy=(val_logits.argmax(-1) == val_labels).float().mean().item())
-            if best is None or row["val_accuracy"] > best["val_accuracy"]:
-                best, best_state = row, {k: v.detach().clone() for k, v in student.state_dict().items()}
-            log.info("epoch %d: validation accuracy %.4f", epoch, row["val_accuracy"])
-        history.append(row)
-    bar.close()
+    history, best, best_state, first_epoch, done, losses = [], None, None, 1, 0, []
+    if resumed is not None:
+        student.load_state_dict(resumed["student"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["rng"])
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_state"]
+        first_epoch, done, losses = resumed["epoch"], resumed["done"], resumed["losses"]
+        log.info("resuming the student at step %d of %d", (first_epoch - 1) * per_epoch + done, steps)
+
+    def save(epoch: int, done: int, generator_state: torch.Tensor) -> None:
+        if checkpoint is not None:
+            checkpoint.save(student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            generator=generator_state, rng=torch.get_rng_state(), history=history, best=best, best_state=best_state,
+                            epoch=epoch, done=done, losses=losses)
+
+    bar = tqdm(total=steps, initial=(first_epoch - 1) * per_epoch + done, desc="distill", unit="step", disable=not progress)
+    with StopRequest() as stop, bar:  # the bar closed, its line ended, before a stop is said
+        for epoch in range(first_epoch, opts.epochs + 1):
+            student.train()
+            at_start = generator.get_state()  # to draw this epoch's order again on resume
+            batches = torch.randperm(len(texts), generator=generator).split(opts.batch_size)
+            for batch_ids in batches[done:]:
+                batch = tokenizer([texts[i] for i in batch_ids], padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt")
+                logits = student(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+                loss = distillation_loss(logits, targets[batch_ids].to(device), labels[batch_ids].to(device), opts.temperature,
+                                         opts.alpha)
+                loss.backward()
+                nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                done += 1
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+                if stop.interrupted and done < len(batches):
+                    save(epoch, done, at_start)
+                    raise TrainingInterrupted(f"interrupted at step {(epoch - 1) * per_epoch + done} of {steps}")
+            row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "val_loss": None, "val_accuracy": None}
+            if val_texts:
+                val_logits = logits_of(student, tokenizer, val_texts, max_length)
+                row.update(val_loss=nn.functional.cross_entropy(val_logits, val_labels).item(),
+                           val_accuracy=(val_logits.argmax(-1) == val_labels).float().mean().item())
+                if best is None or row["val_accuracy"] > best["val_accuracy"]:
+                    best, best_state = row, {k: v.detach().clone() for k, v in student.state_dict().items()}
+                log.info("epoch %d: validation accuracy %.4f", epoch, row["val_accuracy"])
+            history.append(row)
+            done, losses = 0, []
+            save(epoch + 1, 0, generator.get_state())
+            if stop.interrupted and epoch < opts.epochs:
+                raise TrainingInterrupted(f"interrupted after epoch {epoch} of {opts.epochs}")
     if best_state is not None:
         student.load_state_dict(best_state)
     student.eval()

@@ -275,9 +275,11 @@ class CheckpointPermissions(TrainerCallback):
             match_permissions(folder)
 
 
-class SaveOnInterrupt(TrainerCallback):
-    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, save a checkpoint there and
-    stop; ``train`` then raises ``TrainingInterrupted`` and ``--resume`` continues from that step."""
+class StopRequest:
+    """While installed, Ctrl-C (SIGINT) or SIGTERM sets ``interrupted`` rather than stopping in the middle
+    of an optimizer step, so that the training loop can finish its step and save weights, optimizer and
+    schedule that agree; a second one stops at once. Signals reach the main thread only: elsewhere
+    installing changes nothing."""
 
     def __init__(self):
         self.interrupted = False
@@ -289,9 +291,29 @@ class SaveOnInterrupt(TrainerCallback):
             raise KeyboardInterrupt
         self.interrupted = True
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class SaveOnInterrupt(TrainerCallback, StopRequest):
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, save a checkpoint there and
+    stop; ``train`` then raises ``TrainingInterrupted`` and ``--resume`` continues from that step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.install()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:
@@ -306,8 +328,7 @@ class SaveOnInterrupt(TrainerCallback):
             control.should_evaluate = False
 
     def on_train_end(self, args, state, control, **kwargs):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        self.restore()
 
 
 class TrainingBar(ProgressCallback):
