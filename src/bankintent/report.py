@@ -101,7 +101,7 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
             missing = "not a folder" if folder.exists() else "not found"
             raise ConfigError(f"{folder}: {missing}; give a training run's, a sweep's or a search's folder")
         if (folder / "sweep.yaml").is_file():
-            _, planned_runs = read_sweep(folder / "sweep.yaml")
+            _, planned_runs = read_sweep(folder / "sweep.yaml", files=False)
             results = sweep_results(folder, planned_runs)  # every finished run, also one finished since results.csv
             sweeps.append(Sweep(folder, results, {r.name: len(r.seeds) for r in planned_runs}))
             for row in results.itertuples():

@@ -40,7 +40,8 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, resolve_config, unknown_names
+from bankintent.config import (FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, read_yaml, recorded_path,
+                               resolve_config, unknown_names)
 from bankintent.data import BANKING77, run_splits
 from bankintent.errors import ConfigError, DataError
 from bankintent.launch import start_child, stop_children
@@ -82,8 +83,10 @@ def _whole(path: Path, where: str, value) -> int:
     return value
 
 
-def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[RunSpec]]:
-    """The sweep file's shared options and its runs, validated (every run's config is resolved once)."""
+def read_sweep(path: str | Path, seeds: int | None = None, files: bool = True) -> tuple[dict, list[RunSpec]]:
+    """The sweep file's shared options and its runs, validated (every run's config is resolved once).
+    ``files``: check that the data and out-of-scope files are there, as a sweep about to train needs;
+    reading a finished sweep's results (the report) does not, from whatever folder it is run."""
     path = Path(path)
     content = load_yaml_file(path, "sweep file")
     if isinstance(content, dict) and set(content) - SWEEP_KEYS:  # a mistyped 'base:' would train every run on the defaults
@@ -114,7 +117,7 @@ def read_sweep(path: str | Path, seeds: int | None = None) -> tuple[dict, list[R
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where} ({entry['name']}): {exc}") from None
         for option, value in (("data", None if cfg.data == BANKING77 else cfg.data), ("oos_file", cfg.oos_file)):
-            if value and not Path(value).expanduser().exists():
+            if files and value and not Path(value).expanduser().exists():
                 raise ConfigError(f"{path}: {where}: {option} {value}: not found (a relative path is read from the folder the "
                                   f"sweep is started in, {Path.cwd()})")
         runs.append(RunSpec(str(entry["name"]), options, [first_seed + i for i in range(count)], cfg, list(tables),
@@ -183,13 +186,26 @@ def _flags(command: list[str]) -> dict[str, str]:
     return flags
 
 
+# flags naming a file or a folder, and the config.yaml keys where training records them as absolute paths
+PATH_FLAGS = {"--data": "data", "--oos-file": "oos_file", "--base-model": "base_model"}
+
+
 def changed_options(run_dir: Path, command: list[str]) -> str | None:
     """How the options of the run in ``run_dir`` (finished, or stopped with a checkpoint), as its
-    ``command.txt`` records them, differ from ``command``'s; None if they do not (or nothing ran)."""
+    ``command.txt`` records them, differ from ``command``'s; None if they do not (or nothing ran).
+    Paths are compared as training records them (absolute, in the run's config.yaml): the same data
+    named from another folder (``../data`` there, ``data`` here) is the same option."""
     recorded = run_dir / "command.txt"
     if not recorded.is_file() or not ((run_dir / "metrics.json").is_file() or (run_dir / "checkpoints").is_dir()):
         return None
-    return differences(_flags(shlex.split(recorded.read_text())), _flags(command))
+    was, now = _flags(shlex.split(recorded.read_text())), _flags(command)
+    saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    for flag, key in PATH_FLAGS.items():
+        if flag in was and saved.get(key):
+            was[flag] = str(saved[key])
+        if flag in now:
+            now[flag] = recorded_path(key, now[flag])
+    return differences(was, now)
 
 
 def check_data(config: str | Path, runs: list[tuple[RunSpec, int]]) -> None:
@@ -221,8 +237,6 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     content, runs = read_sweep(config, seeds)
     out = Path(output)
     check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     sweep_command = shlex.join(["bankintent", "sweep", "--config", str(config), "--output", str(out)]
                                + (["--seeds", str(seeds)] if seeds else []))
     planned = [(run, seed) for run in runs for seed in run.seeds]
@@ -238,6 +252,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
     if train and len(todo) < len(planned):
         log.info("%d of %d runs finished already in %s: kept, not trained again", len(planned) - len(todo), len(planned), out)
     check_data(config, todo)
+    out.mkdir(parents=True, exist_ok=True)  # the sweep file saved once nothing refuses it: the report reads the runs with it
+    (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
     try:  # Ctrl-C or SIGTERM: the runs in training stop at a checkpoint (stop_children), which the next start continues

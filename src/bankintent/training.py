@@ -69,8 +69,9 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
-from bankintent.config import AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, for_data, read_yaml, unused_options
-from bankintent.data import (BANKING77, Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
+from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, for_data, read_yaml, recorded_path,
+                               unused_options)
+from bankintent.data import (Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
                              training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
@@ -80,7 +81,6 @@ from bankintent.modeling import (
     OOD_FILE,
     ModelSpec,
     add_lora,
-    base_model_reference,
     base_pooling,
     build_model,
     check_target_modules,
@@ -557,13 +557,8 @@ def saved_config(cfg: TrainConfig) -> TrainConfig:
     any directory (``bankintent evaluate RUN``, ``bankintent train --config RUN/config.yaml --resume``).
     ``overwrite`` and ``resume`` are what one command did, not options of the run: recorded as false, so
     that rerunning the config (the command the report and model card give) never empties the folder."""
-    def absolute(path: str) -> str:
-        return str(Path(path).expanduser().resolve())
-
-    data = cfg.data if cfg.data == BANKING77 else absolute(cfg.data)
-    oos_file = absolute(cfg.oos_file) if cfg.oos_file else None
-    return dataclasses.replace(cfg, data=data, oos_file=oos_file, base_model=base_model_reference(cfg.base_model),
-                               output=absolute(cfg.output), overwrite=False, resume=False)
+    paths = {key: recorded_path(key, getattr(cfg, key)) for key in ("data", "oos_file", "base_model", "output")}
+    return dataclasses.replace(cfg, **paths, overwrite=False, resume=False)
 
 
 def _tokenized(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Dataset:
@@ -773,7 +768,7 @@ def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits,
     and pooling resolved (and refused in ``processes`` where it trains in one: started by torchrun by hand,
     which ``--nproc``'s checks did not see), the base model and tokenizer loaded. Nothing is written."""
     set_seed(cfg.seed)
-    cfg = dataclasses.replace(cfg, base_model=base_model_reference(cfg.base_model))  # as the model folder records it
+    cfg = dataclasses.replace(cfg, base_model=recorded_path("base_model", cfg.base_model))  # as the model folder records it
     splits = run_splits(cfg)
     if cfg.resume:
         check_same_data(splits, Path(cfg.output) / "checkpoints")
