@@ -242,6 +242,18 @@ def test_per_intent_f1_is_one_horizontal_bar_per_intent_worst_first():
     assert bars[0].get_y() < bars[-1].get_y() and ax.yaxis_inverted()  # the worst bar at the top
     width, height = fig.get_size_inches()
     assert height > width  # tall enough for 77 readable names
+    assert sum(bar.get_facecolor() == bars[0].get_facecolor() for bar in bars) == 15 and "worst 15 in red" in ax.get_title()
+    perfect = f1_figure(pd.DataFrame({"intent": ["a", "b"], "precision": 1.0, "recall": 1.0, "f1": [1.0, 1.0], "support": 5}))
+    assert len({bar.get_facecolor() for bar in perfect.axes[0].patches}) == 1 and "every one 1.00" in perfect.axes[0].get_title()
+
+
+def test_a_split_without_errors_has_no_confusion_figure(tmp_path):
+    from bankintent.report import _heatmap
+
+    assert _heatmap(np.array([0, 1, 2]), np.array([0, 1, 2]), ["a", "b", "c"], tmp_path) == (
+        "No confusions: every query was answered with its own intent.")
+    assert not list(tmp_path.iterdir())
+    assert _heatmap(np.array([0, 1, 2]), np.array([0, 2, 2]), ["a", "b", "c"], tmp_path).endswith("confusion_heatmap.png)")
 
 
 @pytest.mark.parametrize("epochs", [1, 3, 12])

@@ -161,6 +161,7 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
     fig, (count_ax, length_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     count_ax.hist(per_intent_counts.values, bins=count_bins(per_intent_counts), color="C0")
     count_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    count_ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of intents
     count_ax.set(xlabel="training queries per intent", ylabel="intents", title="Queries per intent (train)")
     bins = np.arange(0, max(max(_words(ex)) for _, ex in parts) + 2)
     for name, ex in parts:
@@ -386,9 +387,12 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         parts.append(line)
     # the split's curve where evaluate drew it for these queries (training draws validation's)
     names = [split, "validation"] if evaluation is not None or split == "validation" else ["validation"]
-    coverage = next((best.folder / f"{name}_coverage.png" for name in names if (best.folder / f"{name}_coverage.png").is_file()), None)
-    if coverage is not None:
-        shutil.copy(coverage, figures / "coverage.png")
+    drawn = next((name for name in names if (best.folder / f"{name}_coverage.png").is_file()), None)
+    if drawn is not None:
+        shutil.copy(best.folder / f"{drawn}_coverage.png", figures / "coverage.png")
+        if drawn != split:  # the line above is of the split analysed; the curve, of the queries training drew it on
+            parts.append(f"The curve below is of the validation split, drawn by training (`bankintent evaluate {best.folder} "
+                         f"--split {split}` draws the {split} split's).")
         parts.append("![coverage.png](figures/coverage.png)")
     return "\n\n".join(parts)
 
@@ -462,9 +466,10 @@ def errors_section(run: Run, chosen: str, splits: Splits, split: str, frame: pd.
 def _heatmap(y_true, y_pred, labels: list[str], figures: Path) -> str:
     matrix = confusion_matrix(y_true, y_pred, labels=range(len(labels)))
     errors = matrix - np.diag(np.diag(matrix))
+    if not errors.any():
+        return "No confusions: every query was answered with its own intent."
     involvement = errors.sum(0) + errors.sum(1)
-    keep = [i for i in np.argsort(-involvement, kind="stable")[:HEATMAP_INTENTS] if involvement[i] > 0] or [0]
-    keep = sorted(keep)
+    keep = sorted(i for i in np.argsort(-involvement, kind="stable")[:HEATMAP_INTENTS] if involvement[i] > 0)
     fig, ax = plt.subplots(figsize=(10, 10))
     ConfusionMatrixDisplay(matrix[np.ix_(keep, keep)], display_labels=[labels[i] for i in keep]).plot(
         ax=ax, cmap="Blues", xticks_rotation="vertical", colorbar=False)
@@ -477,16 +482,18 @@ def _f1_figure(intents: pd.DataFrame, figures: Path) -> str:
 
 
 def f1_figure(intents: pd.DataFrame):
-    """One horizontal bar per intent, worst at the top, its full name beside it and its F1 at its end."""
+    """One horizontal bar per intent, worst at the top, its full name beside it and its F1 at its end;
+    red, the worst ``WORST`` of those below a perfect F1."""
     ordered = intents.sort_values("f1", kind="stable").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(9, 0.24 * len(ordered) + 1.2))
-    colors = ["C3" if i < WORST else "C0" for i in range(len(ordered))]
+    colors = ["C3" if i < WORST and f1 < 1 else "C0" for i, f1 in enumerate(ordered.f1)]
+    red = colors.count("C3")
     ax.barh(range(len(ordered)), ordered.f1, color=colors, height=0.7)
     ax.set_yticks(range(len(ordered)), ordered.intent, fontsize=8)
     ax.invert_yaxis()  # the worst first
     for i, f1 in enumerate(ordered.f1):
         ax.text(f1 + 0.005, i, f"{f1:.2f}", va="center", fontsize=7)
-    ax.set(xlabel="F1", xlim=(0, 1.06), title=f"Per-intent F1 ({len(ordered)} intents), worst {min(WORST, len(ordered))} in red")
+    ax.set(xlabel="F1", xlim=(0, 1.06), title=f"Per-intent F1 ({len(ordered)} intents), " + (f"worst {red} in red" if red else "every one 1.00"))
     ax.grid(axis="x", alpha=0.3)
     ax.margins(y=0.01)
     return fig
