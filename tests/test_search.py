@@ -75,3 +75,45 @@ def test_what_cannot_be_searched_is_refused_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="few: no validation split .small data trains on every row., and the search chooses on"):
         run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/b/study.db", data=str(few))
     assert not (tmp_path / "b").exists()  # refused before the study was made
+
+
+def test_a_trial_stopped_by_ctrl_c_runs_again_once_in_its_folder(tmp_path):
+    """Ctrl-C fails the trial in optuna's books: its hyperparameters are queued again with its folder
+    (whose checkpoint the trial run again continues), once; a trial failed otherwise is not retried."""
+    from bankintent.search import _retry_interrupted
+
+    study = optuna.create_study(study_name="bankintent-lpft", storage=f"sqlite:///{tmp_path}/study.db", direction="maximize")
+    stopped, broken = study.ask(), study.ask()
+    params = suggest(stopped, "lpft")
+    suggest(broken, "lpft")
+    stopped.set_user_attr("run_dir", str(tmp_path / "trial-0"))
+    stopped.set_user_attr("interrupted", True)
+    for trial in (stopped, broken):
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    _retry_interrupted(study)
+    _retry_interrupted(study)  # a second start of the search queues nothing more
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"run_dir": str(tmp_path / "trial-0")}
+    assert waiting[0].system_attrs["fixed_params"] == params
+
+
+def test_the_stopped_trials_traceback_is_not_logged_and_search_takes_the_data_flags_of_train():
+    import logging
+    import sys
+
+    from bankintent import cli
+    from bankintent.search import _NoInterruptTraceback
+
+    def record(message, exc_info=None):
+        return logging.LogRecord("optuna", logging.WARNING, __file__, 1, message, None, exc_info)
+
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        stopped = record("Trial 4 failed with parameters: {} because of the following error: KeyboardInterrupt().", sys.exc_info())
+    quiet = _NoInterruptTraceback()
+    assert not quiet.filter(stopped) and not quiet.filter(record("Trial 4 failed with value None."))
+    assert quiet.filter(record("Trial 5 failed with value None.")) and quiet.filter(record("Trial 6 finished with value: 0.9"))
+    args = cli.parse(cli.build_parser(), ["search", "--storage", "sqlite:///s.db", "--text-column", "utterance", "--label-column",
+                                          "intent", "--oos-label", "none"])
+    assert (args.text_column, args.label_column, args.oos_label) == ("utterance", "intent", "none")

@@ -140,6 +140,21 @@ def test_grid_table_shows_the_options_its_runs_vary():
     assert "| C=1 | - | 0.001 | 4 | mean of 4 |" in rows[2] and "| default C | - | 0.001 | 4 | 3 |" in rows[4]
 
 
+def test_the_method_table_lists_the_row_the_grid_chose_not_the_one_tagged_beforehand():
+    """A sweep file tagged `lora lr=1e-3` for the method table before the grid ran; validation chose
+    `lora lr=3e-3`: the method table shows the chosen row and says which it passed over."""
+    results = pd.DataFrame([
+        {"name": n, "tables": tables, "baseline": "", "method": method, "seed": 42, "val_accuracy": v, "test_accuracy": t,
+         "test_macro_f1": t, "trainable_pct": 1.0, "adapter_bytes": 1e6, "train_seconds": 60, "lr": 1e-3, "lora_r": 8,
+         "lora_alpha": 32, "epochs": 2, "hardware": "CPU", "note": "", "options": "{}"}
+        for n, tables, method, v, t in [("lora lr=1e-3", "grid,methods", "lora", 0.86, 0.95), ("lora lr=3e-3", "grid", "lora", 0.95, 0.90),
+                                        ("linear-probe", "methods", "linear-probe", 0.90, 0.91)]])
+    methods = results_tables(aggregate_runs(results))["methods"]
+    listed = [line.split(" | ")[0].strip("| ") for line in methods.splitlines()[2:] if line.startswith("|")]
+    assert listed == ["lora lr=3e-3", "linear-probe"]
+    assert "Not listed though the sweep file names them for this table: lora lr=1e-3; their grid chose another row" in methods
+
+
 def test_the_sweep_file_is_read_without_changing_it(tmp_path):
     """The copy of the sweep file the sweep saves keeps base.seed (it was popped from what was saved)."""
     path = tmp_path / "s.yaml"

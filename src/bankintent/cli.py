@@ -198,11 +198,15 @@ def sweep(args: argparse.Namespace) -> None:
     print(f"{len(results)} finished run(s) in {Path(args.output) / 'results.md'} and results.csv")
 
 
+# the training options search takes as flags (the others from --config): what the data is and which encoder
+SEARCH_OPTIONS = ("data", "text_column", "label_column", "oos_label", "oos_file", "base_model", "max_train_samples")
+
+
 def search(args: argparse.Namespace) -> None:
     _status(f"search: {args.trials} trials of {args.method} in {args.storage} ...")
     from bankintent.search import run_search
 
-    overrides = {k: v for k, v in (("data", args.data), ("base_model", args.base_model), ("max_train_samples", args.max_train_samples)) if v is not None}
+    overrides = {name: getattr(args, name) for name in SEARCH_OPTIONS if getattr(args, name) is not None}
     run_search(method=args.method, trials=args.trials, storage=args.storage, output=args.output, config_file=args.config, **overrides)
 
 
@@ -304,10 +308,13 @@ def config_option_help(option: dataclasses.Field, recipes: bool = True) -> str:
     return f"{help} (default: {_show(default)}{others})"
 
 
-def _add_config_options(parser: argparse.ArgumentParser, options: type) -> None:
-    """A flag for each field of the dataclass ``options`` (``TrainConfig``, ``DistillConfig``)."""
+def _add_config_options(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None) -> None:
+    """A flag for each field of the dataclass ``options`` (``TrainConfig``, ``DistillConfig``), or for
+    those of ``names``."""
     hints = typing.get_type_hints(options)
     for option in dataclasses.fields(options):
+        if names is not None and option.name not in names:
+            continue
         flag = "--" + option.name.replace("_", "-")
         help = config_option_help(option, recipes=options.__name__ == "TrainConfig").replace("%", "%%")
         kind = hints[option.name]
@@ -428,9 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="sqlite:///DIR/study.db (resumable)")
     p.add_argument("--output", default=None, help="folder for the trials' runs (default: beside the study)")
     p.add_argument("--config", default=None, help="base YAML config (default: the method's recipe)")
-    p.add_argument("--data", help="training data, as train --data (default: the config's)")
-    p.add_argument("--base-model", help="encoder to fine-tune, as train --base-model (default: the config's)")
-    p.add_argument("--max-train-samples", type=int, help="train each trial on this many queries (default: all)")
+    _add_config_options(p, TrainConfig, SEARCH_OPTIONS)
     p.set_defaults(func=search)
 
     p = command("report", "self-contained HTML + Markdown report of runs, sweeps and searches")

@@ -183,6 +183,16 @@ RESULT_TABLES = {
 }
 
 
+def grid_choice(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """What the grid chooses: each method's grid row (by name) of the highest mean validation accuracy."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if "grid" in row["tables"] and row["val_mean"] == row["val_mean"] and (
+                row["method"] not in best or row["val_mean"] > best[row["method"]]["val_mean"]):
+            best[row["method"]] = row
+    return {method: row["name"] for method, row in best.items()}
+
+
 def _grid_options(rows: list[dict[str, Any]], columns: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """A grid's rows with a column for each option their sweep entries set to different values (a
     grid over ``probe_c`` or ``lora_r`` shows them), beside the columns every grid has."""
@@ -191,24 +201,26 @@ def _grid_options(rows: list[dict[str, Any]], columns: list[str]) -> tuple[list[
     default = TrainConfig()
     value = lambda row, key: row["options"].get(key, getattr(default, key, None))  # noqa: E731
     varying = [key for key in keys if len({json.dumps(value(row, key), default=str) for row in rows}) > 1]
-    best = {}  # the row of each method with the highest mean validation accuracy: what the grid chooses
-    for row in rows:
-        if row["val_mean"] == row["val_mean"] and (row["method"] not in best or row["val_mean"] > best[row["method"]]["val_mean"]):
-            best[row["method"]] = row
+    chosen = set(grid_choice(rows).values())
     rows = [{**row, **{key: str(value(row, key)) for key in varying},
-             "Best on validation": "yes" if best.get(row["method"]) is row else ""} for row in rows]
+             "Best on validation": "yes" if row["name"] in chosen else ""} for row in rows]
     at = columns.index("Seeds")
     return rows, [*columns[:at], *varying, *columns[at:]]
 
 
 def results_tables(rows: list[dict[str, Any]], planned: dict[str, int] | None = None) -> dict[str, str]:
     """Markdown of each results table that has rows. ``Seeds`` reads ``3`` or ``1 of 3`` while a run
-    is unfinished; a method with one seed is marked ``1 (single seed)``."""
+    is unfinished; a method with one seed is marked ``1 (single seed)``. The method table holds the
+    rows named for it and the row each grid chose on validation, never a grid row it did not choose."""
     tables = {}
+    chosen = set(grid_choice(rows).values())
+    passed_over = [row["name"] for row in rows if {"grid", "methods"} <= set(row["tables"]) and row["name"] not in chosen]
     for key, (_, columns) in RESULT_TABLES.items():
         selected = []
         for row in rows:
-            if key not in row["tables"]:
+            in_table = (row["name"] in chosen or "grid" not in row["tables"] and key in row["tables"]) if key == "methods" \
+                else key in row["tables"]
+            if not in_table:
                 continue
             wanted = (planned or {}).get(row["name"], row["seeds"])
             seeds = f"{row['seeds']} of {wanted}" if row["seeds"] < wanted else str(row["seeds"])
@@ -217,6 +229,9 @@ def results_tables(rows: list[dict[str, Any]], planned: dict[str, int] | None = 
             selected, columns = _grid_options(selected, columns)
         if selected:
             tables[key] = markdown_table(selected, columns)
+    if passed_over and "methods" in tables:
+        tables["methods"] += (f"\n\nNot listed though the sweep file names them for this table: {', '.join(passed_over)}; their "
+                              f"grid chose another row on validation (marked in the grid table).")
     return tables
 
 

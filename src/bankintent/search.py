@@ -95,10 +95,11 @@ def _epoch_accuracies(checkpoints: Path) -> dict[int, float]:
 
 
 def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
-    """Run one trial's training; report each epoch's validation accuracy; stop it if pruned."""
+    """Run one trial's training (from its checkpoint, where an interrupted trial of the same
+    hyperparameters left one in ``run_dir``); report each epoch's validation accuracy; stop it if pruned."""
     reported: set[int] = set()
-    child = start_run(command, run_dir)
-    try:  # Ctrl-C or SIGTERM: the trial's training stops at a checkpoint
+    child = start_run(command, run_dir, resume=(run_dir / "checkpoints").is_dir())
+    try:  # Ctrl-C or SIGTERM: the trial's training stops at a checkpoint, which the trial run again continues
         while child.poll() is None:
             time.sleep(POLL_SECONDS)
             for epoch, accuracy in sorted(_epoch_accuracies(run_dir / "checkpoints").items()):
@@ -112,6 +113,7 @@ def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
                     raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
     except KeyboardInterrupt:
         stop_children([child])
+        trial.set_user_attr("interrupted", True)
         raise
     if child.returncode != 0 or not (run_dir / "metrics.json").is_file():
         raise ConfigError(f"trial {trial.number} failed (exit status {child.returncode}); see {run_dir}/train.log")
@@ -120,12 +122,37 @@ def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
 
 
 def _retry_interrupted(study: optuna.Study) -> None:
-    """Trials still RUNNING were left by an interrupted search (one search runs a study at a time):
-    mark them failed and queue their hyperparameters again."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params)
-        log.warning("trial %d was interrupted; it runs again with the same hyperparameters", trial.number)
+    """Queue again the hyperparameters of the trials an interrupted search left: stopped by Ctrl-C or
+    SIGTERM (failed, marked ``interrupted``), or still RUNNING where the search was killed outright (one
+    search runs a study at a time); the trial run again continues in the same folder, from its
+    checkpoint where it has one. The study records which trials it retried, so each is retried once."""
+    retried = set(study.user_attrs.get("retried", []))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        if trial.number in retried or trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
+            continue
+        if trial.state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL)
+        folder = trial.user_attrs.get("run_dir")
+        study.enqueue_trial(trial.params, user_attrs={"run_dir": folder} if folder else None)
+        retried.add(trial.number)
+        log.warning("trial %d was interrupted; it runs again with the same hyperparameters%s", trial.number,
+                    f", from its checkpoint in {folder}" if folder and (Path(folder) / "checkpoints").is_dir() else "")
+    study.set_user_attr("retried", sorted(retried))
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as failed, with the traceback of where the stop fell, and
+    then its value (None); the command says the stop and how to go on in one line instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = None  # the message that follows the stopped trial's
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            self.stopped = str(record.getMessage()).split(" failed with parameters")[0] + " failed with value None."
+            return False
+        return record.getMessage() != self.stopped
 
 
 def _check_same_options(study: optuna.Study, fixed: dict, storage: str) -> None:
@@ -166,21 +193,30 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
     _check_same_options(study, fixed, storage)
     _retry_interrupted(study)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    # seeded by the trials already run, so that a resumed study draws new points rather than the first ones again
-    study.sampler = optuna.samplers.TPESampler(seed=base.seed + done)
+    # seeded by the trials already started, so that a resumed study draws new points rather than the first ones again
+    # (an interrupted trial's are queued again, not drawn again)
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
 
     def objective(trial: optuna.Trial) -> float:
         options = {**fixed, **suggest(trial, method)}
         if "target_modules" in options and isinstance(options["target_modules"], str):
             options["target_modules"] = target_modules(options["target_modules"], base.base_model)
-        run_dir = out / f"trial-{trial.number}"
+        run_dir = Path(trial.user_attrs.get("run_dir") or out / f"trial-{trial.number}")  # an interrupted trial's, run again
         command = train_command(options, base.seed, run_dir)
         trial.set_user_attr("command", shlex.join(command))
         trial.set_user_attr("run_dir", str(run_dir))
         return run_trial(trial, command, run_dir)
 
     if trials > done:
-        study.optimize(objective, n_trials=trials - done, show_progress_bar=True)
+        quiet = _NoInterruptTraceback()
+        logging.getLogger("optuna.study._optimize").addFilter(quiet)
+        try:
+            study.optimize(objective, n_trials=trials - done, show_progress_bar=True)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("interrupted: the trial in training stopped at a checkpoint; run the same command again to "
+                                    "continue the study (that trial first, from its checkpoint)") from None
+        finally:
+            logging.getLogger("optuna.study._optimize").removeFilter(quiet)
     return write_summary(study, out, storage)
 
 
@@ -203,7 +239,8 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
         "best_trial": best.number, "best_params": best.params, "best_val_accuracy": best.value,
         "best_test_accuracy": best_metrics.get("test_accuracy"), "best_command": best.user_attrs["command"],
         "importance": importance,
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+        "trials": [{"number": t.number, "state": "INTERRUPTED" if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+                    else t.state.name, "value": t.value, "params": t.params,
                     "epochs_reported": len(t.intermediate_values)} for t in study.get_trials(deepcopy=False)],
         "hardware": best_metrics.get("hardware"),
     }

@@ -279,8 +279,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
                 write_results(out, runs, sweep_command)
     except KeyboardInterrupt:
         stop_children(running)
-        raise KeyboardInterrupt(f"interrupted: {len(running)} run(s) in training stopped with a checkpoint; start the sweep "
-                                f"again to continue them") from None
+        raise KeyboardInterrupt(f"interrupted: {len(running)} run(s) in training stopped with a checkpoint; continue them "
+                                f"with: {sweep_command}") from None
     results = write_results(out, runs, sweep_command)
     if failed:
         raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; start the sweep again to retry them")
