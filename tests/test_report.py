@@ -106,7 +106,7 @@ def test_a_search_folder_brings_its_finished_trials_and_a_run_on_two_processes_i
         shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", search / f"trial-{number}")
     (search / "trial-3").mkdir()
     (search / "trial-old").mkdir()  # not a trial's folder
-    (search / "search.json").write_text("{}")
+    (search / "search.json").write_text('{"best_trial": 10}')
     ddp = shutil.copytree(tiny_sweep / "runs" / "lpft" / "seed-42", tmp_path / "ddp", ignore=shutil.ignore_patterns("command.txt"))
     metrics = json.loads((ddp / "metrics.json").read_text())
     (ddp / "metrics.json").write_text(json.dumps({**metrics, "world_size": 2}))
@@ -115,6 +115,10 @@ def test_a_search_folder_brings_its_finished_trials_and_a_run_on_two_processes_i
     assert runs[2].command == f"bankintent train --config {ddp / 'config.yaml'} --nproc 2"  # config.yaml does not record it
     md = write_report([search, ddp], tmp_path / "report")[1].read_text()
     assert "× 2 processes |" in md and "give it another `--output` to make the run again" in md
+    test = f"{100 * metrics['test_accuracy']:.2f}%"  # shown for the trial the search chose, not for those it chose among
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.split("### Runs")[1].split("\n\n")[1].splitlines()[2:]}
+    assert test in rows["search/trial-10"] and test not in rows["search/trial-2"] and test in rows["ddp"]
+    assert "only the trial it chose shows its test scores" in md
 
 
 def test_the_report_predicts_a_split_only_where_evaluate_has_not(tiny_sweep):

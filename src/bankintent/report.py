@@ -63,6 +63,7 @@ class Run:
     folder: Path
     metrics: dict
     command: str
+    candidate: bool = False  # a search trial its search did not choose: chosen among on validation, its test not shown
 
     @property
     def label(self) -> str:
@@ -111,12 +112,13 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
             metrics = json.loads((folder / "metrics.json").read_text())
             runs.append(Run(folder.name, folder, metrics, _command(folder, metrics)))
         elif (folder / "search.json").is_file():
+            best = json.loads((folder / "search.json").read_text()).get("best_trial")
             trials = {int(match[1]): trial for trial in folder.glob("trial-*") if (match := re.fullmatch(r"trial-(\d+)", trial.name))}
             for number in sorted(trials):
                 trial = trials[number]
                 if (trial / "metrics.json").is_file():  # a trial stopped or pruned has none
                     metrics = json.loads((trial / "metrics.json").read_text())
-                    runs.append(Run(f"{folder.name}/{trial.name}", trial, metrics, _command(trial, metrics)))
+                    runs.append(Run(f"{folder.name}/{trial.name}", trial, metrics, _command(trial, metrics), candidate=number != best))
         else:
             others.append(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
     if not runs:
@@ -207,8 +209,11 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
     single = [r for r in runs if str(r.folder) not in swept]
     if single:
         measured = {r.name: measured_test(r) for r in single}
-        rows = [{"Run": r.name, **results_row({**r.metrics, **measured[r.name]})} for r in single]
+        hidden = {"test_accuracy": None, "test_macro_f1": None}
+        rows = [{"Run": r.name, **results_row({**r.metrics, **measured[r.name], **(hidden if r.candidate else {})})} for r in single]
         lines += ["### Runs", markdown_table(rows, list(rows[0]))]
+        if any(r.candidate for r in single):
+            lines.append("A search's trials are chosen among on validation accuracy: only the trial it chose shows its test scores.")
         later = [f"`{name}` ({m['test_queries']:,} queries)" for name, m in measured.items() if m]
         if later:
             lines.append(f"Test accuracy and macro-F1 of {', '.join(later)}: measured after training by "
