@@ -292,11 +292,20 @@ def test_a_folder_that_holds_no_run_beside_runs_is_left_out_with_a_warning(tiny_
     export.mkdir()
     with caplog.at_level(logging.WARNING, logger="bankintent"):
         runs, _ = collect([tiny_sweep / "runs" / "linear-probe" / "seed-42", export])
-    assert [run.name for run in runs] == ["seed-42"]
+    assert [run.label for run in runs] == ["linear-probe (seed 42)"]  # a sweep's run by its run's name
     assert f"{export}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json): left out of the report" in caplog.text
     (tmp_path / "stopped").mkdir()
     with pytest.raises(ConfigError, match="no finished runs in"):
         collect([export, tmp_path / "stopped"])
+
+
+def test_a_temperature_note_is_said_once_below_the_calibration_table():
+    from bankintent.report import _temperature
+
+    notes: list[str] = []
+    thin = {"temperature": 0.359, "temperature_note": "8 validation queries, fewer than 50"}
+    assert [_temperature(m, notes) for m in (thin, thin, {"temperature": 1.2})] == ["0.359 [1]", "0.359 [1]", "1.2"]
+    assert notes == ["8 validation queries, fewer than 50"]
 
 
 def test_the_cost_table_says_a_folder_of_every_weight_in_words():

@@ -110,7 +110,9 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
                 runs.append(Run(row.name, run_dir, json.loads((run_dir / "metrics.json").read_text()), row.command))
         elif (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text())
-            runs.append(Run(folder.name, folder, metrics, _command(folder, metrics)))
+            # a sweep's run folder (runs/NAME/seed-S) by its run's name, not "seed-S"
+            name = folder.parent.name if re.fullmatch(r"seed-\d+", folder.name) and folder.parent.parent.name == "runs" else folder.name
+            runs.append(Run(name, folder, metrics, _command(folder, metrics)))
         elif (folder / "search.json").is_file():
             best = json.loads((folder / "search.json").read_text()).get("best_trial")
             trials = {int(match[1]): trial for trial in folder.glob("trial-*") if (match := re.fullmatch(r"trial-(\d+)", trial.name))}
@@ -330,11 +332,15 @@ def _number(value, digits: int = 4, style: str = "g") -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}{style}}"
 
 
-def _temperature(m: dict) -> str:
+def _temperature(m: dict, notes: list[str]) -> str:
+    """A run's temperature, with the number of its note among ``notes`` (each note said once, below the
+    table: runs on the same thin validation split share one)."""
     if m.get("temperature") is None:
         return "-"
     if m.get("temperature_note"):
-        return f"{m['temperature']:.3g} ({m['temperature_note']})"
+        if m["temperature_note"] not in notes:
+            notes.append(m["temperature_note"])
+        return f"{m['temperature']:.3g} [{notes.index(m['temperature_note']) + 1}]"
     return f"{m['temperature']:.3g}"
 
 
@@ -348,7 +354,8 @@ def _kept(m: dict) -> str:
 def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFrame, figures: Path, source: str | None = None) -> str:
     """Temperature and ECE of every run; the out-of-scope score each chose and why, its threshold and
     what it catches; the best run's fallback on the evaluated split."""
-    calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics), "Fitted on": r.metrics.get("temperature_fitted_on") or "-",
+    notes: list[str] = []
+    calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics, notes), "Fitted on": r.metrics.get("temperature_fitted_on") or "-",
                     "ECE before": _number(r.metrics.get("val_ece_before"), 3, "f"),
                     "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
     fallback = []
@@ -369,7 +376,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "(the validation split; with small data, which has none, the training queries' out-of-fold probe logits or half "
         "of the training queries); the expected calibration error (ECE, 15 bins) on those queries measures how far "
         "confidences are from the accuracy they claim.",
-        markdown_table(calibration, list(calibration[0])),
+        markdown_table(calibration, list(calibration[0])) + "".join(f"\n\n[{i}] {note}" for i, note in enumerate(notes, start=1)),
         "A query whose out-of-scope score is above the threshold is answered `out_of_scope` (the closest intent is "
         "still named). With out-of-scope examples, the score is the one that catches the most of them at its "
         "threshold, else the default one (*Why this score* says which); its "
