@@ -38,6 +38,9 @@ def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path):
     assert "--lora-r" in summary["best_command"] and f"--output {tmp_path}/trial-{summary['best_trial']}" in summary["best_command"]
     md = (tmp_path / "search.md").read_text()
     assert f"Test accuracy of the best trial (read once, here): {100 * best['test_accuracy']:.2f}%" in md
+    tied = sum(t.value == summary["best_val_accuracy"] for t in trials if t.state.name == "COMPLETE")
+    assert f"One validation query is {100 / best['val_size']:.2f} points ({best['val_size']} queries)" in md
+    assert (f"{tied} finished trials tie with the best" in md) == (tied > 1)
     assert "## Importance of each hyperparameter" in md and "| 3 | " in md
     assert summary["importance"] == {} and "Not given: fewer than 5 finished trials" in md  # 3: every parameter would weigh alike
 

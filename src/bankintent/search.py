@@ -29,6 +29,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
+from tqdm import tqdm
 from optuna.trial import TrialState
 from transformers import AutoConfig
 
@@ -94,11 +95,14 @@ def _epoch_accuracies(checkpoints: Path) -> dict[int, float]:
     return {int(round(e["epoch"])): e["eval_accuracy"] for e in history if "eval_accuracy" in e}
 
 
-def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
+def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path, bar: tqdm | None = None) -> float:
     """Run one trial's training (from its checkpoint, where an interrupted trial of the same
-    hyperparameters left one in ``run_dir``); report each epoch's validation accuracy; stop it if pruned."""
+    hyperparameters left one in ``run_dir``); report each epoch's validation accuracy (and show it on
+    the search's ``bar``: the trial's own output goes to its train.log); stop it if pruned."""
     reported: set[int] = set()
     child = start_run(command, run_dir, resume=(run_dir / "checkpoints").is_dir())
+    if bar is not None:
+        bar.set_postfix_str(f"trial {trial.number} training ({run_dir}/train.log)")
     try:  # Ctrl-C or SIGTERM: the trial's training stops at a checkpoint, which the trial run again continues
         while child.poll() is None:
             time.sleep(POLL_SECONDS)
@@ -107,6 +111,8 @@ def run_trial(trial: optuna.Trial, command: list[str], run_dir: Path) -> float:
                     continue
                 reported.add(epoch)
                 trial.report(accuracy, epoch)
+                if bar is not None:
+                    bar.set_postfix_str(f"trial {trial.number}: epoch {epoch} validation accuracy {accuracy:.4f}")
                 if trial.should_prune():
                     stop_children([child])  # the child saves a checkpoint and stops
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -205,19 +211,38 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
         command = train_command(options, base.seed, run_dir)
         trial.set_user_attr("command", shlex.join(command))
         trial.set_user_attr("run_dir", str(run_dir))
-        return run_trial(trial, command, run_dir)
+        return run_trial(trial, command, run_dir, bar)
 
     if trials > done:
         quiet = _NoInterruptTraceback()
         logging.getLogger("optuna.study._optimize").addFilter(quiet)
+        bar = tqdm(total=trials, initial=done, desc="search", unit="trial")  # a trial's epochs shown as they finish
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its line per trial would break the bar; search.md lists them
         try:
-            study.optimize(objective, n_trials=trials - done, show_progress_bar=True)
+            study.optimize(objective, n_trials=trials - done, callbacks=[_trial_ended(bar)])
         except KeyboardInterrupt:
             raise KeyboardInterrupt("interrupted: the trial in training stopped at a checkpoint; run the same command again to "
                                     "continue the study (that trial first, from its checkpoint)") from None
         finally:
+            bar.close()
+            optuna.logging.set_verbosity(verbosity)
             logging.getLogger("optuna.study._optimize").removeFilter(quiet)
     return write_summary(study, out, storage)
+
+
+def _trial_ended(bar: tqdm):
+    """An optuna callback: the search's bar advanced, with how the trial ended and the best so far."""
+    def ended(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        result = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
+        try:
+            best = f"; best: trial {study.best_trial.number}, {study.best_value:.4f}"
+        except ValueError:  # no trial complete yet
+            best = ""
+        bar.set_postfix_str(f"trial {trial.number}: {result}{best}", refresh=False)
+        bar.update()
+
+    return ended
 
 
 def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
@@ -238,6 +263,7 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
         "study": study.study_name, "storage": storage,
         "best_trial": best.number, "best_params": best.params, "best_val_accuracy": best.value,
         "best_test_accuracy": best_metrics.get("test_accuracy"), "best_command": best.user_attrs["command"],
+        "val_size": best_metrics.get("val_size"), "tied_with_best": sum(t.value == best.value for t in finished),
         "importance": importance,
         "trials": [{"number": t.number, "state": "INTERRUPTED" if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
                     else t.state.name, "value": t.value, "params": t.params,
@@ -262,6 +288,7 @@ def summary_markdown(summary: dict) -> str:
         f"Storage `{summary['storage']}`; objective: validation accuracy; hardware: {summary['hardware']}.",
         f"Best trial {summary['best_trial']}: validation accuracy {100 * summary['best_val_accuracy']:.2f}%, "
         + ", ".join(f"{k}={_fmt(v)}" for k, v in summary["best_params"].items()) + ".",
+        _resolution(summary),
         f"Test accuracy of the best trial (read once, here): {'-' if test is None else f'{100 * test:.2f}%'}.",
         f"Command the best trial was trained with (into its own folder: give another `--output` to train it again): "
         f"`{summary['best_command']}`",
@@ -271,6 +298,17 @@ def summary_markdown(summary: dict) -> str:
         "## Trials",
         markdown_table(rows, list(rows[0])),
     ])) + "\n"
+
+
+def _resolution(summary: dict) -> str | None:
+    """What a difference between trials can mean on this validation split: one query's worth, and how
+    many finished trials tie with the best (the first of them is reported)."""
+    size, tied = summary.get("val_size"), summary.get("tied_with_best") or 1
+    if not size:
+        return None
+    return (f"One validation query is {100 / size:.2f} points ({size} queries)"
+            + (f"; {tied} finished trials tie with the best, which is the first of them: the search could not tell them apart."
+               if tied > 1 else "."))
 
 
 def _fmt(value) -> str:
