@@ -208,7 +208,9 @@ def _distill(run: str | Path, out: Path, opts: DistillConfig, overwrite: bool, r
     # the teacher's data and split options (config.yaml of the output), this run's seed and folder
     cfg = dataclasses.replace(saved, output=str(out), overwrite=overwrite, resume=False, seed=opts.seed,
                               shots_seed=saved.draw_seed if saved.shots else saved.shots_seed)
-    recorded = {"teacher": str(source.resolve()), **dataclasses.asdict(opts)}  # what a checkpoint must have been made with
+    absolute = lambda path: str(Path(path).expanduser().resolve())  # noqa: E731 (the same files named from another folder)
+    recorded = {**dataclasses.asdict(opts), "teacher": absolute(source), "teachers": [absolute(t) for t in opts.teachers or []],
+                "unlabelled": absolute(opts.unlabelled) if opts.unlabelled else None}  # what a checkpoint must have been made with
     resumed = _read_checkpoint(out, recorded) if resume else None
 
     created = _prepare_output(out, dataclasses.replace(cfg, resume=resume))
