@@ -29,8 +29,8 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
-from tqdm import tqdm
 from optuna.trial import TrialState
+from tqdm import tqdm
 from transformers import AutoConfig
 
 from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, differences, read_yaml, resolve_config
