@@ -91,7 +91,7 @@ def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
     splits = load_splits(_folder(tmp_path, rows))
     assert len(splits.train) + len(splits.validation) == len(GOOD)
     assert all(t.strip() for t in splits.train.texts + splits.validation.texts)
-    assert "2 row(s) with an empty text skipped" in caplog.text
+    assert "2 row(s) with an empty text skipped (lines 5, 43; strict_data" in caplog.text  # where, as for unlabelled rows
     assert splits.notes["empty_rows_skipped"] == 2 and splits.notes["empty_rows_skipped_by_file"] == {"train.csv": 2}
     with pytest.raises(DataError, match=r"train.csv: line 5: empty text in column 'text' \(strict_data"):
         load_splits(str(tmp_path), strict_data=True)
@@ -468,6 +468,8 @@ def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path
     from bankintent.data import label_warnings  # a label with a space is quoted, for the shell
 
     assert "(--oos-label 'Out of scope' if these rows are out of scope)" in label_warnings(["a", "Out of scope"], "out_of_scope")[0]
+    with pytest.raises(DataError, match=r"train.csv: labels 'CARD_ARRIVAL', 'card_arrival' differ only in case .* \(strict_data refuses"):
+        load_splits(tmp_path, strict_data=True)  # what --strict-data is for
     caplog.clear()
     (tmp_path / "good").mkdir()
     load_splits(_folder(tmp_path / "good", GOOD))

@@ -313,6 +313,11 @@ def _jsonl_rows(path: Path, handle, columns):
         yield number, row
 
 
+def _line_list(numbers: list[int]) -> str:
+    """``line 4`` or ``lines 4, 9, ...`` (the first five)."""
+    return f"line{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+
+
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
                   strict: bool = False) -> Examples:
     """Read a labelled .csv, .tsv or .jsonl file. A row whose text or label is empty or whitespace is
@@ -324,13 +329,14 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     texts: list[str] = []
     labels: list[str] = []
     numbers: list[int] = []
-    empty, unlabelled = 0, []
+    empty: list[int] = []
+    unlabelled: list[int] = []
     for number, row in iter_rows(path, (text_column, label_column)):
         value, label = row[text_column], row[label_column]
         if value is None or isinstance(value, str) and blank(value):
             if strict:
                 raise DataError(f"{path}: line {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
-            empty += 1
+            empty.append(number)
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: line {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
@@ -343,20 +349,19 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         labels.append(str(label).strip())
         numbers.append(number)
     if not texts:
-        skipped = f"{empty} row(s) with an empty text, {len(unlabelled)} with no label skipped"
+        skipped = f"{len(empty)} row(s) with an empty text, {len(unlabelled)} with no label skipped"
         raise DataError(f"{path}: no labelled rows ({skipped})" if empty or unlabelled else f"{path}: no rows after the header")
     if empty:
-        log.warning("%s: %d row(s) with an empty text skipped (strict_data / --strict-data refuses them)", path, empty)
+        log.warning("%s: %d row(s) with an empty text skipped (%s; strict_data / --strict-data refuses them)", path, len(empty),
+                    _line_list(empty))
     if unlabelled:
-        shown = ", ".join(map(str, unlabelled[:5])) + (", ..." if len(unlabelled) > 5 else "")
-        log.warning("%s: %d row(s) with no label in column %r skipped (line%s %s); label them to train on them "
-                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column,
-                    "s" if len(unlabelled) > 1 else "", shown)
+        log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to train on them "
+                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, _line_list(unlabelled))
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
         log.warning("%s: %d duplicated row(s) kept", path, duplicates)
     _warn_conflicts(path, texts, labels, numbers)
-    return Examples(texts, labels, numbers, empty + len(unlabelled), duplicates)
+    return Examples(texts, labels, numbers, len(empty) + len(unlabelled), duplicates)
 
 
 def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: list[int]) -> None:
@@ -887,6 +892,8 @@ def load_splits(
     log.info("%s: %d queries of %d intents%s", files.train, len(full), len(set(full.labels)),
              f", and {_rows(len(oos))} labelled {oos_label!r} (out-of-scope examples)" if oos else "")
     for warning in label_warnings(full.labels, oos_label):
+        if strict_data:
+            raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
         log.warning("%s: %s", files.train, warning)
     validation = None
     if files.validation is not None:
