@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
-    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: chosen on validation for the target coverage)")
+    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: the one set at training for the target coverage, on validation or, with small data, on held-out training queries)")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl/.txt, "
                         "--output .parquet; needs pip install 'bankintent[spark]')")
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score of every model, with the threshold chosen for it at "
                                                            "training (default: each model's own; msp is the cheapest)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold of the one model served, on its score's scale "
-                                                       "(default: chosen on validation for the target coverage)")
+                                                       "(default: the one set at training for the target coverage, on validation or, with small data, on held-out training queries)")
     p.set_defaults(func=serve)
 
     p = command("sweep", "run a list of training runs; writes results.csv and results.md")

@@ -99,6 +99,9 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     queries = "held-out training queries (small data has no validation split)" if _small(metrics) else "validation queries"
     measured = metrics.get("oos_val_coverage")
     answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
+    if measured is not None and metrics.get("oos_coverage_optimistic"):
+        answered += (", queries the encoder trained on: it turns away more new in-scope queries than that, so measure it with "
+                     "`bankintent evaluate RUN --data FILE` on labelled queries and set `--oos-threshold` if need be")
     kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent{answered})" if target is not None else ""
     fitted_on = "held-out training queries" if _small(metrics) else "the validation queries"
     described = SCORE_TEXT[score].format(fitted_on=fitted_on) if score in SCORE_TEXT else f"`{score}`"

@@ -72,6 +72,8 @@ SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")
 DEFAULT_SCORE = "knn+msp+rmd"
 DEFAULT_REASON = "default (chosen by the held-out-intents protocol)"
 NO_EXAMPLES = ": no out-of-scope examples"
+TRAINED_ON = ("; the out-of-scope examples did not choose it, since with small data the thresholds are set on queries the encoder "
+              "trained on, which favours the scores that turn away the most new in-scope queries")
 KNN_K = 1
 KNN_BANK = 20_000  # most embeddings kept for the knn score without labels (a seeded sample of larger sets)
 KNN_PROTOTYPES = 12  # k-means centroids of each intent's training embeddings that the knn score compares with

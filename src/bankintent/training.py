@@ -933,7 +933,8 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
         held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
     held_half = "training queries of the held half (trained on)" if splits.small_data else "validation queries"
-    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half))
+    extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half,
+                           trained_on=splits.small_data and encoder_trained))
     if splits.small_data:
         extra["calibration"] = CROSS_FITTED if out_of_fold is None else CROSS_FITTED_OUT_OF_FOLD
     extra["ece_optimistic"] = splits.small_data and encoder_trained
