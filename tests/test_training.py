@@ -450,7 +450,8 @@ def test_the_training_bar_reckons_time_left_from_the_mean_rate_and_a_resumed_run
     from bankintent.training import TrainingBar
 
     bar = TrainingBar()
-    args, state, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerState(max_steps=100, global_step=40), TrainerControl()
+    args, control = TrainingArguments(output_dir="unused", report_to=[]), TrainerControl()
+    state = TrainerState(max_steps=100, global_step=40)  # resumed at step 40
     bar.on_train_begin(args, state, control)
     try:
         state.global_step = 42

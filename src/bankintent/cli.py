@@ -255,7 +255,8 @@ def distill(args: argparse.Namespace) -> None:
     from bankintent.distill import distill as run
     from bankintent.results import percent_in_words as pct
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "dir", "output", "overwrite", "resume") and v is not None}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    options = {k: v for k, v in given.items() if k not in ("command", "func", "dir", "output", "overwrite", "resume")}
     metrics = run(args.dir, args.output, overwrite=args.overwrite, resume=args.resume, **options)  # a stop says how to go on
     teacher = metrics.get("teacher_test_accuracy")
     print(f"student: {metrics['layers']} of {metrics['teacher_layers']} layers, validation {pct(metrics['val_accuracy'])}, "
@@ -387,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
-    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: the one set at training for the target coverage, on validation or, with small data, on held-out training queries)")
+    p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: the one set at training for the target "
+                                                       "coverage, on validation or, with small data, on held-out training queries)")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="local: this process, streaming; spark: a pandas UDF on Apache Spark (--input .parquet/.csv/.jsonl/.txt, "
                         "--output .parquet; needs pip install 'bankintent[spark]')")
@@ -418,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score of every model, with the threshold chosen for it at "
                                                            "training (default: each model's own; msp is the cheapest)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold of the one model served, on its score's scale "
-                                                       "(default: the one set at training for the target coverage, on validation or, with small data, on held-out training queries)")
+                                                       "(default: the one set at training for the target coverage, on validation "
+                                                       "or, with small data, on held-out training queries)")
     p.set_defaults(func=serve)
 
     p = command("sweep", "run a list of training runs; writes results.csv and results.md")
@@ -461,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
     p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
-    p.add_argument("--min-size", type=int, default=5, help="fewest distinct queries (copies of one count once) a cluster reported holds; smaller groups stay unclustered")
+    p.add_argument("--min-size", type=int, default=5, help="fewest distinct queries (copies of one count once) a cluster reported "
+                                                           "holds; smaller groups stay unclustered")
     p.add_argument("--seed", type=int, default=42, help="seed of the map's layout")
     p.add_argument("--overwrite", action="store_true", help="replace a queries.csv in --output whose labels were filled in")
     p.set_defaults(func=discover)
@@ -481,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="the teacher (the first, whose layers the student starts from): a training run's output folder")
     p.add_argument("--output", required=True, help="the student's run folder")
     p.add_argument("--overwrite", action="store_true", help="replace what --output holds")
-    p.add_argument("--resume", action="store_true", help="continue a student stopped by Ctrl-C or SIGTERM from its checkpoint (the same options)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a student stopped by Ctrl-C or SIGTERM from its checkpoint (the same options)")
     _add_config_options(p, DistillConfig)
     p.set_defaults(func=distill)
     return parser

@@ -212,7 +212,8 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
         map_figure(chosen_features, clusters, {k: ", ".join(v[:2]) for k, v in words.items()}, out / "map.png", seed)
     summary = {
         "run": str(run), "input": str(input), "queries": len(texts), "out_of_scope": int(out_of_scope.sum()),
-        "clustered_queries": len(chosen), "distinct_queries": len(firsts), "selection": "all" if all_queries else "out_of_scope",  # the queries grouped
+        "clustered_queries": len(chosen), "distinct_queries": len(firsts),
+        "selection": "all" if all_queries else "out_of_scope",  # the queries grouped
         "clusters": len(words), "in_clusters": int((clusters >= 0).sum()), "unclustered": int((clusters < 0).sum()),
         "distance_threshold": distance_threshold, "min_size": min_size,
     }

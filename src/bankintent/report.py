@@ -505,7 +505,8 @@ def f1_figure(intents: pd.DataFrame):
     ax.invert_yaxis()  # the worst first
     for i, f1 in enumerate(ordered.f1):
         ax.text(f1 + 0.005, i, f"{f1:.2f}", va="center", fontsize=7)
-    ax.set(xlabel="F1", xlim=(0, 1.06), title=f"Per-intent F1 ({len(ordered)} intents), " + (f"worst {red} in red" if red else "every one 1.00"))
+    worst = f"worst {red} in red" if red else "every one 1.00"
+    ax.set(xlabel="F1", xlim=(0, 1.06), title=f"Per-intent F1 ({len(ordered)} intents), {worst}")
     ax.grid(axis="x", alpha=0.3)
     ax.margins(y=0.01)
     return fig
