@@ -35,7 +35,7 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
 
     md = (out / "results.md").read_text()
     assert "## Method comparison" in md and "## LoRA hyperparameters" in md
-    assert f"| probe C=3 | mean | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
+    assert "| probe C=3 | mean | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
     grid = md.split("## Grid (validation only; each method's best row marked)")[1].split("##")[0]
     assert "| probe C=3 | mean | 0.001 | 1 | 0 | 2 |" in grid and "Test" not in grid  # chosen on validation alone
     assert "| probe C=3 | 0.001 | 8 | 32 | 2 |" in md
