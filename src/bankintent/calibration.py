@@ -173,6 +173,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
     if note:
         log.warning("temperature %.3g: %s", spec.temperature, note)
+    elif rule is not None:
+        log.info("temperature %.3g (%s, fitted on the %s)", spec.temperature, rule, fitted_on)
     metrics = {
         "temperature": spec.temperature,
         "temperature_fitted": rule is not None,
