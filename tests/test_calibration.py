@@ -132,6 +132,7 @@ def test_a_fallback_that_answers_few_evaluated_queries_is_warned_about(run, tiny
     correct = np.ones(len(texts), dtype=bool)
     coverage_report(strict, correct, logits, features, tmp_path, "test")
     assert "the out-of-scope fallback answers only 0.0% of these 40 in-scope test queries" in caplog.text
+    assert f"{tmp_path / 'test_coverage.csv'} gives the one that answers each share of these queries: --oos-threshold" in caplog.text
     caplog.clear()
     coverage_report(strict, correct, logits, features, tmp_path, "validation")
     coverage_report(Predictor.load(run, oos_threshold=1e9), correct, logits, features, tmp_path, "test")

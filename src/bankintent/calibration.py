@@ -312,8 +312,9 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             log.warning("the out-of-scope fallback answers only %.1f%% of these %d in-scope %s queries (its threshold was set to "
                         "answer %s): they score further out of scope than validation did, as where the validation queries copy "
                         "the training ones' wording or these are worded otherwise; give a validation file of real queries and "
-                        "train again, or set a looser threshold (--oos-coverage at training; --oos-threshold, oos_threshold= "
-                        "in Python)", 100 * kept.mean(), len(kept), split, aim)
+                        "train again, or set a looser threshold (%s gives the one that answers each share of these queries: "
+                        "--oos-threshold, oos_threshold= in Python)", 100 * kept.mean(), len(kept), split, aim,
+                        out / f"{split}_coverage.csv")
     _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point)
     return summary
 
