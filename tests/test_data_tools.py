@@ -97,6 +97,13 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
         assert f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {float(threshold)}" in capsys.readouterr().err
 
 
+def test_thin_intents_of_few_shot_data_are_those_much_thinner_than_the_rest():
+    from bankintent.audit import MIN_EXAMPLES, thin_floor
+
+    assert thin_floor(pd.Series([117, 120, 30])) == 0.5 * 117 and thin_floor(pd.Series([12, 12, 14])) == MIN_EXAMPLES
+    assert thin_floor(pd.Series([5, 6, 5, 7, 1])) == 2.5  # every intent under 8: only the one of 1 example is thin
+
+
 def _blobs(rng, centres, per, noise=0.05):
     features = np.concatenate([c + noise * rng.standard_normal((per, len(c))) for c in centres])
     return features / np.linalg.norm(features, axis=1, keepdims=True)

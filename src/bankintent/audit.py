@@ -21,7 +21,9 @@ trained model and costs one pass of the encoder:
 - **confusable intents**: the intent pairs the out-of-fold predictions mix up most (overlapping
   definitions rather than single bad labels).
 - **thin intents**: intents with fewer examples than half the median intent, or than the few-shot
-  floor ``MIN_EXAMPLES``.
+  floor ``MIN_EXAMPLES`` (``thin_floor``; in few-shot data, where the median intent is below that
+  floor, only half the median counts: every intent is thin there, and the ones much thinner than
+  the rest are what to look at).
 - **length outliers**: queries of at most ``SHORT_WORDS`` words, and queries longer than
   ``max_length`` tokens, which training truncates.
 
@@ -149,6 +151,12 @@ def likely_label_errors(y: np.ndarray, probabilities: np.ndarray) -> tuple[list[
     return sorted(flagged, key=lambda i: (quality[i], i)), quality
 
 
+def thin_floor(counts: pd.Series) -> float:
+    """Examples per intent below which an intent is flagged thin (see the module's docstring)."""
+    median = float(counts.median())
+    return 0.5 * median if median < MIN_EXAMPLES else max(MIN_EXAMPLES, 0.5 * median)
+
+
 def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, text_column: str = "text",
           label_column: str = "category", oos_label: str | None = "out_of_scope", duplicate_threshold: float = 0.95,
           max_length: int = 64, seed: int = 42, progress: bool = True) -> dict:
@@ -204,7 +212,7 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     pair_rows.to_csv(out / "confused_pairs.csv", index=False)
 
     recall = pd.Series(predicted == y).groupby(pd.Series([cv_labels[k] for k in y])).mean()
-    floor = max(MIN_EXAMPLES, 0.5 * float(counts.median()))
+    floor = thin_floor(counts)
     intents = pd.DataFrame({"intent": counts.index, "examples": counts.to_numpy()})
     intents["out_of_fold_recall"] = intents["intent"].map(recall).round(4)
     intents["flag"] = np.where(intents["examples"] < floor, f"thin (< {floor:g} examples)", "")
