@@ -55,6 +55,18 @@ def test_onnx_fp32_matches_pytorch(runs, tmp_path):
         assert decisions(onnx_predictor.predict(QUERIES, top_k=3)) == decisions(torch_predictor.predict(QUERIES, top_k=3))
 
 
+def test_an_export_handed_on_reads_the_query_column_its_run_trained_on(runs, tmp_path):
+    """A run trained on a `message` column: its export, once the run is gone, still reads `message` files."""
+    from bankintent.config import trained_text_column
+
+    run = shutil.copytree(runs["bert"], tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "text_column": "message"}))
+    folder = export(run, tmp_path / "handed_on", format="onnx")
+    shutil.rmtree(run)  # the other team has the export alone
+    assert trained_text_column(folder) == "message" and json.loads((folder / "export.json").read_text())["text_column"] == "message"
+
+
 def session_ops(path, disabled: list[str]) -> set[str]:
     """The operators of ``path`` after ONNX Runtime's session-time graph optimizations."""
     options = ort.SessionOptions()

@@ -319,10 +319,11 @@ def run_config_file(folder: str | Path) -> Path | None:
 
 
 def trained_text_column(folder: str | Path) -> str:
-    """The query column of the data a run trained on (``run_config_file``), so that a file laid out like
-    the training data needs no ``--text-column``; ``text`` for a model with no run around it."""
+    """The query column of the data a run trained on (``run_config_file``, or as an export recorded it,
+    so that an export handed to another team reads the same files), so that a file laid out like the
+    training data needs no ``--text-column``; ``text`` for a model with neither."""
     saved = run_config_file(folder)
-    return (read_yaml(saved).get("text_column") if saved else None) or "text"
+    return (read_yaml(saved).get("text_column") if saved else export_record(folder).get("text_column")) or "text"
 
 
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:

@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import EXPORT_RECORD, check_output_folder, read_yaml, run_config_file
+from bankintent.config import EXPORT_RECORD, check_output_folder, read_yaml, run_config_file, trained_text_column
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, SPEC_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
@@ -123,7 +123,8 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
     model, spec = load_model(source, merge=True)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve()),
-              "source_saved_ns": (source / MARKER).stat().st_mtime_ns}  # when the source model was saved: a retrain shows
+              "source_saved_ns": (source / MARKER).stat().st_mtime_ns,  # when the source model was saved: a retrain shows
+              "text_column": trained_text_column(dir)}  # the query column of its data, for when the run is not beside it
     spec.lora = False  # the LoRA weights are merged into the exported weights
     with atomic_folder(output) as folder:
         if format == "merged":
