@@ -344,3 +344,11 @@ def test_sigterm_stops_the_command_as_ctrl_c_but_ends_a_forked_worker_as_by_defa
               "    print('stopped as by Ctrl-C')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines() == ["worker ended by SIGTERM", "stopped as by Ctrl-C"], done.stdout + done.stderr[-2000:]
+
+
+def test_resume_with_the_spark_engine_is_refused_not_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", str(tmp_path), "--input", str(tmp_path / "logs.csv"), "--output", str(tmp_path / "out.parquet"),
+              "--engine", "spark", "--resume"])
+    assert "--resume continues a .jsonl output of the local engine; --engine spark writes its Parquet folder in one job" in (
+        capsys.readouterr().err)

@@ -50,8 +50,12 @@ def test_huge_query_is_truncated_with_a_warning(tiny_bert, tiny_data, tmp_path, 
     predictor = Predictor.load(tmp_path)
     huge = "my card was stolen " * 55_000  # about 1 MB
     [result] = predictor.predict([huge])
-    assert "a query of 1045000 characters ('my card was stolen my card was stolen my'...) truncated to its first 2000" in caplog.text
+    assert ("1 query over 2000 characters truncated to the first 2000 (the first: 1045000 characters, 'my card was stolen my "
+            "card was stolen my'...)") in caplog.text
     assert result["intent"] == predictor.predict([huge[:2000]])[0]["intent"]
+    caplog.clear()
+    predictor.predict([huge, "lost card", huge + "!"])  # one line for the batch, not one a query
+    assert caplog.text.count("truncated") == 1 and "2 queries over 2000 characters truncated" in caplog.text
 
 
 def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeypatch):

@@ -138,6 +138,9 @@ def predict(args: argparse.Namespace) -> None:
     if args.engine == "spark":
         if not args.input:
             raise BankintentError("--engine spark scores a file: give --input FILE and --output FILE.parquet")
+        if args.resume:
+            raise BankintentError("--resume continues a .jsonl output of the local engine; --engine spark writes its Parquet "
+                                  "folder in one job: run it again")
         _status(f"starting Spark ({args.master or 'the master spark-submit or the environment names'}) ...")
         from bankintent.spark import score_file
 

@@ -135,16 +135,20 @@ def check_texts(texts) -> list[str]:
     if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):  # a dict would give its keys
         raise DataError(f"expected a text or a list of texts, got {type(texts).__name__}")
     texts = list(texts)  # a tuple, a pandas Series, a NumPy array of strings
-    clean = []
+    clean, long = [], []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"text {i + 1}: expected a string, got {type(text).__name__}")
         if blank(text):
             raise DataError(f"text {i + 1}: empty text")
         if len(text) > MAX_CHARS:
-            log.warning("a query of %d characters (%r...) truncated to its first %d", len(text), text[:40], MAX_CHARS)
+            long.append(text)
             text = text[:MAX_CHARS]
         clean.append(text.strip())
+    if long:  # one line for a batch, not one a query: a file of logs has hundreds
+        first = long[0]
+        log.warning("%d quer%s over %d characters truncated to the first %d (the first: %d characters, %r...)", len(long),
+                    "ies" if len(long) > 1 else "y", MAX_CHARS, MAX_CHARS, len(first), first[:40])
     return clean
 
 
