@@ -133,3 +133,20 @@ def test_spark_without_a_java_to_start_is_one_line(tiny_probe_run, tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "JAVA_HOME": str(tmp_path / "no_java")})
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: Spark did not start (master local[1]): its Java process exited")
+
+
+def test_a_failed_spark_job_is_said_by_its_cause_and_leaves_no_partial_folder(tmp_path):
+    """An unreachable master ended in py4j's 200-line traceback, and a stopped job's _temporary folder
+    refused the rerun as existing output."""
+    from bankintent.spark import _remove_partial, spark_cause
+
+    failed = Exception("An error occurred while calling o45.parquet.\n: java.lang.IllegalStateException: Cannot call methods on a "
+                       "stopped SparkContext.\nThis stopped SparkContext was created at:\n\tat org.apache.spark.SparkContext")
+    assert spark_cause(failed) == "java.lang.IllegalStateException: Cannot call methods on a stopped SparkContext."
+    partial, done = tmp_path / "partial.parquet", tmp_path / "done.parquet"
+    (partial / "_temporary").mkdir(parents=True)
+    done.mkdir()
+    (done / "_SUCCESS").touch()
+    _remove_partial(partial)
+    _remove_partial(done)
+    assert not partial.exists() and (done / "_SUCCESS").is_file()

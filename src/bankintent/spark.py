@@ -21,6 +21,8 @@ task slot per core (``spark.task.cpus`` 1) and the executor's cores are all busy
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from bankintent.data import input_column_names
-from bankintent.errors import DataError
+from bankintent.errors import BankintentError, DataError
 from bankintent.text import blank
 
 # predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
@@ -185,17 +187,41 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     folder = model_folder(Path(model_dir).expanduser().resolve())
     read_spec(folder)
     spark = session(master)
-    frame = read_queries(spark, input_path, text_column)
-    udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
-    # Spark's column names ignore case: "Intent" clashes with the field "intent" too
-    names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"}, case_sensitive=False)
-    frame = frame.toDF(*[names[column] for column in frame.columns])  # by position: "intent" and "input_intent" both renamed
-    cores = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
-        frame = frame.repartition(cores)
-    scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
-    scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
-    from pyspark.sql import functions
+    try:
+        frame = read_queries(spark, input_path, text_column)
+        udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
+        # Spark's column names ignore case: "Intent" clashes with the field "intent" too
+        names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"}, case_sensitive=False)
+        frame = frame.toDF(*[names[column] for column in frame.columns])  # by position: "intent" and "input_intent" both renamed
+        cores = spark.sparkContext.defaultParallelism
+        if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core
+            frame = frame.repartition(cores)
+        scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
+        scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
+        from pyspark.sql import functions
 
-    written, failed = spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first()
+        written, failed = spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first()
+    except BankintentError:
+        raise
+    except KeyboardInterrupt:
+        _remove_partial(output)
+        raise KeyboardInterrupt(f"interrupted: {output} not written (Spark's partial folder removed); run the same command "
+                                f"again") from None
+    except Exception as exc:  # noqa: BLE001 (py4j's Py4JJavaError, Spark's AnalysisException: the job failed)
+        _remove_partial(output)
+        reachable = " (is the master running and reachable from here?)" if master and not master.startswith("local") else ""
+        raise DataError(f"the Spark job failed (master {master or 'default'}): {spark_cause(exc)}{reachable}") from None
     return written, failed
+
+
+def _remove_partial(output: Path) -> None:
+    """A Parquet folder Spark did not finish (no ``_SUCCESS``) would refuse the rerun as existing output."""
+    if output.is_dir() and not (output / "_SUCCESS").is_file():
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def spark_cause(exc: BaseException) -> str:
+    """The line of a Spark error that says what failed (the Java exception's), not py4j's call around it."""
+    lines = [line.strip().lstrip(":").strip() for line in str(exc).splitlines() if line.strip()]
+    cause = next((line for line in lines if re.match(r"[\w.$]+(Exception|Error)\b", line)), lines[0] if lines else type(exc).__name__)
+    return cause[:300]
