@@ -299,3 +299,12 @@ def test_a_failed_csv_run_leaves_no_file(model_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         predict_file(predictor, txt, tmp_path / "out.csv")
     assert calls == [1, 1] and list(tmp_path.glob("out*")) == []
+
+
+def test_a_chunk_is_sized_to_take_seconds_so_the_bar_moves_on_a_slow_model():
+    """A 20,000-row file on the PyTorch model (about 30 queries/s) moved its bar minutes apart when
+    chunks doubled to 4,096; a chunk is now what the model answers in CHUNK_SECONDS, within bounds."""
+    from bankintent.streaming import CHUNK, CHUNK_SECONDS, FIRST_CHUNK, next_chunk
+
+    assert abs(next_chunk(256, 256 / 30) - 30 * CHUNK_SECONDS) <= 1  # 30 queries/s: 300 a chunk, 10 s apart
+    assert next_chunk(256, 0.1) == CHUNK and next_chunk(256, 1000.0) == FIRST_CHUNK

@@ -3,8 +3,9 @@
 The input (.txt one query a line, .csv or .jsonl) is read in a first streaming pass, so a bad row
 fails before any output is written or the model is loaded, and the progress bar knows the total (it
 shows the rate and the time left). Rows with an empty text are skipped with a warning that counts
-them. Queries are then read in chunks (``FIRST_CHUNK`` queries, doubling up to ``CHUNK``: the first
-answers are written within seconds on a slow machine); the predictor sorts each chunk by length so its
+them. Queries are then read in chunks (``FIRST_CHUNK`` queries, then as many as the model answered in
+``CHUNK_SECONDS``, up to ``CHUNK``: the first answers are written, and the progress bar moves, every
+few seconds even on a slow machine with the PyTorch model); the predictor sorts each chunk by length so its
 batches pad little, and the chunk's predictions are written in input order. Memory holds one chunk,
 whatever the size of the file.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -40,8 +42,9 @@ from bankintent.errors import DataError
 if TYPE_CHECKING:
     from bankintent.predict import Predictor
 
-CHUNK = 4096  # queries read, sorted by length, predicted and written at once
-FIRST_CHUNK = 256  # the first chunk's size, doubled with each chunk up to CHUNK
+CHUNK = 4096  # queries read, sorted by length, predicted and written at once, at most
+FIRST_CHUNK = 256  # the first chunk's size, and the least
+CHUNK_SECONDS = 10.0  # the time a chunk is sized to take, at the rate of the one before
 STDOUT = "-"
 FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -180,6 +183,12 @@ def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]
     return total, columns
 
 
+def next_chunk(size: int, seconds: float) -> int:
+    """The next chunk's size: as many queries as the model answers in ``CHUNK_SECONDS`` at the rate of
+    a chunk of ``size`` that took ``seconds``, between ``FIRST_CHUNK`` and ``CHUNK``."""
+    return max(min(FIRST_CHUNK, CHUNK), min(CHUNK, int(size / max(seconds, 1e-6) * CHUNK_SECONDS)))
+
+
 def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str | Path, output_path: str | Path,
                  text_column: str = "text", top_k: int = 3, resume: bool = False, overwrite: bool = False) -> int:
     """Predict every query of ``input_path`` into ``output_path`` (format from its extension, ``-``:
@@ -203,8 +212,9 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     try:
         with tqdm(total=total, initial=done, unit="q", desc="predicting", smoothing=0.1) as bar:
             while chunk := list(islice(queries, size)):
-                size = min(CHUNK, 2 * size)
+                started = time.perf_counter()
                 results = predictor.predict([text for _, text, _ in chunk], top_k=top_k)
+                size = next_chunk(len(chunk), time.perf_counter() - started)
                 if writer is None:
                     names = input_column_names(columns, {"row", *results[0]})
                     writer = _WRITERS[kind](output_path, {names[c]: kinds for c, kinds in columns.items()})
