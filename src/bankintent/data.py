@@ -313,9 +313,9 @@ def _jsonl_rows(path: Path, handle, columns):
         yield number, row
 
 
-def _line_list(numbers: list[int]) -> str:
-    """``line 4`` or ``lines 4, 9, ...`` (the first five)."""
-    return f"line{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+def _line_list(numbers: list[int], word: str = "line") -> str:
+    """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
+    return f"{word}{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
 
 
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
@@ -412,8 +412,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         else:
             yield row_number, text
     if skipped and warn:
-        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-        log.warning("%s: %d empty row(s) skipped (row%s %s)", path, len(skipped), "s" if len(skipped) > 1 else "", shown)
+        log.warning("%s: %d empty row(s) skipped (%s)", path, len(skipped), _line_list(skipped, "row"))
 
 
 def read_queries(path: str | Path, text_column: str = "text", *, columns: bool = False) -> tuple:
