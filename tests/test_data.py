@@ -160,7 +160,7 @@ def test_suffixes_in_any_case_tab_separated_files_and_workbooks(tmp_path):
     assert (files.train.name, files.test.name) == ("TRAIN.CSV", "test.tsv")
     assert read_examples(files.test).labels == ["card", "rate"]
     (tmp_path / "queries.log").write_text("id,text\n1,where is my card\n")
-    with pytest.raises(DataError, match=r"queries.log: a file of queries must be .txt, .csv or .jsonl \(.txt: one query a line\), not '.log'$"):
+    with pytest.raises(DataError, match=r"queries.log: a file of queries must be .txt, .csv, .jsonl or .parquet \(.txt: one query a line\), not '.log'$"):
         read_queries(tmp_path / "queries.log")  # was read as .txt: its header and ids taken for queries
     (tmp_path / "book.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(DataError, match=r"book.xlsx: a spreadsheet workbook is not read; save the sheet as CSV UTF-8"):

@@ -181,7 +181,7 @@ def test_batches_are_sized_for_the_backend(model_dir):
     assert Predictor.load(model_dir, device="cpu", batch_size=3).batch_size == 3
 
 
-# the same queries in the three input formats, with an id column and empty rows; row n is the n-th data row
+# the same queries in the four input formats, with an id column and empty rows; row n is the n-th data row
 ROWS = [("a1", "my card was stolen"), ("a2", ""), ("a3", "where is my new card"), ("a4", "   "), ("a5", "top up failed")]
 EXPECTED_ROWS = [1, 3, 5]
 
@@ -194,6 +194,15 @@ def write_inputs(folder):
     jsonl = folder / "q.jsonl"
     jsonl.write_text("".join(json.dumps({"id": i, "text": text, "intent": "gold"}) + "\n" for i, text in ROWS))
     return txt, csv_path, jsonl
+
+
+def write_parquet(folder, **columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "q.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
 
 
 def read_output(path):
@@ -213,8 +222,9 @@ def read_output(path):
 def test_every_input_format_gives_the_same_rows_in_every_output_format(model_dir, tmp_path, suffix, caplog):
     predictor = Predictor.load(model_dir)
     txt, csv_input, jsonl = write_inputs(tmp_path)
+    parquet = write_parquet(tmp_path, id=[i for i, _ in ROWS], text=[t for _, t in ROWS], intent=["gold"] * len(ROWS))
     outputs = {}
-    for source in (txt, csv_input, jsonl):
+    for source in (txt, csv_input, jsonl, parquet):
         out = tmp_path / f"{source.suffix[1:]}_out{suffix}"
         assert predict_file(predictor, source, out) == 3
         assert f"{source.name}: 2 empty row(s) skipped (rows 2, 4)" in caplog.text
@@ -225,9 +235,10 @@ def test_every_input_format_gives_the_same_rows_in_every_output_format(model_dir
         assert [r["text"] for r in rows] == ["my card was stolen", "where is my new card", "top up failed"]
         assert {r["intent"] for r in rows} <= {*INTENTS, "out_of_scope"}
     assert "id" not in outputs[".txt"][0]
-    assert [r["id"] for r in outputs[".csv"]] == [r["id"] for r in outputs[".jsonl"]] == ["a1", "a3", "a5"]
+    assert [r["id"] for r in outputs[".csv"]] == [r["id"] for r in outputs[".jsonl"]] == [r["id"] for r in outputs[".parquet"]] \
+        == ["a1", "a3", "a5"]
     # the input's own "intent" column is kept beside the prediction's, renamed
-    assert [r["input_intent"] for r in outputs[".jsonl"]] == ["gold"] * 3
+    assert [r["input_intent"] for r in outputs[".jsonl"]] == [r["input_intent"] for r in outputs[".parquet"]] == ["gold"] * 3
     first = outputs[".jsonl"][0]
     if suffix == ".csv":
         assert list(first)[:4] == ["row", "id", "input_intent", "text"]
@@ -249,6 +260,37 @@ def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):
     assert [str(table.schema.field(name).type) for name in ("row", "id", "score", "flag", "meta", "confidence")] == \
         ["int64", "int64", "double", "bool", "string", "double"]
     assert table.column("meta").to_pylist() == [None, '{"a": 1}']
+
+
+def test_a_parquet_input_s_timestamps_and_decimals_are_kept_as_text_in_every_output(model_dir, tmp_path):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+
+    when = datetime.datetime(2026, 11, 30, 9, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    source = write_parquet(tmp_path, at=pa.array([when, None], pa.timestamp("us", tz="+01:00")),
+                           amount=pa.array([decimal.Decimal("12.50"), None], pa.decimal128(6, 2)),
+                           tags=[["card"], []], text=["my card was stolen", None])
+    predictor = Predictor.load(model_dir)
+    for suffix in (".jsonl", ".csv", ".parquet"):
+        assert predict_file(predictor, source, tmp_path / f"out{suffix}") == 1
+        row = read_output(tmp_path / f"out{suffix}")[0]
+        assert (row["at"], row["amount"]) == ("2026-11-30T09:15:00+01:00", "12.50")
+        assert row["tags"] in (["card"], '["card"]')  # a list in JSON, its JSON text in a CSV or Parquet cell
+
+
+def test_a_bad_parquet_input_is_named_in_one_line(model_dir, tmp_path):
+    predictor = Predictor.load(model_dir)
+    write_parquet(tmp_path, message=["hello"])
+    with pytest.raises(DataError, match=r"q.parquet: missing column 'text' \(columns: 'message'\); name the column to read with --text-column"):
+        predict_file(predictor, tmp_path / "q.parquet", tmp_path / "out.jsonl")
+    write_parquet(tmp_path, text=[7, 8])  # a column of ids named text
+    with pytest.raises(DataError, match=r"q.parquet: row 1: expected text in column 'text', got int$"):
+        predict_file(predictor, tmp_path / "q.parquet", tmp_path / "out.jsonl")
+    (tmp_path / "q.parquet").write_text("text\nhello\n")  # a CSV saved under the wrong name
+    with pytest.raises(DataError, match=r"q.parquet: not a readable Parquet file \("):
+        predict_file(predictor, tmp_path / "q.parquet", tmp_path / "out.jsonl")
 
 
 def test_output_to_stdout(model_dir, tmp_path, capsys):

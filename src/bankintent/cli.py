@@ -383,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
     p.add_argument("--top-k", type=positive_int, default=3, help="most probable intents listed per query")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv or .jsonl; empty rows are skipped and counted")
+    p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet; empty rows are skipped and counted")
     p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
-    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8 weights and activations, the activation scales calibrated at export (default: none)")
     p.add_argument("--calibration-data", metavar="PATH", default=None,
-                   help="int8: queries that set the activation scales: a .txt (one a line), .csv/.jsonl (text column), "
+                   help="int8: queries that set the activation scales: a .txt (one a line), .csv/.jsonl/.parquet (text column), "
                         "a data folder or banking77 (default: the training data in the run's config.yaml)")
     p.add_argument("--output", required=True, help="folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
@@ -462,10 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("discover", "group out-of-scope queries into candidate new intents (clusters, keywords, examples, a map)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
-    p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv, .tsv or .jsonl")
+    p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet")
     p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv, map.png and discover.json")
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
-    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
     p.add_argument("--min-size", type=int, default=5, help="fewest distinct queries (copies of one count once) a cluster reported "
                                                            "holds; smaller groups stay unclustered")
@@ -475,10 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("select", "the unlabelled queries most worth labelling next (uncertain and diverse)")
     p.add_argument("dir", help="a training run's output folder or a model folder")
-    p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv, .tsv or .jsonl")
+    p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet")
     p.add_argument("--budget", type=int, required=True, help="how many queries to pick")
     p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
-    p.add_argument("--text-column", help="column holding the query text in a .csv or .jsonl --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
     p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
     p.add_argument("--overwrite", action="store_true", help="replace an --output file whose labels were filled in (or that another command wrote)")
     p.set_defaults(func=select)

@@ -412,7 +412,7 @@ class DistillConfig:
     teachers: list[str] | None = option(None, "more runs trained on the same data (other seeds, other methods): the student "
                                         "matches the mean of their logits and the teacher's, an ensemble in one model "
                                         "(default: the teacher alone)")
-    unlabelled: str | None = option(None, "a .txt, .csv or .jsonl file of unlabelled queries (e.g. chat logs) the teacher labels "
+    unlabelled: str | None = option(None, "a .txt, .csv, .jsonl or .parquet file of unlabelled queries (e.g. chat logs) the teacher labels "
                                     "(default: none)")
     epochs: int = option(5, "passes over the distillation queries; the epoch with the best validation accuracy is kept")
     temperature: float = option(2.0, "softens the teacher's and the student's probabilities in the KL term")

@@ -57,7 +57,8 @@ BANKING77 = "banking77"
 BANKING77_URL = "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/{split}.csv"
 CACHE_DIR = Path(os.environ.get("BANKINTENT_CACHE", Path.home() / ".cache" / "bankintent"))
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")  # labelled data; compared in lower case (Excel on Windows writes .CSV)
-QUERY_SUFFIXES = (".txt", *DATA_SUFFIXES)  # queries alone: .txt is one a line
+QUERY_SUFFIXES = (".txt", *DATA_SUFFIXES, ".parquet")  # queries alone: .txt is one a line; .parquet, logs from a data lake
+PARQUET_BATCH = 4096  # rows read from a Parquet file at once
 SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 ENCODING_SNIFF_BYTES = 4 << 20  # how much of a file says whether it is UTF-8 or a Windows code page
 VALIDATION_STEMS = ("valid", "validation", "dev")
@@ -137,7 +138,7 @@ class Splits:
 
 
 def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str = "a file of queries") -> str:
-    """``csv`` (.csv or .tsv), ``jsonl`` or ``txt``, from ``path``'s suffix in any case, where it is one
+    """``csv`` (.csv or .tsv), ``jsonl``, ``txt`` or ``parquet``, from ``path``'s suffix in any case, where it is one
     of ``suffixes``; else a DataError saying what ``what`` must be (a workbook: how to save it as CSV)."""
     suffix = path.suffix.lower()
     if suffix in SPREADSHEETS:
@@ -197,12 +198,15 @@ def _not_utf8(path: Path, number: int, byte: int) -> DataError:
 
 
 def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """Stream (row number, row) from a .csv or .tsv, .jsonl or .txt file (.txt: one ``text`` a line), in
-    constant memory. Problems raise DataError naming the file and row."""
+    """Stream (row number, row) from a .csv or .tsv, .jsonl, .txt (one ``text`` a line) or .parquet
+    file, in constant memory. Problems raise DataError naming the file and row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind = file_kind(path)
+    if kind == "parquet":
+        yield from _parquet_rows(path, columns)
+        return
     encoding = _encoding(path)
     try:
         with open(path, encoding=encoding, newline="" if kind == "csv" else None) as handle:
@@ -313,6 +317,45 @@ def _jsonl_rows(path: Path, handle, columns):
         yield number, row
 
 
+def _parquet_rows(path: Path, columns):
+    """Rows of a Parquet file, numbered from 1, read a batch at a time (pyarrow, which ``datasets``
+    installs): a file of logs written by Spark or pandas, any size. The other columns' values are made
+    what JSON holds (``_json_value``), so that every output format keeps them alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    names = reader.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (columns: {_names(names)}){_column_hint(names, columns)}")
+    number = 0
+    try:
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, {k: v if k in columns else _json_value(v) for k, v in row.items()}
+    except pa.ArrowException as exc:
+        raise DataError(f"{path}: row {number + 1}: unreadable ({str(exc).splitlines()[0]})") from None
+
+
+def _json_value(value):
+    """``value`` as JSON holds it: a timestamp, date or time as ISO 8601 text (with its offset, where it has
+    one), a decimal or bytes as text, lists and maps alike inside."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
 def _line_list(numbers: list[int], word: str = "line") -> str:
     """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
     return f"{word}{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
@@ -384,7 +427,7 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
 
 def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool = False,
                  warn: bool = True) -> Iterator[tuple]:
-    """Stream (row, query) from a .txt (one query a line), .csv or .jsonl file, in constant memory;
+    """Stream (row, query) from a .txt (one query a line), .csv, .jsonl or .parquet file, in constant memory;
     with ``columns=True``, (row, query, the row's other columns as a dict).
 
     ``row`` is numbered alike for every format: the n-th data row is row n, a header not counted
@@ -416,7 +459,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
 
 
 def read_queries(path: str | Path, text_column: str = "text", *, columns: bool = False) -> tuple:
-    """(row numbers, queries) of a whole .txt (one a line), .csv or .jsonl file of unlabelled queries,
+    """(row numbers, queries) of a whole .txt (one a line), .csv, .jsonl or .parquet file of unlabelled queries,
     numbered as ``iter_queries`` numbers them; with ``columns=True``, (rows, queries, each row's other
     columns as a dict). A file with none is an error."""
     path = Path(path).expanduser()
@@ -581,11 +624,11 @@ def _has_column(path: Path, column: str) -> bool:
 
 
 def query_column(path: str | Path, column: str) -> str:
-    """``column``, or ``text`` where the .csv/.jsonl file ``path`` lacks ``column`` and has a ``text``
+    """``column``, or ``text`` where the .csv/.jsonl/.parquet file ``path`` lacks ``column`` and has a ``text``
     column: a file of queries gathered apart from the training data (chat logs, out-of-scope
     examples) often names its column ``text`` whatever the training data called it."""
     path = Path(path).expanduser()
-    if column == "text" or path.suffix.lower() not in DATA_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
+    if column == "text" or path.suffix.lower() not in (*DATA_SUFFIXES, ".parquet") or _has_column(path, column) or not _has_column(path, "text"):
         return column
     log.info("%s: no column %r; its queries are read from column 'text'", path, column)
     return "text"
@@ -598,7 +641,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     names an intent is refused: a labelled data file given here by mistake would set the threshold
     on in-scope queries."""
     path = Path(path).expanduser()
-    kind = file_kind(path, what="an out-of-scope file")
+    kind = file_kind(path, (".txt", *DATA_SUFFIXES), "an out-of-scope file")
     column = "text" if kind == "txt" else query_column(path, text_column)
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):

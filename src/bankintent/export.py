@@ -32,7 +32,7 @@ not fire once its constant-folding has merged the two constant scales.
 
 Calibration queries are queries like those the model will answer: by default a sample of the training
 data the run records in its ``config.yaml``; ``calibration_data`` (``--calibration-data``) names other
-ones (a .txt file, one query a line; a .csv or .jsonl file's text column; a data folder or
+ones (a .txt file, one query a line; a .csv, .jsonl or .parquet file's text column; a data folder or
 ``banking77``: its training file), e.g. to export a model folder that did not come with its run.
 Queries go through the model's own preprocessing and tokenizer, as ``Predictor`` sends them.
 Queries whose activations exceed the calibrated ranges are clipped to them, so a query unlike any

@@ -1,6 +1,6 @@
 """Streaming batch prediction: a file of any size in constant memory.
 
-The input (.txt one query a line, .csv or .jsonl) is read in a first streaming pass, so a bad row
+The input (.txt one query a line, .csv, .jsonl or .parquet) is read in a first streaming pass, so a bad row
 fails before any output is written or the model is loaded, and the progress bar knows the total (it
 shows the rate and the time left). Rows with an empty text are skipped with a warning that counts
 them. Queries are then read in chunks (``FIRST_CHUNK`` queries, then as many as the model answered in
