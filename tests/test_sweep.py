@@ -37,8 +37,9 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
     assert "## Method comparison" in md and "## LoRA hyperparameters" in md
     assert "| probe C=3 | mean | 2 | " in md and f"{mean:.2f} ± {std:.2f}%" in md
     grid = md.split("## Grid (validation only; each method's best row marked)")[1].split("##")[0]
-    assert "| probe C=3 | mean | 0.001 | 1 | 0 | 2 |" in grid and "Test" not in grid  # chosen on validation alone
-    assert "| probe C=3 | 0.001 | 8 | 32 | 2 |" in md
+    assert "| probe C=3 | mean | - | - | 0 | 2 |" in grid and "Test" not in grid  # chosen on validation alone
+    assert "| probe C=3 | - | - | - | 2 |" in md  # a linear probe has no learning rate, epochs or LoRA rank
+    assert csv[["lr", "lora_r", "lora_alpha", "epochs"]].isna().all().all()
     assert f"bankintent sweep --config {config} --output {out}" in md
 
     first = (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns
@@ -125,19 +126,19 @@ def test_grid_table_shows_the_options_its_runs_vary():
     results = pd.DataFrame([
         {"name": n, "tables": "grid", "baseline": "", "method": "linear-probe", "seed": 42, "val_accuracy": v,
          "test_accuracy": v, "test_macro_f1": v, "trainable_pct": 0.1, "adapter_bytes": 1e5, "train_seconds": 60,
-         "lr": 1e-3, "lora_r": 8, "lora_alpha": 32, "epochs": 4, "hardware": "CPU", "note": "", "options": options}
+         "lr": None, "lora_r": None, "lora_alpha": None, "epochs": None, "hardware": "CPU", "note": "", "options": options}
         for n, v, options in [("C=1", 0.9, '{"method": "linear-probe", "probe_c": [1.0], "max_length": 64}'),
                               ("C=10", 0.92, '{"method": "linear-probe", "probe_c": [10.0], "max_length": 64}'),
                               ("default C", 0.91, '{"method": "linear-probe", "max_length": 64}')]
     ])
     grid = results_tables(aggregate_runs(results))["grid"]
     assert grid.splitlines()[0] == "| Method | Pooling | LR | Epochs | Best epoch | probe_c | Seeds | Val Acc | Best on validation |"
-    assert "| C=10 | - | 0.001 | 4 | - | [10.0] | 1 (single seed) | 92.00% | yes |" in grid  # the grid's choice, marked
-    assert "| default C | - | 0.001 | 4 | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |  |" in grid
+    assert "| C=10 | - | - | - | - | [10.0] | 1 (single seed) | 92.00% | yes |" in grid  # the grid's choice, marked; a probe has no lr
+    assert "| default C | - | - | - | - | " + str(TrainConfig().probe_c) + " | 1 (single seed) | 91.00% |  |" in grid
     assert "max_length" not in grid
     averaged = results.assign(best_epoch=3, averaged_epochs=[4, 4, 0])  # lpft's recipe keeps the mean of its epochs' weights
     rows = results_tables(aggregate_runs(averaged))["grid"].splitlines()
-    assert "| C=1 | - | 0.001 | 4 | mean of 4 |" in rows[2] and "| default C | - | 0.001 | 4 | 3 |" in rows[4]
+    assert "| C=1 | - | - | - | mean of 4 |" in rows[2] and "| default C | - | - | - | 3 |" in rows[4]
 
 
 def test_the_method_table_lists_the_row_the_grid_chose_not_the_one_tagged_beforehand():

@@ -143,6 +143,11 @@ def _kept_epoch(group: pd.DataFrame) -> str:
     return f"{round(group.best_epoch.mean(), 1):g}" if "best_epoch" in group else "-"
 
 
+def _setting(value, spec: str) -> str:
+    """A training setting of ``results.csv`` as a table shows it; ``-`` where the method has none."""
+    return format(int(value) if spec == "d" else value, spec) if isinstance(value, Real) and not math.isnan(value) else "-"
+
+
 def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per sweep run (in sweep order): formatted mean ± std of the scores over its seeds, the
     cost columns (mean over seeds) and, for improvement rows, the difference to their baseline."""
@@ -157,8 +162,8 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "Macro-F1": mean_std(group.test_macro_f1), "Trainable %": f"{group.trainable_pct.mean():.3f}%",
             "Adapter size": human_bytes(group.adapter_bytes.mean()),
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
-            "LR": f"{first['lr']:g}", "r": int(first["lora_r"]), "alpha": int(first["lora_alpha"]),
-            "Epochs": int(first["epochs"]) if "epochs" in group else "-",
+            "LR": _setting(first.get("lr"), "g"), "r": _setting(first.get("lora_r"), "d"),
+            "alpha": _setting(first.get("lora_alpha"), "d"), "Epochs": _setting(first.get("epochs"), "d"),
             "Best epoch": _kept_epoch(group),
             "Pooling": first.get("pooling") if isinstance(first.get("pooling"), str) else "-",
             "hardware": "; ".join(sorted(set(group.hardware.dropna()))),

@@ -40,7 +40,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from bankintent.config import (FIELD_NAMES, TrainConfig, check_output_folder, differences, load_yaml_file, read_yaml, recorded_path,
+from bankintent.config import (FIELD_NAMES, LORA_METHODS, TrainConfig, check_output_folder, differences, load_yaml_file, read_yaml, recorded_path,
                                resolve_config, unknown_names)
 from bankintent.data import BANKING77, run_splits
 from bankintent.errors import ConfigError, DataError
@@ -288,7 +288,9 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
 
 
 def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
-    """One row per finished run and seed: its metrics.json, its options and the exact command."""
+    """One row per finished run and seed: its metrics.json, its options and the exact command. The
+    learning rate and epochs are left empty for a linear probe, which has neither, and the LoRA rank
+    and alpha for a method without LoRA: a table would show settings that were never used."""
     rows = []
     for run in runs:
         for seed in run.seeds:
@@ -297,12 +299,15 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
                 continue
             metrics = json.loads((run_dir / "metrics.json").read_text())
             cfg = resolve_config(None, **run.options)
+            method = metrics.get("method", cfg.method)  # auto resolved to what trained
+            steps, lora = method != "linear-probe", method in LORA_METHODS
             rows.append({
                 "name": run.name, "tables": ",".join(run.tables), "baseline": run.baseline or "", "note": run.note,
                 **{k: metrics.get(k) for k in ("method", "pooling", "seed", "val_accuracy", "val_macro_f1", "test_accuracy",
                                                "test_macro_f1", "trainable_params", "total_params", "trainable_pct",
                                                "adapter_bytes", "train_seconds", "best_epoch", "epochs_run", "averaged_epochs")},
-                "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "epochs": cfg.epochs,
+                "lr": cfg.lr if steps else None, "lora_r": cfg.lora_r if lora else None,
+                "lora_alpha": cfg.lora_alpha if lora else None, "epochs": cfg.epochs if steps else None,
                 "max_length": cfg.max_length, "normalize_entities": cfg.normalize_entities, "augment": cfg.augment or "",
                 "shots": cfg.shots, "train_size": metrics.get("train_size"),
                 "hardware": metrics.get("hardware"), "run_dir": str(run_dir.relative_to(out)),
