@@ -308,11 +308,15 @@ def test_a_temperature_note_is_said_once_below_the_calibration_table():
     assert notes == ["8 validation queries, fewer than 50"]
 
 
-def test_the_cost_table_says_a_folder_of_every_weight_in_words():
+def test_a_folder_of_every_weight_is_said_so_in_the_cost_and_results_tables():
     from bankintent.report import _share
+    from bankintent.results import saved_size
 
-    assert _share(2_170_000, 91_710_000) == "2.37%"
-    assert _share(91_690_000, 90_970_000) == "all its weights, with the tokenizer"  # tokenizer and small files besides
+    assert _share(2_170_000, 22_927_500) == "2.37%"
+    assert _share(91_690_000, 22_742_500) == "all its weights, with the tokenizer"  # tokenizer and small files besides
+    assert saved_size(1_470_000, 22_926_797) == "1.47 MB"  # an adapter
+    assert saved_size(91_690_000, 22_742_500) == "91.69 MB (whole model)"  # full fine-tuning, the contrastive encoder
+    assert saved_size(91_690_000, None) == "91.69 MB"  # an older results.csv without the parameter count
 
 
 def test_model_card_in_the_model_folder(tiny_sweep):

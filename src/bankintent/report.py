@@ -49,6 +49,7 @@ from bankintent.results import (  # noqa: E402
     results_row,
     results_tables,
     whole_epochs,
+    whole_model,
 )
 
 log = logging.getLogger(__name__)
@@ -512,10 +513,10 @@ def f1_figure(intents: pd.DataFrame):
     return fig
 
 
-def _share(saved: int, full: int) -> str:
-    """A saved folder's share of the full model's weights; one that holds every weight also holds the
-    tokenizer and the run's small files, so it is a little over the weights, said in words."""
-    return f"{100 * saved / full:.2f}%" if saved < full else "all its weights, with the tokenizer"
+def _share(saved: int, total_params: int) -> str:
+    """A saved folder's share of the full model's float32 weights; one that holds every weight also holds
+    the tokenizer and the run's small files, so it is a little over the weights, said in words."""
+    return "all its weights, with the tokenizer" if whole_model(saved, total_params) else f"{100 * saved / (4 * total_params):.2f}%"
 
 
 def cost_section(runs: list[Run], figures: Path) -> str:
@@ -528,7 +529,7 @@ def cost_section(runs: list[Run], figures: Path) -> str:
         rows.append({"Run": name, "Trainable parameters": f"{m['trainable_params']:,}",
                      "Trainable %": f"{m['trainable_pct']:.3f}%", "Saved folder": human_bytes(m["adapter_bytes"]),
                      "Full model (float32)": human_bytes(full_bytes),
-                     "Share of full model": _share(m["adapter_bytes"], full_bytes)})
+                     "Share of full model": _share(m["adapter_bytes"], m["total_params"])})
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(first) + 1.2))
     names = list(first)
     ax.barh(names, [4 * first[n]["total_params"] for n in names], color="0.8", label="full model (float32)")

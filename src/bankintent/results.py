@@ -81,6 +81,19 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def whole_model(saved_bytes: float, total_params: float) -> bool:
+    """Whether a run's saved folder holds every weight (full fine-tuning, the contrastive encoder): it is
+    then at least the float32 weights' size, where an adapter is a small share of them."""
+    return saved_bytes >= 4 * total_params
+
+
+def saved_size(saved_bytes: float, total_params: float | None) -> str:
+    """The "Adapter size" a table shows: the saved folder's size, marked where it is the whole model,
+    which a reader comparing adapters would otherwise take for one."""
+    size = human_bytes(saved_bytes)
+    return f"{size} (whole model)" if isinstance(total_params, Real) and whole_model(saved_bytes, total_params) else size
+
+
 def percent(value, digits: int = 2, missing: str = "-") -> str:
     """``value`` (a share) as a percentage; ``missing`` where there is none (None, NaN: no queries)."""
     return f"{value:.{digits}%}" if isinstance(value, Real) and not math.isnan(value) else missing
@@ -98,7 +111,7 @@ def results_row(metrics: dict) -> dict[str, str]:
         "Test Acc": percent(metrics.get("test_accuracy")),
         "Macro-F1": percent(metrics.get("test_macro_f1")),
         "Trainable %": f"{metrics['trainable_pct']:.3f}%",
-        "Adapter size": human_bytes(metrics["adapter_bytes"]),
+        "Adapter size": saved_size(metrics["adapter_bytes"], metrics.get("total_params")),
         "Training time": f"{metrics['train_seconds'] / 60:.1f} min",
     }
 
@@ -160,7 +173,7 @@ def aggregate_runs(results: pd.DataFrame) -> list[dict[str, Any]]:
             "name": name, "tables": str(first["tables"]).split(","), "method": first["method"], "seeds": len(group),
             "Val Acc": mean_std(group.val_accuracy), "Test Acc": mean_std(group.test_accuracy), "val_mean": group.val_accuracy.mean(),
             "Macro-F1": mean_std(group.test_macro_f1), "Trainable %": f"{group.trainable_pct.mean():.3f}%",
-            "Adapter size": human_bytes(group.adapter_bytes.mean()),
+            "Adapter size": saved_size(group.adapter_bytes.mean(), group.total_params.mean() if "total_params" in group else None),
             "Training time": f"{group.train_seconds.mean() / 60:.1f} min",
             "LR": _setting(first.get("lr"), "g"), "r": _setting(first.get("lora_r"), "d"),
             "alpha": _setting(first.get("lora_alpha"), "d"), "Epochs": _setting(first.get("epochs"), "d"),
