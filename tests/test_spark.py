@@ -124,6 +124,15 @@ def test_bad_inputs_get_one_line_errors(spark, tmp_path):
         score_file(tmp_path, tmp_path / "logs.csv", tmp_path / "out.csv")
 
 
+def test_a_jsonl_input_keeps_its_column_order(spark, tmp_path):
+    """Spark's JSON reader sorts columns by name; the output keeps them as the file writes them."""
+    from bankintent.spark import read_queries
+
+    (tmp_path / "logs.jsonl").write_text('{"ticket": "a", "text": "i lost my card", "channel": "app"}\n'
+                                         '{"ticket": "b", "text": "rates", "channel": "web", "a.b": 1}\n')
+    assert read_queries(spark, tmp_path / "logs.jsonl").columns == ["ticket", "text", "channel", "a.b"]
+
+
 def test_spark_without_a_java_to_start_is_one_line(tiny_probe_run, tmp_path):
     import os
 

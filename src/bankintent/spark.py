@@ -20,6 +20,7 @@ task slot per core (``spark.task.cpus`` 1) and the executor's cores are all busy
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -153,7 +154,8 @@ def input_format(input_path: str | Path) -> str:
 
 def read_queries(spark, input_path: str | Path, text_column: str = "text"):
     """A DataFrame of a Parquet, CSV (with a header) or JSONL file, checked for ``text_column``; of a
-    text file, its lines as ``text``, as ``bankintent predict`` reads one without Spark."""
+    text file, its lines as ``text``, as ``bankintent predict`` reads one without Spark. A JSONL file's
+    columns keep its first record's order (Spark's reader sorts them by name)."""
     kind = input_format(input_path)
     reader = spark.read
     if kind == "csv":
@@ -163,7 +165,21 @@ def read_queries(spark, input_path: str | Path, text_column: str = "text"):
         return frame.withColumnRenamed("value", "text")
     if text_column not in frame.columns:
         raise DataError(f"{input_path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
+    if kind == "json":
+        frame = frame.select(*[frame[f"`{name}`"] for name in _first_record_order(input_path, frame.columns)])
     return frame
+
+
+def _first_record_order(path: str | Path, columns: list[str]) -> list[str]:
+    """``columns`` in the order of a local JSONL file's first record, those it lacks after them; as they
+    are where the file cannot be read here (a remote path, a folder)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = next((json.loads(line) for line in handle if line.strip()), {})
+    except (OSError, ValueError):
+        return columns
+    ordered = [name for name in first if name in columns] if isinstance(first, dict) else []
+    return ordered + [name for name in columns if name not in ordered]
 
 
 def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, text_column: str = "text",
