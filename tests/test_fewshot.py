@@ -214,7 +214,8 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     assert f"{typo}: line 2: label 'card_arival' never seen in training" in capsys.readouterr().err
 
 
-def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_coverage_is_optimistic(tiny_bert, three_shot, tmp_path):
+def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_coverage_is_optimistic(tiny_bert, three_shot, tmp_path,
+                                                                                                       caplog):
     """Small data sets the thresholds on training queries: with the encoder fine-tuned on them, the
     user's out-of-scope rows would choose the score whose threshold is most wrongly tight (a newcomer's
     Mahalanobis turned away a third of new in-scope queries while claiming 97% answered); with a
@@ -223,6 +224,7 @@ def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_
 
     from bankintent import ood
 
+    caplog.set_level("INFO")
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(three_shot / "test.csv", data / "test.csv")
@@ -232,7 +234,10 @@ def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_
     tuned = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, data, tmp_path / "tuned", lr=1e-3, batch_size=8)))
     assert tuned["oos_score"] == ood.DEFAULT_SCORE and tuned["oos_score_reason"] == ood.DEFAULT_REASON + ood.TRAINED_ON
     assert tuned["oos_coverage_optimistic"] is True and tuned["oos_recall_optimistic"] is False
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("out-of-scope: knn"))
+    assert "they also chose the score" not in said  # the log agrees with metrics.json
     card = (tmp_path / "tuned" / "adapter" / "README.md").read_text()
     assert "queries the encoder trained on: it turns away more new in-scope queries than that" in card
     probe = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "probe")))
     assert probe["oos_score_reason"].startswith("catches the most of train.csv: 4 rows") and probe["oos_coverage_optimistic"] is False
+    assert "they also chose the score" in [r.getMessage() for r in caplog.records if r.getMessage().startswith("out-of-scope: ")][-1]

@@ -226,7 +226,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     })
     if oos_scores:
         chose = (" (they also chose the score, so the share is optimistic: measure it on other examples with "
-                 "bankintent evaluate RUN --data FILE)") if len(splits.out_of_scope) else ""
+                 "bankintent evaluate RUN --data FILE)") if metrics["oos_recall_optimistic"] else ""
         log.info("out-of-scope: %s score (AUROC %s on %s), threshold %.4g catches %.1f%% of them%s", spec.oos_score,
                  ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall, chose)
     kept = write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
