@@ -473,7 +473,21 @@ def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path
     caplog.clear()
     (tmp_path / "good").mkdir()
     load_splits(_folder(tmp_path / "good", GOOD))
-    assert "differ only in case" not in caplog.text
+    assert "differ only in case" not in caplog.text and "spelt almost" not in caplog.text
+
+
+def test_a_rare_label_spelt_almost_as_a_common_one_is_warned_about():
+    """Two rows of a typo train an eleventh intent: one row alone stops training with a hint; more than one
+    is named too. Intents named alike that are each common (Banking77's closest pair) are not."""
+    from bankintent.data import label_warnings
+
+    labels = ["policy_renewal"] * 16 + ["polcy_renewal"] * 2 + ["claim_status"] * 12 + ["out_of_scope"] * 30 + ["out_of_scop"] * 2
+    assert label_warnings(labels, "out_of_scope") == [
+        "label 'out_of_scop' (2 rows) is spelt almost as 'out_of_scope' (30 rows) and trains as an intent of its own; "
+        "relabel its rows 'out_of_scope' if it is a typo",
+        "label 'polcy_renewal' (2 rows) is spelt almost as 'policy_renewal' (16 rows) and trains as an intent of its own; "
+        "relabel its rows 'policy_renewal' if it is a typo"]
+    assert label_warnings(["get_physical_card"] * 20 + ["order_physical_card"] * 20 + ["lost_card"] * 2 + ["lost_cards"] * 3, None) == []
 
 
 def test_shots_say_which_intents_have_fewer_examples_than_asked(tmp_path, caplog):
