@@ -35,7 +35,10 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     assert metrics["validation"].startswith("none: small data (median 3 examples per intent")
     assert metrics["val_accuracy"] is None and metrics["test_accuracy"] is not None
     assert metrics["optimizer_steps"] == 2  # no early stopping: the recipe's 2 epochs of 1 step (12 rows, batches of 16)
-    assert metrics["epochs_run"] == 2 and metrics["averaged_epochs"] == 2  # no validation rows in the history, yet 2 epochs ran
+    assert metrics["epochs_run"] == 2 and metrics["averaged_epochs"] == 2
+    history = pd.read_csv(tmp_path / "history.csv")  # each epoch's training loss; no validation to score
+    assert list(history.epoch) == [1, 2] and history.train_loss.notna().all() and history.val_accuracy.isna().all()
+    assert (tmp_path / "learning_curves.png").is_file()
     assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None

@@ -249,7 +249,8 @@ def curves_section(runs: list[Run], figures: Path) -> str:
     histories = [(r, pd.read_csv(r.folder / "history.csv")) for r in runs if (r.folder / "history.csv").is_file()]
     histories = [(r, h.assign(name=r.name)) for r, h in histories if not h.empty]
     if not histories:
-        return "## Learning curves\n\nNo run trained for an epoch (linear probes have no curves)."
+        return ("## Learning curves\n\nNo run has curves: they are the classifier's epochs, which a linear probe does not "
+                "train and the contrastive recipe trains none of (its encoder trains on pairs).")
     frame = pd.concat([h for _, h in histories])
     names = list(dict.fromkeys(frame.name))
     seeds = {name: sum(r.name == name for r, _ in histories) for name in names}

@@ -65,6 +65,8 @@ def learning_curves_figure(frame: pd.DataFrame):
     loss_ax.legend()
     acc_ax.plot(frame.epoch, frame.val_accuracy, "o-", color="C1", label="validation")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    if frame.val_accuracy.isna().all():  # small data: no validation split
+        acc_ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=acc_ax.transAxes, color="0.4")
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
         whole_epochs(ax)

@@ -859,7 +859,8 @@ def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, ch
         averaging.apply(model)
         log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
     history = history_from_logs(trainer.state.log_history)
-    best_epoch = max(history, key=lambda row: row["val_accuracy"])["epoch"] if history else 0
+    validated = [row for row in history if not math.isnan(row["val_accuracy"])]
+    best_epoch = max(validated, key=lambda row: row["val_accuracy"])["epoch"] if validated else 0
     epochs_run = math.ceil(trainer.state.epoch or 0)  # early stopping may end it before cfg.epochs
     if not validate and not averaging.count:
         best_epoch = epochs_run  # no validation: the last epoch is kept
@@ -1048,22 +1049,21 @@ def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Spl
 
 
 def history_from_logs(log_history: list[dict]) -> list[dict]:
-    """Per epoch: mean of the training-loss logs of that epoch, validation loss and accuracy."""
-    rows: dict[int, dict] = {}
-    losses: list[float] = []
+    """Per epoch: mean of the training-loss logs of that epoch, validation loss and accuracy (NaN
+    without a validation split: small data still has its training loss per epoch)."""
+    losses: dict[int, tuple[int, float]] = {}  # by step: a resumed run may log a step again, and the last one counts
+    evals: dict[int, dict] = {}
     for entry in log_history:
         if "loss" in entry:
-            losses.append(entry["loss"])
+            losses[entry["step"]] = (max(1, math.ceil(round(entry["epoch"], 4))), entry["loss"])  # a log at 1.0 ends epoch 1
         elif "eval_accuracy" in entry:
-            epoch = int(round(entry["epoch"]))
-            rows[epoch] = {  # a resumed run may log an epoch again: the last one counts
-                "epoch": epoch,
-                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
-                "val_loss": entry["eval_loss"],
-                "val_accuracy": entry["eval_accuracy"],
-            }
-            losses = []
-    return sorted(rows.values(), key=lambda row: row["epoch"])
+            evals[int(round(entry["epoch"]))] = {"val_loss": entry["eval_loss"], "val_accuracy": entry["eval_accuracy"]}
+    rows = []
+    for epoch in sorted({epoch for epoch, _ in losses.values()} | set(evals)):
+        epoch_losses = [loss for e, loss in losses.values() if e == epoch]
+        rows.append({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan"),
+                     **evals.get(epoch, {"val_loss": float("nan"), "val_accuracy": float("nan")})})
+    return rows
 
 
 def folder_bytes(folder: Path) -> int:
