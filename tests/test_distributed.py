@@ -85,8 +85,9 @@ def test_torchrun_by_hand_refuses_a_one_process_method_before_the_model_loads(ti
 
     monkeypatch.setattr(training, "build_model", no_model)
     cfg = resolve_config(None, **tiny_options(tiny_bert, tiny_data, tmp_path / "run", method="contrastive"))
-    with pytest.raises(ConfigError, match="contrastive .* trains in one process"):
-        training._resolve(cfg, processes=2)
+    with pytest.raises(ConfigError, match=r"^2 processes \(torchrun\): contrastive .* trains in one process.*\(run bankintent train "
+                                          r"without torchrun\), or give a method that trains across processes \(--method lpft\)$"):
+        training._resolve(cfg, processes=2)  # what the user typed, not --nproc
     with pytest.raises(AssertionError, match="the model was loaded"):  # one process: the check passes, the model loads
         training._resolve(cfg, processes=1)
 
@@ -108,7 +109,9 @@ def test_nproc_checks_the_output_and_the_data_once_before_launching(tiny_data, t
              (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c")], "linear-probe trains no weights by gradient"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c"), "--method", "contrastive"],
-              "--nproc 2: contrastive (the few-shot recipe, the default for few examples per intent) trains in one process")]
+              "--nproc 2: contrastive (the few-shot recipe, the default for few examples per intent) trains in one process"),
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c"), "--method", "contrastive"],
+              "train it in one process (leave --nproc out), or give a method that trains across processes (--method lpft)")]
     for flags, message in cases:
         done = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--method", "linear-probe", *flags],
                               capture_output=True, text=True, timeout=300)

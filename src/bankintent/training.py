@@ -408,19 +408,23 @@ def check_launch(cfg: TrainConfig, nproc: int) -> None:
     if cfg.resume:
         check_resumed_options(cfg, Path(cfg.output))
     splits = run_splits(cfg, notes=False)
-    check_processes(for_data(cfg, splits.few_examples).method, nproc)
+    check_processes(for_data(cfg, splits.few_examples).method, nproc, launcher="--nproc")
 
 
-def check_processes(method: str, processes: int) -> None:
+def check_processes(method: str, processes: int, launcher: str = "torchrun") -> None:
     """Refuse several processes for the methods that train in one: ``linear-probe`` (no gradient descent)
     and ``contrastive`` (its pair training's in-batch negatives would be each process's share of the
-    batch, and its schedule and metrics a single process's)."""
+    batch, and its schedule and metrics a single process's). ``launcher``: ``--nproc``, or ``torchrun``
+    (or accelerate) started by hand, so that the way out names what the user typed."""
     if processes > 1 and method in PROBE_FINAL_METHODS:
         why = ("trains no weights by gradient descent (it fits a scikit-learn probe on the base model's embeddings, in one "
                "process)" if method == "linear-probe" else
                "(the few-shot recipe, the default for few examples per intent) trains in one process: split across processes, "
                "each pair would meet only its process's share of the batch as negatives")
-        raise ConfigError(f"--nproc {processes}: {method} {why}; train it in one process (leave --nproc out)")
+        started, single = ((f"--nproc {processes}", "leave --nproc out") if launcher == "--nproc" else
+                           (f"{processes} processes (torchrun)", "run bankintent train without torchrun"))
+        raise ConfigError(f"{started}: {method} {why}; train it in one process ({single}), or give a method that trains "
+                          f"across processes (--method lpft)")
 
 
 def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> list[Path]:
