@@ -55,6 +55,7 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(no_dropout_b
 
     assert (ddp["world_size"], ddp["effective_batch_size"]) == (2, 16)
     assert (single["world_size"], single["effective_batch_size"]) == (1, 16)
+    assert ddp["hardware"].endswith(", 2 processes of 1 thread)") and single["hardware"].endswith(", 1 thread)")
     for key in ("optimizer_steps", "warmup_steps", "lr_scheduler", "peak_lr"):
         assert ddp[key] == single[key]
     assert ddp["optimizer_steps"] == 2 * 144 // 16 and ddp["lr_scheduler"] == "linear"

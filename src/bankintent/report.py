@@ -178,8 +178,9 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
                  f"{', '.join(f'`{d}`' for d in others)}." if others else "")
     return "\n\n".join(filter(None, [
         "## Data set",
-        f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. The test file is "
-        f"only evaluated.{elsewhere}",
+        f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. "
+        + ("The test file is only evaluated." if splits.test is not None and len(splits.test) else
+           "No test file: a run's test scores below are of the file `bankintent evaluate RUN --data FILE` scored.") + elsewhere,
         markdown_table(rows, list(rows[0])),
         f"Training queries per intent: min {per_intent_counts.min()}, median {per_intent_counts.median():g}, "
         f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."

@@ -896,7 +896,7 @@ def run_metrics(spec: ModelSpec, scores: dict, splits: Splits, train_seconds: fl
         "epochs_run": epochs_run,
         "seed": seed,
         **data_metrics(splits),
-        "hardware": hardware(),
+        "hardware": hardware(extra.get("world_size", 1)),
         **extra,
     }
 
@@ -1074,7 +1074,11 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def hardware() -> str:
+def hardware(processes: int = 1) -> str:
+    """The device a run trained on, and with ``processes`` (DDP), how many trained at once."""
+    threads = torch.get_num_threads()
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(0)
+        return name if processes == 1 else f"{processes} x {name}"
+    each = f"{threads} thread{'s' if threads > 1 else ''}"
+    return f"CPU ({platform.machine()}, {each})" if processes == 1 else f"CPU ({platform.machine()}, {processes} processes of {each})"
