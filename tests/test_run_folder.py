@@ -33,11 +33,16 @@ def previous_run(tiny_bert, tiny_data, tmp_path):
 
 def test_an_existing_run_is_refused_without_overwrite(tiny_bert, tiny_data, previous_run):
     before = (previous_run / "adapter" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"run: output folder holds a finished run \(adapter, .*\); pass --overwrite to replace "
+                                          r"it, or choose another --output \(in Python: overwrite=True, output=...\)") as error:
+        _train(tiny_bert, tiny_data, previous_run, seed=7)  # finished: no --resume offered, there is nothing to continue
+    assert "\n" not in str(error.value)
+    (previous_run / "metrics.json").rename(previous_run / "metrics.json.bak")  # stopped before its end: --resume continues it
     with pytest.raises(ConfigError, match=r"run: output folder is not empty \(adapter, .*\); pass --overwrite to replace it, "
                                           r"--resume to continue its training, or choose another --output \(in Python: "
-                                          r"overwrite=True, resume=True, output=...\)") as error:
+                                          r"overwrite=True, resume=True, output=...\)"):
         _train(tiny_bert, tiny_data, previous_run, seed=7)
-    assert "\n" not in str(error.value)
+    (previous_run / "metrics.json.bak").rename(previous_run / "metrics.json")
     assert (previous_run / "adapter" / "model.safetensors").read_bytes() == before
 
 
@@ -57,7 +62,7 @@ def test_overwrite_replaces_the_whole_run(tiny_bert, tiny_data, previous_run, tm
     saved = yaml.safe_load((previous_run / "config.yaml").read_text())
     assert (saved["overwrite"], saved["resume"]) == (False, False)
     (previous_run / "test_evaluation.json").write_text('{"accuracy": 0.99}')
-    with pytest.raises(ConfigError, match="output folder is not empty"):
+    with pytest.raises(ConfigError, match="output folder holds a finished run"):
         train(resolve_config(previous_run / "config.yaml"))
     assert (previous_run / "test_evaluation.json").is_file()
 

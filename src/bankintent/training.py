@@ -390,8 +390,10 @@ def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> 
     contents = _contents(folder)
     if contents and not (cfg.overwrite or cfg.resume):
         shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
-        resume = (" --resume to continue its training,", " resume=True,") if resumable else ("", "")
-        raise ConfigError(f"{folder}: output folder is not empty ({shown}); pass --overwrite to replace it,{resume[0]} "
+        finished = (folder / "metrics.json").is_file()  # nothing to continue
+        resume = (" --resume to continue its training,", " resume=True,") if resumable and not finished else ("", "")
+        what = "holds a finished run" if finished else "is not empty"
+        raise ConfigError(f"{folder}: output folder {what} ({shown}); pass --overwrite to replace it,{resume[0]} "
                           f"or choose another --output (in Python: overwrite=True,{resume[1]} output=...)")
     if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
         raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
