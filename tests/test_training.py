@@ -322,6 +322,7 @@ def test_training_shows_one_line_an_epoch_not_the_trainers_log_dicts(tiny_bert, 
     assert "epoch 1: validation accuracy" in shown and "epoch 2: validation accuracy" in shown
     assert "{'loss'" not in shown and "train_runtime" not in shown and "loss=" in shown  # the loss is in the bar
     assert re.search(r"training: 100%\|.*\| \d+/\d+ \[.*(step/s|s/step)", shown)  # a named bar, counting optimizer steps
+    assert not re.search(r"(^|[\r\n])\s*\d+%\|", shown)  # named from its first line: a log file shows no bar without a name
     assert "\x1b[A" not in shown and "Loading weights" not in shown  # no bar nested under it, no bar for reading a model
 
 

@@ -54,6 +54,7 @@ from datasets import Dataset
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -341,13 +342,10 @@ class TrainingBar(ProgressCallback):
     its first update, as if that many steps had just been trained."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
+        if state.is_world_process_zero:  # named from its first line, like the other bars of a run ("calibrating")
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step", smoothing=0,
+                                     dynamic_ncols=True)
         self.current_step = state.global_step  # a resumed run's bar starts at its checkpoint
-        if self.training_bar is not None:  # named, like the other bars of a run ("probe: embedding train", "calibrating")
-            self.training_bar.set_description("training", refresh=False)
-            self.training_bar.unit = "step"
-            self.training_bar.smoothing = 0
-            self.training_bar.initial = self.training_bar.n = self.training_bar.last_print_n = state.global_step
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         """No bar for the validation pass, short beside an epoch: nested under the training bar, it left
