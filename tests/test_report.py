@@ -404,14 +404,17 @@ def test_report_of_a_few_shot_run_describes_the_data_it_trained_on(tiny_bert, ti
             "trains, choices are cross-validated; the training split is a draw of 3 example(s) per intent (seed 42).") in md
 
 
-def test_data_without_a_test_file_is_not_said_to_have_one(tiny_bert, tiny_data, tmp_path):
+def test_data_without_a_test_file_is_not_said_to_have_one(tiny_bert, tiny_data, tmp_path, caplog):
     data = tmp_path / "data"
     data.mkdir()
-    shutil.copy(tiny_data / "train.csv", data / "train.csv")
+    (data / "train.csv").write_text((tiny_data / "train.csv").read_text() + ",card_arrival\n")  # a row without text
     run = tmp_path / "run"
     train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
+    assert "1 row(s) with an empty text skipped" in caplog.text
+    caplog.clear()
     md = write_report([run], tmp_path / "report")[1].read_text()
     assert "The test file is only evaluated" not in md and "No test file: a run's test scores below are of the file" in md
+    assert "empty text" not in caplog.text  # the data's notes, said by training, not again by the report
 
 
 def test_a_test_file_changed_since_training_is_said_to_be_where_the_report_analyses_it(tiny_bert, tiny_data, tmp_path):

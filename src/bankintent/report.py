@@ -143,7 +143,7 @@ def _figure(fig, folder: Path, name: str) -> str:
 
 
 def _splits(run: Run) -> Splits:
-    return run_splits(TrainConfig(**read_yaml(run.folder / "config.yaml")))
+    return run_splits(TrainConfig(**read_yaml(run.folder / "config.yaml")), notes=False)  # its training said the data's notes
 
 
 # --- sections ---------------------------------------------------------------------------------------
