@@ -81,6 +81,33 @@ def test_a_trained_model_or_a_folder_without_config_is_no_base_model(tiny_probe_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_base_model_that_cannot_be_trained_here_is_refused_in_one_line(tiny_bert, tiny_data, tmp_path):
+    """No tokenizer beside the weights (Transformers would make an empty one: every word unknown), another
+    model's larger tokenizer, a decoder or an encoder-decoder: refused before training, not deep inside it."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert / name, bare / name)
+    with pytest.raises(ModelError, match=rf"^base model {bare}: no tokenizer in the folder \(none of tokenizer.json, "):
+        train(resolve_config(None, method="lora", **tiny_options(bare, tiny_data, tmp_path / "a")))
+    torch.manual_seed(0)
+    small = AutoConfig.for_model("bert", vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    smaller = _save_tiny(AutoModel.from_config(small), tmp_path / "small_vocab")  # with the 30,522-token BERT tokenizer
+    with pytest.raises(ModelError, match=r"its tokenizer has 30,522 tokens and the model's embeddings 1,000: the tokenizer is another"):
+        train(resolve_config(None, method="lora", **tiny_options(smaller, tiny_data, tmp_path / "b")))
+    for model_type, kind in (("gpt2", "not an encoder"), ("t5", "an encoder-decoder model")):
+        sizes = dict(n_embd=32, n_layer=1, n_head=2) if model_type == "gpt2" else dict(d_model=32, num_layers=1, num_heads=2, d_ff=64, d_kv=16)
+        other = _save_tiny(AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=30522, **sizes)), tmp_path / model_type)
+        with pytest.raises(ModelError, match=rf"model type '{model_type}' is {kind}; bankintent fine-tunes encoders of the BERT family"):
+            train(resolve_config(None, method="contrastive", **tiny_options(other, tiny_data, tmp_path / model_type / "run")))
+    assert not any((tmp_path / name).exists() for name in ("a", "b"))
+
+
 def test_lora_layers_that_are_not_there_are_refused_before_training(tiny_bert, tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"target_modules: no layer named 'bogus' in the base model \(its linear layers: .*query"):
         train(resolve_config(None, method="lora", target_modules=["bogus"], **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
@@ -108,8 +135,8 @@ def test_a_hub_id_is_refused_at_once_where_the_hub_cannot_be_reached(monkeypatch
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
     _check_hub_reachable.cache_clear()
-    with pytest.raises(ModelError, match=r"^base model 'some-org/some-model': not in the local Hugging Face cache, and the hub "
-                                         r"cannot be reached \(\[Errno -2\] Name or service not known\); download it"):
+    with pytest.raises(ModelError, match=r"^base model 'some-org/some-model': no such folder here, not in the local Hugging Face "
+                                         r"cache, and the hub cannot be reached \(\[Errno -2\] Name or service not known\); download it"):
         resolve_base_model("some-org/some-model")
 
     def not_found(self, name, **kwargs):

@@ -289,6 +289,40 @@ def test_target_modules_per_architecture(arch, tiny_models):
         assert sum(name.endswith(target) for name in wrapped) >= layers
 
 
+def _tiny_of(model_type: str, folder, **sizes):
+    """A tiny random encoder of another architecture, with the BERT tokenizer (its vocabulary size)."""
+    from transformers import AutoConfig, AutoModel
+
+    from conftest import _save_tiny
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=128, **sizes)
+    return _save_tiny(AutoModel.from_config(config), folder)
+
+
+@pytest.mark.parametrize("model_type", ["electra", "albert", "mpnet", "deberta-v2"])
+def test_lora_finds_its_default_layers_in_more_encoders(model_type, tmp_path):
+    sizes = {"embedding_size": 16} if model_type == "albert" else {}
+    spec = ModelSpec(base_model=str(_tiny_of(model_type, tmp_path, **sizes)), method="lora", pooling="cls", labels=["a", "b"], lora=True)
+    model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=None)
+    wrapped = {name.split(".base_layer")[0] for name, _ in model.named_modules() if name.endswith(".base_layer")}
+    for target in TARGET_MODULES[model_type]:
+        assert any(name.endswith("." + target) for name in wrapped), target
+
+
+def test_a_head_module_the_base_lacks_is_saved_with_the_adapter(tiny_data, tmp_path):
+    """DeBERTa's classification pooler is not in its base checkpoint: left out of the adapter it was drawn
+    anew at each load, and the same model answered differently every time."""
+    base = _tiny_of("deberta-v2", tmp_path / "deberta")
+    train(resolve_config(None, method="lora", **tiny_options(base, tiny_data, tmp_path / "run", pooling="cls")))
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert "pooler" in config["modules_to_save"]
+    queries = ["my card was stolen", "what exchange rate"]
+    first, second = (Predictor.load(tmp_path / "run").probabilities(queries) for _ in range(2))
+    np.testing.assert_allclose(first, second, atol=1e-6)
+
+
 def test_target_modules_override(tiny_bert):
     spec = ModelSpec(base_model=str(tiny_bert), method="lora", pooling="mean", labels=["a", "b"], lora=True)
     model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])

@@ -83,15 +83,23 @@ MARKER = "COMPLETE"
 SPEC_FILE = "bankintent.json"  # what makes a folder a bankintent model folder: the ModelSpec but its labels and statistics
 OOD_FILE = "ood.safetensors"  # the out-of-scope score's statistics (class centroids, whitening matrix)
 
-# LoRA target modules per architecture (the original study's choice: attention and feed-forward).
+# LoRA target modules per architecture (the original study's choice: attention and feed-forward), the
+# attention's four projections first (``search`` tries them alone). Another encoder takes --target-modules.
 TARGET_MODULES = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "ffn.lin1", "ffn.lin2"],
     "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+    "albert": ["query", "key", "value", "attention.dense", "ffn", "ffn_output"],
+    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense", "output.dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"],
 }
-TARGET_MODULES["roberta"] = TARGET_MODULES["xlm-roberta"] = TARGET_MODULES["bert"]
+for _name in ("roberta", "xlm-roberta", "camembert", "electra"):  # BERT's layer names
+    TARGET_MODULES[_name] = TARGET_MODULES["bert"]
 
-# Head modules a CLS-pooled LoRA model trains and saves in full (they are new or task-specific).
+# Head modules a CLS-pooled LoRA model trains and saves in full (they are new or task-specific); any
+# other module the base model's checkpoint lacks (DeBERTa's pooler) joins them (``build_model``).
 CLS_HEAD_MODULES = {"distilbert": ["pre_classifier", "classifier"], "bert": ["pooler", "classifier"]}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "spm.model")  # a folder with none of these holds no tokenizer
 
 
 def resolve_base_model(name: str) -> str:
@@ -114,7 +122,9 @@ def resolve_base_model(name: str) -> str:
                          f"(the default, a Hugging Face id, or a folder with its config.json), never from a trained one: "
                          f"to add examples or intents, train again from the base model on the whole data")
     if not (folder / "config.json").is_file():
-        raise ModelError(f"base model {name}: no config.json in the folder, so not a Hugging Face model folder")
+        older = (f"; its transformer is in {folder / '0_Transformer'} (an older sentence-transformers layout): pass that folder, "
+                 f"and --pooling mean if the model was trained for mean pooling") if (folder / "0_Transformer" / "config.json").is_file() else ""
+        raise ModelError(f"base model {name}: no config.json in the folder, so not a Hugging Face model folder{older}")
     return str(folder)
 
 
@@ -133,8 +143,8 @@ def _check_hub_reachable(name: str) -> None:
         huggingface_hub.HfApi().model_info(name, timeout=10)
     except Exception as exc:  # noqa: BLE001 (the hub's HTTP client raises its own types)
         if isinstance(exc, ConnectionError) or any(cls.__name__ == "TransportError" for cls in type(exc).__mro__):
-            raise ModelError(f"base model {name!r}: not in the local Hugging Face cache, and the hub cannot be reached "
-                             f"({exc}); download it where the hub is reachable, or pass a local folder") from None
+            raise ModelError(f"base model {name!r}: no such folder here, not in the local Hugging Face cache, and the hub cannot "
+                             f"be reached ({exc}); download it where the hub is reachable, or pass a local folder") from None
 
 
 def _base_model_file(name: str, filename: str) -> Path | None:
@@ -236,10 +246,39 @@ class MeanPoolClassifier(nn.Module):
 
 
 def load_tokenizer(base_model: str):
+    """The base model's tokenizer. A local folder without tokenizer files is refused: Transformers would
+    make an empty one, which reads every word as unknown, and the model would train on nothing."""
+    path = resolve_base_model(base_model)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(f"base model {base_model}: no tokenizer in the folder (none of {', '.join(TOKENIZER_FILES[:3])}, ...); "
+                         f"save the model's tokenizer beside its weights (tokenizer.save_pretrained(FOLDER))")
     try:
-        return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+        return AutoTokenizer.from_pretrained(path)
     except OSError as exc:  # not a folder, and the hub did not provide it (offline, or no such model)
         raise ModelError(f"cannot load the tokenizer of base model {base_model!r}: {str(exc).splitlines()[0]}") from None
+
+
+def check_encoder(base_model: str) -> None:
+    """Refuse a base model that is not an encoder of the BERT family (a masked-language model: BERT,
+    RoBERTa, DistilBERT, DeBERTa, MPNet, ...): a decoder (GPT-2) or an encoder-decoder (T5) has no
+    [CLS]-style head or pooling of the kind trained here, and would fail deep inside training."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(resolve_base_model(base_model))
+    if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        kind = "an encoder-decoder model" if getattr(config, "is_encoder_decoder", False) else "not an encoder"
+        raise ModelError(f"base model {base_model}: model type {config.model_type!r} is {kind}; bankintent fine-tunes encoders of "
+                         f"the BERT family (BERT, RoBERTa, DistilBERT, DeBERTa, MPNet, sentence-transformers encoders)")
+
+
+def check_tokenizer_fits(tokenizer, model: nn.Module, base_model: str) -> None:
+    """Refuse a tokenizer whose token ids run past the model's embedding table (a tokenizer of another
+    model saved beside the weights): the first query with such a token would fail in the middle of training."""
+    size = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else model.config.vocab_size
+    if len(tokenizer) > size:
+        raise ModelError(f"base model {base_model}: its tokenizer has {len(tokenizer):,} tokens and the model's embeddings "
+                         f"{size:,}: the tokenizer is another model's; save the model's own tokenizer beside its weights")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -257,6 +296,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     keeps the stored dtype, and half-precision training on CPU silently diverges). Weights are read
     from safetensors only unless ``allow_pickle``; remote code is never run."""
     path = resolve_base_model(spec.base_model)
+    check_encoder(spec.base_model)
     if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         _refuse_pickles(Path(path), "the base model")
     kwargs = dict(dtype=torch.float32, use_safetensors=None if allow_pickle else True)
@@ -273,7 +313,9 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                         output_loading_info=True,
                         **kwargs,
                     )
-                head = CLS_HEAD_MODULES.get(model.config.model_type, ["classifier"])
+                new = {key.split(".")[0] for key in loading["missing_keys"]} - {model.base_model_prefix}
+                head = list(dict.fromkeys([*CLS_HEAD_MODULES.get(model.config.model_type, ["classifier"]), *sorted(new)]))
+                model.head_modules = head  # what LoRA trains and saves whole: a module left out would be drawn anew at each load
                 random = [key for key in loading["missing_keys"] if key.split(".")[0] not in head]
                 if random:  # not the new head: an encoder that does not match the base model named
                     log.warning("%s: %d weight(s) of the encoder not in the base model, initialised at random: %s", spec.base_model,
@@ -332,7 +374,7 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> 
 def add_lora(model: nn.Module, spec: ModelSpec, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
     model_type = model.config.model_type
     if spec.pooling == "cls":
-        task_type, head = TaskType.SEQ_CLS, CLS_HEAD_MODULES.get(model_type, ["classifier"])
+        task_type, head = TaskType.SEQ_CLS, getattr(model, "head_modules", CLS_HEAD_MODULES.get(model_type, ["classifier"]))
     else:
         task_type, head = None, ["head"]
     config = LoraConfig(

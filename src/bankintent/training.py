@@ -85,11 +85,13 @@ from bankintent.modeling import (
     base_pooling,
     build_model,
     check_target_modules,
+    check_tokenizer_fits,
     count_parameters,
     layer_index,
     load_tokenizer,
     match_permissions,
     save_model,
+    target_modules_for,
 )
 from bankintent.predict import Predictor
 from bankintent.results import write_history, write_json
@@ -795,8 +797,9 @@ def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits,
     )
     tokenizer = load_tokenizer(cfg.base_model)
     model = build_model(spec, cfg.allow_pickle)
-    if cfg.uses_lora:
-        check_target_modules(model, cfg.target_modules)
+    check_tokenizer_fits(tokenizer, model, cfg.base_model)
+    if cfg.uses_lora:  # before the probe runs: lpft's LoRA is added after it
+        check_target_modules(model, cfg.target_modules or target_modules_for(model.config.model_type))
     return cfg, splits, spec, tokenizer, model
 
 
