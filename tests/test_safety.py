@@ -31,6 +31,14 @@ def test_pickled_base_model_is_refused_without_the_flag(pickled_bert, tiny_data,
     assert not (tmp_path / "adapter").exists()
     metrics = train(resolve_config(None, method="linear-probe", allow_pickle=True, **tiny_options(pickled_bert, tiny_data, tmp_path)))
     assert metrics["test_accuracy"] is not None
+    # the model is used as it was trained: every command that loads the base model takes the flag
+    from bankintent.cli import main
+
+    for command in (["evaluate", str(tmp_path), "--output", str(tmp_path / "ev")], ["export", str(tmp_path), "--output", str(tmp_path / "ex")]):
+        with pytest.raises(SystemExit):
+            main(command)
+        main([*command, "--allow-pickle"])
+    assert (tmp_path / "ev" / "test_evaluation.json").is_file() and (tmp_path / "ex" / "model.onnx").is_file()
 
 
 def test_model_folder_with_pickles_is_refused(tiny_bert, tiny_data, tmp_path):

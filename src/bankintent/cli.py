@@ -28,6 +28,7 @@ from bankintent.errors import BankintentError
 
 TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
 OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")  # bankintent.ood.SCORES, without importing numpy to parse arguments
+ALLOW_PICKLE_HELP = "accept a base model stored as pickled .bin weights (loading them can run code)"
 
 
 def _status(message: str) -> None:
@@ -74,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from bankintent.evaluation import evaluate_run, summary_lines
 
     summary = evaluate_run(args.dir, args.split, args.data, args.text_column, args.label_column, args.output, args.overwrite,
-                           args.oos_label, args.unseen_as_oos, args.oos_score, args.oos_threshold)
+                           args.oos_label, args.unseen_as_oos, args.oos_score, args.oos_threshold, args.allow_pickle)
     print("\n".join(summary_lines(summary, args.split, Path(args.output or args.dir))))
 
 
@@ -178,7 +179,7 @@ def export(args: argparse.Namespace) -> None:
     from bankintent.export import export as run
 
     folder = run(args.dir, args.output, format=args.format, quantize=args.quantize, calibration_data=args.calibration_data,
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, allow_pickle=args.allow_pickle)
     print(f"exported to {folder}")
 
 
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an evaluation of other data in the folder")
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold, on the score's scale (default: chosen at training)")
+    p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     p.set_defaults(func=evaluate)
 
     p = command("predict", "predict the intents of queries, or of a file of them",
@@ -389,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--allow-pickle", action="store_true", help="accept a base model stored as pickled .bin weights (they can run code)")
+    p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     p.add_argument("--oos-score", choices=OOS_SCORES, help="out-of-scope score (default: the one chosen at training)")
     p.add_argument("--oos-threshold", type=float, help="out-of-scope threshold (default: the one set at training for the target "
                                                        "coverage, on validation or, with small data, on held-out training queries)")
@@ -409,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a data folder or banking77 (default: the training data in the run's config.yaml)")
     p.add_argument("--output", required=True, help="folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     p.set_defaults(func=export)
 
     p = command("serve", "HTTP service: POST /v1/predict, /healthz, /readyz, /metrics, /docs, web page at /")

@@ -93,14 +93,15 @@ def accuracy_by_length(texts: list[str], y_true, y_pred) -> pd.DataFrame:
 def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None, text_column: str | None = None,
                  label_column: str | None = None, output: str | Path | None = None, overwrite: bool = False,
                  oos_label: str | None = None, unseen_as_oos: bool = False, oos_score: str | None = None,
-                 oos_threshold: float | None = None) -> dict:
+                 oos_threshold: float | None = None, allow_pickle: bool = False) -> dict:
     """``bankintent evaluate``: evaluate the model in ``run_dir`` on ``split`` of the data it was
     trained on (from its ``config.yaml``; ``data``, the columns and ``oos_label`` override), writing to ``output``
     (default: ``run_dir``). ``data`` naming one file evaluates that file's labelled queries, as the
     test split: the way to measure a model trained on every row of small data; ``unseen_as_oos`` takes
     its rows of intents the model never saw as out of scope. An evaluation of other data already in
     ``output`` is replaced only with ``overwrite``. ``oos_score`` and ``oos_threshold`` measure another
-    fallback than the trained one, as ``Predictor.load`` takes them."""
+    fallback than the trained one, as ``Predictor.load`` takes them (and ``allow_pickle``: a base model
+    stored as pickled weights, as training took it)."""
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir
     if (oos_score is not None or oos_threshold is not None) and out.resolve() == run_dir.resolve():
@@ -124,7 +125,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if given_file:
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
-        predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold)
+        predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
         path = Path(data).expanduser().resolve()
         examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
                                        unseen_as_oos)
@@ -150,7 +151,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     out_of_scope = own if len(own) else splits.out_of_scope if len(splits.out_of_scope) else None
     source = split_source(splits, split)
     check_replace(out, run_dir, split, source, model, overwrite)
-    predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold)
+    predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
     chose = out_of_scope is splits.out_of_scope and out_of_scope is not None  # the examples training chose the score with
     return evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model, optimistic=chose)
 

@@ -103,10 +103,11 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
 
 
 def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: str | None = None,
-           calibration_data: str | Path | None = None, overwrite: bool = False) -> Path:
+           calibration_data: str | Path | None = None, overwrite: bool = False, allow_pickle: bool = False) -> Path:
     """Export the model of ``dir`` (a run or model folder) to the folder ``output``; returns it.
     ``calibration_data``: int8 only, the queries that set the activation scales (default: the run's
-    training data, from its ``config.yaml``); ``overwrite``: replace an earlier export in ``output``."""
+    training data, from its ``config.yaml``); ``overwrite``: replace an earlier export in ``output``;
+    ``allow_pickle``: read a base model stored as pickled weights (the export holds them as ONNX)."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
@@ -120,7 +121,7 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
         raise ConfigError(f"{dir}: an ONNX export already; export the run or model folder it came from (its {EXPORT_RECORD} names it)")
     read_spec(source)  # the source is a complete model folder, and
     replaced = check_output(output, dir, overwrite)  # the output can be written, before the model loads
-    model, spec = load_model(source, merge=True)
+    model, spec = load_model(source, merge=True, allow_pickle=allow_pickle)
     queries, calibration_source = calibration_queries(dir, calibration_data) if quantize else (None, None)
     record = {"format": format, "quantize": quantize, "opset": OPSET, "source": str(source.resolve()),
               "source_saved_ns": (source / MARKER).stat().st_mtime_ns,  # when the source model was saved: a retrain shows

@@ -288,7 +288,8 @@ def _refuse_pickles(folder: Path, what: str) -> None:
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise ModelError(f"{folder}: {what} holds pickled weights ({', '.join(pickles)}), which can run code when "
-                         f"loaded; convert them to safetensors, or pass --allow-pickle if you trust their source")
+                         f"loaded; convert them to safetensors, or pass --allow-pickle (train, predict, evaluate, export) if you "
+                         f"trust their source")
 
 
 def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
