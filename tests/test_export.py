@@ -129,10 +129,26 @@ def test_int8_is_calibrated_on_the_runs_training_data_by_default(runs, tiny_data
     int8 = export(runs["bert"], tmp_path / "int8", quantize="int8")
     record = json.loads((int8 / "export.json").read_text())
     train_rows = len((tiny_data / "train.csv").read_text().splitlines()) - 1
-    assert record["calibration"] == {"data": str((tiny_data / "train.csv").resolve()), "queries": min(train_rows, CALIBRATION_QUERIES),
-                                     "method": "minmax"}
+    calibration = record.pop("calibration")
+    assert calibration.pop("same_intent") >= 0.9 and calibration.pop("same_intent_queries") == min(train_rows, CALIBRATION_QUERIES, 256)
+    assert calibration == {"data": str((tiny_data / "train.csv").resolve()), "queries": min(train_rows, CALIBRATION_QUERIES), "method": "minmax"}
     # reproducible: the same export twice has the same scales
     assert int8_scales(int8) == int8_scales(export(runs["bert"], tmp_path / "again", quantize="int8"))
+
+
+def test_an_int8_export_s_agreement_with_its_source_is_measured_and_warned_about(runs, tmp_path, monkeypatch, caplog):
+    from bankintent import export as export_module
+    from bankintent.modeling import load_model
+
+    fp32 = export(runs["bert"], tmp_path / "fp32")
+    model, spec = load_model(runs["bert"] / "adapter")
+    inputs = calibration_inputs(QUERIES, load_tokenizer(spec.base_model), spec)
+    assert export_module.same_intent(model, fp32 / "model.onnx", inputs) == 1.0  # the same graph in float: every answer alike
+    monkeypatch.setattr(export_module, "MIN_AGREEMENT", 1.01)  # as an export that moved some answers
+    with caplog.at_level(logging.INFO, logger="bankintent"):
+        export(runs["bert"], tmp_path / "int8", quantize="int8")
+    assert "int8: the source model's most probable intent for " in caplog.text
+    assert "evaluate the export (bankintent evaluate EXPORT) before serving it, or export without --quantize" in caplog.text
 
 
 def test_calibration_inputs_are_single_unpadded_queries(runs):

@@ -70,6 +70,8 @@ OPSET = 17
 FUSABLE = ("bert", "distilbert", "roberta", "xlm-roberta")  # encoders ONNX Runtime's "bert" fusions know
 CALIBRATION_QUERIES = 512  # sampled from the calibration data; each one forward pass at export
 CALIBRATION_SEED = 0
+AGREEMENT_QUERIES = 256  # calibration queries an int8 export's answers are compared with the source model's on
+MIN_AGREEMENT = 0.95  # an int8 export that gives the source's intent to fewer of them is warned about
 # what an export folder holds (either format): an earlier export may be replaced, nothing else
 EXPORT_FILES = {ONNX_FILE, TOKENIZER_FILE, "model.safetensors", "labels.json", SPEC_FILE, OOD_FILE, EXPORT_RECORD, MARKER}
 
@@ -136,7 +138,13 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
             export_onnx(model.cpu().float(), folder / ONNX_FILE, quantize, calibration)
             tokenizer.save(str(folder / TOKENIZER_FILE))
             if quantize:
-                record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax"}
+                same = same_intent(model, folder / ONNX_FILE, calibration[:AGREEMENT_QUERIES])
+                record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax",
+                                         "same_intent": round(same, 4), "same_intent_queries": len(calibration[:AGREEMENT_QUERIES])}
+                say = log.warning if same < MIN_AGREEMENT else log.info
+                say("int8: the source model's most probable intent for %.1f%% of %d calibration queries%s", 100 * same,
+                    len(calibration[:AGREEMENT_QUERIES]), "; evaluate the export (bankintent evaluate EXPORT) before serving it, "
+                    "or export without --quantize" if same < MIN_AGREEMENT else "")
         write_spec(spec, folder)
         (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=1))
     if replaced:  # what `evaluate` wrote of the earlier model went with it: said, not silent
@@ -184,6 +192,20 @@ def calibration_inputs(queries: list[str], tokenizer, spec: ModelSpec) -> list[d
     encodings = tokenizer.encode_batch([preprocess(q, spec.preprocessing) for q in queries])
     return [{"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64)}
             for e in encodings]
+
+
+def same_intent(model: torch.nn.Module, path: Path, inputs: list[dict[str, np.ndarray]]) -> float:
+    """The share of ``inputs`` (single queries, tokenized) for which the ONNX graph at ``path`` gives the
+    most probable intent ``model`` gives: int8's rounding can move a query whose top intents are close."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    same = 0
+    with torch.no_grad():
+        for feed in inputs:
+            theirs = model(**{name: torch.from_numpy(array) for name, array in feed.items()}).logits.argmax(-1).numpy()
+            same += int((session.run(["logits"], feed)[0].argmax(-1) == theirs).all())
+    return same / max(len(inputs), 1)
 
 
 def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None,
