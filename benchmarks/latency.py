@@ -11,7 +11,7 @@ Backends, all on the CPU:
 The ``Predictor`` rows include everything a caller gets: tokenization, the forward pass, calibrated
 probabilities, the out-of-scope score (the model's, or ``--oos-score``) and the result dicts.
 
-Single-query latency: each of ``--queries`` Banking77 test queries is sent alone to every backend;
+Single-query latency: each of ``--queries`` test queries (``--data``; default: the run's own test split) is sent alone to every backend;
 p50 and p95 in ms. Batch throughput: ``--batches`` consecutive chunks of 64 test queries, as a
 client would send them (not sorted by length), each one call; queries per second. The baseline pads
 each chunk to its longest query, as the plain code does; ``Predictor`` sorts the chunk by length and
@@ -37,6 +37,7 @@ named ``FOLDER/backend``, and a last table gives its speed against DIR's same ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -53,8 +54,9 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bankintent.config import export_record  # noqa: E402
-from bankintent.data import load_splits  # noqa: E402
+from bankintent.config import TrainConfig, export_record, read_yaml, run_config_file  # noqa: E402
+from bankintent.data import Examples, read_test_file, run_splits  # noqa: E402
+from bankintent.errors import BankintentError  # noqa: E402
 from bankintent.export import export  # noqa: E402
 from bankintent.modeling import load_model, load_tokenizer, read_spec  # noqa: E402
 from bankintent.ood import SCORES  # noqa: E402
@@ -242,10 +244,33 @@ def figure(results: dict[str, dict], path: Path, command: str, first: str) -> No
     plt.close(fig)
 
 
+def test_queries(run_dir: Path, data: str | None) -> tuple[Examples, str]:
+    """The labelled queries timed and scored, and where they come from: ``data`` (a labelled file, read
+    with the run's columns, its out-of-scope rows left out; or a data folder or ``banking77``: its test
+    split), by default the test split of the data the run trained on."""
+    config = run_config_file(run_dir)
+    cfg = TrainConfig(**read_yaml(config)) if config else TrainConfig()
+    if data and Path(data).expanduser().is_file():
+        labels = set(read_spec(model_folder(run_dir)).labels)
+        examples, _ = read_test_file(Path(data).expanduser(), labels, cfg.text_column, cfg.label_column, oos_label=cfg.oos_label)
+        if examples is None:
+            raise BankintentError(f"{data}: only out-of-scope rows; give queries of the model's intents")
+        return examples, str(data)
+    if data is None and config is None:
+        raise BankintentError(f"{run_dir}: no config.yaml says what the model trained on; give --data (a labelled file or a data folder)")
+    if data is not None:
+        cfg = dataclasses.replace(cfg, data=data)
+    splits = run_splits(cfg, notes=False)
+    if splits.test is None or not len(splits.test):
+        raise BankintentError(f"{cfg.data}: no test split to time and score on; give --data FILE (labelled queries of the model's intents)")
+    return splits.test, f"{cfg.data} (its test split)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a training run or model folder (LoRA)")
-    parser.add_argument("--data", default="banking77", help="where the test queries come from")
+    parser.add_argument("--data", help="the labelled queries timed and scored: a file, or a data folder or banking77 (its test "
+                                       "split); default: the test split of the data the model trained on")
     parser.add_argument("--queries", type=int, default=300, help="single queries timed per backend")
     parser.add_argument("--batches", type=int, default=30, help="batches of 64 timed per backend")
     parser.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime (default: all cores)")
@@ -262,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
-    test = load_splits(args.data).test
+    try:
+        test, source = test_queries(Path(args.dir), args.data)
+    except BankintentError as exc:
+        raise SystemExit(f"error: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp:
         exports = Path(args.export_dir or tmp)
         backends = build_backends(Path(args.dir), exports, args.threads, args.oos_score)
@@ -293,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     } for r in rows]
     score = args.oos_score or read_spec(model_folder(Path(args.dir))).oos_score
     print(f"{args.dir}: {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPUs, "
-          f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend, out-of-scope score {score}")
+          f"{args.queries} single queries and {args.batches} batches of {BATCH} per backend from {source}, out-of-scope score {score}")
     print(markdown_table(table, columns))
     if args.also:
         print(f"\nAgainst {args.dir}'s same backend (throughput: its batch-64 q/s over {args.dir}'s; p50: {args.dir}'s over its):")

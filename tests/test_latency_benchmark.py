@@ -43,3 +43,19 @@ def test_an_export_of_another_model_in_the_export_dir_stops_the_run(tmp_path):
     (target / "export.json").write_text(json.dumps({"source": str(other)}))
     with pytest.raises(SystemExit, match=f"holds an export of {other}, not of {model}; pass another --export-dir"):
         latency.reusable(target, model)
+
+
+def test_the_queries_timed_are_the_run_s_own_test_split_or_a_file_given(tiny_probe_run, tiny_data, tmp_path):
+    """A run trained on one's own intents is timed on its own test queries, not Banking77's; a labelled
+    file is read as the test queries (it was read as training data, and the run stopped on its missing test split)."""
+    latency = load_benchmark()
+    test, source = latency.test_queries(tiny_probe_run, None)
+    assert source == f"{tiny_data} (its test split)" and len(test) == 20
+    heldout = tmp_path / "heldout.csv"
+    heldout.write_text("text,category\nmy card was stolen,lost_or_stolen_card\nwhat's the weather,out_of_scope\n")
+    test, source = latency.test_queries(tiny_probe_run, str(heldout))
+    assert (test.texts, source) == (["my card was stolen"], str(heldout))  # out-of-scope rows left out
+    (tmp_path / "only_train").mkdir()
+    (tmp_path / "only_train" / "train.csv").write_text((tiny_data / "train.csv").read_text())
+    with pytest.raises(latency.BankintentError, match="only_train: no test split to time and score on; give --data FILE"):
+        latency.test_queries(tiny_probe_run, str(tmp_path / "only_train"))
