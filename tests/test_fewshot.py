@@ -210,7 +210,7 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     assert "| test | 16 | 4 |" in md
     # the runs table shows what evaluate measured, and says where it comes from
     accuracy = f"{summary['accuracy']:.2%}"
-    assert f"| run | linear-probe | - | {accuracy} |" in md and "Test accuracy and macro-F1 of `run` (16 queries): measured after training" in md
+    assert f"| run | linear-probe | - | {accuracy} |" in md and "Test accuracy and macro-F1 of `run` (16 queries of `held.csv`): measured after training" in md
     typo = write_csv(tmp_path / "typo.csv", [("where is my new card", "card_arival")])
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--data", str(typo)])

@@ -515,3 +515,17 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():
     absent = intents.set_index("intent").loc["never_asked"]
     assert absent.support == 0 and np.isnan(absent.f1) and np.isnan(absent.recall) and absent.precision == 0.0
     assert intents.set_index("intent").loc["a"].f1 == pytest.approx(2 / 3)
+
+
+def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp_path):
+    """A model before and after two new intents, each evaluated on its own file: both read 100%, and
+    side by side they look alike; the report says they do not compare."""
+    from bankintent.report import Run, _not_comparable
+
+    v1 = Run("v1", tmp_path / "v1", {"num_labels": 8, "data": "data"}, "")
+    v2 = Run("v2", tmp_path / "v2", {"num_labels": 10, "data": "data2"}, "")
+    measured = {"v1": {"test_data": "heldout.csv"}, "v2": {"test_data": "heldout2.csv"}}
+    assert _not_comparable([v1, v2], measured).startswith("**These runs differ in their intents and test queries** (intents: `v1` 8, `v2` 10)")
+    same = Run("v1b", tmp_path / "v1b", {"num_labels": 8, "data": "data"}, "")
+    assert _not_comparable([v1, same], {"v1": measured["v1"], "v1b": measured["v1"]}) == ""  # seeds of one recipe compare
+    assert _not_comparable([v1, same], {"v1": {}, "v1b": {}}) == ""  # both tested on their data's test file

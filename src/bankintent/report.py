@@ -218,11 +218,26 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
         lines += ["### Runs", markdown_table(rows, list(rows[0]))]
         if any(r.candidate for r in single):
             lines.append("A search's trials are chosen among on validation accuracy: only the trial it chose shows its test scores.")
-        later = [f"`{name}` ({m['test_queries']:,} queries)" for name, m in measured.items() if m]
+        later = [f"`{name}` ({m['test_queries']:,} queries of `{Path(m['test_data']).name}`)" for name, m in measured.items() if m]
         if later:
             lines.append(f"Test accuracy and macro-F1 of {', '.join(later)}: measured after training by "
-                         "`bankintent evaluate RUN --data FILE` (small data trains on every row and has no test split of its own).")
-    return "\n\n".join(lines)
+                         "`bankintent evaluate RUN --data FILE` (the data it trained on has no test file).")
+        lines.append(_not_comparable(single, measured))
+    return "\n\n".join(filter(None, lines))
+
+
+def _not_comparable(runs: list[Run], measured: dict[str, dict]) -> str:
+    """A warning where the runs of one table classify different intents or were tested on different
+    queries: their scores sit side by side but do not compare (a model before and after new intents)."""
+    intents = {r.name: r.metrics.get("num_labels") for r in runs}
+    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("data") for r in runs}
+    differ = [what for what, values in (("intents", intents), ("test queries", tested)) if len(set(values.values())) > 1]
+    if not differ:
+        return ""
+    counts = ", ".join(f"`{name}` {n}" for name, n in intents.items())
+    return (f"**These runs differ in their {' and '.join(differ)}** (intents: {counts}): their scores do not compare; "
+            f"evaluate each on one file of labelled queries of the intents they share (`bankintent evaluate RUN --data FILE "
+            f"--output DIR`) to compare them.")
 
 
 def written_for_this_model(run: Run, path: Path) -> bool:
@@ -241,7 +256,8 @@ def measured_test(run: Run) -> dict:
     if run.metrics.get("test_accuracy") is not None or not written_for_this_model(run, path):
         return {}
     summary = json.loads(path.read_text())
-    return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0)}
+    return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0),
+            "test_data": summary.get("data", ""), "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall")}
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:
@@ -363,7 +379,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
                     "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
     fallback = []
     for r in runs:
-        m = r.metrics
+        m = {**r.metrics, **{k: v for k, v in measured_test(r).items() if k == "test_oos_recall"}}  # evaluate --data's, where training had no test
         recall = m.get("oos_recall", m.get("oos_probe_recall"))
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
