@@ -507,7 +507,7 @@ def test_evaluate_measures_a_file_of_out_of_scope_queries_alone(tiny_runs, tmp_p
             ) in capsys.readouterr().out
 
 
-def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():
+def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tmp_path):
     from bankintent.evaluation import per_intent
 
     intents = per_intent([0, 0, 1, 1], [0, 2, 1, 1], ["a", "b", "never_asked"])  # one query of 'a' taken for never_asked
@@ -515,6 +515,12 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst():
     absent = intents.set_index("intent").loc["never_asked"]
     assert absent.support == 0 and np.isnan(absent.f1) and np.isnan(absent.recall) and absent.precision == 0.0
     assert intents.set_index("intent").loc["a"].f1 == pytest.approx(2 / 3)
+    unasked = per_intent([0, 1], [0, 1], ["a", "b", "new_intent"]).set_index("intent").loc["new_intent"]
+    assert np.isnan(unasked.precision)  # given to no query: no precision, not a 0 that claims wrong answers
+    from bankintent.evaluation import summary_lines
+
+    lines = summary_lines({"queries": 2, "accuracy": 1.0, "macro_f1": 1.0, "intents_without_queries": ["new_intent"]}, "test", tmp_path)
+    assert "1 of the model's intents have no query here (new_intent): their recall is not measured" in lines
 
 
 def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp_path):

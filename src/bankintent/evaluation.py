@@ -55,12 +55,13 @@ def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) 
 
 def per_intent(y_true, y_pred, labels: list[str]) -> pd.DataFrame:
     """Precision, recall and F1 of every intent, the worst F1 first. An intent with no query in the
-    split has no recall or F1 (NaN, listed last), as macro-F1 leaves it out: not a 0 that would head
-    the list; its precision still counts the queries wrongly given it."""
+    split has no recall or F1 (NaN, listed last): not a 0 that would head the list; its precision still
+    counts the queries wrongly given it. An intent given to no query has no precision (NaN), not 0."""
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=range(len(labels)), zero_division=0)
     absent = support == 0
-    return pd.DataFrame({"intent": labels, "precision": p, "recall": np.where(absent, np.nan, r), "f1": np.where(absent, np.nan, f),
-                         "support": support}).sort_values("f1", kind="stable")
+    unpredicted = np.bincount(np.asarray(y_pred, dtype=int), minlength=len(labels))[:len(labels)] == 0
+    return pd.DataFrame({"intent": labels, "precision": np.where(unpredicted, np.nan, p), "recall": np.where(absent, np.nan, r),
+                         "f1": np.where(absent, np.nan, f), "support": support}).sort_values("f1", kind="stable")
 
 
 def confused_pairs(texts: list[str], y_true, y_pred, labels: list[str], top: int = 10, examples: int = 3) -> list[dict]:
@@ -244,9 +245,11 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     lengths = accuracy_by_length(examples.texts, y_true, y_pred)
     intents.to_csv(out / f"{split}_per_intent.csv", index=False, float_format="%.4f")
     lengths.to_csv(out / f"{split}_by_length.csv", index=False, float_format="%.4f")
-    pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
+    pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs],
+                 columns=["intent_a", "intent_b", "count", "examples"]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
     summary.update({
         "worst_intents": intents[intents.support > 0].head(5)[["intent", "f1"]].to_dict("records"),
+        "intents_without_queries": intents.intent[intents.support == 0].tolist(),
         "confused_pairs": pairs,
         "accuracy_by_length": lengths.to_dict("records"),
         "out_of_scope": coverage_report(predictor, y_true == y_pred, logits, features, out, split, out_of_scope),
@@ -272,6 +275,10 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     lines = [f"{split}: {summary.get('queries', '?')} queries, accuracy {pct(summary.get('accuracy'))}"
              f"{' (every query answered with its top intent; the out-of-scope line below has the fallback)' if fallback else ''}, "
              f"macro-F1 {pct(summary.get('macro_f1'))}{ece}"]
+    unseen = summary.get("intents_without_queries") or []
+    if unseen:
+        lines.append(f"{len(unseen)} of the model's intents have no query here ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}): "
+                     f"their recall is not measured")
     lengths = summary.get("accuracy_by_length") or []
     if lengths:
         lines.append("accuracy by length: " + ", ".join(f"{r.get('length')} {pct(r.get('accuracy'), 1)} ({r.get('queries')})" for r in lengths))
