@@ -382,6 +382,10 @@ def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path, caplog):
         time.sleep(1.1)  # the listing is read again
         assert client.get("/readyz").json() == {"status": "ready", "models": ["broken", "good"]}  # mended: served again
         assert client.post("/v1/predict", json={"texts": ["hi"], "model": "broken"}).status_code == 200  # and loaded
+        shutil.copytree(tmp_path / "broken", tmp_path / "deployed")  # a deploy while serving, its weights damaged
+        (tmp_path / "deployed" / "adapter_model.safetensors").write_bytes(b"damaged")
+        time.sleep(1.1)
+        assert client.get("/readyz").json()["not_loaded"] == ["deployed"]  # said by the probe, before any request for it
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model broken not loaded")]
     assert len(said) == 1 and f"{tmp_path / 'broken'}: cannot load the model" in said[0]  # once, not at every request
 

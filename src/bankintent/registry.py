@@ -183,6 +183,10 @@ class Registry:
         """The models served: the folders listed, less those that failed to load as they are now."""
         return sorted(name for name in self._scan(force=False) if name not in self.failed())
 
+    def unloaded(self) -> list[str]:
+        """The models served but not loaded yet (a folder added since start-up: loaded at its first use)."""
+        return [name for name in self.names() if name not in self._loaded]
+
     def failed(self) -> list[str]:
         """The folders listed that could not be loaded as their files are now (the log says why); one whose
         files have changed since is served again, and loaded at its first request."""

@@ -573,7 +573,14 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     @app.get("/readyz", responses=ERRORS)
     async def readyz() -> dict[str, str | list[str]]:
-        """Ready: at least one model is loaded; ``not_loaded`` names the model folders that could not be."""
+        """Ready: at least one model is loaded; ``not_loaded`` names the model folders that could not be.
+        A model folder listed since start-up (a deploy) is loaded here, so that one that cannot be is
+        named now, not at its first request."""
+        for name in registry.unloaded():
+            try:
+                await asyncio.to_thread(registry.get, name)
+            except BankintentError:  # logged once by the registry; named in not_loaded below
+                pass
         names, failed = registry.names(), registry.failed()
         if not names:
             raise HTTPException(503, f"no model could be loaded: {', '.join(failed)} (the service's log says why)"
