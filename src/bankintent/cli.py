@@ -28,6 +28,7 @@ from bankintent.errors import BankintentError
 
 TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
 OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")  # bankintent.ood.SCORES, without importing numpy to parse arguments
+INPUT_TEXT_COLUMN_HELP = "column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)"
 ALLOW_PICKLE_HELP = "accept a base model stored as pickled .bin weights (loading them can run code)"
 
 
@@ -387,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet; empty rows are skipped and counted")
     p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
-    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help=INPUT_TEXT_COLUMN_HELP)
     p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted .jsonl --output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -468,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet")
     p.add_argument("--output", default="discover", help="folder for clusters.csv, queries.csv, map.png and discover.json")
     p.add_argument("--all", action="store_true", help="cluster every query, not only those the model calls out of scope")
-    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help=INPUT_TEXT_COLUMN_HELP)
     p.add_argument("--distance-threshold", type=float, default=0.6, help="cosine distance at which clusters stop merging (average linkage)")
     p.add_argument("--min-size", type=int, default=5, help="fewest distinct queries (copies of one count once) a cluster reported "
                                                            "holds; smaller groups stay unclustered")
@@ -481,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="file of unlabelled queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet")
     p.add_argument("--budget", type=int, required=True, help="how many queries to pick")
     p.add_argument("--output", default="to_label.csv", help="CSV of the picked queries, with an empty label column")
-    p.add_argument("--text-column", help="column holding the query text in a .csv, .jsonl or .parquet --input (default: the one the run trained on, else text)")
+    p.add_argument("--text-column", help=INPUT_TEXT_COLUMN_HELP)
     p.add_argument("--seed", type=int, default=42, help="seed of the diversity clustering (same seed, same pick)")
     p.add_argument("--overwrite", action="store_true", help="replace an --output file whose labels were filled in (or that another command wrote)")
     p.set_defaults(func=select)
