@@ -574,6 +574,7 @@ def test_worker_processes_share_one_set_of_metrics(runs, tmp_path):
                 assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
                 time.sleep(0.2)
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            assert sum(bool(re.match(r"worker \d+: loading model bank_a from ", line)) for line in list(lines)) == 2  # each says so
             with ThreadPoolExecutor(8) as pool:  # httpx.post without a client: one connection per request
                 answers = list(pool.map(lambda i: httpx.post(f"{url}/v1/predict", json={"texts": [TEXTS[i % 4]]}, timeout=60), range(40)))
             assert [a.status_code for a in answers] == [200] * 40

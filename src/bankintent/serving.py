@@ -651,7 +651,9 @@ def forget_dead_workers(folder: str) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """The application of each uvicorn worker process (``--workers N``); options come from the parent."""
+    """The application of each uvicorn worker process (``--workers N``); options come from the parent.
+    Its log says what it loads, as a single process's does, each line naming the worker."""
+    logging.basicConfig(level=logging.INFO, format="worker %(process)d: %(message)s")
     prepare_process()
     forget_dead_workers(os.environ[METRICS_DIRECTORY])
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
