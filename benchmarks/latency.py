@@ -37,7 +37,6 @@ named ``FOLDER/backend``, and a last table gives its speed against DIR's same ba
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -54,9 +53,10 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bankintent.config import TrainConfig, export_record, read_yaml, run_config_file  # noqa: E402
+from bankintent.config import export_record  # noqa: E402
 from bankintent.data import Examples, read_test_file, run_splits  # noqa: E402
 from bankintent.errors import BankintentError  # noqa: E402
+from bankintent.evaluation import data_config  # noqa: E402
 from bankintent.export import export  # noqa: E402
 from bankintent.modeling import load_model, load_tokenizer, read_spec  # noqa: E402
 from bankintent.ood import SCORES  # noqa: E402
@@ -248,18 +248,13 @@ def test_queries(run_dir: Path, data: str | None) -> tuple[Examples, str]:
     """The labelled queries timed and scored, and where they come from: ``data`` (a labelled file, read
     with the run's columns, its out-of-scope rows left out; or a data folder or ``banking77``: its test
     split), by default the test split of the data the run trained on."""
-    config = run_config_file(run_dir)
-    cfg = TrainConfig(**read_yaml(config)) if config else TrainConfig()
+    cfg = data_config(run_dir, data)
     if data and Path(data).expanduser().is_file():
         labels = set(read_spec(model_folder(run_dir)).labels)
         examples, _ = read_test_file(Path(data).expanduser(), labels, cfg.text_column, cfg.label_column, oos_label=cfg.oos_label)
         if examples is None:
             raise BankintentError(f"{data}: only out-of-scope rows; give queries of the model's intents")
         return examples, str(data)
-    if data is None and config is None:
-        raise BankintentError(f"{run_dir}: no config.yaml says what the model trained on; give --data (a labelled file or a data folder)")
-    if data is not None:
-        cfg = dataclasses.replace(cfg, data=data)
     splits = run_splits(cfg, notes=False)
     if splits.test is None or not len(splits.test):
         raise BankintentError(f"{cfg.data}: no test split to time and score on; give --data FILE (labelled queries of the model's intents)")

@@ -112,13 +112,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         raise BankintentError(f"{run_dir}: model folder not found")
     check_output_folder(out)
     model = str(model_folder(run_dir).resolve())
-    config = run_config_file(run_dir)
-    saved = read_yaml(config) if config else {}
-    if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
-        raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (a model folder, or an export whose run "
-                              "is not here); give a file of labelled queries with --data FILE")
-    given = {k: v for k, v in (("data", data), ("text_column", text_column), ("label_column", label_column), ("oos_label", oos_label)) if v}
-    cfg = TrainConfig(**{**saved, **given})
+    cfg = data_config(run_dir, data, text_column=text_column, label_column=label_column, oos_label=oos_label)
     given_file = data is not None and Path(data).expanduser().is_file()
     if (oos_label or unseen_as_oos) and not given_file:  # --oos-label would change which rows of the run's data trained
         raise BankintentError("--oos-label and --unseen-as-oos are for a file given with --data; the run's own data is read as it "
@@ -155,6 +149,18 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
     chose = out_of_scope is splits.out_of_scope and out_of_scope is not None  # the examples training chose the score with
     return evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model, optimistic=chose)
+
+
+def data_config(run_dir: str | Path, data: str | None = None, **given) -> TrainConfig:
+    """The data options of the run in ``run_dir`` (its ``config.yaml``), with ``data`` and the ``given``
+    options (columns, out-of-scope label) that are set taking their place; refused where no
+    ``config.yaml`` says what the model trained on and no ``data`` is given."""
+    config = run_config_file(run_dir)
+    saved = read_yaml(config) if config else {}
+    if not saved and data is None:  # a TrainConfig's default data would be Banking77, not this model's
+        raise BankintentError(f"{run_dir}: no config.yaml to say what the model was trained on (a model folder, or an export whose run "
+                              "is not here); give a file of labelled queries with --data FILE")
+    return TrainConfig(**{**saved, **{k: v for k, v in {"data": data, **given}.items() if v}})
 
 
 def evaluate_out_of_scope(predictor: Predictor, examples: OutOfScope, out: Path, split: str, source: str, model: str) -> dict:
