@@ -138,13 +138,15 @@ def export(dir: str | Path, output: str | Path, format: str = "onnx", quantize: 
             export_onnx(model.cpu().float(), folder / ONNX_FILE, quantize, calibration)
             tokenizer.save(str(folder / TOKENIZER_FILE))
             if quantize:
-                same = same_intent(model, folder / ONNX_FILE, calibration[:AGREEMENT_QUERIES])
+                checked = calibration[:AGREEMENT_QUERIES]
+                same = same_intent(model, folder / ONNX_FILE, checked)
                 record["calibration"] = {"data": calibration_source, "queries": len(queries), "method": "minmax",
-                                         "same_intent": round(same, 4), "same_intent_queries": len(calibration[:AGREEMENT_QUERIES])}
-                say = log.warning if same < MIN_AGREEMENT else log.info
-                say("int8: the source model's most probable intent for %.1f%% of %d calibration queries%s", 100 * same,
-                    len(calibration[:AGREEMENT_QUERIES]), "; evaluate the export (bankintent evaluate EXPORT) before serving it, "
-                    "or export without --quantize" if same < MIN_AGREEMENT else "")
+                                         "same_intent": round(same, 4), "same_intent_queries": len(checked)}
+                said = f"int8: the source model's most probable intent for {100 * same:.1f}% of {len(checked)} calibration queries"
+                if same < MIN_AGREEMENT:
+                    log.warning("%s; evaluate the export (bankintent evaluate EXPORT) before serving it, or export without --quantize", said)
+                else:
+                    log.info("%s", said)
         write_spec(spec, folder)
         (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=1))
     if replaced:  # what `evaluate` wrote of the earlier model went with it: said, not silent

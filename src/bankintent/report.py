@@ -43,6 +43,7 @@ from bankintent.modeling import MARKER  # noqa: E402
 from bankintent.results import (  # noqa: E402
     RESULT_TABLES,
     aggregate_runs,
+    float32_bytes,
     human_bytes,
     markdown_table,
     percent,
@@ -379,7 +380,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
                     "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
     fallback = []
     for r in runs:
-        m = {**r.metrics, **{k: v for k, v in measured_test(r).items() if k == "test_oos_recall"}}  # evaluate --data's, where training had no test
+        measured = measured_test(r)  # evaluate --data's, where training had no test
+        m = {**r.metrics, "test_oos_recall": measured["test_oos_recall"]} if measured else r.metrics
         recall = m.get("oos_recall", m.get("oos_probe_recall"))
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
@@ -534,7 +536,7 @@ def f1_figure(intents: pd.DataFrame):
 def _share(saved: int, total_params: int) -> str:
     """A saved folder's share of the full model's float32 weights; one that holds every weight also holds
     the tokenizer and the run's small files, so it is a little over the weights, said in words."""
-    return "all its weights, with the tokenizer" if whole_model(saved, total_params) else f"{100 * saved / (4 * total_params):.2f}%"
+    return "all its weights, with the tokenizer" if whole_model(saved, total_params) else f"{100 * saved / float32_bytes(total_params):.2f}%"
 
 
 def cost_section(runs: list[Run], figures: Path) -> str:
@@ -543,14 +545,14 @@ def cost_section(runs: list[Run], figures: Path) -> str:
         first.setdefault(run.name, run.metrics)
     rows = []
     for name, m in first.items():
-        full_bytes = 4 * m["total_params"]  # float32 weights of the whole classifier
+        full_bytes = float32_bytes(m["total_params"])  # the whole classifier's weights
         rows.append({"Run": name, "Trainable parameters": f"{m['trainable_params']:,}",
                      "Trainable %": f"{m['trainable_pct']:.3f}%", "Saved folder": human_bytes(m["adapter_bytes"]),
                      "Full model (float32)": human_bytes(full_bytes),
                      "Share of full model": _share(m["adapter_bytes"], m["total_params"])})
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(first) + 1.2))
     names = list(first)
-    ax.barh(names, [4 * first[n]["total_params"] for n in names], color="0.8", label="full model (float32)")
+    ax.barh(names, [float32_bytes(first[n]["total_params"]) for n in names], color="0.8", label="full model (float32)")
     ax.barh(names, [first[n]["adapter_bytes"] for n in names], color="C2", label="saved folder")
     ax.set(xscale="log", xlabel="bytes (log scale)", title="What each run ships on top of the base model")
     ax.invert_yaxis()

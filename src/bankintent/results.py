@@ -83,10 +83,15 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def float32_bytes(total_params: float) -> float:
+    """The size of a model's weights in float32, the dtype runs train and save in."""
+    return 4 * total_params
+
+
 def whole_model(saved_bytes: float, total_params: float) -> bool:
     """Whether a run's saved folder holds every weight (full fine-tuning, the contrastive encoder): it is
     then at least the float32 weights' size, where an adapter is a small share of them."""
-    return saved_bytes >= 4 * total_params
+    return saved_bytes >= float32_bytes(total_params)
 
 
 def saved_size(saved_bytes: float, total_params: float | None) -> str:
