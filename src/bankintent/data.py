@@ -58,7 +58,8 @@ BANKING77 = "banking77"
 BANKING77_URL = "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/{split}.csv"
 CACHE_DIR = Path(os.environ.get("BANKINTENT_CACHE", Path.home() / ".cache" / "bankintent"))
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")  # labelled data; compared in lower case (Excel on Windows writes .CSV)
-QUERY_SUFFIXES = (".txt", *DATA_SUFFIXES, ".parquet")  # queries alone: .txt is one a line; .parquet, logs from a data lake
+COLUMN_SUFFIXES = (*DATA_SUFFIXES, ".parquet")  # files of named columns, a query column among them; .parquet: logs from a data lake
+QUERY_SUFFIXES = (".txt", *COLUMN_SUFFIXES)  # queries alone: .txt is one a line
 PARQUET_BATCH = 4096  # rows read from a Parquet file at once
 SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 # a label is warned about as a likely typo of another with this many times its rows and a name this close
@@ -632,7 +633,7 @@ def query_column(path: str | Path, column: str) -> str:
     column: a file of queries gathered apart from the training data (chat logs, out-of-scope
     examples) often names its column ``text`` whatever the training data called it."""
     path = Path(path).expanduser()
-    if column == "text" or path.suffix.lower() not in (*DATA_SUFFIXES, ".parquet") or _has_column(path, column) or not _has_column(path, "text"):
+    if column == "text" or path.suffix.lower() not in COLUMN_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
         return column
     log.info("%s: no column %r; its queries are read from column 'text'", path, column)
     return "text"
