@@ -255,6 +255,24 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path, caplog):
         distill(teacher, out, resume=True, overwrite=True)
 
 
+def test_a_teacher_whose_layers_are_shared_is_refused_before_its_data_is_read(data, tmp_path, caplog):
+    """ALBERT's encoder is one layer's weights applied again and again: no layer to keep apart. The refusal
+    once came after the data was read and the teacher's logits computed."""
+    from transformers import AlbertConfig, AlbertModel
+
+    torch.manual_seed(0)
+    base = _save_tiny(AlbertModel(AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)),
+                      tmp_path / "albert")
+    run = tmp_path / "run"
+    train(resolve_config(None, method="linear-probe", **tiny_options(base, data, run)))
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(ModelError, match="'albert': no list of encoder layers .*share one set") as exc:
+        distill(run, tmp_path / "student", layers=1)
+    one_line(exc)
+    assert "queries of" not in caplog.text and not (tmp_path / "student").exists()
+
+
 def test_a_stopped_student_resumes_to_the_student_of_a_run_never_stopped(teacher, tmp_path, monkeypatch):
     """Ctrl-C in the middle of a step: the step is finished and saved with the optimizer, schedule,
     random states and teacher logits; --resume ends with the very weights of a run never stopped."""

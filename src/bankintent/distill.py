@@ -59,7 +59,7 @@ from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, differences
 from bankintent.data import query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError, TrainingInterrupted
 from bankintent.model_card import write_model_card
-from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, read_spec, resolve_base_model
+from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec, resolve_base_model
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
@@ -215,6 +215,8 @@ def _distill(run: str | Path, out: Path, opts: DistillConfig, overwrite: bool, r
 
     created = _prepare_output(out, dataclasses.replace(cfg, resume=resume))
     try:  # what can refuse the run is checked before the output folder changes
+        teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
+        num_layers(teacher)  # a model whose layers cannot be kept apart (ALBERT's are one shared layer) refused before the data is read
         set_seed(opts.seed)
         splits = run_splits(cfg)
         if splits.labels != teacher_spec.labels:
@@ -223,7 +225,6 @@ def _distill(run: str | Path, out: Path, opts: DistillConfig, overwrite: bool, r
         extra_texts, held_out = (held_out_removed(read_queries(opts.unlabelled, cfg.text_column)[1], splits, opts.unlabelled)
                                  if opts.unlabelled else ([], {}))
         others = [ensemble_member(other, teacher_spec) for other in opts.teachers or []]
-        teacher, teacher_spec = load_model(source, allow_pickle=cfg.allow_pickle)
     except BaseException:
         _remove_created(created)
         raise

@@ -339,7 +339,9 @@ def _layer_owner(model: nn.Module) -> nn.Module:
         owner = getattr(base, name, None)
         if isinstance(getattr(owner, "layer", None), nn.ModuleList):
             return owner
-    raise ModelError(f"model type {model.config.model_type!r}: no list of encoder layers found to keep some of")
+    shared = " (ALBERT's layers share one set of weights)" if model.config.model_type == "albert" else ""
+    raise ModelError(f"model type {model.config.model_type!r}: no list of encoder layers found to keep some of{shared}; "
+                     f"distill a model of another base")
 
 
 def num_layers(model: nn.Module) -> int:
