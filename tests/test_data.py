@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import SMALL_DATA_PER_INTENT, data_files, iter_queries, load_splits, query_key, read_examples, read_queries, thin_validation
+from bankintent.data import (SMALL_DATA_PER_INTENT, data_files, iter_queries, load_splits, query_key, read_examples,
+                             read_queries, thin_validation)
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
 
@@ -84,6 +85,15 @@ def test_a_semicolon_or_tab_separated_csv_is_read_as_such(tmp_path, separator, c
     path.write_text(f"text{separator}category\nfine{separator}a\ntoo{separator}many{separator}b\n")
     with pytest.raises(DataError, match=rf"line 3: expected 2 fields, found 3 \(a {re.escape(repr(separator))} in a text needs"):
         read_examples(path)
+    # Excel's hint line "sep=;" before the header names the separator (it was read as the header)
+    path.write_bytes(f'"sep={separator}"\r\nText{separator}category\r\nfine{separator}a\r\n{rows[2][0]}{separator}b\r\n'
+                     f'too{separator}many{separator}c\r\n'.encode("cp1252"))
+    with pytest.raises(DataError, match=r"line 5: expected 2 fields, found 3"):  # lines counted from the file's first
+        read_examples(path)
+    assert "(its first line names it)" in caplog.text
+    path.write_text(f"sep={separator}\nText{separator}category\nfine{separator}a\n{rows[2][0]}{separator}b\n")
+    examples = read_examples(path)
+    assert list(zip(examples.texts, examples.labels)) == [("fine", "a"), (rows[2][0], "b")]
 
 
 def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
@@ -165,6 +175,10 @@ def test_suffixes_in_any_case_tab_separated_files_and_workbooks(tmp_path):
     (tmp_path / "book.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(DataError, match=r"book.xlsx: a spreadsheet workbook is not read; save the sheet as CSV UTF-8"):
         read_examples(tmp_path / "book.xlsx")
+    for workbook in (b"PK\x03\x04\x14\x00\x06\x00", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00"):  # .xlsx, .xls renamed to .csv
+        (tmp_path / "book.csv").write_bytes(workbook + b"\x00\x9d\xff" * 50)
+        with pytest.raises(DataError, match=r"book.csv: an Excel workbook by its bytes, not text, whatever its name says; save"):
+            read_examples(tmp_path / "book.csv")
 
 
 def test_header_only_and_empty(tmp_path):
@@ -474,6 +488,21 @@ def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path
     (tmp_path / "good").mkdir()
     load_splits(_folder(tmp_path / "good", GOOD))
     assert "differ only in case" not in caplog.text and "spelt almost" not in caplog.text
+
+
+def test_a_label_written_with_a_combining_accent_is_the_same_intent(tmp_path, caplog):
+    """"virement_échoué" with é as one character (NFC) or as e and a combining accent (NFD, as some Mac and
+    Excel tools write it) prints alike: it trained as two intents, and a test file in the other form
+    stopped with "never seen in training (a typo for 'virement_échoué'?)"."""
+    composed, decomposed = "virement_\u00e9chou\u00e9", "virement_e\u0301choue\u0301"
+    rows = [(f"mon virement a échoué {i}", composed if i % 2 else decomposed) for i in range(6)] \
+        + [(f"ma carte est bloquée {i}", "carte_bloquée") for i in range(6)]
+    write_csv(tmp_path / "train.csv", rows)
+    write_csv(tmp_path / "test.csv", [("le virement n'est pas passé", decomposed), ("carte bloquée", "carte_bloquée")])
+    splits = load_splits(tmp_path)
+    assert sorted(splits.labels) == ["carte_bloquée", composed] and splits.test.labels[0] == composed
+    assert splits.train.labels.count(composed) + splits.validation.labels.count(composed) == 6
+    assert "only in case" not in caplog.text
 
 
 def test_a_rare_label_spelt_almost_as_a_common_one_is_warned_about():

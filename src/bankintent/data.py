@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import shlex
+import unicodedata
 import urllib.request
 import zlib
 from collections import Counter, deque
@@ -62,6 +63,8 @@ COLUMN_SUFFIXES = (*DATA_SUFFIXES, ".parquet")  # files of named columns, a quer
 QUERY_SUFFIXES = (".txt", *COLUMN_SUFFIXES)  # queries alone: .txt is one a line
 PARQUET_BATCH = 4096  # rows read from a Parquet file at once
 SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+WORKBOOK_SIGNATURES = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # .xlsx (a zip file), .xls (OLE2), renamed to .csv
+SAVE_AS_CSV = "save the sheet as CSV UTF-8 (in Excel: File > Save As > CSV UTF-8) and give that file"
 # a label is warned about as a likely typo of another with this many times its rows and a name this close
 # (difflib's ratio: "polcy_renewal" and "policy_renewal" 0.96; Banking77's closest pair of intents 0.83)
 TYPO_RARITY, TYPO_SIMILARITY = 4, 0.9
@@ -147,8 +150,7 @@ def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str 
     of ``suffixes``; else a DataError saying what ``what`` must be (a workbook: how to save it as CSV)."""
     suffix = path.suffix.lower()
     if suffix in SPREADSHEETS:
-        raise DataError(f"{path}: a spreadsheet workbook is not read; save the sheet as CSV UTF-8 (in Excel: File > Save As > "
-                        f"CSV UTF-8) and give that file")
+        raise DataError(f"{path}: a spreadsheet workbook is not read; {SAVE_AS_CSV}")
     if suffix not in suffixes:
         names = [s for s in suffixes if s != ".tsv"]
         listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
@@ -176,6 +178,8 @@ def _encoding(path: Path) -> str:
     with open(path, "rb") as handle:  # read once: the file's first lines, whole
         head = handle.read(ENCODING_SNIFF_BYTES)
         lines = head if head.endswith(b"\n") else head + handle.readline()
+    if head.startswith(WORKBOOK_SIGNATURES):
+        raise DataError(f"{path}: an Excel workbook by its bytes, not text, whatever its name says; {SAVE_AS_CSV}")
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     try:
@@ -216,8 +220,8 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
     try:
         with open(path, encoding=encoding, newline="" if kind == "csv" else None) as handle:
             if kind == "csv":
-                separator = "\t" if path.suffix.lower() == ".tsv" else _separator(path, handle)
-                yield from _csv_rows(path, handle, columns, separator)
+                separator, skipped = ("\t", 0) if path.suffix.lower() == ".tsv" else _separator(path, handle)
+                yield from _csv_rows(path, handle, columns, separator, skipped)
             elif kind == "jsonl":
                 yield from _jsonl_rows(path, handle, columns)
             else:
@@ -227,22 +231,29 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
         raise _not_utf8(path, *_first_bad_line(path)) from None
 
 
-def _separator(path: Path, handle) -> str:
-    """A CSV file's field separator: a comma, or a semicolon (what Excel writes where the comma is the
-    decimal mark) or a tab where the header line has one and no comma. Said in the log when not a comma."""
+def _separator(path: Path, handle) -> tuple[str, int]:
+    """A CSV file's field separator and the lines before its header: a comma, or a semicolon (what Excel
+    writes where the comma is the decimal mark) or a tab where the header line has one and no comma,
+    or the one a first line ``sep=;`` names (Excel's hint, which Excel writes and reads; the line is
+    then skipped). Said in the log when not a comma."""
     header = handle.readline()
-    handle.seek(0)
-    separator = next((c for c in (";", "\t") if "," not in header and c in header), ",")
+    hint = re.fullmatch(r'"?sep=(.)"?[,;\t]*', header.rstrip("\r\n"))
+    if hint:
+        separator, skipped, why = hint.group(1), 1, "its first line names it"
+    else:
+        handle.seek(0)
+        separator, skipped, why = next((c for c in (";", "\t") if "," not in header and c in header), ","), 0, "its header line has no comma"
     if separator != ",":
-        log.info("%s: read as %s-separated (its header line has no comma)", path, "semicolon" if separator == ";" else "tab")
-    return separator
+        log.info("%s: read as %s-separated (%s)", path, {";": "semicolon", "\t": "tab"}.get(separator, repr(separator)), why)
+    return separator, skipped
 
 
-def _csv_rows(path: Path, handle, columns, separator: str = ","):
+def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 0):
     """Rows as ``csv.DictReader`` makes them (missing fields None), numbered by the file line they start
-    on: a quoted field can hold line breaks, so one record can span lines, and blank lines are skipped."""
+    on: a quoted field can hold line breaks, so one record can span lines, and blank lines are skipped.
+    ``skipped``: the lines ``handle`` was read past before the header."""
     reader = csv.reader(handle, delimiter=separator, strict=True)  # a quote left open is an error, not the rest of the file in one text
-    end = 0  # the last line read
+    end = skipped  # the last line read
     try:
         header = next(reader, None)
         if not header:
@@ -250,10 +261,10 @@ def _csv_rows(path: Path, handle, columns, separator: str = ","):
         written, header = header, _match_header(header, columns)
         missing = [c for c in columns if c not in header]
         if missing:
-            raise DataError(f"{path}: line 1: missing column {missing[0]!r} (columns: {_names(written)}){_column_hint(written, columns)}")
-        end = reader.line_num
+            raise DataError(f"{path}: line {skipped + 1}: missing column {missing[0]!r} (columns: {_names(written)}){_column_hint(written, columns)}")
+        end = skipped + reader.line_num
         for values in reader:
-            start, end = end + 1, reader.line_num
+            start, end = end + 1, skipped + reader.line_num
             if not values:  # a blank line
                 continue
             row = dict(zip(header, values)) | {name: None for name in header[len(values):]}
@@ -266,7 +277,7 @@ def _csv_rows(path: Path, handle, columns, separator: str = ","):
         if str(exc) == "unexpected end of data":
             raise DataError(f"{path}: line {end + 1}: a double quote opens a text that is never closed (the rest of the file "
                             f"would be read as one text); close the quote or remove it") from None
-        raise DataError(f"{path}: {_lines(end + 1, reader.line_num)}: malformed CSV ({exc})") from None
+        raise DataError(f"{path}: {_lines(end + 1, skipped + reader.line_num)}: malformed CSV ({exc})") from None
 
 
 def _match_header(header: list[str], columns: tuple[str, ...]) -> list[str]:
@@ -361,6 +372,13 @@ def _json_value(value):
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
+def label_name(value) -> str:
+    """A label as read: spaces at either end removed, and in Unicode's composed form (NFC), so that
+    ``é`` written as one character or as ``e`` and a combining accent (as some Mac and Excel tools
+    write it) is one intent, not two that print alike."""
+    return unicodedata.normalize("NFC", str(value).strip())
+
+
 def _line_list(numbers: list[int], word: str = "line") -> str:
     """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
     return f"{word}{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
@@ -394,7 +412,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
             unlabelled.append(number)
             continue
         texts.append(value.strip())
-        labels.append(str(label).strip())
+        labels.append(label_name(label))
         numbers.append(number)
     if not texts:
         skipped = f"{len(empty)} row(s) with an empty text, {len(unlabelled)} with no label skipped"
@@ -658,9 +676,9 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: line {number}: column {column!r} holds {type(value).__name__}, not text")
-        label = row.get(label_column)
-        if isinstance(label, str) and label.strip() and label.strip() != oos_label and not _written_as_out_of_scope(label.strip(), oos_label):
-            raise DataError(f"{path}: line {number}: labelled {label.strip()!r}; every row of an out-of-scope file is out of scope "
+        label = label_name(row[label_column]) if isinstance(row.get(label_column), str) else ""
+        if label and label != oos_label and not _written_as_out_of_scope(label, oos_label):
+            raise DataError(f"{path}: line {number}: labelled {label!r}; every row of an out-of-scope file is out of scope "
                             f"(in a data file, rows labelled {oos_label!r} are)")
         texts.append(value.strip())
     if empty:
