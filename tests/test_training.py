@@ -76,6 +76,19 @@ def test_base_pooling_is_recognised(tiny_models, tmp_path):
     assert base_pooling(str(broken)) == "cls"
 
 
+def test_training_queries_the_tokenizer_cuts_are_named(tiny_bert, tiny_data, tmp_path, caplog):
+    """A pasted e-mail is read to max_length tokens only: training says how many queries are cut, since
+    the default length is short and the prediction-time cut is silent."""
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "all", max_length=5)))
+    said = [r for r in caplog.records if "longer than max_length" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert re.search(r"(\d+) of \1 training queries \(100.0%\) are longer than max_length 5 tokens \(the longest: \d+\); the "
+                     r"model reads their first 5 tokens only", said[0].getMessage())
+    caplog.clear()
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "none")))  # max_length 24
+    assert "longer than max_length" not in caplog.text
+
+
 def test_lpft_full_starts_from_the_probe_and_trains_every_weight(tiny_bert, tiny_data, tmp_path, caplog):
     """lpft-full's head starts as the linear probe's: at a vanishing learning rate it predicts what the
     linear probe does; at its recipe's rate every encoder weight moves."""

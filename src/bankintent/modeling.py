@@ -98,6 +98,7 @@ for _name in ("roberta", "xlm-roberta", "camembert", "electra"):  # BERT's layer
 # Head modules a CLS-pooled LoRA model trains and saves in full (they are new or task-specific); any
 # other module the base model's checkpoint lacks (DeBERTa's pooler) joins them (``build_model``).
 CLS_HEAD_MODULES = {"distilbert": ["pre_classifier", "classifier"], "bert": ["pooler", "classifier"]}
+LONG_QUERIES_SHARE = 0.01  # training queries cut to max_length tokens: from this share of them on, a warning
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "spm.model")  # a folder with none of these holds no tokenizer
 
@@ -279,6 +280,20 @@ def check_tokenizer_fits(tokenizer, model: nn.Module, base_model: str) -> None:
     if len(tokenizer) > size:
         raise ModelError(f"base model {base_model}: its tokenizer has {len(tokenizer):,} tokens and the model's embeddings "
                          f"{size:,}: the tokenizer is another model's; save the model's own tokenizer beside its weights")
+
+
+def long_queries_note(tokenizer, texts: list[str], max_length: int) -> tuple[int, str] | None:
+    """(log level, a line) naming the training queries longer than ``max_length`` tokens, which the model
+    reads only the start of (a pasted e-mail, a paragraph); None where there is none. A warning from
+    ``LONG_QUERIES_SHARE`` of them on (the default length cuts a few of Banking77's longest alone)."""
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    long = sum(n > max_length for n in lengths)
+    if not long:
+        return None
+    level = logging.WARNING if long >= LONG_QUERIES_SHARE * len(texts) else logging.INFO
+    return level, (f"{long} of {len(texts):,} training queries ({long / len(texts):.1%}) are longer than max_length "
+                   f"{max_length} tokens (the longest: {max(lengths)}); the model reads their first {max_length} tokens "
+                   f"only, in training and in prediction (--max-length N reads more, more slowly)")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

@@ -89,6 +89,7 @@ from bankintent.modeling import (
     count_parameters,
     layer_index,
     load_tokenizer,
+    long_queries_note,
     match_permissions,
     save_model,
     target_modules_for,
@@ -721,7 +722,7 @@ def _train(cfg: TrainConfig) -> dict:
             raise TrainingInterrupted(STOPPED_BEFORE, resumable=False) from None
         raise
     if main:
-        _start_run_folder(cfg, splits, out)
+        _start_run_folder(cfg, splits, out, tokenizer)
     splits = prepare_splits(splits, cfg, spec.preprocessing)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
@@ -803,9 +804,10 @@ def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits,
     return cfg, splits, spec, tokenizer, model
 
 
-def _start_run_folder(cfg: TrainConfig, splits: Splits, out: Path) -> None:
-    """The run accepted (main process only): the data's warnings said, the folder emptied (``overwrite``)
-    or its stale evaluation removed (``resume``), config.yaml and the data's record written."""
+def _start_run_folder(cfg: TrainConfig, splits: Splits, out: Path, tokenizer) -> None:
+    """The run accepted (main process only): the data's warnings said (training queries the tokenizer
+    cuts among them), the folder emptied (``overwrite``) or its stale evaluation removed (``resume``),
+    config.yaml and the data's record written."""
     unused = unused_options(cfg)
     if unused:
         log.warning("%s does not use %s: %s change%s nothing", cfg.method, "; ".join(unused),
@@ -813,6 +815,9 @@ def _start_run_folder(cfg: TrainConfig, splits: Splits, out: Path) -> None:
     for warning in (None if splits.small_data else thin_validation(splits), thin_intents_warning(splits)):
         if warning:
             log.warning("%s", warning)
+    cut = long_queries_note(tokenizer, splits.train.texts, cfg.max_length)
+    if cut:
+        log.log(*cut)
     if cfg.overwrite and not cfg.resume:
         _empty_run_folder(out)
     elif cfg.resume:
