@@ -115,7 +115,7 @@ def test_unlabelled_rows_are_skipped_and_named_unless_strict(tmp_path, caplog):
     path = write_csv(tmp_path / "train.csv", GOOD[:3] + [("where is my card", "  ")] + GOOD[3:] + [("rate please", "")])
     examples = read_examples(path)
     assert len(examples) == len(GOOD) and examples.empty_skipped == 2 and "where is my card" not in examples.texts
-    assert "train.csv: 2 row(s) with no label in column 'category' skipped (lines 5, 43); label them to train on them" in caplog.text
+    assert "train.csv: 2 row(s) with no label in column 'category' skipped (lines 5, 43); label them to use them" in caplog.text
     with pytest.raises(DataError, match=r"train.csv: line 5: empty label in column 'category' \(strict_data refuses unlabelled rows\)"):
         read_examples(path, strict=True)
 
@@ -503,6 +503,27 @@ def test_a_label_written_with_a_combining_accent_is_the_same_intent(tmp_path, ca
     assert sorted(splits.labels) == ["carte_bloquée", composed] and splits.test.labels[0] == composed
     assert splits.train.labels.count(composed) + splits.validation.labels.count(composed) == 6
     assert "only in case" not in caplog.text
+
+
+def test_intent_ids_written_as_floats_are_the_same_intents_and_numbers_are_warned_about(tmp_path, caplog):
+    """Two exports of a Hugging Face dataset's ids, one with a missing value (pandas then writes 5.0):
+    "5" and "5.0" trained as two intents, and a test file of ints stopped at "label '5' never seen"."""
+    rows = [(f"auto top up {i}", "5" if i % 2 else "5.0") for i in range(6)] + [(f"card stolen {i}", "12.00") for i in range(6)]
+    write_csv(tmp_path / "train.csv", rows)
+    write_csv(tmp_path / "test.csv", [("top me up", "5"), ("stolen card", "12")])
+    splits = load_splits(tmp_path)
+    assert splits.labels == ["12", "5"] and splits.test.labels == ["5", "12"]
+    assert "the intents are numbers (5, 12, ...): answers, reports and the service give these numbers" in caplog.text
+    assert read_examples(_written(tmp_path / "v.csv", [("a", "1.5"), ("b", "v2.0"), ("c", "-3.0")])).labels == ["1.5", "v2.0", "-3"]
+    caplog.clear()
+    (tmp_path / "named").mkdir()
+    load_splits(_folder(tmp_path / "named", GOOD))
+    assert "are numbers" not in caplog.text
+
+
+def _written(path, rows):
+    write_csv(path, rows)
+    return path
 
 
 def test_a_rare_label_spelt_almost_as_a_common_one_is_warned_about():

@@ -373,10 +373,13 @@ def _json_value(value):
 
 
 def label_name(value) -> str:
-    """A label as read: spaces at either end removed, and in Unicode's composed form (NFC), so that
-    ``é`` written as one character or as ``e`` and a combining accent (as some Mac and Excel tools
-    write it) is one intent, not two that print alike."""
-    return unicodedata.normalize("NFC", str(value).strip())
+    """A label as read: spaces at either end removed, in Unicode's composed form (NFC), so that ``é``
+    written as one character or as ``e`` and a combining accent (as some Mac and Excel tools write it)
+    is one intent, not two that print alike; and a whole number written as a float (``5.0``, as pandas
+    writes a column of intent ids with a missing value) is that number (``5``), not another intent."""
+    label = unicodedata.normalize("NFC", str(value).strip())
+    whole = re.fullmatch(r"(-?\d+)\.0+", label)
+    return whole.group(1) if whole else label
 
 
 def _line_list(numbers: list[int], word: str = "line") -> str:
@@ -421,7 +424,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         log.warning("%s: %d row(s) with an empty text skipped (%s; strict_data / --strict-data refuses them)", path, len(empty),
                     _line_list(empty))
     if unlabelled:
-        log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to train on them "
+        log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to use them "
                     "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, _line_list(unlabelled))
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
@@ -971,6 +974,10 @@ def load_splits(
         if strict_data:
             raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
         log.warning("%s: %s", files.train, warning)
+    if all(label.isdigit() for label in full.labels):
+        log.warning("%s: the intents are numbers (%s): answers, reports and the service give these numbers, and few-shot "
+                    "training cannot learn from their names; write the intent names in the file instead (docs/training.md, "
+                    "'Your own data')", files.train, ", ".join(sorted(set(full.labels), key=int)[:4]) + ", ...")
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
