@@ -277,6 +277,18 @@ def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, t
     assert any(row["accuracy"] is None for row in strict["accuracy_by_length"])
 
 
+def test_a_model_whose_intents_are_not_its_datas_is_refused_in_one_line(previous_run):
+    """The intents of a model trained on ids, renamed by hand in labels.json: evaluate ended in a KeyError
+    traceback, reading the run's data with labels the model no longer had."""
+    labels = previous_run / "adapter" / "labels.json"
+    names = json.loads(labels.read_text())
+    labels.write_text(json.dumps([f"intent {name}" for name in names]))
+    with pytest.raises(DataError, match=r"adapter: the model's intents differ from those of its training data now \(.*\) "
+                                        r"\('card_arrival', 'exchange_rate', 'intent card_arrival', ... in one and not the other\); was the data or the model") as exc:
+        evaluate_run(previous_run, "test", overwrite=True)
+    assert "\n" not in str(exc.value)
+
+
 def test_banking77_stays_a_name_in_config(tiny_bert, tmp_path, monkeypatch):
     from bankintent.training import saved_config
 

@@ -856,6 +856,16 @@ def thin_intents(splits: Splits) -> dict[str, int]:
             if counts[label] < FEW_TRAINING_QUERIES and counts[label] <= median / 2}
 
 
+def check_trained_intents(model, labels: list[str], splits: Splits) -> None:
+    """Refuse a model whose intents are not those of the data its run reads now (``splits``): the data
+    was changed since training, or the model folder's ``labels.json`` was edited by hand."""
+    if labels != splits.labels:
+        differ = sorted(set(labels) ^ set(splits.labels))
+        which = f" ({', '.join(map(repr, differ[:3]))}{', ...' if len(differ) > 3 else ''} in one and not the other)" if differ else ""
+        raise DataError(f"{model}: the model's intents differ from those of its training data now ({splits.source}){which}; was the "
+                        f"data or the model folder changed since training?")
+
+
 def thin_intents_warning(splits: Splits) -> str | None:
     """``thin_intents`` as a one-line warning with its remedy; None where there is none."""
     thin = thin_intents(splits)

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, get_linear_schedule_with_warmup, set_seed
 
 from bankintent.config import MODEL_DIR, DistillConfig, TrainConfig, differences, read_yaml, run_config_file, unknown_names
-from bankintent.data import query_key, read_queries, run_splits
+from bankintent.data import check_trained_intents, query_key, read_queries, run_splits
 from bankintent.errors import ConfigError, ModelError, TrainingInterrupted
 from bankintent.model_card import write_model_card
 from bankintent.modeling import encode_batches, keep_layers, load_model, load_tokenizer, num_layers, read_spec, resolve_base_model
@@ -219,9 +219,7 @@ def _distill(run: str | Path, out: Path, opts: DistillConfig, overwrite: bool, r
         num_layers(teacher)  # a model whose layers cannot be kept apart (ALBERT's are one shared layer) refused before the data is read
         set_seed(opts.seed)
         splits = run_splits(cfg)
-        if splits.labels != teacher_spec.labels:
-            raise ModelError(f"{source}: the model's intents differ from those of its training data now ({splits.source}); "
-                             f"was the data changed since training?")
+        check_trained_intents(source, teacher_spec.labels, splits)
         extra_texts, held_out = (held_out_removed(read_queries(opts.unlabelled, cfg.text_column)[1], splits, opts.unlabelled)
                                  if opts.unlabelled else ([], {}))
         others = [ensemble_member(other, teacher_spec) for other in opts.teachers or []]

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_config_file
-from bankintent.data import Examples, OutOfScope, Splits, read_test_file, run_splits, seen_in_training
+from bankintent.data import Examples, OutOfScope, Splits, check_trained_intents, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import finite, percent_in_words, write_json
@@ -147,6 +147,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     source = split_source(splits, split)
     check_replace(out, run_dir, split, source, model, overwrite)
     predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
+    check_trained_intents(model, predictor.labels, splits)
     chose = out_of_scope is splits.out_of_scope and out_of_scope is not None  # the examples training chose the score with
     return evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model, optimistic=chose)
 
