@@ -521,6 +521,9 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tm
 
     lines = summary_lines({"queries": 2, "accuracy": 1.0, "macro_f1": 1.0, "intents_without_queries": ["new_intent"]}, "test", tmp_path)
     assert "1 of the model's intents have no query here (new_intent): their recall is not measured" in lines
+    from bankintent.evaluation import scores  # macro-F1 is the mean of the F1s the table has: never_asked's is none, not 0
+
+    assert scores(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])) == {"accuracy": 0.75, "macro_f1": pytest.approx((2 / 3 + 1) / 2)}
 
 
 def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp_path):
