@@ -48,8 +48,15 @@ GOOD = [(f"query {i}", "a" if i % 2 else "b") for i in range(40)]
 
 
 def test_missing_folder_and_file(tmp_path):
-    with pytest.raises(DataError, match="nope: no such data folder or file"):
+    with pytest.raises(DataError, match=r"nope: no such data folder or file \(expected a folder holding train.csv, or a .csv, "
+                                        r".tsv or .jsonl file\)$"):
         load_splits(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match=r"PolyAI/banking77: no such .* file\) \(a Hugging Face dataset is not read by name: save"):
+        load_splits("PolyAI/banking77")
+    (tmp_path / "array").mkdir()
+    (tmp_path / "array" / "rows.jsonl").write_text('[{"text": "hi", "category": "a"}]\n')  # a .json file renamed
+    with pytest.raises(DataError, match=r"rows.jsonl: line 1: a JSON array, where JSON lines \(one object a line\) are read; write"):
+        read_examples(tmp_path / "array" / "rows.jsonl")
     with pytest.raises(DataError, match=r"no training file \(train.csv, train.tsv or train.jsonl\) in the folder, which holds nothing"):
         load_splits(str(tmp_path))
     (tmp_path / "training_data.csv").write_text("text,category\n")

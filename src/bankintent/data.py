@@ -319,6 +319,9 @@ def _jsonl_rows(path: Path, handle, columns):
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
+        if line.lstrip().startswith("["):  # most often a .json file of one array, renamed
+            raise DataError(f"{path}: line {number}: a JSON array, where JSON lines (one object a line) are read; write the file "
+                            f"with pandas' to_json(orient='records', lines=True)")
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as exc:
@@ -621,7 +624,10 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
                         "there is no test set); %s", path, ", ".join(beside), path.name, use)
         return DataFiles(str(path), path)
     if not path.is_dir():
-        raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv/.jsonl file)")
+        hub = (" (a Hugging Face dataset is not read by name: save its split with datasets' to_csv and give that file)"
+               if re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)) and not path.parent.exists() or str(data).startswith("hf://") else "")
+        raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv, .tsv or .jsonl "
+                        f"file){hub}")
     train = _pick(path, ("train",), "training")
     if train is None:
         held = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
