@@ -1,6 +1,7 @@
 """A search of three trials on a tiny model, interrupted and resumed from its SQLite file."""
 
 import json
+import shutil
 
 import optuna
 import pytest
@@ -9,9 +10,10 @@ from bankintent.errors import ConfigError
 from bankintent.search import run_search, suggest, target_modules
 
 
-def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path):
+def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path, monkeypatch):
     storage = f"sqlite:///{tmp_path}/study.db"
-    options = {"base_model": str(tiny_bert), "data": str(tiny_data), "batch_size": 16, "max_length": 24, "probe_c": [1.0]}
+    data = shutil.copytree(tiny_data, tmp_path / "data")  # changed below
+    options = {"base_model": str(tiny_bert), "data": str(data), "batch_size": 16, "max_length": 24, "probe_c": [1.0]}
     # an earlier search was killed during its first trial, whose hyperparameters were these
     study = optuna.create_study(study_name="bankintent-lpft", storage=storage, direction="maximize")
     interrupted = {"lr": 1e-3, "epochs": 1, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "attention"}
@@ -33,6 +35,13 @@ def test_search_resumes_from_its_sqlite_study(tiny_bert, tiny_data, tmp_path):
                                           r"give a new --storage"):
         run_search("lpft", trials=4, storage=storage, **options, max_train_samples=60)
     assert (tmp_path / "trial-1" / "metrics.json").stat().st_mtime_ns == finished
+    monkeypatch.chdir(tmp_path / "trial-1")  # the same data named from another folder is the same study
+    assert run_search("lpft", trials=3, storage=storage, **{**options, "data": "../data"})["best_trial"] == summary["best_trial"]
+    with open(data / "train.csv", "a") as handle:  # a row added in place: the next trials would train on other data
+        handle.write("one more query,card_arrival\n")
+    with pytest.raises(ConfigError, match=r"data: the data changed since the study started \(then \d+ training and \d+ validation "
+                                          r"queries of 4 intents, now .*\); its trials would be compared .* give a new --storage"):
+        run_search("lpft", trials=4, storage=storage, **options)
     best = json.loads((tmp_path / f"trial-{summary['best_trial']}" / "metrics.json").read_text())
     assert summary["best_test_accuracy"] == best["test_accuracy"] and summary["best_val_accuracy"] == best["val_accuracy"]
     assert "--lora-r" in summary["best_command"] and f"--output {tmp_path}/trial-{summary['best_trial']}" in summary["best_command"]
@@ -78,6 +87,45 @@ def test_what_cannot_be_searched_is_refused_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="few: no validation split .small data trains on every row., and the search chooses on"):
         run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/b/study.db", data=str(few))
     assert not (tmp_path / "b").exists()  # refused before the study was made
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_ctrl_c_says_whether_the_trial_in_training_kept_a_checkpoint(tiny_bert, tiny_data, tmp_path, monkeypatch, checkpoint):
+    """The stop message said "stopped at a checkpoint" where the trial's own log said it had stopped
+    before its first one (nothing to continue from)."""
+    import bankintent.search
+
+    def stopped(trial, command, run_dir, bar):  # the trial's training, stopped by Ctrl-C after what it left
+        (run_dir / "checkpoints").mkdir(parents=True) if checkpoint else run_dir.mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bankintent.search, "run_trial", stopped)
+    said = "at a checkpoint; .* from its checkpoint" if checkpoint else "before its first checkpoint; .* from its start"
+    with pytest.raises(KeyboardInterrupt, match=rf"interrupted: the trial in training stopped {said}\)$"):
+        run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(tiny_data))
+
+
+def test_auto_searches_the_method_train_chooses_for_the_data(tiny_bert, tmp_path, monkeypatch):
+    """A few examples per intent with a validation file: train chooses contrastive, and the search drew
+    lpft's options (its default method), so its best command was not the recipe train would run."""
+    import bankintent.search
+    from conftest import write_csv
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for name, count in (("train", 8), ("valid", 3)):
+        write_csv(few / f"{name}.csv", [(f"{name} query {i} about {label}", label) for label in ("card", "loan") for i in range(count)])
+    commands = []
+
+    def stopped(trial, command, run_dir, bar):
+        commands.append(command)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bankintent.search, "run_trial", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(trials=1, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(few))
+    assert commands[0][commands[0].index("--method") + 1] == "contrastive"
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/study.db") == ["bankintent-contrastive"]
 
 
 def test_a_trial_stopped_by_ctrl_c_runs_again_once_in_its_folder(tmp_path):

@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=sweep)
 
     p = command("search", "Bayesian hyperparameter search with Optuna on validation accuracy")
-    p.add_argument("--method", default="lpft", help="training recipe whose hyperparameters are searched")
+    p.add_argument("--method", default="auto", help="training recipe whose hyperparameters are searched; auto: the one train "
+                   "chooses for the data (lpft, or contrastive for few examples per intent)")
     p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold in all (a resumed study runs the rest)")
     p.add_argument("--storage", required=True, help="sqlite:///DIR/study.db (resumable)")
     p.add_argument("--output", default=None, help="folder for the trials' runs (default: beside the study)")

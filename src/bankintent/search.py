@@ -33,21 +33,23 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from bankintent.config import AUTO, LORA_METHODS, METHODS, check_output_folder, differences, read_yaml, resolve_config
-from bankintent.data import run_splits
+from bankintent.config import (AUTO, LORA_METHODS, METHODS, check_output_folder, differences, for_data, read_yaml, recorded_path,
+                               resolve_config)
+from bankintent.data import Splits, run_splits
 from bankintent.errors import ConfigError
 from bankintent.launch import stop_children
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
-from bankintent.sweep import start_run, train_command
+from bankintent.sweep import PATH_FLAGS, start_run, train_command
+from bankintent.training import data_changes, data_record
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+PATH_OPTIONS = tuple(PATH_FLAGS.values())  # compared, and passed to the trials, absolute (recorded_path)
 TARGETS = ("attention", "attention+ffn")
 UNTUNED = {  # methods with nothing for the search to draw
     "linear-probe": "the linear probe has no learning rate or epochs to search (training chooses its C on validation itself)",
-    AUTO: "the search needs a method whose options it draws; name one",
 }
 
 
@@ -161,21 +163,32 @@ class _NoInterruptTraceback(logging.Filter):
         return record.getMessage() != self.stopped
 
 
-def _check_same_options(study: optuna.Study, fixed: dict, storage: str) -> None:
-    """Record the options every trial shares in a new study; refuse to resume one with other options
-    (another data set, method or config): its trials would be compared as if alike."""
+def _check_same_options(study: optuna.Study, fixed: dict, splits: Splits, storage: str) -> None:
+    """Record the options every trial shares and what the data holds in a new study; refuse to resume
+    one with other options (another data set, method or config) or on data changed in place since: its
+    trials would be compared as if alike. Paths are compared absolute: the same data named from
+    another folder is the same option."""
     recorded = study.user_attrs.get("options")
     wanted = json.loads(json.dumps(fixed, default=str))
     if recorded is None:
         study.set_user_attr("options", wanted)
-    elif recorded != wanted:
-        raise ConfigError(f"{storage}: the study's trials ran with other options ({differences(recorded, wanted)}); give a new "
-                          f"--storage for these")
+    else:  # a study recorded before paths were made absolute: its relative paths read from here
+        recorded = {key: recorded_path(key, value) if key in PATH_OPTIONS else value for key, value in recorded.items()}
+        if recorded != wanted:
+            raise ConfigError(f"{storage}: the study's trials ran with other options ({differences(recorded, wanted)}); give a new "
+                              f"--storage for these")
+    was, now = study.user_attrs.get("data"), data_record(splits)
+    if was is None:
+        study.set_user_attr("data", now)
+    elif data_changes(was, now):
+        raise ConfigError(f"{splits.source}: the data changed since the study started ({data_changes(was, now)}); its trials "
+                          f"would be compared with trials on other data: restore it, or give a new --storage")
 
 
-def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output: str | Path | None = None,
+def run_search(method: str = AUTO, trials: int = 20, storage: str = "", output: str | Path | None = None,
                config_file: str | Path | None = None, **overrides) -> dict:
-    """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary."""
+    """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary.
+    ``auto`` searches the method ``train`` would choose for the data (``for_data``)."""
     out = Path(output) if output else study_folder(storage)
     check_output_folder(out)
     if method in UNTUNED:
@@ -184,9 +197,13 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
     splits = run_splits(base)  # and the data, before any trial trains
     if not len(splits.validation):
         raise ConfigError(f"{splits.source}: no validation split (small data trains on every row), and the search chooses on "
-                          f"validation accuracy; give a validation file (valid.csv)")
+                          f"validation accuracy; give --data a folder holding train.csv and a validation file (valid.csv)")
+    if method == AUTO:
+        base = for_data(base, splits.few_examples)
+        method = base.method
+        log.info("method: %s (the one train chooses for this data)", method)
     fixed = {**(read_yaml(config_file) if config_file else {}), "method": method, **overrides}
-    fixed = {k: v for k, v in fixed.items() if v is not None and k not in ("output", "seed")}
+    fixed = {k: recorded_path(k, v) if k in PATH_OPTIONS else v for k, v in fixed.items() if v is not None and k not in ("output", "seed")}
     study_folder(storage).mkdir(parents=True, exist_ok=True)
     try:
         study = optuna.create_study(
@@ -196,18 +213,21 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise ConfigError(f"--storage {storage}: cannot open the study's database ({str(exc.orig or exc).splitlines()[0]}); "
                           f"expected sqlite:///PATH/study.db") from None
-    _check_same_options(study, fixed, storage)
+    _check_same_options(study, fixed, splits, storage)
     _retry_interrupted(study)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     # seeded by the trials already started, so that a resumed study draws new points rather than the first ones again
     # (an interrupted trial's are queued again, not drawn again)
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
 
+    training: list[Path] = []  # the folder of the trial in training, which a Ctrl-C stops
+
     def objective(trial: optuna.Trial) -> float:
         options = {**fixed, **suggest(trial, method)}
         if "target_modules" in options and isinstance(options["target_modules"], str):
             options["target_modules"] = target_modules(options["target_modules"], base.base_model)
         run_dir = Path(trial.user_attrs.get("run_dir") or out / f"trial-{trial.number}")  # an interrupted trial's, run again
+        training[:] = [run_dir]
         command = train_command(options, base.seed, run_dir)
         trial.set_user_attr("command", shlex.join(command))
         trial.set_user_attr("run_dir", str(run_dir))
@@ -222,8 +242,10 @@ def run_search(method: str = "lpft", trials: int = 20, storage: str = "", output
         try:
             study.optimize(objective, n_trials=trials - done, callbacks=[_trial_ended(bar)])
         except KeyboardInterrupt:
-            raise KeyboardInterrupt("interrupted: the trial in training stopped at a checkpoint; run the same command again to "
-                                    "continue the study (that trial first, from its checkpoint)") from None
+            kept = bool(training) and (training[0] / "checkpoints").is_dir()
+            raise KeyboardInterrupt(f"interrupted: the trial in training stopped {'at a checkpoint' if kept else 'before its first checkpoint'}; "
+                                    f"run the same command again to continue the study (that trial first, "
+                                    f"{'from its checkpoint' if kept else 'from its start'})") from None
         finally:
             bar.close()
             optuna.logging.set_verbosity(verbosity)

@@ -478,7 +478,9 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
 DATA_RECORD = "data.json"  # in checkpoints/: what the run trains on, for --resume to compare
 
 
-def _data_record(splits: Splits) -> dict:
+def data_record(splits: Splits) -> dict:
+    """What a run trains on, to compare later: the sizes of its splits and a digest of every training
+    and validation query with its label."""
     digest = hashlib.sha256()
     for name, split in (("train", splits.train), ("validation", splits.validation)):
         for text, label in zip(split.texts, split.labels):
@@ -487,12 +489,20 @@ def _data_record(splits: Splits) -> dict:
             "sha256": digest.hexdigest()}
 
 
+def data_changes(was: dict, now: dict) -> str | None:
+    """How the data of two ``data_record``s differ, in words; None where they do not."""
+    if was == now:
+        return None
+    return (f"then {was['train']} training and {was['validation']} validation queries of {was['intents']} intents, now "
+            f"{now['train']} and {now['validation']} of {now['intents']}{'' if was['train'] != now['train'] else ', other queries'}")
+
+
 def record_data(splits: Splits, checkpoints: Path) -> None:
     """Write what the run trains on (sizes and a digest of every training and validation query) beside
     its checkpoints, where a resume finds it."""
     if not (checkpoints / DATA_RECORD).is_file():
         checkpoints.mkdir(exist_ok=True)
-        (checkpoints / DATA_RECORD).write_text(json.dumps(_data_record(splits)))
+        (checkpoints / DATA_RECORD).write_text(json.dumps(data_record(splits)))
 
 
 def check_same_data(splits: Splits, checkpoints: Path) -> None:
@@ -502,13 +512,10 @@ def check_same_data(splits: Splits, checkpoints: Path) -> None:
     path = checkpoints / DATA_RECORD
     if not path.is_file():
         return
-    was, now = json.loads(path.read_text()), _data_record(splits)
-    if was != now:
-        raise ConfigError(f"{splits.source}: the data changed since this run started (then {was['train']} training and "
-                          f"{was['validation']} validation queries of {was['intents']} intents, now {now['train']} and "
-                          f"{now['validation']} of {now['intents']}{'' if was['train'] != now['train'] else ', other queries'}); "
-                          f"an interrupted run continues on the data it started with: restore it, or pass --overwrite to "
-                          f"train anew on the new data")
+    changed = data_changes(json.loads(path.read_text()), data_record(splits))
+    if changed:
+        raise ConfigError(f"{splits.source}: the data changed since this run started ({changed}); an interrupted run continues "
+                          f"on the data it started with: restore it, or pass --overwrite to train anew on the new data")
 
 
 def _finished_run(folder: Path, main: bool = True) -> dict:
