@@ -80,6 +80,10 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     assert len(images) == 6 and 'src="figures/' not in html
     assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
     assert "<table>" in html and "&lt;=5 words" in html  # tables rendered, text escaped
+    # a report of another run into the same folder replaces it, and leaves none of the earlier figures it has not
+    md = write_report([tiny_sweep / "runs" / "linear-probe" / "seed-42"], tmp_path / "report")[1].read_text()
+    now = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
+    assert len(now) < 6 and sorted(f"figures/{p.name}" for p in (tmp_path / "report" / "figures").iterdir()) == sorted(now)
 
 
 def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_path):

@@ -600,7 +600,8 @@ def render_html(markdown: str, folder: Path, title: str) -> str:
 
 
 def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
-    """Write ``report.md`` (+ ``figures/``) and the self-contained ``report.html``; returns both paths."""
+    """Write ``report.md`` (+ ``figures/``) and the self-contained ``report.html``, replacing an earlier
+    report in ``output`` (made from the runs, it holds nothing else); returns both paths."""
     out = Path(output)
     check_output_folder(out)
     runs, sweeps = collect(dirs)
@@ -633,4 +634,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     ]) + "\n"
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(render_html(markdown, out, title))
+    for stale in figures.glob("*.png"):  # an earlier report's figures that this one has not (no learning curves, say)
+        if f"](figures/{stale.name})" not in markdown:
+            stale.unlink()
     return [out / "report.html", out / "report.md"]
