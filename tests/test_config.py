@@ -90,7 +90,7 @@ def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_lin
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.intent_names) == (3, 1e-4, 10, "on")
     for content, message in (("epochs: three", "epochs must be a whole number, got 'three'"), ("epochs: 2.5", "got 2.5"),
                              ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"),
-                             ("data: 5", "data must be a .csv or .jsonl file, a folder holding train.csv, or 'banking77', got int 5"),
+                             ("data: 5", "data must be a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got int 5"),
                              ("base_model: [a, b]", r"base_model must be text, got list \['a', 'b'\]")):
         path.write_text(content + "\n")
         with pytest.raises(ConfigError, match=message):
@@ -112,7 +112,7 @@ def test_python_callers_may_give_paths_and_a_dataframe_is_refused_with_what_to_d
         resolve_config(None, data=frame)
     message = str(error.value)
     assert "\n" not in message and len(message) < 250, message
-    assert message.startswith("data must be a .csv or .jsonl file, a folder holding train.csv, or 'banking77', got DataFrame ")
+    assert message.startswith("data must be a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got DataFrame ")
     assert message.endswith("; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)")
 
 

@@ -49,7 +49,7 @@ GOOD = [(f"query {i}", "a" if i % 2 else "b") for i in range(40)]
 
 def test_missing_folder_and_file(tmp_path):
     with pytest.raises(DataError, match=r"nope: no such data folder or file \(expected a folder holding train.csv, or a .csv, "
-                                        r".tsv or .jsonl file\)$"):
+                                        r".tsv, .jsonl or .parquet file\)$"):
         load_splits(str(tmp_path / "nope"))
     with pytest.raises(DataError, match=r"PolyAI/banking77: no such .* file\) \(a Hugging Face dataset is not read by name: save"):
         load_splits("PolyAI/banking77")
@@ -57,7 +57,7 @@ def test_missing_folder_and_file(tmp_path):
     (tmp_path / "array" / "rows.jsonl").write_text('[{"text": "hi", "category": "a"}]\n')  # a .json file renamed
     with pytest.raises(DataError, match=r"rows.jsonl: line 1: a JSON array, where JSON lines \(one object a line\) are read; write"):
         read_examples(tmp_path / "array" / "rows.jsonl")
-    with pytest.raises(DataError, match=r"no training file \(train.csv, train.tsv or train.jsonl\) in the folder, which holds nothing"):
+    with pytest.raises(DataError, match=r"no training file \(train.csv, train.tsv, train.jsonl or train.parquet\) in the folder, which holds nothing"):
         load_splits(str(tmp_path))
     (tmp_path / "training_data.csv").write_text("text,category\n")
     with pytest.raises(DataError, match=r"no training file .* in the folder, which holds training_data.csv$"):
@@ -394,7 +394,7 @@ def test_data_can_be_a_file(tmp_path, caplog):
     assert "the files beside it (test.csv) are not used (validation is carved from train_v2.csv, there is no test set); " \
            "to use them, give --data a folder holding them and this file as train.csv" in caplog.text
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"notes.txt: a data file \(or the folder holding train.csv\) must be .csv or .jsonl, not '.txt'$"):
+    with pytest.raises(DataError, match=r"notes.txt: a data file \(or the folder holding train.csv\) must be .csv, .jsonl or .parquet, not '.txt'$"):
         load_splits(str(tmp_path / "notes.txt"))
 
 
@@ -526,6 +526,19 @@ def test_intent_ids_written_as_floats_are_the_same_intents_and_numbers_are_warne
     (tmp_path / "named").mkdir()
     load_splits(_folder(tmp_path / "named", GOOD))
     assert "are numbers" not in caplog.text
+
+
+def test_a_folder_of_parquet_files_is_data_as_csv_files_are(tmp_path):
+    """A Hugging Face dataset's or a data lake's Parquet files: ids as integers, a missing label as null."""
+    import pandas as pd
+
+    ids = [i % 2 for i in range(40)]
+    pd.DataFrame({"text": [f"query {i}" for i in range(40)], "label": ids}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"text": ["one", "two", "three"], "label": [0.0, 1.0, None]}).to_parquet(tmp_path / "test.parquet")
+    splits = load_splits(str(tmp_path), label_column="label")
+    assert splits.labels == ["0", "1"] and len(splits.train) + len(splits.validation) == 40
+    assert splits.test.texts == ["one", "two"] and splits.test.labels == ["0", "1"]  # null: skipped and counted
+    assert splits.notes["test_file"].endswith("test.parquet")
 
 
 def _written(path, rows):

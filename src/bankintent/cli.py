@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "accuracy, macro-F1, per-intent scores, confused pairs, accuracy by length, out-of-scope coverage")
     p.add_argument("dir", help="a training run's output folder; or a model folder or an exported folder, with --data FILE")
-    p.add_argument("--data", help="a .csv/.tsv/.jsonl file of labelled queries, evaluated as the test split; or 'banking77' or a "
+    p.add_argument("--data", help="a .csv/.tsv/.jsonl/.parquet file of labelled queries, evaluated as the test split; or 'banking77' or a "
                                   "data folder, as train --data (default: the run's data)")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")

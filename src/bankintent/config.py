@@ -83,7 +83,7 @@ class TrainConfig:
                          "lora-unfreeze (LoRA, then top layers), linear-probe (frozen encoder), contrastive (few-shot: the encoder "
                          "fine-tuned on pairs of same-intent queries, then the linear probe)", choices=(AUTO, *METHODS))
     base_model: str = option(DEFAULT_BASE_MODEL, "encoder to fine-tune: a Hugging Face model name or a local folder")
-    data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.tsv/.jsonl), or one training file")
+    data: str = option("banking77", "'banking77', a folder (train, optional valid|validation|dev and test .csv/.tsv/.jsonl/.parquet), or one training file")
     text_column: str = option("text", "column holding the query text in the data files")
     label_column: str = option("category", "column holding the intent label in the data files")
     pooling: str = option("mean", "query embedding: mean (mean-pooled, L2-normalised), cls (the model's own head on the first "
@@ -134,7 +134,7 @@ class TrainConfig:
                                         "with the options its config.yaml records (other options are refused)")
     strict_data: bool = option(False, "refuse a data file with empty or unlabelled rows instead of skipping them with a warning")
     oos_label: str = option("out_of_scope", "rows with this label are out-of-scope examples, not an intent")
-    oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv or .jsonl (default: none)")
+    oos_file: str | None = option(None, "file of out-of-scope example queries: .txt (one a line), .csv, .jsonl or .parquet (default: none)")
 
     def __new__(cls, *args, **kwargs):
         # which options the config was made with, however equal to the defaults (``given_options``)
@@ -242,7 +242,7 @@ def _as_kind(name: str, value: Any, kind: type) -> Any:
             return kind(number)
     wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
     if name == "data":
-        wanted = "a .csv or .jsonl file, a folder holding train.csv, or 'banking77'"
+        wanted = "a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77'"
     shown = " ".join(repr(value).split())
     got = f"{type(value).__name__} {shown[:60]}{'...' if len(shown) > 60 else ''}" if kind is str else shown
     hint = "; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)" if type(value).__name__ == "DataFrame" else ""

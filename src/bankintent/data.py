@@ -58,9 +58,10 @@ log = logging.getLogger(__name__)
 BANKING77 = "banking77"
 BANKING77_URL = "https://raw.githubusercontent.com/PolyAI-LDN/task-specific-datasets/master/banking_data/{split}.csv"
 CACHE_DIR = Path(os.environ.get("BANKINTENT_CACHE", Path.home() / ".cache" / "bankintent"))
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")  # labelled data; compared in lower case (Excel on Windows writes .CSV)
-COLUMN_SUFFIXES = (*DATA_SUFFIXES, ".parquet")  # files of named columns, a query column among them; .parquet: logs from a data lake
-QUERY_SUFFIXES = (".txt", *COLUMN_SUFFIXES)  # queries alone: .txt is one a line
+# files of named columns: labelled data, or queries in a column; compared in lower case (Excel on Windows writes .CSV);
+# .parquet: a data lake's tables, a Hugging Face dataset's files
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+QUERY_SUFFIXES = (".txt", *DATA_SUFFIXES)  # queries alone: .txt is one a line
 PARQUET_BATCH = 4096  # rows read from a Parquet file at once
 SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 WORKBOOK_SIGNATURES = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")  # .xlsx (a zip file), .xls (OLE2), renamed to .csv
@@ -392,7 +393,7 @@ def _line_list(numbers: list[int], word: str = "line") -> str:
 
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
                   strict: bool = False) -> Examples:
-    """Read a labelled .csv, .tsv or .jsonl file. A row whose text or label is empty or whitespace is
+    """Read a labelled .csv, .tsv, .jsonl or .parquet file. A row whose text or label is empty or whitespace is
     skipped and counted (one blank row should not refuse a whole public data set, nor a row left
     unlabelled a whole sheet); with ``strict`` it is refused. A query labelled two ways is warned about."""
     path = Path(path)
@@ -595,7 +596,7 @@ class DataFiles:
 
 
 def _pick(folder: Path, stems: tuple[str, ...], what: str) -> Path | None:
-    """The first of ``folder``'s files named stem + .csv/.tsv/.jsonl, in any case (stems in order of
+    """The first of ``folder``'s files named stem + .csv/.tsv/.jsonl/.parquet, in any case (stems in order of
     preference); a warning names the others, which are not read."""
     present = [p for stem in stems for p in sorted(folder.iterdir()) if p.is_file() and p.stem.lower() == stem
                and p.suffix.lower() in DATA_SUFFIXES]
@@ -624,20 +625,20 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
                         "there is no test set); %s", path, ", ".join(beside), path.name, use)
         return DataFiles(str(path), path)
     if not path.is_dir():
-        hub = (" (a Hugging Face dataset is not read by name: save its split with datasets' to_csv and give that file)"
+        hub = (" (a Hugging Face dataset is not read by name: save its split with datasets' to_csv or to_parquet and give that file)"
                if re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)) and not path.parent.exists() or str(data).startswith("hf://") else "")
-        raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv, .tsv or .jsonl "
-                        f"file){hub}")
+        raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv, .tsv, .jsonl or "
+                        f".parquet file){hub}")
     train = _pick(path, ("train",), "training")
     if train is None:
         held = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "") if held else "nothing"
-        raise DataError(f"{path}: no training file (train.csv, train.tsv or train.jsonl) in the folder, which holds {shown}")
+        raise DataError(f"{path}: no training file (train.csv, train.tsv, train.jsonl or train.parquet) in the folder, which holds {shown}")
     files = DataFiles(str(path), train, _pick(path, VALIDATION_STEMS, "validation"), _pick(path, ("test",), "test"))
     used = {files.train, files.validation, files.test, *(Path(p).resolve() for p in exclude)}
     unused = [p.name for p in sorted(path.iterdir()) if p.suffix.lower() in (*DATA_SUFFIXES, *SPREADSHEETS) and p not in used]
     if unused:
-        log.warning("%s: not read: %s (a data folder holds train, valid|validation|dev and test .csv/.tsv/.jsonl files)",
+        log.warning("%s: not read: %s (a data folder holds train, valid|validation|dev and test .csv/.tsv/.jsonl/.parquet files)",
                     path, ", ".join(unused))
     return files
 
@@ -660,7 +661,7 @@ def query_column(path: str | Path, column: str) -> str:
     column: a file of queries gathered apart from the training data (chat logs, out-of-scope
     examples) often names its column ``text`` whatever the training data called it."""
     path = Path(path).expanduser()
-    if column == "text" or path.suffix.lower() not in COLUMN_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
+    if column == "text" or path.suffix.lower() not in DATA_SUFFIXES or _has_column(path, column) or not _has_column(path, "text"):
         return column
     log.info("%s: no column %r; its queries are read from column 'text'", path, column)
     return "text"
@@ -669,7 +670,7 @@ def query_column(path: str | Path, column: str) -> str:
 def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_column: str = "category",
                            oos_label: str | None = "out_of_scope") -> list[str]:
     """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
-    or .csv/.jsonl (the text column; every row is an out-of-scope example). A row whose label column
+    or .csv/.jsonl/.parquet (the text column; every row is an out-of-scope example). A row whose label column
     names an intent is refused: a labelled data file given here by mistake would set the threshold
     on in-scope queries."""
     path = Path(path).expanduser()
