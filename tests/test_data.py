@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from sklearn.model_selection import train_test_split
 
-from bankintent.data import (SMALL_DATA_PER_INTENT, data_files, iter_queries, load_splits, query_key, read_examples,
+from bankintent.data import (SMALL_DATA_PER_INTENT, data_files, iter_queries, load_splits, query_key, read_examples, read_out_of_scope_file,
                              read_queries, thin_validation)
 from bankintent.errors import DataError
 from conftest import BANKING77, write_csv
@@ -51,8 +51,10 @@ def test_missing_folder_and_file(tmp_path):
     with pytest.raises(DataError, match=r"nope: no such data folder or file \(expected a folder holding train.csv, or a .csv, "
                                         r".tsv, .jsonl or .parquet file\)$"):
         load_splits(str(tmp_path / "nope"))
-    with pytest.raises(DataError, match=r"PolyAI/banking77: no such .* file\) \(a Hugging Face dataset is not read by name: save"):
+    with pytest.raises(DataError, match=r"PolyAI/banking77: no such .* file\) \(if it names a Hugging Face dataset: one is not read by name; save"):
         load_splits("PolyAI/banking77")
+    with pytest.raises(DataError, match=r"no such data folder or file \(expected .* file\)$"):  # a local path mistyped: no hub hint
+        load_splits("my_intents/train.csv")
     (tmp_path / "array").mkdir()
     (tmp_path / "array" / "rows.jsonl").write_text('[{"text": "hi", "category": "a"}]\n')  # a .json file renamed
     with pytest.raises(DataError, match=r"rows.jsonl: line 1: a JSON array, where JSON lines \(one object a line\) are read; write"):
@@ -98,9 +100,9 @@ def test_a_semicolon_or_tab_separated_csv_is_read_as_such(tmp_path, separator, c
     with pytest.raises(DataError, match=r"line 5: expected 2 fields, found 3"):  # lines counted from the file's first
         read_examples(path)
     assert "(its first line names it)" in caplog.text
-    path.write_text(f"sep={separator}\nText{separator}category\nfine{separator}a\n{rows[2][0]}{separator}b\n")
+    path.write_text(f"SEP={separator}\nText{separator}category\nfine{separator}a\n{rows[2][0]}{separator}b\n")
     examples = read_examples(path)
-    assert list(zip(examples.texts, examples.labels)) == [("fine", "a"), (rows[2][0], "b")]
+    assert list(zip(examples.rows, examples.texts, examples.labels)) == [(3, "fine", "a"), (4, rows[2][0], "b")]
 
 
 def test_empty_rows_are_skipped_and_counted_unless_strict(tmp_path, caplog):
@@ -184,7 +186,7 @@ def test_suffixes_in_any_case_tab_separated_files_and_workbooks(tmp_path):
         read_examples(tmp_path / "book.xlsx")
     for workbook in (b"PK\x03\x04\x14\x00\x06\x00", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00"):  # .xlsx, .xls renamed to .csv
         (tmp_path / "book.csv").write_bytes(workbook + b"\x00\x9d\xff" * 50)
-        with pytest.raises(DataError, match=r"book.csv: an Excel workbook by its bytes, not text, whatever its name says; save"):
+        with pytest.raises(DataError, match=r"book.csv: a workbook or zip archive by its bytes, not text, whatever its name says; save"):
             read_examples(tmp_path / "book.csv")
 
 
@@ -520,8 +522,16 @@ def test_intent_ids_written_as_floats_are_the_same_intents_and_numbers_are_warne
     write_csv(tmp_path / "test.csv", [("top me up", "5"), ("stolen card", "12")])
     splits = load_splits(tmp_path)
     assert splits.labels == ["12", "5"] and splits.test.labels == ["5", "12"]
-    assert "the intents are numbers (5, 12, ...): answers, reports and the service give these numbers" in caplog.text
+    assert "the intents are numbers (5, 12): answers, reports and the service give these numbers" in caplog.text
     assert read_examples(_written(tmp_path / "v.csv", [("a", "1.5"), ("b", "v2.0"), ("c", "-3.0")])).labels == ["1.5", "v2.0", "-3"]
+    from bankintent.data import set_apart  # the out-of-scope label given is read as the file's labels are
+
+    assert set_apart(read_examples(tmp_path / "train.csv"), "12.0")[1][:1] == ["card stolen 0"]
+    import pandas as pd  # an out-of-scope file's ids (a Parquet or JSONL file's numbers) are labels too: an intent's rows refused
+
+    pd.DataFrame({"text": ["hello"], "category": [5]}).to_parquet(tmp_path / "oos.parquet")
+    with pytest.raises(DataError, match=r"oos.parquet: row 1: labelled '5'; every row of an out-of-scope file is out of scope"):
+        read_out_of_scope_file(tmp_path / "oos.parquet")
     caplog.clear()
     (tmp_path / "named").mkdir()
     load_splits(_folder(tmp_path / "named", GOOD))

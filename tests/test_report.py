@@ -20,7 +20,7 @@ from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
 from bankintent.predict import model_folder
-from bankintent.report import Run, collect, f1_figure, run_evaluation, write_report
+from bankintent.report import FIGURES, Run, collect, f1_figure, run_evaluation, write_report
 from bankintent.results import learning_curves_figure, write_history
 from bankintent.sweep import read_sweep, run_folder, train_command, write_results
 from conftest import tiny_options
@@ -81,9 +81,11 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
     assert "<table>" in html and "&lt;=5 words" in html  # tables rendered, text escaped
     # a report of another run into the same folder replaces it, and leaves none of the earlier figures it has not
+    assert sorted(f.removeprefix("figures/") for f in figures) == sorted(FIGURES)  # the names it may remove: its own
+    (tmp_path / "report" / "figures" / "logo.png").write_bytes(b"mine")
     md = write_report([tiny_sweep / "runs" / "linear-probe" / "seed-42"], tmp_path / "report")[1].read_text()
     now = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
-    assert len(now) < 6 and sorted(f"figures/{p.name}" for p in (tmp_path / "report" / "figures").iterdir()) == sorted(now)
+    assert len(now) < 6 and sorted(f"figures/{p.name}" for p in (tmp_path / "report" / "figures").iterdir()) == sorted(now + ["figures/logo.png"])
 
 
 def test_runs_without_their_model_are_tabled_but_not_analysed(tiny_sweep, tmp_path):

@@ -105,7 +105,7 @@ def test_ctrl_c_says_whether_the_trial_in_training_kept_a_checkpoint(tiny_bert, 
         run_search("lpft", trials=1, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(tiny_data))
 
 
-def test_auto_searches_the_method_train_chooses_for_the_data(tiny_bert, tmp_path, monkeypatch):
+def test_auto_searches_the_method_train_chooses_for_the_data(tiny_bert, tmp_path, monkeypatch, caplog):
     """A few examples per intent with a validation file: train chooses contrastive, and the search drew
     lpft's options (its default method), so its best command was not the recipe train would run."""
     import bankintent.search
@@ -126,6 +126,27 @@ def test_auto_searches_the_method_train_chooses_for_the_data(tiny_bert, tmp_path
         run_search(trials=1, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(few))
     assert commands[0][commands[0].index("--method") + 1] == "contrastive"
     assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/study.db") == ["bankintent-contrastive"]
+    config = tmp_path / "lpft.yaml"  # a config's method is the search's when --method is not given
+    config.write_text("method: lpft\n")
+    with pytest.raises(KeyboardInterrupt):
+        run_search(trials=1, storage=f"sqlite:///{tmp_path}/study.db", config_file=config, base_model=str(tiny_bert), data=str(few))
+    assert commands[1][commands[1].index("--method") + 1] == "lpft"
+    assert "study.db also holds a study of contrastive; this search is of lpft (--method contrastive continues that one)" in caplog.text
+
+
+def test_ctrl_c_between_trials_is_said_so(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import bankintent.search
+
+    monkeypatch.setattr(bankintent.search, "run_trial", lambda trial, command, run_dir, bar: 0.5)
+
+    def stop_after(bar):
+        def ended(study, trial):
+            raise KeyboardInterrupt
+        return ended
+
+    monkeypatch.setattr(bankintent.search, "_trial_ended", stop_after)
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted between trials; run the same command again to continue the study$"):
+        run_search("lpft", trials=2, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(tiny_data))
 
 
 def test_a_trial_stopped_by_ctrl_c_runs_again_once_in_its_folder(tmp_path):

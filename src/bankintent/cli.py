@@ -208,7 +208,7 @@ SEARCH_OPTIONS = ("data", "text_column", "label_column", "oos_label", "oos_file"
 
 
 def search(args: argparse.Namespace) -> None:
-    _status(f"search: {args.trials} trials of {args.method} in {args.storage} ...")
+    _status(f"search: {args.trials} trials{f' of {args.method}' if args.method else ''} in {args.storage} ...")
     from bankintent.search import run_search
 
     overrides = {name: getattr(args, name) for name in SEARCH_OPTIONS if getattr(args, name) is not None}
@@ -440,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=sweep)
 
     p = command("search", "Bayesian hyperparameter search with Optuna on validation accuracy")
-    p.add_argument("--method", default="auto", help="training recipe whose hyperparameters are searched; auto: the one train "
-                   "chooses for the data (lpft, or contrastive for few examples per intent)")
+    p.add_argument("--method", help="training recipe whose hyperparameters are searched (default: --config's, else auto: the one "
+                   "train chooses for the data, lpft or contrastive for few examples per intent)")
     p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold in all (a resumed study runs the rest)")
     p.add_argument("--storage", required=True, help="sqlite:///DIR/study.db (resumable)")
     p.add_argument("--output", default=None, help="folder for the trials' runs (default: beside the study)")

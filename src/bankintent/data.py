@@ -1,11 +1,11 @@
-"""Data: Banking77 or a user's own CSV/JSONL, validated row by row, split reproducibly.
+"""Data: Banking77 or a user's own CSV/TSV/JSONL/Parquet, validated row by row, split reproducibly.
 
 ``--data`` names Banking77 (``banking77``), a folder or one file:
 
-- a folder: ``train.csv`` (or ``.jsonl``); a validation file ``valid``, ``validation`` or ``dev``
-  (``.csv``/``.jsonl``) if present, else the validation split is a stratified share
+- a folder: ``train.csv`` (or ``.tsv``, ``.jsonl``, ``.parquet``); a validation file ``valid``,
+  ``validation`` or ``dev`` (any of those suffixes) if present, else the validation split is a stratified share
   (``val_fraction``) of the training file drawn with a fixed seed (Banking77: 9,002 train / 1,001
-  validation); ``test.csv`` (or ``.jsonl``) if present, only ever evaluated. Files present and not
+  validation); ``test.csv`` (or another of them) if present, only ever evaluated. Files present and not
   used are named in a warning.
 - a file: the training file alone (validation carved from it, no test set); the files beside it are
   not read (a warning names those a folder would have used).
@@ -180,7 +180,7 @@ def _encoding(path: Path) -> str:
         head = handle.read(ENCODING_SNIFF_BYTES)
         lines = head if head.endswith(b"\n") else head + handle.readline()
     if head.startswith(WORKBOOK_SIGNATURES):
-        raise DataError(f"{path}: an Excel workbook by its bytes, not text, whatever its name says; {SAVE_AS_CSV}")
+        raise DataError(f"{path}: a workbook or zip archive by its bytes, not text, whatever its name says; {SAVE_AS_CSV}")
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     try:
@@ -238,7 +238,7 @@ def _separator(path: Path, handle) -> tuple[str, int]:
     or the one a first line ``sep=;`` names (Excel's hint, which Excel writes and reads; the line is
     then skipped). Said in the log when not a comma."""
     header = handle.readline()
-    hint = re.fullmatch(r'"?sep=(.)"?[,;\t]*', header.rstrip("\r\n"))
+    hint = re.fullmatch(r'"?sep=([,;\t|])"?[,;\t|]*', header.rstrip("\r\n"), re.IGNORECASE)
     if hint:
         separator, skipped, why = hint.group(1), 1, "its first line names it"
     else:
@@ -386,6 +386,16 @@ def label_name(value) -> str:
     return whole.group(1) if whole else label
 
 
+def oos_name(oos_label: str | None) -> str | None:
+    """The out-of-scope label given (``--oos-label``) as the file's labels are read (``label_name``)."""
+    return label_name(oos_label) if oos_label else oos_label
+
+
+def numbered(path: str | Path) -> str:
+    """What a file's numbers count: a text file's lines, a Parquet file's rows (it has no lines)."""
+    return "row" if Path(path).suffix.lower() == ".parquet" else "line"
+
+
 def _line_list(numbers: list[int], word: str = "line") -> str:
     """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
     return f"{word}{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
@@ -408,14 +418,16 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         value, label = row[text_column], row[label_column]
         if value is None or isinstance(value, str) and blank(value):
             if strict:
-                raise DataError(f"{path}: line {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
+                raise DataError(f"{path}: {numbered(path)} {number}: empty text in column {text_column!r} (strict_data refuses empty rows)")
             empty.append(number)
             continue
         if not isinstance(value, str):
-            raise DataError(f"{path}: line {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
+            raise DataError(f"{path}: {numbered(path)} {number}: column {text_column!r} holds {type(value).__name__} {str(value)[:40]!r}, "
+                            f"not text")
         if label is None or not str(label).strip():
             if strict:
-                raise DataError(f"{path}: line {number}: empty label in column {label_column!r} (strict_data refuses unlabelled rows)")
+                raise DataError(f"{path}: {numbered(path)} {number}: empty label in column {label_column!r} (strict_data refuses "
+                                f"unlabelled rows)")
             unlabelled.append(number)
             continue
         texts.append(value.strip())
@@ -426,10 +438,10 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         raise DataError(f"{path}: no labelled rows ({skipped})" if empty or unlabelled else f"{path}: no rows after the header")
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped (%s; strict_data / --strict-data refuses them)", path, len(empty),
-                    _line_list(empty))
+                    _line_list(empty, numbered(path)))
     if unlabelled:
         log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to use them "
-                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, _line_list(unlabelled))
+                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, _line_list(unlabelled, numbered(path)))
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
         log.warning("%s: %d duplicated row(s) kept", path, duplicates)
@@ -449,7 +461,7 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
     conflicts = [(key, found) for key, found in seen.items() if len(found) > 1]
     if not conflicts:
         return
-    shown = "; ".join(f"{written[key][:40]!r} as {' and '.join(f'{label!r} (line {line})' for label, line in found.items())}"
+    shown = "; ".join(f"{written[key][:40]!r} as {' and '.join(f'{label!r} ({numbered(path)} {line})' for label, line in found.items())}"
                       for key, found in conflicts[:3]) + ("; ..." if len(conflicts) > 3 else "")
     log.warning("%s: %d query(ies) labelled more than one way: %s; the model is taught every label, so keep the right one "
                 "(`bankintent audit` lists near-copies too)", path, len(conflicts), shown)
@@ -625,8 +637,9 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
                         "there is no test set); %s", path, ", ".join(beside), path.name, use)
         return DataFiles(str(path), path)
     if not path.is_dir():
-        hub = (" (a Hugging Face dataset is not read by name: save its split with datasets' to_csv or to_parquet and give that file)"
-               if re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)) and not path.parent.exists() or str(data).startswith("hf://") else "")
+        named = re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)) and not path.parent.exists() and path.suffix.lower() not in DATA_SUFFIXES
+        hub = (" (if it names a Hugging Face dataset: one is not read by name; save its split with datasets' to_csv or "
+               "to_parquet and give that file)" if named or str(data).startswith("hf://") else "")
         raise DataError(f"{data}: no such data folder or file (expected a folder holding train.csv, or a .csv, .tsv, .jsonl or "
                         f".parquet file){hub}")
     train = _pick(path, ("train",), "training")
@@ -673,7 +686,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     or .csv/.jsonl/.parquet (the text column; every row is an out-of-scope example). A row whose label column
     names an intent is refused: a labelled data file given here by mistake would set the threshold
     on in-scope queries."""
-    path = Path(path).expanduser()
+    path, oos_label = Path(path).expanduser(), oos_name(oos_label)
     kind = file_kind(path, (".txt", *DATA_SUFFIXES), "an out-of-scope file")
     column = "text" if kind == "txt" else query_column(path, text_column)
     texts, empty = [], 0
@@ -685,10 +698,11 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
         if kind == "txt" and value.lstrip().startswith("#"):
             continue
         if not isinstance(value, str):
-            raise DataError(f"{path}: line {number}: column {column!r} holds {type(value).__name__}, not text")
-        label = label_name(row[label_column]) if isinstance(row.get(label_column), str) else ""
+            raise DataError(f"{path}: {numbered(path)} {number}: column {column!r} holds {type(value).__name__}, not text")
+        given = row.get(label_column)  # a JSONL or Parquet file's ids are numbers
+        label = label_name(given) if given is not None and str(given).strip() else ""
         if label and label != oos_label and not _written_as_out_of_scope(label, oos_label):
-            raise DataError(f"{path}: line {number}: labelled {label!r}; every row of an out-of-scope file is out of scope "
+            raise DataError(f"{path}: {numbered(path)} {number}: labelled {label!r}; every row of an out-of-scope file is out of scope "
                             f"(in a data file, rows labelled {oos_label!r} are)")
         texts.append(value.strip())
     if empty:
@@ -746,6 +760,7 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
 
 def set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
     """(the rows of intents, the texts of the rows labelled ``oos_label``)."""
+    oos_label = oos_name(oos_label)
     if not oos_label or oos_label not in examples.labels:
         return examples, []
     keep = [i for i, label in enumerate(examples.labels) if label != oos_label]
@@ -789,7 +804,7 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     if rare:
         more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
         row = full.rows[full.labels.index(rare[0])] if full.rows else None
-        where = f"line {row}: " if row else ""
+        where = f"{numbered(train_file)} {row}: " if row else ""
         close = closest_name(rare[0], [label for label, n in counts.items() if n >= 2])
         hint = f" (a typo for {close!r}?)" if close else ""
         repeated = full.labels.count(rare[0]) - 1
@@ -867,10 +882,11 @@ def check_trained_intents(model, labels: list[str], splits: Splits) -> None:
     """Refuse a model whose intents are not those of the data its run reads now (``splits``): the data
     was changed since training, or the model folder's ``labels.json`` was edited by hand."""
     if labels != splits.labels:
-        differ = sorted(set(labels) ^ set(splits.labels))
-        which = f" ({', '.join(map(repr, differ[:3]))}{', ...' if len(differ) > 3 else ''} in one and not the other)" if differ else ""
-        raise DataError(f"{model}: the model's intents differ from those of its training data now ({splits.source}){which}; was the "
-                        f"data or the model folder changed since training?")
+        shown = lambda names: ", ".join(map(repr, sorted(names)[:3])) + (", ..." if len(names) > 3 else "")  # noqa: E731
+        which = "; ".join(f"{side} only: {shown(names)}" for side, names in (("the model", set(labels) - set(splits.labels)),
+                                                                             ("the data", set(splits.labels) - set(labels))) if names)
+        raise DataError(f"{model}: the model's intents are not those of the data read ({splits.source}; {which or 'in another order'}); "
+                        f"was the data or the model folder changed since training?")
 
 
 def thin_intents_warning(splits: Splits) -> str | None:
@@ -911,7 +927,7 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
                     if _written_as_out_of_scope(label, oos_label) else "")
             close = closest_name(label, sorted(known) + ([oos_label] if oos_label else []))
             typo = f" (a typo for {close!r}?)" if close and not hint else ""
-            raise DataError(f"{path}: line {row}: label {label!r} never seen in training{hint or typo or otherwise}")
+            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{hint or typo or otherwise}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
@@ -922,6 +938,7 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     with ``unseen_as_oos`` the rows of other labels are out of scope too (intents added since the
     model trained: what its fallback should catch). None: not an option where the file is read
     (training's test file), so the error does not offer it."""
+    oos_label = oos_name(oos_label)
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
     out_of_scope = OutOfScope()
     out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
@@ -968,6 +985,7 @@ def load_splits(
 ) -> Splits:
     """Train, validation and (if present) test examples of ``data`` (see the module docstring), the
     out-of-scope examples set apart, and notes on what was read."""
+    oos_label = oos_name(oos_label)
     oos_path = Path(oos_file).expanduser().resolve() if oos_file else None
     files = data_files(data, exclude=(oos_path,) if oos_path else ())
     read = lambda path: set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
@@ -991,10 +1009,11 @@ def load_splits(
         if strict_data:
             raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
         log.warning("%s: %s", files.train, warning)
-    if all(label.isdigit() for label in full.labels):
+    if all(re.fullmatch(r"-?[0-9]+", label) for label in full.labels):
+        ids = sorted(set(full.labels), key=int)
         log.warning("%s: the intents are numbers (%s): answers, reports and the service give these numbers, and few-shot "
                     "training cannot learn from their names; write the intent names in the file instead (docs/training.md, "
-                    "'Your own data')", files.train, ", ".join(sorted(set(full.labels), key=int)[:4]) + ", ...")
+                    "'Your own data')", files.train, ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else ""))
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)

@@ -286,7 +286,7 @@ def long_queries_note(tokenizer, texts: list[str], max_length: int) -> tuple[int
     """(log level, a line) naming the training queries longer than ``max_length`` tokens, which the model
     reads only the start of (a pasted e-mail, a paragraph); None where there is none. A warning from
     ``LONG_QUERIES_SHARE`` of them on (the default length cuts a few of Banking77's longest alone)."""
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    lengths = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]  # no warning of its own past the model's length
     long = sum(n > max_length for n in lengths)
     if not long:
         return None

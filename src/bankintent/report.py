@@ -136,6 +136,9 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+FIGURES = ("dataset.png", "learning_curves.png", "coverage.png", "confusion_heatmap.png", "per_intent_f1.png", "adapter_cost.png")
+
+
 def _figure(fig, folder: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(folder / name, dpi=100, bbox_inches="tight")  # legends placed beside the axes included
@@ -634,7 +637,7 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
     ]) + "\n"
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(render_html(markdown, out, title))
-    for stale in figures.glob("*.png"):  # an earlier report's figures that this one has not (no learning curves, say)
-        if f"](figures/{stale.name})" not in markdown:
-            stale.unlink()
+    for name in FIGURES:  # an earlier report's figures that this one has not (no learning curves, say); no other file
+        if f"](figures/{name})" not in markdown:
+            (figures / name).unlink(missing_ok=True)
     return [out / "report.html", out / "report.md"]

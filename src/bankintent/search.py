@@ -163,6 +163,13 @@ class _NoInterruptTraceback(logging.Filter):
         return record.getMessage() != self.stopped
 
 
+def _study_names(storage: str) -> list[str]:
+    """The studies ``storage`` holds; none where its file is not there yet."""
+    if not Path(storage.removeprefix("sqlite:///")).is_file():
+        return []
+    return optuna.get_all_study_names(storage)
+
+
 def _check_same_options(study: optuna.Study, fixed: dict, splits: Splits, storage: str) -> None:
     """Record the options every trial shares and what the data holds in a new study; refuse to resume
     one with other options (another data set, method or config) or on data changed in place since: its
@@ -178,17 +185,19 @@ def _check_same_options(study: optuna.Study, fixed: dict, splits: Splits, storag
             raise ConfigError(f"{storage}: the study's trials ran with other options ({differences(recorded, wanted)}); give a new "
                               f"--storage for these")
     was, now = study.user_attrs.get("data"), data_record(splits)
+    changed = was and data_changes(was, now)
     if was is None:
         study.set_user_attr("data", now)
-    elif data_changes(was, now):
-        raise ConfigError(f"{splits.source}: the data changed since the study started ({data_changes(was, now)}); its trials "
-                          f"would be compared with trials on other data: restore it, or give a new --storage")
+    elif changed:
+        raise ConfigError(f"{splits.source}: the data changed since the study started ({changed}); its trials would be compared "
+                          f"with trials on other data: restore it, or give a new --storage")
 
 
-def run_search(method: str = AUTO, trials: int = 20, storage: str = "", output: str | Path | None = None,
+def run_search(method: str | None = None, trials: int = 20, storage: str = "", output: str | Path | None = None,
                config_file: str | Path | None = None, **overrides) -> dict:
     """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary.
-    ``auto`` searches the method ``train`` would choose for the data (``for_data``)."""
+    ``method``: the config file's, else ``auto``, the method ``train`` would choose for the data (``for_data``)."""
+    method = method or (read_yaml(config_file).get("method") if config_file else None) or AUTO
     out = Path(output) if output else study_folder(storage)
     check_output_folder(out)
     if method in UNTUNED:
@@ -202,6 +211,10 @@ def run_search(method: str = AUTO, trials: int = 20, storage: str = "", output: 
         base = for_data(base, splits.few_examples)
         method = base.method
         log.info("method: %s (the one train chooses for this data)", method)
+    others = [name.removeprefix("bankintent-") for name in _study_names(storage) if name != f"bankintent-{method}"]
+    if others:
+        log.warning("%s also holds a study of %s; this search is of %s (--method %s continues that one)", storage,
+                    " and ".join(others), method, others[0])
     fixed = {**(read_yaml(config_file) if config_file else {}), "method": method, **overrides}
     fixed = {k: recorded_path(k, v) if k in PATH_OPTIONS else v for k, v in fixed.items() if v is not None and k not in ("output", "seed")}
     study_folder(storage).mkdir(parents=True, exist_ok=True)
@@ -231,7 +244,13 @@ def run_search(method: str = AUTO, trials: int = 20, storage: str = "", output: 
         command = train_command(options, base.seed, run_dir)
         trial.set_user_attr("command", shlex.join(command))
         trial.set_user_attr("run_dir", str(run_dir))
-        return run_trial(trial, command, run_dir, bar)
+        try:
+            value = run_trial(trial, command, run_dir, bar)
+        except optuna.TrialPruned:
+            training.clear()  # ended: a Ctrl-C from here on falls between trials
+            raise
+        training.clear()
+        return value
 
     if trials > done:
         quiet = _NoInterruptTraceback()
@@ -242,7 +261,9 @@ def run_search(method: str = AUTO, trials: int = 20, storage: str = "", output: 
         try:
             study.optimize(objective, n_trials=trials - done, callbacks=[_trial_ended(bar)])
         except KeyboardInterrupt:
-            kept = bool(training) and (training[0] / "checkpoints").is_dir()
+            if not training:
+                raise KeyboardInterrupt("interrupted between trials; run the same command again to continue the study") from None
+            kept = (training[0] / "checkpoints").is_dir()
             raise KeyboardInterrupt(f"interrupted: the trial in training stopped {'at a checkpoint' if kept else 'before its first checkpoint'}; "
                                     f"run the same command again to continue the study (that trial first, "
                                     f"{'from its checkpoint' if kept else 'from its start'})") from None
