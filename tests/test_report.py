@@ -83,7 +83,8 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
     # a report of another run into the same folder replaces it, and leaves none of the earlier figures it has not
     assert sorted(f.removeprefix("figures/") for f in figures) == sorted(FIGURES)  # the names it may remove: its own
     (tmp_path / "report" / "figures" / "logo.png").write_bytes(b"mine")
-    md = write_report([tiny_sweep / "runs" / "linear-probe" / "seed-42"], tmp_path / "report")[1].read_text()
+    probe = shutil.copytree(tiny_sweep / "runs" / "linear-probe" / "seed-42", tmp_path / "probe")  # the report writes its predictions
+    md = write_report([probe], tmp_path / "report")[1].read_text()
     now = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert len(now) < 6 and sorted(f"figures/{p.name}" for p in (tmp_path / "report" / "figures").iterdir()) == sorted(now + ["figures/logo.png"])
 
