@@ -87,8 +87,14 @@ def test_temperature_uses_the_likelihood_only_where_it_can_choose():
     weak = 0.3 * (np.eye(3)[labels[:10]] + rng.normal(scale=0.1, size=(10, 3)))
     weak[0] = weak[0][[1, 2, 0]]  # one wrong
     right = int((weak.argmax(-1) == labels[:10]).sum())
-    value, rule, _ = temperature(weak, labels[:10])
+    value, rule, note = temperature(weak, labels[:10])
     assert rule == "accuracy" and value < 1 and softmax(weak / value).max(-1).mean() == pytest.approx((right + 1) / 12, abs=1e-6)
+    assert "not reached" not in note
+    flat = 1e-4 * weak  # an untrained model's scores barely differ: even the lowest temperature leaves them near 1/3
+    value, rule, note = temperature(flat, labels[:10])
+    assert value == pytest.approx(0.01) and note.endswith(
+        f"= {(right + 1) / 12:.3f}, not reached: the mean confidence is {softmax(flat / value).max(-1).mean():.3f} at temperature "
+        f"0.01, the end of the range searched (the model's scores for the intents barely differ: it has learnt little)")
     assert temperature(weak[:0], labels[:0]) == (1.0, None, "not fitted: no validation queries")
 
 

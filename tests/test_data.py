@@ -206,6 +206,11 @@ def test_unseen_test_label(tmp_path):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "OOS")]))
     with pytest.raises(DataError, match=r"line 3: label 'out_of_scop' never seen in training \(a typo for 'out_of_scope'\?\)$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "out_of_scop")]))
+    with pytest.raises(DataError, match=r"line 2: label 'C' never seen in training, nor on 2 more row\(s\) labelled so$"):
+        load_splits(_folder(tmp_path, GOOD, [("x", "C"), ("y", "a"), ("z", "C"), ("w", "C")]))  # fixed one row at a time, once
+    with pytest.raises(DataError, match=r"line 2: label '1' never seen in training \(this file's labels are numbers, the model's "
+                                        r"intents names: write the names in the file, docs/training.md\)$"):
+        load_splits(_folder(tmp_path, GOOD, [("x", "1"), ("y", "0")]))
 
 
 def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
@@ -388,15 +393,15 @@ def test_data_can_be_a_file(tmp_path, caplog):
     assert "data folder not found" not in caplog.text
     assert len(splits.train) + len(splits.validation) == len(GOOD) and splits.test is None
     assert splits.source == str((tmp_path / "train.csv").resolve())
-    assert f"the files beside it (test.csv) are not used (validation is carved from train.csv, there is no test set); " \
+    assert f"the files beside it (test.csv) are not used (the validation split, if the data has one, is carved from train.csv; there is no test set); " \
            f"give --data {tmp_path.resolve()} to use them" in caplog.text
     caplog.clear()  # another version of the training file beside train.csv: the advice keeps it the training file
     write_csv(tmp_path / "train_v2.csv", GOOD)
     load_splits(str(tmp_path / "train_v2.csv"))
-    assert "the files beside it (test.csv) are not used (validation is carved from train_v2.csv, there is no test set); " \
+    assert "the files beside it (test.csv) are not used (the validation split, if the data has one, is carved from train_v2.csv; there is no test set); " \
            "to use them, give --data a folder holding them and this file as train.csv" in caplog.text
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"notes.txt: a data file \(or the folder holding train.csv\) must be .csv, .jsonl or .parquet, not '.txt'$"):
+    with pytest.raises(DataError, match=r"notes.txt: a data file \(or the folder holding train.csv\) must be .csv, .jsonl or .parquet, not '.txt' \(a tab-separated .txt, as Excel saves Unicode text: rename it .tsv\)$"):
         load_splits(str(tmp_path / "notes.txt"))
 
 
@@ -485,13 +490,16 @@ def test_labels_that_differ_only_in_case_or_separators_are_warned_about(tmp_path
     write_csv(tmp_path / "train.csv", rows)
     splits = load_splits(tmp_path)
     assert sorted(splits.labels) == ["CARD_ARRIVAL", "OOS", "card_arrival", "pin_blocked"]  # trained as given
-    assert "labels 'CARD_ARRIVAL', 'card_arrival' differ only in case or separators and train as 2 intents" in caplog.text
+    assert "labels 'CARD_ARRIVAL', 'card_arrival' differ only in case, accents or separators and train as 2 intents" in caplog.text
     assert ("label 'OOS' trains as an intent; rows of out-of-scope examples are labelled 'out_of_scope' "
             "(--oos-label OOS if these rows are out of scope)") in caplog.text
     from bankintent.data import label_warnings  # a label with a space is quoted, for the shell
 
     assert "(--oos-label 'Out of scope' if these rows are out of scope)" in label_warnings(["a", "Out of scope"], "out_of_scope")[0]
-    with pytest.raises(DataError, match=r"train.csv: labels 'CARD_ARRIVAL', 'card_arrival' differ only in case .* \(strict_data refuses"):
+    spanish = label_warnings(["prestamo_solicitud", "préstamo_solicitud", "fuera_de_alcance"], "out_of_scope")
+    assert spanish[0].startswith("labels 'prestamo_solicitud', 'préstamo_solicitud' differ only in case, accents or separators")
+    assert spanish[1].startswith("label 'fuera_de_alcance' trains as an intent; rows of out-of-scope examples are labelled")
+    with pytest.raises(DataError, match=r"train.csv: labels 'CARD_ARRIVAL', 'card_arrival' differ only in case.* \(strict_data refuses"):
         load_splits(tmp_path, strict_data=True)  # what --strict-data is for
     caplog.clear()
     (tmp_path / "good").mkdir()

@@ -298,6 +298,9 @@ def test_output_to_stdout(model_dir, tmp_path, capsys):
     assert predict_file(Predictor.load(model_dir), txt, "-") == 3
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["row"] for line in lines] == EXPECTED_ROWS
+    (tmp_path / "accents.txt").write_text("transferência falhou\n")  # written as read, as --json and the service write it
+    predict_file(Predictor.load(model_dir), tmp_path / "accents.txt", tmp_path / "accents.jsonl")
+    assert '"text": "transferência falhou"' in (tmp_path / "accents.jsonl").read_text(encoding="utf-8")
 
 
 def never_loaded():

@@ -141,8 +141,14 @@ def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validati
         return fit_temperature(logits, labels), "likelihood", None
     value = accuracy_temperature(logits, labels)
     right = int((logits.argmax(-1) == labels).sum())
-    return value, "accuracy", (f"{problem}: set so that the mean confidence is the accuracy estimated as "
-                               f"({right} right + 1) / ({len(labels)} + 2) = {(right + 1) / (len(labels) + 2):.3f}")
+    target = (right + 1) / (len(labels) + 2)
+    note = (f"{problem}: set so that the mean confidence is the accuracy estimated as ({right} right + 1) / "
+            f"({len(labels)} + 2) = {target:.3f}")
+    reached = float(softmax(logits / value).max(-1).mean())
+    if abs(reached - target) > 0.01:  # at an end of TEMPERATURE_RANGE: outputs too alike (or too apart) to get there
+        note += (f", not reached: the mean confidence is {reached:.3f} at temperature {value:.3g}, the end of the range searched "
+                 f"(the model's scores for the intents barely differ: it has learnt little)")
+    return value, "accuracy", note
 
 
 def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
@@ -206,7 +212,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         reason = ood.DEFAULT_REASON + ("" if len(examples) else ood.NO_EXAMPLES)
         if not len(examples):
             log.warning("out-of-scope: no examples to measure the fallback with (intents are not Banking77's: label some rows "
-                        "%r or give --oos-file); using the default score, %s", cfg.oos_label, spec.oos_score)
+                        "%r, or --oos-label NAME where your rows have a label of their own, or give --oos-file); using the "
+                        "default score, %s", cfg.oos_label, spec.oos_score)
     spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples),
                        "coverage": cfg.oos_coverage}  # the share of validation queries the thresholds answer
     spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}

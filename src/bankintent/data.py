@@ -155,8 +155,9 @@ def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str 
     if suffix not in suffixes:
         names = [s for s in suffixes if s != ".tsv"]
         listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        tabs = " (a tab-separated .txt, as Excel saves Unicode text: rename it .tsv)" if suffix == ".txt" and ".tsv" in suffixes else ""
         raise DataError(f"{path}: {what} must be {listed}" + (" (.txt: one query a line)" if ".txt" in suffixes else "")
-                        + (", not {!r}".format(path.suffix) if path.suffix else " (the name has no extension)"))
+                        + (", not {!r}".format(path.suffix) if path.suffix else " (the name has no extension)") + tabs)
     return {".tsv": "csv"}.get(suffix, suffix[1:])
 
 
@@ -633,8 +634,8 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
         if beside:  # a train.csv beside another training file is another version of the data, not left out
             use = (f"give --data {path.parent} to use them" if path.stem == "train" else
                    f"to use them, give --data a folder holding them and this file as train{path.suffix}")
-            log.warning("%s: --data names one file, so the files beside it (%s) are not used (validation is carved from %s, "
-                        "there is no test set); %s", path, ", ".join(beside), path.name, use)
+            log.warning("%s: --data names one file, so the files beside it (%s) are not used (the validation split, if "
+                        "the data has one, is carved from %s; there is no test set); %s", path, ", ".join(beside), path.name, use)
         return DataFiles(str(path), path)
     if not path.is_dir():
         named = re.fullmatch(r"[\w.-]+/[\w.-]+", str(data)) and not path.parent.exists() and path.suffix.lower() not in DATA_SUFFIXES
@@ -717,13 +718,17 @@ def _rows(count: int) -> str:
 
 
 # how data sets commonly name their out-of-scope label (compared without case or separators):
-# CLINC150's "oos", and the catch-alls of chatbot exports
-OUT_OF_SCOPE_NAMES = {"oos", "outofscope", "outofdomain", "ood", "other", "none", "nointent", "unknown", "fallback", "nomatch"}
+# CLINC150's "oos", the catch-alls of chatbot exports, and theirs in Spanish, Portuguese, French and German (as _label_key writes them)
+OUT_OF_SCOPE_NAMES = {"oos", "outofscope", "outofdomain", "ood", "other", "none", "nointent", "unknown", "fallback", "nomatch",
+                      "fueradealcance", "fueradeldominio", "foradeescopo", "foradoescopo", "horsperimetre", "horssujet",
+                      "ausserhalb", "sonstiges"}
 
 
 def _label_key(label: str) -> str:
-    """A label without case, spaces or separators: ``Card_Arrival`` and ``card arrival`` alike."""
-    return re.sub(r"[\W_]+", "", label).casefold()
+    """A label without case, accents, spaces or separators: ``Card_Arrival``, ``card arrival`` alike, and
+    ``préstamo`` and ``prestamo``."""
+    bare = "".join(c for c in unicodedata.normalize("NFKD", label) if not unicodedata.combining(c))
+    return re.sub(r"[\W_]+", "", bare).casefold()
 
 
 def _written_as_out_of_scope(label: str, oos_label: str | None) -> bool:
@@ -741,7 +746,7 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     variants: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
         variants.setdefault(_label_key(label), []).append(label)
-    found = [f"labels {', '.join(map(repr, group))} differ only in case or separators and train as {len(group)} intents; "
+    found = [f"labels {', '.join(map(repr, group))} differ only in case, accents or separators and train as {len(group)} intents; "
              "write them alike if they are one" for group in variants.values() if len(group) > 1]
     counts = Counter(labels)
     for label, n in sorted(counts.items()):
@@ -921,13 +926,18 @@ def thin_validation(splits: Splits) -> str | None:
 
 def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None, otherwise: str = "") -> None:
     """Refuse a label of ``examples`` that is not ``known``; ``otherwise``: the way out to offer."""
+    number = lambda name: re.fullmatch(r"-?[0-9]+", name) is not None  # noqa: E731
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
             hint = (f" (out-of-scope rows are read under the label {oos_label!r}; --oos-label {shlex.quote(label)} reads these as such)"
-                    if _written_as_out_of_scope(label, oos_label) else "")
+                    if _written_as_out_of_scope(label, oos_label) else
+                    " (this file's labels are numbers, the model's intents names: write the names in the file, docs/training.md)"
+                    if number(label) and not any(map(number, known)) else "")
             close = closest_name(label, sorted(known) + ([oos_label] if oos_label else []))
             typo = f" (a typo for {close!r}?)" if close and not hint else ""
-            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{hint or typo or otherwise}")
+            more = examples.labels.count(label) - 1
+            also = f", nor on {more} more row(s) labelled so" if more else ""
+            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{also}{hint or typo or otherwise}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",

@@ -292,7 +292,8 @@ def curves_section(runs: list[Run], figures: Path) -> str:
         ax.grid(alpha=0.3)
     fig.legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     no_curve = [r.label for r in runs if all(r is not h[0] for h in histories)]
-    note = f"Runs without an epoch of training (no curve): {', '.join(no_curve)}." if no_curve else ""
+    note = (f"No per-epoch curve for {', '.join(no_curve)}: a head fitted in one step (the linear probe's; `contrastive` "
+            f"trains its encoder on pairs first, with no per-epoch record)." if no_curve else "")
     return "\n\n".join(filter(None, ["## Learning curves", "Per epoch, from each run's `history.csv`; a run of several "
                                      "seeds is drawn as their mean.", _figure(fig, figures, "learning_curves.png"), note]))
 

@@ -205,8 +205,9 @@ def run_search(method: str | None = None, trials: int = 20, storage: str = "", o
     base = resolve_config(config_file, method=method, **overrides)  # validates the options before any trial
     splits = run_splits(base)  # and the data, before any trial trains
     if not len(splits.validation):
+        suffix = Path(splits.notes["train_file"]).suffix
         raise ConfigError(f"{splits.source}: no validation split (small data trains on every row), and the search chooses on "
-                          f"validation accuracy; give --data a folder holding train.csv and a validation file (valid.csv)")
+                          f"validation accuracy; give --data a folder holding train{suffix} and a validation file (valid{suffix})")
     if method == AUTO:
         base = for_data(base, splits.few_examples)
         method = base.method

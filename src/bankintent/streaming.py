@@ -242,7 +242,7 @@ class _JsonLines:
         self.handle = sys.stdout if self.stdout else open(output, "a", encoding="utf-8")
 
     def write(self, rows: list[dict]) -> None:
-        self.handle.writelines(json.dumps(row) + "\n" for row in rows)
+        self.handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)  # é as é, as --json and the service write it
         self.handle.flush()
 
     def abort(self) -> None:  # what is written stays: --resume continues it
