@@ -924,15 +924,19 @@ def thin_validation(splits: Splits) -> str | None:
             f"calibration and the out-of-scope threshold rest on little; {remedy}")
 
 
+def is_number(label: str) -> bool:
+    """Whether a label is an intent's id (a dataset's ``label`` column), not its name."""
+    return re.fullmatch(r"-?[0-9]+", label) is not None
+
+
 def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str | None = None, otherwise: str = "") -> None:
     """Refuse a label of ``examples`` that is not ``known``; ``otherwise``: the way out to offer."""
-    number = lambda name: re.fullmatch(r"-?[0-9]+", name) is not None  # noqa: E731
     for row, label in zip(examples.rows or [], examples.labels):
         if label not in known:
             hint = (f" (out-of-scope rows are read under the label {oos_label!r}; --oos-label {shlex.quote(label)} reads these as such)"
                     if _written_as_out_of_scope(label, oos_label) else
                     " (this file's labels are numbers, the model's intents names: write the names in the file, docs/training.md)"
-                    if number(label) and not any(map(number, known)) else "")
+                    if is_number(label) and not any(map(is_number, known)) else "")
             close = closest_name(label, sorted(known) + ([oos_label] if oos_label else []))
             typo = f" (a typo for {close!r}?)" if close and not hint else ""
             more = examples.labels.count(label) - 1
@@ -1019,7 +1023,7 @@ def load_splits(
         if strict_data:
             raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
         log.warning("%s: %s", files.train, warning)
-    if all(re.fullmatch(r"-?[0-9]+", label) for label in full.labels):
+    if all(map(is_number, full.labels)):
         ids = sorted(set(full.labels), key=int)
         log.warning("%s: the intents are numbers (%s): answers, reports and the service give these numbers, and few-shot "
                     "training cannot learn from their names; write the intent names in the file instead (docs/training.md, "
