@@ -458,7 +458,7 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     rows = pd.read_csv(tiny_data / "test.csv")
     oos = pd.DataFrame({"text": ["what is the weather in paris", "tell me a joke please"], "category": "OOS"})
     pd.concat([rows, oos]).to_csv(tmp_path / "held.csv", index=False)
-    with pytest.raises(DataError, match=r"label 'OOS' never seen in training \(out-of-scope rows are read under the label "
+    with pytest.raises(DataError, match=r"label 'OOS' never seen in training, nor on 1 more row\(s\) labelled so \(out-of-scope rows are read under the label "
                                         r"'out_of_scope'; --oos-label OOS reads these as such\)"):
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "a")
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "b", oos_label="OOS")
@@ -472,7 +472,7 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     rows = pd.read_csv(tiny_data / "test.csv")
     new = pd.DataFrame({"text": ["i want a mortgage", "what rate for a home loan", "remortgage my flat"], "category": "mortgage"})
     pd.concat([rows, new]).to_csv(tmp_path / "traffic.csv", index=False)
-    with pytest.raises(DataError, match=r"label 'mortgage' never seen in training \(--unseen-as-oos counts the rows of intents"):
+    with pytest.raises(DataError, match=r"label 'mortgage' never seen in training, nor on 2 more row\(s\) labelled so \(--unseen-as-oos counts the rows of intents"):
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "a")
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "b", unseen_as_oos=True)
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 3
