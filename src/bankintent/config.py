@@ -272,6 +272,12 @@ def closest_name(name: str, known) -> str | None:
     return close[0] if close else None
 
 
+def first_few(items, count: int) -> str:
+    """``a, b, c, ...``: the first ``count`` of ``items`` (texts) for a message, and an ellipsis where there are more."""
+    items = list(items)
+    return ", ".join(items[:count]) + (", ..." if len(items) > count else "")
+
+
 def unknown_names(unknown: list[str], known) -> str:
     """``epoch (epochs?), lora_rank (lora_r?)``: each unknown option name with the one probably meant."""
     return ", ".join(f"{name} ({close}?)" if (close := closest_name(name, known)) else name for name in unknown)

@@ -49,7 +49,7 @@ from typing import Iterator
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from bankintent.config import closest_name
+from bankintent.config import closest_name, first_few
 from bankintent.errors import ConfigError, DataError
 from bankintent.text import blank
 
@@ -399,7 +399,7 @@ def numbered(path: str | Path) -> str:
 
 def _line_list(numbers: list[int], word: str = "line") -> str:
     """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
-    return f"{word}{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+    return f"{word}{'s' if len(numbers) > 1 else ''} " + first_few(map(str, numbers), 5)
 
 
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "category",
@@ -646,7 +646,7 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
     train = _pick(path, ("train",), "training")
     if train is None:
         held = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "") if held else "nothing"
+        shown = first_few(held, 6) if held else "nothing"
         raise DataError(f"{path}: no training file (train.csv, train.tsv, train.jsonl or train.parquet) in the folder, which holds {shown}")
     files = DataFiles(str(path), train, _pick(path, VALIDATION_STEMS, "validation"), _pick(path, ("test",), "test"))
     used = {files.train, files.validation, files.test, *(Path(p).resolve() for p in exclude)}
@@ -887,8 +887,7 @@ def check_trained_intents(model, labels: list[str], splits: Splits) -> None:
     """Refuse a model whose intents are not those of the data its run reads now (``splits``): the data
     was changed since training, or the model folder's ``labels.json`` was edited by hand."""
     if labels != splits.labels:
-        shown = lambda names: ", ".join(map(repr, sorted(names)[:3])) + (", ..." if len(names) > 3 else "")  # noqa: E731
-        which = "; ".join(f"{side} only: {shown(names)}" for side, names in (("the model", set(labels) - set(splits.labels)),
+        which = "; ".join(f"{side} only: {first_few(map(repr, sorted(names)), 3)}" for side, names in (("the model", set(labels) - set(splits.labels)),
                                                                              ("the data", set(splits.labels) - set(labels))) if names)
         raise DataError(f"{model}: the model's intents are not those of the data read ({splits.source}; {which or 'in another order'}); "
                         f"was the data or the model folder changed since training?")
@@ -900,7 +899,7 @@ def thin_intents_warning(splits: Splits) -> str | None:
     if not thin:
         return None
     median = training_counts(splits)[1]
-    shown = ", ".join(f"{name!r}: {count}" for name, count in list(thin.items())[:5]) + (", ..." if len(thin) > 5 else "")
+    shown = first_few((f"{name!r}: {count}" for name, count in thin.items()), 5)
     return (f"{len(thin)} intent(s) have far fewer training queries than the median intent ({median:g}): {shown}; the model "
             f"recognises them less often and sends more of their queries out of scope: add examples of them "
             f"(`bankintent audit` lists thin intents)")
@@ -960,7 +959,7 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     if away:
         unseen = sorted({test.labels[i] for i in away})
         out_of_scope.add([test.texts[i] for i in away], f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model "
-                         f"never saw ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''})")
+                         f"never saw ({first_few(unseen, 5)})")
         test = test.take([i for i, label in enumerate(test.labels) if label in known])
     offer = " (--unseen-as-oos counts the rows of intents the model never saw as out of scope)" if unseen_as_oos is False else ""
     _check_known(test, path, known, oos_label, offer)
@@ -1027,7 +1026,7 @@ def load_splits(
         ids = sorted(set(full.labels), key=int)
         log.warning("%s: the intents are numbers (%s): answers, reports and the service give these numbers, and few-shot "
                     "training cannot learn from their names; write the intent names in the file instead (docs/training.md, "
-                    "'Your own data')", files.train, ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else ""))
+                    "'Your own data')", files.train, first_few(ids, 4))
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
@@ -1045,7 +1044,7 @@ def load_splits(
         fewer = sorted((n, label) for label, n in Counter(full.labels).items() if n < shots)
         if fewer:
             log.warning("shots: %d intent(s) have fewer than %d examples and keep all they have (%s)", len(fewer), shots,
-                        ", ".join(f"{label!r}: {n}" for n, label in fewer[:3]) + (", ..." if len(fewer) > 3 else ""))
+                        first_few((f"{label!r}: {n}" for n, label in fewer), 3))
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
     if max_train_samples is not None and max_train_samples < len(labels):
         raise DataError(f"{files.train}: max_train_samples={max_train_samples} is fewer than the {len(labels)} intents; "

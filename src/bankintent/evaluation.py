@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
-from bankintent.config import TrainConfig, check_output_folder, read_yaml, run_config_file
+from bankintent.config import TrainConfig, check_output_folder, first_few, read_yaml, run_config_file
 from bankintent.data import Examples, OutOfScope, Splits, check_trained_intents, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
@@ -288,7 +288,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
              f"macro-F1 {pct(summary.get('macro_f1'))}{ece}"]
     unseen = summary.get("intents_without_queries") or []
     if unseen:
-        lines.append(f"{len(unseen)} of the model's intents have no query here ({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}): "
+        lines.append(f"{len(unseen)} of the model's intents have no query here ({first_few(unseen, 5)}): "
                      f"their recall is not measured")
     lengths = summary.get("accuracy_by_length") or []
     if lengths:

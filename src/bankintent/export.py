@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import EXPORT_RECORD, check_output_folder, read_yaml, run_config_file, trained_text_column
+from bankintent.config import EXPORT_RECORD, check_output_folder, first_few, read_yaml, run_config_file, trained_text_column
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, SPEC_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
@@ -95,7 +95,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
     evaluated = {path.name for path in evaluation_files(output)}  # of the earlier export: replaced with it
     others = [name for name in contents if name not in EXPORT_FILES | evaluated]
     if others or EXPORT_RECORD not in contents:  # an earlier export names itself in its record
-        shown = ", ".join((others or contents)[:4]) + (", ..." if len(others or contents) > 4 else "")
+        shown = first_few(others or contents, 4)
         raise ConfigError(f"{output}: the folder holds other files ({shown}) and the export would replace them; choose another --output "
                           f"(the export writes a folder of its own)")
     if not overwrite:

@@ -36,7 +36,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from bankintent.config import DEFAULT_BASE_MODEL, MODEL_DIR
+from bankintent.config import DEFAULT_BASE_MODEL, MODEL_DIR, first_few
 from bankintent.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                 random = [key for key in loading["missing_keys"] if key.split(".")[0] not in head]
                 if random:  # not the new head: an encoder that does not match the base model named
                     log.warning("%s: %d weight(s) of the encoder not in the base model, initialised at random: %s", spec.base_model,
-                                len(random), ", ".join(sorted(random)[:5]) + (", ..." if len(random) > 5 else ""))
+                                len(random), first_few(sorted(random), 5))
             else:
                 model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
     except OSError as exc:

@@ -70,8 +70,8 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
-from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, for_data, read_yaml, recorded_path,
-                               unused_options)
+from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, first_few, for_data, read_yaml,
+                               recorded_path, unused_options)
 from bankintent.data import (Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
                              training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
@@ -390,7 +390,7 @@ def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> 
     check_output_folder(folder)
     contents = _contents(folder)
     if contents and not (cfg.overwrite or cfg.resume):
-        shown = ", ".join(p.name for p in contents[:4]) + (", ..." if len(contents) > 4 else "")
+        shown = first_few((p.name for p in contents), 4)
         finished = (folder / "metrics.json").is_file()  # nothing to continue
         resume = (" --resume to continue its training,", " resume=True,") if resumable and not finished else ("", "")
         what = "holds a finished run" if finished else "is not empty"
