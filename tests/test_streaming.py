@@ -157,8 +157,10 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
     assert [json.loads(line)["text"] for line in output.read_text().splitlines()] == ["my card was stolen"]
     with pytest.raises(DataError, match="give one of them"):
         predict_file(predictor, short, output, resume=True, overwrite=True)
-    with pytest.raises(DataError, match="does not exist"):
-        predict_file(predictor, short, tmp_path / "missing" / "out.jsonl")
+    assert predict_file(predictor, short, tmp_path / "new" / "folder" / "out.jsonl") == 1  # the folder made, as train's --output is
+    assert (tmp_path / "new" / "folder" / "out.jsonl").read_text().count("\n") == 1
+    with pytest.raises(DataError, match=r"out.jsonl is a file, not a folder"):
+        predict_file(predictor, short, output / "out.jsonl")
 
 
 def test_resume_refuses_to_continue_with_another_model_or_other_options(model_dir, queries, single_pass, tmp_path):

@@ -24,7 +24,7 @@ from bankintent.results import finite, percent_in_words, write_json
 LENGTH_BUCKETS = (("<=5 words", 0, 5), ("6-10 words", 6, 10), ("11-20 words", 11, 20), (">20 words", 21, 10**9))
 # ``answer``: what the service answers (an intent, or out_of_scope); ``predicted``: the most probable
 # intent, which accuracy counts (``correct``) also where the answer is out of scope
-PREDICTION_COLUMNS = ["text", "label", "answer", "out_of_scope", "predicted", "confidence", "correct", "oos_score"]
+PREDICTION_COLUMNS = ["line", "text", "label", "answer", "out_of_scope", "predicted", "confidence", "correct", "oos_score"]
 # what ``evaluate`` writes for a split, each name after the split's ``<split>_``
 EVALUATION_NAMES = ("evaluation.json", "predictions.csv", "per_intent.csv", "confused_pairs.csv", "by_length.csv", "coverage.csv",
                     "coverage.png", "out_of_scope.csv")
@@ -221,8 +221,9 @@ def check_replace(out: Path, run_dir: Path, split: str, source: str, model: str,
 
 
 def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarray, features: np.ndarray) -> pd.DataFrame:
-    """One row per query from the predictor's ``outputs``: its label, the most probable intent
-    (``predicted``) with its calibrated ``confidence``, whether that is right, and the service's
+    """One row per query from the predictor's ``outputs``: where it is in its file (``line``, as error
+    messages number it, so that a user can join their own columns back), its label, the most probable
+    intent (``predicted``) with its calibrated ``confidence``, whether that is right, and the service's
     ``answer`` (``out_of_scope`` where the out-of-scope score is above the threshold)."""
     probs = softmax(logits / predictor.spec.temperature)
     predicted = probs.argmax(-1)
@@ -230,7 +231,7 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
     out = predictor.turned_away(scores)
     names = np.array(predictor.labels, dtype=object)[predicted]
     return pd.DataFrame({
-        "text": examples.texts, "label": examples.labels, "predicted": names, "confidence": probs.max(-1),
+        "line": examples.rows or [None] * len(examples), "text": examples.texts, "label": examples.labels, "predicted": names, "confidence": probs.max(-1),
         "correct": names == np.array(examples.labels, dtype=object), "answer": np.where(out, OUT_OF_SCOPE, names),
         "out_of_scope": out, "oos_score": scores,
     }, columns=PREDICTION_COLUMNS)

@@ -168,8 +168,9 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
         raise DataError(f"{output}: already exists; {hint}")
     if output.is_dir():
         raise DataError(f"{output}: is a folder; name an output file")
-    if not output.parent.is_dir():
-        raise DataError(f"{output}: folder {output.parent} does not exist")
+    blocked = next((folder for folder in output.parents if folder.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        raise DataError(f"{output}: {blocked} is a file, not a folder")
 
 
 def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]]:
@@ -215,7 +216,9 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
                 started = time.perf_counter()
                 results = predictor.predict([text for _, text, _ in chunk], top_k=top_k)
                 size = next_chunk(len(chunk), time.perf_counter() - started)
-                if writer is None:
+                if writer is None:  # a missing folder is made now, once the input and the model have been read
+                    if kind != "stdout":
+                        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
                     names = input_column_names(columns, {"row", *results[0]})
                     writer = _WRITERS[kind](output_path, {names[c]: kinds for c, kinds in columns.items()})
                 writer.write([{"row": row, **{names[c]: extra.get(c) for c in columns}, **result}
