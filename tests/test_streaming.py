@@ -355,3 +355,19 @@ def test_a_chunk_is_sized_to_take_seconds_so_the_bar_moves_on_a_slow_model():
 
     assert abs(next_chunk(256, 256 / 30) - 30 * CHUNK_SECONDS) <= 1  # 30 queries/s: 300 a chunk, 10 s apart
     assert next_chunk(256, 0.1) == CHUNK and next_chunk(256, 1000.0) == FIRST_CHUNK
+
+
+def test_a_query_longer_than_max_length_is_said_once(model_dir, caplog):
+    """The model reads max_length tokens, as it trained; a pasted e-mail was cut without a word.
+    Said once a predictor (a service answers many such queries), naming the first."""
+    predictor = Predictor.load(model_dir)
+    email = "my card was stolen " + "and I need a new one " * predictor.spec.max_length
+    with caplog.at_level("WARNING", logger="bankintent.predict"):
+        predictor.predict(["where is my card", "my card was stolen"])
+        assert not caplog.records  # short queries: nothing to say
+        predictor.predict(["where is my card", email])
+        predictor.predict([email, email])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(f"queries longer than the model's max_length of {predictor.spec.max_length} tokens are "
+                                                 f"read to their first {predictor.spec.max_length}")
+    assert "'my card was stolen and I need a new one" in said[0]

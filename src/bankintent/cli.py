@@ -551,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below
     progress.configure(loading_bars=args.command in TRAINING_COMMANDS)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm  # after configure: tqdm reads its defaults when imported
+
     for noisy in ("httpx", "urllib3", "filelock", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # SIGTERM (kill, docker stop, a scheduler's timeout) stops a command as Ctrl-C does: it says what was
@@ -559,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     own = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop_as_ctrl_c(os.getpid())) if own else None
     try:
-        args.func(args)
+        with logging_redirect_tqdm():  # a warning written while a bar is drawn gets a line of its own, the bar redrawn below it
+            args.func(args)
     except BankintentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

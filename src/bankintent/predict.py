@@ -250,6 +250,7 @@ class Predictor:
         self.batch_size = batch_size or default_batch_size(getattr(self.backend, "device", None))
         self.tokenizer = fast_tokenizer(tokenizer, spec.max_length)
         self.pad_id = self.tokenizer.padding["pad_id"]
+        self.said_cut = False  # whether a query longer than max_length tokens has been warned of (once: a service sees many)
         self.tokenizer.no_padding()  # batches are padded after sorting by length (``outputs``)
         trained = spec.oos_thresholds.get(self.oos_score)
         self.oos_threshold = oos_threshold if oos_threshold is not None else trained
@@ -314,6 +315,11 @@ class Predictor:
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
+        cut = next((text for text, encoding in zip(texts, encodings) if encoding.overflowing), None)
+        if cut is not None and not self.said_cut:  # the model reads max_length tokens, as it trained: said, as training says it
+            self.said_cut = True
+            log.warning("queries longer than the model's max_length of %d tokens are read to their first %d, as in training "
+                        "(--max-length sets it); the first: %r... (said once)", self.spec.max_length, self.spec.max_length, cut[:40])
         passes = length_batches(np.array([len(e.ids) for e in encodings]), self.batch_size, self.backend.pass_tokens)
         logits, features = [], []
         with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
