@@ -300,6 +300,11 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, 
     expected = [answer["intent"] for answer in predictor.predict(queries)]
     for given in (tuple(queries), pd.Series(queries), pd.DataFrame({"text": queries}).text, np.array(queries), iter(queries)):
         assert [answer["intent"] for answer in predictor.predict(given)] == expected, type(given)
+    with pytest.raises(DataError, match=r"got a DataFrame of 2 dimensions; give one column of it, e\.g\. frame\['text'\]"):
+        predictor.predict(pd.DataFrame({"id": [1, 2, 3], "text": queries}))  # it answered its 2 column names
+    with pytest.raises(DataError, match=r"^text 3 \(index 'c'\): expected a string, got float$"):
+        predictor.predict(pd.Series(["my card", "my money", np.nan], index=["a", "b", "c"]))
+    assert predictor.predict(" " * 2500 + "my card")[0]["text"] == "my card"  # spaces removed, then cut (it answered '')
     with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got '2'"):
         Predictor.load(tiny_probe_run, oos_threshold="2")
     with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):

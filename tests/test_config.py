@@ -50,6 +50,8 @@ def test_bad_config_file(tmp_path, content, message):
 def test_a_mistyped_option_in_python_names_the_one_meant():
     with pytest.raises(ConfigError, match=r"^unknown option\(s\) epoch \(epochs\?\), zzz$"):
         resolve_config(None, data="my_intents", epoch=3, zzz=1)
+    with pytest.raises(ConfigError, match=r"^TrainConfig: unknown option\(s\) epoch \(epochs\?\)$"):  # was a TypeError naming none
+        TrainConfig(data="my_intents", epoch=3)
 
 
 def test_bad_values():
@@ -70,6 +72,7 @@ def test_bad_values():
     ("lora_dropout", 1.5, "lora_dropout and warmup_ratio must be at least 0 and below 1"), ("warmup_ratio", 3.0, "warmup_ratio"),
     ("probe_c", [-1.0], r"probe_c must be positive numbers, got \[-1.0\]"), ("max_train_samples", 0, "max_train_samples must be positive"),
     ("val_fraction", 1.5, "val_fraction must be between 0 and 1"), ("oos_coverage", 2.0, r"oos_coverage must be in \(0, 1\]"),
+    ("oos_coverage", 95, r"oos_coverage must be in \(0, 1\], got 95.0 \(a share: 0.95 for 95%\?\)$"),
 ])
 def test_values_that_would_fail_inside_training_are_refused_before_it(option, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -90,7 +93,7 @@ def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_lin
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.intent_names) == (3, 1e-4, 10, "on")
     for content, message in (("epochs: three", "epochs must be a whole number, got 'three'"), ("epochs: 2.5", "got 2.5"),
                              ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"),
-                             ("data: 5", "data must be a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got int 5"),
+                             ("data: 5", "data must be a .csv, .tsv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got int 5"),
                              ("base_model: [a, b]", r"base_model must be text, got list \['a', 'b'\]")):
         path.write_text(content + "\n")
         with pytest.raises(ConfigError, match=message):
@@ -112,7 +115,7 @@ def test_python_callers_may_give_paths_and_a_dataframe_is_refused_with_what_to_d
         resolve_config(None, data=frame)
     message = str(error.value)
     assert "\n" not in message and len(message) < 250, message
-    assert message.startswith("data must be a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got DataFrame ")
+    assert message.startswith("data must be a .csv, .tsv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got DataFrame ")
     assert message.endswith("; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)")
 
 

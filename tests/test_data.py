@@ -200,13 +200,17 @@ def test_header_only_and_empty(tmp_path):
 
 
 def test_unseen_test_label(tmp_path):
-    with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training$"):
+    with pytest.raises(DataError, match=r"test.csv: line 3: label 'c' never seen in training \(label the rows of intents training has "
+                                        r"none of 'out_of_scope' to test the fallback on them\)$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("y", "c")]))
+    with pytest.raises(DataError, match=r"label 'close_account' never seen in training \(a typo for 'open_account'\? If not, label the "
+                                        r"rows of intents training has none of 'out_of_scope'"):  # the guess may be wrong: both said
+        load_splits(_folder(tmp_path, [(t, "open_account" if l == "a" else l) for t, l in GOOD], [("close it", "close_account")]))
     with pytest.raises(DataError, match=r"line 3: label 'OOS' never seen in training \(out-of-scope rows are read under the label 'out_of_scope'; "):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "OOS")]))
     with pytest.raises(DataError, match=r"line 3: label 'out_of_scop' never seen in training \(a typo for 'out_of_scope'\?\)$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "out_of_scop")]))
-    with pytest.raises(DataError, match=r"line 2: label 'C' never seen in training, nor on 2 more row\(s\) labelled so$"):
+    with pytest.raises(DataError, match=r"line 2: label 'C' never seen in training, nor on 2 more row\(s\) labelled so \(label the rows"):
         load_splits(_folder(tmp_path, GOOD, [("x", "C"), ("y", "a"), ("z", "C"), ("w", "C")]))  # fixed one row at a time, once
     with pytest.raises(DataError, match=r"line 2: label '1' never seen in training \(this file's labels are numbers, the model's "
                                         r"intents names: write the names in the file, docs/training.md\)$"):
@@ -595,6 +599,17 @@ def test_a_header_written_otherwise_but_for_case_and_spaces_is_read(tmp_path):
     (folder / "train.csv").write_text("text,Text,label\nhello,hi,a\n")  # two candidates, no category: nothing is guessed
     with pytest.raises(DataError, match=r"missing column 'category' \(columns: 'text', 'Text', 'label'\)"):
         load_splits(str(folder))
+    (folder / "train.csv").unlink()
+    import pandas as pd
+
+    frame = pd.DataFrame(GOOD, columns=["Text", " Category "])  # the same header written by pandas: as it was read, not refused
+    frame.to_json(folder / "train.jsonl", orient="records", lines=True)
+    jsonl = load_splits(str(folder))
+    assert sorted(jsonl.labels) == sorted(splits.labels) and len(jsonl.train) + len(jsonl.validation) == len(GOOD)
+    (folder / "train.jsonl").unlink()
+    frame.to_parquet(folder / "train.parquet", index=False)
+    parquet = load_splits(str(folder))
+    assert sorted(parquet.train.texts + parquet.validation.texts) == sorted(text for text, _ in GOOD)
 
 
 def test_an_out_of_scope_file_with_intent_labels_is_refused(tmp_path):

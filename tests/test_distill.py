@@ -244,6 +244,10 @@ def test_errors_are_one_line_and_leave_no_output(teacher, tmp_path, caplog):
     assert not out.exists()
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"output folder holds files that are not a run's \(notes.txt\); choose another --output") as exc:
+        distill(teacher, out)  # --overwrite is not offered: it would be refused
+    one_line(exc)
+    (out / "checkpoints").mkdir()  # a stopped distillation's
     with pytest.raises(ConfigError, match="output folder is not empty .*--overwrite") as exc:
         distill(teacher, out)
     one_line(exc)

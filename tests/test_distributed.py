@@ -106,7 +106,7 @@ def test_nproc_checks_the_output_and_the_data_once_before_launching(tiny_data, t
     full.mkdir()
     (full / "notes.txt").write_text("mine")
     cases = [(["--nproc", "2", "--data", str(tmp_path / "nosuch"), "--output", str(tmp_path / "a")], "nosuch: no such data folder"),
-             (["--nproc", "2", "--data", str(tiny_data), "--output", str(full)], "full: output folder is not empty (notes.txt)"),
+             (["--nproc", "2", "--data", str(tiny_data), "--output", str(full)], "full: output folder holds files that are not a run's (notes.txt)"),
              (["--nproc", "0", "--output", str(tmp_path / "b")], "--nproc must be at least 1, got 0"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c")], "linear-probe trains no weights by gradient"),
              (["--nproc", "2", "--data", str(tiny_data), "--output", str(tmp_path / "c"), "--method", "contrastive"],

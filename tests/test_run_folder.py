@@ -70,8 +70,10 @@ def test_overwrite_replaces_the_whole_run(tiny_bert, tiny_data, previous_run, tm
 def test_overwrite_empties_only_a_run_folder(tiny_bert, tiny_data, tmp_path):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConfigError, match="--overwrite only empties a run folder"):
-        _train(tiny_bert, tiny_data, tmp_path / "home", overwrite=True)
+    for overwrite in (True, False):  # --overwrite is refused, and not offered
+        with pytest.raises(ConfigError, match=r"home: output folder holds files that are not a run's \(thesis.tex\); choose another "
+                                              r"--output \(in Python: output=...\) or empty it yourself$"):
+            _train(tiny_bert, tiny_data, tmp_path / "home", overwrite=overwrite)
     assert (tmp_path / "home" / "thesis.tex").read_text() == "years of work"
 
 
@@ -220,6 +222,12 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
     assert json.dumps(summary, allow_nan=False)  # returned as written: None where a length bucket has no query, not NaN
     with pytest.raises(ConfigError, match=r"evaluate: unknown option\(s\) text_col \(text_column\?\)"):
         evaluate(out, data=tiny_data / "test.csv", text_col="text")
+    with pytest.raises(ConfigError, match=r"^evaluate: split must be one of 'test', 'validation', got 'train'$"):
+        evaluate(out, split="train")  # it evaluated the validation split and wrote train_evaluation.json
+    import pandas as pd
+
+    with pytest.raises(ConfigError, match=r"data must be .*; save a DataFrame first"):  # it was an OSError: file name too long
+        evaluate(out, data=pd.read_csv(tiny_data / "test.csv"))
     other = tmp_path / "other.csv"
     other.write_text((tiny_data / "test.csv").read_text())
     with pytest.raises(BankintentError, match=r"pass --overwrite .*\(in Python each --flag is a keyword: .*--overwrite is overwrite=True\)"):

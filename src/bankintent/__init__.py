@@ -66,15 +66,17 @@ def evaluate(run, split: str = "test", data=None, **options) -> dict:
     into ``output=``. ``options``: ``evaluate_run``'s (``output``, ``overwrite``, ``text_column``, ...)."""
     import inspect
 
-    from bankintent.config import unknown_names
+    from bankintent.config import SPLITS, as_kind, unknown_names
     from bankintent.evaluation import evaluate_run
 
     known = [name for name in inspect.signature(evaluate_run).parameters if name not in ("run_dir", "split", "data")]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"evaluate: unknown option(s) {unknown_names(unknown, known)}")
+    if split not in SPLITS:  # another name evaluated the validation split and wrote it as that name's
+        raise ConfigError(f"evaluate: split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     try:
-        return evaluate_run(run, split, None if data is None else str(data), **options)
+        return evaluate_run(run, split, as_kind("data", data, str), **options)
     except BankintentError as exc:  # its messages name the command's flags
         if "--" not in str(exc):
             raise

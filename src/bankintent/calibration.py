@@ -120,6 +120,9 @@ def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
     return OutOfScope()
 
 
+NOT_REACHED = ", not reached"  # what a temperature note says where the accuracy rule could not reach its target
+
+
 def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> str | None:
     """Why the likelihood cannot choose a temperature on these outputs (of ``queries``), or None."""
     if len(labels) < MIN_TEMPERATURE_QUERIES:
@@ -146,7 +149,7 @@ def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validati
             f"({len(labels)} + 2) = {target:.3f}")
     reached = float(softmax(logits / value).max(-1).mean())
     if abs(reached - target) > 0.01:  # at an end of TEMPERATURE_RANGE: outputs too alike (or too apart) to get there
-        note += (f", not reached: the mean confidence is {reached:.3f} at temperature {value:.3g}, the end of the range searched "
+        note += (f"{NOT_REACHED}: the mean confidence is {reached:.3f} at temperature {value:.3g}, the end of the range searched "
                  f"(the model's scores for the intents barely differ: it has learnt little)")
     return value, "accuracy", note
 
@@ -177,8 +180,9 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
         fit_logits, fit_labels, logits = out_of_fold.logits, out_of_fold.labels, out_of_fold.held
     fitted_on = queries if out_of_fold is None else "training queries' out-of-fold probe logits"
     spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
-    if note:
-        log.warning("temperature %.3g: %s", spec.temperature, note)
+    if note:  # the accuracy rule where every query is right is small data's usual case: said; no fit, or one not reached, warned of
+        level = logging.WARNING if rule is None or NOT_REACHED in note else logging.INFO
+        log.log(level, "temperature %.3g: %s", spec.temperature, note)
     elif rule is not None:
         log.info("temperature %.3g (%s, fitted on the %s)", spec.temperature, rule, fitted_on)
     metrics = {

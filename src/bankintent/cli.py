@@ -341,7 +341,7 @@ def _add_config_options(parser: argparse.ArgumentParser, options: type, names: t
 
 def build_parser() -> argparse.ArgumentParser:
     from bankintent import __version__
-    from bankintent.config import DEFAULT_BASE_MODEL, DistillConfig, TrainConfig
+    from bankintent.config import DEFAULT_BASE_MODEL, SPLITS, DistillConfig, TrainConfig
 
     parser = Parser(prog="bankintent", description="LoRA intent classification for banking chatbots.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"bankintent {__version__}")
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a training run's output folder; or a model folder or an exported folder, with --data FILE")
     p.add_argument("--data", help="a .csv/.tsv/.jsonl/.parquet file of labelled queries, evaluated as the test split; or 'banking77' or a "
                                   "data folder, as train --data (default: the run's data)")
-    p.add_argument("--split", choices=("test", "validation"), default="test", help="which split to evaluate")
+    p.add_argument("--split", choices=SPLITS, default="test", help="which split to evaluate")
     p.add_argument("--text-column", help="column holding the query text (default: the run's)")
     p.add_argument("--label-column", help="column holding the intent label (default: the run's)")
     p.add_argument("--oos-label", help="label of out-of-scope rows, whose recall the fallback is measured on (default: the run's, "

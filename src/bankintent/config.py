@@ -138,13 +138,17 @@ class TrainConfig:
 
     def __new__(cls, *args, **kwargs):
         # which options the config was made with, however equal to the defaults (``given_options``)
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:  # as train(epoch=2) says it, where the dataclass's TypeError would name no option meant
+            raise ConfigError(f"{cls.__name__}: unknown option(s) {unknown_names(unknown, names)}")
         self = super().__new__(cls)
         object.__setattr__(self, "_given", frozenset(f.name for f in fields(cls)[:len(args)]) | frozenset(kwargs))
         return self
 
     def __post_init__(self) -> None:
         for name, kind in _scalar_kinds().items():
-            setattr(self, name, _as_kind(name, getattr(self, name), kind))
+            setattr(self, name, as_kind(name, getattr(self, name), kind))
         for f in fields(self):  # the options with a fixed set of values: method, pooling, augment, intent_names
             value, allowed = getattr(self, f.name), f.metadata.get("choices")
             if allowed and value is not None and value not in allowed:
@@ -181,7 +185,8 @@ class TrainConfig:
         if not self.probe_c or not all(0 < c < math.inf for c in self.probe_c):
             raise ConfigError(f"probe_c must be positive numbers, got {self.probe_c}")
         if not 0 < self.oos_coverage <= 1:
-            raise ConfigError(f"oos_coverage must be in (0, 1], got {self.oos_coverage}")
+            share = f" (a share: {self.oos_coverage / 100:g} for {self.oos_coverage:g}%?)" if 1 < self.oos_coverage <= 100 else ""
+            raise ConfigError(f"oos_coverage must be in (0, 1], got {self.oos_coverage}{share}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):
             if getattr(self, name) is not None and getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -222,7 +227,10 @@ def _scalar_kinds() -> dict[str, type]:
     return kinds
 
 
-def _as_kind(name: str, value: Any, kind: type) -> Any:
+SPLITS = ("test", "validation")  # what evaluate measures a model on
+
+
+def as_kind(name: str, value: Any, kind: type) -> Any:
     """``value`` as the option ``name``'s ``kind``, or a one-line ConfigError. A YAML file reads
     ``1e-4`` and a quoted number as text, and ``on`` as true: a number written as text is taken as
     that number, on/off for ``intent_names`` as the words; anything else of the wrong type is refused
@@ -242,7 +250,7 @@ def _as_kind(name: str, value: Any, kind: type) -> Any:
             return kind(number)
     wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
     if name == "data":
-        wanted = "a .csv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77'"
+        wanted = "a .csv, .tsv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77'"
     shown = " ".join(repr(value).split())
     got = f"{type(value).__name__} {shown[:60]}{'...' if len(shown) > 60 else ''}" if kind is str else shown
     hint = "; save a DataFrame first, e.g. frame.to_csv('train.csv', index=False)" if type(value).__name__ == "DataFrame" else ""

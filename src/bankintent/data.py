@@ -332,6 +332,8 @@ def _jsonl_rows(path: Path, handle, columns):
             raise DataError(f"{path}: line {number}: not valid JSON ({detail})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object")
+        if any(c not in row for c in columns):  # keys written ``Text`` or `` text ``, as a CSV header may be
+            row = dict(zip(_match_header(list(row), columns), row.values()))
         missing = [c for c in columns if c not in row]
         if missing:
             raise DataError(f"{path}: line {number}: missing column {missing[0]!r} (columns: {_names(row)}){_column_hint(row, columns)}")
@@ -349,13 +351,15 @@ def _parquet_rows(path: Path, columns):
         reader = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    names = reader.schema_arrow.names
+    written = reader.schema_arrow.names
+    names = _match_header(written, columns)  # ``Text``, as pandas wrote a spreadsheet's header
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r} (columns: {_names(names)}){_column_hint(names, columns)}")
+        raise DataError(f"{path}: missing column {missing[0]!r} (columns: {_names(written)}){_column_hint(written, columns)}")
     number = 0
     try:
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH):
+            batch = batch.rename_columns(names)
             for row in batch.to_pylist():
                 number += 1
                 yield number, {k: v if k in columns else _json_value(v) for k, v in row.items()}
@@ -937,10 +941,13 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
                     " (this file's labels are numbers, the model's intents names: write the names in the file, docs/training.md)"
                     if is_number(label) and not any(map(is_number, known)) else "")
             close = closest_name(label, sorted(known) + ([oos_label] if oos_label else []))
-            typo = f" (a typo for {close!r}?)" if close and not hint else ""
+            ways = [f"a typo for {close!r}?"] if close else []
+            if otherwise and close != oos_label:  # a guess can be wrong: the other way stays offered
+                ways.append(otherwise)
             more = examples.labels.count(label) - 1
             also = f", nor on {more} more row(s) labelled so" if more else ""
-            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{also}{hint or typo or otherwise}")
+            why = hint or (f" ({' If not, '.join(ways)})" if ways else "")
+            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{also}{why}")
 
 
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
@@ -961,7 +968,8 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
         out_of_scope.add([test.texts[i] for i in away], f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model "
                          f"never saw ({first_few(unseen, 5)})")
         test = test.take([i for i, label in enumerate(test.labels) if label in known])
-    offer = " (--unseen-as-oos counts the rows of intents the model never saw as out of scope)" if unseen_as_oos is False else ""
+    offer = ("--unseen-as-oos counts the rows of intents the model never saw as out of scope" if unseen_as_oos is False else
+             f"label the rows of intents training has none of {oos_label!r} to test the fallback on them" if oos_label else "")
     _check_known(test, path, known, oos_label, offer)
     return (test if test.texts else None), out_of_scope
 

@@ -132,19 +132,28 @@ ANSWER_FIELDS = ("text", "intent", "confidence", "out_of_scope", "oos_score", "o
 def check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
+    if len(getattr(texts, "shape", ())) > 1:  # a DataFrame would give its column names
+        raise DataError(f"expected a text or a list of texts, got a {type(texts).__name__} of {len(texts.shape)} dimensions; "
+                        f"give one column of it, e.g. frame['text']")
     if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):  # a dict would give its keys
         raise DataError(f"expected a text or a list of texts, got {type(texts).__name__}")
+    index = getattr(texts, "index", None) if not isinstance(texts, (list, tuple)) else None  # a pandas Series's labels
     texts = list(texts)  # a tuple, a pandas Series, a NumPy array of strings
+
+    def where(i: int) -> str:
+        return f"text {i + 1}" + (f" (index {index[i]!r})" if index is not None and len(index) == len(texts) else "")
+
     clean, long = [], []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise DataError(f"text {i + 1}: expected a string, got {type(text).__name__}")
+            raise DataError(f"{where(i)}: expected a string, got {type(text).__name__}")
         if blank(text):
-            raise DataError(f"text {i + 1}: empty text")
+            raise DataError(f"{where(i)}: empty text")
+        text = text.strip()  # then cut: spaces before a long query are not what is kept of it
         if len(text) > MAX_CHARS:
             long.append(text)
-            text = text[:MAX_CHARS]
-        clean.append(text.strip())
+            text = text[:MAX_CHARS].rstrip()
+        clean.append(text)
     if long:  # one line for a batch, not one a query: a file of logs has hundreds
         first = long[0]
         log.warning("%d quer%s over %d characters truncated to the first %d (the first: %d characters, %r...)", len(long),

@@ -389,6 +389,10 @@ def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> 
     ``resume``: checked before anything is loaded, and before ``--nproc`` starts its processes."""
     check_output_folder(folder)
     contents = _contents(folder)
+    run_folder = any((folder / name).exists() for name in RUN_MARKERS)
+    if contents and not run_folder and not cfg.resume:  # a data folder, say: --overwrite would be refused, so it is not offered
+        raise ConfigError(f"{folder}: output folder holds files that are not a run's ({first_few((p.name for p in contents), 4)}); "
+                          f"choose another --output (in Python: output=...) or empty it yourself")
     if contents and not (cfg.overwrite or cfg.resume):
         shown = first_few((p.name for p in contents), 4)
         finished = (folder / "metrics.json").is_file()  # nothing to continue
@@ -396,9 +400,6 @@ def check_run_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> 
         what = "holds a finished run" if finished else "is not empty"
         raise ConfigError(f"{folder}: output folder {what} ({shown}); pass --overwrite to replace it,{resume[0]} "
                           f"or choose another --output (in Python: overwrite=True,{resume[1]} output=...)")
-    if contents and cfg.overwrite and not cfg.resume and not any((folder / name).exists() for name in RUN_MARKERS):
-        raise ConfigError(f"{folder}: --overwrite only empties a run folder (one holding {', '.join(RUN_MARKERS)}), and this "
-                          f"one holds other files ({contents[0].name}, ...); choose another --output or empty it yourself")
 
 
 def check_launch(cfg: TrainConfig, nproc: int) -> None:
