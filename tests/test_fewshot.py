@@ -211,6 +211,12 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     # the runs table shows what evaluate measured, and says where it comes from
     accuracy = f"{summary['accuracy']:.2%}"
     assert f"| run | linear-probe | - | {accuracy} |" in md and "Test accuracy and macro-F1 of `run` (16 queries of `held.csv`): measured after training" in md
+    assert "has changed since" not in md and metrics["data_record"]["train"] == 12  # 3 examples of 4 intents, as read
+    with open(data / "train.csv", "a") as rows:  # a labelled sheet merged in place, for a second run: the report read it as the first's
+        rows.write("".join(f"travel abroad {i},travel_notice\n" for i in range(3)))
+    main(["report", str(run), "--output", str(tmp_path / "report-after")])
+    assert ("The data has changed since run `run (seed 42)`, analysed below, trained on it (then 12 training and 0 validation queries of 4 "
+            "intents, now 15 and 0 of 5): the tables here are of the data as it is now.") in (tmp_path / "report-after" / "report.md").read_text()
     typo = write_csv(tmp_path / "typo.csv", [("where is my new card", "card_arival")])
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--data", str(typo)])

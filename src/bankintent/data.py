@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -972,6 +973,25 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
              f"label the rows of intents training has none of {oos_label!r} to test the fallback on them" if oos_label else "")
     _check_known(test, path, known, oos_label, offer)
     return (test if test.texts else None), out_of_scope
+
+
+def data_record(splits: Splits) -> dict:
+    """What a run trains on, to compare later: the sizes of its splits and a digest of every training
+    and validation query with its label."""
+    digest = hashlib.sha256()
+    for name, split in (("train", splits.train), ("validation", splits.validation)):
+        for text, label in zip(split.texts, split.labels):
+            digest.update(f"{name}\t{label}\t{text}\n".encode())
+    return {"train": len(splits.train), "validation": len(splits.validation), "intents": len(splits.labels),
+            "sha256": digest.hexdigest()}
+
+
+def data_changes(was: dict, now: dict) -> str | None:
+    """How the data of two ``data_record``s differ, in words; None where they do not."""
+    if was == now:
+        return None
+    return (f"then {was['train']} training and {was['validation']} validation queries of {was['intents']} intents, now "
+            f"{now['train']} and {now['validation']} of {now['intents']}{'' if was['train'] != now['train'] else ', other queries'}")
 
 
 def query_key(text: str) -> str:

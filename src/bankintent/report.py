@@ -35,7 +35,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noqa: E402
-from bankintent.data import Examples, Splits, run_splits  # noqa: E402
+from bankintent.data import Examples, Splits, data_changes, data_record, run_splits  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table, split_source  # noqa: E402
 from bankintent.model_card import distill_command, thin_intents_note  # noqa: E402
@@ -180,6 +180,11 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
     others = sorted({str(r.metrics.get("data")) for r in runs if r.metrics.get("data") and r.metrics.get("data") != splits.source})
     elsewhere = (f" This is the data of run `{analysed.label}`, analysed below; other runs here trained on "
                  f"{', '.join(f'`{d}`' for d in others)}." if others else "")
+    was = analysed.metrics.get("data_record")  # runs trained before it was recorded: not compared
+    changed = was and data_changes(was, data_record(splits))
+    if changed:  # rows added to the folder since, say, and a second run trained on them
+        elsewhere += (f" The data has changed since run `{analysed.label}`, analysed below, trained on it ({changed}): the tables "
+                      f"here are of the data as it is now.")
     return "\n\n".join(filter(None, [
         "## Data set",
         f"`{splits.source}`: {len(splits.labels)} intents. Validation split: {_validation_note(splits)}. "

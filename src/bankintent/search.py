@@ -35,13 +35,12 @@ from transformers import AutoConfig
 
 from bankintent.config import (AUTO, LORA_METHODS, METHODS, check_output_folder, differences, for_data, read_yaml, recorded_path,
                                resolve_config)
-from bankintent.data import Splits, run_splits
+from bankintent.data import Splits, data_changes, data_record, run_splits
 from bankintent.errors import ConfigError
 from bankintent.launch import stop_children
 from bankintent.modeling import resolve_base_model, target_modules_for
 from bankintent.results import markdown_table, write_json
 from bankintent.sweep import PATH_FLAGS, start_run, train_command
-from bankintent.training import data_changes, data_record
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -72,7 +71,7 @@ from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
 from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, first_few, for_data, read_yaml,
                                recorded_path, unused_options)
-from bankintent.data import (Examples, Splits, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
+from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
                              training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
@@ -479,25 +478,6 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
 DATA_RECORD = "data.json"  # in checkpoints/: what the run trains on, for --resume to compare
 
 
-def data_record(splits: Splits) -> dict:
-    """What a run trains on, to compare later: the sizes of its splits and a digest of every training
-    and validation query with its label."""
-    digest = hashlib.sha256()
-    for name, split in (("train", splits.train), ("validation", splits.validation)):
-        for text, label in zip(split.texts, split.labels):
-            digest.update(f"{name}\t{label}\t{text}\n".encode())
-    return {"train": len(splits.train), "validation": len(splits.validation), "intents": len(splits.labels),
-            "sha256": digest.hexdigest()}
-
-
-def data_changes(was: dict, now: dict) -> str | None:
-    """How the data of two ``data_record``s differ, in words; None where they do not."""
-    if was == now:
-        return None
-    return (f"then {was['train']} training and {was['validation']} validation queries of {was['intents']} intents, now "
-            f"{now['train']} and {now['validation']} of {now['intents']}{'' if was['train'] != now['train'] else ', other queries'}")
-
-
 def record_data(splits: Splits, checkpoints: Path) -> None:
     """Write what the run trains on (sizes and a digest of every training and validation query) beside
     its checkpoints, where a resume finds it."""
@@ -731,6 +711,7 @@ def _train(cfg: TrainConfig) -> dict:
         raise
     if main:
         _start_run_folder(cfg, splits, out, tokenizer)
+    record = data_record(splits)  # the data as read, before the names and repeats training adds: what the report compares
     splits = prepare_splits(splits, cfg, spec.preprocessing)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
@@ -771,7 +752,7 @@ def _train(cfg: TrainConfig) -> dict:
     # the encoder trained on the training queries (the probe alone did not; nor contrastive without a pair to train on)
     encoder_trained = cfg.method not in PROBE_FINAL_METHODS or bool(extra.get("contrastive_pairs"))
     scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold, encoder_trained)
-    metrics = run_metrics(spec, scores, splits, train_seconds, best_epoch, epochs_run, cfg.seed, extra)
+    metrics = {**run_metrics(spec, scores, splits, train_seconds, best_epoch, epochs_run, cfg.seed, extra), "data_record": record}
     write_json(out / "metrics.json", metrics)
     write_model_card(out / MODEL_DIR, saved_config(cfg), metrics)  # paths as config.yaml records them
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is finished: nothing left to resume
