@@ -212,12 +212,14 @@ def test_unseen_test_label(tmp_path):
         load_splits(_folder(tmp_path, GOOD, [("x", "a"), ("tell me a joke", "out_of_scop")]))
     with pytest.raises(DataError, match=r"line 2: label 'C' never seen in training, nor on 2 more row\(s\) labelled so \(label the rows"):
         load_splits(_folder(tmp_path, GOOD, [("x", "C"), ("y", "a"), ("z", "C"), ("w", "C")]))  # fixed one row at a time, once
-    with pytest.raises(DataError, match=r"line 2: label '1' never seen in training \(this file's labels are numbers, the model's "
+    with pytest.raises(DataError, match=r"line 2: label 'c' never seen in training, nor 2 other label\(s\) of the file \('d', 'e'\) \("):
+        load_splits(_folder(tmp_path, GOOD, [("x", "c"), ("y", "d"), ("z", "a"), ("w", "e")]))  # each named at once
+    with pytest.raises(DataError, match=r"line 2: label '1' never seen in training, nor 1 other label\(s\) of the file \('0'\) \(this file's labels are numbers, the model's "
                                         r"intents names: write the names in the file, docs/training.md\)$"):
         load_splits(_folder(tmp_path, GOOD, [("x", "1"), ("y", "0")]))
 
 
-def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
+def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path, caplog):
     line = len(GOOD) + 2  # the header, then GOOD's rows
     with pytest.raises(DataError, match=rf"train.csv: line {line}: label 'lonely' has 1 example; every intent needs at least 2 "
                                         r"\(one to learn from, one to check the choices on by cross-validation\)"):
@@ -226,6 +228,11 @@ def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path):
     (tmp_path / "typo").mkdir()
     with pytest.raises(DataError, match=rf"line {line}: label '{typo}' has 1 example \(a typo for '{GOOD[0][1]}'\?\)"):
         load_splits(_folder(tmp_path / "typo", GOOD + [("only one", typo)]))
+    (tmp_path / "sheet").mkdir()  # a label mistyped in a labelling sheet merged back: the warning said it "trains as an intent of its own"
+    rows = [(f"travel {i}", "travel_notice") for i in range(6)] + [(f"query {i}", "b") for i in range(6)] + [("abroad", "travel_notcie")]
+    with pytest.raises(DataError, match=r"label 'travel_notcie' has 1 example \(a typo for 'travel_notice'\?\)"):
+        load_splits(_folder(tmp_path / "sheet", rows))
+    assert "spelt almost as" not in caplog.text  # before the error that it does not train
 
 
 def test_a_label_whose_rows_repeat_one_query_stops_too(tmp_path):

@@ -229,6 +229,15 @@ def test_select_cli_writes_a_deterministic_labelling_file(subset_run, banking77_
 
     summary = select(subset_run, queries, 10, tmp_path / "c.csv")
     assert summary["median_margin_selected"] < summary["median_margin_all"] and summary["queries"] == 100
+    import json
+    import shutil
+
+    sharp = tmp_path / "sharp"  # a model right on every training query gets a sharp temperature: every margin rounds to 1
+    shutil.copytree(subset_run, sharp)
+    spec = json.loads((sharp / "adapter" / "bankintent.json").read_text())
+    (sharp / "adapter" / "bankintent.json").write_text(json.dumps({**spec, "temperature": 1e-4}))
+    select(sharp, queries, 10, tmp_path / "d.csv")
+    assert list(pd.read_csv(tmp_path / "d.csv")["text"]) == list(a["text"])  # ranked by the logits, as before; it picked in file order
 
 
 def test_cli_defaults_match_the_modules():

@@ -947,6 +947,9 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
                 ways.append(otherwise)
             more = examples.labels.count(label) - 1
             also = f", nor on {more} more row(s) labelled so" if more else ""
+            others = list(dict.fromkeys(other for other in examples.labels if other not in known and other != label))
+            if others:  # said at once, not one per run of the command
+                also += f", nor {len(others)} other label(s) of the file ({first_few(map(repr, others), 3)})"
             why = hint or (f" ({' If not, '.join(ways)})" if ways else "")
             raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{also}{why}")
 
@@ -1046,10 +1049,7 @@ def load_splits(
                         f"take them as out-of-scope examples, or relabel them {oos_label!r}")
     log.info("%s: %d queries of %d intents%s", files.train, len(full), len(set(full.labels)),
              f", and {_rows(len(oos))} labelled {oos_label!r} (out-of-scope examples)" if oos else "")
-    for warning in label_warnings(full.labels, oos_label):
-        if strict_data:
-            raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
-        log.warning("%s: %s", files.train, warning)
+    warnings = label_warnings(full.labels, oos_label)  # of the file's labels, before a draw of --shots
     if all(map(is_number, full.labels)):
         ids = sorted(set(full.labels), key=int)
         log.warning("%s: the intents are numbers (%s): answers, reports and the service give these numbers, and few-shot "
@@ -1074,6 +1074,10 @@ def load_splits(
             log.warning("shots: %d intent(s) have fewer than %d examples and keep all they have (%s)", len(fewer), shots,
                         first_few((f"{label!r}: {n}" for n, label in fewer), 3))
     train, validation, how = split_validation(full, validation, files.train, val_fraction, split_seed)
+    for warning in warnings:  # said after the split: a typo on one row stops it, and its error names the typo alone
+        if strict_data:
+            raise DataError(f"{files.train}: {warning} (strict_data refuses what looks like a mistake)")
+        log.warning("%s: %s", files.train, warning)
     if max_train_samples is not None and max_train_samples < len(labels):
         raise DataError(f"{files.train}: max_train_samples={max_train_samples} is fewer than the {len(labels)} intents; "
                         f"a stratified sample needs one query of each")

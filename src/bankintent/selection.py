@@ -5,7 +5,8 @@ Uncertainty alone picks near-copies: the queries a model is least sure of crowd 
 intent boundaries, often as paraphrases of one another, and labelling ten of them teaches little more
 than one. So the pick balances uncertainty with diversity, as cluster-margin sampling does (Citovsky
 et al., 2021): the ``CANDIDATES`` x N queries of smallest *margin* (the calibrated probability of the
-most probable intent minus that of the second) are clustered into N groups by k-means on the model's
+most probable intent minus that of the second, ranked by the logits' margin, which does not round to 1
+where the probabilities are sharp) are clustered into N groups by k-means on the model's
 embedding, and each group gives its least certain query. The result is deterministic for a seed.
 """
 
@@ -27,15 +28,18 @@ CANDIDATES = 3  # uncertain candidates per query picked; 1 is uncertainty alone
 COLUMNS = ["rank", "row", "text", "predicted_intent", "out_of_scope", "confidence", "margin", "label"]
 
 
-def margins(probabilities: np.ndarray) -> np.ndarray:
-    """Most probable minus second most probable intent's probability: small means uncertain."""
-    top = np.sort(probabilities, axis=1)
-    return top[:, -1] - top[:, -2] if probabilities.shape[1] > 1 else np.ones(len(probabilities))
+def margins(scores: np.ndarray) -> np.ndarray:
+    """The largest minus the second largest of each row of ``scores`` (probabilities or logits): small
+    means uncertain."""
+    top = np.sort(scores, axis=1)
+    return top[:, -1] - top[:, -2] if scores.shape[1] > 1 else np.ones(len(scores))
 
 
-def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int = 42, candidates: int = CANDIDATES) -> np.ndarray:
-    """Indices of the ``budget`` queries to label, the least certain first."""
-    margin = margins(probabilities)
+def rank(scores: np.ndarray, features: np.ndarray, budget: int, seed: int = 42, candidates: int = CANDIDATES) -> np.ndarray:
+    """Indices of the ``budget`` queries to label, the least certain first by the margin of ``scores``:
+    ``select`` gives the logits, whose margins keep their order where a sharp temperature (a model right
+    on every training query) rounds every probability's margin to 1."""
+    margin = margins(scores)
     by_margin = np.argsort(margin, kind="stable")
     budget = min(budget, len(margin))
     pool = by_margin[: min(len(margin), candidates * budget)]
@@ -83,7 +87,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
     probabilities = softmax(logits / predictor.spec.temperature)
-    picked = rank(probabilities, features, budget, seed)
+    picked = rank(logits, features, budget, seed)
     margin = margins(probabilities)
     guess = probabilities.argmax(1)
     turned_away = predictor.turned_away(predictor.oos_scores(probabilities, features))
