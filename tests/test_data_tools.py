@@ -97,6 +97,17 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
         assert f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {float(threshold)}" in capsys.readouterr().err
 
 
+def test_audit_says_what_training_says_of_the_labels(tmp_path, caplog):
+    """A label written 'Travel_Notice ' beside 'travel_notice': training warned of two intents that
+    differ only in case, the audit listed the variant as a thin intent only."""
+    from bankintent.audit import read_labelled
+
+    write_csv(tmp_path / "train.csv", [(f"travel {i}", "travel_notice") for i in range(6)] + [(f"fee {i}", "fees") for i in range(6)]
+              + [("going abroad", "Travel_Notice"), ("in spain next week", "Travel_Notice")])
+    assert len(read_labelled(str(tmp_path)).examples) == 14  # read as training reads it, nothing dropped
+    assert "labels 'Travel_Notice', 'travel_notice' differ only in case, accents or separators and train as 2 intents" in caplog.text
+
+
 def test_thin_intents_of_few_shot_data_are_those_much_thinner_than_the_rest():
     from bankintent.audit import MIN_EXAMPLES, thin_floor
 

@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder, closest_name
-from bankintent.data import Examples, data_files, query_key, read_examples, set_apart
+from bankintent.data import Examples, data_files, label_warnings, query_key, read_examples, set_apart
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import ModelSpec, build_model, load_tokenizer
@@ -83,6 +83,8 @@ def read_labelled(data: str, text_column: str = "text", label_column: str = "cat
         labels += examples.labels
         rows += examples.rows or [None] * len(examples)
         files += [path.name] * len(examples)
+    for warning in label_warnings(labels, oos_label):  # what training warns of the labels (case variants, typos), said alike
+        log.warning("%s: %s", found.train, warning)
     return Audited(Examples(texts, labels, rows), files)
 
 

@@ -1006,7 +1006,8 @@ def add_intent_names(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> N
     if why_not:
         (log.info if cfg.intent_names == "auto" else log.warning)("intent names: not added (%s)", why_not)
         return
-    log.info("intent names: one training query each, e.g. %r for %r", texts[0], splits.labels[0])
+    log.info("intent names: one training query each, e.g. %r for %r (%d training queries in all, metrics.json's train_size)",
+             texts[0], splits.labels[0], len(splits.train) + len(texts))
     splits.notes["intent_names_added"] = len(texts)
     splits.train = Examples(splits.train.texts + [preprocess(t, preprocessing) for t in texts],
                             splits.train.labels + list(splits.labels))
