@@ -231,8 +231,8 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
     out = predictor.turned_away(scores)
     names = np.array(predictor.labels, dtype=object)[predicted]
     return pd.DataFrame({
-        "line": examples.rows or [None] * len(examples), "text": examples.texts, "label": examples.labels, "predicted": names, "confidence": probs.max(-1),
-        "correct": names == np.array(examples.labels, dtype=object), "answer": np.where(out, OUT_OF_SCOPE, names),
+        "line": examples.rows or [None] * len(examples), "text": examples.texts, "label": examples.labels, "predicted": names,
+        "confidence": probs.max(-1), "correct": names == np.array(examples.labels, dtype=object), "answer": np.where(out, OUT_OF_SCOPE, names),
         "out_of_scope": out, "oos_score": scores,
     }, columns=PREDICTION_COLUMNS)
 

@@ -137,11 +137,15 @@ def check_texts(texts) -> list[str]:
                         f"give one column of it, e.g. frame['text']")
     if isinstance(texts, (bytes, dict)) or not isinstance(texts, Iterable):  # a dict would give its keys
         raise DataError(f"expected a text or a list of texts, got {type(texts).__name__}")
-    index = getattr(texts, "index", None) if not isinstance(texts, (list, tuple)) else None  # a pandas Series's labels
+    index = getattr(texts, "index", None)  # a pandas Series's labels (a list's or a deque's index is a method)
+    index = index if hasattr(index, "__getitem__") and hasattr(index, "__len__") else None
     texts = list(texts)  # a tuple, a pandas Series, a NumPy array of strings
 
     def where(i: int) -> str:
-        return f"text {i + 1}" + (f" (index {index[i]!r})" if index is not None and len(index) == len(texts) else "")
+        if index is None or len(index) != len(texts):
+            return f"text {i + 1}"
+        label = index[i]
+        return f"text {i + 1} (index {label!r})" if isinstance(label, str) else f"text {i + 1} (index {label})"
 
     clean, long = [], []
     for i, text in enumerate(texts):

@@ -71,8 +71,8 @@ from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
 from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, first_few, for_data, read_yaml,
                                recorded_path, unused_options)
-from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, thin_intents, thin_intents_warning, thin_validation,
-                             training_counts)
+from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, thin_intents, thin_intents_warning,
+                             thin_validation, training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
