@@ -8,7 +8,7 @@ their true labels are revealed, and the classifier is retrained; 5 rounds. Strat
 (``bankintent.selection.rank``: cluster-margin, the command's own function, ``--candidates`` per
 pick) and ``random``. The classifier retrained each round is the linear probe (a logistic regression
 on the frozen base model's embeddings, C chosen on the 1,001 validation queries), so that 3 seeds x 2
-strategies x 6 fits run in minutes on a CPU; ``select`` ranks with that probe's logits and
+strategies x 6 fits run in minutes on a CPU; ``select`` ranks with that probe's probabilities and
 embeddings exactly as it ranks with a trained run's. Test accuracy (the official 3,080) is reported
 after every round and chooses nothing.
 
@@ -75,7 +75,7 @@ def simulate(x: dict, y: dict, strategy: str, seed: int, args) -> list[dict]:
         if strategy == "random":
             picked = rng.choice(pool, args.budget, replace=False)
         else:
-            picked = pool[rank(clf.decision_function(x["train"][pool]), x["train"][pool], args.budget, seed, args.candidates)]
+            picked = pool[rank(clf.predict_proba(x["train"][pool]), x["train"][pool], args.budget, seed, args.candidates)]
         labelled = np.sort(np.concatenate([labelled, picked]))
     return rows
 

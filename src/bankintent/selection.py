@@ -5,8 +5,7 @@ Uncertainty alone picks near-copies: the queries a model is least sure of crowd 
 intent boundaries, often as paraphrases of one another, and labelling ten of them teaches little more
 than one. So the pick balances uncertainty with diversity, as cluster-margin sampling does (Citovsky
 et al., 2021): the ``CANDIDATES`` x N queries of smallest *margin* (the calibrated probability of the
-most probable intent minus that of the second, ranked by the logits' margin, which does not round to 1
-where the probabilities are sharp) are clustered into N groups by k-means on the model's
+most probable intent minus that of the second; the logits' margin orders those that round to 1) are clustered into N groups by k-means on the model's
 embedding, and each group gives its least certain query. The result is deterministic for a seed.
 """
 
@@ -29,18 +28,19 @@ COLUMNS = ["rank", "row", "text", "predicted_intent", "out_of_scope", "confidenc
 
 
 def margins(scores: np.ndarray) -> np.ndarray:
-    """The largest minus the second largest of each row of ``scores`` (probabilities or logits): small
+    """The largest minus the second largest of each row of ``scores`` (probabilities, or logits): small
     means uncertain."""
     top = np.sort(scores, axis=1)
     return top[:, -1] - top[:, -2] if scores.shape[1] > 1 else np.ones(len(scores))
 
 
-def rank(scores: np.ndarray, features: np.ndarray, budget: int, seed: int = 42, candidates: int = CANDIDATES) -> np.ndarray:
-    """Indices of the ``budget`` queries to label, the least certain first by the margin of ``scores``:
-    ``select`` gives the logits, whose margins keep their order where a sharp temperature (a model right
-    on every training query) rounds every probability's margin to 1."""
-    margin = margins(scores)
-    by_margin = np.argsort(margin, kind="stable")
+def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int = 42, candidates: int = CANDIDATES,
+         logits: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``budget`` queries to label, the least certain first. ``logits`` break the ties of
+    probabilities whose margins round to 1 (a sharp temperature, as small data that the model gets all
+    right is given): without them such a pool was ranked in file order."""
+    margin = margins(probabilities)
+    by_margin = np.lexsort((margins(logits), margin)) if logits is not None else np.argsort(margin, kind="stable")
     budget = min(budget, len(margin))
     pool = by_margin[: min(len(margin), candidates * budget)]
     if len(pool) <= budget:
@@ -86,8 +86,8 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
         raise DataError(f"{input}: every query is labelled in the run's data already")
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
-    probabilities = softmax(logits / predictor.spec.temperature)
-    picked = rank(logits, features, budget, seed)
+    probabilities = softmax(logits.astype(np.float64) / predictor.spec.temperature)  # float32 rounds a sharp one's margins to 1
+    picked = rank(probabilities, features, budget, seed, logits=logits)
     margin = margins(probabilities)
     guess = probabilities.argmax(1)
     turned_away = predictor.turned_away(predictor.oos_scores(probabilities, features))
