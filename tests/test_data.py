@@ -545,7 +545,7 @@ def test_intent_ids_written_as_floats_are_the_same_intents_and_numbers_are_warne
     assert read_examples(_written(tmp_path / "v.csv", [("a", "1.5"), ("b", "v2.0"), ("c", "-3.0")])).labels == ["1.5", "v2.0", "-3"]
     from bankintent.data import set_apart  # the out-of-scope label given is read as the file's labels are
 
-    assert set_apart(read_examples(tmp_path / "train.csv"), "12.0")[1][:1] == ["card stolen 0"]
+    assert set_apart(read_examples(tmp_path / "train.csv"), "12.0")[1].texts[:1] == ["card stolen 0"]
     import pandas as pd  # an out-of-scope file's ids (a Parquet or JSONL file's numbers) are labels too: an intent's rows refused
 
     pd.DataFrame({"text": ["hello"], "category": [5]}).to_parquet(tmp_path / "oos.parquet")

@@ -463,7 +463,9 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "a")
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "b", oos_label="OOS")
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 2
-    assert len(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")) == 2
+    caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
+    assert caught.line.tolist() == [len(rows) + 2, len(rows) + 3]  # their lines in held.csv, to join its other columns back by
+    assert pd.read_csv(tmp_path / "b" / "test_predictions.csv").line.tolist() == list(range(2, len(rows) + 2))
     with pytest.raises(BankintentError, match="--oos-label and --unseen-as-oos are for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
 
@@ -477,7 +479,8 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "b", unseen_as_oos=True)
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 3
     assert "3 rows of 1 intent(s) the model never saw (mortgage)" in summary["out_of_scope"]["oos_examples"]
-    assert set(pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv").text) == set(new.text)
+    caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
+    assert caught.text.tolist() == new.text.tolist() and caught.line.tolist() == [len(rows) + 2 + i for i in range(3)]
     new.to_csv(tmp_path / "new_intent.csv", index=False)  # only queries of the new intent: what the fallback catches of them
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "new_intent.csv"), output=tmp_path / "b", unseen_as_oos=True,
                            overwrite=True)

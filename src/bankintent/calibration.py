@@ -277,7 +277,7 @@ def _caught(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -
     if predictor.oos_threshold is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         score = oos_scores[predictor.oos_score]
-        pd.DataFrame({"text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+        pd.DataFrame({"line": examples.lines, "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
                       "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
                      ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
     return oos_scores
@@ -299,6 +299,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
     table = pd.DataFrame([{"score": name, **row} for name in scores
                           for row in ood.coverage_curve(scores[name], correct, oos_scores[name] if oos_scores else None)])
     out.mkdir(parents=True, exist_ok=True)
+    table["threshold"] = table["threshold"].map(repr)  # whole: each is a query's score, and a rounded one answered a row less
     table.to_csv(out / f"{split}_coverage.csv", index=False, float_format="%.4f")
     summary = {"split": split, "oos_examples": examples.describe(), "oos_examples_size": len(examples),
                "auroc": {name: ood.auroc(scores[name], oos_scores[name]) for name in scores} if oos_scores else {}}

@@ -106,6 +106,10 @@ class OutOfScope:
 
     texts: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # where they came from, e.g. "train.csv: 12 rows labelled 'out_of_scope'"
+    lines: list[int | None] = field(default_factory=list)  # each one's line in its file, as ``Examples.rows``; None: not from a file
+
+    def __post_init__(self) -> None:
+        self.lines = self.lines or [None] * len(self.texts)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -113,10 +117,11 @@ class OutOfScope:
     def describe(self) -> str:
         return "; ".join(self.sources) if self.sources else "none"
 
-    def add(self, texts: list[str], source: str) -> None:
+    def add(self, texts: list[str], source: str, lines: list[int] | None = None) -> None:
         if texts:
             self.texts.extend(texts)
             self.sources.append(source)
+            self.lines.extend(lines or [None] * len(texts))
 
 
 @dataclass
@@ -768,16 +773,15 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     return found
 
 
-def set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, list[str]]:
-    """(the rows of intents, the texts of the rows labelled ``oos_label``)."""
+def set_apart(examples: Examples, oos_label: str | None) -> tuple[Examples, Examples]:
+    """(the rows of intents, the rows labelled ``oos_label``)."""
     oos_label = oos_name(oos_label)
     if not oos_label or oos_label not in examples.labels:
-        return examples, []
+        return examples, Examples([], [], [])
     keep = [i for i, label in enumerate(examples.labels) if label != oos_label]
-    oos = [examples.texts[i] for i, label in enumerate(examples.labels) if label == oos_label]
-    rows = [examples.rows[i] for i in keep] if examples.rows else None
-    return Examples([examples.texts[i] for i in keep], [examples.labels[i] for i in keep], rows,
-                    examples.empty_skipped, examples.duplicates), oos
+    kept = examples.take(keep)
+    kept.empty_skipped, kept.duplicates = examples.empty_skipped, examples.duplicates
+    return kept, examples.take([i for i, label in enumerate(examples.labels) if label == oos_label])
 
 
 def draw_shots(examples: Examples, shots: int, seed: int) -> Examples:
@@ -965,12 +969,13 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     oos_label = oos_name(oos_label)
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
     out_of_scope = OutOfScope()
-    out_of_scope.add(oos, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}")
+    out_of_scope.add(oos.texts, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
     away = [i for i, label in enumerate(test.labels) if label not in known] if unseen_as_oos else []
     if away:
         unseen = sorted({test.labels[i] for i in away})
-        out_of_scope.add([test.texts[i] for i in away], f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model "
-                         f"never saw ({first_few(unseen, 5)})")
+        gone = test.take(away)
+        out_of_scope.add(gone.texts, f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model never saw "
+                         f"({first_few(unseen, 5)})", gone.rows)
         test = test.take([i for i, label in enumerate(test.labels) if label in known])
     offer = ("--unseen-as-oos counts the rows of intents the model never saw as out of scope" if unseen_as_oos is False else
              f"label the rows of intents training has none of {oos_label!r} to test the fallback on them" if oos_label else "")
@@ -1035,7 +1040,7 @@ def load_splits(
     read = lambda path: set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
     out_of_scope, test_out_of_scope = OutOfScope(), OutOfScope()
     full, oos = read(files.train)
-    out_of_scope.add(oos, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}")
+    out_of_scope.add(oos.texts, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
     if len(set(full.labels)) < 2:
@@ -1058,7 +1063,7 @@ def load_splits(
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
-        out_of_scope.add(oos, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}")
+        out_of_scope.add(oos.texts, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
         _check_known(validation, files.validation, set(full.labels), oos_label)
         log.info("validation split: %s (%d queries)", files.validation, len(validation))
     if oos_path is not None:
