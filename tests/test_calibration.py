@@ -126,6 +126,10 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == set(ood.SCORES)
     assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"] == ood.DEFAULT_REASON
     assert (tmp_path / "test_coverage.png").is_file()
+    scores = predictor.oos_scores(softmax(logits / predictor.spec.temperature), features)
+    aimed = summary["for_target"]  # evaluate's advice: the lowest threshold that answers the run's target share of these queries
+    assert aimed["coverage"] == predictor.spec.oos_choice["coverage"] and np.mean(scores <= aimed["threshold"]) >= aimed["coverage"]
+    assert np.mean(scores < aimed["threshold"]) < aimed["coverage"]
     for row in test_table.itertuples():  # a threshold copied from the table answers its row's share (rounded, it answered one less)
         again = Predictor.load(run, oos_score=row.score, oos_threshold=row.threshold)
         assert np.mean(again.oos_scores(softmax(logits / again.spec.temperature), features) <= again.oos_threshold) == row.kept

@@ -216,7 +216,7 @@ def test_evaluate_prints_whatever_the_summary_holds(summary, monkeypatch, capsys
     monkeypatch.setattr("bankintent.evaluation.evaluate_run", lambda *args: summary)
     cli.main(["evaluate", "runs/x"])
     out = capsys.readouterr().out
-    assert out.startswith("test: 3 queries, accuracy ") and "written in" not in out  # the stand-in wrote no file
+    assert out.startswith("test: 3 in-scope queries, accuracy ") and "written in" not in out  # the stand-in wrote no file
     assert ("accuracy by length: <=5 words 100.0% (3), >20 words n/a (0)" in out) == ("accuracy_by_length" in summary)
     recall = (summary.get("out_of_scope") or {}).get("oos_recall")
     assert (f"(msp, threshold 0.5): answers 90.0%, accuracy on those 95.00%{', recall 80.0% on rows labelled out_of_scope' if recall else ''}"

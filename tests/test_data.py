@@ -432,8 +432,11 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
     other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent
     assert "out_of_scope" in other.labels and not other.out_of_scope.texts
     (tmp_path / "oos.csv").write_text("query\nbook a taxi\n")
-    with pytest.raises(DataError, match=r"oos.csv: line 1: missing column 'text'"):
-        load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))
+    with pytest.raises(DataError, match=r"oos.csv: missing column 'text' \(columns: 'query'\); an out-of-scope file's queries are read "
+                                        r"from the data's text column or from one named 'text': rename its column$"):
+        load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))  # it said --text-column, which renames the data's column too
+    (tmp_path / "header.txt").write_text("text\nbook a flight\n")  # a column's name atop a .txt: it was read as a query
+    assert load_splits(str(tmp_path), oos_file=str(tmp_path / "header.txt")).out_of_scope.texts[3:] == ["book a flight"]
 
 
 def test_thin_validation_is_flagged():

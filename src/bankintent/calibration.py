@@ -211,6 +211,10 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     elif len(splits.out_of_scope):
         spec.oos_score = ood.DEFAULT_SCORE
         reason = ood.DEFAULT_REASON + ood.TRAINED_ON
+        log.info("out-of-scope: small data: the %d out-of-scope examples measure the fallback and do not set it (the score is "
+                 "the default, the threshold set to answer %.0f%% of in-scope queries): more of them measure it better, and "
+                 "change no answer; measure it on new queries with bankintent evaluate RUN --data FILE, whose test_coverage.csv "
+                 "gives the threshold for each share answered (--oos-threshold)", len(splits.out_of_scope), 100 * cfg.oos_coverage)
     else:  # the built-in probe set is mostly chatter, easy for every score: it measures, it does not choose
         spec.oos_score = ood.DEFAULT_SCORE
         reason = ood.DEFAULT_REASON + ("" if len(examples) else ood.NO_EXAMPLES)
@@ -318,6 +322,10 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
         point = summary
         target = predictor.spec.oos_choice.get("coverage") if _trained(predictor) else None  # the caller's threshold has none
         summary["coverage_target"] = target
+        aim = target or predictor.spec.oos_choice.get("coverage") or TrainConfig.oos_coverage
+        at = ood.threshold_for_coverage(scores[name], aim)
+        summary["for_target"] = {"coverage": aim, "threshold": at,
+                                 "oos_recall": float((oos_scores[name] > at).mean()) if oos_scores else None}
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
             aim = f"{target:.0%} of the held-out in-scope queries at training" if target is not None else "most validation queries"

@@ -700,6 +700,11 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     path, oos_label = Path(path).expanduser(), oos_name(oos_label)
     kind = file_kind(path, (".txt", *DATA_SUFFIXES), "an out-of-scope file")
     column = "text" if kind == "txt" else query_column(path, text_column)
+    if kind != "txt" and not _has_column(path, column):  # --text-column would rename the data's column too: not the way out
+        first = next(iter_rows(path, ()), None)
+        raise DataError(f"{path}: missing column {column!r}{' (or text)' if column != 'text' else ''} (columns: "
+                        f"{_names(first[1] if first else [])}); an out-of-scope file's queries are read from the data's text column "
+                        f"or from one named 'text': rename its column")
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
@@ -707,6 +712,10 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
             empty += kind != "txt"
             continue
         if kind == "txt" and value.lstrip().startswith("#"):
+            continue
+        if kind == "txt" and not texts and value.strip().casefold() in {"text", "query", text_column.casefold()}:
+            log.warning("%s: line %d, %r, is taken for a header and skipped (a .txt file is one query a line, with none)",
+                        path, number, value.strip())
             continue
         if not isinstance(value, str):
             raise DataError(f"{path}: {numbered(path)} {number}: column {column!r} holds {type(value).__name__}, not text")

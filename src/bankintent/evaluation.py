@@ -284,7 +284,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
                 f"written in {folder}: {split}_evaluation.json, {split}_out_of_scope.csv"]
     fallback = isinstance(coverage.get("threshold"), Real)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
-    lines = [f"{split}: {summary.get('queries', '?')} queries, accuracy {pct(summary.get('accuracy'))}"
+    lines = [f"{split}: {summary.get('queries', '?')} in-scope queries, accuracy {pct(summary.get('accuracy'))}"
              f"{' (every query answered with its top intent; the out-of-scope line below has the fallback)' if fallback else ''}, "
              f"macro-F1 {pct(summary.get('macro_f1'))}{ece}"]
     unseen = summary.get("intents_without_queries") or []
@@ -313,6 +313,13 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
                         if isinstance(recall, Real) else ""))
         if coverage.get("oos_score_reason"):
             lines.append(f"  score: {coverage['oos_score_reason']}")
+        aimed = coverage.get("for_target")
+        if aimed and split != "validation":  # what a team sets to get the share it wants on its own traffic
+            caught = aimed.get("oos_recall")
+            recall = f", catching {pct(caught, 1)} of the out-of-scope examples" if isinstance(caught, Real) else ""
+            lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 0)} of these in-scope queries: --oos-threshold "
+                         f"{aimed['threshold']!r}"
+                         f"{recall}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
     if written:
