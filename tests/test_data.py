@@ -641,5 +641,5 @@ def test_an_out_of_scope_file_is_read_from_its_text_column_where_it_lacks_the_da
     splits = load_splits(str(data), text_column="utterance", label_column="intent", oos_file=str(oos))
     assert splits.out_of_scope.texts == ["what is the weather", "tell me a joke"]
     oos.write_text("query\nwhat is the weather\n")  # neither column: the error names the data's
-    with pytest.raises(DataError, match=r"oos.csv: line 1: missing column 'utterance'"):
+    with pytest.raises(DataError, match=r"oos.csv: missing column 'utterance' \(or 'text'\) \(columns: 'query'\)"):
         load_splits(str(data), text_column="utterance", label_column="intent", oos_file=str(oos))

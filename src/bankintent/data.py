@@ -702,7 +702,8 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     column = "text" if kind == "txt" else query_column(path, text_column)
     if kind != "txt" and not _has_column(path, column):  # --text-column would rename the data's column too: not the way out
         first = next(iter_rows(path, ()), None)
-        raise DataError(f"{path}: missing column {column!r}{' (or text)' if column != 'text' else ''} (columns: "
+        either = " (or 'text')" if column != "text" else ""
+        raise DataError(f"{path}: missing column {column!r}{either} (columns: "
                         f"{_names(first[1] if first else [])}); an out-of-scope file's queries are read from the data's text column "
                         f"or from one named 'text': rename its column")
     texts, empty = [], 0
