@@ -38,7 +38,7 @@ def test_train_evaluate_predict_through_the_cli(lpft_run, tmp_path):
     assert (lpft_run / "learning_curves.png").is_file()
 
     result = cli("evaluate", lpft_run)
-    assert "test: 100 queries" in result.stdout
+    assert "test: 100 in-scope queries" in result.stdout
     assert f"written in {lpft_run}: test_evaluation.json, test_predictions.csv, test_per_intent.csv" in result.stdout
     evaluation = json.loads((lpft_run / "test_evaluation.json").read_text())
     assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"])
