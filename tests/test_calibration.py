@@ -125,7 +125,10 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     assert summary["oos_score"] == predictor.oos_score and summary["threshold"] == predictor.oos_threshold
     assert 0 <= summary["oos_recall"] <= 1 and set(summary["auroc"]) == set(ood.SCORES)
     assert summary["oos_examples"] == ood.PROBE_SET and summary["oos_score_reason"] == ood.DEFAULT_REASON
-    assert (tmp_path / "test_coverage.png").is_file()
+    from PIL import Image
+
+    width = Image.open(tmp_path / "test_coverage.png").size[0]  # 6.4 inches at 110 dpi a panel
+    assert width > 1.5 * 6.4 * 110  # with out-of-scope examples (the probe set here), a second panel: caught against answered
     scores = predictor.oos_scores(softmax(logits / predictor.spec.temperature), features)
     aimed = summary["for_target"]  # evaluate's advice: the lowest threshold that answers the run's target share of these queries
     assert aimed["coverage"] == predictor.spec.oos_choice["coverage"] and np.mean(scores <= aimed["threshold"]) >= aimed["coverage"]

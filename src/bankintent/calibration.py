@@ -335,7 +335,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
                         "train again, or set a looser threshold (%s gives the one that answers each share of these queries: "
                         "--oos-threshold, oos_threshold= in Python)", 100 * kept.mean(), len(kept), split, aim,
                         out / f"{split}_coverage.csv")
-    _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point)
+    _plot_coverage(correct, scores, out / f"{split}_coverage.png", split, point, oos_scores)
     return summary
 
 
@@ -355,10 +355,16 @@ def _reason(predictor: Predictor) -> str:
     return spec.oos_choice.get("reason", "chosen at training")
 
 
-def _plot_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], path: Path, split: str, point: dict | None) -> None:
+def _plot_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], path: Path, split: str, point: dict | None,
+                   oos_scores: dict[str, np.ndarray] | None = None) -> None:
     """One accuracy-against-coverage curve per score; the operating point (the chosen score at its
-    threshold) marked, and why that score was chosen in the title."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    threshold) marked, and why that score was chosen in the title. With out-of-scope examples, a second
+    panel: the share of them caught against the share of in-scope queries answered, the trade-off a
+    threshold sets."""
+    fig, axes = plt.subplots(1, 2 if oos_scores else 1, figsize=(12.8 if oos_scores else 6.4, 4.4), squeeze=False)
+    ax = axes[0, 0]
+    if oos_scores:
+        _plot_trade_off(axes[0, 1], scores, oos_scores, point)
     for name, values in scores.items():
         order = np.argsort(values, kind="stable")  # most confident first
         kept = np.arange(1, len(order) + 1)
@@ -378,3 +384,21 @@ def _plot_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_trade_off(ax, scores: dict[str, np.ndarray], oos_scores: dict[str, np.ndarray], point: dict | None) -> None:
+    """Each score's out-of-scope examples caught against in-scope queries answered, over every threshold
+    (each in-scope query's score)."""
+    for name, values in scores.items():
+        thresholds = np.sort(values)
+        answered = np.arange(1, len(thresholds) + 1) / len(thresholds)
+        caught = 1 - np.searchsorted(np.sort(oos_scores[name]), thresholds, side="right") / len(oos_scores[name])
+        ax.plot(answered, caught, label=name)
+    if point is not None and isinstance(point.get("oos_recall"), float):
+        ax.plot([point["coverage"]], [point["oos_recall"]], marker="o", markersize=9, color="black", linestyle="none",
+                label=f"operating point ({point['oos_score']})")
+        ax.axvline(point["coverage"], color="black", linewidth=0.8, linestyle=":")
+    ax.set(xlabel="share of in-scope queries answered", ylabel="share of out-of-scope examples caught", xlim=(0.5, 1.0), ylim=(0, 1.02),
+           title="What the threshold trades")
+    ax.grid(alpha=0.3)
+    ax.legend(title="out-of-scope score", fontsize=8)
