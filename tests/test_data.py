@@ -346,8 +346,12 @@ def test_ragged_csv_row(tmp_path):
     with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 1$"):
         load_splits(str(tmp_path))
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card, it is lost,b\n")
-    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes\)$"):
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes; "
+                                        r"or two rows run together, as when rows are added to a file that did not end with a line break\)$"):
         load_splits(str(tmp_path))
+    (tmp_path / "train.csv").write_text("id,text,category\n1,hello,a\n2,my card, it is lost,b\n")  # 4 of 3: a comma only
+    with pytest.raises(DataError, match=r"line 3: expected 3 fields, found 4 \(a comma in a text needs the text in double quotes\)$"):
+        load_splits(str(tmp_path), text_column="text")
     # a stray quote swallows the rest of the file into one record: the error says where it opened, also
     # where that record has the fields a row needs (a file of queries with an id column, say)
     (tmp_path / "train.csv").write_text('text,category\nhello,a\n"where is my card,b\nagain,b\nmore,a\n')
@@ -589,7 +593,11 @@ def test_a_rare_label_spelt_almost_as_a_common_one_is_warned_about():
         "relabel its rows 'out_of_scope' if it is a typo",
         "label 'polcy_renewal' (2 rows) is spelt almost as 'policy_renewal' (16 rows) and trains as an intent of its own; "
         "relabel its rows 'policy_renewal' if it is a typo"]
-    assert label_warnings(["get_physical_card"] * 20 + ["order_physical_card"] * 20 + ["lost_card"] * 2 + ["lost_cards"] * 3, None) == []
+    assert label_warnings(["get_physical_card"] * 20 + ["order_physical_card"] * 20 + ["lost_card"] * 12, None) == []
+    # a new intent written two ways over its few rows: neither is four times the other, both are thin (it was silent)
+    assert label_warnings(["get_physical_card"] * 20 + ["order_physical_card"] * 20 + ["lost_card"] * 2 + ["lost_cards"] * 3, None) == [
+        "labels 'lost_card' (2 rows) and 'lost_cards' (3 rows) are spelt almost alike, both thin, and train as 2 intents; write them "
+        "alike if they are one"]
 
 
 def test_shots_say_which_intents_have_fewer_examples_than_asked(tmp_path, caplog):

@@ -202,6 +202,10 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     assert summary["split"] == "test" and summary["queries"] == 16  # the out-of-scope row measures the fallback instead
     predictions = pd.read_csv(run / "test_predictions.csv")
     assert predictions.line.tolist() == list(range(2, 18))  # each query's line in held.csv (its header: line 1)
+    intents = pd.read_csv(run / "test_per_intent.csv").set_index("intent")  # what each intent's users get, the fallback counted
+    for intent, rows in predictions.groupby("label"):
+        assert intents.answered[intent] == pytest.approx((~rows.out_of_scope).mean(), abs=1e-4)
+        assert intents.answered_right[intent] == pytest.approx((rows.answer == intent).mean(), abs=1e-4)
     bins = np.minimum((predictions.confidence * 15).apply(np.ceil).astype(int) - 1, 14)  # ECE's 15 bins, (lo, hi]
     gaps = predictions.groupby(bins).apply(lambda b: len(b) * abs(b.correct.mean() - b.confidence.mean()))
     assert summary["ece"] == pytest.approx(gaps.sum() / 16, abs=1e-6)

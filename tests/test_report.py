@@ -479,6 +479,15 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "traffic.csv"), output=tmp_path / "b", unseen_as_oos=True)
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 3
     assert "3 rows of 1 intent(s) the model never saw (mortgage)" in summary["out_of_scope"]["oos_examples"]
+    assert "oos_recall_by_source" not in summary["out_of_scope"]  # one kind of out-of-scope rows
+    chatter = pd.DataFrame({"text": ["what is the weather", "tell me a joke", "sing a song", "who won the match"], "category": "out_of_scope"})
+    pd.concat([rows, new, chatter]).to_csv(tmp_path / "both.csv", index=False)  # chatter and a new intent: pooled, one hid the other
+    both = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "both.csv"), output=tmp_path / "both", unseen_as_oos=True)["out_of_scope"]
+    caught = pd.read_csv(tmp_path / "both" / "test_out_of_scope.csv")
+    assert list(both["oos_recall_by_source"].values()) == [caught.caught[:4].mean(), caught.caught[4:].mean()]
+    assert both["oos_recall"] == pytest.approx((4 * caught.caught[:4].mean() + 3 * caught.caught[4:].mean()) / 7)
+    assert list(both["oos_recall_by_source"]) == ["both.csv: 4 rows labelled 'out_of_scope'",
+                                                  "both.csv: 3 rows of 1 intent(s) the model never saw (mortgage)"]
     caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
     assert caught.text.tolist() == new.text.tolist() and caught.line.tolist() == [len(rows) + 2 + i for i in range(3)]
     new.to_csv(tmp_path / "new_intent.csv", index=False)  # only queries of the new intent: what the fallback catches of them

@@ -319,6 +319,9 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),
             "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
+        if oos_scores and len(examples.sources) > 1:  # chatter and an intent the model never saw, say: pooled, one hides the other
+            caught, origins = oos_scores[name] > threshold, np.array(examples.origins)
+            summary["oos_recall_by_source"] = {source: float(caught[origins == i].mean()) for i, source in enumerate(examples.sources)}
         point = summary
         target = predictor.spec.oos_choice.get("coverage") if _trained(predictor) else None  # the caller's threshold has none
         summary["coverage_target"] = target

@@ -107,9 +107,11 @@ class OutOfScope:
     texts: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # where they came from, e.g. "train.csv: 12 rows labelled 'out_of_scope'"
     lines: list[int | None] = field(default_factory=list)  # each one's line in its file, as ``Examples.rows``; None: not from a file
+    origins: list[int] = field(default_factory=list)  # each one's source, an index into ``sources``
 
     def __post_init__(self) -> None:
         self.lines = self.lines or [None] * len(self.texts)
+        self.origins = self.origins or [0] * len(self.texts)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -122,6 +124,7 @@ class OutOfScope:
             self.texts.extend(texts)
             self.sources.append(source)
             self.lines.extend(lines or [None] * len(texts))
+            self.origins.extend([len(self.sources) - 1] * len(texts))
 
 
 @dataclass
@@ -277,8 +280,11 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
                 continue
             row = dict(zip(header, values)) | {name: None for name in header[len(values):]}
             if len(values) > len(header) or any(row[c] is None for c in columns):
-                quote = f" (a {'comma' if separator == ',' else repr(separator)} in a text needs the text in double quotes)" \
-                    if len(values) > len(header) else ""
+                mark = "comma" if separator == "," else repr(separator)
+                quote = f" (a {mark} in a text needs the text in double quotes)" if len(values) > len(header) else ""
+                if len(header) > 1 and len(values) == 2 * len(header) - 1:  # "...,loan_rateI need a card,new_intent"
+                    quote = (f" (a {mark} in a text needs the text in double quotes; or two rows run together, as when rows are "
+                             f"added to a file that did not end with a line break)")
                 raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
@@ -761,7 +767,8 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
     in case, spaces or separators (two intents, where one was most likely meant), a rare label spelt
     almost as a common one (``polcy_renewal`` beside ``policy_renewal``: a typo in a few rows, which one
-    row alone stops training with), and a label that is the out-of-scope label written otherwise (it
+    row alone stops training with), two thin labels spelt almost alike (a new intent written two ways
+    over its few rows), and a label that is the out-of-scope label written otherwise (it
     trains as an intent)."""
     variants: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
@@ -769,6 +776,8 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     found = [f"labels {', '.join(map(repr, group))} differ only in case, accents or separators and train as {len(group)} intents; "
              "write them alike if they are one" for group in variants.values() if len(group) > 1]
     counts = Counter(labels)
+    intents = [n for label, n in counts.items() if label != oos_label]
+    thin = float(np.median(intents)) / 2 if intents else 0  # a new intent's rows, both spellings of it among them
     for label, n in sorted(counts.items()):
         if label == oos_label:
             continue
@@ -777,6 +786,14 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
         if close:
             found.append(f"label {label!r} ({_rows(n)}) is spelt almost as {close[0]!r} ({_rows(counts[close[0]])}) and trains "
                          f"as an intent of its own; relabel its rows {close[0]!r} if it is a typo")
+            continue
+        # a new intent written two ways over its few rows (2 and 6): neither is common, both are thin
+        twin = [other for other, m in counts.items() if other > label and other != oos_label and max(n, m) < thin and m < TYPO_RARITY * n
+                and n < TYPO_RARITY * m and _label_key(other) != _label_key(label)]
+        close = difflib.get_close_matches(label, twin, n=1, cutoff=TYPO_SIMILARITY)
+        if close:
+            found.append(f"labels {label!r} ({_rows(n)}) and {close[0]!r} ({_rows(counts[close[0]])}) are spelt almost alike, both "
+                         f"thin, and train as 2 intents; write them alike if they are one")
     found += [f"label {label!r} trains as an intent; rows of out-of-scope examples are labelled {oos_label!r} "
               f"(--oos-label {shlex.quote(label)} if these rows are out of scope)" for label in sorted(set(labels))
               if _written_as_out_of_scope(label, oos_label)]

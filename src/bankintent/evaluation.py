@@ -57,15 +57,24 @@ def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) 
     return scores(_ids(examples, labels), y_pred)
 
 
-def per_intent(y_true, y_pred, labels: list[str]) -> pd.DataFrame:
+def per_intent(y_true, y_pred, labels: list[str], answered: np.ndarray | None = None) -> pd.DataFrame:
     """Precision, recall and F1 of every intent, the worst F1 first. An intent with no query in the
     split has no recall or F1 (NaN, listed last): not a 0 that would head the list; its precision still
-    counts the queries wrongly given it. An intent given to no query has no precision (NaN), not 0."""
+    counts the queries wrongly given it. An intent given to no query has no precision (NaN), not 0.
+    ``answered`` (whether the fallback answered each query): the share of each intent's queries answered,
+    and answered with that intent, what its users get; a new or thin intent's queries are sent out of
+    scope more than the others', which recall alone does not show."""
     p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=range(len(labels)), zero_division=0)
     absent = support == 0
     unpredicted = np.bincount(np.asarray(y_pred, dtype=int), minlength=len(labels))[:len(labels)] == 0
-    return pd.DataFrame({"intent": labels, "precision": np.where(unpredicted, np.nan, p), "recall": np.where(absent, np.nan, r),
-                         "f1": np.where(absent, np.nan, f), "support": support}).sort_values("f1", kind="stable")
+    table = pd.DataFrame({"intent": labels, "precision": np.where(unpredicted, np.nan, p), "recall": np.where(absent, np.nan, r),
+                          "f1": np.where(absent, np.nan, f), "support": support})
+    if answered is not None:
+        y_true, answered = np.asarray(y_true), np.asarray(answered, dtype=bool)
+        served = answered & (y_true == np.asarray(y_pred))
+        share = lambda mask: np.where(absent, np.nan, np.bincount(y_true, mask, len(labels)) / np.maximum(support, 1))  # noqa: E731
+        table["answered"], table["answered_right"] = share(answered), share(served)
+    return table.sort_values("f1", kind="stable")
 
 
 def confused_pairs(texts: list[str], y_true, y_pred, labels: list[str], top: int = 10, examples: int = 3) -> list[dict]:
@@ -249,10 +258,11 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     logits, features = predictor.outputs(examples.texts, desc=f"evaluating: {split}")
     y_pred = logits.argmax(-1)
     out.mkdir(parents=True, exist_ok=True)
-    prediction_table(predictor, examples, logits, features).to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
+    table = prediction_table(predictor, examples, logits, features)
+    table.to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
     summary = {"split": split, "data": source, "model": model, "queries": len(examples), **scores(y_true, y_pred),
                "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
-    intents = per_intent(y_true, y_pred, labels)
+    intents = per_intent(y_true, y_pred, labels, ~table.out_of_scope.to_numpy(bool))
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
     lengths = accuracy_by_length(examples.texts, y_true, y_pred)
     intents.to_csv(out / f"{split}_per_intent.csv", index=False, float_format="%.4f")
@@ -303,6 +313,9 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     if fallback:
         recall = coverage.get("oos_recall", coverage.get("probe_recall"))
         examples = coverage.get("oos_examples")
+        by_source = coverage.get("oos_recall_by_source")
+        if by_source:  # each source's share beside it, not only pooled
+            examples = "; ".join(f"{source} ({pct(share, 1)})" for source, share in by_source.items())
         if coverage.get("oos_recall_optimistic"):
             examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
         target = coverage.get("coverage_target")
