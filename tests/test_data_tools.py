@@ -71,6 +71,8 @@ def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_in
     assert intents["flag"].fillna("").eq("").sum() == 5
     summary = json.loads((out / "audit.json").read_text())
     assert summary["queries"] == len(rows) and summary["intents"] == 7 and summary["thin_intents"] == 2
+    pairs = pd.read_csv(out / "confused_pairs.csv")  # the command's line names the most confused pair, where overlaps show
+    assert summary["most_confused"] == [pairs.intent_a[0], pairs.intent_b[0], int(pairs["count"][0])]
     markdown = (out / "summary.md").read_text()
     assert rows[planted][0][:40] in markdown and "<table>" in (out / "summary.html").read_text()
     assert (data / "train.csv").read_text().count("\n") == len(rows) + 1  # nothing changed in the data

@@ -233,7 +233,8 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
         "data": str(data), "files": sorted(set(read.files)), "queries": len(examples), "intents": len(labels),
         "base_model": base_model, "probe_c": c, "out_of_fold_accuracy": round(float((predicted == y).mean()), 4),
         "label_issues": len(issues), "conflicting_duplicates": len(duplicates), "duplicate_threshold": duplicate_threshold,
-        "confused_pairs": len(pairs), "thin_intents": int((intents["flag"] != "").sum()),
+        "confused_pairs": len(pairs), "most_confused": [pairs[0]["intent_a"], pairs[0]["intent_b"], pairs[0]["count"]] if pairs else None,
+        "thin_intents": int((intents["flag"] != "").sum()),
         "short_queries": int((lengths.get("issue", pd.Series(dtype=str)) == "short").sum()),
         "truncated_queries": int((lengths.get("issue", pd.Series(dtype=str)) == "truncated").sum()),
     }

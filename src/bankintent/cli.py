@@ -229,8 +229,10 @@ def audit(args: argparse.Namespace) -> None:
 
     found = run(args.data, args.output, base_model=args.base_model, text_column=args.text_column, label_column=args.label_column,
                 oos_label=args.oos_label, duplicate_threshold=args.duplicate_threshold, seed=args.seed)
+    confused = found.get("most_confused")
+    pair = f", most confused intents {confused[0]} / {confused[1]} ({confused[2]})" if confused else ""
     print(f"audit of {found['queries']:,} queries, {found['intents']} intents: likely label errors {found['label_issues']}, "
-          f"near-duplicates with different labels {found['conflicting_duplicates']}, thin intents {found['thin_intents']}, "
+          f"near-duplicates with different labels {found['conflicting_duplicates']}, thin intents {found['thin_intents']}{pair}, "
           f"very short queries {found['short_queries']}, truncated {found['truncated_queries']} -> {Path(args.output) / 'summary.md'}")
 
 
