@@ -473,8 +473,8 @@ def test_intents_with_far_fewer_training_queries_than_the_median_are_thin():
     new_intent = splits({"a": 40, "b": 40, "c": 45, "crypto": 10, "d": 19})
     assert thin_intents(new_intent) == {"crypto": 10, "d": 19}
     assert thin_intents_warning(new_intent).startswith(
-        "2 intent(s) have far fewer training queries than the median intent (40): 'crypto': 10, 'd': 19; the model recognises them "
-        "less often")
+        "2 intent(s) have far fewer training queries than the median intent (40): 'crypto': 10 (+1 held out for validation), "
+        "'d': 19 (+1 held out for validation); the model recognises them less often")  # the file's count, not one less
     assert thin_intents(splits({"a": 127, "b": 130, "c": 35})) == {}  # not few: 20 or more
     assert thin_intents(splits({"a": 5, "b": 5, "c": 3})) == {}  # few everywhere: not half the median
     assert thin_intents_warning(splits({"a": 5, "b": 5})) is None

@@ -557,3 +557,16 @@ def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp
     same = Run("v1b", tmp_path / "v1b", {"num_labels": 8, "data": "data"}, "")
     assert _not_comparable([v1, same], {"v1": measured["v1"], "v1b": measured["v1"]}) == ""  # seeds of one recipe compare
     assert _not_comparable([v1, same], {"v1": {}, "v1b": {}}) == ""  # both tested on their data's test file
+
+
+def test_runs_tied_on_validation_analyse_the_last_given(tmp_path):
+    """v1, v2, v3 of a growing data set all at 100% validation accuracy: the first given was analysed,
+    and the new intents of the later runs never showed. The last of the tied (most often the newest) is,
+    and the others are named."""
+    from bankintent.report import analysed_run
+
+    runs = [Run(name, tmp_path / name, {"val_accuracy": accuracy, "seed": 42}, "") for name, accuracy in
+            (("v1", 1.0), ("v2", 0.98), ("v3", 1.0))]
+    chosen, why = analysed_run(runs)
+    assert chosen.name == "v3" and why.endswith("tied with `v1 (seed 42)`: the last given")
+    assert analysed_run(runs[:2])[0].name == "v1"  # no tie: the best

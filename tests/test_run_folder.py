@@ -245,7 +245,7 @@ def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny
     (data / "train.csv").write_text("\n".join(rows + extra) + "\n")
     metrics = _train(tiny_bert, data, tmp_path / "run")
     assert metrics["thin_intents"] == {"buy_crypto": 7} and metrics["thin_intents_repeated"] == {"buy_crypto": 2}
-    assert "1 intent(s) have far fewer training queries than the median intent (18): 'buy_crypto': 7" in caplog.text
+    assert "1 intent(s) have far fewer training queries than the median intent (18): 'buy_crypto': 7 (+1 held out for validation)" in caplog.text
     assert "thin intents: training queries repeated ('buy_crypto' x2)" in caplog.text
     card = (tmp_path / "run" / "adapter" / "README.md").read_text()
     assert "`buy_crypto` (7). Their training queries were repeated (`buy_crypto` x2, `--thin-repeats`)" in card

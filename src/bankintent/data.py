@@ -935,7 +935,9 @@ def thin_intents_warning(splits: Splits) -> str | None:
     if not thin:
         return None
     median = training_counts(splits)[1]
-    shown = first_few((f"{name!r}: {count}" for name, count in thin.items()), 5)
+    carved = Counter(splits.validation.labels) if not splits.notes.get("validation_from_file") else Counter()  # of the file's rows
+    held = lambda name: f" (+{carved[name]} held out for validation)" if carved[name] else ""  # noqa: E731
+    shown = first_few((f"{name!r}: {count}{held(name)}" for name, count in thin.items()), 5)
     return (f"{len(thin)} intent(s) have far fewer training queries than the median intent ({median:g}): {shown}; the model "
             f"recognises them less often and sends more of their queries out of scope: add examples of them "
             f"(`bankintent audit` lists thin intents)")

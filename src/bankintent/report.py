@@ -459,7 +459,12 @@ def analysed_run(runs: list[Run]) -> tuple[Run, str]:
     if len(runs) == 1:
         return runs[0], "the only run whose model is here"
     if validated:
-        return max(validated, key=lambda r: r.metrics["val_accuracy"]), "the best validation accuracy among the runs whose model is here"
+        best = max(r.metrics["val_accuracy"] for r in validated)
+        tied = [r for r in validated if r.metrics["val_accuracy"] == best]
+        if len(tied) > 1:  # runs of a data set grown over time tie at 100%: the last given, most often the newest
+            others = ", ".join(f"`{r.label}`" for r in tied[:-1])
+            return tied[-1], f"the best validation accuracy among the runs whose model is here, tied with {others}: the last given"
+        return tied[0], "the best validation accuracy among the runs whose model is here"
     return runs[0], "the first run given: none has a validation split to compare them on"
 
 
