@@ -331,8 +331,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
             caught = aimed.get("oos_recall")
             recall = f", catching {pct(caught, 1)} of the out-of-scope examples" if isinstance(caught, Real) else ""
             lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 0)} of these in-scope queries: --oos-threshold "
-                         f"{aimed['threshold']!r}"
-                         f"{recall}")
+                         f"{aimed['threshold']!r}{recall}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
     if written:

@@ -5,8 +5,9 @@ Uncertainty alone picks near-copies: the queries a model is least sure of crowd 
 intent boundaries, often as paraphrases of one another, and labelling ten of them teaches little more
 than one. So the pick balances uncertainty with diversity, as cluster-margin sampling does (Citovsky
 et al., 2021): the ``CANDIDATES`` x N queries of smallest *margin* (the calibrated probability of the
-most probable intent minus that of the second; the logits' margin orders those that round to 1) are clustered into N groups by k-means on the model's
-embedding, and each group gives its least certain query. The result is deterministic for a seed.
+most probable intent minus that of the second; the logits' margin orders those that round to 1) are
+clustered into N groups by k-means on the model's embedding, and each group gives its least certain
+query. The result is deterministic for a seed.
 """
 
 from __future__ import annotations
