@@ -439,6 +439,9 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
     with pytest.raises(DataError, match=r"oos.csv: missing column 'text' \(columns: 'query'\); an out-of-scope file's queries are read "
                                         r"from the data's text column or from one named 'text': rename its column$"):
         load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))  # it said --text-column, which renames the data's column too
+    (tmp_path / "oos.csv").write_text("category,text\nout_of_scope\nout_of_scope,hello there\n")  # the column is there: the row's fault
+    with pytest.raises(DataError, match=r"oos.csv: line 2: expected 2 fields, found 1$"):  # it said: missing column 'text'
+        load_splits(str(tmp_path), oos_file=str(tmp_path / "oos.csv"))
     (tmp_path / "header.txt").write_text("text\nbook a flight\n")  # a column's name atop a .txt: it was read as a query
     assert load_splits(str(tmp_path), oos_file=str(tmp_path / "header.txt")).out_of_scope.texts[3:] == ["book a flight"]
 

@@ -181,7 +181,8 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     fitted_on = queries if out_of_fold is None else "training queries' out-of-fold probe logits"
     spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
     if note:  # the accuracy rule where every query is right is small data's usual case: said; no fit, or one not reached, warned of
-        level = logging.WARNING if rule is None or NOT_REACHED in note else logging.INFO
+        usual = rule == "accuracy" and NOT_REACHED not in note and bool((fit_logits.argmax(-1) == fit_labels).all())
+        level = logging.INFO if usual else logging.WARNING
         log.log(level, "temperature %.3g: %s", spec.temperature, note)
     elif rule is not None:
         log.info("temperature %.3g (%s, fitted on the %s)", spec.temperature, rule, fitted_on)
@@ -281,7 +282,7 @@ def _caught(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -
     if predictor.oos_threshold is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         score = oos_scores[predictor.oos_score]
-        pd.DataFrame({"line": examples.lines, "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+        pd.DataFrame({"line": pd.array(examples.lines, dtype="Int64"), "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
                       "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
                      ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
     return oos_scores
@@ -327,7 +328,7 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
         summary["coverage_target"] = target
         aim = target or predictor.spec.oos_choice.get("coverage") or TrainConfig.oos_coverage
         at = ood.threshold_for_coverage(scores[name], aim)
-        summary["for_target"] = {"coverage": aim, "threshold": at,
+        summary["for_target"] = {"coverage": aim, "threshold": at, "other_score": name != predictor.spec.oos_score,
                                  "oos_recall": float((oos_scores[name] > at).mean()) if oos_scores else None}
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):

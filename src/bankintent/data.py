@@ -371,10 +371,9 @@ def _parquet_rows(path: Path, columns):
     number = 0
     try:
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH):
-            batch = batch.rename_columns(names)
             for row in batch.to_pylist():
                 number += 1
-                yield number, {k: v if k in columns else _json_value(v) for k, v in row.items()}
+                yield number, {k: v if k in columns else _json_value(v) for k, v in zip(names, row.values())}
     except pa.ArrowException as exc:
         raise DataError(f"{path}: row {number + 1}: unreadable ({str(exc).splitlines()[0]})") from None
 
@@ -706,12 +705,12 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
     path, oos_label = Path(path).expanduser(), oos_name(oos_label)
     kind = file_kind(path, (".txt", *DATA_SUFFIXES), "an out-of-scope file")
     column = "text" if kind == "txt" else query_column(path, text_column)
-    if kind != "txt" and not _has_column(path, column):  # --text-column would rename the data's column too: not the way out
-        first = next(iter_rows(path, ()), None)
+    first = next(iter_rows(path, ()), None) if kind != "txt" else None
+    names = list(first[1]) if first else []
+    if first and column not in _match_header(names, (column,)):  # --text-column would rename the data's column too: not the way out
         either = " (or 'text')" if column != "text" else ""
-        raise DataError(f"{path}: missing column {column!r}{either} (columns: "
-                        f"{_names(first[1] if first else [])}); an out-of-scope file's queries are read from the data's text column "
-                        f"or from one named 'text': rename its column")
+        raise DataError(f"{path}: missing column {column!r}{either} (columns: {_names(names)}); an out-of-scope file's queries are "
+                        f"read from the data's text column or from one named 'text': rename its column")
     texts, empty = [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]

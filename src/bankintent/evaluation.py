@@ -240,7 +240,7 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
     out = predictor.turned_away(scores)
     names = np.array(predictor.labels, dtype=object)[predicted]
     return pd.DataFrame({
-        "line": examples.rows or [None] * len(examples), "text": examples.texts, "label": examples.labels, "predicted": names,
+        "line": pd.array(examples.rows or [None] * len(examples), dtype="Int64"), "text": examples.texts, "label": examples.labels, "predicted": names,
         "confidence": probs.max(-1), "correct": names == np.array(examples.labels, dtype=object), "answer": np.where(out, OUT_OF_SCOPE, names),
         "out_of_scope": out, "oos_score": scores,
     }, columns=PREDICTION_COLUMNS)
@@ -330,7 +330,8 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
         if aimed and split != "validation":  # what a team sets to get the share it wants on its own traffic
             caught = aimed.get("oos_recall")
             recall = f", catching {pct(caught, 1)} of the out-of-scope examples" if isinstance(caught, Real) else ""
-            lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 0)} of these in-scope queries: --oos-threshold "
+            score = f"--oos-score {coverage.get('oos_score')} " if aimed.get("other_score") else ""
+            lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 1)} of these in-scope queries: {score}--oos-threshold "
                          f"{aimed['threshold']!r}{recall}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]

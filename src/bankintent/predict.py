@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from bankintent import ood
 from bankintent.config import MODEL_DIR, export_record
 from bankintent.errors import ConfigError, DataError, ModelError
-from bankintent.modeling import MARKER, OOD_FILE, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
+from bankintent.modeling import LONG_QUERIES_SHARE, MARKER, OOD_FILE, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
 from bankintent.text import blank, preprocess
 
 log = logging.getLogger(__name__)
@@ -328,11 +328,12 @@ class Predictor:
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
-        cut = next((text for text, encoding in zip(texts, encodings) if encoding.overflowing), None)
-        if cut is not None and not self.said_cut:  # the model reads max_length tokens, as it trained: said, as training says it
+        cut = [text for text, encoding in zip(texts, encodings) if encoding.overflowing]
+        if cut and not self.said_cut:  # the model reads max_length tokens, as it trained: said as training says it (a warning from 1%)
             self.said_cut = True
-            log.warning("queries longer than the model's max_length of %d tokens are read to their first %d, as in training "
-                        "(--max-length sets it); the first: %r... (said once)", self.spec.max_length, self.spec.max_length, cut[:40])
+            log.log(logging.WARNING if len(cut) >= LONG_QUERIES_SHARE * len(texts) else logging.INFO,
+                    "queries longer than the model's max_length of %d tokens are read to their first %d, as in training "
+                    "(--max-length sets it); the first: %r... (said once)", self.spec.max_length, self.spec.max_length, cut[0][:40])
         passes = length_batches(np.array([len(e.ids) for e in encodings]), self.batch_size, self.backend.pass_tokens)
         logits, features = [], []
         with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:

@@ -87,9 +87,10 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
         raise DataError(f"{input}: every query is labelled in the run's data already")
     predictor = Predictor.load(run)
     logits, features = predictor.outputs(texts, desc="predicting")
-    probabilities = softmax(logits.astype(np.float64) / predictor.spec.temperature)  # float32 rounds a sharp one's margins to 1
-    picked = rank(probabilities, features, budget, seed, logits=logits)
-    margin = margins(probabilities)
+    ranked = softmax(logits.astype(np.float64) / predictor.spec.temperature)  # float32 rounds a sharp one's margins to 1
+    picked = rank(ranked, features, budget, seed, logits=logits)
+    margin = margins(ranked)
+    probabilities = softmax(logits / predictor.spec.temperature)  # as predict computes them: the fallback's thresholds were set so
     guess = probabilities.argmax(1)
     turned_away = predictor.turned_away(predictor.oos_scores(probabilities, features))
     table = pd.DataFrame({
