@@ -138,10 +138,9 @@ class TrainConfig:
 
     def __new__(cls, *args, **kwargs):
         # which options the config was made with, however equal to the defaults (``given_options``)
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(names))
+        unknown = sorted(set(kwargs) - set(FIELD_NAMES))
         if unknown:  # as train(epoch=2) says it, where the dataclass's TypeError would name no option meant
-            raise ConfigError(f"{cls.__name__}: unknown option(s) {unknown_names(unknown, names)}")
+            raise ConfigError(f"{cls.__name__}: unknown option(s) {unknown_names(unknown, FIELD_NAMES)}")
         self = super().__new__(cls)
         object.__setattr__(self, "_given", frozenset(f.name for f in fields(cls)[:len(args)]) | frozenset(kwargs))
         return self

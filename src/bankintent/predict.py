@@ -328,8 +328,8 @@ class Predictor:
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
-        cut = [text for text, encoding in zip(texts, encodings) if encoding.overflowing]
-        if cut and not self.said_cut:  # the model reads max_length tokens, as it trained: said as training says it (a warning from 1%)
+        cut = [] if self.said_cut else [text for text, encoding in zip(texts, encodings) if encoding.overflowing]  # once said: no scan
+        if cut:  # the model reads max_length tokens, as it trained: said as training says it (a warning from 1%)
             self.said_cut = True
             log.log(logging.WARNING if len(cut) >= LONG_QUERIES_SHARE * len(texts) else logging.INFO,
                     "queries longer than the model's max_length of %d tokens are read to their first %d, as in training "
