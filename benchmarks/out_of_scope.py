@@ -99,10 +99,10 @@ def measure(scores: dict[str, dict[str, np.ndarray]], correct: np.ndarray, teste
     (known intents' test), ``id_oos`` (held-out intents' test: ``tested`` marks those the arm is
     tested on, ``untouched`` those of the intents that never give out-of-scope examples),
     ``id_oos_val`` (the held-out intents' validation) and ``ood`` (the probe set). A score's threshold
-    keeps 95% of ``val`` in scope."""
+    is the one training sets on ``val`` to answer 95% of new in-scope queries."""
     rows = []
     for name, s in scores.items():
-        threshold = ood.threshold_for_coverage(s["val"], COVERAGE)
+        threshold = ood.threshold_for_new_queries(s["val"], COVERAGE)
         kept = s["test"] <= threshold
         id_oos = s["id_oos"][tested]
         rows.append({

@@ -432,6 +432,8 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
     assert splits.out_of_scope.texts == ["what is the weather", "tell me a joke", "sing a song", "book a flight", "find a restaurant"]
     assert splits.out_of_scope.describe() == ("train.csv: 2 rows labelled 'out_of_scope'; valid.csv: 1 row labelled 'out_of_scope'; "
                                                "more_oos.txt: 2 queries")
+    assert splits.out_of_scope.files == ["train.csv", "valid.csv", "more_oos.txt"]  # each row's file and line, to find it by
+    assert splits.out_of_scope.lines == [len(GOOD) + 2, len(GOOD) + 3, 4, 2, 4]
     assert splits.test_out_of_scope.texts == ["who won the match"] and splits.test.texts == ["x"]
     other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent
     assert "out_of_scope" in other.labels and not other.out_of_scope.texts

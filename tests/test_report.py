@@ -16,7 +16,7 @@ import yaml
 
 from bankintent import Predictor, resolve_config, train
 from bankintent.errors import BankintentError, ConfigError, DataError
-from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run
+from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run, summary_lines
 from bankintent.model_card import fallback_text
 from bankintent.modeling import MARKER
 from bankintent.predict import model_folder
@@ -170,7 +170,8 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     assert caught.text.tolist() == ["what's the weather", "tell me a joke"] and set(caught.columns) >= {"caught", "closest_intent", "oos_score"}
     assert caught.caught.mean() == heldout_summary["out_of_scope"]["oos_recall"]
     summary = evaluate_run(run, overwrite=True)
-    assert len(pd.read_csv(run / "test_out_of_scope.csv")) == 298  # no out-of-scope rows in this file: the built-in probe set's
+    probe = pd.read_csv(run / "test_out_of_scope.csv")  # no out-of-scope rows in this file: the built-in probe set's
+    assert len(probe) == 298 and set(probe.file) == {"built-in probe set"} and probe.line.isna().all()
     table = pd.read_csv(run / "test_predictions.csv")
     assert list(table.columns) == PREDICTION_COLUMNS and len(table) == summary["queries"] == 20
     expected = Predictor.load(run).predict(table.text.tolist(), top_k=1)
@@ -381,6 +382,10 @@ def test_model_card_of_a_model_without_fallback():
     assert "standardised on held-out training queries" in small and "standardised on the validation" not in small  # none
     answered = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 0.963})
     assert "so that 95% of the validation queries are answered with an intent; it answers 96.3% of them)" in answered
+    interval = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 1.0,
+                              "oos_coverage_interval": [0.895, 0.998], "oos_coverage_queries": 27})
+    assert ("it answers 100.0% of them, and between 89.5% and 99.8% of new queries like them (a 90% interval from 27 "
+            "queries))") in interval
     chose = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows",
                            "oos_recall_optimistic": True})
     assert "train.csv: 10 rows. The same examples chose the score, so that share is optimistic" in chose
@@ -465,6 +470,7 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     assert summary["queries"] == len(rows) and summary["out_of_scope"]["oos_examples_size"] == 2
     caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
     assert caught.line.tolist() == [len(rows) + 2, len(rows) + 3]  # their lines in held.csv, to join its other columns back by
+    assert caught.file.tolist() == ["held.csv", "held.csv"]
     assert pd.read_csv(tmp_path / "b" / "test_predictions.csv").line.tolist() == list(range(2, len(rows) + 2))
     with pytest.raises(BankintentError, match="--oos-label and --unseen-as-oos are for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
@@ -497,6 +503,12 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     assert summary["queries"] == 0 and summary["out_of_scope"]["oos_recall"] == caught.caught.mean() and len(caught) == 3
     assert json.loads((tmp_path / "b" / "test_evaluation.json").read_text()) == summary
     assert not (tmp_path / "b" / "test_predictions.csv").exists()  # the earlier evaluation's files go with it
+    pd.concat([new, chatter]).to_csv(tmp_path / "away.csv", index=False)  # out-of-scope rows alone, of both kinds: each kind's share
+    away = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "away.csv"), output=tmp_path / "away", unseen_as_oos=True)
+    caught = pd.read_csv(tmp_path / "away" / "test_out_of_scope.csv")
+    assert away["queries"] == 0 and list(away["out_of_scope"]["oos_recall_by_source"].values()) == [caught.caught[:4].mean(),
+                                                                                                    caught.caught[4:].mean()]
+    assert "away.csv: 4 rows labelled 'out_of_scope' (" in summary_lines(away, "test", tmp_path / "away")[0]
 
 
 def test_evaluate_measures_another_fallback_into_a_folder_of_its_own(tiny_runs, tiny_data, tmp_path):

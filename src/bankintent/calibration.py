@@ -11,8 +11,9 @@
 - The out-of-scope scores of ``bankintent.ood``: the Mahalanobis statistics and the kNN bank are
   fitted on the training split's embeddings; the default score is the one that catches the most
   out-of-scope examples at its threshold (``ood.choose``; ``out_of_scope_examples`` says which
-  examples), or ``ood.DEFAULT_SCORE`` without them; each score's threshold keeps
-  ``cfg.oos_coverage`` of the validation queries in scope.
+  examples), or ``ood.DEFAULT_SCORE`` without them; each score's threshold is set on the validation
+  queries to answer ``cfg.oos_coverage`` of new in-scope queries (``ood.threshold_for_new_queries``),
+  and metrics.json gives the interval the share answered lies in (``oos_coverage_interval``).
 - Accuracy against coverage (``<split>_coverage.csv`` and ``.png``): the accuracy on the queries kept
   when the least confident are sent to the fallback, the share of the out-of-scope examples caught,
   and the operating point chosen.
@@ -116,7 +117,7 @@ def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
     if len(splits.out_of_scope):
         return splits.out_of_scope
     if ood.banking77_like(labels):
-        return OutOfScope(ood.probe_set(), [ood.PROBE_SET])
+        return OutOfScope(ood.probe_set(), [ood.PROBE_SET], files=[ood.PROBE_FILE])
     return OutOfScope()
 
 
@@ -225,7 +226,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
                         "default score, %s", cfg.oos_label, spec.oos_score)
     spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples),
                        "coverage": cfg.oos_coverage}  # the share of validation queries the thresholds answer
-    spec.oos_thresholds = {name: ood.threshold_for_coverage(s, cfg.oos_coverage) for name, s in val_scores.items()}
+    spec.oos_thresholds = {name: ood.threshold_for_new_queries(s, cfg.oos_coverage) for name, s in val_scores.items()}
     threshold = spec.oos_thresholds[spec.oos_score]
     predictor.oos_score, predictor.oos_threshold = spec.oos_score, threshold
     recall = float((oos_scores[spec.oos_score] > threshold).mean()) if oos_scores else None
@@ -247,7 +248,14 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
                  ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall, chose)
     kept = write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
     metrics["oos_val_coverage"] = kept.get("coverage")  # the share the threshold answers, beside its target
+    metrics["oos_coverage_interval"] = ood.coverage_interval(len(labels), cfg.oos_coverage)
+    metrics["oos_coverage_queries"] = len(labels)
     metrics["oos_coverage_optimistic"] = trained_on
+    low, high = metrics["oos_coverage_interval"]
+    log.info("the out-of-scope threshold answers %.1f%% of the %d %s; of new in-scope queries like them, %.1f%% on average, "
+             "between %.1f%% and %.1f%% (90%% interval%s)", 100 * kept["coverage"], len(labels), queries,
+             100 * ood.new_query_rank(len(labels), cfg.oos_coverage) / (len(labels) + 1), 100 * low, 100 * high,
+             "; optimistic" if trained_on else "")
     return metrics
 
 
@@ -267,7 +275,7 @@ def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarra
     built-in probe set where the model's intents are Banking77's, else none."""
     _, scores = scores_of(predictor, logits, features)
     if examples is None:
-        examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET]) if ood.banking77_like(predictor.labels) else OutOfScope()
+        examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET], files=[ood.PROBE_FILE]) if ood.banking77_like(predictor.labels) else OutOfScope()
     oos_scores = _caught(predictor, examples, out, split)
     return write_coverage(correct, scores, oos_scores, predictor, Path(out), split, examples)
 
@@ -282,7 +290,8 @@ def _caught(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -
     if predictor.oos_threshold is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         score = oos_scores[predictor.oos_score]
-        pd.DataFrame({"line": pd.array(examples.lines, dtype="Int64"), "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+        pd.DataFrame({"file": [examples.files[i] for i in examples.origins], "line": pd.array(examples.lines, dtype="Int64"),
+                      "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
                       "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
                      ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
     return oos_scores
@@ -296,7 +305,16 @@ def out_of_scope_report(predictor: Predictor, examples: OutOfScope, out: Path, s
     name, threshold = predictor.oos_score, predictor.oos_threshold
     return {"split": split, "oos_examples": examples.describe(), "oos_examples_size": len(examples), "oos_score": name,
             "oos_score_reason": _reason(predictor), "threshold": threshold,
-            "oos_recall": float((oos_scores[name] > threshold).mean())}
+            "oos_recall": float((oos_scores[name] > threshold).mean()), **_recall_by_source(oos_scores[name] > threshold, examples)}
+
+
+def _recall_by_source(caught: np.ndarray, examples: OutOfScope) -> dict:
+    """The share caught of each kind of out-of-scope examples (chatter, and an intent the model never saw,
+    say), where there are several: pooled, one hides the other."""
+    if len(examples.sources) < 2:
+        return {}
+    origins = np.array(examples.origins)
+    return {"oos_recall_by_source": {source: float(caught[origins == i].mean()) for i, source in enumerate(examples.sources)}}
 
 
 def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_scores: dict[str, np.ndarray] | None,
@@ -320,9 +338,8 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
             "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),
             "oos_recall": float((oos_scores[name] > threshold).mean()) if oos_scores else None,
         })
-        if oos_scores and len(examples.sources) > 1:  # chatter and an intent the model never saw, say: pooled, one hides the other
-            caught, origins = oos_scores[name] > threshold, np.array(examples.origins)
-            summary["oos_recall_by_source"] = {source: float(caught[origins == i].mean()) for i, source in enumerate(examples.sources)}
+        if oos_scores:
+            summary.update(_recall_by_source(oos_scores[name] > threshold, examples))
         point = summary
         target = predictor.spec.oos_choice.get("coverage") if _trained(predictor) else None  # the caller's threshold has none
         summary["coverage_target"] = target

@@ -116,7 +116,7 @@ class TrainConfig:
                                "auto (for small data, when the names are words), on, off", choices=("auto", "on", "off"))
     thin_repeats: int = option(4, "repeat each thin intent's training queries (fewer than 20 and at most half the median "
                                   "intent's) up to this many times in all, to about the median's count (1: never)")
-    oos_coverage: float = option(0.95, "out-of-scope threshold: share of in-scope validation queries still answered")
+    oos_coverage: float = option(0.95, "out-of-scope threshold: share of new in-scope queries answered (set on the validation queries)")
     val_fraction: float = option(0.1, "share of the training file held out for validation when the data has no validation file")
     split_seed: int = option(42, "seed of the validation split (fixed, so that every run sees the same split)")
     max_train_samples: int | None = option(None, "train on a stratified sample of this many queries (default: all)")

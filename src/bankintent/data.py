@@ -108,10 +108,12 @@ class OutOfScope:
     sources: list[str] = field(default_factory=list)  # where they came from, e.g. "train.csv: 12 rows labelled 'out_of_scope'"
     lines: list[int | None] = field(default_factory=list)  # each one's line in its file, as ``Examples.rows``; None: not from a file
     origins: list[int] = field(default_factory=list)  # each one's source, an index into ``sources``
+    files: list[str] = field(default_factory=list)  # each source's file name (the lines' file), in the order of ``sources``
 
     def __post_init__(self) -> None:
         self.lines = self.lines or [None] * len(self.texts)
         self.origins = self.origins or [0] * len(self.texts)
+        self.files = self.files or list(self.sources)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -119,10 +121,11 @@ class OutOfScope:
     def describe(self) -> str:
         return "; ".join(self.sources) if self.sources else "none"
 
-    def add(self, texts: list[str], source: str, lines: list[int] | None = None) -> None:
+    def add(self, texts: list[str], source: str, lines: list[int] | None, file: Path) -> None:
         if texts:
             self.texts.extend(texts)
             self.sources.append(source)
+            self.files.append(file.name)
             self.lines.extend(lines or [None] * len(texts))
             self.origins.extend([len(self.sources) - 1] * len(texts))
 
@@ -697,8 +700,8 @@ def query_column(path: str | Path, column: str) -> str:
 
 
 def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_column: str = "category",
-                           oos_label: str | None = "out_of_scope") -> list[str]:
-    """The queries of an out-of-scope file: .txt (one a line; blank lines and ``#`` comments skipped)
+                           oos_label: str | None = "out_of_scope") -> tuple[list[str], list[int]]:
+    """The queries of an out-of-scope file and their lines (as ``Examples.rows``): .txt (one a line; blank lines and ``#`` comments skipped)
     or .csv/.jsonl/.parquet (the text column; every row is an out-of-scope example). A row whose label column
     names an intent is refused: a labelled data file given here by mistake would set the threshold
     on in-scope queries."""
@@ -711,7 +714,7 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
         either = " (or 'text')" if column != "text" else ""
         raise DataError(f"{path}: missing column {column!r}{either} (columns: {_names(names)}); an out-of-scope file's queries are "
                         f"read from the data's text column or from one named 'text': rename its column")
-    texts, empty = [], 0
+    texts, lines, empty = [], [], 0
     for number, row in iter_rows(path, (column,)):
         value = row[column]
         if value is None or isinstance(value, str) and blank(value):
@@ -731,11 +734,12 @@ def read_out_of_scope_file(path: str | Path, text_column: str = "text", label_co
             raise DataError(f"{path}: {numbered(path)} {number}: labelled {label!r}; every row of an out-of-scope file is out of scope "
                             f"(in a data file, rows labelled {oos_label!r} are)")
         texts.append(value.strip())
+        lines.append(number)
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped", path, empty)
     if not texts:
         raise DataError(f"{path}: no out-of-scope queries in the file")
-    return texts
+    return texts, lines
 
 
 def _rows(count: int) -> str:
@@ -997,13 +1001,13 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     oos_label = oos_name(oos_label)
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
     out_of_scope = OutOfScope()
-    out_of_scope.add(oos.texts, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
+    out_of_scope.add(oos.texts, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows, path)
     away = [i for i, label in enumerate(test.labels) if label not in known] if unseen_as_oos else []
     if away:
         unseen = sorted({test.labels[i] for i in away})
         gone = test.take(away)
         out_of_scope.add(gone.texts, f"{path.name}: {_rows(len(away))} of {len(unseen)} intent(s) the model never saw "
-                         f"({first_few(unseen, 5)})", gone.rows)
+                         f"({first_few(unseen, 5)})", gone.rows, path)
         test = test.take([i for i, label in enumerate(test.labels) if label in known])
     offer = ("--unseen-as-oos counts the rows of intents the model never saw as out of scope" if unseen_as_oos is False else
              f"label the rows of intents training has none of {oos_label!r} to test the fallback on them" if oos_label else "")
@@ -1068,7 +1072,7 @@ def load_splits(
     read = lambda path: set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)  # noqa: E731
     out_of_scope, test_out_of_scope = OutOfScope(), OutOfScope()
     full, oos = read(files.train)
-    out_of_scope.add(oos.texts, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
+    out_of_scope.add(oos.texts, f"{files.train.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows, files.train)
     if not full.texts:
         raise DataError(f"{files.train}: every row is labelled {oos_label!r} (out of scope); no intent to train")
     if len(set(full.labels)) < 2:
@@ -1091,12 +1095,12 @@ def load_splits(
     validation = None
     if files.validation is not None:
         validation, oos = read(files.validation)
-        out_of_scope.add(oos.texts, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows)
+        out_of_scope.add(oos.texts, f"{files.validation.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows, files.validation)
         _check_known(validation, files.validation, set(full.labels), oos_label)
         log.info("validation split: %s (%d queries)", files.validation, len(validation))
     if oos_path is not None:
-        texts = read_out_of_scope_file(oos_path, text_column, label_column, oos_label)
-        out_of_scope.add(texts, f"{oos_path.name}: {len(texts)} queries")
+        texts, lines = read_out_of_scope_file(oos_path, text_column, label_column, oos_label)
+        out_of_scope.add(texts, f"{oos_path.name}: {len(texts)} queries", lines, oos_path)
     labels = sorted(set(full.labels))
     file_rows = len(full)
     if shots is not None:

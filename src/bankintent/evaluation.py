@@ -283,6 +283,15 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     return summary
 
 
+def _by_source(coverage: dict) -> str:
+    """The out-of-scope examples evaluated, with the share caught of each source beside it where there
+    are several (not only pooled)."""
+    by_source = coverage.get("oos_recall_by_source")
+    if by_source:
+        return "; ".join(f"{source} ({percent_in_words(share, 1)})" for source, share in by_source.items())
+    return coverage.get("oos_examples")
+
+
 def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
     accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
@@ -290,7 +299,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     coverage = summary.get("out_of_scope") or {}
     if summary.get("queries") == 0:  # a file of out-of-scope queries alone
         return [f"{split}: no in-scope query; out-of-scope ({coverage.get('oos_score')}, threshold {coverage.get('threshold'):.4g}): "
-                f"catches {pct(coverage.get('oos_recall'), 1)} of {coverage.get('oos_examples')}",
+                f"catches {pct(coverage.get('oos_recall'), 1)} of {_by_source(coverage)}",
                 f"written in {folder}: {split}_evaluation.json, {split}_out_of_scope.csv"]
     fallback = isinstance(coverage.get("threshold"), Real)
     ece = f", calibration error (ECE) {summary['ece']:.3f}" if isinstance(summary.get("ece"), Real) else ""
@@ -312,10 +321,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
         lines.append(f"  {pair.get('count', 0):3d}  {pair.get('intent_a')} <-> {pair.get('intent_b')}   e.g. {example}")
     if fallback:
         recall = coverage.get("oos_recall", coverage.get("probe_recall"))
-        examples = coverage.get("oos_examples")
-        by_source = coverage.get("oos_recall_by_source")
-        if by_source:  # each source's share beside it, not only pooled
-            examples = "; ".join(f"{source} ({pct(share, 1)})" for source, share in by_source.items())
+        examples = _by_source(coverage)
         if coverage.get("oos_recall_optimistic"):
             examples = f"{examples}, the examples that chose the score at training: optimistic; evaluate --data FILE with others"
         target = coverage.get("coverage_target")

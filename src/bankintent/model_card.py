@@ -99,6 +99,10 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     queries = "held-out training queries (small data has no validation split)" if _small(metrics) else "validation queries"
     measured = metrics.get("oos_val_coverage")
     answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
+    if measured is not None and metrics.get("oos_coverage_interval"):
+        low, high = metrics["oos_coverage_interval"]
+        answered += (f", and between {low:.1%} and {high:.1%} of new queries like them (a 90% interval from "
+                     f"{metrics['oos_coverage_queries']} queries)")
     if measured is not None and metrics.get("oos_coverage_optimistic"):
         answered += (", queries the encoder trained on: it turns away more new in-scope queries than that, so measure it with "
                      "`bankintent evaluate RUN --data FILE` on labelled queries and set `--oos-threshold` if need be")

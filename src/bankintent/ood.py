@@ -38,7 +38,12 @@
   any one intent a banking request is.
 
 A query is out of scope when its score exceeds a threshold, chosen on the validation split so that a
-target share of in-scope queries (the coverage, default 0.95) stays in scope.
+target share of in-scope queries (the coverage, default 0.95) stays in scope: the score of rank
+ceil(coverage (n + 1)) among the n validation queries (``threshold_for_new_queries``), the rule of split
+conformal prediction, which answers at least that share of new queries like them on average (their
+own quantile answers about 1/n less of new queries than of them). The share it answers of such new
+queries follows a Beta distribution set by that rank, whence the interval metrics.json gives
+(``coverage_interval``), wide where the validation split is small.
 
 How many out-of-scope queries a threshold catches (recall) is measured on out-of-scope examples: the
 user's own (rows labelled ``out_of_scope`` in their data, ``--oos-file``), else, for a model whose
@@ -54,9 +59,11 @@ or recall is reported.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 
 import numpy as np
+from scipy.stats import beta
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
@@ -88,6 +95,7 @@ MSP_STD_FLOOR = 0.01
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale"),
          "knn+msp+rmd": ("knn_bank", "knn_msp_scale", "centroids", "background", "rmd_scale")}
 PROBE_SET = "the built-in probe set (resources/out_of_scope.txt)"
+PROBE_FILE = "built-in probe set"  # its queries' file, in <split>_out_of_scope.csv
 COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
@@ -285,20 +293,49 @@ def score(name: str, probabilities: np.ndarray, features: np.ndarray, stats: dic
     return scores([name], probabilities, features, stats)[name]
 
 
-def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> float:
-    """The threshold that keeps ``coverage`` of the given in-scope queries in scope."""
+def _check_coverage(coverage: float) -> None:
     if not 0 < coverage <= 1:
         raise ConfigError(f"oos_coverage must be in (0, 1], got {coverage}")
+
+
+def threshold_for_coverage(in_scope_scores: np.ndarray, coverage: float) -> float:
+    """The threshold that keeps ``coverage`` of the given in-scope queries in scope (what an evaluated
+    file's queries need; a threshold for new queries is ``threshold_for_new_queries``)."""
+    _check_coverage(coverage)
     return float(np.quantile(in_scope_scores, coverage, method="inverted_cdf"))
 
 
+def new_query_rank(n: int, coverage: float) -> int:
+    """The rank (from 1, lowest first) among ``n`` in-scope validation scores of the threshold that
+    answers ``coverage`` of new in-scope queries on average: ceil(coverage (n + 1)), or ``n`` where the
+    validation queries are too few for that (the threshold then answers each of them)."""
+    _check_coverage(coverage)
+    return max(1, min(n, math.ceil(coverage * (n + 1) - 1e-9)))  # 1e-9: 0.95 * 20 is 19.000000000000004
+
+
+def threshold_for_new_queries(in_scope_scores: np.ndarray, coverage: float) -> float:
+    """The threshold training sets: the validation score of rank ``new_query_rank``. The queries' own
+    ``coverage`` quantile answers about 1/n less of new queries than it does of them, a gap that
+    matters on a validation file of a few dozen queries."""
+    return float(np.sort(in_scope_scores)[new_query_rank(len(in_scope_scores), coverage) - 1])
+
+
+def coverage_interval(n: int, coverage: float, level: float = 0.9) -> tuple[float, float]:
+    """Where the share of new in-scope queries that ``threshold_for_new_queries`` answers lies, with
+    probability ``level``, for queries exchangeable with the ``n`` validation ones: the threshold is
+    their k-th lowest score, and the share of new queries scoring at most that follows Beta(k, n + 1 - k)."""
+    k = new_query_rank(n, coverage)
+    low, high = beta.ppf([(1 - level) / 2, (1 + level) / 2], k, n + 1 - k)
+    return float(low), float(high)
+
+
 def choose(val_scores: dict[str, np.ndarray], example_scores: dict[str, np.ndarray], coverage: float) -> str:
-    """The score that catches the most out-of-scope examples at its threshold (the one keeping
-    ``coverage`` of the in-scope validation queries in scope): the operating point the model will
+    """The score that catches the most out-of-scope examples at its threshold (the one answering
+    ``coverage`` of new in-scope queries, ``threshold_for_new_queries``): the operating point the model will
     serve at, where two scores with the same AUROC can catch very different shares. Ties go to the
     better AUROC, then to ``DEFAULT_SCORE``."""
     def merit(name: str) -> tuple:
-        threshold = threshold_for_coverage(val_scores[name], coverage)
+        threshold = threshold_for_new_queries(val_scores[name], coverage)
         return (float((example_scores[name] > threshold).mean()), auroc(val_scores[name], example_scores[name]), name == DEFAULT_SCORE)
 
     return max(val_scores, key=merit)
