@@ -244,6 +244,18 @@ def test_train_says_how_to_measure_a_model_it_could_not(measured, monkeypatch, c
     assert ("bankintent evaluate runs/mine --data FILE" in out) != measured
 
 
+def test_train_says_what_the_fallback_gives_the_test_file(monkeypatch, capsys, clean_env):
+    """The table's accuracy takes each query's most probable intent: the last lines say what the service
+    answers, with the fallback on."""
+    metrics = {"method": "lpft", "val_accuracy": 0.96, "test_accuracy": 0.958, "test_macro_f1": 0.95, "trainable_pct": 1.5,
+               "adapter_bytes": 1, "train_seconds": 1.0, "test_answered": 0.917, "test_answered_right": 0.875,
+               "test_oos_recall": 0.9375, "test_oos_examples": "test.csv: 16 rows labelled 'out_of_scope'"}
+    monkeypatch.setattr("bankintent.training.train", lambda cfg: metrics)
+    cli.main(["train", "--data", "mine", "--output", "runs/mine"])
+    assert ("out-of-scope: the fallback answers 91.7% of the test file's in-scope queries with an intent, 87.5% with the right one "
+            "and catches 93.8% of test.csv: 16 rows labelled 'out_of_scope'") in capsys.readouterr().out
+
+
 def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_path):
     """stderr to a pipe (a log): a bar frame every LOG_INTERVAL seconds at most, no "Loading weights"
     bar; empty lines skipped with their count; ``--output -``: JSON lines on stdout."""

@@ -434,6 +434,15 @@ def test_out_of_scope_rows_and_file_are_set_apart(tmp_path):
                                                "more_oos.txt: 2 queries")
     assert splits.out_of_scope.files == ["train.csv", "valid.csv", "more_oos.txt"]  # each row's file and line, to find it by
     assert splits.out_of_scope.lines == [len(GOOD) + 2, len(GOOD) + 3, 4, 2, 4]
+    from bankintent.data import test_digest  # the test queries themselves, wherever their folder: what the report compares runs by
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("train.csv", "valid.csv", "test.csv"):
+        (elsewhere / name).write_bytes((tmp_path / name).read_bytes())
+    assert test_digest(load_splits(str(elsewhere))) == test_digest(splits) is not None
+    write_csv(elsewhere / "test.csv", [("x", "a"), ("who won the cup", "out_of_scope")])
+    assert test_digest(load_splits(str(elsewhere))) != test_digest(splits)
     assert splits.test_out_of_scope.texts == ["who won the match"] and splits.test.texts == ["x"]
     other = load_splits(str(tmp_path), oos_label="none")  # another name: out_of_scope is then an intent
     assert "out_of_scope" in other.labels and not other.out_of_scope.texts

@@ -396,6 +396,13 @@ def test_user_out_of_scope_examples_choose_the_score(tiny_bert, tmp_path):
     out = tmp_path / "run"
     metrics = bankintent.train(**tiny_options(tiny_bert, data, out, method="linear-probe", oos_file=str(tmp_path / "more.txt")))
     caught = [a["out_of_scope"] for a in Predictor.load(out).predict(["recommend a film", "what's the capital of Peru"])]
+    answers = Predictor.load(out).predict([text for text, _ in in_scope])  # what the service gives the in-scope test queries
+    answered = np.array([not a["out_of_scope"] for a in answers])
+    right = answered & np.array([a["closest_intent"] == intent for a, (_, intent) in zip(answers, in_scope)])
+    assert metrics["test_answered"] == answered.mean() and metrics["test_answered_right"] == right.mean()
+    assert metrics["test_served_accuracy"] == pytest.approx((right.sum() + sum(caught)) / (len(in_scope) + 2))
+    assert f"answered with an intent {answered.mean():.1%} of the time and with the right one {right.mean():.1%}" in (
+        out / "adapter" / "README.md").read_text()
     assert metrics["test_oos_recall"] == np.mean(caught) and metrics["test_oos_examples"] == "test.csv: 2 rows labelled 'out_of_scope'"
     assert f"On the test file's own, test.csv: 2 rows labelled 'out_of_scope', it catches {np.mean(caught):.1%}." in (
         out / "adapter" / "README.md").read_text()  # held out: not the examples that chose the score

@@ -70,7 +70,8 @@ def test_report_has_every_section_and_embeds_its_figures(tiny_sweep, tiny_bert, 
         assert f"| {name} (seed 42) | {m['temperature']:.3g}" in md
         assert m["oos_coverage_target"] <= m["oos_val_coverage"] <= 1  # the threshold answers at least its target
         assert (f"| {m['oos_score']} | {m['oos_score_reason']} | {m['oos_threshold']:.4g} | "
-                f"{m['oos_val_coverage']:.1%} ({m['oos_coverage_target']:.1%}) |") in md  # what it answers, and the target
+                f"{m['oos_val_coverage']:.1%} ({m['oos_coverage_target']:.1%}) | {m['test_answered']:.1%} |") in md  # and on test
+    assert lpft["val_warning"].startswith("the validation split is thin") and f"Note: {lpft['val_warning']}." in md
 
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert len(figures) == 6 and "figures/coverage.png" in figures
@@ -349,14 +350,15 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     # the out-of-scope fallback as metrics.json has it, not the old "no none-of-these class"
     assert "no \"none of these\"" not in card
     assert "is answered `out_of_scope` when its out-of-scope score" in card
-    assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set so that " \
-           f"{metrics['oos_coverage_target']:.0%} of the validation queries are answered" in card
+    assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set on the validation queries to " \
+           f"answer {metrics['oos_coverage_target']:.0%} of new in-scope queries with an intent" in card
     assert f"Why this score: {metrics['oos_score_reason']}." in card
     assert metrics["val_warning"].startswith("the validation split is thin") and f"Note: {metrics['val_warning']}." in card
     assert f"- temperature {metrics['temperature']:.3g}" in card
     assert f"- out-of-scope score `{metrics['oos_score']}`, threshold {metrics['oos_threshold']:.4g}" in card
     assert metrics["thin_intents"] == {} and "far fewer training queries" not in card
-    assert "The test split was evaluated once, after training; the epoch" in card
+    chose = "the temperature and" if metrics["averaged_epochs"] else "the epoch, the temperature"  # no epoch chosen where averaged
+    assert f"The test split was evaluated once, after training; {chose}" in card and metrics["method"] == "lpft"
 
     from bankintent.model_card import model_card  # a new intent of few examples, and data without a test file
     cfg = resolve_config(run / "config.yaml")
@@ -384,8 +386,15 @@ def test_model_card_of_a_model_without_fallback():
     assert "so that 95% of the validation queries are answered with an intent; it answers 96.3% of them)" in answered
     interval = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 1.0,
                               "oos_coverage_interval": [0.895, 0.998], "oos_coverage_queries": 27})
-    assert ("it answers 100.0% of them, and between 89.5% and 99.8% of new queries like them (a 90% interval from 27 "
-            "queries))") in interval
+    assert ("(a threshold set on the validation queries to answer 95% of new in-scope queries with an intent; it answers 100.0% "
+            "of those 27, and between 89.5% and 99.8% of new queries like them (90% interval))") in interval
+    served = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 1.0,
+                            "oos_coverage_interval": [0.895, 0.998], "oos_coverage_queries": 27, "test_answered": 0.917,
+                            "oos_recall": 1.0, "oos_examples": "train.csv: 8 rows", "oos_recall_optimistic": True,
+                            "test_oos_recall": 0.9375, "test_oos_examples": "test.csv: 16 rows"})
+    assert "(90% interval); on the test file it answered 91.7% of the in-scope queries)" in served
+    assert ("catches 100.0% of the out-of-scope examples, train.csv: 8 rows. The same examples chose the score, so that share is "
+            "optimistic. On the test file's own, test.csv: 16 rows, it catches 93.8%.") in served  # said also beside the test's share
     chose = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_recall": 0.8, "oos_examples": "train.csv: 10 rows",
                            "oos_recall_optimistic": True})
     assert "train.csv: 10 rows. The same examples chose the score, so that share is optimistic" in chose
@@ -569,6 +578,11 @@ def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp
     same = Run("v1b", tmp_path / "v1b", {"num_labels": 8, "data": "data"}, "")
     assert _not_comparable([v1, same], {"v1": measured["v1"], "v1b": measured["v1"]}) == ""  # seeds of one recipe compare
     assert _not_comparable([v1, same], {"v1": {}, "v1b": {}}) == ""  # both tested on their data's test file
+    few = Run("few", tmp_path / "few", {"num_labels": 8, "data": "data_few", "test_sha256": "ab"}, "")  # another folder, the same test file
+    full = Run("full", tmp_path / "full", {"num_labels": 8, "data": "data_full", "test_sha256": "ab"}, "")
+    assert _not_comparable([few, full], {}) == ""
+    other = Run("other", tmp_path / "other", {"num_labels": 8, "data": "data_full", "test_sha256": "cd"}, "")
+    assert _not_comparable([few, other], {}).startswith("**These runs differ in their test queries**")
 
 
 def test_runs_tied_on_validation_analyse_the_last_given(tmp_path):

@@ -248,7 +248,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
                  ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()), examples.describe(), threshold, 100 * recall, chose)
     kept = write_coverage(probs.argmax(-1) == labels, val_scores, oos_scores, predictor, Path(cfg.output), "validation", examples)
     metrics["oos_val_coverage"] = kept.get("coverage")  # the share the threshold answers, beside its target
-    metrics["oos_coverage_interval"] = ood.coverage_interval(len(labels), cfg.oos_coverage)
+    metrics["oos_coverage_interval"] = list(ood.coverage_interval(len(labels), cfg.oos_coverage))  # as metrics.json has it
     metrics["oos_coverage_queries"] = len(labels)
     metrics["oos_coverage_optimistic"] = trained_on
     low, high = metrics["oos_coverage_interval"]

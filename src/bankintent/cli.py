@@ -52,7 +52,7 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(relaunch(args.nproc, sys.argv[1:]))
     _status(f"training {cfg.method} on {cfg.data} into {cfg.output} ...")
     from bankintent.config import MODEL_DIR
-    from bankintent.results import markdown_table, percent, results_row
+    from bankintent.results import fallback_on_test, markdown_table, results_row
     from bankintent.training import train as run
 
     try:
@@ -63,8 +63,8 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
-        if metrics.get("test_oos_recall") is not None:
-            print(f"out-of-scope: the fallback catches {percent(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
+        if fallback_on_test(metrics):
+            print(fallback_on_test(metrics))
         print(f"\nmodel: {Path(cfg.output) / MODEL_DIR}   metrics: {Path(cfg.output) / 'metrics.json'}")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "

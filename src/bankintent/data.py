@@ -1026,6 +1026,19 @@ def data_record(splits: Splits) -> dict:
             "sha256": digest.hexdigest()}
 
 
+def test_digest(splits: Splits) -> str | None:
+    """A digest of the test queries with their labels, out-of-scope ones included (None: no test file):
+    two runs tested on the same queries from two folders compare, and two tested on other ones do not."""
+    if splits.test is None and not len(splits.test_out_of_scope):
+        return None
+    digest = hashlib.sha256()
+    for text, label in zip(splits.test.texts if splits.test is not None else [], splits.test.labels if splits.test is not None else []):
+        digest.update(f"{label}\t{text}\n".encode())
+    for text in splits.test_out_of_scope.texts:
+        digest.update(f"\t{text}\n".encode())
+    return digest.hexdigest()
+
+
 def data_changes(was: dict, now: dict) -> str | None:
     """How the data of two ``data_record``s differ, in words; None where they do not."""
     if was == now:

@@ -53,8 +53,18 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 
 def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) -> dict[str, float]:
-    y_pred = predictor.logits(examples.texts).argmax(-1)
-    return scores(_ids(examples, labels), y_pred)
+    """Accuracy and macro-F1 of each query's most probable intent; where the model has an out-of-scope
+    fallback, also what the service gives these in-scope queries: the share it answers with an intent
+    (``answered``) and the share it answers with the right one (``answered_right``), since the
+    accuracy counts the most probable intent of a query the fallback turns away too."""
+    y_true = _ids(examples, labels)
+    if predictor.oos_threshold is None:
+        return scores(y_true, predictor.logits(examples.texts).argmax(-1))
+    answers = predictor.predict(examples.texts, top_k=1)
+    index = {name: i for i, name in enumerate(labels)}
+    y_pred = np.array([index[a["closest_intent"]] for a in answers])
+    answered = np.array([not a["out_of_scope"] for a in answers])
+    return {**scores(y_true, y_pred), "answered": float(answered.mean()), "answered_right": float((answered & (y_pred == y_true)).mean())}
 
 
 def per_intent(y_true, y_pred, labels: list[str], answered: np.ndarray | None = None) -> pd.DataFrame:

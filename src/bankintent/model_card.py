@@ -80,7 +80,8 @@ def _confidences(metrics: dict) -> str:
         return "the confidences are the model's own softmax: the temperature was not fitted"
     on = metrics.get("temperature_fitted_on") or "validation queries"
     if metrics.get("temperature_rule") == "accuracy":
-        return f"the confidences are scaled so that their mean is the accuracy on the {on}, too few or too rarely wrong to fit more"
+        return (f"the confidences are scaled so that their mean is the accuracy estimated on the {on} as (right + 1) / "
+                "(queries + 2), too few or too rarely wrong to fit more")
     return f"the confidences are temperature-calibrated on the {on}"
 
 
@@ -98,15 +99,20 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     target = metrics.get("oos_coverage_target")
     queries = "held-out training queries (small data has no validation split)" if _small(metrics) else "validation queries"
     measured = metrics.get("oos_val_coverage")
-    answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
-    if measured is not None and metrics.get("oos_coverage_interval"):
+    if metrics.get("oos_coverage_interval"):  # set to answer the target share of new queries, as training does now
         low, high = metrics["oos_coverage_interval"]
-        answered += (f", and between {low:.1%} and {high:.1%} of new queries like them (a 90% interval from "
-                     f"{metrics['oos_coverage_queries']} queries)")
+        answered = (f"; it answers {measured:.1%} of those {metrics['oos_coverage_queries']}, and between {low:.1%} and {high:.1%} "
+                    f"of new queries like them (90% interval)")
+        aim = f"set on the {queries} to answer {target:.0%} of new in-scope queries with an intent" if target is not None else ""
+    else:  # a model trained before: its threshold answers the target share of the validation queries
+        answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
+        aim = f"set so that {target:.0%} of the {queries} are answered with an intent" if target is not None else ""
     if measured is not None and metrics.get("oos_coverage_optimistic"):
         answered += (", queries the encoder trained on: it turns away more new in-scope queries than that, so measure it with "
                      "`bankintent evaluate RUN --data FILE` on labelled queries and set `--oos-threshold` if need be")
-    kept = f" (a threshold set so that {target:.0%} of the {queries} are answered with an intent{answered})" if target is not None else ""
+    if metrics.get("test_answered") is not None:
+        answered += f"; on the test file it answered {metrics['test_answered']:.1%} of the in-scope queries"
+    kept = f" (a threshold {aim}{answered})" if target is not None else ""
     fitted_on = "held-out training queries" if _small(metrics) else "the validation queries"
     described = SCORE_TEXT[score].format(fitted_on=fitted_on) if score in SCORE_TEXT else f"`{score}`"
     text = (f"A query that fits none of these intents is answered `out_of_scope` when its out-of-scope score, "
@@ -119,11 +125,12 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     recall = metrics.get("oos_recall", metrics.get("oos_probe_recall"))
     if recall is not None:
         text += f" At this threshold it catches {recall:.1%} of the out-of-scope examples, {metrics.get('oos_examples', 'the probe set')}."
+        if metrics.get("oos_recall_optimistic"):
+            text += " The same examples chose the score, so that share is optimistic"
+            text += "." if metrics.get("test_oos_recall") is not None else (
+                ": `bankintent evaluate RUN --data FILE` measures it on out-of-scope queries the model has not seen.")
         if metrics.get("test_oos_recall") is not None:
             text += f" On the test file's own, {metrics['test_oos_examples']}, it catches {metrics['test_oos_recall']:.1%}."
-        elif metrics.get("oos_recall_optimistic"):
-            text += (" The same examples chose the score, so that share is optimistic: `bankintent evaluate RUN --data FILE` "
-                     "measures it on out-of-scope queries the model has not seen.")
         from bankintent.ood import PROBE_SET
 
         if metrics.get("oos_examples") == PROBE_SET:
@@ -238,12 +245,20 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
         kept = "the weights at the end of training kept (no validation split to choose an epoch on)"
     else:
         kept = f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
+    chose = "the temperature" if metrics.get("averaged_epochs") else "the epoch, the temperature"
     chosen = ("Small data: every row trained, so there is no validation split; the temperature and the out-of-scope threshold "
               "were cross-fitted on the training queries (`calibration` in metrics.json), and accuracy is measured with "
               "`bankintent evaluate RUN --data FILE` on queries the model has not seen." if _small(metrics) else
               ("The test split was evaluated once, after training; " if metrics.get("test_size") else
                "The data had no test split (measure the model with `bankintent evaluate RUN --data FILE` on queries it has not "
-               "seen); ") + "the epoch, the temperature and the out-of-scope\nthreshold were chosen on validation.")
+               "seen); ") + f"{chose} and the out-of-scope\nthreshold were chosen on validation.")
+    served = ""
+    if metrics.get("test_answered") is not None:  # the accuracy takes the most probable intent, also of a query turned away
+        whole = (f"; of all the test file's rows, its out-of-scope ones included, {metrics['test_served_accuracy']:.1%} get the "
+                 "right answer" if metrics.get("test_served_accuracy") is not None else "")
+        served = (f"\nThe accuracy takes each query's most probable intent. As the service answers, with the out-of-scope fallback "
+                  f"on, the test file's in-scope queries are answered with an intent {metrics['test_answered']:.1%} of the time "
+                  f"and with the right one {metrics['test_answered_right']:.1%}{whole}.\n")
     banking = cfg.data == "banking77"
     example = "I lost my card" if banking else "a question a customer asks"
     hub_id = _hub_id(cfg.base_model)
@@ -297,7 +312,7 @@ Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} per
 |---|---|---|
 | validation | {percent(metrics['val_accuracy'])} | {percent(metrics['val_macro_f1'])} |
 | test | {percent(metrics.get('test_accuracy'))} | {percent(metrics.get('test_macro_f1'))} |
-{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{f"{chr(10)}Note: {thin_intents_note(metrics)}{chr(10)}" if metrics.get("thin_intents") else ""}
+{served}{f"{chr(10)}Note: {metrics['val_warning']}.{chr(10)}" if metrics.get("val_warning") else ""}{f"{chr(10)}Note: {thin_intents_note(metrics)}{chr(10)}" if metrics.get("thin_intents") else ""}
 {chosen}
 
 {calibration_rows(metrics)}

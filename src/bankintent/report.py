@@ -195,6 +195,7 @@ def dataset_section(splits: Splits, figures: Path, analysed: Run, runs: list[Run
         f"max {per_intent_counts.max()}" + (f" (fewest: {per_intent_counts.idxmin()}; most: {per_intent_counts.idxmax()})."
                                            if per_intent_counts.min() < per_intent_counts.max() else ": every intent alike."),
         thin_intents_note(analysed.metrics),
+        f"Note: {analysed.metrics['val_warning']}." if analysed.metrics.get("val_warning") else None,
         _figure(fig, figures, "dataset.png"),
     ]))
 
@@ -239,7 +240,8 @@ def _not_comparable(runs: list[Run], measured: dict[str, dict]) -> str:
     """A warning where the runs of one table classify different intents or were tested on different
     queries: their scores sit side by side but do not compare (a model before and after new intents)."""
     intents = {r.name: r.metrics.get("num_labels") for r in runs}
-    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("data") for r in runs}
+    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("test_sha256") or r.metrics.get("data")
+              for r in runs}  # the test queries themselves where recorded: two folders may hold the same test file
     differ = [what for what, values in (("intents", intents), ("test queries", tested)) if len(set(values.values())) > 1]
     if not differ:
         return ""
@@ -386,7 +388,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
     notes: list[str] = []
     calibration = [{"Run": r.label, "Temperature": _temperature(r.metrics, notes), "Fitted on": r.metrics.get("temperature_fitted_on") or "-",
                     "ECE before": _number(r.metrics.get("val_ece_before"), 3, "f"),
-                    "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f")} for r in runs]
+                    "ECE after": _number(r.metrics.get("val_ece_after"), 3, "f") + (" *" if r.metrics.get("ece_optimistic") else "")}
+                   for r in runs]
     fallback = []
     for r in runs:
         measured = measured_test(r)  # evaluate --data's, where training had no test
@@ -394,7 +397,8 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         recall = m.get("oos_recall", m.get("oos_probe_recall"))
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
-            "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _kept(m),
+            "Threshold": _number(m.get("oos_threshold")), "Validation kept (target)": _kept(m) + (" *" if m.get("oos_coverage_optimistic") else ""),
+            "Answered on test": percent(m.get("test_answered"), 1),
             **{f"AUROC {name}": _number(m.get(f"oos_auroc_{name}"), 3, "f") for name in reversed(ood.SCORES)},  # the newest score first
             "Out-of-scope examples": _cell(m.get("oos_examples") or "-"),
             "Caught": percent(recall, 1) + (" *" if m.get("oos_recall_optimistic") else ""),
@@ -405,12 +409,15 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
         "A confidence is the softmax of the logits divided by a temperature, fitted on the queries *Fitted on* names "
         "(the validation split; with small data, which has none, the training queries' out-of-fold probe logits or half "
         "of the training queries); the expected calibration error (ECE, 15 bins) on those queries measures how far "
-        "confidences are from the accuracy they claim.",
+        "confidences are from the accuracy they claim; marked * where the encoder trained on them, which makes it optimistic.",
         markdown_table(calibration, list(calibration[0])) + "".join(f"\n\n[{i}] {note}" for i, note in enumerate(notes, start=1)),
         "A query whose out-of-scope score is above the threshold is answered `out_of_scope` (the closest intent is "
         "still named). With out-of-scope examples, the score is the one that catches the most of them at its "
         "threshold, else the default one (*Why this score* says which); its "
-        "threshold keeps the target share of the validation queries in scope. *Caught*: the share of the "
+        "threshold is set on the validation queries to answer the target share of new in-scope queries. *Validation kept*: "
+        "the share of those queries it answers; marked * with small data, where they are training queries the encoder "
+        "learned, so that new ones are answered less often. *Answered on test*: the share of the test file's in-scope "
+        "queries answered with an intent. *Caught*: the share of the "
         "out-of-scope examples above the threshold; marked * where the same examples chose the score, which makes "
         "it optimistic (`bankintent evaluate RUN --data FILE` measures it on others). *Caught on test*: the share of the "
         "test file's own out-of-scope rows, where it has some.",

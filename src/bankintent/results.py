@@ -111,6 +111,19 @@ def percent_in_words(value, digits: int = 2) -> str:
     return percent(value, digits, missing="n/a")
 
 
+def fallback_on_test(metrics: dict) -> str | None:
+    """Training's last word on the out-of-scope fallback on the test file (None without one): what the
+    service gives its in-scope queries, since the table's accuracy takes the most probable intent of
+    a query the fallback turns away too, and what it catches of its out-of-scope rows."""
+    said = []
+    if metrics.get("test_answered") is not None:
+        said.append(f"answers {percent(metrics['test_answered'], 1)} of the test file's in-scope queries with an intent, "
+                    f"{percent(metrics['test_answered_right'], 1)} with the right one")
+    if metrics.get("test_oos_recall") is not None:
+        said.append(f"catches {percent(metrics['test_oos_recall'], 1)} of {metrics['test_oos_examples']}")
+    return f"out-of-scope: the fallback {' and '.join(said)}" if said else None
+
+
 def results_row(metrics: dict) -> dict[str, str]:
     return {
         "Method": metrics["method"],

@@ -71,8 +71,8 @@ from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
 from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, first_few, for_data, read_yaml,
                                recorded_path, unused_options)
-from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, thin_intents, thin_intents_warning,
-                             thin_validation, training_counts)
+from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, test_digest, thin_intents,
+                             thin_intents_warning, thin_validation, training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
@@ -916,6 +916,7 @@ def data_metrics(splits: Splits) -> dict:
         "empty_rows_skipped": splits.notes.get("empty_rows_skipped", 0),
         "duplicate_rows": splits.notes.get("duplicate_rows", 0),
         "queries_also_in_training": splits.notes.get("queries_also_in_training", {}),
+        "test_sha256": test_digest(splits),
     }
 
 
@@ -949,16 +950,22 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     validate = not splits.small_data
     val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
     test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
-    caught = None  # the test file's own out-of-scope rows: the fallback measured on queries that chose nothing
+    caught = served = None  # the test file's own out-of-scope rows: the fallback measured on queries that chose nothing
     if len(splits.test_out_of_scope) and predictor.oos_threshold is not None:
         caught = float(np.mean([a["out_of_scope"] for a in predictor.predict(splits.test_out_of_scope.texts)]))
+        if test:  # every row of the test file, in scope or not, given the right answer: what the customers get
+            right = test["answered_right"] * len(splits.test) + caught * len(splits.test_out_of_scope)
+            served = right / (len(splits.test) + len(splits.test_out_of_scope))
     return {
         "val_accuracy": val["accuracy"],
         "val_macro_f1": val["macro_f1"],
         "test_accuracy": test.get("accuracy"),
         "test_macro_f1": test.get("macro_f1"),
+        "test_answered": test.get("answered"),
+        "test_answered_right": test.get("answered_right"),
         "test_oos_recall": caught,
         "test_oos_examples": splits.test_out_of_scope.describe() if caught is not None else None,
+        "test_served_accuracy": served,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
