@@ -6,10 +6,12 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +119,7 @@ def test_list_options_parse():
     (["train", "--method", "lpt"], "bankintent train: error: argument --method: invalid choice: 'lpt'"),
     (["predict"], "bankintent predict: error: the following arguments are required: dir"),
     (["predict", "runs/x", "hi", "--top-kk", "3", "there"], "unrecognized arguments: --top-kk 3 there (--top-kk: did you mean --top-k?)"),
+    (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3 (--epoch: did you mean --epochs?)"),  # not taken for it
 ])
 def test_a_mistyped_flag_is_the_command_s_own_error_with_the_flag_meant(argv, said, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -254,6 +257,47 @@ def test_train_says_what_the_fallback_gives_the_test_file(monkeypatch, capsys, c
     cli.main(["train", "--data", "mine", "--output", "runs/mine"])
     assert ("out-of-scope: the fallback answers 91.7% of the test file's in-scope queries with an intent, 87.5% with the right one "
             "and catches 93.8% of test.csv: 16 rows labelled 'out_of_scope'") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["labels.json gone", "labels.json broken", "bankintent.json broken", "weights gone",
+                                    "weights garbage", "adapter weights gone"])
+def test_a_damaged_model_folder_is_one_line(damage, tiny_probe_run, tiny_runs, tmp_path, capsys):
+    """A partial copy of a model folder: one line naming the folder and what is wrong, exit 2 (it was a
+    FileNotFoundError, a JSONDecodeError, safetensors' own error, or PEFT's 'Repo id must be a string')."""
+    run = tiny_runs["bert"] if damage.startswith("adapter") else tiny_probe_run
+    folder = tmp_path / "copy"
+    shutil.copytree(run / "adapter", folder)
+    name, change = {"labels.json gone": ("labels.json", None), "labels.json broken": ("labels.json", "{"),
+                    "bankintent.json broken": ("bankintent.json", "{"), "weights gone": ("model.safetensors", None),
+                    "weights garbage": ("model.safetensors", "garbage"),
+                    "adapter weights gone": ("adapter_model.safetensors", None)}[damage]
+    if change is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_text(change)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["predict", str(folder), "my card is lost"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {folder}: damaged model folder: ")
+    said = err[0].split("damaged model folder: ")[1]
+    assert said.startswith(f"no {name}" if change is None else (f"{name} is not valid JSON" if change == "{" else "cannot load the model"))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a folder no one may write in")
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(command, tiny_probe_run, tmp_path, capsys, monkeypatch):
+    """A read-only place (/proc/self here, which not even a superuser writes in): one line, before any
+    model loads, where evaluate, predict --output and export ended in an OSError traceback at the end."""
+    (tmp_path / "q.txt").write_text("my card is lost\n")
+    monkeypatch.setattr("bankintent.predict.Predictor.load", lambda *a, **k: pytest.fail("the model loaded"))
+    args = {"evaluate": ["evaluate", str(tiny_probe_run), "--output", "/proc/self/ev"],
+            "predict": ["predict", str(tiny_probe_run), "--input", str(tmp_path / "q.txt"), "--output", "/proc/self/p.csv"],
+            "export": ["export", str(tiny_probe_run), "--output", "/proc/self/exp"]}[command]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1
+    assert re.fullmatch(r"error: /proc/self/\w+(\.csv)?: cannot be written \(/proc/self: .+\); choose another --output", err[0])
 
 
 def test_file_prediction_in_a_log_writes_little_progress(tiny_probe_run, tmp_path):

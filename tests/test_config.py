@@ -65,6 +65,8 @@ def test_bad_values():
         TrainConfig(augment="pairs")
     with pytest.raises(ConfigError, match="batch_size must be positive"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="epochs must be 0 or more, got -1"):  # 0 is allowed (no fine-tuning epoch)
+        TrainConfig(epochs=-1)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -13,6 +13,18 @@ from conftest import BANKING77, write_csv
 
 
 @pytest.mark.skipif(not (BANKING77 / "train.csv").is_file(), reason="Banking77 not beside the repository")
+def test_a_banking77_folder_named_in_the_environment_is_the_one_read(tmp_path, monkeypatch):
+    """BANKINTENT_DATA_DIR names the copy to read: one without train.csv is an error, where it was passed
+    over for the copy beside the project (a typo trained on other data than meant, without a word)."""
+    monkeypatch.setenv("BANKINTENT_DATA_DIR", str(tmp_path / "typo"))
+    with pytest.raises(DataError, match=rf"BANKINTENT_DATA_DIR={tmp_path / 'typo'}: no train.csv there"):
+        data_files("banking77")
+    (tmp_path / "copy").mkdir()
+    write_csv(tmp_path / "copy" / "train.csv", GOOD)
+    monkeypatch.setenv("BANKINTENT_DATA_DIR", str(tmp_path / "copy"))
+    assert data_files("banking77").train == tmp_path / "copy" / "train.csv"
+
+
 def test_banking77_split_is_stratified_and_reproducible():
     splits = load_splits(str(BANKING77))
     assert (len(splits.train), len(splits.validation), len(splits.test), len(splits.labels)) == (9002, 1001, 3080, 77)

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -401,8 +402,24 @@ def test_label_count_must_match_head(tiny_bert, tiny_data, tmp_path):
 def test_unwritable_output_fails_before_training(tiny_bert, tiny_data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match="not writable"):
+    with pytest.raises(ConfigError, match=f"{blocker} is a file, not a folder; choose another --output$"):
         train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, blocker / "out")))
+    if Path("/proc/self").is_dir():  # a folder no one may write in, not even a superuser (as a read-only mount)
+        with pytest.raises(ConfigError, match=r"/proc/self/out: cannot be written \(/proc/self: .+\); choose another --output$"):
+            train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, Path("/proc/self/out"))))
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tiny_bert, tiny_data, tmp_path):
+    """Two runs started into one folder at the same moment both found it empty and wrote over each other
+    (one's config.yaml beside the other's metrics.json): the second is refused while the first holds it."""
+    from bankintent.training import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out):  # the first run, writing
+        with pytest.raises(ConfigError, match=f"{out}: another bankintent train is writing into it now"):
+            train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))
+    assert not out.exists()  # refused before the folder was made
+    assert train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))["method"] == "linear-probe"
 
 
 def test_nearly_full_disk_fails_before_training(tiny_bert, tiny_data, tmp_path, monkeypatch):

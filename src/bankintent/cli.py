@@ -345,12 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     from bankintent import __version__
     from bankintent.config import DEFAULT_BASE_MODEL, SPLITS, DistillConfig, TrainConfig
 
-    parser = Parser(prog="bankintent", description="LoRA intent classification for banking chatbots.", formatter_class=HelpFormatter)
+    # allow_abbrev: --epoch would be taken for --epochs, and a mistyped flag for another; refused, naming the one meant
+    parser = Parser(prog="bankintent", description="LoRA intent classification for banking chatbots.", formatter_class=HelpFormatter,
+                    allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"bankintent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, **options) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=options.pop("description", help), formatter_class=HelpFormatter, **options)
+        return sub.add_parser(name, help=help, description=options.pop("description", help), formatter_class=HelpFormatter,
+                              allow_abbrev=False, **options)
 
     p = command("train", "train a classifier; writes the model, metrics and curves to --output",
                 epilog="'(default: X; lora: Y)': the lora recipe's default is Y (configs/METHOD.yaml holds each "

@@ -11,6 +11,7 @@ import difflib
 import functools
 import math
 import os
+import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -188,7 +189,7 @@ class TrainConfig:
             raise ConfigError(f"oos_coverage must be in (0, 1], got {self.oos_coverage}{share}")
         for name in ("epochs", "batch_size", "max_length", "lora_r", "pairs_per_example"):
             if getattr(self, name) is not None and getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be {'0 or more' if name == 'epochs' else 'positive'}, got {getattr(self, name)}")
 
     @property
     def draw_seed(self) -> int:
@@ -270,6 +271,23 @@ def check_output_folder(path: str | Path) -> None:
     """Refuse an ``--output`` that names a file: every command writes a folder there."""
     if Path(path).exists() and not Path(path).is_dir():
         raise ConfigError(f"{path}: exists and is not a folder; choose another --output")
+
+
+def check_writable(path: str | Path, option: str = "--output") -> None:
+    """Refuse, before the work, a place the command could not write in at its end (a read-only mount,
+    another user's folder): a file is made and removed in the nearest of ``path`` and its parents that
+    is a folder (asking the file system, as ``os.access`` does, passes a superuser)."""
+    path = Path(path)
+    folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if folder == path.absolute() and folder.is_file():  # a file the command replaces: written beside it
+        folder = folder.parent
+    elif not folder.is_dir():
+        raise ConfigError(f"{path}: {folder} is a file, not a folder; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be written ({folder}: {exc.strerror}); choose another {option}") from None
 
 
 def closest_name(name: str, known) -> str | None:

@@ -608,11 +608,16 @@ def _download_banking77() -> Path:
 def _banking77_folder() -> Path:
     """A local copy of Banking77 ($BANKINTENT_DATA_DIR; shared/data/banking77 beside the working folder
     or beside the source checkout, as the project's machines keep it; the cache) or a download."""
+    given = os.environ.get("BANKINTENT_DATA_DIR")
+    if given:  # named, so meant: a wrong one is said, not passed over for another copy
+        if not (Path(given).expanduser() / "train.csv").is_file():
+            raise DataError(f"BANKINTENT_DATA_DIR={given}: no train.csv there (it names the folder holding Banking77's train.csv and "
+                            "test.csv; unset it to read the copy beside the project, or download one)")
+        return Path(given).expanduser()
     beside = [folder.parent / "shared" / "data" / BANKING77 for folder in (Path.cwd(), Path(__file__).resolve().parents[2])]
-    candidates = [os.environ.get("BANKINTENT_DATA_DIR"), *beside]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "train.csv").is_file():
-            return Path(candidate)
+    for candidate in beside:
+        if (candidate / "train.csv").is_file():
+            return candidate
     return _download_banking77()
 
 
@@ -643,6 +648,7 @@ def data_files(data: str, exclude: tuple[Path, ...] = ()) -> DataFiles:
     files used otherwise, such as the out-of-scope file)."""
     if data == BANKING77:
         folder = _banking77_folder()
+        log.info("banking77: read from %s", folder)
         return DataFiles(BANKING77, folder / "train.csv", None, folder / "test.csv" if (folder / "test.csv").is_file() else None)
     path = Path(data).expanduser().resolve()
     if path.is_file():

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
-from bankintent.config import TrainConfig, check_output_folder, first_few, read_yaml, run_config_file
+from bankintent.config import TrainConfig, check_output_folder, check_writable, first_few, read_yaml, run_config_file
 from bankintent.data import Examples, OutOfScope, Splits, check_trained_intents, read_test_file, run_splits, seen_in_training
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
@@ -134,6 +134,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if not run_dir.exists():
         raise BankintentError(f"{run_dir}: model folder not found")
     check_output_folder(out)
+    check_writable(out)  # before the evaluation, not after it (a model on a read-only mount: --output elsewhere)
     model = str(model_folder(run_dir).resolve())
     cfg = data_config(run_dir, data, text_column=text_column, label_column=label_column, oos_label=oos_label)
     given_file = data is not None and Path(data).expanduser().is_file()

@@ -56,7 +56,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from bankintent.config import EXPORT_RECORD, check_output_folder, first_few, read_yaml, run_config_file, trained_text_column
+from bankintent.config import EXPORT_RECORD, check_output_folder, check_writable, first_few, read_yaml, run_config_file, trained_text_column
 from bankintent.errors import BankintentError, ConfigError, DataError, ModelError
 from bankintent.evaluation import evaluation_files
 from bankintent.modeling import MARKER, OOD_FILE, SPEC_FILE, ModelSpec, atomic_folder, load_model, load_tokenizer, read_spec, write_spec
@@ -89,6 +89,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
     if inside is not None:  # replacing that model folder (an --overwrite of an export) would take this one with it
         raise ConfigError(f"{output}: inside the model folder {inside}; choose a folder of its own")
     check_output_folder(output)
+    check_writable(output)
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
         return []

@@ -494,6 +494,35 @@ def save_model(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
         write_spec(spec, partial)
 
 
+def damaged(folder: Path, name: str) -> ModelError:
+    """The error of a model folder whose file ``name`` is missing or unreadable (a partial copy, say)."""
+    return ModelError(f"{folder}: damaged model folder: {name} (copy the folder whole again, or train again)")
+
+
+def _read_json(folder: Path, name: str):
+    if not (folder / name).is_file():
+        raise damaged(folder, f"no {name}")
+    try:
+        return json.loads((folder / name).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(folder, f"{name} is not valid JSON ({exc})") from None
+
+
+@contextmanager
+def loading(folder: Path):
+    """Loading a model folder: the errors of a damaged file, which safetensors, PEFT, the hub and ONNX
+    Runtime raise as their own types, in one line naming the folder."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise damaged(folder, f"cannot load the model ({type(exc).__name__}: {first})") from None
+
+
 def read_spec(folder: Path) -> ModelSpec:
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
@@ -506,10 +535,11 @@ def read_spec(folder: Path) -> ModelSpec:
     if not (folder / MARKER).is_file():
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")
     _refuse_pickles(folder, "the model folder")
-    values = json.loads((folder / SPEC_FILE).read_text())
-    values["labels"] = json.loads((folder / "labels.json").read_text())
+    values = _read_json(folder, SPEC_FILE)
+    values["labels"] = _read_json(folder, "labels.json")
     if (folder / OOD_FILE).is_file():
-        values["ood"] = {k: v.numpy() for k, v in load_file(folder / OOD_FILE).items()}
+        with loading(folder):
+            values["ood"] = {k: v.numpy() for k, v in load_file(folder / OOD_FILE).items()}
     return ModelSpec(**values)
 
 
@@ -518,29 +548,34 @@ def load_model(folder: Path, merge: bool = True, allow_pickle: bool = False) -> 
     ``allow_pickle`` concerns the base model only: a model folder never holds pickles."""
     folder = Path(folder)
     spec = read_spec(folder)
-    model = build_model(spec, allow_pickle)
-    if spec.lora:
-        try:
-            model = PeftModel.from_pretrained(model, folder)
-        except RuntimeError as exc:  # size mismatch: the head does not fit labels.json
-            raise ModelError(f"{folder}: adapter does not fit the model ({len(spec.labels)} labels in labels.json): {str(exc).splitlines()[-1].strip()}") from None
-        if merge:
-            model = model.merge_and_unload()
-    else:
-        state = load_file(folder / "model.safetensors")
-        own = model.state_dict()
-        for name, tensor in state.items():
-            if name not in own:
-                raise ModelError(f"{folder}/model.safetensors: unexpected tensor {name!r}")
-            if own[name].shape != tensor.shape:
-                raise ModelError(f"{folder}/model.safetensors: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} (labels.json has {len(spec.labels)} labels)")
-        if spec.layers is not None:  # kept layers hold trained weights, never the base model's: the file has every one
-            missing = [name for name, _ in model.named_parameters() if name not in state]
-            if missing:
-                raise ModelError(f"{folder}/model.safetensors: no tensor {missing[0]!r} ({len(missing)} missing); a model with "
-                                 f"dropped layers (bankintent.json: layers) stores every weight")
-        model.load_state_dict(state, strict=False)
-    return model.eval(), spec
+    weights = ("adapter_config.json", "adapter_model.safetensors") if spec.lora else ("model.safetensors",)
+    for name in weights:  # PEFT would look for a missing one on the hub, and say the folder is no repository id
+        if not (folder / name).is_file():
+            raise damaged(folder, f"no {name}")
+    model = build_model(spec, allow_pickle)  # the base model's own errors are not the folder's
+    with loading(folder):  # a damaged file's error in one line: safetensors and PEFT raise their own
+        if spec.lora:
+            try:
+                model = PeftModel.from_pretrained(model, folder)
+            except RuntimeError as exc:  # size mismatch: the head does not fit labels.json
+                raise ModelError(f"{folder}: adapter does not fit the model ({len(spec.labels)} labels in labels.json): {str(exc).splitlines()[-1].strip()}") from None
+            if merge:
+                model = model.merge_and_unload()
+        else:
+            state = load_file(folder / "model.safetensors")
+            own = model.state_dict()
+            for name, tensor in state.items():
+                if name not in own:
+                    raise ModelError(f"{folder}/model.safetensors: unexpected tensor {name!r}")
+                if own[name].shape != tensor.shape:
+                    raise ModelError(f"{folder}/model.safetensors: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} (labels.json has {len(spec.labels)} labels)")
+            if spec.layers is not None:  # kept layers hold trained weights, never the base model's: the file has every one
+                missing = [name for name, _ in model.named_parameters() if name not in state]
+                if missing:
+                    raise ModelError(f"{folder}/model.safetensors: no tensor {missing[0]!r} ({len(missing)} missing); a model with "
+                                     f"dropped layers (bankintent.json: layers) stores every weight")
+            model.load_state_dict(state, strict=False)
+        return model.eval(), spec
 
 
 

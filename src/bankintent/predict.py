@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from bankintent import ood
 from bankintent.config import MODEL_DIR, export_record
 from bankintent.errors import ConfigError, DataError, ModelError
-from bankintent.modeling import LONG_QUERIES_SHARE, MARKER, OOD_FILE, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, read_spec
+from bankintent.modeling import (LONG_QUERIES_SHARE, MARKER, OOD_FILE, MeanPoolClassifier, ModelSpec, load_model, load_tokenizer, loading,
+                                 read_spec)
 from bankintent.text import blank, preprocess
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,8 @@ class Predictor:
         warn_if_stale(folder)
         if (folder / ONNX_FILE).is_file():
             spec = read_spec(folder)
-            model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+            with loading(folder):
+                model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         else:
             model, spec = load_model(folder, allow_pickle=allow_pickle)
             try:

@@ -32,7 +32,7 @@ from torch import nn
 
 from bankintent.errors import ModelError
 from bankintent.config import MODEL_DIR
-from bankintent.modeling import MARKER, SPEC_FILE, ModelSpec, build_model, load_tokenizer, read_spec, saved_at
+from bankintent.modeling import MARKER, SPEC_FILE, ModelSpec, build_model, load_tokenizer, loading, read_spec, saved_at
 from bankintent.predict import Predictor, model_folder
 
 log = logging.getLogger(__name__)
@@ -281,12 +281,8 @@ class Registry:
             return listing
 
     def _load(self, name: str, folder: Path) -> ServedModel:
-        try:
+        with loading(folder):
             return self._load_unchecked(name, folder)
-        except ModelError:
-            raise
-        except Exception as exc:  # a damaged folder: safetensors, PEFT and ONNX Runtime raise their own types
-            raise ModelError(f"{folder}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
     def _load_unchecked(self, name: str, folder: Path) -> ServedModel:
         stamp = _stamp(folder)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm.auto import tqdm
 
+from bankintent.config import check_writable
 from bankintent.data import input_column_names, iter_queries
 from bankintent.errors import DataError
 
@@ -171,6 +172,7 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
     blocked = next((folder for folder in output.parents if folder.exists()), None)
     if blocked is not None and not blocked.is_dir():
         raise DataError(f"{output}: {blocked} is a file, not a folder")
+    check_writable(output)
 
 
 def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import math
@@ -41,9 +42,11 @@ import platform
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +72,8 @@ from transformers.utils import logging as hf_logging
 
 from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
-from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, differences, first_few, for_data, read_yaml,
-                               recorded_path, unused_options)
+from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, check_writable, differences, first_few, for_data,
+                               read_yaml, recorded_path, unused_options)
 from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, test_digest, thin_intents,
                              thin_intents_warning, thin_validation, training_counts)
 from bankintent.errors import ConfigError, TrainingInterrupted
@@ -436,15 +439,13 @@ def _prepare_output(folder: Path, cfg: TrainConfig, resumable: bool = True) -> l
     checkpoints/) or ``resume``; it must be writable, with disk space to spare. Creates the folder
     and returns the folders it created (removed again if the run fails before training starts)."""
     check_run_output(folder, cfg, resumable)
+    check_writable(folder)
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe_file = folder / ".write-test"
-        probe_file.write_text("ok")
-        probe_file.unlink()
     except OSError as exc:
         _remove_created(created)
-        raise ConfigError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+        raise ConfigError(f"{folder}: cannot be made ({exc.strerror}); choose another --output") from None
     free = shutil.disk_usage(folder).free
     if free < 500 * 2**20:
         _remove_created(created)
@@ -632,7 +633,8 @@ def train(cfg: TrainConfig) -> dict:
     A disk that fills up while training writes (a checkpoint, the model) ends it with a one-line
     ``ConfigError``; the checkpoints written before are intact and ``--resume`` continues from them."""
     try:
-        return _train(cfg)
+        with output_lock(cfg.output) if os.environ.get("RANK", "0") == "0" else nullcontext():  # torchrun's other processes
+            return _train(cfg)
     except KeyboardInterrupt as exc:  # a TrainingInterrupted too: the stop said with what the folder holds and how to go on
         if not getattr(exc, "resumable", True):
             raise
@@ -643,6 +645,31 @@ def train(cfg: TrainConfig) -> dict:
             raise
         raise ConfigError(f"{cfg.output}: writing failed ({reason}); free disk space, then continue with: "
                           f"bankintent train --config {cfg.output}/config.yaml --resume") from None
+
+
+@contextmanager
+def output_lock(folder: str | Path):
+    """Held while a run writes into ``folder``: two runs started into it at the same moment would both
+    find it empty and write over each other (one's config.yaml beside the other's metrics.json). A lock
+    file per output folder in the temporary directory, as the folder may not exist yet; the system
+    drops the lock with the process. Where none can be taken (no ``fcntl``, another user's lock
+    folder) the run goes on without."""
+    try:
+        import fcntl
+
+        locks = Path(tempfile.gettempdir()) / "bankintent-locks"
+        locks.mkdir(exist_ok=True)
+        handle = open(locks / f"{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]}.lock", "w")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{folder}: another bankintent train is writing into it now; wait for it to end, or choose "
+                              "another --output") from None
+        yield
 
 
 def interrupted_note(output: str | Path) -> str:
