@@ -29,6 +29,9 @@ def test_method_trains_saves_and_loads(method, arch, tiny_models, tiny_data, tmp
     assert metrics.get("averaged_epochs", 0) == (1 if method in ("lpft", "lpft-full") else 0)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    import sklearn  # the libraries that made the figures: another version can move them
+
+    assert metrics["versions"]["torch"] == torch.__version__ and metrics["versions"]["scikit-learn"] == sklearn.__version__
     folder = tmp_path / "adapter"
     assert json.loads((folder / "labels.json").read_text()) == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
     weights = folder / ("adapter_model.safetensors" if method in ("lpft", "lora", "lora-unfreeze") else "model.safetensors")

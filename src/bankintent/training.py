@@ -921,6 +921,7 @@ def run_metrics(spec: ModelSpec, scores: dict, splits: Splits, train_seconds: fl
         "seed": seed,
         **data_metrics(splits),
         "hardware": hardware(extra.get("world_size", 1)),
+        "versions": versions(),
         **extra,
     }
 
@@ -1104,6 +1105,24 @@ def history_from_logs(log_history: list[dict]) -> list[dict]:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# the libraries a run's figures depend on: a logistic regression fitted by another scikit-learn version, say,
+# gave other accuracies from the same embeddings
+VERSIONED = ("bankintent", "torch", "transformers", "peft", "sentence-transformers", "scikit-learn", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """The versions of ``VERSIONED`` this run used (None: not installed), for metrics.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: of(name) for name in VERSIONED}
 
 
 def hardware(processes: int = 1) -> str:
