@@ -273,6 +273,9 @@ def test_training_threshold_answers_its_coverage_of_new_queries_within_the_inter
     assert 0.88 < ((shares >= low) & (shares <= high)).mean() < 0.92
     assert ood.new_query_rank(1001, 0.95) == 952 and ood.new_query_rank(19, 0.95) == 19 and ood.new_query_rank(20, 0.95) == 20
     assert ood.threshold_for_new_queries(np.arange(9.0), 0.95) == 8.0  # 9 queries: the highest
+    for n, expected in ((100, 96 / 101), (8, 8 / 9)):  # uncapped: at least the target; too few queries: n / (n + 1), short of it
+        simulated = np.mean([ood.threshold_for_new_queries(rng.random(n), 0.95) for _ in range(draws)])
+        assert ood.expected_coverage(n, 0.95) == expected and abs(simulated - expected) < 0.005
     narrow = ood.coverage_interval(1001, 0.95)
     assert narrow[0] > 0.93 and narrow[1] < 0.97
 

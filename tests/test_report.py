@@ -350,8 +350,11 @@ def test_model_card_in_the_model_folder(tiny_sweep):
     # the out-of-scope fallback as metrics.json has it, not the old "no none-of-these class"
     assert "no \"none of these\"" not in card
     assert "is answered `out_of_scope` when its out-of-scope score" in card
-    assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set on the validation queries to " \
-           f"answer {metrics['oos_coverage_target']:.0%} of new in-scope queries with an intent" in card
+    n = metrics["oos_coverage_queries"]  # the tiny validation split: too few to set a threshold for 95%, and the card says so
+    assert n < 19 and metrics["oos_coverage_expected"] == n / (n + 1)
+    assert f"(`{metrics['oos_score']}`), is above {metrics['oos_threshold']:.4g} (a threshold set on the {n} validation queries, " \
+           f"too few to answer 95% of new in-scope queries with an intent: it answers each of them, and {n / (n + 1):.1%} of new " \
+           "ones on average, and between" in card
     assert f"Why this score: {metrics['oos_score_reason']}." in card
     assert metrics["val_warning"].startswith("the validation split is thin") and f"Note: {metrics['val_warning']}." in card
     assert f"- temperature {metrics['temperature']:.3g}" in card
@@ -385,7 +388,7 @@ def test_model_card_of_a_model_without_fallback():
     answered = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 0.963})
     assert "so that 95% of the validation queries are answered with an intent; it answers 96.3% of them)" in answered
     interval = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 1.0,
-                              "oos_coverage_interval": [0.895, 0.998], "oos_coverage_queries": 27})
+                              "oos_coverage_interval": [0.895, 0.998], "oos_coverage_queries": 27, "oos_coverage_expected": 27 / 28})
     assert ("(a threshold set on the validation queries to answer 95% of new in-scope queries with an intent; it answers 100.0% "
             "of those 27, and between 89.5% and 99.8% of new queries like them (90% interval))") in interval
     served = fallback_text({"oos_score": "msp", "oos_threshold": 0.5, "oos_coverage_target": 0.95, "oos_val_coverage": 1.0,
@@ -583,6 +586,8 @@ def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp
     assert _not_comparable([few, full], {}) == ""
     other = Run("other", tmp_path / "other", {"num_labels": 8, "data": "data_full", "test_sha256": "cd"}, "")
     assert _not_comparable([few, other], {}).startswith("**These runs differ in their test queries**")
+    before = Run("before", tmp_path / "before", {"num_labels": 8, "data": "data_few"}, "")  # trained before digests were recorded
+    assert _not_comparable([few, before], {}) == ""  # their data folders are compared, as then
 
 
 def test_runs_tied_on_validation_analyse_the_last_given(tmp_path):

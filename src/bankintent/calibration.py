@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -225,7 +226,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
                         "%r, or --oos-label NAME where your rows have a label of their own, or give --oos-file); using the "
                         "default score, %s", cfg.oos_label, spec.oos_score)
     spec.oos_choice = {"reason": reason, "examples": examples.describe(), "examples_size": len(examples),
-                       "coverage": cfg.oos_coverage}  # the share of validation queries the thresholds answer
+                       "coverage": cfg.oos_coverage}  # the share of new in-scope queries the thresholds are set to answer
     spec.oos_thresholds = {name: ood.threshold_for_new_queries(s, cfg.oos_coverage) for name, s in val_scores.items()}
     threshold = spec.oos_thresholds[spec.oos_score]
     predictor.oos_score, predictor.oos_threshold = spec.oos_score, threshold
@@ -250,12 +251,16 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     metrics["oos_val_coverage"] = kept.get("coverage")  # the share the threshold answers, beside its target
     metrics["oos_coverage_interval"] = list(ood.coverage_interval(len(labels), cfg.oos_coverage))  # as metrics.json has it
     metrics["oos_coverage_queries"] = len(labels)
+    metrics["oos_coverage_expected"] = expected = ood.expected_coverage(len(labels), cfg.oos_coverage)
     metrics["oos_coverage_optimistic"] = trained_on
     low, high = metrics["oos_coverage_interval"]
-    log.info("the out-of-scope threshold answers %.1f%% of the %d %s; of new in-scope queries like them, %.1f%% on average, "
-             "between %.1f%% and %.1f%% (90%% interval%s)", 100 * kept["coverage"], len(labels), queries,
-             100 * ood.new_query_rank(len(labels), cfg.oos_coverage) / (len(labels) + 1), 100 * low, 100 * high,
-             "; optimistic" if trained_on else "")
+    short = expected < cfg.oos_coverage  # too few queries to set a threshold for the target: it answers each of them
+    log.log(logging.WARNING if short else logging.INFO,
+            "the out-of-scope threshold answers %.1f%% of the %d %s; of new in-scope queries like them, %.1f%% on average, "
+            "between %.1f%% and %.1f%% (90%% interval%s)%s", 100 * kept["coverage"], len(labels), queries, 100 * expected,
+            100 * low, 100 * high, "; optimistic" if trained_on else "",
+            f": short of the {cfg.oos_coverage:.0%} target, which needs {math.ceil(cfg.oos_coverage / (1 - cfg.oos_coverage) - 1e-9)} "
+            f"queries or more" if short else "")
     return metrics
 
 

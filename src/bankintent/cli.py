@@ -63,8 +63,8 @@ def train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
-        if fallback_on_test(metrics):
-            print(fallback_on_test(metrics))
+        if said := fallback_on_test(metrics):
+            print(said)
         print(f"\nmodel: {Path(cfg.output) / MODEL_DIR}   metrics: {Path(cfg.output) / 'metrics.json'}")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "

@@ -273,12 +273,13 @@ def check_output_folder(path: str | Path) -> None:
         raise ConfigError(f"{path}: exists and is not a folder; choose another --output")
 
 
-def check_writable(path: str | Path, option: str = "--output") -> None:
+def check_writable(path: str | Path, option: str = "--output", beside: bool = False) -> None:
     """Refuse, before the work, a place the command could not write in at its end (a read-only mount,
     another user's folder): a file is made and removed in the nearest of ``path`` and its parents that
-    is a folder (asking the file system, as ``os.access`` does, passes a superuser)."""
+    is a folder (asking the file system, as ``os.access`` does, passes a superuser); ``beside``: a
+    folder written beside itself first and renamed, whose parent must be writable."""
     path = Path(path)
-    folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    folder = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists() and not (beside and p == path.absolute()))
     if folder == path.absolute() and folder.is_file():  # a file the command replaces: written beside it
         folder = folder.parent
     elif not folder.is_dir():

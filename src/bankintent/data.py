@@ -772,6 +772,13 @@ def _written_as_out_of_scope(label: str, oos_label: str | None) -> bool:
     return bool(oos_label) and label != oos_label and _label_key(label) in {_label_key(oos_label), *OUT_OF_SCOPE_NAMES}
 
 
+def _swapped(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` with two neighbouring letters swapped (``lost_crad``): a typo that difflib's
+    ratio scores below ``TYPO_SIMILARITY`` in a short label."""
+    differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    return len(a) == len(b) and len(differ) == 2 and differ[1] == differ[0] + 1 and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]]
+
+
 def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
     """What looks wrong in a training file's labels without being wrong for sure: labels that differ only
     in case, spaces or separators (two intents, where one was most likely meant), a rare label spelt
@@ -791,7 +798,7 @@ def label_warnings(labels: list[str], oos_label: str | None) -> list[str]:
         if label == oos_label:
             continue
         common = [other for other, m in counts.items() if m >= TYPO_RARITY * n and _label_key(other) != _label_key(label)]
-        close = difflib.get_close_matches(label, common, n=1, cutoff=TYPO_SIMILARITY)
+        close = difflib.get_close_matches(label, common, n=1, cutoff=TYPO_SIMILARITY) or [other for other in common if _swapped(label, other)][:1]
         if close:
             found.append(f"label {label!r} ({_rows(n)}) is spelt almost as {close[0]!r} ({_rows(counts[close[0]])}) and trains "
                          f"as an intent of its own; relabel its rows {close[0]!r} if it is a typo")

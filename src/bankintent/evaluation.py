@@ -52,13 +52,13 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str]) -> dict[str, float]:
-    """Accuracy and macro-F1 of each query's most probable intent; where the model has an out-of-scope
-    fallback, also what the service gives these in-scope queries: the share it answers with an intent
-    (``answered``) and the share it answers with the right one (``answered_right``), since the
+def evaluate_split(predictor: Predictor, examples: Examples, labels: list[str], served: bool = True) -> dict[str, float]:
+    """Accuracy and macro-F1 of each query's most probable intent; with ``served``, where the model has an
+    out-of-scope fallback, also what the service gives these in-scope queries: the share it answers with
+    an intent (``answered``) and the share it answers with the right one (``answered_right``), since the
     accuracy counts the most probable intent of a query the fallback turns away too."""
     y_true = _ids(examples, labels)
-    if predictor.oos_threshold is None:
+    if not served or predictor.oos_threshold is None:
         return scores(y_true, predictor.logits(examples.texts).argmax(-1))
     answers = predictor.predict(examples.texts, top_k=1)
     index = {name: i for i, name in enumerate(labels)}

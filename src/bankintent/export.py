@@ -89,7 +89,7 @@ def check_output(output: Path, dir: str | Path, overwrite: bool) -> list[str]:
     if inside is not None:  # replacing that model folder (an --overwrite of an export) would take this one with it
         raise ConfigError(f"{output}: inside the model folder {inside}; choose a folder of its own")
     check_output_folder(output)
-    check_writable(output)
+    check_writable(output, beside=True)  # written as OUTPUT.partial, then renamed
     contents = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
     if not contents:
         return []

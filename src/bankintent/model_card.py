@@ -101,9 +101,14 @@ def fallback_text(metrics: dict, oos_label: str = "out_of_scope") -> str:
     measured = metrics.get("oos_val_coverage")
     if metrics.get("oos_coverage_interval"):  # set to answer the target share of new queries, as training does now
         low, high = metrics["oos_coverage_interval"]
-        answered = (f"; it answers {measured:.1%} of those {metrics['oos_coverage_queries']}, and between {low:.1%} and {high:.1%} "
-                    f"of new queries like them (90% interval)")
+        n, expected = metrics["oos_coverage_queries"], metrics.get("oos_coverage_expected")
         aim = f"set on the {queries} to answer {target:.0%} of new in-scope queries with an intent" if target is not None else ""
+        answered = f"; it answers {measured:.1%} of those {n}"
+        if expected is not None and target is not None and expected < target:  # too few queries to set it for the target
+            aim = f"set on the {n} {queries}, too few to answer {target:.0%} of new in-scope queries with an intent"
+            answered = f": it answers each of them, and {expected:.1%} of new ones on average"
+        if not metrics.get("oos_coverage_optimistic"):  # queries like the trained-on ones are not new ones: no interval for them
+            answered += f", and between {low:.1%} and {high:.1%} of new queries like them (90% interval)"
     else:  # a model trained before: its threshold answers the target share of the validation queries
         answered = f"; it answers {measured:.1%} of them" if measured is not None else ""  # above the target where scores tie
         aim = f"set so that {target:.0%} of the {queries} are answered with an intent" if target is not None else ""
@@ -245,7 +250,7 @@ def model_card(cfg: TrainConfig, metrics: dict) -> str:
         kept = "the weights at the end of training kept (no validation split to choose an epoch on)"
     else:
         kept = f"best epoch {metrics['best_epoch']} kept, selected on validation accuracy"
-    chose = "the temperature" if metrics.get("averaged_epochs") else "the epoch, the temperature"
+    chose = "the epoch, the temperature" if metrics.get("best_epoch") and not metrics.get("averaged_epochs") else "the temperature"
     chosen = ("Small data: every row trained, so there is no validation split; the temperature and the out-of-scope threshold "
               "were cross-fitted on the training queries (`calibration` in metrics.json), and accuracy is measured with "
               "`bankintent evaluate RUN --data FILE` on queries the model has not seen." if _small(metrics) else

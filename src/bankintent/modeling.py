@@ -37,7 +37,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from bankintent.config import DEFAULT_BASE_MODEL, MODEL_DIR, first_few
-from bankintent.errors import ConfigError, ModelError
+from bankintent.errors import BankintentError, ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -510,17 +510,16 @@ def _read_json(folder: Path, name: str):
 
 @contextmanager
 def loading(folder: Path):
-    """Loading a model folder: the errors of a damaged file, which safetensors, PEFT, the hub and ONNX
-    Runtime raise as their own types, in one line naming the folder."""
+    """Loading a model folder: an error that safetensors, PEFT or ONNX Runtime raise as their own type (a
+    damaged file, mostly) in one line naming the folder; the project's own errors and a lack of memory
+    pass as they are."""
     try:
         yield
-    except ModelError:
-        raise
-    except (ConfigError, KeyboardInterrupt):
+    except (BankintentError, MemoryError):
         raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise damaged(folder, f"cannot load the model ({type(exc).__name__}: {first})") from None
+        raise ModelError(f"{folder}: cannot load the model ({type(exc).__name__}: {first})") from None
 
 
 def read_spec(folder: Path) -> ModelSpec:

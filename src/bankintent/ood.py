@@ -41,8 +41,10 @@ A query is out of scope when its score exceeds a threshold, chosen on the valida
 target share of in-scope queries (the coverage, default 0.95) stays in scope: the score of rank
 ceil(coverage (n + 1)) among the n validation queries (``threshold_for_new_queries``), the rule of split
 conformal prediction, which answers at least that share of new queries like them on average (their
-own quantile answers about 1/n less of new queries than of them). The share it answers of such new
-queries follows a Beta distribution set by that rank, whence the interval metrics.json gives
+own quantile answers about 1/n less of new queries than of them), where n is large enough: at least
+coverage / (1 - coverage), 19 for 0.95; with fewer, the threshold answers each of them and n / (n + 1)
+of new ones (``expected_coverage``), short of the target, as training warns. The share it answers of
+such new queries follows a Beta distribution set by that rank, whence the interval metrics.json gives
 (``coverage_interval``), wide where the validation split is small.
 
 How many out-of-scope queries a threshold catches (recall) is measured on out-of-scope examples: the
@@ -311,6 +313,12 @@ def new_query_rank(n: int, coverage: float) -> int:
     validation queries are too few for that (the threshold then answers each of them)."""
     _check_coverage(coverage)
     return max(1, min(n, math.ceil(coverage * (n + 1) - 1e-9)))  # 1e-9: 0.95 * 20 is 19.000000000000004
+
+
+def expected_coverage(n: int, coverage: float) -> float:
+    """The share of new in-scope queries the threshold set on ``n`` validation queries answers on
+    average: ``coverage`` or a little more, or less where ``n`` is too small to reach it."""
+    return new_query_rank(n, coverage) / (n + 1)
 
 
 def threshold_for_new_queries(in_scope_scores: np.ndarray, coverage: float) -> float:

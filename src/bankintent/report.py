@@ -240,8 +240,9 @@ def _not_comparable(runs: list[Run], measured: dict[str, dict]) -> str:
     """A warning where the runs of one table classify different intents or were tested on different
     queries: their scores sit side by side but do not compare (a model before and after new intents)."""
     intents = {r.name: r.metrics.get("num_labels") for r in runs}
-    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("test_sha256") or r.metrics.get("data")
-              for r in runs}  # the test queries themselves where recorded: two folders may hold the same test file
+    hashed = all(r.metrics.get("test_sha256") and not measured.get(r.name) for r in runs)  # else runs before it was recorded
+    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("test_sha256" if hashed else "data")
+              for r in runs}  # the test queries themselves where every run recorded them: two folders may hold the same test file
     differ = [what for what, values in (("intents", intents), ("test queries", tested)) if len(set(values.values())) > 1]
     if not differ:
         return ""

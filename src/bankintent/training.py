@@ -652,13 +652,15 @@ def output_lock(folder: str | Path):
     """Held while a run writes into ``folder``: two runs started into it at the same moment would both
     find it empty and write over each other (one's config.yaml beside the other's metrics.json). A lock
     file per output folder in the temporary directory, as the folder may not exist yet; the system
-    drops the lock with the process. Where none can be taken (no ``fcntl``, another user's lock
-    folder) the run goes on without."""
+    drops the lock with the process. It holds for runs on this machine sharing the temporary directory;
+    where none can be taken (no ``fcntl``) the run goes on without."""
     try:
         import fcntl
 
         locks = Path(tempfile.gettempdir()) / "bankintent-locks"
-        locks.mkdir(exist_ok=True)
+        if not locks.is_dir():
+            locks.mkdir()
+            locks.chmod(0o1777)  # every user's runs lock here, as in /tmp itself
         handle = open(locks / f"{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]}.lock", "w")
     except (ImportError, OSError):
         yield
@@ -976,7 +978,8 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
 
     predictor = Predictor.load(model_dir, allow_pickle=cfg.allow_pickle)
     validate = not splits.small_data
-    val = evaluate_split(predictor, splits.validation, splits.labels) if validate else {"accuracy": None, "macro_f1": None}
+    nothing = {"accuracy": None, "macro_f1": None}
+    val = evaluate_split(predictor, splits.validation, splits.labels, served=False) if validate else nothing
     test = evaluate_split(predictor, splits.test, splits.labels) if splits.test is not None else {}
     caught = served = None  # the test file's own out-of-scope rows: the fallback measured on queries that chose nothing
     if len(splits.test_out_of_scope) and predictor.oos_threshold is not None:
