@@ -156,6 +156,15 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, data, tmp_path, 
         load_model(folder)
 
 
+def test_a_student_into_a_folder_another_run_is_writing_is_refused(teacher, tmp_path):
+    from bankintent.training import output_lock
+
+    with output_lock(tmp_path / "student"):
+        with pytest.raises(ConfigError, match="another bankintent train or distill is writing into it now"):
+            distill(teacher, tmp_path / "student", layers=2, epochs=0, progress=False)
+    assert not (tmp_path / "student").exists()
+
+
 def test_cls_student_starts_as_the_teachers_layers_and_can_be_distilled_again(cls_teacher, tmp_path):
     distill(cls_teacher, tmp_path / "student", layers=2, epochs=0, progress=False)  # no training: the initialisation
     teacher_model, _ = load_model(cls_teacher / "adapter")

@@ -483,6 +483,10 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
     assert caught.line.tolist() == [len(rows) + 2, len(rows) + 3]  # their lines in held.csv, to join its other columns back by
     assert caught.file.tolist() == ["held.csv", "held.csv"]
+    from bankintent.data import queries_digest, read_test_file  # the file's queries' digest: the report compares runs by it
+
+    assert summary["data_sha256"] == queries_digest(*read_test_file(tmp_path / "held.csv", set(json.loads(
+        (tiny_runs["bert"] / "adapter" / "labels.json").read_text())), oos_label="OOS"))
     assert pd.read_csv(tmp_path / "b" / "test_predictions.csv").line.tolist() == list(range(2, len(rows) + 2))
     with pytest.raises(BankintentError, match="--oos-label and --unseen-as-oos are for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
@@ -588,6 +592,7 @@ def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp
     assert _not_comparable([few, other], {}).startswith("**These runs differ in their test queries**")
     before = Run("before", tmp_path / "before", {"num_labels": 8, "data": "data_few"}, "")  # trained before digests were recorded
     assert _not_comparable([few, before], {}) == ""  # their data folders are compared, as then
+    assert _not_comparable([v1, full], {"v1": {"test_data": "/x/held.csv", "test_sha256": "ab"}}) == ""  # evaluate --data's file: its digest
 
 
 def test_runs_tied_on_validation_analyse_the_last_given(tmp_path):

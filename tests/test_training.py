@@ -419,7 +419,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tiny_bert, tiny_dat
 
     out = tmp_path / "run"
     with output_lock(out):  # the first run, writing
-        with pytest.raises(ConfigError, match=f"{out}: another bankintent train is writing into it now"):
+        with pytest.raises(ConfigError, match=f"{out}: another bankintent train or distill is writing into it now"):
             train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))
     assert not out.exists()  # refused before the folder was made
     assert train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))["method"] == "linear-probe"

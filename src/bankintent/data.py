@@ -1039,17 +1039,22 @@ def data_record(splits: Splits) -> dict:
             "sha256": digest.hexdigest()}
 
 
-def test_digest(splits: Splits) -> str | None:
-    """A digest of the test queries with their labels, out-of-scope ones included (None: no test file):
-    two runs tested on the same queries from two folders compare, and two tested on other ones do not."""
-    if splits.test is None and not len(splits.test_out_of_scope):
+def queries_digest(examples: Examples | None, out_of_scope: OutOfScope) -> str | None:
+    """A digest of a labelled file's queries with their labels, its out-of-scope rows included (None: no
+    query): two runs tested on the same queries from two folders compare, two tested on others do not."""
+    if examples is None and not len(out_of_scope):
         return None
     digest = hashlib.sha256()
-    for text, label in zip(splits.test.texts if splits.test is not None else [], splits.test.labels if splits.test is not None else []):
+    for text, label in zip(examples.texts if examples is not None else [], examples.labels if examples is not None else []):
         digest.update(f"{label}\t{text}\n".encode())
-    for text in splits.test_out_of_scope.texts:
+    for text in out_of_scope.texts:
         digest.update(f"\t{text}\n".encode())
     return digest.hexdigest()
+
+
+def test_digest(splits: Splits) -> str | None:
+    """The test file's ``queries_digest`` (None: no test file)."""
+    return queries_digest(splits.test, splits.test_out_of_scope)
 
 
 def data_changes(was: dict, now: dict) -> str | None:

@@ -63,8 +63,8 @@ from bankintent.modeling import encode_batches, keep_layers, load_model, load_to
 from bankintent.predict import ONNX_FILE, model_folder
 from bankintent.text import augment, preprocess
 from bankintent.results import write_json
-from bankintent.training import (StopRequest, _empty_run_folder, _prepare_output, _remove_created, preprocess_splits, run_metrics,
-                                 save_and_score, saved_config)
+from bankintent.training import (StopRequest, _empty_run_folder, _prepare_output, _remove_created, output_lock, preprocess_splits,
+                                 run_metrics, save_and_score, saved_config)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, resume
     """Distil the model of ``run`` (a run folder, or its model folder) into a student with
     ``options["layers"]`` encoder layers (``DistillConfig`` has the options), saved as the run folder
     ``output`` (refused if it holds something, unless ``overwrite``, as training does, or ``resume``:
-    continue from its checkpoint); returns its metrics.json content."""
+    continue from its checkpoint, or if another run is writing into it now); returns its metrics.json content."""
     unknown = sorted(set(options) - {f.name for f in fields(DistillConfig)})
     if unknown:
         raise ConfigError(f"unknown distill option(s) {unknown_names(unknown, [f.name for f in fields(DistillConfig)])}")
@@ -174,7 +174,8 @@ def distill(run: str | Path, output: str | Path, overwrite: bool = False, resume
         log.info("%s: the student is trained already (metrics.json there); nothing to resume", output)
         return json.loads((Path(output) / "metrics.json").read_text())
     try:
-        return _distill(run, Path(output), opts, overwrite, resume, progress)
+        with output_lock(output):
+            return _distill(run, Path(output), opts, overwrite, resume, progress)
     except KeyboardInterrupt as exc:  # a TrainingInterrupted of the training loop too
         raise TrainingInterrupted(f"{str(exc) or 'interrupted'}: {resume_note(output)}") from None
 

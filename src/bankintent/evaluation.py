@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, check_writable, first_few, read_yaml, run_config_file
-from bankintent.data import Examples, OutOfScope, Splits, check_trained_intents, read_test_file, run_splits, seen_in_training
+from bankintent.data import (Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
+                             seen_in_training, test_digest)
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import finite, percent_in_words, write_json
@@ -154,7 +155,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         trained = trained_splits(run_dir)  # queries the model trained on score as if unseen: said, where the data is still there
         if trained is not None:
             seen_in_training(examples, path, trained.train, Path(trained.notes["train_file"]))
-        return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model)
+        return evaluate(predictor, examples, out, "test", own if len(own) else None, source=str(path), model=model,
+                        digest=queries_digest(examples, own))
     splits = run_splits(cfg, notes=False)  # the run's own data: its training said the notes
     examples = splits.test if split == "test" else splits.validation
     elsewhere = "evaluate a file of labelled queries the model has not seen with --data FILE"
@@ -173,7 +175,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
     check_trained_intents(model, predictor.labels, splits)
     chose = out_of_scope is splits.out_of_scope and out_of_scope is not None  # the examples training chose the score with
-    return evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model, optimistic=chose)
+    return evaluate(predictor, examples, out, split, out_of_scope, source=source, model=model, optimistic=chose,
+                    digest=test_digest(splits) if split == "test" else None)
 
 
 def data_config(run_dir: str | Path, data: str | None = None, **given) -> TrainConfig:
@@ -258,7 +261,7 @@ def prediction_table(predictor: Predictor, examples: Examples, logits: np.ndarra
 
 
 def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, out_of_scope: OutOfScope | None = None,
-             source: str | None = None, model: str | None = None, optimistic: bool = False) -> dict:
+             source: str | None = None, model: str | None = None, optimistic: bool = False, digest: str | None = None) -> dict:
     """Full evaluation of one split; writes ``<split>_predictions.csv`` (every query's prediction),
     ``<split>_*.csv``, ``<split>_coverage.{csv,png}`` and ``<split>_evaluation.json`` to ``out``.
     The queries go through the model once. ``out_of_scope``: examples to measure the fallback's
@@ -271,7 +274,7 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     out.mkdir(parents=True, exist_ok=True)
     table = prediction_table(predictor, examples, logits, features)
     table.to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
-    summary = {"split": split, "data": source, "model": model, "queries": len(examples), **scores(y_true, y_pred),
+    summary = {"split": split, "data": source, "data_sha256": digest, "model": model, "queries": len(examples), **scores(y_true, y_pred),
                "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
     intents = per_intent(y_true, y_pred, labels, ~table.out_of_scope.to_numpy(bool))
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)

@@ -240,9 +240,10 @@ def _not_comparable(runs: list[Run], measured: dict[str, dict]) -> str:
     """A warning where the runs of one table classify different intents or were tested on different
     queries: their scores sit side by side but do not compare (a model before and after new intents)."""
     intents = {r.name: r.metrics.get("num_labels") for r in runs}
-    hashed = all(r.metrics.get("test_sha256") and not measured.get(r.name) for r in runs)  # else runs before it was recorded
-    tested = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("test_sha256" if hashed else "data")
-              for r in runs}  # the test queries themselves where every run recorded them: two folders may hold the same test file
+    digest = {r.name: measured[r.name].get("test_sha256") if measured.get(r.name) else r.metrics.get("test_sha256") for r in runs}
+    where = {r.name: measured[r.name].get("test_data") if measured.get(r.name) else r.metrics.get("data") for r in runs}
+    # the test queries themselves where every run recorded them (two folders may hold one test file); else where they were read
+    tested = digest if all(digest.values()) else where
     differ = [what for what, values in (("intents", intents), ("test queries", tested)) if len(set(values.values())) > 1]
     if not differ:
         return ""
@@ -269,7 +270,8 @@ def measured_test(run: Run) -> dict:
         return {}
     summary = json.loads(path.read_text())
     return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0),
-            "test_data": summary.get("data", ""), "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall")}
+            "test_data": summary.get("data", ""), "test_sha256": summary.get("data_sha256"),
+            "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall")}
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:

@@ -669,7 +669,7 @@ def output_lock(folder: str | Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"{folder}: another bankintent train is writing into it now; wait for it to end, or choose "
+            raise ConfigError(f"{folder}: another bankintent train or distill is writing into it now; wait for it to end, or choose "
                               "another --output") from None
         yield
 
