@@ -216,6 +216,7 @@ def test_a_small_data_run_without_a_test_file_is_evaluated_on_a_file_given_with_
     accuracy = f"{summary['accuracy']:.2%}"
     assert f"| run | linear-probe | - | {accuracy} |" in md and "Test accuracy and macro-F1 of `run` (16 queries of `held.csv`): measured after training" in md
     assert "has changed since" not in md and metrics["data_record"]["train"] == 12  # 3 examples of 4 intents, as read
+    assert f"(95.0%) | {100 * summary['out_of_scope']['coverage']:.1f}% |" in md  # the share evaluate's file got answered
     with open(data / "train.csv", "a") as rows:  # a labelled sheet merged in place, for a second run: the report read it as the first's
         rows.write("".join(f"travel abroad {i},travel_notice\n" for i in range(3)))
     main(["report", str(run), "--output", str(tmp_path / "report-after")])

@@ -271,7 +271,8 @@ def measured_test(run: Run) -> dict:
     summary = json.loads(path.read_text())
     return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0),
             "test_data": summary.get("data", ""), "test_sha256": summary.get("data_sha256"),
-            "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall")}
+            "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall"),
+            "test_answered": (summary.get("out_of_scope") or {}).get("coverage")}
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:
@@ -396,7 +397,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
     fallback = []
     for r in runs:
         measured = measured_test(r)  # evaluate --data's, where training had no test
-        m = {**r.metrics, "test_oos_recall": measured["test_oos_recall"]} if measured else r.metrics
+        m = {**r.metrics, "test_oos_recall": measured["test_oos_recall"], "test_answered": measured["test_answered"]} if measured else r.metrics
         recall = m.get("oos_recall", m.get("oos_probe_recall"))
         fallback.append({
             "Run": r.label, "Score": m.get("oos_score") or "-", "Why this score": _cell(m.get("oos_score_reason") or "-"),
