@@ -605,20 +605,22 @@ if sys.argv[1] == "fixed":
     assert return_freed_memory()
 libc.free(libc.malloc(8 << 20))  # glibc's default now raises its mmap threshold to 8 MiB
 before = libc.mallinfo2().hblks
-block = libc.malloc(512 << 10)
+blocks = [libc.malloc(512 << 10) for _ in range(64)]  # a free hole in the heap left by the imports serves a few of them
 print(libc.mallinfo2().hblks - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_freed_batch_memory_goes_back_to_the_system():
-    """A 512 KiB block (a batch's activations) is mmapped, so freeing it shrinks the process, even after
-    larger blocks were freed; by glibc's default it would come from the heap instead."""
+    """512 KiB blocks (a batch's activations) are mmapped, so freeing them shrinks the process, even after
+    larger blocks were freed; by glibc's default they come from the heap instead. Of 64 blocks, not one:
+    a hole the imports left in the heap serves a block before mmap is asked, which made one block's
+    count fail now and then in a full suite."""
     def mmapped(mode: str) -> int:
         return int(subprocess.run([sys.executable, "-c", MMAP_CHECK, mode], capture_output=True, text=True, check=True).stdout)
 
     assert mmapped("default") == 0
-    assert mmapped("fixed") == 1
+    assert mmapped("fixed") >= 48
 
 
 def test_the_schema_names_every_out_of_scope_score():
