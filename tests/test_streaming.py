@@ -49,7 +49,7 @@ def queries(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_pass(model_dir, queries, tmp_path_factory):
     output = tmp_path_factory.mktemp("stream_single") / "single.jsonl"
-    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output) == QUERIES
+    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output).written == QUERIES
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
@@ -131,10 +131,10 @@ def test_resume_cuts_a_torn_last_line(model_dir, queries, single_pass, tmp_path)
     kept = 1234
     lines = [json.dumps(r) + "\n" for r in single_pass]
     output.write_text("".join(lines[:kept]) + lines[kept][:17])
-    written = predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True)
+    written, _ = predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True)
     assert written == QUERIES - kept
     assert_same_lines(output, single_pass)
-    assert predict_file(Predictor.load(model_dir), queries, output, resume=True) == 0  # already complete
+    assert predict_file(Predictor.load(model_dir), queries, output, resume=True).written == 0  # already complete
 
 
 def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pass, tmp_path):
@@ -153,11 +153,11 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
         predict_file(predictor, short, output, resume=True)
     with pytest.raises(DataError, match="already exists; pass --resume to continue it or --overwrite to replace it"):
         predict_file(predictor, short, output)
-    assert predict_file(predictor, short, output, overwrite=True) == 1  # the two lines before are gone, not appended to
+    assert predict_file(predictor, short, output, overwrite=True).written == 1  # the two lines before are gone, not appended to
     assert [json.loads(line)["text"] for line in output.read_text().splitlines()] == ["my card was stolen"]
     with pytest.raises(DataError, match="give one of them"):
         predict_file(predictor, short, output, resume=True, overwrite=True)
-    assert predict_file(predictor, short, tmp_path / "new" / "folder" / "out.jsonl") == 1  # the folder made, as train's --output is
+    assert predict_file(predictor, short, tmp_path / "new" / "folder" / "out.jsonl").written == 1  # the folder made, as train's --output is
     assert (tmp_path / "new" / "folder" / "out.jsonl").read_text().count("\n") == 1
     with pytest.raises(DataError, match=r"out.jsonl is a file, not a folder"):
         predict_file(predictor, short, output / "out.jsonl")
@@ -174,7 +174,7 @@ def test_resume_refuses_to_continue_with_another_model_or_other_options(model_di
     with pytest.raises(DataError, match=r"answered again: .*oos_threshold .* -> 0\.5\)"):
         predict_file(Predictor.load(model_dir, oos_threshold=0.5), queries, output, resume=True)
     assert len(output.read_text().splitlines()) == 50  # nothing added
-    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True) == QUERIES - 50
+    assert predict_file(Predictor.load(model_dir, batch_size=BATCH), queries, output, resume=True).written == QUERIES - 50
     assert_same_lines(output, single_pass)
 
 
@@ -228,7 +228,7 @@ def test_every_input_format_gives_the_same_rows_in_every_output_format(model_dir
     outputs = {}
     for source in (txt, csv_input, jsonl, parquet):
         out = tmp_path / f"{source.suffix[1:]}_out{suffix}"
-        assert predict_file(predictor, source, out) == 3
+        assert predict_file(predictor, source, out) == (3, [2, 4])
         assert f"{source.name}: 2 empty row(s) skipped (rows 2, 4)" in caplog.text
         outputs[source.suffix] = read_output(out)
         assert not list(tmp_path.glob("*.part"))
@@ -248,6 +248,17 @@ def test_every_input_format_gives_the_same_rows_in_every_output_format(model_dir
     else:
         assert first["top_k"][0]["intent"] == first["closest_intent"]
         assert (first["confidence"] is None) == first["out_of_scope"]
+
+
+def test_queries_from_standard_input_and_the_last_line_restates_the_skipped_rows(model_dir, tmp_path):
+    out = tmp_path / "out.csv"
+    command = [sys.executable, "-m", "bankintent.cli", "predict", str(model_dir), "--input", "-", "--output", str(out)]
+    run = subprocess.run(command, input="".join(f"{text}\n" for _, text in ROWS), capture_output=True, text=True,
+                         timeout=300, env=ONE_THREAD)
+    assert run.returncode == 0, run.stderr
+    assert [(int(r["row"]), r["text"]) for r in read_output(out)] == [(1, "my card was stolen"), (3, "where is my new card"),
+                                                                       (5, "top up failed")]
+    assert run.stdout.splitlines()[-1] == f"3 predictions written to {out}; 2 empty row(s) skipped (rows 2, 4)"
 
 
 def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):
@@ -276,7 +287,7 @@ def test_a_parquet_input_s_timestamps_and_decimals_are_kept_as_text_in_every_out
                            tags=[["card"], []], text=["my card was stolen", None])
     predictor = Predictor.load(model_dir)
     for suffix in (".jsonl", ".csv", ".parquet"):
-        assert predict_file(predictor, source, tmp_path / f"out{suffix}") == 1
+        assert predict_file(predictor, source, tmp_path / f"out{suffix}").written == 1
         row = read_output(tmp_path / f"out{suffix}")[0]
         assert (row["at"], row["amount"]) == ("2026-11-30T09:15:00+01:00", "12.50")
         assert row["tags"] in (["card"], '["card"]')  # a list in JSON, its JSON text in a CSV or Parquet cell
@@ -297,7 +308,7 @@ def test_a_bad_parquet_input_is_named_in_one_line(model_dir, tmp_path):
 
 def test_output_to_stdout(model_dir, tmp_path, capsys):
     txt, _, _ = write_inputs(tmp_path)
-    assert predict_file(Predictor.load(model_dir), txt, "-") == 3
+    assert predict_file(Predictor.load(model_dir), txt, "-").written == 3
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["row"] for line in lines] == EXPECTED_ROWS
     (tmp_path / "accents.txt").write_text("transferência falhou\n")  # written as read, as --json and the service write it

@@ -138,7 +138,7 @@ def predict(args: argparse.Namespace) -> None:
                               oos_score=args.oos_score, oos_threshold=args.oos_threshold)
 
     if args.engine == "spark":
-        if not args.input:
+        if not args.input or args.input == "-":
             raise BankintentError("--engine spark scores a file: give --input FILE and --output FILE.parquet")
         if args.resume:
             raise BankintentError("--resume continues a .jsonl output of the local engine; --engine spark writes its Parquet "
@@ -155,17 +155,20 @@ def predict(args: argparse.Namespace) -> None:
     if args.master:
         raise BankintentError("--master is for --engine spark")
     if args.input:
+        from bankintent.data import line_list
         from bankintent.streaming import STDOUT, PredictionInterrupted, predict_file
 
         try:
-            written = predict_file(load, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
-                                   resume=args.resume, overwrite=args.overwrite)
+            done = predict_file(load, args.input, args.output, text_column=_text_column(args), top_k=args.top_k,
+                                resume=args.resume, overwrite=args.overwrite)
         except KeyboardInterrupt as exc:  # before the answers began (reading the input, loading the model): nothing written
             print(exc if isinstance(exc, PredictionInterrupted) else "interrupted before predicting began; run the same command again",
                   file=sys.stderr)
             raise SystemExit(130) from None
         to_stdout = args.output == STDOUT
-        print(f"{written} predictions written to {'stdout' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)
+        skipped = f"; {len(done.skipped)} empty row(s) skipped ({line_list(done.skipped, 'row')})" if done.skipped else ""
+        print(f"{done.written} predictions written to {'stdout' if to_stdout else args.output}{skipped}",
+              file=sys.stderr if to_stdout else sys.stdout)
         return
     results = load().predict(args.texts, top_k=args.top_k)
     if args.json:
@@ -391,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="queries (or give --input)")
     p.add_argument("--top-k", type=positive_int, default=3, help="most probable intents listed per query")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet; empty rows are skipped and counted")
+    p.add_argument("--input", help="file of queries: .txt (one a line), .csv, .tsv, .jsonl or .parquet, or - for standard input (one a line); "
+                   "empty rows are skipped and counted")
     p.add_argument("--output", help="with --input: .jsonl, .csv or .parquet file (format from the extension), or - for JSON lines on stdout")
     p.add_argument("--text-column", help=INPUT_TEXT_COLUMN_HELP)
     p.add_argument("--batch-size", type=positive_int, default=None, help="queries per batch (default: sized for the backend)")

@@ -415,7 +415,7 @@ def numbered(path: str | Path) -> str:
     return "row" if Path(path).suffix.lower() == ".parquet" else "line"
 
 
-def _line_list(numbers: list[int], word: str = "line") -> str:
+def line_list(numbers: list[int], word: str = "line") -> str:
     """``line 4`` or ``lines 4, 9, ...`` (the first five); ``word`` "row" for files numbered by row."""
     return f"{word}{'s' if len(numbers) > 1 else ''} " + first_few(map(str, numbers), 5)
 
@@ -457,10 +457,10 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         raise DataError(f"{path}: no labelled rows ({skipped})" if empty or unlabelled else f"{path}: no rows after the header")
     if empty:
         log.warning("%s: %d row(s) with an empty text skipped (%s; strict_data / --strict-data refuses them)", path, len(empty),
-                    _line_list(empty, numbered(path)))
+                    line_list(empty, numbered(path)))
     if unlabelled:
         log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to use them "
-                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, _line_list(unlabelled, numbered(path)))
+                    "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, line_list(unlabelled, numbered(path)))
     duplicates = len(texts) - len(set(zip(texts, labels)))
     if duplicates:
         log.warning("%s: %d duplicated row(s) kept", path, duplicates)
@@ -487,18 +487,19 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
 
 
 def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool = False,
-                 warn: bool = True) -> Iterator[tuple]:
+                 warn: bool = True, skipped: list[int] | None = None) -> Iterator[tuple]:
     """Stream (row, query) from a .txt (one query a line), .csv, .jsonl or .parquet file, in constant memory;
     with ``columns=True``, (row, query, the row's other columns as a dict).
 
     ``row`` is numbered alike for every format: the n-th data row is row n, a header not counted
     (line n of a .txt or .jsonl file; the n-th record after a .csv's header, where blank lines are no
     records, as for Python's csv module and pandas). Rows whose text is empty or blank are skipped,
-    keeping their number; once the file is read, ``warn`` logs how many were skipped and which."""
+    keeping their number; once the file is read, ``warn`` logs how many were skipped and which, and a
+    ``skipped`` list given gets their row numbers."""
     path = Path(path)
     kind = file_kind(path)
     column = "text" if kind == "txt" else text_column
-    skipped: list[int] = []
+    skipped = [] if skipped is None else skipped
     previous = 0
     for record, (number, row) in enumerate(iter_rows(path, (column,)), start=1):
         row_number = record if kind == "csv" else number
@@ -516,7 +517,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         else:
             yield row_number, text
     if skipped and warn:
-        log.warning("%s: %d empty row(s) skipped (%s)", path, len(skipped), _line_list(skipped, "row"))
+        log.warning("%s: %d empty row(s) skipped (%s)", path, len(skipped), line_list(skipped, "row"))
 
 
 def read_queries(path: str | Path, text_column: str = "text", *, columns: bool = False) -> tuple:

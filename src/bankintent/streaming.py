@@ -1,6 +1,7 @@
 """Streaming batch prediction: a file of any size in constant memory.
 
-The input (.txt one query a line, .csv, .jsonl or .parquet) is read in a first streaming pass, so a bad row
+The input (.txt one query a line, .csv, .jsonl or .parquet; standard input, one query a line, is first
+copied to a temporary file) is read in a first streaming pass, so a bad row
 fails before any output is written or the model is loaded, and the progress bar knows the total (it
 shows the rate and the time left). Rows with an empty text are skipped with a warning that counts
 them. Queries are then read in chunks (``FIRST_CHUNK`` queries, then as many as the model answered in
@@ -28,11 +29,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -46,7 +50,7 @@ if TYPE_CHECKING:
 CHUNK = 4096  # queries read, sorted by length, predicted and written at once, at most
 FIRST_CHUNK = 256  # the first chunk's size, and the least
 CHUNK_SECONDS = 10.0  # the time a chunk is sized to take, at the rate of the one before
-STDOUT = "-"
+STDOUT = STDIN = "-"
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
@@ -175,15 +179,31 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
     check_writable(output)
 
 
-def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]]]:
-    """(number of queries, the input's other columns and the value types each holds), reading the
-    whole input once, which validates every row."""
-    total, columns = 0, {}
-    for _, _, extra in iter_queries(input_path, text_column, columns=True):
+def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]], list[int]]:
+    """(number of queries, the input's other columns and the value types each holds, the empty rows
+    skipped), reading the whole input once, which validates every row."""
+    total, columns, skipped = 0, {}, []
+    for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped):
         total += 1
         for name, value in extra.items():
             columns.setdefault(name, set()).add(type(value))
-    return total, columns
+    return total, columns, skipped
+
+
+@contextmanager
+def _readable(input_path: str | Path) -> Iterator[Path]:
+    """The input's path; standard input (``-``) is first copied, as bytes, into a temporary
+    ``stdin.txt`` (one query a line), since the input is read twice: checked whole, then predicted."""
+    if str(input_path) != STDIN:
+        yield Path(input_path)
+        return
+    if sys.stdin.isatty():
+        print("reading queries from standard input, one a line; end with Ctrl-D", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bankintent-") as folder:
+        path = Path(folder) / "stdin.txt"
+        with open(path, "wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle)
+        yield path
 
 
 def next_chunk(size: int, seconds: float) -> int:
@@ -192,15 +212,26 @@ def next_chunk(size: int, seconds: float) -> int:
     return max(min(FIRST_CHUNK, CHUNK), min(CHUNK, int(size / max(seconds, 1e-6) * CHUNK_SECONDS)))
 
 
+class Predicted(NamedTuple):
+    """What ``predict_file`` did: the predictions this call wrote, and the input's empty rows (skipped)."""
+    written: int
+    skipped: list[int]
+
+
 def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str | Path, output_path: str | Path,
-                 text_column: str = "text", top_k: int = 3, resume: bool = False, overwrite: bool = False) -> int:
-    """Predict every query of ``input_path`` into ``output_path`` (format from its extension, ``-``:
-    stdout); returns the number of predictions written by this call. ``predictor``: a Predictor, or a
+                 text_column: str = "text", top_k: int = 3, resume: bool = False, overwrite: bool = False) -> Predicted:
+    """Predict every query of ``input_path`` (``-``: standard input, one query a line) into
+    ``output_path`` (format from its extension, ``-``: stdout). ``predictor``: a Predictor, or a
     function returning one, called once the input and output have been checked."""
-    input_path = Path(input_path)
     kind = output_format(output_path)
     _check_output(output_path, kind, resume, overwrite)
-    total, columns = _scan(input_path, text_column)
+    with _readable(input_path) as readable:
+        return _predict_file(predictor, readable, output_path, kind, text_column, top_k, resume, overwrite)
+
+
+def _predict_file(predictor, input_path: Path, output_path, kind: str, text_column: str, top_k: int, resume: bool,
+                  overwrite: bool) -> Predicted:
+    total, columns, skipped = _scan(input_path, text_column)
     if total == 0:
         raise DataError(f"{input_path}: no queries")
     done, last = _resume_point(Path(output_path), input_path, text_column, total) if resume else (0, None)
@@ -236,7 +267,7 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
         raise
     if writer is not None:
         writer.close()
-    return written
+    return Predicted(written, skipped)
 
 
 class _JsonLines:
