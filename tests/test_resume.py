@@ -144,7 +144,7 @@ def test_sigterm_before_the_first_checkpoint_says_so_like_ctrl_c(tiny_bert, data
     assert process.poll() is None, "the pair training ended before it could be stopped"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
+    assert process.returncode == 143, err[-2000:]  # 128 + SIGTERM, as a shell reports it; Ctrl-C gives 130
     assert "Stopped before the run's first checkpoint: nothing to continue from" in err and "Traceback" not in err
     assert not (tmp_path / "metrics.json").exists()
 

@@ -60,7 +60,7 @@ def train(args: argparse.Namespace) -> None:
     except KeyboardInterrupt as exc:  # training's TrainingInterrupted: what the run folder holds, and how to go on
         if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process says it for all
             print(f"\n{str(exc) or 'interrupted'}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise stopped() from None
     if metrics:
         print(markdown_table([results_row(metrics)]))
         if said := fallback_on_test(metrics):
@@ -164,7 +164,7 @@ def predict(args: argparse.Namespace) -> None:
         except KeyboardInterrupt as exc:  # before the answers began (reading the input, loading the model): nothing written
             print(exc if isinstance(exc, PredictionInterrupted) else "interrupted before predicting began; run the same command again",
                   file=sys.stderr)
-            raise SystemExit(130) from None
+            raise stopped() from None
         to_stdout = args.output == STDOUT
         skipped = f"; {len(done.skipped)} empty row(s) skipped ({line_list(done.skipped, 'row')})" if done.skipped else ""
         print(f"{done.written} predictions written to {'stdout' if to_stdout else args.output}{skipped}",
@@ -540,6 +540,9 @@ def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
+_terminated = threading.Event()  # set by stop_as_ctrl_c: the stop came from SIGTERM, not Ctrl-C
+
+
 def stop_as_ctrl_c(pid: int):
     """A SIGTERM handler that stops process ``pid`` as Ctrl-C does. A process forked from it (a worker of a
     multiprocessing pool, which its pool ends with SIGTERM) inherits the handler: there it ends as by
@@ -549,9 +552,16 @@ def stop_as_ctrl_c(pid: int):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        _terminated.set()
         raise KeyboardInterrupt
 
     return handler
+
+
+def stopped() -> SystemExit:
+    """The exit of a command stopped by a signal, as a shell reports one: 128 + the signal's number
+    (130 for Ctrl-C, 143 for SIGTERM), so a scheduler can tell a stop it asked for from the user's."""
+    return SystemExit(128 + (signal.SIGTERM if _terminated.is_set() else signal.SIGINT))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -577,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:  # with what was stopped and how to go on, where the command says
         print(str(exc) or "interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise stopped() from None
     except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
