@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bankintent import Predictor
-from bankintent.errors import DataError
+from bankintent.errors import ConfigError, DataError
 from bankintent.predict import CPU_BATCH
 from bankintent.streaming import predict_file
 from conftest import INTENTS
@@ -159,7 +159,7 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
         predict_file(predictor, short, output, resume=True, overwrite=True)
     assert predict_file(predictor, short, tmp_path / "new" / "folder" / "out.jsonl").written == 1  # the folder made, as train's --output is
     assert (tmp_path / "new" / "folder" / "out.jsonl").read_text().count("\n") == 1
-    with pytest.raises(DataError, match=r"out.jsonl is a file, not a folder"):
+    with pytest.raises(ConfigError, match=r"out.jsonl is a file, not a folder; choose another --output"):
         predict_file(predictor, short, output / "out.jsonl")
 
 
@@ -331,6 +331,9 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
         predict_file(never_loaded, txt, tmp_path / "out.csv")
     with pytest.raises(DataError, match="cannot continue stdout"):
         predict_file(never_loaded, txt, "-", resume=True)
+    (tmp_path / "kernel.jsonl").symlink_to("/proc/self/status")  # a file that cannot be appended to, even by a superuser
+    with pytest.raises(DataError, match=r"kernel.jsonl: cannot be continued \(Invalid argument\)"):
+        predict_file(never_loaded, txt, tmp_path / "kernel.jsonl", resume=True)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     with pytest.raises(DataError, match="empty.txt: no queries"):

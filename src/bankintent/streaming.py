@@ -173,10 +173,13 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
         raise DataError(f"{output}: already exists; {hint}")
     if output.is_dir():
         raise DataError(f"{output}: is a folder; name an output file")
-    blocked = next((folder for folder in output.parents if folder.exists()), None)
-    if blocked is not None and not blocked.is_dir():
-        raise DataError(f"{output}: {blocked} is a file, not a folder")
-    check_writable(output)
+    if resume and output.is_file():  # appended to in place: the file must be writable, not its folder
+        try:
+            open(output, "ab").close()
+        except OSError as exc:
+            raise DataError(f"{output}: cannot be continued ({exc.strerror})") from None
+    else:
+        check_writable(output)
 
 
 def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]], list[int]]:
