@@ -108,6 +108,11 @@ def test_audit_says_what_training_says_of_the_labels(tmp_path, caplog):
               + [("going abroad", "Travel_Notice"), ("in spain next week", "Travel_Notice")])
     assert len(read_labelled(str(tmp_path)).examples) == 14  # read as training reads it, nothing dropped
     assert "labels 'Travel_Notice', 'travel_notice' differ only in case, accents or separators and train as 2 intents" in caplog.text
+    caplog.clear()  # with a validation file, its rows are counted too, and the warning names both files
+    write_csv(tmp_path / "valid.csv", [("travel soon", "travel_notice"), ("a fee", "fees"), ("off to rome", "travel_notce")])
+    assert len(read_labelled(str(tmp_path)).examples) == 17
+    assert (f"{tmp_path / 'train.csv'} and valid.csv: label 'travel_notce' (1 row) is spelt almost as 'travel_notice' (7 rows)"
+            in caplog.text)
 
 
 def test_thin_intents_of_few_shot_data_are_those_much_thinner_than_the_rest():

@@ -83,8 +83,9 @@ def read_labelled(data: str, text_column: str = "text", label_column: str = "cat
         labels += examples.labels
         rows += examples.rows or [None] * len(examples)
         files += [path.name] * len(examples)
+    counted = found.train if found.validation is None else f"{found.train} and {found.validation.name}"  # the rows counted
     for warning in label_warnings(labels, oos_label):  # what training warns of the labels (case variants, typos), said alike
-        log.warning("%s: %s", found.train, warning)
+        log.warning("%s: %s", counted, warning)
     return Audited(Examples(texts, labels, rows), files)
 
 
