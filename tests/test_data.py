@@ -357,7 +357,10 @@ def test_ragged_csv_row(tmp_path):
     (tmp_path / "train.csv").write_text("text,category\nhello,a\nonly text\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 1$"):
         load_splits(str(tmp_path))
-    (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card, it is lost,b\n")
+    (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card, it is lost,b\n")  # a text's comma, a space after it
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes\)$"):
+        load_splits(str(tmp_path))
+    (tmp_path / "train.csv").write_text("text,category\nhello,a\nmy card is lost,bwhere is my card,b\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: expected 2 fields, found 3 \(a comma in a text needs the text in double quotes; "
                                         r"or two rows run together, as when rows are added to a file that did not end with a line break\)$"):
         load_splits(str(tmp_path))

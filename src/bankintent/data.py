@@ -285,7 +285,9 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
             if len(values) > len(header) or any(row[c] is None for c in columns):
                 mark = "comma" if separator == "," else repr(separator)
                 quote = f" (a {mark} in a text needs the text in double quotes)" if len(values) > len(header) else ""
-                if len(header) > 1 and len(values) == 2 * len(header) - 1:  # "...,loan_rateI need a card,new_intent"
+                # "...,loan_rateI need a card,new_intent": a label run into the next text; where the field after a
+                # separator starts with a space ("my card, it is lost"), a text's own comma is all it can be
+                if len(header) > 1 and len(values) == 2 * len(header) - 1 and not values[len(header) - 1][:1].isspace():
                     quote = (f" (a {mark} in a text needs the text in double quotes; or two rows run together, as when rows are "
                              f"added to a file that did not end with a line break)")
                 raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
