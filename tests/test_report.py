@@ -282,6 +282,17 @@ def test_learning_curves_have_whole_epochs(epochs, tmp_path):
     assert (tmp_path / "learning_curves.png").stat().st_size > 5000
 
 
+def test_epochs_a_query_apart_do_not_fill_the_accuracy_axis():
+    """Validation accuracies 94.01% and 94.11% (one query of 1,001) drawn on an axis of their own
+    0.1 point looked like a climb; the axis spans at least 5 points."""
+    history = [{"epoch": e, "train_loss": 0.3, "val_loss": 0.3, "val_accuracy": a} for e, a in [(1, 0.9401), (2, 0.9411), (3, 0.9401)]]
+    accuracy_axis = learning_curves_figure(pd.DataFrame(history)).axes[1]
+    low, high = accuracy_axis.get_ylim()
+    assert high - low >= 0.05 and low < 0.9401 and 0.9411 < high <= 1.005
+    spread = [{"epoch": e, "train_loss": 0.3, "val_loss": 0.3, "val_accuracy": a} for e, a in [(1, 0.4), (2, 0.9)]]
+    assert learning_curves_figure(pd.DataFrame(spread)).axes[1].get_ylim() == pytest.approx((0.395, 0.905))
+
+
 def test_report_into_a_file_is_an_error(tmp_path):
     (tmp_path / "afile.txt").write_text("keep")
     with pytest.raises(ConfigError, match="afile.txt: exists and is not a folder"):

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from bankintent.config import TrainConfig  # noqa: E402
 
@@ -56,6 +56,9 @@ def write_history(history: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+ACCURACY_SPAN = 0.05  # the least span of the learning curves' accuracy axis
+
+
 def learning_curves_figure(frame: pd.DataFrame):
     """Loss (train and validation) and validation accuracy against the epoch."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -65,8 +68,13 @@ def learning_curves_figure(frame: pd.DataFrame):
     loss_ax.legend()
     acc_ax.plot(frame.epoch, frame.val_accuracy, "o-", color="C1", label="validation")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     if frame.val_accuracy.isna().all():  # small data: no validation split
         acc_ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=acc_ax.transAxes, color="0.4")
+    else:  # at least ACCURACY_SPAN tall: epochs a query or two apart do not fill the axis as if they were far apart
+        low, high = frame.val_accuracy.min(), frame.val_accuracy.max()
+        pad = max(ACCURACY_SPAN - (high - low), 0) / 2 + 0.005
+        acc_ax.set_ylim(max(0.0, low - pad), min(1.0 + 0.005, high + pad))
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
         whole_epochs(ax)
