@@ -259,6 +259,9 @@ def test_queries_from_standard_input_and_the_last_line_restates_the_skipped_rows
     assert [(int(r["row"]), r["text"]) for r in read_output(out)] == [(1, "my card was stolen"), (3, "where is my new card"),
                                                                        (5, "top up failed")]
     assert run.stdout.splitlines()[-1] == f"3 predictions written to {out}; 2 empty row(s) skipped (rows 2, 4)"
+    assert "standard input: 2 empty row(s) skipped (rows 2, 4)" in run.stderr  # not the temporary copy's name
+    empty = subprocess.run([*command, "--overwrite"], input="\n \n", capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    assert (empty.returncode, empty.stderr.strip().splitlines()[-1]) == (2, "error: standard input: no queries")
 
 
 def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -41,16 +42,19 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 from tqdm.auto import tqdm
 
 from bankintent.config import check_writable
-from bankintent.data import input_column_names, iter_queries
+from bankintent.data import input_column_names, iter_queries, line_list
 from bankintent.errors import DataError
 
 if TYPE_CHECKING:
     from bankintent.predict import Predictor
 
+log = logging.getLogger(__name__)
+
 CHUNK = 4096  # queries read, sorted by length, predicted and written at once, at most
 FIRST_CHUNK = 256  # the first chunk's size, and the least
 CHUNK_SECONDS = 10.0  # the time a chunk is sized to take, at the rate of the one before
 STDOUT = STDIN = "-"
+STDIN_NAME = "standard input"  # what messages call it
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
@@ -182,21 +186,24 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
         check_writable(output)
 
 
-def _scan(input_path: Path, text_column: str) -> tuple[int, dict[str, set[type]], list[int]]:
+def _scan(input_path: Path, text_column: str, named: str) -> tuple[int, dict[str, set[type]], list[int]]:
     """(number of queries, the input's other columns and the value types each holds, the empty rows
-    skipped), reading the whole input once, which validates every row."""
+    skipped, said in the log as the input ``named``), reading the whole input once, which validates every row."""
     total, columns, skipped = 0, {}, []
-    for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped):
+    for _, _, extra in iter_queries(input_path, text_column, columns=True, warn=False, skipped=skipped):
         total += 1
         for name, value in extra.items():
             columns.setdefault(name, set()).add(type(value))
+    if skipped:
+        log.warning("%s: %d empty row(s) skipped (%s)", named, len(skipped), line_list(skipped, "row"))
     return total, columns, skipped
 
 
 @contextmanager
 def _readable(input_path: str | Path) -> Iterator[Path]:
     """The input's path; standard input (``-``) is first copied, as bytes, into a temporary
-    ``stdin.txt`` (one query a line), since the input is read twice: checked whole, then predicted."""
+    ``stdin.txt`` (one query a line), since the input is read twice: checked whole, then predicted.
+    Its errors name it "standard input", not the temporary file."""
     if str(input_path) != STDIN:
         yield Path(input_path)
         return
@@ -206,7 +213,10 @@ def _readable(input_path: str | Path) -> Iterator[Path]:
         path = Path(folder) / "stdin.txt"
         with open(path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle)
-        yield path
+        try:
+            yield path
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(path), STDIN_NAME)) from None
 
 
 def next_chunk(size: int, seconds: float) -> int:
@@ -228,13 +238,14 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     function returning one, called once the input and output have been checked."""
     kind = output_format(output_path)
     _check_output(output_path, kind, resume, overwrite)
+    named = STDIN_NAME if str(input_path) == STDIN else str(input_path)
     with _readable(input_path) as readable:
-        return _predict_file(predictor, readable, output_path, kind, text_column, top_k, resume, overwrite)
+        return _predict_file(predictor, readable, named, output_path, kind, text_column, top_k, resume, overwrite)
 
 
-def _predict_file(predictor, input_path: Path, output_path, kind: str, text_column: str, top_k: int, resume: bool,
+def _predict_file(predictor, input_path: Path, named: str, output_path, kind: str, text_column: str, top_k: int, resume: bool,
                   overwrite: bool) -> Predicted:
-    total, columns, skipped = _scan(input_path, text_column)
+    total, columns, skipped = _scan(input_path, text_column, named)
     if total == 0:
         raise DataError(f"{input_path}: no queries")
     done, last = _resume_point(Path(output_path), input_path, text_column, total) if resume else (0, None)
