@@ -224,6 +224,42 @@ def test_a_request_of_more_texts_than_max_batch_runs_in_passes_of_at_most_that_m
         assert metric(client, "bankintent_batch_texts_bucket", le="4.0") == 3
 
 
+def test_overload_is_shed_not_queued_for_clients_that_have_gone(runs):
+    """A flood of requests, abandoned by their clients, kept the inference thread busy for minutes after:
+    past QUEUED_BATCHES batches of texts waiting a request is answered 503 at once, with Retry-After,
+    and one that waited past queue_timeout_s for its forward pass is answered 503, not computed."""
+    app = create_app(model_dir=runs / "bank_a", max_batch=4, max_wait_ms=1)  # 16 batches: 64 texts may wait
+    service = app.state.service
+    busy = threading.Event()
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/v1/predict", json={"texts": ["hello"]}).status_code == 200  # the model's batcher made
+        [batcher] = service.batchers.values()
+        batcher.queue_timeout_s = 1.0
+        service.executor.submit(busy.wait, 30)  # the inference thread is busy: what comes next waits
+
+        async def send(sizes):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as flood:
+                return await asyncio.gather(*(flood.post("/v1/predict", json={"texts": [f"{TEXTS[0]} {n}"] * n}) for n in sizes))
+
+        with ThreadPoolExecutor(2) as sender:
+            first = sender.submit(asyncio.run, send([4]))  # one batch, taken to the busy thread: nothing waiting after
+            time.sleep(0.5)
+            later = sender.submit(asyncio.run, send([4] * 16))  # these wait: 64 texts
+            time.sleep(0.5)
+            refused = client.post("/v1/predict", json={"texts": ["one more"]})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"] == "the service is busy (64 texts waiting); try again shortly"
+            time.sleep(0.6)  # past the 1 s the waiting requests may wait
+            busy.set()
+            assert [r.status_code for r in first.result()] == [200]
+            late = later.result()
+        assert [r.status_code for r in late] == [503] * 16
+        assert re.fullmatch(r"waited \d+ s for its turn, past 1 s: the service is overloaded; try again shortly", late[0].json()["error"])
+        assert client.post("/v1/predict", json={"texts": ["hello again"]}).status_code == 200  # served again once the backlog went
+        assert metric(client, "bankintent_requests_total", path="/v1/predict", status="503") == 17
+        assert metric(client, "bankintent_batch_texts_count") == 3  # hello, the first request, hello again: nothing late computed
+
+
 @pytest.fixture(scope="module")
 def thresholds(runs, tmp_path_factory):
     """bank_a twice: ``inside`` answers every query with an intent, ``outside`` answers none."""

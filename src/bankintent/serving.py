@@ -65,6 +65,8 @@ MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408: a stalled client holds no connection
+QUEUED_BATCHES = 16  # a model's micro-batcher holds at most this many batches of texts waiting; more is answered 503
+QUEUE_TIMEOUT_S = 30.0  # a request that waited this long for its forward pass is answered 503, not computed
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -282,25 +284,41 @@ class _Job:
     queued: float
 
 
+class Overloaded(Exception):
+    """More is waiting than the service answers in time: the request is answered 503, with Retry-After."""
+
+
 @dataclass
 class MicroBatcher:
     """Groups concurrent requests for one model into forward passes of up to ``max_batch`` texts,
     waiting at most ``max_wait_s`` after a batch's first request, and runs them on ``executor``. A
-    request of more texts than ``max_batch`` is cut into parts of at most that many."""
+    request of more texts than ``max_batch`` is cut into parts of at most that many.
+
+    Overload sheds requests rather than queueing work for clients that have gone: a request that would
+    bring the texts waiting past ``max_queued`` (``QUEUED_BATCHES`` batches) is refused at once, and
+    one that waited ``queue_timeout_s`` before its forward pass (its client has most likely given up),
+    or whose handler was cancelled, is not computed."""
 
     executor: ThreadPoolExecutor
     max_batch: int
     max_wait_s: float
     metrics: Metrics
+    max_queued: int = 0  # texts waiting at most; 0: QUEUED_BATCHES batches
+    queue_timeout_s: float = QUEUE_TIMEOUT_S
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     _full: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: int = 0
     _task: asyncio.Task | None = None
 
+    def __post_init__(self) -> None:
+        self.max_queued = self.max_queued or QUEUED_BATCHES * self.max_batch
+
     async def submit(self, model: ServedModel, texts: list[str], top_k: int) -> list[dict]:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run_forever())
+        if self._pending and self._pending + len(texts) > self.max_queued:  # one request alone always waits its turn
+            raise Overloaded(f"the service is busy ({self._pending} texts waiting); try again shortly")
         jobs = [_Job(model, texts[start:start + self.max_batch], top_k, loop.create_future(), loop.time())
                 for start in range(0, len(texts), self.max_batch)]
         for job in jobs:
@@ -343,8 +361,16 @@ class MicroBatcher:
         return jobs, None
 
     async def _run(self, jobs: list[_Job]) -> None:
+        self._pending -= sum(len(job.texts) for job in jobs)
+        now = asyncio.get_running_loop().time()
+        for job in jobs:
+            if not job.future.done() and now - job.queued > self.queue_timeout_s:
+                job.future.set_exception(Overloaded(f"waited {now - job.queued:.0f} s for its turn, past {self.queue_timeout_s:g} s: "
+                                                    "the service is overloaded; try again shortly"))
+        jobs = [job for job in jobs if not job.future.done()]  # a cancelled handler's (its client gone), a late one's
+        if not jobs:
+            return
         texts = [text for job in jobs for text in job.texts]
-        self._pending -= len(texts)
         self.metrics.batch_texts.observe(len(texts))
         try:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -408,6 +434,8 @@ class Service:
             return await self.batchers[served.name].submit(served, request.texts, request.top_k)
         except BankintentError as exc:
             raise HTTPException(422, str(exc)) from None
+        except Overloaded as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
     def close(self) -> None:
         for batcher in self.batchers.values():
