@@ -264,6 +264,20 @@ def test_queries_from_standard_input_and_the_last_line_restates_the_skipped_rows
     assert (empty.returncode, empty.stderr.strip().splitlines()[-1]) == (2, "error: standard input: no queries")
 
 
+def test_a_csv_output_shows_formulas_as_text(model_dir, tmp_path):
+    """A customer's query '=HYPERLINK(...)' in a .csv of predictions ran as a formula when an analyst
+    opened it in a spreadsheet: it is written after an apostrophe; numbers and the .jsonl are as given."""
+    source = tmp_path / "q.csv"
+    source.write_text('id,text\n-5,"=HYPERLINK(""http://evil.example"",""card"")"\n7,+44 7700 900123 is my new number\n8,@SUM(A1)\n')
+    predictor = Predictor.load(model_dir)
+    predict_file(predictor, source, tmp_path / "out.csv")
+    rows = read_output(tmp_path / "out.csv")
+    assert [r["text"] for r in rows] == ["'=HYPERLINK(\"http://evil.example\",\"card\")", "'+44 7700 900123 is my new number", "'@SUM(A1)"]
+    assert [r["id"] for r in rows] == ["-5", "7", "8"]
+    predict_file(predictor, source, tmp_path / "out.jsonl")
+    assert read_output(tmp_path / "out.jsonl")[0]["text"] == '=HYPERLINK("http://evil.example","card")'
+
+
 def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"id": 1, "score": 0.5, "flag": true, "text": "my card was stolen"}\n'

@@ -323,6 +323,22 @@ class _WholeFile:
         raise NotImplementedError
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A text a spreadsheet would run as a formula when it opens the .csv (a customer's query
+    "=HYPERLINK(...)", "+cmd|..."), written after an apostrophe, which shows it as text (OWASP's advice
+    on CSV injection); a number such as -12.5 is left as it is."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 class _Csv(_WholeFile):
     def __init__(self, output, columns):
         super().__init__(output, columns)
@@ -344,7 +360,7 @@ class _Csv(_WholeFile):
                 for rank, item in enumerate(value, start=1):
                     flat[f"top{rank}_intent"], flat[f"top{rank}_confidence"] = item["intent"], item["confidence"]
             else:
-                flat[name] = json.dumps(value) if isinstance(value, (dict, list)) else value
+                flat[name] = spreadsheet_safe(json.dumps(value) if isinstance(value, (dict, list)) else value)
         return flat
 
     def finish(self) -> None:
