@@ -348,9 +348,13 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
         predict_file(never_loaded, txt, tmp_path / "out.csv")
     with pytest.raises(DataError, match="cannot continue stdout"):
         predict_file(never_loaded, txt, "-", resume=True)
-    (tmp_path / "kernel.jsonl").symlink_to("/proc/self/status")  # a file that cannot be appended to, even by a superuser
-    with pytest.raises(DataError, match=r"kernel.jsonl: cannot be continued \(Invalid argument\)"):
+    (tmp_path / "kernel.jsonl").symlink_to("/proc/self/status")
+    with pytest.raises(DataError, match=r"kernel.jsonl: is a symbolic link; name the file itself \(/proc/\d+/status\)"):
         predict_file(never_loaded, txt, tmp_path / "kernel.jsonl", resume=True)
+    (tmp_path / "planted.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # dangling: the answers would have made it
+    with pytest.raises(DataError, match=r"planted.jsonl: is a symbolic link"):
+        predict_file(never_loaded, txt, tmp_path / "planted.jsonl")
+    assert not (tmp_path / "elsewhere.jsonl").exists()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     with pytest.raises(DataError, match="empty.txt: no queries"):
@@ -358,6 +362,17 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
     with pytest.raises(DataError, match=r"out.parquet: writing .parquet needs pyarrow"):
         predict_file(never_loaded, txt, tmp_path / "out.parquet")
+
+
+def test_a_link_planted_as_the_part_file_is_replaced_not_written_through(model_dir, tmp_path):
+    txt, _, _ = write_inputs(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    for suffix in (".csv", ".parquet"):
+        (tmp_path / f"out{suffix}.part").symlink_to(victim)
+        assert predict_file(Predictor.load(model_dir), txt, tmp_path / f"out{suffix}").written == 3
+        assert victim.read_text() == "keep me\n" and not (tmp_path / f"out{suffix}").is_symlink()
+    assert [int(r["row"]) for r in read_output(tmp_path / "out.csv")] == EXPECTED_ROWS
 
 
 def test_a_failed_csv_run_leaves_no_file(model_dir, tmp_path, monkeypatch):

@@ -177,6 +177,8 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
         raise DataError(f"{output}: already exists; {hint}")
     if output.is_dir():
         raise DataError(f"{output}: is a folder; name an output file")
+    if output.is_symlink():  # one planted in a shared folder would have the answers written over the file it names
+        raise DataError(f"{output}: is a symbolic link; name the file itself ({output.resolve()})")
     if resume and output.is_file():  # appended to in place: the file must be writable, not its folder
         try:
             open(output, "ab").close()
@@ -309,6 +311,7 @@ class _WholeFile:
     def __init__(self, output: str | Path, columns: dict[str, set[type]]):
         self.output = Path(output)
         self.part = self.output.with_name(self.output.name + ".part")
+        self.part.unlink(missing_ok=True)  # a killed run's, or a link planted there: written anew, never through it
         self.columns = columns
 
     def abort(self) -> None:
@@ -342,7 +345,7 @@ def spreadsheet_safe(value):
 class _Csv(_WholeFile):
     def __init__(self, output, columns):
         super().__init__(output, columns)
-        self.handle = open(self.part, "w", encoding="utf-8", newline="")
+        self.handle = open(self.part, "x", encoding="utf-8", newline="")
         self.writer = None
 
     def write(self, rows: list[dict]) -> None:
