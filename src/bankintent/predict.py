@@ -159,10 +159,9 @@ def check_texts(texts) -> list[str]:
             long.append(text)
             text = text[:MAX_CHARS].rstrip()
         clean.append(text)
-    if long:  # one line for a batch, not one a query: a file of logs has hundreds
-        first = long[0]
-        log.warning("%d quer%s over %d characters truncated to the first %d (the first: %d characters, %r...)", len(long),
-                    "ies" if len(long) > 1 else "y", MAX_CHARS, MAX_CHARS, len(first), first[:40])
+    if long:  # one line for a batch, not one a query: a file of logs has hundreds; no text of a query (a card number)
+        log.warning("%d quer%s over %d characters truncated to the first %d (the longest: %d characters)", len(long),
+                    "ies" if len(long) > 1 else "y", MAX_CHARS, MAX_CHARS, max(map(len, long)))
     return clean
 
 
@@ -330,12 +329,13 @@ class Predictor:
         if not texts:
             raise DataError("no texts given")
         encodings = self.tokenizer.encode_batch(texts)
-        cut = [] if self.said_cut else [text for text, encoding in zip(texts, encodings) if encoding.overflowing]  # once said: no scan
+        cut = 0 if self.said_cut else sum(bool(encoding.overflowing) for encoding in encodings)  # once said: no scan
         if cut:  # the model reads max_length tokens, as it trained: said as training says it (a warning from 1%)
-            self.said_cut = True
-            log.log(logging.WARNING if len(cut) >= LONG_QUERIES_SHARE * len(texts) else logging.INFO,
+            self.said_cut = True  # no text of the query: a service's log would keep what customers wrote
+            log.log(logging.WARNING if cut >= LONG_QUERIES_SHARE * len(texts) else logging.INFO,
                     "queries longer than the model's max_length of %d tokens are read to their first %d, as in training "
-                    "(--max-length sets it); the first: %r... (said once)", self.spec.max_length, self.spec.max_length, cut[0][:40])
+                    "(--max-length sets it): %d of %d in this batch (said once)", self.spec.max_length, self.spec.max_length,
+                    cut, len(texts))
         passes = length_batches(np.array([len(e.ids) for e in encodings]), self.batch_size, self.backend.pass_tokens)
         logits, features = [], []
         with tqdm(total=len(texts), desc=desc, unit="q", disable=desc is None) as bar:
