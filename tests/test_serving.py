@@ -449,10 +449,16 @@ def test_api_keys(runs, tmp_path, caplog):
         time.sleep(1.1)
         assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-three"}).status_code == 200
         assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-two"}).status_code == 401
-        keys.write_text("# being edited\n")  # a file with no key left: the keys read before hold, and the log says so
+        keys.write_text("# all keys revoked\n")  # a file with no key left: every request refused (a leaked key revoked in a hurry)
         time.sleep(1.1)
-        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-three"}).status_code == 200
-    assert any("the API key file changed and cannot be used" in r.getMessage() for r in caplog.records)
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-three"}).status_code == 401
+        keys.write_text("key-four\n")
+        time.sleep(1.1)
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-four"}).status_code == 200
+        keys.unlink()  # removed: the same
+        time.sleep(1.1)
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-four"}).status_code == 401
+    assert any("holds no usable key" in r.getMessage() and "every request is refused" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_service_options(runs, tmp_path):

@@ -460,9 +460,11 @@ def read_api_keys(path: str | Path) -> list[bytes]:
 
 class ApiKeys:
     """The keys of an API key file, read again when the file changes (looked at most every
-    ``recheck_s``): a key is added or revoked by editing the file, without a restart. A file made
-    unreadable or empty meanwhile is logged and the keys read before are kept, so that a half-written
-    file neither locks every client out nor opens the service."""
+    ``recheck_s``): a key is added or revoked by editing the file, without a restart. A file emptied,
+    removed or made unreadable meanwhile refuses every request until it holds keys again, and the log
+    says so: emptying or removing it is how a team revokes a leaked key in a hurry, which must not leave
+    the old keys working (a file written in place may be empty for an instant: written beside and
+    renamed over, it never is)."""
 
     def __init__(self, path: str | Path, recheck_s: float = 1.0):
         self.path, self.recheck_s = Path(path), recheck_s
@@ -489,7 +491,9 @@ class ApiKeys:
                     self.digests = read_api_keys(self.path)
                     log.info("%s: API keys read again (%d keys)", self.path, len(self.digests))
                 except (ConfigError, OSError) as exc:
-                    log.error("%s: the API key file changed and cannot be used (%s); the keys read before still hold", self.path, exc)
+                    self.digests = []
+                    log.error("%s: the API key file changed and holds no usable key (%s); every request is refused until it "
+                              "holds keys again", self.path, exc)
         return self.digests
 
 
