@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bankintent import ConfigError, ModelError, Predictor, ood, train
 from bankintent.modeling import MARKER
 from bankintent.predict import ANSWER_FIELDS, model_folder
-from bankintent.serving import MAX_TEXTS, create_app, serve_in_background
+from bankintent.serving import LOOPBACK, MAX_TEXTS, create_app, serve_in_background
 from conftest import tiny_options, write_csv
 
 TEXTS = ["i lost my card", "top up failed again", "what exchange rate do you use", "where is my new card"]
@@ -245,11 +245,13 @@ def test_overload_is_shed_not_queued_for_clients_that_have_gone(runs):
             first = sender.submit(asyncio.run, send([4]))  # one batch, taken to the busy thread: nothing waiting after
             time.sleep(0.5)
             later = sender.submit(asyncio.run, send([4] * 16))  # these wait: 64 texts
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while batcher._pending < 64 and time.monotonic() < deadline:
+                time.sleep(0.01)
             refused = client.post("/v1/predict", json={"texts": ["one more"]})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert refused.json()["error"] == "the service is busy (64 texts waiting); try again shortly"
-            time.sleep(0.6)  # past the 1 s the waiting requests may wait
+            time.sleep(1.1)  # past the 1 s the waiting requests may wait
             busy.set()
             assert [r.status_code for r in first.result()] == [200]
             late = later.result()
@@ -459,6 +461,17 @@ def test_api_keys(runs, tmp_path, caplog):
         time.sleep(1.1)
         assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-four"}).status_code == 401
     assert any("holds no usable key" in r.getMessage() and "every request is refused" in r.getMessage() for r in caplog.records)
+
+
+def test_a_service_on_a_loopback_address_answers_its_own_names_only(runs):
+    """DNS rebinding: a web page whose name is made to point at 127.0.0.1 could read a local service from
+    the user's browser; a request naming another host is refused."""
+    with serve_in_background(create_app(model_dir=runs / "bank_a", allowed_hosts=LOOPBACK)) as url, httpx.Client(base_url=url) as client:
+        port = url.rsplit(":", 1)[1]
+        assert client.get("/v1/models").status_code == 200  # Host: 127.0.0.1:PORT
+        assert client.get("/v1/models", headers={"Host": f"localhost:{port}"}).status_code == 200
+        refused = client.get("/v1/models", headers={"Host": f"evil.example:{port}"})
+        assert refused.status_code == 400 and "bank_a" not in refused.text
 
 
 def test_bad_service_options(runs, tmp_path):

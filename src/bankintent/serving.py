@@ -51,6 +51,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from tqdm import tqdm as std_tqdm
 
 from bankintent import ood
@@ -65,6 +66,9 @@ MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408: a stalled client holds no connection
+# served on one of these, a request naming another host is refused (400): a web page whose name an attacker
+# points at 127.0.0.1 (DNS rebinding) would otherwise read the service from the user's browser
+LOOPBACK = ["127.0.0.1", "localhost"]
 QUEUED_BATCHES = 16  # a model's micro-batcher holds at most this many batches of texts waiting; more is answered 503
 QUEUE_TIMEOUT_S = 30.0  # a request that waited this long for its forward pass is answered 503, not computed
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
@@ -535,11 +539,12 @@ def check_serve_options(models_dir: str | Path | None, max_batch: int, max_wait_
 
 def create_app(model_dir: str | Path | None = None, models_dir: str | Path | None = None, api_key_file: str | Path | None = None,
                max_batch: int = 64, max_wait_ms: float = 2.0, oos_score: str | None = None,
-               oos_threshold: float | None = None) -> FastAPI:
+               oos_threshold: float | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The service as an ASGI application, its models loaded (errors raise ``BankintentError``).
     ``oos_score``: the out-of-scope score of every model (default: each model's own), with the
     threshold chosen for it at training, or ``oos_threshold`` (one model only: a threshold is on one
-    model's scale), as ``predict --oos-threshold`` takes it."""
+    model's scale), as ``predict --oos-threshold`` takes it. ``allowed_hosts``: the Host headers
+    answered (None: any; ``serve`` on a loopback address answers its own names only, see ``LOOPBACK``)."""
     check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)
     auth = [Depends(bearer_auth(ApiKeys(api_key_file)))] if api_key_file else []
     registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score,
@@ -630,6 +635,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         return HTMLResponse(page)
 
     app.add_middleware(Guard, metrics=service.metrics)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -713,7 +720,7 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   oos_score=oos_score, oos_threshold=oos_threshold)
+                   oos_score=oos_score, oos_threshold=oos_threshold, allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     settings = dict(host=host, port=port, access_log=False, log_level="info")
     if workers <= 1:
         app = create_app(**options)
