@@ -88,6 +88,9 @@ def test_health_readiness_docs_page_and_models(single):
     assert "422" in schema["paths"]["/v1/predict"]["post"]["responses"]
     page = single.get("/")
     assert page.headers["content-type"].startswith("text/html") and 'id="query"' in page.text
+    for response in (page, single.post("/v1/predict", json={"texts": ["i lost my card"]}), single.post("/v1/predict", json={})):
+        assert (response.headers["cache-control"], response.headers["x-content-type-options"], response.headers["x-frame-options"]) == (
+            "no-store", "nosniff", "DENY")  # answers echo customers' queries: kept by no cache; the page framed by none
 
 
 def test_docs_load_their_scripts_and_styles_from_the_service(single):

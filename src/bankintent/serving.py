@@ -210,10 +210,17 @@ class Metrics:
             self.errors.labels(str(status)).inc()
 
 
+# on every response: answers echo customers' queries, so no cache keeps them; no page frames the web page
+# (clickjacking); no browser guesses another content type; no link from the page sends its address on
+SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+
+
 class Guard:
-    """ASGI middleware: counts and times every request, and answers 413 to a body over ``max_body``
-    bytes (declared so, or growing so) before the application reads any of it, and 408 to one not
-    received within ``BODY_TIMEOUT_S`` (the body is read here, then replayed)."""
+    """ASGI middleware: counts and times every request, adds ``SECURITY_HEADERS`` to every response,
+    and answers 413 to a body over ``max_body`` bytes (declared so, or growing so) before the
+    application reads any of it, and 408 to one not received within ``BODY_TIMEOUT_S`` (the body is
+    read here, then replayed)."""
 
     def __init__(self, app, metrics: Metrics, max_body: int = MAX_BODY_BYTES):
         self.app, self.metrics, self.max_body = app, metrics, max_body
@@ -228,6 +235,9 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                given = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((name, value) for name, value in SECURITY_HEADERS if name not in given)]}
             await send(message)
 
         try:
