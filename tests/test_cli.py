@@ -147,6 +147,16 @@ def test_an_out_of_scope_answer_shows_its_own_evidence():
     assert cli.prediction_line(bare).split()[:4] == ["out_of_scope", "(out", "of", "scope;"]
 
 
+def test_a_printed_answer_shows_control_characters_as_escapes():
+    """A query (or a model's intent name) holding a terminal's escape sequences retitled and cleared the
+    terminal it was printed on."""
+    hostile = {**IN_SCOPE, "text": "freeze card \x1b]0;PWNED\x07\x1b[2J", "intent": "card\x1b[31m",
+               "top_k": [{"intent": "card\x1b[31m", "confidence": 0.873}]}
+    line = cli.prediction_line(hostile)
+    assert "\x1b" not in line and "\x07" not in line
+    assert line.split() == ["card\\x1b[31m", "0.873", "freeze", "card", "\\x1b]0;PWNED\\x07\\x1b[2J"]
+
+
 def test_the_cli_offers_every_out_of_scope_score():
     from bankintent import ood
 

@@ -80,10 +80,19 @@ def evaluate(args: argparse.Namespace) -> None:
     print("\n".join(summary_lines(summary, args.split, Path(args.output or args.dir))))
 
 
+def printable(text) -> str:
+    """``text`` with control characters written as escapes (``\x1b``): a query or an intent name holding
+    a terminal's escape sequences would otherwise retitle, clear or rewrite the user's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def prediction_line(result: dict) -> str:
-    """One prediction as the command prints it. An out-of-scope answer shows its own evidence (the
-    out-of-scope score against the threshold) and names the closest intent with that intent's
-    probability, never as the confidence of ``out_of_scope``."""
+    """One prediction as the command prints it (``printable``). An out-of-scope answer shows its own
+    evidence (the out-of-scope score against the threshold) and names the closest intent with that
+    intent's probability, never as the confidence of ``out_of_scope``."""
+    result = {**result, "text": printable(result.get("text")), "intent": printable(result.get("intent", "out_of_scope")),
+              "closest_intent": printable(result["closest_intent"]) if result.get("closest_intent") else None,
+              "top_k": [{**t, "intent": printable(t.get("intent"))} for t in result.get("top_k") or []]}
     if result.get("out_of_scope"):
         score, threshold = result.get("oos_score"), result.get("oos_threshold")
         evidence = (f"{result.get('oos_method') or 'score'} {score:.4g} > threshold {threshold:.4g}"
