@@ -44,8 +44,31 @@ def test_pickled_base_model_is_refused_without_the_flag(pickled_bert, tiny_data,
 def test_model_folder_with_pickles_is_refused(tiny_bert, tiny_data, tmp_path):
     train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path)))
     (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
-    with pytest.raises(ModelError, match="holds pickled weights"):
-        Predictor.load(tmp_path)
+    with pytest.raises(ModelError, match="holds pickled weights .*; bankintent writes none: remove them"):
+        Predictor.load(tmp_path)  # not --allow-pickle, which is for a base model only
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_base_model_s_pickle_that_is_code_is_one_line_even_when_allowed(pickled_bert, tiny_data, tmp_path):
+    """--allow-pickle takes pickled tensors; a pickle that calls a function (torch's weights_only load
+    refuses it) ended training in a traceback."""
+    import pickle
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(pickled_bert, hostile)
+    payload = _Payload()
+    payload.marker = tmp_path / "ran"
+    (hostile / "pytorch_model.bin").write_bytes(pickle.dumps(payload))
+    with pytest.raises(ModelError, match=r"cannot load base model .*hostile"):
+        train(resolve_config(None, method="linear-probe", allow_pickle=True, **tiny_options(hostile, tiny_data, tmp_path / "run")))
+    assert not payload.marker.exists()
 
 
 def test_remote_code_is_never_trusted():

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -300,11 +301,13 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def _refuse_pickles(folder: Path, what: str) -> None:
+    """Refuse pickled weights in ``folder``: a base model's may be accepted with --allow-pickle, a
+    model folder's never (bankintent writes safetensors only, so they were put there by someone else)."""
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ModelError(f"{folder}: {what} holds pickled weights ({', '.join(pickles)}), which can run code when "
-                         f"loaded; convert them to safetensors, or pass --allow-pickle (train, predict, evaluate, export) if you "
-                         f"trust their source")
+        way_out = ("convert them to safetensors, or pass --allow-pickle (train, predict, evaluate, export) if you trust their source"
+                   if what == "the base model" else "bankintent writes none: remove them, or copy the model folder again")
+        raise ModelError(f"{folder}: {what} holds pickled weights ({', '.join(pickles)}), which can run code when loaded; {way_out}")
 
 
 def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
@@ -338,7 +341,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                                 len(random), first_few(sorted(random), 5))
             else:
                 model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
-    except OSError as exc:
+    except (OSError, pickle.UnpicklingError) as exc:  # the second: pickled weights that are no plain tensors (code, say)
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
     # both heads' loss is a plain batch mean that ignores the Trainer's num_items_in_batch: the Trainer must
