@@ -89,6 +89,20 @@ def test_huge_query_is_truncated_with_a_warning(tiny_bert, tiny_data, tmp_path, 
     assert caplog.text.count("truncated") == 1 and "2 queries over 2000 characters truncated" in caplog.text
 
 
+def test_a_max_length_past_the_base_model_s_positions_is_refused(tiny_bert, tiny_data, tmp_path):
+    """A model folder's bankintent.json saying max_length 100000 loaded, then answered any query over the
+    base model's 128 (here) positions with an internal error."""
+    import json
+
+    with pytest.raises(ModelError, match=r"max_length 200 is past what base model .* reads \(128 tokens\); --max-length 128 at most"):
+        train(resolve_config(None, method="linear-probe", **{**tiny_options(tiny_bert, tiny_data, tmp_path / "long"), "max_length": 200}))
+    train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
+    spec_file = tmp_path / "run" / "adapter" / "bankintent.json"
+    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "max_length": 100000}))
+    with pytest.raises(ModelError, match=r"max_length 100000 is past what base model"):
+        Predictor.load(tmp_path / "run")
+
+
 def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeypatch):
     """A mistyped folder is not looked up on the hub as an id; a hub id the hub cannot give (offline
     here) names the model; neither is a traceback, and no run folder is left."""

@@ -260,10 +260,12 @@ def load_tokenizer(base_model: str):
         raise ModelError(f"cannot load the tokenizer of base model {base_model!r}: {str(exc).splitlines()[0]}") from None
 
 
-def check_encoder(base_model: str) -> None:
+def check_encoder(base_model: str, max_length: int | None = None) -> None:
     """Refuse a base model that is not an encoder of the BERT family (a masked-language model: BERT,
     RoBERTa, DistilBERT, DeBERTa, MPNet, ...): a decoder (GPT-2) or an encoder-decoder (T5) has no
-    [CLS]-style head or pooling of the kind trained here, and would fail deep inside training."""
+    [CLS]-style head or pooling of the kind trained here, and would fail deep inside training. And a
+    ``max_length`` past its position embeddings, which fails only at the first query that long (a
+    service's 500, a model folder's settings written by hand)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -272,6 +274,10 @@ def check_encoder(base_model: str) -> None:
         kind = "an encoder-decoder model" if getattr(config, "is_encoder_decoder", False) else "not an encoder"
         raise ModelError(f"base model {base_model}: model type {config.model_type!r} is {kind}; bankintent fine-tunes encoders of "
                          f"the BERT family (BERT, RoBERTa, DistilBERT, DeBERTa, MPNet, sentence-transformers encoders)")
+    positions = getattr(config, "max_position_embeddings", None)
+    if max_length and isinstance(positions, int) and max_length > positions:
+        raise ModelError(f"max_length {max_length} is past what base model {base_model} reads ({positions} tokens); "
+                         f"--max-length {positions} at most")
 
 
 def check_tokenizer_fits(tokenizer, model: nn.Module, base_model: str) -> None:
@@ -315,7 +321,7 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
     keeps the stored dtype, and half-precision training on CPU silently diverges). Weights are read
     from safetensors only unless ``allow_pickle``; remote code is never run."""
     path = resolve_base_model(spec.base_model)
-    check_encoder(spec.base_model)
+    check_encoder(spec.base_model, spec.max_length)
     if not allow_pickle and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         _refuse_pickles(Path(path), "the base model")
     kwargs = dict(dtype=torch.float32, use_safetensors=None if allow_pickle else True)
