@@ -138,6 +138,24 @@ def _start_cli_server(run, *extra) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
+def test_on_loopback_the_service_answers_its_own_names_and_those_allowed_only(run):
+    """DNS rebinding: a web page whose name is made to point at 127.0.0.1 could read a local service from
+    the user's browser; a request naming another host than the service's own, or one --allowed-host
+    adds (a reverse proxy passing the client's Host), is refused, counted and given the usual headers."""
+    process, base = _start_cli_server(run, "--allowed-host", "intents.bank.example")
+    try:
+        port = base.rsplit(":", 1)[1]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "intents.bank.example"):
+                assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+            refused = client.get("/v1/models", headers={"Host": f"evil.example:{port}"})
+            assert refused.status_code == 400 and "models" not in refused.text and refused.headers["x-frame-options"] == "DENY"
+            assert 'bankintent_requests_total{path="/v1/models",status="400"} 1.0' in client.get("/metrics").text
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def test_api_keys_never_appear_in_logs(run, tmp_path):
     secret, wrong = "s3cret-key-Zq81", "wrong-key-Pp42"
     (tmp_path / "keys.txt").write_text(f"{secret}\n")

@@ -20,11 +20,12 @@ import sys
 import threading
 import types
 import typing
+import unicodedata
 from numbers import Real
 from pathlib import Path
 
 from bankintent import progress
-from bankintent.errors import BankintentError
+from bankintent.errors import TERMINATED, BankintentError
 
 TRAINING_COMMANDS = ("train", "sweep", "search")  # they keep the Hugging Face bars (downloads of a base model)
 OOS_SCORES = ("msp", "mahalanobis", "knn", "knn+msp", "knn+msp+rmd")  # bankintent.ood.SCORES, without importing numpy to parse arguments
@@ -80,10 +81,15 @@ def evaluate(args: argparse.Namespace) -> None:
     print("\n".join(summary_lines(summary, args.split, Path(args.output or args.dir))))
 
 
+# the bidirectional overrides and isolates, which reorder what a terminal shows of a line
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def printable(text) -> str:
-    """``text`` with control characters written as escapes (``\x1b``): a query or an intent name holding
-    a terminal's escape sequences would otherwise retitle, clear or rewrite the user's terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    """``text`` with control characters (and bidirectional overrides) written as escapes (``\x1b``): a
+    query or an intent name holding a terminal's escape sequences would otherwise retitle, clear or
+    rewrite the user's terminal. Other characters, no-break spaces and joiners among them, print as they are."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in str(text))
 
 
 def prediction_line(result: dict) -> str:
@@ -204,7 +210,7 @@ def serve(args: argparse.Namespace) -> None:
 
     run(model_dir=args.dir, models_dir=args.models_dir, host=args.host, port=args.port, workers=args.workers,
         api_key_file=args.api_key_file, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, oos_score=args.oos_score,
-        oos_threshold=args.oos_threshold)
+        oos_threshold=args.oos_threshold, allowed_hosts=args.allowed_host)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -437,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="a model folder (or training run folder)")
     p.add_argument("--models-dir", help="serve every model folder in this folder, on one base model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="on 127.0.0.1 or localhost, which answer requests addressed to those names only: another name to "
+                        "answer (a reverse proxy that passes the client's Host header); repeat for more")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=int, default=1, help="service processes")
     p.add_argument("--api-key-file", help="require 'Authorization: Bearer <key>' with a key from this file (default: no key)")
@@ -549,9 +558,6 @@ def _unknown_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, ex
     command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
-_terminated = threading.Event()  # set by stop_as_ctrl_c: the stop came from SIGTERM, not Ctrl-C
-
-
 def stop_as_ctrl_c(pid: int):
     """A SIGTERM handler that stops process ``pid`` as Ctrl-C does. A process forked from it (a worker of a
     multiprocessing pool, which its pool ends with SIGTERM) inherits the handler: there it ends as by
@@ -561,7 +567,7 @@ def stop_as_ctrl_c(pid: int):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        _terminated.set()
+        TERMINATED.set()
         raise KeyboardInterrupt
 
     return handler
@@ -570,7 +576,7 @@ def stop_as_ctrl_c(pid: int):
 def stopped() -> SystemExit:
     """The exit of a command stopped by a signal, as a shell reports one: 128 + the signal's number
     (130 for Ctrl-C, 143 for SIGTERM), so a scheduler can tell a stop it asked for from the user's."""
-    return SystemExit(128 + (signal.SIGTERM if _terminated.is_set() else signal.SIGINT))
+    return SystemExit(128 + (signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,12 @@
 """The project's error types. Each carries a one-line message naming the problem (file, row, field);
 the CLI prints it as ``error: <message>`` and exits with status 2, never with a traceback."""
 
+import threading
+
+# set by whichever handler took a SIGTERM (the CLI's, or training's StopRequest): the stop was asked
+# for by a scheduler or ``kill``, not Ctrl-C, and the CLI exits 143 rather than 130
+TERMINATED = threading.Event()
+
 
 class BankintentError(Exception):
     """Base class of every error a user can cause and fix."""

@@ -66,11 +66,11 @@ MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408: a stalled client holds no connection
-# served on one of these, a request naming another host is refused (400): a web page whose name an attacker
-# points at 127.0.0.1 (DNS rebinding) would otherwise read the service from the user's browser
-LOOPBACK = ["127.0.0.1", "localhost"]
-QUEUED_BATCHES = 16  # a model's micro-batcher holds at most this many batches of texts waiting; more is answered 503
-QUEUE_TIMEOUT_S = 30.0  # a request that waited this long for its forward pass is answered 503, not computed
+# served on one of these, a request naming another host than these names (and --allowed-host's) is refused
+# (400): a web page whose name an attacker points at 127.0.0.1 (DNS rebinding) would otherwise read the
+# service from the user's browser
+LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
+QUEUE_TIMEOUT_S = 30.0  # a request that would wait, or waited, this long for its forward pass is answered 503, not computed
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -308,31 +308,31 @@ class MicroBatcher:
     waiting at most ``max_wait_s`` after a batch's first request, and runs them on ``executor``. A
     request of more texts than ``max_batch`` is cut into parts of at most that many.
 
-    Overload sheds requests rather than queueing work for clients that have gone: a request that would
-    bring the texts waiting past ``max_queued`` (``QUEUED_BATCHES`` batches) is refused at once, and
-    one that waited ``queue_timeout_s`` before its forward pass (its client has most likely given up),
-    or whose handler was cancelled, is not computed."""
+    Overload sheds requests rather than queueing work for clients that have gone: a request whose texts,
+    with those waiting, would take longer than ``queue_timeout_s`` at the rate of the recent forward
+    passes (``rate``, texts a second) is refused at once, and one that waited ``queue_timeout_s``
+    before its forward pass (its client has most likely given up), or whose handler was cancelled, is
+    not computed."""
 
     executor: ThreadPoolExecutor
     max_batch: int
     max_wait_s: float
     metrics: Metrics
-    max_queued: int = 0  # texts waiting at most; 0: QUEUED_BATCHES batches
     queue_timeout_s: float = QUEUE_TIMEOUT_S
+    rate: float | None = None  # texts a second of the recent forward passes (None: none yet)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     _full: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: int = 0
     _task: asyncio.Task | None = None
 
-    def __post_init__(self) -> None:
-        self.max_queued = self.max_queued or QUEUED_BATCHES * self.max_batch
-
     async def submit(self, model: ServedModel, texts: list[str], top_k: int) -> list[dict]:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run_forever())
-        if self._pending and self._pending + len(texts) > self.max_queued:  # one request alone always waits its turn
-            raise Overloaded(f"the service is busy ({self._pending} texts waiting); try again shortly")
+        wait = (self._pending + len(texts)) / self.rate if self.rate else 0.0
+        if self._pending and wait > self.queue_timeout_s:  # one request alone always waits its turn
+            raise Overloaded(f"the service is busy ({self._pending} texts waiting, about {self._pending / self.rate:.0f} s of work); "
+                             "try again shortly")
         jobs = [_Job(model, texts[start:start + self.max_batch], top_k, loop.create_future(), loop.time())
                 for start in range(0, len(texts), self.max_batch)]
         for job in jobs:
@@ -340,7 +340,12 @@ class MicroBatcher:
         self._pending += len(texts)
         if self._pending >= self.max_batch:
             self._full.set()
-        parts = await asyncio.gather(*(job.future for job in jobs))
+        try:
+            parts = await asyncio.gather(*(job.future for job in jobs))
+        except BaseException:  # a part refused or failed, or the handler cancelled: the other parts are not computed
+            for job in jobs:
+                job.future.cancel()
+            raise
         return [answer for part in parts for answer in part]
 
     def close(self) -> None:
@@ -386,9 +391,12 @@ class MicroBatcher:
             return
         texts = [text for job in jobs for text in job.texts]
         self.metrics.batch_texts.observe(len(texts))
+        started = time.perf_counter()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self.executor, jobs[0].model.predict, texts, max(job.top_k for job in jobs))
+            rate = len(texts) / max(time.perf_counter() - started, 1e-6)
+            self.rate = rate if self.rate is None else 0.8 * self.rate + 0.2 * rate
         except Exception as exc:  # handed to each request, which answers 422 or 500
             for job in jobs:
                 if not job.future.done():
@@ -582,9 +590,10 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):
+    async def internal_error(request: Request, exc: Exception):  # answered outside Guard: its headers added here
         log.exception("error answering %s", request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500,
+                            headers={name.decode(): value.decode() for name, value in SECURITY_HEADERS})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -644,9 +653,9 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    app.add_middleware(Guard, metrics=service.metrics)
-    if allowed_hosts:
+    if allowed_hosts:  # inside Guard (added last, so outermost): its 400s counted and given the security headers
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(Guard, metrics=service.metrics)
     return app
 
 
@@ -722,15 +731,21 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
-          max_batch: int, max_wait_ms: float, oos_score: str | None = None, oos_threshold: float | None = None) -> None:
+          max_batch: int, max_wait_ms: float, oos_score: str | None = None, oos_threshold: float | None = None,
+          allowed_hosts: list[str] | None = None) -> None:
+    """``allowed_hosts``: on a loopback ``host``, names answered besides its own (a reverse proxy that
+    passes the client's Host header)."""
     import uvicorn
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if allowed_hosts and host not in LOOPBACK:
+        raise ConfigError(f"--allowed-host is for a service on 127.0.0.1 or localhost; on {host} it answers every name")
     check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   oos_score=oos_score, oos_threshold=oos_threshold, allowed_hosts=LOOPBACK if host in LOOPBACK else None)
+                   oos_score=oos_score, oos_threshold=oos_threshold,
+                   allowed_hosts=[*LOOPBACK, *(allowed_hosts or [])] if host in LOOPBACK else None)
     settings = dict(host=host, port=port, access_log=False, log_level="info")
     if workers <= 1:
         app = create_app(**options)
