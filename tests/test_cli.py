@@ -155,6 +155,13 @@ def test_a_printed_answer_shows_control_characters_as_escapes():
     line = cli.prediction_line(hostile)
     assert "\x1b" not in line and "\x07" not in line
     assert line.split() == ["card\\x1b[31m", "0.873", "freeze", "card", "\\x1b]0;PWNED\\x07\\x1b[2J"]
+    for text in ("Où est ma carte\u202f?", "prix\xa0: 5 €", "👨\u200d👩\u200d👧", "بطاقتي\u200f"):  # printed as they are
+        assert line_of(text).endswith(text)
+    assert line_of("abc\u202eevil").endswith("abc\\u202eevil")  # a right-to-left override reorders the terminal's line
+
+
+def line_of(text):
+    return cli.prediction_line({**IN_SCOPE, "text": text, "top_k": IN_SCOPE["top_k"][:1]})
 
 
 def test_the_cli_offers_every_out_of_scope_score():

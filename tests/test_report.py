@@ -291,6 +291,10 @@ def test_epochs_a_query_apart_do_not_fill_the_accuracy_axis():
     assert high - low >= 0.05 and low < 0.9401 and 0.9411 < high <= 1.005
     spread = [{"epoch": e, "train_loss": 0.3, "val_loss": 0.3, "val_accuracy": a} for e, a in [(1, 0.4), (2, 0.9)]]
     assert learning_curves_figure(pd.DataFrame(spread)).axes[1].get_ylim() == pytest.approx((0.395, 0.905))
+    for edge in ([1.0, 1.0], [0.99, 1.0], [0.0, 0.01]):  # near 0 or 100%: the window moved inside, as tall
+        history = [{"epoch": e, "train_loss": 0.3, "val_loss": 0.3, "val_accuracy": a} for e, a in enumerate(edge, start=1)]
+        low, high = learning_curves_figure(pd.DataFrame(history)).axes[1].get_ylim()
+        assert high - low >= 0.05 and low >= -1e-9 and high <= 1.005 + 1e-9 and low <= min(edge) and max(edge) < high
 
 
 def test_report_into_a_file_is_an_error(tmp_path):

@@ -66,7 +66,7 @@ def test_a_base_model_s_pickle_that_is_code_is_one_line_even_when_allowed(pickle
     payload = _Payload()
     payload.marker = tmp_path / "ran"
     (hostile / "pytorch_model.bin").write_bytes(pickle.dumps(payload))
-    with pytest.raises(ModelError, match=r"cannot load base model .*hostile"):
+    with pytest.raises(ModelError, match=r"cannot load base model .*hostile.*: its pickled weights hold more than tensors"):
         train(resolve_config(None, method="linear-probe", allow_pickle=True, **tiny_options(hostile, tiny_data, tmp_path / "run")))
     assert not payload.marker.exists()
 
@@ -101,6 +101,33 @@ def test_a_max_length_past_the_base_model_s_positions_is_refused(tiny_bert, tiny
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "max_length": 100000}))
     with pytest.raises(ModelError, match=r"max_length 100000 is past what base model"):
         Predictor.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind, longest", [("roberta", 18), ("deberta-v2", None)])
+def test_the_longest_max_length_is_what_the_encoder_reads(kind, longest, tmp_path):
+    """RoBERTa's positions start after the padding token's (20 positions read 18 tokens); DeBERTa-v3's
+    are relative (no limit from them): each as its forward pass takes it."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2Model, RobertaConfig, RobertaModel
+
+    from bankintent.modeling import check_encoder
+
+    shape = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=20)
+    model = (RobertaModel(RobertaConfig(**shape)) if kind == "roberta"
+             else DebertaV2Model(DebertaV2Config(**shape, position_biased_input=False, relative_attention=True))).eval()
+    model.save_pretrained(tmp_path)
+    for length in (18, 19, 64):
+        reads = True
+        try:
+            model(input_ids=torch.full((1, length), 5))
+        except (IndexError, RuntimeError):
+            reads = False
+        assert reads == (longest is None or length <= longest)
+        if reads:
+            check_encoder(str(tmp_path), length)
+        else:
+            with pytest.raises(ModelError, match=f"max_length {length} is past what base model .* reads \\(18 tokens\\)"):
+                check_encoder(str(tmp_path), length)
 
 
 def test_a_base_model_that_is_not_there_is_one_line(tiny_data, tmp_path, monkeypatch):

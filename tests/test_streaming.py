@@ -260,6 +260,9 @@ def test_queries_from_standard_input_and_the_last_line_restates_the_skipped_rows
                                                                        (5, "top up failed")]
     assert run.stdout.splitlines()[-1] == f"3 predictions written to {out}; 2 empty row(s) skipped (rows 2, 4)"
     assert "standard input: 2 empty row(s) skipped (rows 2, 4)" in run.stderr  # not the temporary copy's name
+    windows = subprocess.run([*command, "--overwrite"], input="caf\xe9 card\n".encode("cp1252"), capture_output=True, timeout=300,
+                             env=ONE_THREAD)  # warned of as read: its encoding
+    assert windows.returncode == 0 and b"standard input: not UTF-8" in windows.stderr and b"stdin.txt" not in windows.stderr
     empty = subprocess.run([*command, "--overwrite"], input="\n \n", capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert (empty.returncode, empty.stderr.strip().splitlines()[-1]) == (2, "error: standard input: no queries")
 
@@ -349,8 +352,11 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot continue stdout"):
         predict_file(never_loaded, txt, "-", resume=True)
     (tmp_path / "kernel.jsonl").symlink_to("/proc/self/status")
-    with pytest.raises(DataError, match=r"kernel.jsonl: is a symbolic link; name the file itself \(/proc/\d+/status\)"):
+    with pytest.raises(DataError, match=r"kernel.jsonl: is a symbolic link \(to /proc/self/status\); name the file itself"):
         predict_file(never_loaded, txt, tmp_path / "kernel.jsonl", resume=True)
+    (tmp_path / "loop.jsonl").symlink_to("loop.jsonl")  # a loop: no path to resolve it to
+    with pytest.raises(DataError, match=r"loop.jsonl: is a symbolic link \(to loop.jsonl\)"):
+        predict_file(never_loaded, txt, tmp_path / "loop.jsonl")
     (tmp_path / "planted.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # dangling: the answers would have made it
     with pytest.raises(DataError, match=r"planted.jsonl: is a symbolic link"):
         predict_file(never_loaded, txt, tmp_path / "planted.jsonl")

@@ -260,6 +260,11 @@ def load_tokenizer(base_model: str):
         raise ModelError(f"cannot load the tokenizer of base model {base_model!r}: {str(exc).splitlines()[0]}") from None
 
 
+# model types whose position ids start after the padding token's id (RoBERTa's way): max_position_embeddings
+# counts padding_idx + 1 positions no token reads
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xlm-roberta-xl")
+
+
 def check_encoder(base_model: str, max_length: int | None = None) -> None:
     """Refuse a base model that is not an encoder of the BERT family (a masked-language model: BERT,
     RoBERTa, DistilBERT, DeBERTa, MPNet, ...): a decoder (GPT-2) or an encoder-decoder (T5) has no
@@ -275,7 +280,10 @@ def check_encoder(base_model: str, max_length: int | None = None) -> None:
         raise ModelError(f"base model {base_model}: model type {config.model_type!r} is {kind}; bankintent fine-tunes encoders of "
                          f"the BERT family (BERT, RoBERTa, DistilBERT, DeBERTa, MPNet, sentence-transformers encoders)")
     positions = getattr(config, "max_position_embeddings", None)
-    if max_length and isinstance(positions, int) and max_length > positions:
+    if config.model_type in PADDING_OFFSET_POSITIONS and isinstance(positions, int):  # 514 positions read 512 tokens
+        positions -= (config.pad_token_id or 0) + 1
+    relative = config.model_type.startswith("deberta") and not getattr(config, "position_biased_input", True)
+    if max_length and isinstance(positions, int) and not relative and max_length > positions:
         raise ModelError(f"max_length {max_length} is past what base model {base_model} reads ({positions} tokens); "
                          f"--max-length {positions} at most")
 
@@ -347,7 +355,10 @@ def build_model(spec: ModelSpec, allow_pickle: bool = False) -> nn.Module:
                                 len(random), first_few(sorted(random), 5))
             else:
                 model = MeanPoolClassifier(AutoModel.from_pretrained(path, **kwargs), num_labels, spec.logit_scale)
-    except (OSError, pickle.UnpicklingError) as exc:  # the second: pickled weights that are no plain tensors (code, say)
+    except pickle.UnpicklingError:  # torch's own message advises loading it unsafely, which bankintent never does
+        raise ModelError(f"cannot load base model {spec.base_model!r}: its pickled weights hold more than tensors (code, "
+                         f"perhaps), which is never loaded; convert them to safetensors where they come from") from None
+    except OSError as exc:
         hint = "" if allow_pickle else " (safetensors weights only; --allow-pickle accepts pickled .bin weights)"
         raise ModelError(f"cannot load base model {spec.base_model!r}: {str(exc).splitlines()[0]}{hint}") from None
     # both heads' loss is a plain batch mean that ignores the Trainer's num_items_in_batch: the Trainer must

@@ -239,12 +239,12 @@ def results_section(runs: list[Run], sweeps: list[Sweep]) -> str:
 def _not_comparable(runs: list[Run], measured: dict[str, dict]) -> str:
     """A warning where the runs of one table classify different intents or were tested on different
     queries: their scores sit side by side but do not compare (a model before and after new intents)."""
-    def tested(run: Run, key: str, trained_key: str):  # what evaluate measured the run on, else what training did
+    def tested_on(run: Run, key: str, trained_key: str):  # what evaluate measured the run on, else what training did
         return measured[run.name].get(key) if measured.get(run.name) else run.metrics.get(trained_key)
 
     intents = {r.name: r.metrics.get("num_labels") for r in runs}
-    digest = {r.name: tested(r, "test_sha256", "test_sha256") for r in runs}
-    where = {r.name: tested(r, "test_data", "data") for r in runs}
+    digest = {r.name: tested_on(r, "test_sha256", "test_sha256") for r in runs}
+    where = {r.name: tested_on(r, "test_data", "data") for r in runs}
     # the test queries themselves where every run recorded them (two folders may hold one test file); else where they were read
     tested = digest if all(digest.values()) else where
     differ = [what for what, values in (("intents", intents), ("test queries", tested)) if len(set(values.values())) > 1]

@@ -74,7 +74,9 @@ def learning_curves_figure(frame: pd.DataFrame):
     else:  # at least ACCURACY_SPAN tall: epochs a query or two apart do not fill the axis as if they were far apart
         low, high = frame.val_accuracy.min(), frame.val_accuracy.max()
         pad = max(ACCURACY_SPAN - (high - low), 0) / 2 + 0.005
-        acc_ax.set_ylim(max(0.0, low - pad), min(1.0 + 0.005, high + pad))
+        bottom, top = low - pad, high + pad
+        shift = max(0.0, -bottom) - max(0.0, top - 1.005)  # a window past 0 or 100% moved inside, not cut
+        acc_ax.set_ylim(bottom + shift, top + shift)
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
         whole_epochs(ax)

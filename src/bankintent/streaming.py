@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -178,7 +179,7 @@ def _check_output(output: str | Path, kind: str, resume: bool, overwrite: bool =
     if output.is_dir():
         raise DataError(f"{output}: is a folder; name an output file")
     if output.is_symlink():  # one planted in a shared folder would have the answers written over the file it names
-        raise DataError(f"{output}: is a symbolic link; name the file itself ({output.resolve()})")
+        raise DataError(f"{output}: is a symbolic link (to {os.readlink(output)}); name the file itself")
     if resume and output.is_file():  # appended to in place: the file must be writable, not its folder
         try:
             open(output, "ab").close()
@@ -204,8 +205,8 @@ def _scan(input_path: Path, text_column: str, named: str) -> tuple[int, dict[str
 @contextmanager
 def _readable(input_path: str | Path) -> Iterator[Path]:
     """The input's path; standard input (``-``) is first copied, as bytes, into a temporary
-    ``stdin.txt`` (one query a line), since the input is read twice: checked whole, then predicted.
-    Its errors name it "standard input", not the temporary file."""
+    ``stdin.txt`` (one query a line) in $TMPDIR, since the input is read twice: checked whole, then
+    predicted. Its errors and warnings name it "standard input", not the temporary file."""
     if str(input_path) != STDIN:
         yield Path(input_path)
         return
@@ -215,10 +216,31 @@ def _readable(input_path: str | Path) -> Iterator[Path]:
         path = Path(folder) / "stdin.txt"
         with open(path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle)
+        renamed = _Renamed(str(path), STDIN_NAME)  # the log's warnings too (its encoding, say)
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(renamed)
         try:
             yield path
         except DataError as exc:
             raise DataError(str(exc).replace(str(path), STDIN_NAME)) from None
+        finally:
+            for handler in handlers:
+                handler.removeFilter(renamed)
+
+
+class _Renamed(logging.Filter):
+    """Writes ``new`` for ``old`` in the messages a handler is given."""
+
+    def __init__(self, old: str, new: str):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.old in message:
+            record.msg, record.args = message.replace(self.old, self.new), ()
+        return True
 
 
 def next_chunk(size: int, seconds: float) -> int:
@@ -361,7 +383,7 @@ class _Csv(_WholeFile):
         for name, value in row.items():
             if name == "top_k" and isinstance(value, list):
                 for rank, item in enumerate(value, start=1):
-                    flat[f"top{rank}_intent"], flat[f"top{rank}_confidence"] = item["intent"], item["confidence"]
+                    flat[f"top{rank}_intent"], flat[f"top{rank}_confidence"] = spreadsheet_safe(item["intent"]), item["confidence"]
             else:
                 flat[name] = spreadsheet_safe(json.dumps(value) if isinstance(value, (dict, list)) else value)
         return flat
