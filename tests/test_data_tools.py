@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -97,6 +98,31 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(["audit", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--duplicate-threshold", threshold])
         assert f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {float(threshold)}" in capsys.readouterr().err
+
+
+def test_a_latin_1_locale_writes_and_prints_utf_8(tiny_bert, tiny_data, tmp_path):
+    """Under a Latin-1 locale, the audit's summary (its own '≥', an intent named 'frais_€') ended in a
+    UnicodeEncodeError traceback: the command runs again in Python's UTF-8 mode."""
+    import subprocess
+    import sys
+
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    built = subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(locales / "en_US.ISO-8859-1")], capture_output=True)
+    if built.returncode not in (0, 1) or not (locales / "en_US.ISO-8859-1").exists():  # 1: built, with warnings
+        pytest.skip("no localedef to build a Latin-1 locale with")
+    data = tmp_path / "données"
+    shutil.copytree(tiny_data, data)
+    with open(data / "train.csv", "a", encoding="utf-8") as handle:
+        handle.write("".join(f"frais de tenue de compte {i} €,frais_€\n" for i in range(6)))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    env.update(LOCPATH=str(locales), LANG="en_US.ISO-8859-1", LC_ALL="en_US.ISO-8859-1")
+    out = tmp_path / "audité"
+    done = subprocess.run([sys.executable, "-m", "bankintent.cli", "audit", "--data", str(data), "--output", str(out),
+                           "--base-model", str(tiny_bert)], capture_output=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")[-2000:]
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "≥" in summary and "frais_€" in summary
 
 
 def test_audit_says_what_training_says_of_the_labels(tmp_path, caplog):

@@ -243,10 +243,10 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
 
     write_json(out / "audit.json", summary)
     markdown = summary_markdown(summary, issues, duplicates, pairs, intents, lengths)
-    (out / "summary.md").write_text(markdown)
+    (out / "summary.md").write_text(markdown, encoding="utf-8")
     from bankintent.report import render_html
 
-    (out / "summary.html").write_text(render_html(markdown, out, f"Audit of {data}"))
+    (out / "summary.html").write_text(render_html(markdown, out, f"Audit of {data}"), encoding="utf-8")
     return summary
 
 

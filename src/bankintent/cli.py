@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import locale
 import logging
 import os
 import signal
@@ -579,7 +580,22 @@ def stopped() -> SystemExit:
     return SystemExit(128 + (signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT))
 
 
+def utf8_mode() -> None:
+    """Run this command again in Python's UTF-8 mode (``PYTHONUTF8=1``, the same process id) where the
+    locale's encoding is another (Latin-1, say): a model card, an audit or a printed answer holds intent
+    names and queries in any language, which such a locale cannot encode (a traceback at the end of a
+    training), and its arguments are read as the UTF-8 they most likely are. A C locale is UTF-8 mode
+    already (PEP 540); so are the trainings a sweep starts, which inherit the variable."""
+    if sys.flags.utf8_mode or os.environ.get("PYTHONUTF8") == "1":
+        return
+    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
+        os.environ["PYTHONUTF8"] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:  # a command line, not a call from Python
+        utf8_mode()
     args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below

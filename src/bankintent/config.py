@@ -206,7 +206,7 @@ class TrainConfig:
     def save(self, path: Path, comment: str = "") -> None:
         """Write the options as YAML, after ``comment`` (lines written as ``#`` comments) where given."""
         head = "".join(f"# {line}\n" for line in comment.splitlines())
-        path.write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(head + yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
@@ -262,7 +262,7 @@ def load_yaml_file(path: Path, what: str = "config file") -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 

@@ -341,5 +341,5 @@ def thin_intents_note(metrics: dict) -> str | None:
 def write_model_card(folder: Path, cfg: TrainConfig, metrics: dict) -> Path:
     """Write ``folder/README.md`` (replacing PEFT's generic card)."""
     path = Path(folder) / "README.md"
-    path.write_text(model_card(cfg, metrics))
+    path.write_text(model_card(cfg, metrics), encoding="utf-8")
     return path

@@ -84,7 +84,7 @@ def _command(folder: Path, metrics: dict) -> str:
     student (whose config.yaml holds its teacher's options), else training from the run's config.yaml,
     on as many processes as it trained on (config.yaml does not record them; metrics.json does)."""
     if (folder / "command.txt").is_file():
-        return (folder / "command.txt").read_text().strip()
+        return (folder / "command.txt").read_text(encoding="utf-8").strip()
     if metrics.get("method") == "distill":
         return distill_command(metrics, str(folder))
     processes = metrics.get("world_size") or 1
@@ -660,8 +660,8 @@ def write_report(dirs: list[str | Path], output: str | Path) -> list[Path]:
         cost_section(runs, figures),
         commands_section(runs, report_command),
     ]) + "\n"
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(render_html(markdown, out, title))
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.html").write_text(render_html(markdown, out, title), encoding="utf-8")
     for name in FIGURES:  # an earlier report's figures that this one has not (no learning curves, say); no other file
         if f"](figures/{name})" not in markdown:
             (figures / name).unlink(missing_ok=True)

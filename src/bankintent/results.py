@@ -295,4 +295,4 @@ def write_results_tables(rows: list[dict[str, Any]], path: Path, command: str, p
                for name, n in planned.items() if next((r["seeds"] for r in rows if r["name"] == name), 0) < n]
     if missing:
         lines += ["Not finished yet (start the same command again to continue): " + ", ".join(missing), ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")

@@ -315,7 +315,7 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "search.json", summary)
-    (out / "search.md").write_text(summary_markdown(summary))
+    (out / "search.md").write_text(summary_markdown(summary), encoding="utf-8")
     print(summary_markdown(summary))
     return summary
 

@@ -471,7 +471,7 @@ def read_api_keys(path: str | Path) -> list[bytes]:
     if not path.is_file():
         raise ConfigError(f"{path}: API key file not found")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file of API keys (not UTF-8)") from None
     keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -570,7 +570,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     loaded = registry.load_all()
     log.info("serving %s", ", ".join(loaded) or f"nothing yet (no model folders in {models_dir})")
     service = Service(registry, max_batch, max_wait_ms)
-    page = PAGE.read_text()
+    page = PAGE.read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app):

@@ -159,8 +159,8 @@ def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subpro
     left there (``--overwrite``, which keeps command.txt and train.log); otherwise it continues from
     its checkpoint (``--resume``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "command.txt").write_text(shlex.join(command) + "\n")
-    with open(run_dir / "train.log", "a") as log_file:
+    (run_dir / "command.txt").write_text(shlex.join(command) + "\n", encoding="utf-8")
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log_file:
         return start_child([sys.executable, "-m", "bankintent.cli", *command[1:], "--resume" if resume else "--overwrite"],
                            stdout=log_file, stderr=subprocess.STDOUT)
 
@@ -168,7 +168,7 @@ def start_run(command: list[str], run_dir: Path, resume: bool = False) -> subpro
 def failure(run_dir: Path) -> str:
     """The error line a failed run's ``train.log`` ends with (the command line's ``error: ...``), or a
     pointer to the log."""
-    lines = (run_dir / "train.log").read_text(errors="replace").splitlines() if (run_dir / "train.log").is_file() else []
+    lines = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace").splitlines() if (run_dir / "train.log").is_file() else []
     error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
     return f"{error[len('error: '):]} ({run_dir}/train.log)" if error else f"see {run_dir}/train.log"
 
@@ -198,7 +198,7 @@ def changed_options(run_dir: Path, command: list[str]) -> str | None:
     recorded = run_dir / "command.txt"
     if not recorded.is_file() or not ((run_dir / "metrics.json").is_file() or (run_dir / "checkpoints").is_dir()):
         return None
-    was, now = _flags(shlex.split(recorded.read_text())), _flags(command)
+    was, now = _flags(shlex.split(recorded.read_text(encoding="utf-8"))), _flags(command)
     saved = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     for flag, key in PATH_FLAGS.items():
         if flag in was and saved.get(key):
@@ -253,7 +253,7 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
         log.info("%d of %d runs finished already in %s: kept, not trained again", len(planned) - len(todo), len(planned), out)
     check_data(config, todo)
     out.mkdir(parents=True, exist_ok=True)  # the sweep file saved once nothing refuses it: the report reads the runs with it
-    (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
     try:  # Ctrl-C or SIGTERM: the runs in training stop at a checkpoint (stop_children), which the next start continues
@@ -312,7 +312,7 @@ def collect(out: Path, runs: list[RunSpec]) -> pd.DataFrame:
                 "shots": cfg.shots, "train_size": metrics.get("train_size"),
                 "hardware": metrics.get("hardware"), "run_dir": str(run_dir.relative_to(out)),
                 "options": json.dumps(run.options, sort_keys=True),
-                "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else "",
+                "command": (run_dir / "command.txt").read_text(encoding="utf-8").strip() if (run_dir / "command.txt").is_file() else "",
             })
     return pd.DataFrame(rows)
 
