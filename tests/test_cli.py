@@ -164,6 +164,27 @@ def line_of(text):
     return cli.prediction_line({**IN_SCOPE, "text": text, "top_k": IN_SCOPE["top_k"][:1]})
 
 
+def test_a_broken_pipe_is_quiet_only_where_it_is_stdout_s(monkeypatch, capsys):
+    """A worker process that could not start (scikit-learn's, for a user who cannot run the Python the
+    command runs on) broke a pipe: taken for '| head' going away, the training ended with exit 1 and
+    not a word."""
+    import subprocess
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "predict", broken)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["predict", "run", "hello"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith("error: a pipe to another process broke (Broken pipe): a worker process")
+    many = ("from bankintent import cli; cli.predict = lambda args: [print('x' * 1000) for _ in range(10000)]; "
+            "cli.main(['predict', 'run', 'hello'])")
+    quiet = subprocess.run(["bash", "-c", f'set -o pipefail; "{sys.executable}" -c "{many}" | head -c 1 > /dev/null'],
+                           capture_output=True, text=True, timeout=120)
+    assert (quiet.returncode, quiet.stderr) == (1, "")  # stdout's reader went away ('| head'): quiet
+
+
 def test_the_cli_offers_every_out_of_scope_score():
     from bankintent import ood
 

@@ -17,12 +17,14 @@ import locale
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import types
 import typing
 import unicodedata
 from numbers import Real
+from select import POLLERR, POLLHUP, POLLOUT, poll  # the module's name is the select command's
 from pathlib import Path
 
 from bankintent import progress
@@ -580,6 +582,19 @@ def stopped() -> SystemExit:
     return SystemExit(128 + (signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT))
 
 
+def stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (a write there raises BrokenPipeError)."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = poll()
+        poller.register(fd, POLLOUT)
+        return any(events & (POLLERR | POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no descriptor (a notebook's stdout): no pipe of its to break
+        return False
+
+
 def utf8_mode() -> None:
     """Run this command again in Python's UTF-8 mode (``PYTHONUTF8=1``, the same process id) where the
     locale's encoding is another (Latin-1, say): a model card, an audit or a printed answer holds intent
@@ -619,8 +634,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as exc:  # with what was stopped and how to go on, where the command says
         print(str(exc) or "interrupted", file=sys.stderr)
         raise stopped() from None
-    except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError as exc:
+        if stdout_gone():  # the reader of stdout went away (``| head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
+        # another pipe: to a worker process (scikit-learn's, say) that could not start or ended
+        print(f"error: a pipe to another process broke ({exc.strerror or exc}): a worker process could not start or "
+              "ended early (can this user run the Python the command runs on?)", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         if own and previous is not None:  # None: a handler set from C, which Python cannot set back
