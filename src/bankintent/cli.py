@@ -16,6 +16,7 @@ import json
 import locale
 import logging
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -72,7 +73,7 @@ def train(args: argparse.Namespace) -> None:
         print(f"\nmodel: {Path(cfg.output) / MODEL_DIR}   metrics: {Path(cfg.output) / 'metrics.json'}")
         if metrics["val_accuracy"] is None and metrics["test_accuracy"] is None:  # small data, every row trained on
             print(f"no accuracy measured: every row trained and the data has no test file; measure it on labelled queries the "
-                  f"model has not seen with: bankintent evaluate {cfg.output} --data FILE")
+                  f"model has not seen with: bankintent evaluate {shlex.quote(str(cfg.output))} --data FILE")
 
 
 def evaluate(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ the run's metrics.json."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -193,7 +194,7 @@ def distill_command(metrics: dict, output: str | None = None) -> str:
              ("--alpha", metrics.get("distill_alpha")), ("--learning-rate", metrics.get("peak_lr")),
              ("--batch-size", metrics.get("batch_size")), ("--augment-copies", metrics.get("augment_copies")),
              ("--unlabelled", metrics.get("unlabelled_file")), ("--seed", metrics.get("seed"))]
-    return f"bankintent distill {teacher}" + "".join(f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
+    return f"bankintent distill {shlex.quote(str(teacher))}" + "".join(f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {shlex.quote(str(value))}"
                                                      for flag, value in flags if value is not None)
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import re
+import shlex
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -549,7 +550,7 @@ def read_spec(folder: Path) -> ModelSpec:
         if (folder / "config.yaml").is_file():  # a run folder whose training has not saved its model (MODEL_DIR)
             raise ModelError(f"{folder}: no model in this run folder yet (no {MODEL_DIR}/): the command that writes it was "
                              f"interrupted, failed or is still running (an interrupted `bankintent train` continues with "
-                             f"--config {folder}/config.yaml --resume)")
+                             f"--config {shlex.quote(str(folder / 'config.yaml'))} --resume)")
         raise ModelError(f"{folder}: not a bankintent model folder (no {SPEC_FILE})")
     if not (folder / MARKER).is_file():
         raise ModelError(f"{folder}: incomplete model folder (no {MARKER} marker); the run that wrote it did not finish")

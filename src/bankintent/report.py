@@ -361,7 +361,7 @@ def evaluated_split(run: Run, splits: Splits) -> tuple[str, Splits]:
     measured = saved_predictions(run, None, "test")
     if measured is None:
         raise ConfigError(f"{run.folder}: no queries to analyse: small data trains on every row and {splits.source} has no test "
-                          f"file; measure the model on labelled queries it has not seen with `bankintent evaluate {run.folder} "
+                          f"file; measure the model on labelled queries it has not seen with `bankintent evaluate {shlex.quote(str(run.folder))} "
                           "--data FILE`, then run report again")
     return "test", dataclasses.replace(splits, test=Examples(measured.text.tolist(), measured.label.tolist()))
 
@@ -447,7 +447,7 @@ def calibration_section(runs: list[Run], best: Run, split: str, frame: pd.DataFr
     if drawn is not None:
         shutil.copy(best.folder / f"{drawn}_coverage.png", figures / "coverage.png")
         if drawn != split:  # the line above is of the split analysed; the curve, of the queries training drew it on
-            parts.append(f"The curve below is of the validation split, drawn by training (`bankintent evaluate {best.folder} "
+            parts.append(f"The curve below is of the validation split, drawn by training (`bankintent evaluate {shlex.quote(str(best.folder))} "
                          f"--split {split}` draws the {split} split's).")
         parts.append("![coverage.png](figures/coverage.png)")
     return "\n\n".join(parts)
