@@ -112,18 +112,21 @@ def test_a_resumed_run_counts_the_training_time_before_the_stop(tmp_path):
     assert elapsed_before(None) == 0.0 and elapsed_before(tmp_path / "missing") == 0.0
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])  # 128 + the signal, as a shell says it
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_bert, data, tmp_path, signum, code):
     options = _options(tiny_bert, data, tmp_path)
     process = _start(options)
     _wait_for_checkpoint(tmp_path, process)
     before = {p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == code
     assert "checkpoint saved" in err and f"--config {tmp_path}/config.yaml --resume" in err
     assert "Traceback" not in err
     after = {p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
     assert after - before, "Ctrl-C should add a checkpoint at the step where it stopped"
+    if signum == signal.SIGTERM:
+        return
     resumed = subprocess.run([sys.executable, "-m", "bankintent.cli", "train", "--config", str(tmp_path / "config.yaml"), "--resume"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -159,8 +159,8 @@ def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(t
     from bankintent.predict import Predictor
     from bankintent.training import interrupted_note
 
-    run = tmp_path / "run"
-    run.mkdir()
+    run = tmp_path / "my runs" / "run"  # a space in the path: the command printed is quoted, to paste as it is
+    run.mkdir(parents=True)
     (run / "config.yaml").write_text("method: contrastive\n")
     (run / "checkpoints" / "contrastive").mkdir(parents=True)
     assert "nothing to continue from" in interrupted_note(run) and "starts it again from the beginning" in interrupted_note(run)
@@ -168,7 +168,7 @@ def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(t
         Predictor.load(run)
     (run / "checkpoints" / "checkpoint-12").mkdir()
     (run / "checkpoints" / "checkpoint-12" / "trainer_state.json").write_text("{}")
-    assert interrupted_note(run) == (f"Continue with: bankintent train --config {run}/config.yaml --resume (in Python: "
+    assert interrupted_note(run) == (f"Continue with: bankintent train --config '{run}/config.yaml' --resume (in Python: "
                                      f"train(output={str(run)!r}, resume=True))")
 
 

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import sys
@@ -76,7 +77,7 @@ from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder
                                read_yaml, recorded_path, unused_options)
 from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, test_digest, thin_intents,
                              thin_intents_warning, thin_validation, training_counts)
-from bankintent.errors import ConfigError, TrainingInterrupted
+from bankintent.errors import TERMINATED, ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
 from bankintent.modeling import (
@@ -292,6 +293,8 @@ class StopRequest:
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGTERM:
+            TERMINATED.set()
         if self.interrupted:  # a second Ctrl-C stops at once
             signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
             raise KeyboardInterrupt
@@ -472,7 +475,7 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
     changed = differences({k: recorded[k] for k in compared}, {k: now_values.get(k) for k in compared})
     if changed:
         raise ConfigError(f"{folder}: --resume continues the run as its config.yaml records it, and options differ from it "
-                          f"({changed}); continue it with `bankintent train --config {recorded_file} --resume`, or pass "
+                          f"({changed}); continue it with `bankintent train --config {shlex.quote(str(recorded_file))} --resume`, or pass "
                           f"--overwrite (or another --output) to train with the new options")
 
 
@@ -644,7 +647,7 @@ def train(cfg: TrainConfig) -> dict:
         if reason is None:
             raise
         raise ConfigError(f"{cfg.output}: writing failed ({reason}); free disk space, then continue with: "
-                          f"bankintent train --config {cfg.output}/config.yaml --resume") from None
+                          f"bankintent train --config {shlex.quote(str(Path(cfg.output) / 'config.yaml'))} --resume") from None
 
 
 @contextmanager
@@ -679,7 +682,7 @@ def interrupted_note(output: str | Path) -> str:
     resumable``): continue from the checkpoint the run left, or, where it had none yet (the contrastive
     pair training and the probe keep none), start it again."""
     folder = Path(output)
-    command = f"bankintent train --config {folder}/config.yaml --resume (in Python: train(output={str(folder)!r}, resume=True))"
+    command = f"bankintent train --config {shlex.quote(str(folder / 'config.yaml'))} --resume (in Python: train(output={str(folder)!r}, resume=True))"
     if last_checkpoint(folder / "checkpoints", remove_incomplete=False) is None:
         return f"Stopped before the run's first checkpoint: nothing to continue from; {command} starts it again from the beginning"
     return f"Continue with: {command}"
