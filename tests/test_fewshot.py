@@ -42,6 +42,7 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
+    assert metrics["oos_coverage_queries"] == 6  # half of the 12 rows given: the intents' names are no customer's queries
     assert metrics["temperature_rule"] == "accuracy" and "fewer than 50" in metrics["temperature_note"]
     assert metrics["temperature_fitted_on"] == "training queries of the held half (trained on)"  # lpft fine-tunes its head after the probe
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]

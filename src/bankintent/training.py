@@ -1026,8 +1026,12 @@ def calibration_splits(splits: Splits, cfg: TrainConfig) -> Splits:
 
 
 def _halves(splits: Splits, cfg: TrainConfig) -> tuple[list[int], list[int]]:
-    """The two stratified halves of small data's training split (indices) that calibration is cross-fitted on."""
-    return train_test_split(range(len(splits.train)), test_size=0.5, stratify=splits.train.labels, random_state=cfg.split_seed)
+    """The two stratified halves of small data's training split (indices) that calibration is cross-fitted
+    on: of the rows the data gave, each intent having 2 or more. The rows training added (intents'
+    names, thin intents' copies, augmented copies) are in neither: they are no customer's queries, and
+    a copy in one half of a row of the other would score that row as seen."""
+    given = splits.notes.get("train_rows_given", len(splits.train))
+    return train_test_split(range(given), test_size=0.5, stratify=splits.train.labels[:given], random_state=cfg.split_seed)
 
 
 def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
@@ -1077,7 +1081,8 @@ def repeat_thin_intents(splits: Splits, repeats: int) -> None:
 def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
     applies it to every query, test included), thin intents' queries repeated, the intents' names and
-    augmentation of the training split."""
+    augmentation of the training split. ``notes["train_rows_given"]``: the rows before any was added."""
+    splits.notes["train_rows_given"] = len(splits.train)
     preprocess_splits(splits, preprocessing)
     repeat_thin_intents(splits, cfg.thin_repeats)
     add_intent_names(splits, cfg, preprocessing)
