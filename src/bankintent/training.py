@@ -18,7 +18,8 @@ Small data (``Splits.small_data``: no validation file and too few examples per i
 validation split from, see ``bankintent.data``): every row trains and no choice rests on a
 validation split. The probe's C is cross-validated on the training split; the fine-tuning methods
 run their recipe's epochs with no early stopping (the last epoch, or the epochs' mean, is kept); the
-calibration is cross-fitted: the training split is cut in two stratified halves (``split_seed``),
+calibration is cross-fitted: the training rows the data gave (not the intents' names or copies training
+adds) are cut in two stratified halves (``split_seed``),
 the out-of-scope statistics (kNN bank, centroids) are fitted on one and the temperature and the
 thresholds on the other's queries, which are not in the bank but were trained on, so the threshold
 errs towards sending in-scope queries out of scope. Where the probe is the final head
