@@ -209,6 +209,9 @@ def export(args: argparse.Namespace) -> None:
 def serve(args: argparse.Namespace) -> None:
     if bool(args.dir) == bool(args.models_dir):
         raise BankintentError("give either a model DIR or --models-dir DIR")
+    from bankintent.config import check_port
+
+    check_port(args.host, args.port)  # before the service's imports, which take seconds
     _status(f"loading {args.dir or args.models_dir} ...")
     from bankintent.serving import serve as run
 

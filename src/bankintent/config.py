@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import functools
 import math
 import os
+import socket
 import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -289,6 +291,20 @@ def check_writable(path: str | Path, option: str = "--output", beside: bool = Fa
             pass
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be written ({folder}: {exc.strerror}); choose another {option}") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before any model loads (here: before the service's imports, seconds), a port the service
+    could not listen on (in use, or not allowed)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        with socket.create_server((host, port), reuse_port=False) as _:  # uvicorn binds with SO_REUSEADDR too
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = "another --port?" if exc.errno == errno.EADDRINUSE else "check --host and --port"
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason} ({hint})") from None
 
 
 def closest_name(name: str, known) -> str | None:

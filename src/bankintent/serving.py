@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import hashlib
 import hmac
 import json
 import logging
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -55,6 +53,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from tqdm import tqdm as std_tqdm
 
 from bankintent import ood
+from bankintent.config import check_port
 from bankintent.errors import BankintentError, ConfigError
 from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel
 from bankintent.registry import Registry, ServedModel, UnknownModel
@@ -715,19 +714,6 @@ def app_from_environment() -> FastAPI:
     prepare_process()
     forget_dead_workers(os.environ[METRICS_DIRECTORY])
     return create_app(**json.loads(os.environ[ENVIRONMENT]))
-
-
-def check_port(host: str, port: int) -> None:
-    """Refuse, before any model loads, a port the service could not listen on (in use, or not allowed)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    try:
-        with socket.create_server((host, port), reuse_port=False) as _:  # uvicorn binds with SO_REUSEADDR too
-            pass
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        hint = "another --port?" if exc.errno == errno.EADDRINUSE else "check --host and --port"
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason} ({hint})") from None
 
 
 def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, workers: int, api_key_file: str | None,
