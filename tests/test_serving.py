@@ -585,7 +585,7 @@ def test_cli_serve_on_a_port_in_use_is_one_line_before_loading(runs):
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "serving on" not in result.stdout
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another --port?)"]
-    # said before the service's imports and the model's loading (seconds on a busy machine), not after
+    # the one line, nothing before it (the check runs before the service is imported or the model loaded)
 
 
 def test_bad_ports_and_worker_counts_are_one_line():
