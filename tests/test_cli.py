@@ -160,6 +160,14 @@ def test_a_printed_answer_shows_control_characters_as_escapes():
     assert line_of("abc\u202eevil").endswith("abc\\u202eevil")  # a right-to-left override reorders the terminal's line
 
 
+def test_a_command_line_s_undecoded_bytes_are_read_as_the_utf_8_they_are():
+    """UTF-8 typed under a C locale outside Python's UTF-8 mode reaches Python as lone surrogates, which
+    the tokenizer refused with a TypeError."""
+    from bankintent.predict import check_texts
+
+    assert check_texts(["ma carte est bloqu\udcc3\udca9e", "a\ud800b", "plain"]) == ["ma carte est bloquée", "a\ufffd\ufffd\ufffdb", "plain"]
+
+
 def line_of(text):
     return cli.prediction_line({**IN_SCOPE, "text": text, "top_k": IN_SCOPE["top_k"][:1]})
 

@@ -246,7 +246,9 @@ def test_overload_is_shed_not_queued_for_clients_that_have_gone(runs):
         assert client.post("/v1/predict", json={"texts": ["hello"]}).status_code == 200  # the model's batcher made
         [batcher] = service.batchers.values()
         batcher.queue_timeout_s, batcher.rate = 1.0, 10.0  # 10 texts a second: 10 texts waiting are 1 s of work
-        service.executor.submit(busy.wait, 60)  # the inference thread is busy: what comes next waits
+        started = threading.Event()
+        service.executor.submit(lambda: started.set() or busy.wait(60))  # the inference thread is busy: what comes next waits
+        wait_for(started.is_set)
 
         async def send(sizes):
             async with httpx.AsyncClient(base_url=url, timeout=60) as flood:
@@ -269,6 +271,36 @@ def test_overload_is_shed_not_queued_for_clients_that_have_gone(runs):
         assert client.post("/v1/predict", json={"texts": ["hello again"]}).status_code == 200  # served again once the backlog went
         assert metric(client, "bankintent_requests_total", path="/v1/predict", status="503") == 3
         assert metric(client, "bankintent_batch_texts_count") == 3  # hello, the first request, hello again: nothing late computed
+
+
+def test_a_failed_part_of_a_request_stops_its_other_parts():
+    """A request cut into passes whose first pass failed still had its next part computed (the handler
+    that cancelled the others ran only after the batcher had taken it)."""
+    from bankintent.serving import MicroBatcher, Metrics
+
+    passes = []
+
+    class Failing:  # what the batcher calls of a served model: a name and predict
+        name = "failing"
+
+        def predict(self, texts, top_k):
+            passes.append(list(texts))
+            if "bad" in texts:
+                raise RuntimeError("boom")
+            return [{**{key: None for key in ANSWER_FIELDS}, "text": text, "intent": "x", "out_of_scope": False, "confidence": 0.9,
+                     "top_k": []} for text in texts]
+
+    async def run():
+        batcher = MicroBatcher(ThreadPoolExecutor(1), max_batch=2, max_wait_s=0.0, metrics=Metrics())
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(Failing(), ["bad", "bad", "c", "d", "e", "f"], top_k=1)
+        await asyncio.sleep(0.2)  # time for a pass the batcher should not run
+        answers = await batcher.submit(Failing(), ["g"], top_k=1)  # and it goes on serving
+        batcher.close()
+        return answers
+
+    assert [a["text"] for a in asyncio.run(run())] == ["g"]
+    assert passes == [["bad", "bad"], ["g"]]
 
 
 @pytest.fixture(scope="module")
@@ -604,6 +636,8 @@ def test_bad_ports_and_worker_counts_are_one_line():
         serve(None, "models", "127.0.0.1", 0, 2, None, 64, 2.0, oos_threshold=2.0)
     with pytest.raises(ConfigError, match="--allowed-host is for a service on 127.0.0.1 or localhost; on 0.0.0.0 it answers every name"):
         serve("nowhere", None, "0.0.0.0", 0, 1, None, 64, 2.0, allowed_hosts=["proxy.example"])
+    with pytest.raises(ConfigError, match=r"--allowed-host proxy.example:8443: a name without its port"):
+        serve("nowhere", None, "127.0.0.1", 0, 1, None, 64, 2.0, allowed_hosts=["proxy.example:8443"])
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import difflib
 import json
-import locale
 import logging
 import os
 import shlex
@@ -90,7 +89,7 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 
 
 def printable(text) -> str:
-    """``text`` with control characters (and bidirectional overrides) written as escapes (``\x1b``): a
+    r"""``text`` with control characters (and bidirectional overrides) written as escapes (``\x1b``): a
     query or an intent name holding a terminal's escape sequences would otherwise retitle, clear or
     rewrite the user's terminal. Other characters, no-break spaces and joiners among them, print as they are."""
     return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in str(text))
@@ -590,7 +589,8 @@ def stdout_gone() -> bool:
     """Whether standard output is a pipe whose reader has gone (a write there raises BrokenPipeError)."""
     try:
         fd = sys.stdout.fileno()
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return False
         poller = poll()
         poller.register(fd, POLLOUT)
@@ -599,22 +599,18 @@ def stdout_gone() -> bool:
         return False
 
 
-def utf8_mode() -> None:
-    """Run this command again in Python's UTF-8 mode (``PYTHONUTF8=1``, the same process id) where the
-    locale's encoding is another (Latin-1, say): a model card, an audit or a printed answer holds intent
-    names and queries in any language, which such a locale cannot encode (a traceback at the end of a
-    training), and its arguments are read as the UTF-8 they most likely are. A C locale is UTF-8 mode
-    already (PEP 540); so are the trainings a sweep starts, which inherit the variable."""
-    if sys.flags.utf8_mode or os.environ.get("PYTHONUTF8") == "1":
-        return
-    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
-        os.environ["PYTHONUTF8"] = "1"
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+def never_unencodable() -> None:
+    """Standard output and error write what the locale cannot encode as escapes (``\\u20ac``), where a
+    Latin-1 terminal met an intent named 'frais_€' with a UnicodeEncodeError traceback; the files the
+    package writes are UTF-8 whatever the locale."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.errors or "strict") == "strict":
+            stream.reconfigure(errors="backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None:  # a command line, not a call from Python
-        utf8_mode()
+    TERMINATED.clear()  # a SIGTERM an earlier call in this process took is not this one's
+    never_unencodable()
     args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when Transformers is imported, below

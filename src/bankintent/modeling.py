@@ -263,7 +263,8 @@ def load_tokenizer(base_model: str):
 
 # model types whose position ids start after the padding token's id (RoBERTa's way): max_position_embeddings
 # counts padding_idx + 1 positions no token reads
-PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xlm-roberta-xl")
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xlm-roberta-xl",
+                            "roberta-prelayernorm", "xmod", "ibert", "luke")
 
 
 def check_encoder(base_model: str, max_length: int | None = None) -> None:

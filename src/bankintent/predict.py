@@ -130,6 +130,18 @@ def warn_if_stale(folder: Path) -> None:
 ANSWER_FIELDS = ("text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
 
 
+def whole_characters(text: str) -> str:
+    """``text`` without lone surrogates, which the tokenizer refuses (a TypeError): the bytes of a command
+    line that its locale could not decode (UTF-8 typed under a C locale outside Python's UTF-8 mode) read
+    as the UTF-8 they most likely are, any other half of a character replaced with U+FFFD."""
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
@@ -154,7 +166,7 @@ def check_texts(texts) -> list[str]:
             raise DataError(f"{where(i)}: expected a string, got {type(text).__name__}")
         if blank(text):
             raise DataError(f"{where(i)}: empty text")
-        text = text.strip()  # then cut: spaces before a long query are not what is kept of it
+        text = whole_characters(text.strip())  # then cut: spaces before a long query are not what is kept of it
         if len(text) > MAX_CHARS:
             long.append(text)
             text = text[:MAX_CHARS].rstrip()

@@ -69,6 +69,7 @@ BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408
 # (400): a web page whose name an attacker points at 127.0.0.1 (DNS rebinding) would otherwise read the
 # service from the user's browser
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
+COLD_QUEUED_BATCHES = 16  # before a model's first forward pass gives a rate: at most this many batches of texts waiting
 QUEUE_TIMEOUT_S = 30.0  # a request that would wait, or waited, this long for its forward pass is answered 503, not computed
 ENVIRONMENT = "BANKINTENT_SERVE_OPTIONS"  # create_app's options, for uvicorn's worker processes
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus-client's multiprocess mode)
@@ -295,6 +296,16 @@ class _Job:
     top_k: int
     future: asyncio.Future
     queued: float
+    parts: list[_Job] = field(default_factory=list)  # its request's jobs, itself among them
+
+    def fail(self, exc: Exception) -> None:
+        """Its request answered with ``exc``: its other parts are not computed (cancelled here, not
+        by the request's handler, which the loop may not reach before the next part's pass)."""
+        if not self.future.done():
+            self.future.set_exception(exc)  # first: the request's gather raises this, not a part's cancellation
+        for job in self.parts:
+            if not job.future.done():
+                job.future.cancel()
 
 
 class Overloaded(Exception):
@@ -328,12 +339,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run_forever())
-        wait = (self._pending + len(texts)) / self.rate if self.rate else 0.0
-        if self._pending and wait > self.queue_timeout_s:  # one request alone always waits its turn
+        if self._pending and self.rate and (self._pending + len(texts)) / self.rate > self.queue_timeout_s:  # one request alone waits its turn
             raise Overloaded(f"the service is busy ({self._pending} texts waiting, about {self._pending / self.rate:.0f} s of work); "
                              "try again shortly")
+        if self._pending and not self.rate and self._pending + len(texts) > COLD_QUEUED_BATCHES * self.max_batch:  # no pass yet
+            raise Overloaded(f"the service is busy ({self._pending} texts waiting before its first answer); try again shortly")
         jobs = [_Job(model, texts[start:start + self.max_batch], top_k, loop.create_future(), loop.time())
                 for start in range(0, len(texts), self.max_batch)]
+        for job in jobs:
+            job.parts = jobs
         for job in jobs:
             self.queue.put_nowait(job)
         self._pending += len(texts)
@@ -356,7 +370,12 @@ class MicroBatcher:
         while True:
             first = carried or await self.queue.get()
             jobs, carried = await self._collect(first)
-            await self._run(jobs)
+            try:
+                await self._run(jobs)
+            except Exception as exc:  # a fault of the batcher's own (counting the answers, say): its requests
+                log.exception("micro-batch failed")  # are answered 500, and the loop goes on serving the others
+                for job in jobs:
+                    job.fail(exc)
 
     async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
         """``first`` and the requests that join it, up to ``max_batch`` texts (a request that does
@@ -383,8 +402,8 @@ class MicroBatcher:
         now = asyncio.get_running_loop().time()
         for job in jobs:
             if not job.future.done() and now - job.queued > self.queue_timeout_s:
-                job.future.set_exception(Overloaded(f"waited {now - job.queued:.0f} s for its turn, past {self.queue_timeout_s:g} s: "
-                                                    "the service is overloaded; try again shortly"))
+                job.fail(Overloaded(f"waited {now - job.queued:.0f} s for its turn, past {self.queue_timeout_s:g} s: "
+                                    "the service is overloaded; try again shortly"))
         jobs = [job for job in jobs if not job.future.done()]  # a cancelled handler's (its client gone), a late one's
         if not jobs:
             return
@@ -398,8 +417,7 @@ class MicroBatcher:
             self.rate = rate if self.rate is None else 0.8 * self.rate + 0.2 * rate
         except Exception as exc:  # handed to each request, which answers 422 or 500
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                job.fail(exc)
             return
         self.metrics.count_answers(jobs[0].model.name, results)
         start = 0
@@ -727,6 +745,9 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if allowed_hosts and host not in LOOPBACK:
         raise ConfigError(f"--allowed-host is for a service on 127.0.0.1 or localhost; on {host} it answers every name")
+    ported = [name for name in allowed_hosts or [] if ":" in name and not name.startswith("[")]
+    if ported:
+        raise ConfigError(f"--allowed-host {ported[0]}: a name without its port (the Host header's port is not compared)")
     check_port(host, port)
     threads = prepare_process()
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
