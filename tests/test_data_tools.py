@@ -100,9 +100,9 @@ def test_audit_errors_are_one_line(tiny_data, tmp_path, capsys):
         assert f"--duplicate-threshold is a cosine similarity, above 0 and at most 1; got {float(threshold)}" in capsys.readouterr().err
 
 
-def test_a_latin_1_locale_writes_and_prints_utf_8(tiny_bert, tiny_data, tmp_path):
+def test_a_latin_1_locale_writes_utf_8_files(tiny_bert, tiny_data, tmp_path):
     """Under a Latin-1 locale, the audit's summary (its own '≥', an intent named 'frais_€') ended in a
-    UnicodeEncodeError traceback: the command runs again in Python's UTF-8 mode."""
+    UnicodeEncodeError traceback: the package's text files are UTF-8 whatever the locale."""
     import subprocess
     import sys
 
