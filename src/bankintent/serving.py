@@ -320,7 +320,8 @@ class MicroBatcher:
 
     Overload sheds requests rather than queueing work for clients that have gone: a request whose texts,
     with those waiting, would take longer than ``queue_timeout_s`` at the rate of the recent forward
-    passes (``rate``, texts a second) is refused at once, and one that waited ``queue_timeout_s``
+    passes (``rate``, texts a second; before the first pass, one that would bring more than
+    ``COLD_QUEUED_BATCHES`` batches of texts waiting) is refused at once, and one that waited ``queue_timeout_s``
     before its forward pass (its client has most likely given up), or whose handler was cancelled, is
     not computed."""
 
