@@ -489,7 +489,7 @@ def _warn_conflicts(path: Path, texts: list[str], labels: list[str], numbers: li
 
 
 def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool = False,
-                 warn: bool = True, skipped: list[int] | None = None) -> Iterator[tuple]:
+                 warn: bool = True, skipped: list[int] | None = None, named: str | None = None) -> Iterator[tuple]:
     """Stream (row, query) from a .txt (one query a line), .csv, .jsonl or .parquet file, in constant memory;
     with ``columns=True``, (row, query, the row's other columns as a dict).
 
@@ -497,7 +497,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
     (line n of a .txt or .jsonl file; the n-th record after a .csv's header, where blank lines are no
     records, as for Python's csv module and pandas). Rows whose text is empty or blank are skipped,
     keeping their number; once the file is read, ``warn`` logs how many were skipped and which, and a
-    ``skipped`` list given gets their row numbers."""
+    ``skipped`` list given gets their row numbers; ``named``: what the warning calls the file."""
     path = Path(path)
     kind = file_kind(path)
     column = "text" if kind == "txt" else text_column
@@ -519,7 +519,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         else:
             yield row_number, text
     if skipped and warn:
-        log.warning("%s: %d empty row(s) skipped (%s)", path, len(skipped), line_list(skipped, "row"))
+        log.warning("%s: %d empty row(s) skipped (%s)", named or path, len(skipped), line_list(skipped, "row"))
 
 
 def read_queries(path: str | Path, text_column: str = "text", *, columns: bool = False) -> tuple:

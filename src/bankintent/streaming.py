@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 from tqdm.auto import tqdm
 
 from bankintent.config import check_writable
-from bankintent.data import input_column_names, iter_queries, line_list
+from bankintent.data import input_column_names, iter_queries
 from bankintent.errors import DataError
 
 if TYPE_CHECKING:
@@ -193,12 +193,10 @@ def _scan(input_path: Path, text_column: str, named: str) -> tuple[int, dict[str
     """(number of queries, the input's other columns and the value types each holds, the empty rows
     skipped, said in the log as the input ``named``), reading the whole input once, which validates every row."""
     total, columns, skipped = 0, {}, []
-    for _, _, extra in iter_queries(input_path, text_column, columns=True, warn=False, skipped=skipped):
+    for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped, named=named):
         total += 1
         for name, value in extra.items():
             columns.setdefault(name, set()).add(type(value))
-    if skipped:
-        log.warning("%s: %d empty row(s) skipped (%s)", named, len(skipped), line_list(skipped, "row"))
     return total, columns, skipped
 
 
