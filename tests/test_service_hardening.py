@@ -104,6 +104,23 @@ def test_a_body_declared_too_large_or_never_finished_is_answered_not_waited_for(
         assert httpx.post(f"{base}/v1/predict", json={"texts": ["hi"]}, timeout=30).status_code == 200
 
 
+def test_with_api_keys_a_body_without_a_key_is_refused_before_it_is_read(run, tmp_path, monkeypatch):
+    """An anonymous client cannot make the service wait for, receive and parse a body: 401 from the headers."""
+    from bankintent import serving
+
+    monkeypatch.setattr(serving, "BODY_TIMEOUT_S", 30.0)
+    (tmp_path / "keys.txt").write_text("key-one\n")
+    with serve_in_background(create_app(model_dir=run, api_key_file=tmp_path / "keys.txt")) as base:
+        for head in (b"Content-Length: 100\r\n", b"Content-Length: 100\r\nAuthorization: Bearer key-two\r\n",
+                     b"Content-Length: 5000000\r\n"):
+            answer = _raw_post(base, head, b'{"te', wait=10)  # 4 bytes of the body, then nothing: 408 only after 30 s
+            assert answer.startswith(b"HTTP/1.1 401") and b"missing or invalid API key" in answer and b"www-authenticate: Bearer" in answer
+        answer = _raw_post(base, b"Content-Length: 100\r\nAuthorization: bearer key-one\r\n", b'{"te', wait=3)
+        assert answer == b""  # the key is good: its body is waited for
+        assert httpx.post(f"{base}/v1/predict", json={"texts": ["hi"]}, headers={"Authorization": "Bearer key-one"},
+                          timeout=30).status_code == 200
+
+
 @pytest.mark.parametrize("name", ["..%2Fadapter", "%2e%2e%2f%2e%2e%2fetc", "/etc/passwd", "adapter\x00", "..\\..\\x", "~root"])
 def test_path_like_model_names_are_refused(url, name):
     response = _post(url, json.dumps({"texts": ["hi"], "model": name}).encode())

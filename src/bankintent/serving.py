@@ -45,6 +45,7 @@ from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
@@ -220,10 +221,12 @@ class Guard:
     """ASGI middleware: counts and times every request, adds ``SECURITY_HEADERS`` to every response,
     and answers 413 to a body over ``max_body`` bytes (declared so, or growing so) before the
     application reads any of it, and 408 to one not received within ``BODY_TIMEOUT_S`` (the body is
-    read here, then replayed)."""
+    read here, then replayed). With API ``keys``, a request with a body and no valid key is answered
+    401 before a byte of its body is read: an anonymous client cannot make the server receive and parse
+    up to ``max_body`` bytes (the routes' own dependency checks every other request)."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int = MAX_BODY_BYTES):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(self, app, metrics: Metrics, max_body: int = MAX_BODY_BYTES, keys: ApiKeys | None = None):
+        self.app, self.metrics, self.max_body, self.keys = app, metrics, max_body, keys
         self.body_timeout_s = BODY_TIMEOUT_S
 
     async def __call__(self, scope, receive, send):
@@ -242,7 +245,10 @@ class Guard:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                declared = dict(scope["headers"]).get(b"content-length", b"")
+                headers = dict(scope["headers"])
+                if self.keys and not self.keys.accept(headers.get(b"authorization", b"").decode("latin-1")):
+                    return await UNAUTHORIZED(scope, receive, send_counted)
+                declared = headers.get(b"content-length", b"")
                 try:
                     body = None if declared.isdigit() and int(declared) > self.max_body else (
                         await asyncio.wait_for(self._read_body(receive), self.body_timeout_s))
@@ -303,6 +309,10 @@ class _Job:
         by the request's handler, which the loop may not reach before the next part's pass)."""
         if not self.future.done():
             self.future.set_exception(exc)  # first: the request's gather raises this, not a part's cancellation
+        self.cancel_request()
+
+    def cancel_request(self) -> None:
+        """Its request's parts not answered yet are not computed."""
         for job in self.parts:
             if not job.future.done():
                 job.future.cancel()
@@ -356,9 +366,8 @@ class MicroBatcher:
             self._full.set()
         try:
             parts = await asyncio.gather(*(job.future for job in jobs))
-        except BaseException:  # a part refused or failed, or the handler cancelled: the other parts are not computed
-            for job in jobs:
-                job.future.cancel()
+        except BaseException:  # the handler cancelled (its client gone), or a part failed: the other parts are not computed
+            jobs[0].cancel_request()
             raise
         return [answer for part in parts for answer in part]
 
@@ -536,16 +545,26 @@ class ApiKeys:
                               "holds keys again", self.path, exc)
         return self.digests
 
+    def accept(self, authorization: str) -> bool:
+        """Whether an ``Authorization`` header's value is ``Bearer <key>`` for one of the keys. Digests
+        of equal length are compared in constant time, with every key, so timing tells nothing about a key."""
+        scheme, key = get_authorization_scheme_param(authorization)
+        given = hashlib.sha256(key.encode()).digest() if scheme.lower() == "bearer" and key else b""
+        return any([hmac.compare_digest(given, digest) for digest in self.current()])
+
+
+UNAUTHORIZED_MESSAGE = "missing or invalid API key (Authorization: Bearer <key>)"
+UNAUTHORIZED = JSONResponse({"error": UNAUTHORIZED_MESSAGE}, 401, headers={"WWW-Authenticate": "Bearer"})
+
 
 def bearer_auth(keys: ApiKeys):
-    """A dependency accepting ``Authorization: Bearer <key>`` for any of the keys. Digests of equal
-    length are compared in constant time, with every key, so timing tells nothing about a key."""
+    """A dependency accepting ``Authorization: Bearer <key>`` for any of the keys (``ApiKeys.accept``);
+    it puts the scheme in the OpenAPI schema, so /docs asks for a key."""
     scheme = HTTPBearer(auto_error=False, description="an API key from the service's --api-key-file")
 
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
-        given = hashlib.sha256(credentials.credentials.encode()).digest() if credentials else b""
-        if not any([hmac.compare_digest(given, digest) for digest in keys.current()]):
-            raise HTTPException(401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"})
+    def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if not keys.accept(request.headers.get("authorization", "")):
+            raise HTTPException(401, UNAUTHORIZED_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
 
     return check
 
@@ -582,7 +601,8 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
     model's scale), as ``predict --oos-threshold`` takes it. ``allowed_hosts``: the Host headers
     answered (None: any; ``serve`` on a loopback address answers its own names only, see ``LOOPBACK``)."""
     check_serve_options(models_dir, max_batch, max_wait_ms, oos_threshold)
-    auth = [Depends(bearer_auth(ApiKeys(api_key_file)))] if api_key_file else []
+    keys = ApiKeys(api_key_file) if api_key_file else None
+    auth = [Depends(bearer_auth(keys))] if keys else []
     registry = Registry(model_dir=model_dir, models_dir=models_dir, threads=torch.get_num_threads(), oos_score=oos_score,
                         oos_threshold=oos_threshold)
     loaded = registry.load_all()
@@ -673,7 +693,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
 
     if allowed_hosts:  # inside Guard (added last, so outermost): its 400s counted and given the security headers
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    app.add_middleware(Guard, metrics=service.metrics)
+    app.add_middleware(Guard, metrics=service.metrics, keys=keys)
     return app
 
 
