@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from bankintent.data import load_splits
+from bankintent.data import load_splits, spreadsheet_text
 from bankintent.discover import DISTANCE_THRESHOLD, MIN_SIZE, cluster, discover
 
 HERE = Path(__file__).resolve().parent
@@ -87,7 +87,8 @@ def main() -> None:
             folder = out / f"seed-{seed}-{selection}"
             shutil.rmtree(folder, ignore_errors=True)
             summary = discover(workdir / f"run-label-{seed}", traffic, folder, all_queries=selection == "all", seed=seed)
-            found = pd.read_csv(folder / "queries.csv")
+            found = pd.read_csv(folder / "queries.csv", dtype={"text": str}, keep_default_na=False)
+            found["text"] = found["text"].map(spreadsheet_text)
             truth = dict(zip(held_out.texts, held_out.labels))
             rows.append({"seed": seed, "selection": selection, **scores([truth[t] for t in found["text"]], found["cluster"].to_numpy()),
                          "out_of_scope_share": summary["out_of_scope"] / summary["queries"]})

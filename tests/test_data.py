@@ -167,6 +167,27 @@ def test_the_out_of_scope_label_written_otherwise_stops_training_data(tmp_path):
     assert load_splits(str(tmp_path), oos_label="Out of scope").out_of_scope.texts == ["what is the weather", "tell me a joke"]
 
 
+def test_a_sheet_written_spreadsheet_safe_reads_back_as_it_was(tmp_path):
+    """Texts a spreadsheet would run as formulas are written after an apostrophe, numbers and plain
+    texts as they are; a .csv read back (training data, queries) gives every text as it was, apostrophes
+    of the texts' own included. A .jsonl is no sheet: its texts are read as written."""
+    import pandas as pd
+
+    from bankintent.data import write_sheet
+
+    texts = ['=HYPERLINK("http://evil.example","card")', "+44 7700 900123 is my number", "-5", "@SUM(A1)", "'=already quoted",
+             "'sup, my card is gone", "- my top up failed", "plain query", "'-12.5"]
+    write_sheet(pd.DataFrame({"text": texts, "category": "card_arrival", "count": range(len(texts))}), tmp_path / "sheet.csv")
+    with open(tmp_path / "sheet.csv", newline="", encoding="utf-8") as handle:
+        written = [row["text"] for row in csv.DictReader(handle)]
+    assert written == ["'" + texts[0], "'" + texts[1], "-5", "'@SUM(A1)", "''=already quoted", "'sup, my card is gone",
+                       "'- my top up failed", "plain query", "''-12.5"]
+    assert read_examples(tmp_path / "sheet.csv").texts == texts
+    assert [text for _, text in iter_queries(tmp_path / "sheet.csv")] == texts
+    (tmp_path / "q.jsonl").write_text('{"text": "\'=x"}\n')
+    assert [text for _, text in iter_queries(tmp_path / "q.jsonl")] == ["'=x"]
+
+
 def test_a_file_saved_by_excel_as_plain_csv_reads_as_windows_1252_with_a_warning(tmp_path, caplog):
     path = tmp_path / "train.csv"
     path.write_bytes(b"text,category\nfine,a\ncaf\xe9 card \x80 \xa3 \x93quoted\x94,b\n")

@@ -345,7 +345,9 @@ def test_select_and_discover_never_overwrite_labels_a_person_filled_in(tiny_prob
 def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_data_labels(tiny_bert, tiny_data, tmp_path, capsys):
     """The sheets of select and discover carry the input's own columns (the log's id joins the labels
     back); rows the run's data labels out of scope are labelled already, so never picked; a sheet is
-    CSV whatever --output is called; a missing --input is said before anything about --output."""
+    CSV whatever --output is called; a missing --input is said before anything about --output. A
+    customer's query a spreadsheet would run as a formula shows as text, and is read back as it was."""
+    from bankintent.data import read_examples
     from bankintent import resolve_config, train
 
     data = tmp_path / "data"
@@ -356,7 +358,7 @@ def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_
     shutil.copy(tiny_data / "test.csv", data / "test.csv")
     run = tmp_path / "run"
     train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, run)))
-    messages = [f"question {i} about my account and card" for i in range(10)] + oos
+    messages = [f"question {i} about my account and card" for i in range(9)] + ['=HYPERLINK("http://evil.example","card")'] + oos
     logs = tmp_path / "logs.csv"
     pd.DataFrame({"id": [f"c{i:03d}" for i in range(12)], "message": messages, "row": range(100, 112)}).to_csv(logs, index=False)
     sheet = tmp_path / "sheet.csv"
@@ -366,7 +368,10 @@ def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_
     assert list(picked.columns) == ["rank", "row", "id", "input_row", "text", "predicted_intent", "out_of_scope", "confidence", "margin",
                                     "label"]
     assert len(picked) == 10 and not set(picked.text) & set(oos)  # labelled out of scope in the run's data: not asked again
-    assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(picked.row, picked.id, picked.text))
+    shown = dict(zip(messages, messages)) | {messages[9]: "'" + messages[9]}
+    assert all(shown[messages[int(row) - 1]] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(picked.row, picked.id, picked.text))
+    picked.assign(label="card_arrival").to_csv(tmp_path / "labelled.csv", index=False)  # labelled, saved again
+    assert sorted(read_examples(tmp_path / "labelled.csv", label_column="label").texts) == sorted(messages[:10])
     cli.main(select + ["--output", str(sheet)])  # its own sheet, with the input's columns among its own: replaced
     for output, said in ((tmp_path / "pick.jsonl", "pick.jsonl: the sheet to label is written as CSV; give --output a .csv name"),
                          (logs, "exists and is not a sheet this command wrote")):
@@ -381,7 +386,7 @@ def test_a_labelling_sheet_keeps_the_logs_ids_and_never_asks_again_for_what_the_
               "--all", "--min-size", "2"])
     found = pd.read_csv(tmp_path / "found" / "queries.csv", dtype=str, keep_default_na=False)
     assert list(found.columns[:4]) == ["cluster", "row", "id", "input_row"] and len(found) == 12
-    assert all(messages[int(row) - 1] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(found.row, found.id, found.text))
+    assert all(shown[messages[int(row) - 1]] == text and f"c{int(row) - 1:03d}" == id for row, id, text in zip(found.row, found.id, found.text))
 
 
 def test_a_sheet_keeps_the_input_columns_as_read(tmp_path):

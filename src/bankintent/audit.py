@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_folder, closest_name
-from bankintent.data import Examples, data_files, label_warnings, query_key, read_examples, set_apart
+from bankintent.data import Examples, data_files, label_warnings, query_key, read_examples, set_apart, write_sheet
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import ModelSpec, build_model, load_tokenizer
@@ -200,19 +200,19 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
         "label_quality": round(float(quality[i]), 4),
     } for i in ranked], start=1)], columns=["rank", "file", "line", "text", "label", "suggested_label",
                                             "given_probability", "suggested_probability", "label_quality"])
-    issues.to_csv(out / "label_issues.csv", index=False)
+    write_sheet(issues, out / "label_issues.csv")
 
     duplicates = pd.DataFrame([{
         "similarity": round(s, 4), **{f"{k}_a": v for k, v in where(i).items()}, **{f"{k}_b": v for k, v in where(j).items()},
     } for i, j, s in near_duplicates(x_all, duplicate_threshold) if examples.labels[i] != examples.labels[j]],
         columns=[f"{k}_{s}" for s in "ab" for k in ("file", "line", "text", "label")] + ["similarity"])
     duplicates = duplicates.sort_values("similarity", ascending=False, kind="stable")
-    duplicates.to_csv(out / "conflicting_duplicates.csv", index=False)
+    write_sheet(duplicates, out / "conflicting_duplicates.csv")
 
     texts = [examples.texts[i] for i in kept]
     pairs = confused_pairs(texts, y, predicted, cv_labels, top=20, examples=3)
     pair_rows = pd.DataFrame([{**p, "examples": " | ".join(p.get("examples") or [])} for p in pairs])
-    pair_rows.to_csv(out / "confused_pairs.csv", index=False)
+    write_sheet(pair_rows, out / "confused_pairs.csv")
 
     recall = pd.Series(predicted == y).groupby(pd.Series([cv_labels[k] for k in y])).mean()
     floor = thin_floor(counts)
@@ -220,7 +220,7 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     intents["out_of_fold_recall"] = intents["intent"].map(recall).round(4)
     intents["flag"] = np.where(intents["examples"] < floor, f"thin (< {floor:g} examples)", "")
     intents = intents.sort_values(["examples", "intent"], kind="stable")
-    intents.to_csv(out / "intents.csv", index=False)
+    write_sheet(intents, out / "intents.csv")
 
     from bankintent.modeling import load_tokenizer
 
@@ -228,7 +228,7 @@ def audit(data: str, output: str | Path, base_model: str = DEFAULT_BASE_MODEL, t
     lengths = pd.DataFrame([{**where(i), "words": len(t.split()), "tokens": tokens[i],
                              "issue": "short" if len(t.split()) <= SHORT_WORDS else "truncated"}
                             for i, t in enumerate(examples.texts) if len(t.split()) <= SHORT_WORDS or tokens[i] > max_length])
-    lengths.to_csv(out / "length_outliers.csv", index=False)
+    write_sheet(lengths, out / "length_outliers.csv")
 
     summary = {
         "data": str(data), "files": sorted(set(read.files)), "queries": len(examples), "intents": len(labels),

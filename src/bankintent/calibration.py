@@ -37,7 +37,7 @@ from scipy.stats import binomtest  # noqa: E402
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig  # noqa: E402
-from bankintent.data import OutOfScope, Splits  # noqa: E402
+from bankintent.data import OutOfScope, Splits, write_sheet  # noqa: E402
 from bankintent.predict import Predictor, softmax  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,10 @@ def _caught(predictor: Predictor, examples: OutOfScope, out: Path, split: str) -
     if predictor.oos_threshold is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         score = oos_scores[predictor.oos_score]
-        pd.DataFrame({"file": [examples.files[i] for i in examples.origins], "line": pd.array(examples.lines, dtype="Int64"),
-                      "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
-                      "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)},
-                     ).to_csv(Path(out) / f"{split}_out_of_scope.csv", index=False, float_format="%.6g")
+        write_sheet(pd.DataFrame({"file": [examples.files[i] for i in examples.origins], "line": pd.array(examples.lines, dtype="Int64"),
+                                  "text": examples.texts, "caught": score > predictor.oos_threshold, "oos_score": score,
+                                  "closest_intent": np.array(predictor.labels, dtype=object)[probs.argmax(-1)], "confidence": probs.max(-1)}),
+                    Path(out) / f"{split}_out_of_scope.csv", float_format="%.6g")
     return oos_scores
 
 

@@ -435,6 +435,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     numbers: list[int] = []
     empty: list[int] = []
     unlabelled: list[int] = []
+    sheet = path.suffix.lower() in (".csv", ".tsv")  # a sheet labelled in a spreadsheet: its formula-like texts escaped
     for number, row in iter_rows(path, (text_column, label_column)):
         value, label = row[text_column], row[label_column]
         if value is None or isinstance(value, str) and blank(value):
@@ -451,7 +452,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
                                 f"unlabelled rows)")
             unlabelled.append(number)
             continue
-        texts.append(value.strip())
+        texts.append(spreadsheet_text(value.strip()) if sheet else value.strip())
         labels.append(label_name(label))
         numbers.append(number)
     if not texts:
@@ -513,7 +514,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         if value is None or blank(value):
             skipped.append(row_number)
             continue
-        text = value.strip()
+        text = spreadsheet_text(value.strip()) if kind == "csv" else value.strip()
         if columns:
             yield row_number, text, {k: v for k, v in row.items() if k != column}
         else:
@@ -531,6 +532,39 @@ def read_queries(path: str | Path, text_column: str = "text", *, columns: bool =
     if not found:
         raise DataError(f"{path}: no queries in the file")
     return tuple(list(values) for values in zip(*found))
+
+
+# a cell a spreadsheet runs as a formula: an apostrophe before it shows it as text (OWASP's advice on CSV
+# injection), and apostrophes before one of these are this escape's own, undone when a .csv is read
+FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def spreadsheet_safe(value):
+    """A text a spreadsheet would run as a formula when it opens a .csv (a customer's query
+    "=HYPERLINK(...)", "+cmd|..."), written after an apostrophe; one that already reads so after
+    apostrophes gets one more, so ``spreadsheet_text`` gives every text back as it was. A number such as
+    -12.5 is left as it is."""
+    if not isinstance(value, str) or not FORMULA.match(value):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def spreadsheet_text(value: str) -> str:
+    """``spreadsheet_safe``'s text back: what a sheet written by ``write_sheet`` (or a predictions .csv),
+    labelled and saved again, holds as it was given."""
+    return value[1:] if value.startswith("'") and spreadsheet_safe(value[1:]) == value else value
+
+
+def write_sheet(frame, path: str | Path, **options) -> None:
+    """Write a DataFrame as a .csv (UTF-8) whose text cells (customers' queries, intent names) are
+    ``spreadsheet_safe``: a sheet an analyst opens in a spreadsheet runs nothing a customer typed."""
+    texts = frame.select_dtypes(include=["object", "string"]).columns
+    frame.assign(**{column: frame[column].map(spreadsheet_safe) for column in texts}).to_csv(path, index=False, encoding="utf-8",
+                                                                                            **options)
 
 
 def input_column_names(columns, taken, case_sensitive: bool = True) -> dict[str, str]:

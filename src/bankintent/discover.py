@@ -32,7 +32,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from bankintent.config import check_output_folder
-from bankintent.data import check_labelling_sheet, query_key, read_queries, with_input_columns
+from bankintent.data import check_labelling_sheet, query_key, read_queries, with_input_columns, write_sheet
 from bankintent.errors import ConfigError, DataError
 from bankintent.results import write_json
 
@@ -195,11 +195,11 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
 
     out.mkdir(parents=True, exist_ok=True)
     closest = probabilities.argmax(1)
-    pd.DataFrame([{
+    write_sheet(pd.DataFrame([{
         "cluster": k, "size": int((clusters == k).sum()), "distinct": int((clusters[firsts] == k).sum()), "keywords": ", ".join(words[k]),
         **{f"example_{j + 1}": text for j, text in enumerate(examples[k])},
     } for k in sorted(words)], columns=["cluster", "size", "distinct", "keywords"] + [f"example_{j + 1}" for j in range(REPRESENTATIVES)]
-    ).to_csv(out / "clusters.csv", index=False)
+    ), out / "clusters.csv")
     queries = pd.DataFrame({
         "cluster": clusters, "row": [rows[i] for i in chosen], "text": chosen_texts,
         "closest_intent": [predictor.labels[closest[i]] for i in chosen],
@@ -207,7 +207,7 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     }, columns=QUERY_COLUMNS)
     queries = with_input_columns(queries, [others[i] for i in chosen])
     order = np.lexsort((queries["row"], np.where(queries["cluster"] < 0, np.iinfo(np.int64).max, queries["cluster"])))
-    queries.iloc[order].to_csv(out / "queries.csv", index=False)  # by cluster, the unclustered last; by row within one
+    write_sheet(queries.iloc[order], out / "queries.csv")  # by cluster, the unclustered last; by row within one
     if len(chosen):
         map_figure(chosen_features, clusters, {k: ", ".join(v[:2]) for k, v in words.items()}, out / "map.png", seed)
     summary = {

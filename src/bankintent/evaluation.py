@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, check_writable, first_few, read_yaml, run_config_file
 from bankintent.data import (Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
-                             seen_in_training, test_digest)
+                             seen_in_training, test_digest, write_sheet)
 from bankintent.errors import BankintentError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import finite, percent_in_words, write_json
@@ -273,16 +273,16 @@ def evaluate(predictor: Predictor, examples: Examples, out: Path, split: str, ou
     y_pred = logits.argmax(-1)
     out.mkdir(parents=True, exist_ok=True)
     table = prediction_table(predictor, examples, logits, features)
-    table.to_csv(out / f"{split}_predictions.csv", index=False, float_format="%.6g")
+    write_sheet(table, out / f"{split}_predictions.csv", float_format="%.6g")
     summary = {"split": split, "data": source, "data_sha256": digest, "model": model, "queries": len(examples), **scores(y_true, y_pred),
                "ece": expected_calibration_error(softmax(logits / predictor.spec.temperature), np.asarray(y_true))}
     intents = per_intent(y_true, y_pred, labels, ~table.out_of_scope.to_numpy(bool))
     pairs = confused_pairs(examples.texts, y_true, y_pred, labels)
     lengths = accuracy_by_length(examples.texts, y_true, y_pred)
-    intents.to_csv(out / f"{split}_per_intent.csv", index=False, float_format="%.4f")
+    write_sheet(intents, out / f"{split}_per_intent.csv", float_format="%.4f")
     lengths.to_csv(out / f"{split}_by_length.csv", index=False, float_format="%.4f")
-    pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs],
-                 columns=["intent_a", "intent_b", "count", "examples"]).to_csv(out / f"{split}_confused_pairs.csv", index=False)
+    write_sheet(pd.DataFrame([{**p, "examples": " | ".join(p["examples"])} for p in pairs], columns=["intent_a", "intent_b", "count", "examples"]),
+                out / f"{split}_confused_pairs.csv")
     summary.update({
         "worst_intents": intents[intents.support > 0].head(5)[["intent", "f1"]].to_dict("records"),
         "intents_without_queries": intents.intent[intents.support == 0].tolist(),

@@ -35,7 +35,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 
 from bankintent import ood  # noqa: E402
 from bankintent.config import TrainConfig, check_output_folder, read_yaml  # noqa: E402
-from bankintent.data import Examples, Splits, data_changes, data_record, run_splits  # noqa: E402
+from bankintent.data import Examples, Splits, data_changes, data_record, run_splits, spreadsheet_text, write_sheet  # noqa: E402
 from bankintent.errors import ConfigError  # noqa: E402
 from bankintent.evaluation import accuracy_by_length, confused_pairs, per_intent, prediction_table, split_source  # noqa: E402
 from bankintent.model_card import distill_command, thin_intents_note  # noqa: E402
@@ -320,6 +320,7 @@ def saved_predictions(run: Run, examples: Examples | None, split: str) -> pd.Dat
         return None
     saved = pd.read_csv(path, dtype={"text": str, "label": str, "predicted": str, "answer": str}, keep_default_na=False,
                         na_values={"oos_score": [""], "confidence": [""]})
+    saved = saved.assign(**{column: saved[column].map(spreadsheet_text) for column in ("text", "label", "predicted", "answer") if column in saved})
     if "predicted" not in saved or examples is not None and saved.text.tolist() != examples.texts:
         return None
     return saved
@@ -346,7 +347,7 @@ def predictions(run: Run, examples: Examples, split: str, out: Path) -> tuple[pd
     frame = prediction_table(predictor, examples, *predictor.outputs(examples.texts, desc=f"report: predicting {split}"))
     if written_for_this_model(run, path):  # evaluate's, of other queries: it stays
         path = out / f"{split}_predictions.csv"
-    frame.to_csv(path, index=False, float_format="%.6g")
+    write_sheet(frame, path, float_format="%.6g")
     return frame, path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
+from bankintent.data import write_sheet
 from bankintent.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     table = with_input_columns(table, [others[i] for i in picked])
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    write_sheet(table, out)
     summary = {"run": str(run), "input": str(input), "queries": len(texts), "selected": len(picked), "output": str(out),
                "median_margin_selected": float(np.median(margin[picked])) if len(picked) else None,
                "median_margin_all": float(np.median(margin)), "seed": seed}

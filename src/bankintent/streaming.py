@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 from tqdm.auto import tqdm
 
 from bankintent.config import check_writable
-from bankintent.data import input_column_names, iter_queries
+from bankintent.data import input_column_names, iter_queries, spreadsheet_safe
 from bankintent.errors import DataError
 
 if TYPE_CHECKING:
@@ -344,22 +344,6 @@ class _WholeFile:
 
     def finish(self) -> None:
         raise NotImplementedError
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value):
-    """A text a spreadsheet would run as a formula when it opens the .csv (a customer's query
-    "=HYPERLINK(...)", "+cmd|..."), written after an apostrophe, which shows it as text (OWASP's advice
-    on CSV injection); a number such as -12.5 is left as it is."""
-    if not isinstance(value, str) or not value.startswith(FORMULA_START):
-        return value
-    try:
-        float(value)
-        return value
-    except ValueError:
-        return "'" + value
 
 
 class _Csv(_WholeFile):
