@@ -110,6 +110,13 @@ def test_list_options_parse():
     assert (args.probe_c, args.target_modules) == ([1.0, 3.0], ["query", "value"])
 
 
+def test_a_tilde_after_the_equals_sign_is_the_home_folder_as_after_a_space(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/analyst")
+    args = cli.parse(cli.build_parser(), ["predict", "--output=~/out.csv", "--input=~", "--text-column=~x", "runs/x"])
+    assert (args.output, args.input, args.dir) == ("/home/analyst/out.csv", "/home/analyst", "runs/x")
+    assert args.text_column == "~x"  # ~x is another user's home only where that user exists
+
+
 @pytest.mark.parametrize("argv, said", [
     (["train", "--ouput", "runs/x"], "bankintent train: error: unrecognized arguments: --ouput runs/x (--ouput: did you mean --output?)"),
     (["distill", "runs/x", "--output", "y", "--lr", "1e-4"], "(--lr: did you mean --learning-rate?)"),  # train's name for it

@@ -15,6 +15,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import stat
@@ -540,7 +541,11 @@ def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argu
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """The command line's arguments. A command that takes any number of texts (``predict RUN TEXT...``)
     takes them before, between and after its options (``predict RUN --top-k 2 "lost card"``), as
-    argparse's intermixed parsing reads them; arguments a command does not take are refused in one line."""
+    argparse's intermixed parsing reads them; arguments a command does not take are refused in one line.
+    ``--output=~/runs/x`` is read as ``--output ~/runs/x`` is: the shell expands a ``~`` after a space,
+    not after ``=``, and a folder named ``~`` is never what was meant."""
+    argv = [f"{arg.partition('=')[0]}={os.path.expanduser(arg.partition('=')[2])}" if re.match(r"--[\w-]+=~", arg) else arg
+            for arg in argv]
     args, extra = parser.parse_known_args(argv)
     command = _command_parser(parser, args.command)
     if extra and any(action.nargs == "*" for action in command._actions if not action.option_strings):  # noqa: SLF001
