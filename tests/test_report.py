@@ -8,12 +8,14 @@ import os
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+import bankintent
 from bankintent import Predictor, resolve_config, train
 from bankintent.errors import BankintentError, ConfigError, DataError
 from bankintent.evaluation import PREDICTION_COLUMNS, evaluate_run, summary_lines
@@ -172,7 +174,9 @@ def test_report_reuses_the_predictions_evaluate_wrote(tiny_bert, tiny_data, tmp_
     assert caught.caught.mean() == heldout_summary["out_of_scope"]["oos_recall"]
     summary = evaluate_run(run, overwrite=True)
     probe = pd.read_csv(run / "test_out_of_scope.csv")  # no out-of-scope rows in this file: the built-in probe set's
-    assert len(probe) == 298 and set(probe.file) == {"built-in probe set"} and probe.line.isna().all()
+    assert len(probe) == 298 and set(probe.file) == {"bankintent/resources/out_of_scope.txt"}
+    written = (Path(bankintent.__file__).parent / "resources" / "out_of_scope.txt").read_text(encoding="utf-8").splitlines()
+    assert [written[line - 1].strip() for line in probe.line] == probe.text.tolist()  # each query's line in the file
     table = pd.read_csv(run / "test_predictions.csv")
     assert list(table.columns) == PREDICTION_COLUMNS and len(table) == summary["queries"] == 20
     expected = Predictor.load(run).predict(table.text.tolist(), top_k=1)

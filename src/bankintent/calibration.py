@@ -115,11 +115,16 @@ def out_of_scope_examples(splits: Splits, labels: list[str]) -> OutOfScope:
     """The out-of-scope examples to choose the score on and to measure recall with: the user's own
     (rows labelled ``oos_label``, ``oos_file``), else the built-in probe set for Banking77-like
     intents, else none."""
-    if len(splits.out_of_scope):
-        return splits.out_of_scope
-    if ood.banking77_like(labels):
-        return OutOfScope(ood.probe_set(), [ood.PROBE_SET], files=[ood.PROBE_FILE])
-    return OutOfScope()
+    return splits.out_of_scope if len(splits.out_of_scope) else built_in_examples(labels)
+
+
+def built_in_examples(labels: list[str]) -> OutOfScope:
+    """The built-in probe set, each query with its line in resources/out_of_scope.txt, where the intents
+    are Banking77's (or some of them); else none."""
+    if not ood.banking77_like(labels):
+        return OutOfScope()
+    lines, texts = zip(*ood.probe_lines())
+    return OutOfScope(list(texts), [ood.PROBE_SET], list(lines), files=[ood.PROBE_FILE])
 
 
 NOT_REACHED = ", not reached"  # what a temperature note says where the accuracy rule could not reach its target
@@ -280,7 +285,7 @@ def coverage_report(predictor: Predictor, correct: np.ndarray, logits: np.ndarra
     built-in probe set where the model's intents are Banking77's, else none."""
     _, scores = scores_of(predictor, logits, features)
     if examples is None:
-        examples = OutOfScope(ood.probe_set(), [ood.PROBE_SET], files=[ood.PROBE_FILE]) if ood.banking77_like(predictor.labels) else OutOfScope()
+        examples = built_in_examples(predictor.labels)
     oos_scores = _caught(predictor, examples, out, split)
     return write_coverage(correct, scores, oos_scores, predictor, Path(out), split, examples)
 

@@ -97,14 +97,19 @@ MSP_STD_FLOOR = 0.01
 NEEDS = {"msp": (), "mahalanobis": ("centroids",), "knn": ("knn_bank",), "knn+msp": ("knn_bank", "knn_msp_scale"),
          "knn+msp+rmd": ("knn_bank", "knn_msp_scale", "centroids", "background", "rmd_scale")}
 PROBE_SET = "the built-in probe set (resources/out_of_scope.txt)"
-PROBE_FILE = "built-in probe set"  # its queries' file, in <split>_out_of_scope.csv
+PROBE_FILE = "bankintent/resources/out_of_scope.txt"  # its queries' file (in the package), in <split>_out_of_scope.csv
 COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
-def probe_set() -> list[str]:
-    """The out-of-scope probe queries (one a line; ``#`` lines are comments)."""
+def probe_lines() -> list[tuple[int, str]]:
+    """(line number, query) of each out-of-scope probe query (one a line; ``#`` lines are comments)."""
     text = resources.files("bankintent").joinpath("resources/out_of_scope.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.startswith("#")]
+
+
+def probe_set() -> list[str]:
+    """The out-of-scope probe queries."""
+    return [query for _, query in probe_lines()]
 
 
 def banking77_intents() -> set[str]:
