@@ -104,6 +104,46 @@ def test_a_body_declared_too_large_or_never_finished_is_answered_not_waited_for(
         assert httpx.post(f"{base}/v1/predict", json={"texts": ["hi"]}, timeout=30).status_code == 200
 
 
+def test_a_connection_that_sends_no_whole_request_head_in_time_is_closed(run, monkeypatch):
+    """Slowloris: a header sent a byte at a time held a connection for ever (uvicorn restarts its own
+    timer at every byte); a request head not complete within HEAD_TIMEOUT_S of connecting or of the
+    connection's last answer closes the connection, and a request being answered is not cut."""
+    from bankintent import serving
+
+    monkeypatch.setattr(serving, "HEAD_TIMEOUT_S", 1.5)
+    with serve_in_background(create_app(model_dir=run)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        body = json.dumps({"texts": ["hi"]}).encode()
+        request = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for answered_first in (False, True):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                started = time.monotonic()
+                if answered_first:  # one request answered on the connection, kept alive, then a head trickled
+                    sock.sendall(request)
+                    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+                    started = time.monotonic()
+                closed = False
+                for byte in b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:
+                        closed = True
+                        break
+                    time.sleep(0.1)  # every byte within uvicorn's own 5 s keep-alive timeout
+                sock.settimeout(5)
+                assert closed or sock.recv(4096) == b""  # closed by the server, nothing answered
+                assert 1.4 < time.monotonic() - started < 5
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # a head split in two, in time
+            sock.sendall(request[:20])
+            time.sleep(1.0)
+            sock.sendall(request[20:])
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(1.0)  # answered, then idle past the deadline's start: a second request on it is answered
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 def test_with_api_keys_a_body_without_a_key_is_refused_before_it_is_read(run, tmp_path, monkeypatch):
     """An anonymous client cannot make the service wait for, receive and parse a body: 401 from the headers."""
     from bankintent import serving

@@ -52,6 +52,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from tqdm import tqdm as std_tqdm
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from bankintent import ood
 from bankintent.config import check_port
@@ -66,6 +67,7 @@ MAX_TEXTS = 128  # texts per request
 MAX_TOP_K = 20
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0  # a body that has not all arrived by then is answered 408: a stalled client holds no connection
+HEAD_TIMEOUT_S = 10.0  # a connection that has not sent a whole request head by then is closed (HeadDeadline)
 # served on one of these, a request naming another host than these names (and --allowed-host's) is refused
 # (400): a web page whose name an attacker points at 127.0.0.1 (DNS rebinding) would otherwise read the
 # service from the user's browser
@@ -290,6 +292,51 @@ class Guard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return replay
+
+
+class HeadDeadline(AutoHTTPProtocol):
+    """uvicorn's HTTP protocol (httptools', else h11's) that closes a connection which has not sent a
+    whole request head within ``HEAD_TIMEOUT_S`` of connecting or of its last response. uvicorn times
+    out neither (its keep-alive timer restarts at every byte), so clients sending a header a byte at a
+    time (Slowloris) would hold connections without end; no middleware sees a request before its head
+    is complete, and its body is ``Guard``'s. The deadline is off while a request is being answered."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._disarm_if_begun()
+
+    def on_response_complete(self) -> None:
+        self._arm()  # before: uvicorn goes on to a request already received, which disarms it
+        super().on_response_complete()
+        self._disarm_if_begun()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._waiting_after = self.cycle  # the request answered last (None: none yet)
+        self._deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._late)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _disarm_if_begun(self) -> None:
+        if self.cycle is not self._waiting_after:  # a new request's head is complete
+            self._disarm()
+
+    def _late(self) -> None:
+        self._deadline = None
+        if self.cycle is self._waiting_after and not self.transport.is_closing():
+            log.info("closed a connection from %s that sent no whole request head within %g s", (self.client or ("?",))[0], HEAD_TIMEOUT_S)
+            self.transport.close()
 
 
 # ------------------------------------------------------------------------------- micro-batching
@@ -774,7 +821,7 @@ def serve(model_dir: str | None, models_dir: str | None, host: str, port: int, w
     options = dict(model_dir=model_dir, models_dir=models_dir, api_key_file=api_key_file, max_batch=max_batch, max_wait_ms=max_wait_ms,
                    oos_score=oos_score, oos_threshold=oos_threshold,
                    allowed_hosts=[*LOOPBACK, *(allowed_hosts or [])] if host in LOOPBACK else None)
-    settings = dict(host=host, port=port, access_log=False, log_level="info")
+    settings = dict(host=host, port=port, access_log=False, log_level="info", http=HeadDeadline)
     if workers <= 1:
         app = create_app(**options)
         print(f"bankintent: serving on http://{host}:{port}  (web page /, API docs /docs; {threads} inference thread(s))", flush=True)
@@ -803,7 +850,7 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) ->
     """Run ``app`` on a real uvicorn server in a thread (tests, notebooks); yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", http=HeadDeadline))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
