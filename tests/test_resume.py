@@ -86,6 +86,21 @@ def test_a_stop_at_an_epochs_last_step_still_evaluates_that_epoch():
         assert control.should_evaluate is evaluated
 
 
+def test_training_that_fails_gives_ctrl_c_back(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """An error inside training (out of memory, a full disk) ends it without the Trainer's on_train_end:
+    the Ctrl-C handler training installed was left in place, and a notebook's next Ctrl-C did nothing."""
+    from transformers import Trainer
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory (planted)")
+
+    monkeypatch.setattr(Trainer, "training_step", fail)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="planted"):
+        train(resolve_config(None, method="lora", **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_resume_keeps_the_early_stopping_count(tmp_path):
     """An epoch without improvement before the stop still counts after --resume (the uninterrupted run
     stops where the resumed one does); the checkpoint's other saved flags ("stop training") are not taken."""

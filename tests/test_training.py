@@ -425,6 +425,24 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tiny_bert, tiny_dat
     assert train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, tiny_data, out)))["method"] == "linear-probe"
 
 
+def test_runs_starting_together_lock_though_the_lock_folder_is_made_between_them(tmp_path, monkeypatch):
+    """The first runs on a machine race to make the lock folder: the one that loses it (the folder made
+    by the other between its look and its mkdir) went on without a lock."""
+    import tempfile
+
+    from bankintent.training import output_lock
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "run"
+    with output_lock(out):  # the first run made the folder and holds the lock
+        looked = Path.is_dir
+        monkeypatch.setattr(Path, "is_dir", lambda self: False if self.name == "bankintent-locks" else looked(self))  # before it was made
+        with pytest.raises(ConfigError, match="another bankintent train or distill is writing into it now"):
+            with output_lock(out):
+                pass
+
+
 def test_nearly_full_disk_fails_before_training(tiny_bert, tiny_data, tmp_path, monkeypatch):
     import shutil
 

@@ -320,7 +320,8 @@ class StopRequest:
 
 class SaveOnInterrupt(TrainerCallback, StopRequest):
     """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, save a checkpoint there and
-    stop; ``train`` then raises ``TrainingInterrupted`` and ``--resume`` continues from that step."""
+    stop; ``train`` then raises ``TrainingInterrupted`` and ``--resume`` continues from that step.
+    Installed when training begins; its caller restores the handlers however training ends."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.install()
@@ -336,9 +337,6 @@ class SaveOnInterrupt(TrainerCallback, StopRequest):
         # the stop, or --resume would go on to the next epoch with this one never scored
         if self.interrupted and abs((state.epoch or 0) - round(state.epoch or 0)) > 1e-6:
             control.should_evaluate = False
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.restore()
 
 
 class TrainingBar(ProgressCallback):
@@ -662,9 +660,11 @@ def output_lock(folder: str | Path):
         import fcntl
 
         locks = Path(tempfile.gettempdir()) / "bankintent-locks"
-        if not locks.is_dir():
+        try:
             locks.mkdir()
             locks.chmod(0o1777)  # every user's runs lock here, as in /tmp itself
+        except FileExistsError:  # made earlier, or by a run starting at this moment (which must not go on unlocked)
+            pass
         handle = open(locks / f"{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]}.lock", "w")
     except (ImportError, OSError):
         yield
@@ -885,7 +885,10 @@ def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, ch
         **rdrop,
     )
     use_training_bar(trainer)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:  # on an error too, which the Trainer ends without on_train_end: a notebook's Ctrl-C works again
+        interrupt.restore()
     if interrupt.interrupted:
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}")
     model = trainer.model
