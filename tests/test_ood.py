@@ -49,6 +49,19 @@ def test_mahalanobis_is_the_distance_to_the_nearest_centroid_under_the_shared_co
     assert ood.mahalanobis(queries, stats)[2] > 100
 
 
+def test_mahalanobis_with_one_query_an_intent_uses_the_spread_of_all_queries():
+    """Small data of two examples an intent leaves one in the half the detector is fitted on: no spread
+    within an intent, a covariance of zeros, and training ended in numpy's LinAlgError."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(5, 8))
+    stats = ood.fit_mahalanobis(features, np.arange(5), 5)
+    assert np.isfinite(stats["whitening"]).all()
+    distances = ood.mahalanobis(np.vstack([features[2], features[2] + 10.0]), stats)
+    assert distances[0] == pytest.approx(0, abs=1e-3) and distances[1] > 10
+    one = ood.fit_mahalanobis(features[:1], np.zeros(1, dtype=int), 1)  # one query in all: Euclidean
+    np.testing.assert_allclose(ood.mahalanobis(features[:1] + 2.0, one), [32.0], rtol=1e-4)
+
+
 def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding_both_centred():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 8)) + 3.0  # a common direction, as mean-pooled embeddings share

@@ -128,7 +128,12 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_labels: int) -
     features = features.astype(np.float64)
     centroids = np.stack([features[labels == c].mean(0) if (labels == c).any() else np.zeros(features.shape[1])
                           for c in range(num_labels)])
-    covariance = LedoitWolf().fit(features - centroids[labels]).covariance_
+    residuals = features - centroids[labels]
+    # every intent one query (small data's half of two examples an intent): no spread within an intent
+    # to fit, and a covariance of zeros; the spread of all the queries stands in for it
+    covariance = LedoitWolf().fit(residuals if residuals.any() else features).covariance_ if len(features) > 1 else None
+    if covariance is None or not np.trace(covariance) > 0:  # one query in all: plain Euclidean distances
+        covariance = np.eye(features.shape[1])
     whitening = np.linalg.cholesky(np.linalg.inv(covariance))
     return {"centroids": (centroids @ whitening).astype(np.float32), "whitening": whitening.astype(np.float32)}
 
