@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bankintent import probe  # noqa: E402
-from bankintent.audit import embed_texts  # noqa: E402
+from bankintent.probe import embed_texts  # noqa: E402
 from bankintent.config import TrainConfig  # noqa: E402
 from bankintent.data import load_splits  # noqa: E402
 from bankintent.selection import rank  # noqa: E402

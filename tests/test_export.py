@@ -53,6 +53,9 @@ def test_onnx_fp32_matches_pytorch(runs, tmp_path):
         np.testing.assert_allclose(logits, expected, atol=1e-4)
         np.testing.assert_allclose(onnx_features, features, atol=1e-4)
         assert decisions(onnx_predictor.predict(QUERIES, top_k=3)) == decisions(torch_predictor.predict(QUERIES, top_k=3))
+    assert isinstance(Predictor.load(folder, device="cpu").model, OnnxModel)
+    with pytest.raises(ModelError, match=r"device 'cuda': .+ is an ONNX export, which runs on the CPU"):  # was run on the CPU, unsaid
+        Predictor.load(folder, device="cuda")
 
 
 def test_an_export_handed_on_reads_the_query_column_its_run_trained_on(runs, tmp_path):

@@ -135,6 +135,31 @@ def test_pairs_per_example_given_overrides_the_budget(tiny_bert, three_shot, tmp
     assert metrics["contrastive_pairs"] == 12 + 4 and metrics["contrastive_pairs_per_query"] == 1
 
 
+def test_two_examples_per_intent_train(tiny_bert, tmp_path):
+    """The detector's half of two examples an intent holds one query an intent: training ended in
+    numpy's LinAlgError (a covariance of zeros) after the whole run."""
+    (tmp_path / "two").mkdir()
+    data = write_tiny_data(tmp_path / "two", 2)
+    metrics = train(resolve_config(None, method="linear-probe", intent_names="off", **tiny_options(tiny_bert, data, tmp_path / "run")))
+    assert metrics["train_size"] == 8 and metrics["oos_threshold"] is not None
+    answers = Predictor.load(tmp_path / "run").predict(["my card was stolen"])
+    assert all(answers[0][k] is not None for k in OOS_FIELDS)
+
+
+def test_contrastive_with_no_pair_to_train_on_is_the_linear_probe(tiny_bert, tmp_path, caplog):
+    """One example per intent beside a validation file (names not added): no pair, so the encoder is the
+    base's. The run said it had trained an epoch and saved the whole unchanged encoder beside the head."""
+    (tmp_path / "one_shot").mkdir()
+    data = write_tiny_data(tmp_path / "one_shot", 1)
+    (tmp_path / "one_shot_valid").mkdir()
+    (data / "valid.csv").write_text((write_tiny_data(tmp_path / "one_shot_valid", 3, seed=5) / "train.csv").read_text())
+    options = tiny_options(tiny_bert, data, tmp_path / "run", lr=1e-3, batch_size=8)
+    metrics = train(resolve_config(None, method="contrastive", intent_names="off", **options))
+    assert "no pair to train on; the linear probe only" in caplog.text
+    assert metrics["contrastive_pairs"] == 0 and metrics["epochs_run"] == 0 and metrics["trainable_pct"] < 1
+    assert set(load_file(tmp_path / "run" / "adapter" / "model.safetensors")) == {"head.weight", "head.bias"}
+
+
 def test_contrastive_trains_saves_loads_and_predicts(tiny_bert, three_shot, tmp_path):
     metrics = train(resolve_config(None, method="contrastive", **tiny_options(tiny_bert, three_shot, tmp_path, lr=1e-3, batch_size=8)))
     assert metrics["contrastive_pairs"] == (12 + 4) * 4 and metrics["contrastive_steps"] == 8  # 12 rows and 4 intent names

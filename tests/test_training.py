@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from bankintent import Predictor, resolve_config, train
 from bankintent.config import METHODS
 from bankintent.errors import ConfigError, ModelError
-from bankintent.modeling import ModelSpec, TARGET_MODULES, add_lora, base_pooling, build_model, layer_index, load_model
+from bankintent.modeling import (ModelSpec, TARGET_MODULES, add_lora, base_pooling, build_model, layer_index, load_model,
+                                 sentence_pooling)
 from bankintent.training import GradualUnfreezing, WeightAveraging, rdrop_loss
 from conftest import tiny_options
 
@@ -78,6 +80,21 @@ def test_base_pooling_is_recognised(tiny_models, tmp_path):
     broken = sentence_transformers_folder(tiny_models["bert"], tmp_path / "broken")
     (broken / "modules.json").write_text("{not json")
     assert base_pooling(str(broken)) == "cls"
+    assert [sentence_pooling(str(folder)) for folder in (tiny_models["bert"], tmp_path / "mean", tmp_path / "cls", broken)] == [
+        None, "mean", "cls", None]
+
+
+def test_a_head_that_cannot_read_the_pooling_is_refused_before_training(tiny_models, tiny_data, tmp_path):
+    """The probe methods fit their head on mean-pooled embeddings: with pooling cls they ended in an
+    AttributeError once the model had loaded. contrastive trains the base's own sentence embedding:
+    a CLS-pooling sentence encoder would train one thing and classify with another."""
+    for method in ("lpft", "linear-probe", "contrastive"):
+        with pytest.raises(ConfigError, match=f"pooling cls: {method} fits its head on mean-pooled embeddings"):
+            train(resolve_config(None, method=method, pooling="cls", **tiny_options(tiny_models["bert"], tiny_data, tmp_path / method)))
+    cls_encoder = sentence_transformers_folder(tiny_models["bert"], tmp_path / "cls-encoder", mean=False)
+    with pytest.raises(ConfigError, match="cls-encoder: a sentence encoder that pools by cls, where contrastive trains the mean"):
+        train(resolve_config(None, method="contrastive", **tiny_options(cls_encoder, tiny_data, tmp_path / "contrastive")))
+    assert not any((tmp_path / name).exists() for name in ("lpft", "linear-probe", "contrastive"))
 
 
 def test_training_queries_the_tokenizer_cuts_are_named(tiny_bert, tiny_data, tmp_path, caplog):
@@ -145,11 +162,18 @@ def test_out_of_fold_logits_come_from_probes_that_never_saw_the_query():
 
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(60, 100)), np.arange(60) % 3
-    out = probe.out_of_fold_logits(x, y.tolist(), c=100.0, seed=0)
+    keys = [f"query {i}" for i in range(60)]
+    out = probe.out_of_fold_logits(x, y.tolist(), c=100.0, seed=0, groups=keys)
     assert out.shape == (60, 3)
     in_sample = probe.logits(LogisticRegression(C=100.0, max_iter=2000).fit(x, y), x)
     assert (in_sample.argmax(1) == y).mean() == 1.0 and (out.argmax(1) == y).mean() < 0.6
-    assert probe.out_of_fold_logits(x[:4], [0, 0, 1, 2], c=1.0, seed=0) is None  # an intent with one example: no fold without it
+    assert probe.out_of_fold_logits(x[:4], [0, 0, 1, 2], c=1.0, seed=0, groups=keys[:4]) is None  # an intent with one example
+    # each query four times (thin intents' repeats, a file's duplicated rows): a copy in the fitted folds
+    # made the held query look known; kept in one fold with its copies, it is as new as before
+    copied = probe.out_of_fold_logits(np.repeat(x, 4, axis=0), np.repeat(y, 4).tolist(), c=100.0, seed=0, groups=list(np.repeat(keys, 4)))
+    assert (copied.argmax(1) == np.repeat(y, 4)).mean() < 0.6
+    assert probe.out_of_fold_logits(np.repeat(x[:4], 2, axis=0), [0, 0, 0, 0, 1, 1, 2, 2], c=1.0, seed=0,
+                                    groups=["a", "a", "b", "b", "c", "c", "d", "d"]) is None  # one distinct query of intents 1 and 2
 
 
 def test_an_intent_with_fewer_examples_than_folds_is_held_in_fewer_folds_not_every_intent():
@@ -352,6 +376,31 @@ def test_unfreezing_schedule():
     assert [schedule.lowest_trainable_layer(e) for e in range(4)] == [4, 2, 0, 0]
     assert layer_index("base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.default.weight") == 3
     assert layer_index("base_model.model.classifier.weight") is None
+
+
+def test_frozen_layers_have_no_say_in_gradient_clipping(tiny_bert):
+    """The Trainer clips the gradients' norm before any callback sees the step: a frozen layer's
+    gradient, dropped only afterwards, shrank the step of the layers training. Zeroed in backward,
+    it counts for nothing in the norm."""
+    from transformers import TrainerControl, TrainerState
+
+    spec = ModelSpec(base_model=str(tiny_bert), method="lora-unfreeze", pooling="mean", labels=["a", "b"], lora=True)
+    model = add_lora(build_model(spec), spec, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
+    schedule = GradualUnfreezing(num_layers=2, per_epoch=1)
+    control, state = TrainerControl(), TrainerState(global_step=0, max_steps=4, num_train_epochs=2)
+    schedule.on_train_begin(None, state, control, model=model)
+    schedule.on_step_begin(None, state, control)  # epoch 1: layer 1 trains, layer 0 is frozen
+    inputs = {"input_ids": torch.tensor([[101, 2023, 102], [101, 2008, 102]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    nn.functional.cross_entropy(model(**inputs).logits, torch.tensor([0, 1])).backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if "lora_" in name and p.grad is not None}
+    assert all(torch.count_nonzero(g) == 0 for name, g in grads.items() if layer_index(name) == 0)
+    assert any(torch.count_nonzero(g) > 0 for name, g in grads.items() if layer_index(name) == 1)
+    schedule.on_pre_optimizer_step(None, state, control, model=model)
+    assert all(p.grad is None for name, p in model.named_parameters() if layer_index(name) == 0)  # AdamW skips them
+    schedule.on_train_end(None, state, control)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(**inputs).logits, torch.tensor([0, 1])).backward()  # hooks removed: every layer's gradient
+    assert any(torch.count_nonzero(p.grad) > 0 for name, p in model.named_parameters() if "lora_B" in name and layer_index(name) == 0)
 
 
 def test_unfreezing_keeps_lower_layers_frozen_in_first_epoch(tiny_bert, tiny_data, tmp_path):

@@ -47,8 +47,7 @@ from bankintent.config import DEFAULT_BASE_MODEL, TrainConfig, check_output_fold
 from bankintent.data import Examples, data_files, label_warnings, query_key, read_examples, set_apart, write_sheet
 from bankintent.errors import ConfigError, DataError
 from bankintent.evaluation import confused_pairs
-from bankintent.modeling import ModelSpec, build_model, load_tokenizer
-from bankintent.probe import embed, stratified_folds
+from bankintent.probe import embed_texts, stratified_folds
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +86,6 @@ def read_labelled(data: str, text_column: str = "text", label_column: str = "cat
     for warning in label_warnings(labels, oos_label):  # what training warns of the labels (case variants, typos), said alike
         log.warning("%s: %s", counted, warning)
     return Audited(Examples(texts, labels, rows), files)
-
-
-def embed_texts(texts: list[str], base_model: str = DEFAULT_BASE_MODEL, max_length: int = 64, desc: str = "embedding",
-                progress: bool = True) -> np.ndarray:
-    """The frozen base model's mean-pooled, L2-normalised embeddings (the linear probe's input)."""
-    model = build_model(ModelSpec(base_model=base_model, method="linear-probe", pooling="mean", labels=["_"]))
-    return embed(model, load_tokenizer(base_model), texts, max_length, desc=desc, disable=not progress)
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, cs: list[float], seed: int, progress: bool = True,

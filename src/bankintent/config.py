@@ -462,7 +462,8 @@ class DistillConfig:
                                         "(default: the teacher alone)")
     unlabelled: str | None = option(None, "a .txt, .csv, .jsonl or .parquet file of unlabelled queries (e.g. chat logs) the teacher labels "
                                     "(default: none)")
-    epochs: int = option(5, "passes over the distillation queries; the epoch with the best validation accuracy is kept")
+    epochs: int = option(5, "passes over the distillation queries; the epoch with the best validation accuracy is kept "
+                                  "(the last, where the data has no validation split)")
     temperature: float = option(2.0, "softens the teacher's and the student's probabilities in the KL term")
     alpha: float = option(0.5, "weight of the cross-entropy on the true labels; 1 - alpha: the KL term's")
     learning_rate: float = option(1e-4, "peak of AdamW's linear warm-up and decay")

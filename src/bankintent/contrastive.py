@@ -33,10 +33,9 @@ from bankintent.modeling import MeanPoolClassifier, no_loading_bar, resolve_base
 
 log = logging.getLogger(__name__)
 
-# Pairs trained on by default: one epoch over about this many. At 5 examples per intent (4 pairs a
-# query) twice as many pairs scored no better, and at 10 examples half as many (2 a query) scored as
-# well in half the time; half of these again scored a little less at both sizes
-# (docs/results/fewshot). A query gets 1 to MAX_PAIRS_PER_QUERY of them.
+# Pairs trained on by default: one epoch over about this many, so that training time stops growing with
+# the data: more pairs scored no better, and fewer a little less (docs/results/fewshot, "About 2,000
+# pairs in all"). A query gets 1 to MAX_PAIRS_PER_QUERY of them.
 PAIR_BUDGET = 2000
 MAX_PAIRS_PER_QUERY = 4
 

@@ -163,24 +163,36 @@ def _base_model_file(name: str, filename: str) -> Path | None:
     return Path(found) if found else None
 
 
-def base_pooling(name: str) -> str:
-    """The base model's own pooling, which ``pooling: auto`` trains with: ``mean`` for a
-    sentence-transformers encoder whose Pooling module averages the tokens (``modules.json`` names a
-    ``sentence_transformers.models.Pooling`` module whose ``config.json`` sets ``pooling_mode_mean_tokens``,
-    as the embedded all-MiniLM-L6-v2's does), else ``cls``: the model's own sequence-classification head
-    on the first token, which is how a plain encoder such as ``distilbert-base-uncased`` is fine-tuned.
-    A head that does not match how the encoder was trained starts cold and learns slowly."""
+def sentence_pooling(name: str) -> str | None:
+    """How a sentence-transformers encoder pools its tokens into a sentence embedding (``mean``, ``cls``,
+    ``max``, ...: its ``modules.json`` names a ``sentence_transformers.models.Pooling`` module, whose
+    ``config.json`` says), or None for a plain encoder (no ``modules.json``, which sentence-transformers
+    loads with mean pooling) or a layout this does not understand."""
     modules = _base_model_file(name, "modules.json")
     if modules is None:
-        return "cls"
+        return None
     try:
         entries = json.loads(modules.read_text())
         pooling = next(e for e in entries if e.get("type", "").endswith("models.Pooling"))
         config = _base_model_file(name, f"{pooling['path']}/config.json")
-        mean = config is not None and json.loads(config.read_text()).get("pooling_mode_mean_tokens", False)
+        settings = json.loads(config.read_text()) if config is not None else {}
     except (ValueError, StopIteration, AttributeError, KeyError, TypeError):
-        return "cls"  # a modules.json this does not understand: the model's own head
-    return "mean" if mean else "cls"
+        return None
+    if isinstance(settings.get("pooling_mode"), str):
+        return settings["pooling_mode"]
+    modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+             "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
+             "pooling_mode_lasttoken": "lasttoken"}
+    return next((mode for key, mode in modes.items() if settings.get(key)), None)
+
+
+def base_pooling(name: str) -> str:
+    """The base model's own pooling, which ``pooling: auto`` trains with: ``mean`` for a
+    sentence-transformers encoder whose Pooling module averages the tokens (``sentence_pooling``, as
+    the embedded all-MiniLM-L6-v2's does), else ``cls``: the model's own sequence-classification head
+    on the first token, which is how a plain encoder such as ``distilbert-base-uncased`` is fine-tuned.
+    A head that does not match how the encoder was trained starts cold and learns slowly."""
+    return "mean" if sentence_pooling(name) == "mean" else "cls"
 
 
 def target_modules_for(model_type: str) -> list[str]:
@@ -211,8 +223,8 @@ class ModelSpec:
 
 
 # The logit scale of a mean-pooled head trained from scratch (lora, full, lora-unfreeze on a sentence
-# encoder). Its input is a unit vector, so with the usual initialisation its logits stay within about
-# +-0.6 and the softmax near uniform until the weights have grown, which at fine-tuning learning rates
+# encoder). Its input is a unit vector, so with the usual initialisation its logits stay well below 1
+# and the softmax near uniform until the weights have grown, which at fine-tuning learning rates
 # takes most of the run (a cosine classifier's scale, as in NormFace, Wang et al., 2017, removes this).
 # A head warm-started from the linear probe (lpft) has grown weights already and keeps scale 1.
 COLD_HEAD_SCALE = 16.0

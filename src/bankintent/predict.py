@@ -297,11 +297,15 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, batch_size: int | None = None, threads: int | None = None,
              oos_score: str | None = None, oos_threshold: float | None = None, allow_pickle: bool = False) -> "Predictor":
-        """A training run, a model folder or an exported ONNX folder. ``threads``: ONNX Runtime only;
-        ``allow_pickle``: accept a base model stored as pickled .bin weights."""
+        """A training run, a model folder or an exported ONNX folder. ``device``: PyTorch's (an export
+        runs on the CPU); ``threads``: ONNX Runtime only; ``allow_pickle``: accept a base model stored as
+        pickled .bin weights."""
         folder = model_folder(path)
         warn_if_stale(folder)
         if (folder / ONNX_FILE).is_file():
+            if device not in (None, "cpu"):
+                raise ModelError(f"device {device!r}: {folder} is an ONNX export, which runs on the CPU; load the training run's "
+                                 f"model folder to run on {device}")
             spec = read_spec(folder)
             with loading(folder):
                 model, tokenizer = OnnxModel(folder / ONNX_FILE, threads), tokenizers.Tokenizer.from_file(str(folder / TOKENIZER_FILE))

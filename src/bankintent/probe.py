@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
+from bankintent.config import DEFAULT_BASE_MODEL
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import MeanPoolClassifier, ModelSpec, build_model, encode_batches, load_tokenizer
 
@@ -81,20 +83,25 @@ def stratified_folds(y, seed: int, groups=None) -> list[tuple[np.ndarray, np.nda
         return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
-def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int) -> np.ndarray | None:
-    """Each training query's logits from a probe of regularisation ``c`` fitted without it
-    (``stratified_folds``); None where an intent has a single example.
+def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int, groups: list[str]) -> np.ndarray | None:
+    """Each training query's logits from a probe of regularisation ``c`` fitted without it or a copy of
+    it (``stratified_folds``; ``groups``: each row's query as ``data.query_key`` reads it, where the rows
+    hold copies: a file's duplicated rows, thin intents' repeats); None where an intent has a single
+    distinct query, or the folds leave one out of a probe.
     Why: small data has no validation split, and a probe's logits for the queries it was fitted on are
     surer than for new ones; out of fold, the head (not the encoder, which saw them all) is as new to
     each query as to a user's."""
     train_y = np.asarray(train_y)
-    counts = np.unique(train_y, return_counts=True)[1]
-    if counts.min() < 2:
+    labels = np.unique(train_y)
+    if min(Counter(label for _, label in set(zip(groups, train_y.tolist()))).values()) < 2:  # distinct queries an intent
         return None
-    out = np.zeros((len(train_y), len(counts)))
+    copies = len(set(groups)) < len(groups)
+    out = np.zeros((len(train_y), len(labels)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        for fitted, held in stratified_folds(train_y, seed):
+        for fitted, held in stratified_folds(train_y, seed, groups if copies else None):
+            if len(np.unique(train_y[fitted])) < len(labels):  # every query of an intent held at once
+                return None
             clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x[fitted], train_y[fitted])
             out[held] = logits(clf, train_x[held])
     return out
@@ -124,13 +131,19 @@ def load_into_head(model: MeanPoolClassifier, clf: LogisticRegression) -> None:
         model.head.bias.copy_(torch.as_tensor(bias, dtype=model.head.bias.dtype))
 
 
+def embed_texts(texts: list[str], base_model: str = DEFAULT_BASE_MODEL, max_length: int = 64, desc: str = "embedding",
+                progress: bool = True, allow_pickle: bool = False) -> np.ndarray:
+    """The frozen base model's mean-pooled, L2-normalised embeddings (the linear probe's input)."""
+    model = build_model(ModelSpec(base_model=base_model, method="linear-probe", pooling="mean", labels=["_"]), allow_pickle=allow_pickle)
+    return embed(model, load_tokenizer(base_model), texts, max_length, desc=desc, disable=not progress)
+
+
 def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:
     """The first run of ``--augment confused-pairs``: a linear probe of the frozen base model fitted on
     the (preprocessed) training split; returns its ``pairs`` most confused intent pairs on validation."""
-    spec = ModelSpec(base_model=cfg.base_model, method="linear-probe", pooling="mean", labels=splits.labels)
-    model, tokenizer = build_model(spec), load_tokenizer(cfg.base_model)
-    train_x = embed(model, tokenizer, splits.train.texts, cfg.max_length, desc="augment: first run, train")
-    val_x = embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="augment: first run, validation")
+    x = embed_texts(splits.train.texts + splits.validation.texts, cfg.base_model, cfg.max_length, desc="augment: first run",
+                    allow_pickle=cfg.allow_pickle)
+    train_x, val_x = x[:len(splits.train)], x[len(splits.train):]
     clf, _, _ = fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
     y_true = splits.ids(splits.validation)
     return confused_pairs(splits.validation.texts, y_true, clf.predict(val_x), splits.labels, top=pairs, examples=1)

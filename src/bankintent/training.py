@@ -50,6 +50,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
 from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, check_writable, differences, first_few, for_data,
                                read_yaml, recorded_path, unused_options)
-from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, run_splits, test_digest, thin_intents,
+from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, query_key, run_splits, test_digest, thin_intents,
                              thin_intents_warning, thin_validation, training_counts)
 from bankintent.errors import TERMINATED, ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
@@ -96,6 +97,7 @@ from bankintent.modeling import (
     long_queries_note,
     match_permissions,
     save_model,
+    sentence_pooling,
     target_modules_for,
 )
 from bankintent.predict import Predictor
@@ -132,23 +134,42 @@ class GradualUnfreezing(TrainerCallback):
     Schedule: in epoch 1 the LoRA weights of the top ``per_epoch`` encoder layers train (with the
     head); each later epoch the next ``per_epoch`` layers below join, until all train. With the
     6-layer default and ``per_epoch=2`` over 4 epochs: layers 4-5, then 2-5, then 0-5, then 0-5.
-    Frozen layers keep ``requires_grad`` (so the optimizer knows them) but their gradients are dropped
-    before each optimizer step, which AdamW then skips.
+    Frozen layers keep ``requires_grad`` (so the optimizer knows them and DDP all-reduces the same
+    parameters each step): a hook zeroes their gradients as backward computes them, so that gradient
+    clipping, which the Trainer does before any callback sees the step, measures the training layers'
+    alone, and they are dropped before each optimizer step, which AdamW then skips.
     """
 
     def __init__(self, num_layers: int, per_epoch: int):
         self.num_layers, self.per_epoch = num_layers, per_epoch
+        self.lowest, self._hooks = 0, []
 
     def lowest_trainable_layer(self, epoch: int) -> int:
         return max(0, self.num_layers - (epoch + 1) * self.per_epoch)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        steps_per_epoch = max(1, math.ceil(state.max_steps / max(1, state.num_train_epochs)))
-        lowest = self.lowest_trainable_layer(state.global_step // steps_per_epoch)
+    def _layered(self, model) -> Iterator[tuple[int, nn.Parameter]]:
         for name, parameter in model.named_parameters():
             layer = layer_index(name)
-            if layer is not None and layer < lowest:
+            if layer is not None and parameter.requires_grad:
+                yield layer, parameter
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._hooks = [parameter.register_hook(lambda grad, layer=layer: grad if layer >= self.lowest else torch.zeros_like(grad))
+                       for layer, parameter in self._layered(model)]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        steps_per_epoch = max(1, math.ceil(state.max_steps / max(1, state.num_train_epochs)))
+        self.lowest = self.lowest_trainable_layer(state.global_step // steps_per_epoch)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for layer, parameter in self._layered(model):
+            if layer < self.lowest:
                 parameter.grad = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 def rdrop_loss(first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor, alpha: float,
@@ -585,7 +606,7 @@ def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: boo
     log.info("linear probe: C=%g (chosen %s)%s", c, chosen, "" if val_acc is None else f", validation accuracy {val_acc:.4f}")
     held_out = None
     if splits.small_data and cfg.method in PROBE_FINAL_METHODS:
-        held_out = probe.out_of_fold_logits(train_x, splits.ids(splits.train), c, cfg.seed)
+        held_out = probe.out_of_fold_logits(train_x, splits.ids(splits.train), c, cfg.seed, [query_key(t) for t in splits.train.texts])
     return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}, held_out
 
 
@@ -766,14 +787,15 @@ def _train(cfg: TrainConfig) -> dict:
             (checkpoints / PROBE_METRICS).write_text(json.dumps(probe_metrics))
     elif cfg.method in PROBE_HEAD_METHODS and (checkpoints / PROBE_METRICS).is_file():
         extra.update(json.loads((checkpoints / PROBE_METRICS).read_text()))
+    paired = bool(extra.get("contrastive_pairs"))  # contrastive's encoder trained (no epochs or no pair: it did not)
     if cfg.uses_lora:
         model = add_lora(model, spec, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
-    elif cfg.method == "linear-probe" or cfg.method == "contrastive" and cfg.epochs == 0:
-        model.encoder.requires_grad_(False)
+    elif cfg.method == "linear-probe" or cfg.method == "contrastive" and not paired:
+        model.encoder.requires_grad_(False)  # the base's encoder, unchanged: saved as the probe's head alone
 
     history: list[dict] = []
     best_epoch = 0
-    epochs_run = cfg.epochs if cfg.method == "contrastive" else 0  # the encoder's epochs on pairs; the probe has none
+    epochs_run = cfg.epochs if paired else 0  # the encoder's epochs on pairs; the probe has none
     if cfg.method not in PROBE_FINAL_METHODS and cfg.epochs > 0:
         model, history, best_epoch, epochs_run, facts = _fine_tune(
             model, tokenizer, splits, cfg, checkpoints, resume_from, TrainingClock(started, before), process.num_processes)
@@ -783,7 +805,7 @@ def _train(cfg: TrainConfig) -> dict:
         return {}
 
     # the encoder trained on the training queries (the probe alone did not; nor contrastive without a pair to train on)
-    encoder_trained = cfg.method not in PROBE_FINAL_METHODS or bool(extra.get("contrastive_pairs"))
+    encoder_trained = cfg.method not in PROBE_FINAL_METHODS or paired
     scores = save_and_score(model, tokenizer, spec, splits, cfg, history, extra, out_of_fold, encoder_trained)
     metrics = {**run_metrics(spec, scores, splits, train_seconds, best_epoch, epochs_run, cfg.seed, extra), "data_record": record}
     write_json(out / "metrics.json", metrics)
@@ -808,6 +830,7 @@ def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits,
     if cfg.pooling == "auto":
         cfg = dataclasses.replace(cfg, pooling=base_pooling(cfg.base_model))
         log.info("pooling: %s (the base model's own)", cfg.pooling)
+    check_pooling(cfg)
     if splits.small_data and cfg.augment:
         raise ConfigError(f"augment={cfg.augment!r} finds the confused intents on the validation split, and this data has none "
                           f"({splits.notes['validation']}); give a validation file (valid.csv) or leave augment out")
@@ -894,7 +917,10 @@ def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, ch
     model = trainer.model
     if averaging.count:
         averaging.apply(model)
-        log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
+        if averaging.count > 1:
+            log.info("weights: the mean of the %d epochs' end weights (average_weights)", averaging.count)
+        else:
+            log.info("weights: the only epoch's (average_weights: one epoch, nothing to average)")
     history = history_from_logs(trainer.state.log_history)
     validated = [row for row in history if not math.isnan(row["val_accuracy"])]
     best_epoch = max(validated, key=lambda row: row["val_accuracy"])["epoch"] if validated else 0
@@ -955,6 +981,19 @@ def data_metrics(splits: Splits) -> dict:
         "queries_also_in_training": splits.notes.get("queries_also_in_training", {}),
         "test_sha256": test_digest(splits),
     }
+
+
+def check_pooling(cfg: TrainConfig) -> None:
+    """The probe methods fit a logistic regression on mean-pooled embeddings: a ``cls`` model (the
+    model's own head) has none to fit it on. ``contrastive`` trains the base's own sentence embedding,
+    which must then be the mean of the tokens too."""
+    if cfg.method in PROBE_HEAD_METHODS and cfg.pooling != "mean":
+        raise ConfigError(f"pooling {cfg.pooling}: {cfg.method} fits its head on mean-pooled embeddings; give pooling mean, or "
+                          f"--method lora, full or lora-unfreeze for the model's own head on the first token")
+    pooled = sentence_pooling(cfg.base_model) if cfg.method == "contrastive" else None
+    if pooled not in (None, "mean"):
+        raise ConfigError(f"{cfg.base_model}: a sentence encoder that pools by {pooled}, where contrastive trains the mean of the "
+                          f"tokens its classifier reads; choose a mean-pooling encoder, or --method lpft")
 
 
 def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: TrainConfig, history: list[dict], extra: dict,
