@@ -266,6 +266,10 @@ def test_label_with_one_example_stops_with_one_line_saying_why(tmp_path, caplog)
     with pytest.raises(DataError, match=r"label 'travel_notcie' has 1 example \(a typo for 'travel_notice'\?\)"):
         load_splits(_folder(tmp_path / "sheet", rows))
     assert "spelt almost as" not in caplog.text  # before the error that it does not train
+    (tmp_path / "three").mkdir()  # three at once: each named, with its line and the label it may mean (they came one a run)
+    with pytest.raises(DataError, match=rf"line {line}: label '{typo}' \(and 2 other label\(s\) with one: 'lonely' \(line {line + 1}\), "
+                                        rf"'zz_new' \(line {line + 2}\)\) has 1 example \(a typo for '{GOOD[0][1]}'\?\)"):
+        load_splits(_folder(tmp_path / "three", GOOD + [("only one", typo), ("alone", "lonely"), ("new", "zz_new")]))
 
 
 def test_a_label_whose_rows_repeat_one_query_stops_too(tmp_path):

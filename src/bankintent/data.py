@@ -896,11 +896,21 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     counts = Counter(label for _, label in {(query_key(text), label) for text, label in zip(full.texts, full.labels)})
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
-        more = f" (and {len(rare) - 1} other label(s))" if len(rare) > 1 else ""
-        row = full.rows[full.labels.index(rare[0])] if full.rows else None
-        where = f"{numbered(train_file)} {row}: " if row else ""
-        close = closest_name(rare[0], [label for label, n in counts.items() if n >= 2])
-        hint = f" (a typo for {close!r}?)" if close else ""
+        known = [label for label, n in counts.items() if n >= 2]
+
+        def line(label: str) -> str:
+            row = full.rows[full.labels.index(label)] if full.rows else None
+            return f"{numbered(train_file)} {row}" if row else ""
+
+        def typo(label: str) -> str:
+            close = closest_name(label, known)
+            return f"a typo for {close!r}?" if close else ""
+
+        others = [f"{label!r} ({'; '.join(filter(None, (line(label), typo(label))))})" if line(label) or typo(label) else repr(label)
+                  for label in rare[1:]]
+        more = f" (and {len(others)} other label(s) with one: {first_few(others, 5)})" if others else ""
+        where = f"{line(rare[0])}: " if line(rare[0]) else ""
+        hint = f" ({typo(rare[0])})" if typo(rare[0]) else ""
         repeated = full.labels.count(rare[0]) - 1
         example = f"1 distinct example (its other {repeated} row(s) repeat it, case and spaces aside)" if repeated else "1 example"
         raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has {example}{hint}; every intent needs at least 2 (one to "
