@@ -43,6 +43,26 @@ def test_a_clear_label_error_is_flagged_where_the_intent_s_own_queries_are_surer
     assert ranked == [40, 31, 52] and quality[40] == pytest.approx(0.05, abs=0.002)
 
 
+def test_a_label_the_other_folds_all_but_rule_out_is_flagged_though_no_intent_is_confident():
+    """A newcomer's 7 intents of 17 queries: the probe, regularised, gives soft probabilities (each
+    intent's own queries about 0.55), so no intent reached its threshold and cleanlab flagged nothing,
+    though two queries got 0.05 for their label and about 0.5 for another. Below chance (1/7) with another
+    intent first, they are flagged; a query merely unsure of its label (0.2) is not."""
+    from bankintent.audit import likely_label_errors
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(7), 17)
+    probabilities = np.full((119, 7), 0.45 / 6)
+    probabilities[np.arange(119), y] = 0.55
+    probabilities[3] = [0.05, 0.5, 0.09, 0.09, 0.09, 0.09, 0.09]  # labelled 0, about intent 1
+    probabilities[20] = [0.3, 0.06, 0.4, 0.06, 0.06, 0.06, 0.06]  # labelled 1, about intent 2
+    probabilities[40] = [0.35, 0.05, 0.2, 0.1, 0.1, 0.1, 0.1]  # labelled 2: unsure, not ruled out
+    probabilities += rng.uniform(0, 0.001, probabilities.shape)
+    probabilities /= probabilities.sum(1, keepdims=True)
+    ranked, _ = likely_label_errors(y, probabilities)
+    assert ranked == [3, 20]
+
+
 @pytest.mark.e2e
 def test_audit_finds_a_planted_label_error_a_conflicting_duplicate_and_a_thin_intent(banking77_subset, tmp_path):
     rows = _rows(banking77_subset / "train.csv")

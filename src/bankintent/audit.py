@@ -131,8 +131,12 @@ def _cell(text: str, width: int = 90) -> str:
 
 
 def likely_label_errors(y: np.ndarray, probabilities: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """The queries cleanlab flags (either rule, each intent's threshold capped at ``CONFIDENT_CAP``),
-    least likely label first, and every query's label quality (the given label's probability)."""
+    """The queries cleanlab flags (either rule, each intent's threshold capped at ``CONFIDENT_CAP``), and
+    those whose given label is less likely than chance (1 / intents) while another intent is the most
+    likely, least likely label first; and every query's label quality (the given label's probability).
+    The last rule is for small data, whose probe is regularised into soft probabilities: no intent
+    reaches its threshold, so cleanlab counts no error at all, and a query labelled with an intent the
+    other folds all but rule out went unflagged."""
     from cleanlab.count import compute_confident_joint, get_confident_thresholds
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -143,6 +147,7 @@ def likely_label_errors(y: np.ndarray, probabilities: np.ndarray) -> tuple[list[
     flagged = set()
     for rule in ("prune_by_noise_rate", "low_self_confidence"):
         flagged.update(find_label_issues(labels=y, pred_probs=probabilities, confident_joint=joint, filter_by=rule).nonzero()[0].tolist())
+    flagged.update(np.flatnonzero((quality < 1 / probabilities.shape[1]) & (probabilities.argmax(1) != y)).tolist())
     return sorted(flagged, key=lambda i: (quality[i], i)), quality
 
 
