@@ -457,6 +457,8 @@ def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path, caplog):
             assert response.json()["error"] == "model broken: cannot be loaded (the service's log says why)"
         assert client.get("/v1/models").json()["models"] == ["good"]
         assert client.get("/readyz").json() == {"status": "ready", "models": ["good"], "not_loaded": ["broken"]}
+        unknown = client.post("/v1/predict", json={"texts": ["hi"], "model": "other"})  # offered what answers, the broken said apart
+        assert unknown.status_code == 404 and unknown.json()["error"] == "model: unknown model 'other'; one of good (broken cannot be loaded)"
         (tmp_path / "broken" / "adapter_model.safetensors").write_bytes((runs / "bank_b" / "adapter" / "adapter_model.safetensors").read_bytes())
         time.sleep(1.1)  # the listing is read again
         assert client.get("/readyz").json() == {"status": "ready", "models": ["broken", "good"]}  # mended: served again

@@ -225,14 +225,20 @@ class Registry:
                     raise UnknownModel("no model is served yet: the models folder holds no model folder (the service's log "
                                        "says what it found)")
                 if len(listing) != 1:
-                    raise UnknownModel(f"model: required when serving several models; one of {', '.join(sorted(listing))}")
+                    raise UnknownModel(f"model: required when serving several models; one of {self._choices(listing)}")
                 name = next(iter(listing))
             if name not in listing:
-                raise UnknownModel(f"model: unknown model {name!r}; one of {', '.join(sorted(listing)) or '(none yet)'}")
+                raise UnknownModel(f"model: unknown model {name!r}; one of {self._choices(listing) or '(none yet)'}")
             served = self._loaded.get(name)
             if served is None:
                 served = self._loaded[name] = self._load_once(name, listing[name])
             return served
+
+    def _choices(self, listing: dict[str, Path]) -> str:
+        """The names a request may give, those whose folder failed to load said apart (they answer 503)."""
+        failed = [name for name in sorted(listing) if name in self._failed]
+        working = ", ".join(name for name in sorted(listing) if name not in self._failed)
+        return working + (f" ({', '.join(failed)} cannot be loaded)" if failed else "")
 
     def _load_once(self, name: str, folder: Path) -> ServedModel:
         """``_load``, where a models folder's folder that failed to load is not loaded again (nor its
