@@ -587,6 +587,12 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tm
 
     lines = summary_lines({"queries": 2, "accuracy": 1.0, "macro_f1": 1.0, "intents_without_queries": ["new_intent"]}, "test", tmp_path)
     assert "1 of the model's intents have no query here (new_intent): their recall is not measured" in lines
+    fallback = {"oos_score": "msp", "threshold": 0.5, "coverage": 0.75, "accuracy_kept": 1.0,
+                "for_target": {"coverage": 0.75, "threshold": 0.42, "oos_recall": 1.0}}
+    advice = {n: next(line for line in summary_lines({"queries": n, "accuracy": 1.0, "macro_f1": 1.0, "out_of_scope": fallback}, "test",
+                                                     tmp_path) if "--oos-threshold 0.42" in line) for n in (4, 300)}
+    assert advice[4].endswith("(set on 4 queries, it may answer a share many points off on new ones: set it on a few hundred)")
+    assert advice[300].endswith("catching 100.0% of the out-of-scope examples")  # enough queries: no warning
     from bankintent.evaluation import scores  # macro-F1 is the mean of the F1s the table has: never_asked's is none, not 0
 
     assert scores(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])) == {"accuracy": 0.75, "macro_f1": pytest.approx((2 / 3 + 1) / 2)}

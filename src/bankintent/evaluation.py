@@ -306,6 +306,10 @@ def _by_source(coverage: dict) -> str:
     return coverage.get("oos_examples")
 
 
+# fewer in-scope queries than this leave fewer than 5 beyond a 95% threshold: a threshold set on them is a guess
+FEW_FOR_A_THRESHOLD = 100
+
+
 def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
     accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
@@ -351,8 +355,11 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
             caught = aimed.get("oos_recall")
             recall = f", catching {pct(caught, 1)} of the out-of-scope examples" if isinstance(caught, Real) else ""
             score = f"--oos-score {coverage.get('oos_score')} " if aimed.get("other_score") else ""
+            queries = summary.get("queries")
+            few = (f" (set on {queries} queries, it may answer a share many points off on new ones: set it on a few hundred)"
+                   if isinstance(queries, int) and queries < FEW_FOR_A_THRESHOLD else "")
             lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 1)} of these in-scope queries: {score}--oos-threshold "
-                         f"{aimed['threshold']!r}{recall}")
+                         f"{aimed['threshold']!r}{recall}{few}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
     if written:
