@@ -226,14 +226,17 @@ def export_onnx(model: torch.nn.Module, path: Path, quantize: str | None = None,
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings of the TorchScript exporter
         raw = Path(tmp) / "raw.onnx"
+        log.info("export: tracing the model into an ONNX graph")  # each step takes seconds, and shows no bar of its own
         torch.onnx.export(
             wrapper, (ids, torch.ones_like(ids)), str(raw), dynamo=False, opset_version=OPSET,
             input_names=["input_ids", "attention_mask"], output_names=["logits", "features"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}, "features": {0: "batch"}},
         )
         fused = Path(tmp) / "fused.onnx"
+        log.info("export: fusing attention and layer norms (ONNX Runtime's transformer optimizer)")
         optimize(raw, fused, encoder.config)
         if quantize == "int8":
+            log.info("export: int8 weights, activation scales calibrated on %d queries", len(calibration))
             quantize_int8(fused, path, "/" + head.replace(".", "/") + "/", calibration)
         else:
             fused.replace(path)
