@@ -94,6 +94,13 @@ def test_confused_pairs_augmentation_adds_copies_of_confused_intents(tiny_bert, 
     confused = {p["intent_a"] for p in record["confused_pairs"]} | {p["intent_b"] for p in record["confused_pairs"]}
     assert record["added"] == len(prepared.train) - originals > 0
     assert set(prepared.train.labels[originals:]) <= confused
+    # another process of a distributed run: the same copies, and no file written into a run folder that
+    # the main process may not have made yet (it stopped with FileNotFoundError)
+    other = tmp_path / "not_made_yet"
+    again = prepare_splits(load_splits(cfg.data, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed),
+                           resolve_config(None, augment="confused-pairs", intent_names="off", **tiny_options(tiny_bert, tiny_data, other)),
+                           {}, main=False)
+    assert again.train.texts == prepared.train.texts and not other.exists()
 
 
 def test_unknown_augmentation_is_a_config_error(tiny_bert, tiny_data, tmp_path):

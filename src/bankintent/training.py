@@ -766,7 +766,7 @@ def _train(cfg: TrainConfig) -> dict:
     if main:
         _start_run_folder(cfg, splits, out, tokenizer)
     record = data_record(splits)  # the data as read, before the names and repeats training adds: what the report compares
-    splits = prepare_splits(splits, cfg, spec.preprocessing)
+    splits = prepare_splits(splits, cfg, spec.preprocessing, main)
     checkpoints = out / "checkpoints"
     resume_from = last_checkpoint(checkpoints, remove_incomplete=main) if cfg.resume and checkpoints.is_dir() else None
     if cfg.resume and resume_from is None:
@@ -1121,10 +1121,12 @@ def repeat_thin_intents(splits: Splits, repeats: int) -> None:
              ", ".join(f"{label!r} x{n}" for label, n in copies.items()), median)
 
 
-def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Splits:
+def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict, main: bool = True) -> Splits:
     """Training-time text preparation: the model's preprocessing on train and validation (prediction
     applies it to every query, test included), thin intents' queries repeated, the intents' names and
-    augmentation of the training split. ``notes["train_rows_given"]``: the rows before any was added."""
+    augmentation of the training split. ``notes["train_rows_given"]``: the rows before any was added.
+    Every process of a distributed run prepares its own (the same, from the seed); ``main`` writes
+    ``augmentation.json``, into the run folder the other processes may find not made yet."""
     splits.notes["train_rows_given"] = len(splits.train)
     preprocess_splits(splits, preprocessing)
     repeat_thin_intents(splits, cfg.thin_repeats)
@@ -1134,7 +1136,8 @@ def prepare_splits(splits: Splits, cfg: TrainConfig, preprocessing: dict) -> Spl
         intents = {p["intent_a"] for p in pairs} | {p["intent_b"] for p in pairs}
         texts, labels = augment(splits.train.texts, splits.train.labels, intents, cfg.seed)
         log.info("augment: %d perturbed copies of the queries of %d confused intents", len(texts), len(intents))
-        (Path(cfg.output) / "augmentation.json").write_text(json.dumps({"confused_pairs": pairs, "added": len(texts)}, indent=2))
+        if main:
+            (Path(cfg.output) / "augmentation.json").write_text(json.dumps({"confused_pairs": pairs, "added": len(texts)}, indent=2))
         splits.train = Examples(splits.train.texts + texts, splits.train.labels + labels)
     return splits
 
