@@ -207,6 +207,8 @@ def test_on_loopback_the_service_answers_its_own_names_and_those_allowed_only(ru
                 assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
             refused = client.get("/v1/models", headers={"Host": f"evil.example:{port}"})
             assert refused.status_code == 400 and "models" not in refused.text and refused.headers["x-frame-options"] == "DENY"
+            # in JSON, as every other error (it was starlette's plain text)
+            assert refused.json()["error"].startswith(f"Host 'evil.example:{port}' is not a name this service answers to")
             assert 'bankintent_requests_total{path="/v1/models",status="400"} 1.0' in client.get("/metrics").text
     finally:
         process.terminate()

@@ -294,6 +294,32 @@ class Guard:
         return replay
 
 
+class HostCheck(TrustedHostMiddleware):
+    """Starlette's check of the ``Host`` header (``LOOPBACK``: DNS rebinding), its refusal answered in
+    JSON, as every other error of the service is, rather than its plain text."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        async def allowed(scope, receive, send):
+            scope["bankintent.host_allowed"] = True
+            await app(scope, receive, send)
+
+        super().__init__(allowed, allowed_hosts=allowed_hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+
+        async def refused_in_json(message):
+            if scope.get("bankintent.host_allowed"):
+                return await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):  # starlette's refusal, said again
+                host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+                await JSONResponse({"error": f"Host {host!r} is not a name this service answers to (a name a reverse proxy "
+                                             "passes is added with serve --allowed-host NAME)"}, 400)(scope, None, send)
+
+        await super().__call__(scope, receive, refused_in_json)
+
+
 class HeadDeadline(AutoHTTPProtocol):
     """uvicorn's HTTP protocol (httptools', else h11's) that closes a connection which has not sent a
     whole request head within ``HEAD_TIMEOUT_S`` of connecting or of its last response. uvicorn times
@@ -739,7 +765,7 @@ def create_app(model_dir: str | Path | None = None, models_dir: str | Path | Non
         return HTMLResponse(page)
 
     if allowed_hosts:  # inside Guard (added last, so outermost): its 400s counted and given the security headers
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
     app.add_middleware(Guard, metrics=service.metrics, keys=keys)
     return app
 
