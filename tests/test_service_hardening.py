@@ -144,6 +144,40 @@ def test_a_connection_that_sends_no_whole_request_head_in_time_is_closed(run, mo
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
 
+def test_a_request_answered_slowly_or_waiting_its_turn_is_not_cut_by_the_head_deadline(monkeypatch):
+    """Pipelined: the second request's head has come, and it waits while the first is answered; the
+    deadline armed when the first answer ended took it for a head never sent and closed the connection."""
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from bankintent import serving
+
+    monkeypatch.setattr(serving, "HEAD_TIMEOUT_S", 1.0)
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow():
+        await asyncio.sleep(2.5)
+        return {"slow": True}
+
+    @app.get("/fast")
+    async def fast():
+        return {"fast": True}
+
+    with serve_in_background(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        assert received.count(b"HTTP/1.1 200") == 2 and b'{"slow":true}' in received
+
+
 def test_with_api_keys_a_body_without_a_key_is_refused_before_it_is_read(run, tmp_path, monkeypatch):
     """An anonymous client cannot make the service wait for, receive and parse a body: 401 from the headers."""
     from bankintent import serving
@@ -152,7 +186,8 @@ def test_with_api_keys_a_body_without_a_key_is_refused_before_it_is_read(run, tm
     (tmp_path / "keys.txt").write_text("key-one\n")
     with serve_in_background(create_app(model_dir=run, api_key_file=tmp_path / "keys.txt")) as base:
         for head in (b"Content-Length: 100\r\n", b"Content-Length: 100\r\nAuthorization: Bearer key-two\r\n",
-                     b"Content-Length: 5000000\r\n"):
+                     b"Content-Length: 5000000\r\n",  # below: a bad key first, a good one second: the first counts, as for the routes
+                     b"Content-Length: 100\r\nAuthorization: Bearer key-two\r\nAuthorization: Bearer key-one\r\n"):
             answer = _raw_post(base, head, b'{"te', wait=10)  # 4 bytes of the body, then nothing: 408 only after 30 s
             assert answer.startswith(b"HTTP/1.1 401") and b"missing or invalid API key" in answer and b"www-authenticate: Bearer" in answer
         answer = _raw_post(base, b"Content-Length: 100\r\nAuthorization: bearer key-one\r\n", b'{"te', wait=3)

@@ -247,10 +247,10 @@ class Guard:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                headers = dict(scope["headers"])
-                if self.keys and not self.keys.accept(headers.get(b"authorization", b"").decode("latin-1")):
+                given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")  # the first, as the routes read it
+                if self.keys and not self.keys.accept(given.decode("latin-1")):
                     return await UNAUTHORIZED(scope, receive, send_counted)
-                declared = headers.get(b"content-length", b"")
+                declared = dict(scope["headers"]).get(b"content-length", b"")
                 try:
                     body = None if declared.isdigit() and int(declared) > self.max_body else (
                         await asyncio.wait_for(self._read_body(receive), self.body_timeout_s))
@@ -323,9 +323,10 @@ class HostCheck(TrustedHostMiddleware):
 class HeadDeadline(AutoHTTPProtocol):
     """uvicorn's HTTP protocol (httptools', else h11's) that closes a connection which has not sent a
     whole request head within ``HEAD_TIMEOUT_S`` of connecting or of its last response. uvicorn times
-    out neither (its keep-alive timer restarts at every byte), so clients sending a header a byte at a
-    time (Slowloris) would hold connections without end; no middleware sees a request before its head
-    is complete, and its body is ``Guard``'s. The deadline is off while a request is being answered."""
+    out neither (its keep-alive timer stops at the first byte received and waits for a response), so
+    clients sending a header a byte at a time (Slowloris) would hold connections without end; no
+    middleware sees a request before its head is complete, and its body is ``Guard``'s. The deadline is
+    off while a request is being answered, or waits its turn (pipelined)."""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -336,7 +337,8 @@ class HeadDeadline(AutoHTTPProtocol):
         self._disarm_if_begun()
 
     def on_response_complete(self) -> None:
-        self._arm()  # before: uvicorn goes on to a request already received, which disarms it
+        if not getattr(self, "pipeline", None):  # httptools holds a pipelined request whose head came already
+            self._arm()  # before: h11 goes on to a request already received, which disarms it
         super().on_response_complete()
         self._disarm_if_begun()
 
