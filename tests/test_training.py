@@ -82,6 +82,16 @@ def test_base_pooling_is_recognised(tiny_models, tmp_path):
     assert base_pooling(str(broken)) == "cls"
     assert [sentence_pooling(str(folder)) for folder in (tiny_models["bert"], tmp_path / "mean", tmp_path / "cls", broken)] == [
         None, "mean", "cls", None]
+    # as sentence-transformers 6 saves one: the module's new place, and one setting for the mode (or several)
+    for name, config, want in (("new-cls", {"pooling_mode": "cls"}, "cls"), ("new-mean", {"pooling_mode": "mean"}, "mean"),
+                               ("two", {"pooling_mode": ["mean", "max"]}, "mean+max"),
+                               ("old-two", {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}, "mean+max")):
+        folder = sentence_transformers_folder(tiny_models["bert"], tmp_path / name)
+        modules = json.loads((folder / "modules.json").read_text())
+        modules[1]["type"] = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, **config}))
+        assert (sentence_pooling(str(folder)), base_pooling(str(folder))) == (want, "mean" if want == "mean" else "cls"), name
 
 
 def test_a_head_that_cannot_read_the_pooling_is_refused_before_training(tiny_models, tiny_data, tmp_path):

@@ -173,17 +173,19 @@ def sentence_pooling(name: str) -> str | None:
         return None
     try:
         entries = json.loads(modules.read_text())
-        pooling = next(e for e in entries if e.get("type", "").endswith("models.Pooling"))
+        # sentence_transformers.models.Pooling, or where later versions keep it (...modules.pooling.Pooling)
+        pooling = next(e for e in entries if e.get("type", "").endswith(".Pooling"))
         config = _base_model_file(name, f"{pooling['path']}/config.json")
         settings = json.loads(config.read_text()) if config is not None else {}
     except (ValueError, StopIteration, AttributeError, KeyError, TypeError):
         return None
-    if isinstance(settings.get("pooling_mode"), str):
-        return settings["pooling_mode"]
+    mode = settings.get("pooling_mode")
+    if isinstance(mode, str) or isinstance(mode, list) and mode:
+        return mode if isinstance(mode, str) else "+".join(mode)  # several modes concatenated: not the mean alone
     modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
              "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
              "pooling_mode_lasttoken": "lasttoken"}
-    return next((mode for key, mode in modes.items() if settings.get(key)), None)
+    return "+".join(mode for key, mode in modes.items() if settings.get(key)) or None
 
 
 def base_pooling(name: str) -> str:
