@@ -61,6 +61,8 @@ def test_a_label_the_other_folds_all_but_rule_out_is_flagged_though_no_intent_is
     probabilities /= probabilities.sum(1, keepdims=True)
     ranked, _ = likely_label_errors(y, probabilities)
     assert ranked == [3, 20]
+    two = np.array([[0.7, 0.3], [0.3, 0.7], [0.52, 0.48]] * 10)  # two intents: below chance is merely a near miss
+    assert likely_label_errors(np.array([0, 1, 1] * 10), two)[0] == []
 
 
 @pytest.mark.e2e

@@ -10,7 +10,8 @@ trained model and costs one pass of the encoder:
   scores its own training queries here, so a wrong label cannot vouch for itself. A query is flagged
   by either of two of cleanlab's rules: confident learning (Northcutt et al., 2021: the query is
   confidently another intent, by per-intent thresholds) or low self-confidence (its given label is
-  unlikely). Confident learning alone misses a query whose label is near-impossible but whose
+  unlikely), or where its given label is less likely than chance and another intent comes first
+  (small data's soft probabilities reach no threshold, and cleanlab's rules then flag nothing). Confident learning alone misses a query whose label is near-impossible but whose
   best alternative is not confident; and each intent's threshold is capped (``CONFIDENT_CAP``), else
   on small data a clear error whose alternative falls just below that intent's (high) threshold is
   missed by both rules. A label given to a single query cannot be cross-validated;
@@ -132,8 +133,8 @@ def _cell(text: str, width: int = 90) -> str:
 
 def likely_label_errors(y: np.ndarray, probabilities: np.ndarray) -> tuple[list[int], np.ndarray]:
     """The queries cleanlab flags (either rule, each intent's threshold capped at ``CONFIDENT_CAP``), and
-    those whose given label is less likely than chance (1 / intents) while another intent is the most
-    likely, least likely label first; and every query's label quality (the given label's probability).
+    with three intents or more those whose given label is less likely than chance (1 / intents) while
+    another intent is the most likely, least likely label first; and every query's label quality (the given label's probability).
     The last rule is for small data, whose probe is regularised into soft probabilities: no intent
     reaches its threshold, so cleanlab counts no error at all, and a query labelled with an intent the
     other folds all but rule out went unflagged."""
@@ -147,7 +148,8 @@ def likely_label_errors(y: np.ndarray, probabilities: np.ndarray) -> tuple[list[
     flagged = set()
     for rule in ("prune_by_noise_rate", "low_self_confidence"):
         flagged.update(find_label_issues(labels=y, pred_probs=probabilities, confident_joint=joint, filter_by=rule).nonzero()[0].tolist())
-    flagged.update(np.flatnonzero((quality < 1 / probabilities.shape[1]) & (probabilities.argmax(1) != y)).tolist())
+    if probabilities.shape[1] >= 3:  # of two intents, below chance is every mistake of the folds
+        flagged.update(np.flatnonzero((quality < 1 / probabilities.shape[1]) & (probabilities.argmax(1) != y)).tolist())
     return sorted(flagged, key=lambda i: (quality[i], i)), quality
 
 
