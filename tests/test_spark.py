@@ -133,6 +133,18 @@ def test_a_jsonl_input_keeps_its_column_order(spark, tmp_path):
     assert read_queries(spark, tmp_path / "logs.jsonl").columns == ["ticket", "text", "channel", "a.b"]
 
 
+def test_a_sheet_s_escaped_texts_are_read_as_the_local_engine_reads_them(spark, tmp_path):
+    """A .csv bankintent wrote (a labelling sheet, predictions) holds formula-like texts after an
+    apostrophe; the local engine takes it off, and Spark scored "'=HYPERLINK(...)" instead."""
+    from bankintent.data import iter_queries, write_sheet
+    from bankintent.spark import read_queries
+
+    texts = ['=HYPERLINK("http://evil.example","card")', "'sup, card gone", "-5", "- top up failed", "plain"]
+    write_sheet(pd.DataFrame({"id": range(5), "text": texts}), tmp_path / "sheet.csv")
+    assert read_queries(spark, tmp_path / "sheet.csv").toPandas()["text"].tolist() == texts
+    assert [text for _, text in iter_queries(tmp_path / "sheet.csv")] == texts
+
+
 def test_spark_without_a_java_to_start_is_one_line(tiny_probe_run, tmp_path):
     import os
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bankintent.data import input_column_names
+from bankintent.data import input_column_names, spreadsheet_text
 from bankintent.errors import BankintentError, DataError
 from bankintent.text import blank
 
@@ -167,6 +167,11 @@ def read_queries(spark, input_path: str | Path, text_column: str = "text"):
         raise DataError(f"{input_path}: missing column {text_column!r} (columns: {', '.join(frame.columns)})")
     if kind == "json":
         frame = frame.select(*[frame[f"`{name}`"] for name in _first_record_order(input_path, frame.columns)])
+    if kind == "csv":  # a sheet bankintent wrote: its formula-like texts back as they were, as the local engine reads them
+        from pyspark.sql.functions import pandas_udf
+
+        as_written = pandas_udf(lambda texts: texts.map(lambda text: spreadsheet_text(text) if isinstance(text, str) else text), "string")
+        frame = frame.withColumn(text_column, as_written(frame[f"`{text_column}`"]))
     return frame
 
 
