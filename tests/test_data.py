@@ -177,12 +177,13 @@ def test_a_sheet_written_spreadsheet_safe_reads_back_as_it_was(tmp_path):
 
     texts = ['=HYPERLINK("http://evil.example","card")', "+44 7700 900123 is my number", "-5", "@SUM(A1)", "'=already quoted",
              "'sup, my card is gone", "- my top up failed", "plain query", "'-12.5"]
-    write_sheet(pd.DataFrame({"text": texts, "category": "card_arrival", "count": range(len(texts))}), tmp_path / "sheet.csv")
+    labels = ["card_arrival"] * (len(texts) - 1) + ["-fees"]  # an intent name a spreadsheet would run, copied from a sheet
+    write_sheet(pd.DataFrame({"text": texts, "category": labels, "count": range(len(texts))}), tmp_path / "sheet.csv")
     with open(tmp_path / "sheet.csv", newline="", encoding="utf-8") as handle:
         written = [row["text"] for row in csv.DictReader(handle)]
     assert written == ["'" + texts[0], "'" + texts[1], "-5", "'@SUM(A1)", "''=already quoted", "'sup, my card is gone",
                        "'- my top up failed", "plain query", "''-12.5"]
-    assert read_examples(tmp_path / "sheet.csv").texts == texts
+    assert read_examples(tmp_path / "sheet.csv").texts == texts and read_examples(tmp_path / "sheet.csv").labels == labels
     assert [text for _, text in iter_queries(tmp_path / "sheet.csv")] == texts
     (tmp_path / "q.jsonl").write_text('{"text": "\'=x"}\n')
     assert [text for _, text in iter_queries(tmp_path / "q.jsonl")] == ["'=x"]

@@ -453,7 +453,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
             unlabelled.append(number)
             continue
         texts.append(spreadsheet_text(value.strip()) if sheet else value.strip())
-        labels.append(label_name(label))
+        labels.append(label_name(spreadsheet_text(label) if sheet and isinstance(label, str) else label))
         numbers.append(number)
     if not texts:
         skipped = f"{len(empty)} row(s) with an empty text, {len(unlabelled)} with no label skipped"
