@@ -445,6 +445,14 @@ def test_a_served_folder_being_retrained_answers_with_its_loaded_model_until_the
     assert ask().status_code == 404  # a folder removed is no longer served
 
 
+def test_an_unknown_model_s_message_when_no_model_can_be_loaded(tmp_path):
+    from bankintent.registry import Registry
+
+    registry = Registry(models_dir=tmp_path)
+    registry._failed = {"broken": (frozenset(), "damaged")}
+    assert registry._choices({"broken": tmp_path / "broken"}) == "none that can be loaded (broken cannot be)"  # was "one of  (broken..."
+
+
 def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path, caplog):
     shutil.copytree(runs / "bank_a" / "adapter", tmp_path / "good")
     shutil.copytree(runs / "bank_b" / "adapter", tmp_path / "broken")

@@ -238,6 +238,8 @@ class Registry:
         """The names a request may give, those whose folder failed to load said apart (they answer 503)."""
         failed = [name for name in sorted(listing) if name in self._failed]
         working = ", ".join(name for name in sorted(listing) if name not in self._failed)
+        if failed and not working:
+            return f"none that can be loaded ({', '.join(failed)} cannot be)"
         return working + (f" ({', '.join(failed)} cannot be loaded)" if failed else "")
 
     def _load_once(self, name: str, folder: Path) -> ServedModel:
