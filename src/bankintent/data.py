@@ -291,6 +291,9 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
                     quote = (f" (a {mark} in a text needs the text in double quotes; or two rows run together, as when rows are "
                              f"added to a file that did not end with a line break)")
                 raise DataError(f"{path}: {_lines(start, end)}: expected {len(header)} fields, found {len(values)}{quote}")
+            for column in columns:  # a sheet bankintent wrote: its formula-like texts and labels back as they were
+                if (written := row[column].strip()) != (given := spreadsheet_text(written)):
+                    row[column] = given
             yield start, row
     except csv.Error as exc:  # e.g. a field past the csv module's size limit: a quote left open far above
         if str(exc) == "unexpected end of data":
@@ -435,7 +438,6 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     numbers: list[int] = []
     empty: list[int] = []
     unlabelled: list[int] = []
-    sheet = path.suffix.lower() in (".csv", ".tsv")  # a sheet labelled in a spreadsheet: its formula-like texts escaped
     for number, row in iter_rows(path, (text_column, label_column)):
         value, label = row[text_column], row[label_column]
         if value is None or isinstance(value, str) and blank(value):
@@ -452,8 +454,8 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
                                 f"unlabelled rows)")
             unlabelled.append(number)
             continue
-        texts.append(spreadsheet_text(value.strip()) if sheet else value.strip())
-        labels.append(label_name(spreadsheet_text(label) if sheet and isinstance(label, str) else label))
+        texts.append(value.strip())
+        labels.append(label_name(label))
         numbers.append(number)
     if not texts:
         skipped = f"{len(empty)} row(s) with an empty text, {len(unlabelled)} with no label skipped"
@@ -514,7 +516,7 @@ def iter_queries(path: str | Path, text_column: str = "text", *, columns: bool =
         if value is None or blank(value):
             skipped.append(row_number)
             continue
-        text = spreadsheet_text(value.strip()) if kind == "csv" else value.strip()
+        text = value.strip()
         if columns:
             yield row_number, text, {k: v for k, v in row.items() if k != column}
         else:
@@ -906,11 +908,12 @@ def _check_two_per_intent(full: Examples, train_file: Path) -> None:
             close = closest_name(label, known)
             return f"a typo for {close!r}?" if close else ""
 
-        others = [f"{label!r} ({'; '.join(filter(None, (line(label), typo(label))))})" if line(label) or typo(label) else repr(label)
+        others = [f"{label!r} ({'; '.join(said)})" if (said := [part for part in (line(label), typo(label)) if part]) else repr(label)
                   for label in rare[1:]]
         more = f" (and {len(others)} other label(s) with one: {first_few(others, 5)})" if others else ""
-        where = f"{line(rare[0])}: " if line(rare[0]) else ""
-        hint = f" ({typo(rare[0])})" if typo(rare[0]) else ""
+        at, meant = line(rare[0]), typo(rare[0])
+        where = f"{at}: " if at else ""
+        hint = f" ({meant})" if meant else ""
         repeated = full.labels.count(rare[0]) - 1
         example = f"1 distinct example (its other {repeated} row(s) repeat it, case and spaces aside)" if repeated else "1 example"
         raise DataError(f"{train_file}: {where}label {rare[0]!r}{more} has {example}{hint}; every intent needs at least 2 (one to "
