@@ -450,7 +450,9 @@ def test_an_unknown_model_s_message_when_no_model_can_be_loaded(tmp_path):
 
     registry = Registry(models_dir=tmp_path)
     registry._failed = {"broken": (frozenset(), "damaged")}
-    assert registry._choices({"broken": tmp_path / "broken"}) == "none that can be loaded (broken cannot be)"  # was "one of  (broken..."
+    assert registry._choices({"broken": tmp_path / "broken"}) == "no model here can be loaded (broken cannot be)"  # was "one of  (broken..."
+    registry._failed = {}
+    assert registry._choices({"a": tmp_path / "a", "b": tmp_path / "b"}) == "one of a, b"
 
 
 def test_a_broken_model_folder_does_not_stop_the_others(runs, tmp_path, caplog):

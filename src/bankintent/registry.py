@@ -225,22 +225,23 @@ class Registry:
                     raise UnknownModel("no model is served yet: the models folder holds no model folder (the service's log "
                                        "says what it found)")
                 if len(listing) != 1:
-                    raise UnknownModel(f"model: required when serving several models; one of {self._choices(listing)}")
+                    raise UnknownModel(f"model: required when serving several models; {self._choices(listing)}")
                 name = next(iter(listing))
             if name not in listing:
-                raise UnknownModel(f"model: unknown model {name!r}; one of {self._choices(listing) or '(none yet)'}")
+                raise UnknownModel(f"model: unknown model {name!r}; {self._choices(listing)}")
             served = self._loaded.get(name)
             if served is None:
                 served = self._loaded[name] = self._load_once(name, listing[name])
             return served
 
     def _choices(self, listing: dict[str, Path]) -> str:
-        """The names a request may give, those whose folder failed to load said apart (they answer 503)."""
+        """The clause offering the names a request may give, those whose folder failed to load said apart
+        (they answer 503), and saying so when none can be loaded."""
         failed = [name for name in sorted(listing) if name in self._failed]
         working = ", ".join(name for name in sorted(listing) if name not in self._failed)
-        if failed and not working:
-            return f"none that can be loaded ({', '.join(failed)} cannot be)"
-        return working + (f" ({', '.join(failed)} cannot be loaded)" if failed else "")
+        if not working:
+            return f"no model here can be loaded ({', '.join(failed)} cannot be)" if failed else "none is served yet"
+        return f"one of {working}" + (f" ({', '.join(failed)} cannot be loaded)" if failed else "")
 
     def _load_once(self, name: str, folder: Path) -> ServedModel:
         """``_load``, where a models folder's folder that failed to load is not loaded again (nor its
