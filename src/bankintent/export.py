@@ -292,7 +292,8 @@ def quantize_int8(source: Path, target: Path, exclude_prefix: str, calibration: 
 
         def __init__(self):
             self.inputs = iter(calibration)
-            self.bar = tqdm(total=len(calibration), desc="calibrating int8 scales", unit="q", leave=False)
+            # left, like every other bar: with leave=False, closing it wrote blanks over the only frame a log held
+            self.bar = tqdm(total=len(calibration), desc="calibrating int8 scales", unit="q")
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             feed = next(self.inputs, None)
