@@ -205,6 +205,30 @@ def test_utf16_with_its_mark_reads(tmp_path):
     assert read_examples(path).texts == ["th\u00e9 card"]
 
 
+def test_utf16_without_its_mark_nul_bytes_and_unreadable_files_are_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "train.csv"  # UTF-16 is valid UTF-8 byte for byte: it was read as texts of "t\x00h\x00..."
+    path.write_bytes("text,category\nthe card,a\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"train.csv: line 1: not text: it holds UTF-16 \(little-endian\) without the byte-order mark"):
+        read_examples(path)
+    path.write_bytes("text\nthe card\n".encode("utf-16-be"))
+    with pytest.raises(DataError, match=r"UTF-16 \(big-endian\) without"):
+        read_queries(path)
+    path.write_bytes(b"text,category\nthe card,a\nthe\x00card,b\n")
+    with pytest.raises(DataError, match=r"train.csv: line 3: not text: it holds NUL bytes"):
+        read_examples(path)
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder.csv: a folder, not a file$"):
+        read_queries(tmp_path / "folder.csv")
+    path.write_text("text,category\nthe card,a\n")
+
+    def denied(*args, **kwargs):  # a file this user may not read (the tests may run as root, who may)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(DataError, match=r"train.csv: cannot be read \(Permission denied\)$"):
+        read_examples(path)
+
+
 def test_suffixes_in_any_case_tab_separated_files_and_workbooks(tmp_path):
     rows = "text,category\nwhere is my card,card\nrate for euros,rate\n"
     (tmp_path / "TRAIN.CSV").write_text(rows)

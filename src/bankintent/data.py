@@ -196,6 +196,12 @@ def _encoding(path: Path) -> str:
         raise DataError(f"{path}: a workbook or zip archive by its bytes, not text, whatever its name says; {SAVE_AS_CSV}")
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
+    if b"\x00" in lines:  # valid UTF-8 too, so read as text it would be queries of "h\x00e\x00l\x00l\x00o"
+        order = next((name for name, zeros in (("little-endian", lines[1::2]), ("big-endian", lines[::2]))
+                      if zeros.count(0) > 0.9 * len(zeros)), None)
+        what = f"UTF-16 ({order}) without the byte-order mark that says so" if order else "NUL bytes, as binary files do"
+        number = lines.count(b"\n", 0, lines.index(0)) + 1
+        raise DataError(f"{path}: line {number}: not text: it holds {what}; save it as UTF-8 (in Excel: CSV UTF-8)")
     try:
         lines.decode("utf-8")
         return "utf-8-sig"
@@ -225,13 +231,13 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
     file, in constant memory. Problems raise DataError naming the file and row."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: " + ("a folder, not a file" if path.is_dir() else "file not found"))
     kind = file_kind(path)
-    if kind == "parquet":
-        yield from _parquet_rows(path, columns)
-        return
-    encoding = _encoding(path)
     try:
+        if kind == "parquet":
+            yield from _parquet_rows(path, columns)
+            return
+        encoding = _encoding(path)
         with open(path, encoding=encoding, newline="" if kind == "csv" else None) as handle:
             if kind == "csv":
                 separator, skipped = ("\t", 0) if path.suffix.lower() == ".tsv" else _separator(path, handle)
@@ -243,6 +249,8 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
                     yield number, {"text": line.rstrip("\r\n")}
     except UnicodeDecodeError:  # past the bytes _encoding read
         raise _not_utf8(path, *_first_bad_line(path)) from None
+    except OSError as exc:  # no permission to read it, a disk error
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _separator(path: Path, handle) -> tuple[str, int]:
