@@ -295,6 +295,25 @@ def test_parquet_keeps_the_input_columns_types(model_dir, tmp_path):
     assert table.column("meta").to_pylist() == [None, '{"a": 1}']
 
 
+def test_a_whole_number_past_int64_is_kept_as_text_in_parquet(model_dir, tmp_path):
+    path = tmp_path / "q.jsonl"  # an unsigned 64-bit id: the Parquet writer overflowed after every query was predicted
+    path.write_text('{"id": 18446744073709551615, "text": "my card was stolen"}\n{"id": 2, "text": "top up failed"}\n')
+    predict_file(Predictor.load(model_dir), path, tmp_path / "out.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["18446744073709551615", "2"]
+
+
+def test_a_csv_output_keeps_an_input_column_named_like_a_top_k_column(model_dir, tmp_path, capfd, monkeypatch):
+    source = tmp_path / "q.csv"  # a person's own label in top1_intent was written over by the top answer
+    source.write_text("id,text,top1_intent\n1,my card was stolen,human_label\n")
+    monkeypatch.setattr("bankintent.streaming.SCAN_BAR_BYTES", 0)
+    predict_file(Predictor.load(model_dir), source, tmp_path / "out.csv", top_k=2)
+    row = read_output(tmp_path / "out.csv")[0]
+    assert row["input_top1_intent"] == "human_label" and row["top1_intent"] in INTENTS and row["top2_intent"] in INTENTS
+    assert "checking the input: " in capfd.readouterr().err  # the first read, shown where it takes seconds
+
+
 def test_a_parquet_input_s_timestamps_and_decimals_are_kept_as_text_in_every_output(model_dir, tmp_path):
     import datetime
     import decimal

@@ -57,6 +57,10 @@ CHUNK_SECONDS = 10.0  # the time a chunk is sized to take, at the rate of the on
 STDOUT = STDIN = "-"
 STDIN_NAME = "standard input"  # what messages call it
 FORMATS = (".jsonl", ".csv", ".parquet")
+# the least input (bytes) whose first read shows a bar: about a couple of seconds' reading. A bar that
+# waited to show (tqdm's delay) was drawn at once anyway by the first warning logged beside it
+SCAN_BAR_BYTES = 16 * 2**20
+INT64 = (-2**63, 2**63 - 1)  # the whole numbers a Parquet int64 column holds
 
 
 def _complete_lines(output: Path) -> tuple[int, bytes | None]:
@@ -193,10 +197,12 @@ def _scan(input_path: Path, text_column: str, named: str) -> tuple[int, dict[str
     """(number of queries, the input's other columns and the value types each holds, the empty rows
     skipped, said in the log as the input ``named``), reading the whole input once, which validates every row."""
     total, columns, skipped = 0, {}, []
-    for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped, named=named):
-        total += 1
-        for name, value in extra.items():
-            columns.setdefault(name, set()).add(type(value))
+    with tqdm(desc="checking the input", unit="q", disable=input_path.stat().st_size < SCAN_BAR_BYTES) as bar:
+        for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped, named=named):
+            total += 1
+            bar.update()
+            for name, value in extra.items():  # a whole number past Parquet's int64 is kept as text
+                columns.setdefault(name, set()).add(str if type(value) is int and not INT64[0] <= value <= INT64[1] else type(value))
     return total, columns, skipped
 
 
@@ -288,7 +294,10 @@ def _predict_file(predictor, input_path: Path, named: str, output_path, kind: st
                 if writer is None:  # a missing folder is made now, once the input and the model have been read
                     if kind != "stdout":
                         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-                    names = input_column_names(columns, {"row", *results[0]})
+                    taken = {"row", *results[0]}
+                    if kind == "csv":  # where a .csv spreads top_k: an input's own top1_intent was written over
+                        taken |= {f"top{rank}_{field}" for rank in range(1, top_k + 1) for field in ("intent", "confidence")}
+                    names = input_column_names(columns, taken)
                     writer = _WRITERS[kind](output_path, {names[c]: kinds for c, kinds in columns.items()})
                 writer.write([{"row": row, **{names[c]: extra.get(c) for c in columns}, **result}
                               for (row, _, extra), result in zip(chunk, results)])
