@@ -230,6 +230,10 @@ def test_predict_refuses_options_it_would_ignore(tiny_probe_run, capsys, clean_e
     with pytest.raises(SystemExit):
         cli.main(["predict", str(tiny_probe_run), "hi", "--top-k", "0"])
     assert "argument --top-k: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused before the model loads, and said as an argument, not "text 2"
+        cli.main(["predict", str(tiny_probe_run / "missing"), "hi", " "])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: query argument 2 is empty (as an unset shell variable gives); give the query's text"
 
 
 def test_a_file_of_queries_is_read_with_the_runs_own_text_column(tiny_probe_run, tmp_path, capsys, clean_env):

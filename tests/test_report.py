@@ -509,6 +509,8 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
     assert pd.read_csv(tmp_path / "b" / "test_predictions.csv").line.tolist() == list(range(2, len(rows) + 2))
     with pytest.raises(BankintentError, match="--oos-label and --unseen-as-oos are for a file given with --data"):
         evaluate_run(tiny_runs["bert"], output=tmp_path / "c", oos_label="OOS")
+    with pytest.raises(BankintentError, match=r"helt.csv: file not found$"):  # a mistyped name: not told the option is misplaced
+        evaluate_run(tiny_runs["bert"], data=str(tmp_path / "helt.csv"), output=tmp_path / "c", unseen_as_oos=True)
 
 
 def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_when_asked(tiny_runs, tiny_data, tmp_path):

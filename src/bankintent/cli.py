@@ -189,6 +189,11 @@ def predict(args: argparse.Namespace) -> None:
         print(f"{done.written} predictions written to {'stdout' if to_stdout else args.output}{skipped}",
               file=sys.stderr if to_stdout else sys.stdout)
         return
+    from bankintent.text import blank
+
+    empty = [i for i, text in enumerate(args.texts, start=1) if blank(text)]
+    if empty:  # before the model loads; a file's empty rows are skipped, but an argument is one query asked for
+        raise BankintentError(f"query argument {empty[0]} is empty (as an unset shell variable gives); give the query's text")
     results = load().predict(args.texts, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))

@@ -16,9 +16,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, check_writable, first_few, read_yaml, run_config_file
-from bankintent.data import (Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
+from bankintent.data import (BANKING77, Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
                              seen_in_training, test_digest, write_sheet)
-from bankintent.errors import BankintentError
+from bankintent.errors import BankintentError, DataError
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import finite, percent_in_words, write_json
 
@@ -140,6 +140,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     cfg = data_config(run_dir, data, text_column=text_column, label_column=label_column, oos_label=oos_label)
     given_file = data is not None and Path(data).expanduser().is_file()
     if (oos_label or unseen_as_oos) and not given_file:  # --oos-label would change which rows of the run's data trained
+        if data is not None and data != BANKING77 and not Path(data).expanduser().exists():  # a file's name mistyped
+            raise DataError(f"{data}: file not found")
         raise BankintentError("--oos-label and --unseen-as-oos are for a file given with --data; the run's own data is read as it "
                               "trained")
     if given_file:
