@@ -216,6 +216,9 @@ def test_utf16_without_its_mark_nul_bytes_and_unreadable_files_are_one_line(tmp_
     path.write_bytes(b"text,category\nthe card,a\nthe\x00card,b\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: not text: it holds NUL bytes"):
         read_examples(path)
+    path.write_text("text,category,text\nthe card,a,my note\n")
+    with pytest.raises(DataError, match=r"train.csv: line 1: 2 columns named 'text' \(columns: 'text', 'category', 'text'\); rename all but"):
+        read_examples(path)  # the note was read as the query
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(DataError, match=r"folder.csv: a folder, not a file$"):
         read_queries(tmp_path / "folder.csv")
@@ -431,8 +434,9 @@ def test_ragged_csv_row(tmp_path):
         load_splits(str(tmp_path))
     # an open quote that swallows more than the csv module's field limit
     (tmp_path / "train.csv").write_text('text,category\nhello,a\n"open,b\n' + "more text,a\n" * 20000)
-    with pytest.raises(DataError, match=r"train.csv: lines 3-\d+, one record \(is a quote on line 3 left open\?\): malformed CSV"):
-        load_splits(str(tmp_path))
+    with pytest.raises(DataError, match=r"train.csv: lines 3-\d+, one record \(is a quote on line 3 left open\?\): a field of over "
+                                        r"131,072 characters \(no query is that long: a double quote left open, or a document pasted"):
+        load_splits(str(tmp_path))  # was "malformed CSV (field larger than field limit (131072))"
 
 
 def test_a_user_validation_file_is_the_validation_split(tmp_path, caplog):

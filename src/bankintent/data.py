@@ -284,6 +284,10 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(f"{path}: line {skipped + 1}: missing column {missing[0]!r} (columns: {_names(written)}){_column_hint(written, columns)}")
+        twice = [c for c in columns if header.count(c) > 1]  # a row's dict kept the last one's value without a word
+        if twice:
+            raise DataError(f"{path}: line {skipped + 1}: {header.count(twice[0])} columns named {twice[0]!r} (columns: {_names(written)}); "
+                            f"rename all but the one to read")
         end = skipped + reader.line_num
         for values in reader:
             start, end = end + 1, skipped + reader.line_num
@@ -307,6 +311,9 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
         if str(exc) == "unexpected end of data":
             raise DataError(f"{path}: line {end + 1}: a double quote opens a text that is never closed (the rest of the file "
                             f"would be read as one text); close the quote or remove it") from None
+        if "field larger than field limit" in str(exc):  # no query is that long: a quote left open, or a document pasted in
+            raise DataError(f"{path}: {_lines(end + 1, skipped + reader.line_num)}: a field of over {csv.field_size_limit():,} "
+                            f"characters (no query is that long: a double quote left open, or a document pasted into a cell)") from None
         raise DataError(f"{path}: {_lines(end + 1, skipped + reader.line_num)}: malformed CSV ({exc})") from None
 
 
