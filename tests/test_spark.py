@@ -143,6 +143,8 @@ def test_a_sheet_s_escaped_texts_are_read_as_the_local_engine_reads_them(spark, 
     write_sheet(pd.DataFrame({"id": range(5), "text": texts}), tmp_path / "sheet.csv")
     assert read_queries(spark, tmp_path / "sheet.csv").toPandas()["text"].tolist() == texts
     assert [text for _, text in iter_queries(tmp_path / "sheet.csv")] == texts
+    (tmp_path / "sheet.tsv").write_text("id\ttext\n1\tmy card, it is lost\n")  # refused as an unknown format, which the help lists
+    assert read_queries(spark, tmp_path / "sheet.tsv").toPandas()["text"].tolist() == ["my card, it is lost"]
 
 
 def test_spark_without_a_java_to_start_is_one_line(tiny_probe_run, tmp_path):

@@ -37,7 +37,7 @@ from bankintent.text import blank
 
 # predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
 FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
-INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
+INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
 _TYPES = {
     "intent": "string", "confidence": "double", "out_of_scope": "boolean", "oos_score": "double",
     "oos_threshold": "double", "oos_method": "string", "closest_intent": "string",
@@ -160,6 +160,8 @@ def read_queries(spark, input_path: str | Path, text_column: str = "text"):
     reader = spark.read
     if kind == "csv":
         reader = reader.option("header", True).option("multiLine", True).option("escape", '"')
+        if Path(input_path).suffix.lower() == ".tsv":  # tab-separated, as the local engine reads a .tsv
+            reader = reader.option("sep", "\t")
     frame = getattr(reader, kind)(str(input_path))
     if kind == "text":
         return frame.withColumnRenamed("value", "text")
