@@ -186,6 +186,30 @@ def test_out_of_fold_logits_come_from_probes_that_never_saw_the_query():
                                     groups=["a", "a", "b", "b", "c", "c", "d", "d"]) is None  # one distinct query of intents 1 and 2
 
 
+def test_the_probe_s_regularisation_is_cross_validated_with_a_query_s_copies_in_one_fold():
+    """Random labels, each query four times, the copies after the queries as training lays thin intents'
+    repeats out: with copies in the fitted folds the weakest regularisation scores as if it
+    generalised; with them kept together it scores as chance."""
+    from bankintent import probe
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 100)), np.arange(60) % 3
+    keys = [f"query {i}" for i in range(60)]
+    copied_x = np.concatenate([x, np.repeat(x, 3, axis=0)])
+    copied_y, copied_keys = y.tolist() + np.repeat(y, 3).tolist(), keys + list(np.repeat(keys, 3))
+
+    def held_accuracy(groups):
+        clf, c, _ = probe.fit(copied_x, copied_y, np.zeros((0, 100)), [], [0.001, 100.0], seed=0, groups=groups)
+        return np.mean(next(iter(clf.scores_.values())), axis=0)[1]  # the weakest regularisation's, over folds
+
+    assert held_accuracy(None) > 0.9  # the copies' own answers, learned by heart
+    assert held_accuracy(copied_keys) < 0.6
+    # an intent with a single distinct query cannot be held apart from it: the copies' folds as before
+    clf, _, _ = probe.fit(copied_x[:16], [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], np.zeros((0, 100)), [], [1.0], seed=0,
+                          groups=["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4)
+    assert clf.scores_[0].shape == (4, 1)
+
+
 def test_an_intent_with_fewer_examples_than_folds_is_held_in_fewer_folds_not_every_intent():
     from bankintent import probe
 

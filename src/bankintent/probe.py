@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL
+from bankintent.data import query_key
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import MeanPoolClassifier, ModelSpec, build_model, encode_batches, load_tokenizer
 
@@ -36,11 +37,15 @@ def embed(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: in
 
 
 def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[int], cs: list[float], seed: int,
-        choose_on_validation: bool = False):
+        choose_on_validation: bool = False, groups: list[str] | None = None):
     """Logistic regression with its regularisation C chosen by stratified k-fold cross-validation on
     the training split (k = 5, or the fewest examples of an intent if fewer: steadier than the 1,001
     validation queries of Banking77), refitted on all of it; with ``choose_on_validation`` (small
     training data beside the user's own validation file), C is the one best on validation instead.
+    ``groups`` (each row's query as ``data.query_key`` reads it): where the rows hold copies (thin
+    intents' repeats, a file's duplicated rows) and every intent has two distinct queries, the folds
+    keep a query's copies together (``stratified_folds``); a copy in the fitted folds makes the
+    weakest regularisation look best, as it scores the very queries it memorised.
     Returns (classifier, C, validation accuracy; None without validation queries)."""
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
     fewest = min(np.unique(train_y, return_counts=True)[1]) if len(train_y) else 0
@@ -55,7 +60,10 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
                     best = (candidate, float(c), accuracy)
             clf, c = best[0], best[1]
         else:
-            clf = LogisticRegressionCV(Cs=list(cs), cv=min(5, fewest), scoring="accuracy", max_iter=2000, random_state=seed, n_jobs=-1)
+            cv = min(5, fewest)
+            if groups is not None and len(set(groups)) < len(groups) and _distinct_queries(train_y, groups) >= 2:
+                cv = stratified_folds(train_y, seed, groups)
+            clf = LogisticRegressionCV(Cs=list(cs), cv=cv, scoring="accuracy", max_iter=2000, random_state=seed, n_jobs=-1)
             clf.fit(train_x, train_y)
             c = float(clf.C_[0])
     val_acc = float((clf.predict(val_x) == val_y).mean()) if len(val_y) else None
@@ -83,6 +91,11 @@ def stratified_folds(y, seed: int, groups=None) -> list[tuple[np.ndarray, np.nda
         return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
+def _distinct_queries(y: np.ndarray, groups: list[str]) -> int:
+    """The fewest distinct queries (``groups``' keys) an intent of the labels ``y`` has."""
+    return min(Counter(label for _, label in set(zip(groups, np.asarray(y).tolist()))).values())
+
+
 def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int, groups: list[str]) -> np.ndarray | None:
     """Each training query's logits from a probe of regularisation ``c`` fitted without it or a copy of
     it (``stratified_folds``; ``groups``: each row's query as ``data.query_key`` reads it, where the rows
@@ -93,7 +106,7 @@ def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: 
     each query as to a user's."""
     train_y = np.asarray(train_y)
     labels = np.unique(train_y)
-    if min(Counter(label for _, label in set(zip(groups, train_y.tolist()))).values()) < 2:  # distinct queries an intent
+    if _distinct_queries(train_y, groups) < 2:
         return None
     copies = len(set(groups)) < len(groups)
     out = np.zeros((len(train_y), len(labels)))
@@ -144,6 +157,7 @@ def confused_intents(splits, cfg, pairs: int = 10) -> list[dict]:
     x = embed_texts(splits.train.texts + splits.validation.texts, cfg.base_model, cfg.max_length, desc="augment: first run",
                     allow_pickle=cfg.allow_pickle)
     train_x, val_x = x[:len(splits.train)], x[len(splits.train):]
-    clf, _, _ = fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed)
+    clf, _, _ = fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed,
+                    groups=[query_key(t) for t in splits.train.texts])
     y_true = splits.ids(splits.validation)
     return confused_pairs(splits.validation.texts, y_true, clf.predict(val_x), splits.labels, top=pairs, examples=1)

@@ -599,14 +599,15 @@ def _fit_probe(model, tokenizer, splits: Splits, cfg: TrainConfig, progress: boo
     val_x = probe.embed(model, tokenizer, splits.validation.texts, cfg.max_length, desc="probe: embedding validation", disable=not progress)
     # small training data with a validation split (the user's file, or carved): C is chosen on it, else cross-validated
     on_validation = bool(len(splits.validation)) and is_small(splits.train.labels)
+    groups = [query_key(t) for t in splits.train.texts]
     clf, c, val_acc = probe.fit(train_x, splits.ids(splits.train), val_x, splits.ids(splits.validation), cfg.probe_c, cfg.seed,
-                                choose_on_validation=on_validation)
+                                choose_on_validation=on_validation, groups=groups)
     probe.load_into_head(model, clf)
     chosen = "on the validation split" if on_validation else "by cross-validation on the training split"
     log.info("linear probe: C=%g (chosen %s)%s", c, chosen, "" if val_acc is None else f", validation accuracy {val_acc:.4f}")
     held_out = None
     if splits.small_data and cfg.method in PROBE_FINAL_METHODS:
-        held_out = probe.out_of_fold_logits(train_x, splits.ids(splits.train), c, cfg.seed, [query_key(t) for t in splits.train.texts])
+        held_out = probe.out_of_fold_logits(train_x, splits.ids(splits.train), c, cfg.seed, groups)
     return {"probe_c": c, "probe_c_chosen": chosen, "probe_val_accuracy": val_acc}, held_out
 
 
