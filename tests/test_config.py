@@ -157,3 +157,15 @@ def test_resume_and_overwrite_together_are_refused():
     """Together they resumed a finished run and then advised --overwrite, the flag already given."""
     with pytest.raises(ConfigError, match=r"runs/a: --resume continues the run in the output folder and --overwrite replaces it; give one"):
         resolve_config(None, output="runs/a", resume=True, overwrite=True)
+
+
+def test_a_mistyped_option_to_train_is_said_before_pytorch_is_imported():
+    """bankintent.train(epoch=3) took seconds (PyTorch and Transformers imported) to say 'epochs?'."""
+    import subprocess
+    import sys
+
+    script = ("import sys, bankintent\n"
+              "try:\n    bankintent.train(epoch=3)\nexcept bankintent.ConfigError as exc:\n    print(exc)\n"
+              "print('torch' in sys.modules)\n")
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert said == ["unknown option(s) epoch (epochs?)", "False"]

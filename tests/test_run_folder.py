@@ -226,8 +226,11 @@ def test_evaluating_a_file_does_not_repeat_the_training_datas_notes(tiny_bert, t
         evaluate(out, split="train")  # it evaluated the validation split and wrote train_evaluation.json
     import pandas as pd
 
-    with pytest.raises(ConfigError, match=r"data must be .*; save a DataFrame first"):  # it was an OSError: file name too long
-        evaluate(out, data=pd.read_csv(tiny_data / "test.csv"))
+    with pytest.raises(ConfigError, match=r"^evaluate: data must be a file of labelled queries \(.csv, .tsv, .jsonl or .parquet\), got "
+                                          r"DataFrame; save it first, e.g. frame.to_csv\('held_out.csv', index=False\)$"):
+        evaluate(out, data=pd.read_csv(tiny_data / "test.csv"))  # an OSError once; then train's advice, to save it as train.csv
+    with pytest.raises(DataError, match=r"test.csv: line 1: missing column 'query' .*in Python\); every file of a data set uses the same names$"):
+        evaluate(out, data=tiny_data / "test.csv", text_column="query")  # said in Python's words once, not twice
     other = tmp_path / "other.csv"
     other.write_text((tiny_data / "test.csv").read_text())
     with pytest.raises(BankintentError, match=r"pass --overwrite .*\(in Python each --flag is a keyword: .*--overwrite is overwrite=True\)"):

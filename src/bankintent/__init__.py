@@ -51,12 +51,14 @@ def train(config: TrainConfig | None = None, **options) -> dict:
     the same keywords would be, the method's recipe filling in the rest; ``options`` given with a
     ``config`` override its values, as flags do a config file's."""
     from bankintent.config import TrainConfig, given_options, resolve_config
-    from bankintent.training import train as run
 
     if config is not None and not isinstance(config, TrainConfig):
         raise ConfigError(f"train(config): expected a bankintent.TrainConfig, got {type(config).__name__} {str(config)[:40]!r}; "
                           f"give options by name: train(data=..., output=...)")
-    return run(resolve_config(None, **{**(given_options(config) if config else {}), **options}))
+    cfg = resolve_config(None, **{**(given_options(config) if config else {}), **options})  # a mistyped option: said at once
+    from bankintent.training import train as run  # PyTorch and Transformers: seconds to import
+
+    return run(cfg)
 
 
 def evaluate(run, split: str = "test", data=None, **options) -> dict:
@@ -66,8 +68,15 @@ def evaluate(run, split: str = "test", data=None, **options) -> dict:
     into ``output=``. ``options``: ``evaluate_run``'s (``output``, ``overwrite``, ``text_column``, ...)."""
     import inspect
 
-    from bankintent.config import SPLITS, as_kind, unknown_names
-    from bankintent.evaluation import evaluate_run
+    import os
+
+    from bankintent.config import SPLITS, unknown_names
+
+    if data is not None and not isinstance(data, (str, os.PathLike)):  # not train's advice: a folder or 'banking77' is no held-out file
+        hint = "; save it first, e.g. frame.to_csv('held_out.csv', index=False)" if type(data).__name__ == "DataFrame" else ""
+        raise ConfigError(f"evaluate: data must be a file of labelled queries (.csv, .tsv, .jsonl or .parquet), got "
+                          f"{type(data).__name__}{hint}")
+    from bankintent.evaluation import evaluate_run  # PyTorch and Transformers: seconds to import
 
     known = [name for name in inspect.signature(evaluate_run).parameters if name not in ("run_dir", "split", "data")]
     unknown = sorted(set(options) - set(known))
@@ -76,8 +85,8 @@ def evaluate(run, split: str = "test", data=None, **options) -> dict:
     if split not in SPLITS:  # another name evaluated the validation split and wrote it as that name's
         raise ConfigError(f"evaluate: split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     try:
-        return evaluate_run(run, split, as_kind("data", data, str), **options)
+        return evaluate_run(run, split, None if data is None else os.fspath(data), **options)
     except BankintentError as exc:  # its messages name the command's flags
-        if "--" not in str(exc):
+        if "--" not in str(exc) or "in Python" in str(exc):  # none, or said already in its own words
             raise
         raise type(exc)(f"{exc} (in Python each --flag is a keyword: --output DIR is output=DIR, --overwrite is overwrite=True)") from None
