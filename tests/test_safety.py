@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bankintent import ConfigError, ModelError, Predictor, resolve_config, train
+from bankintent import BankintentError, ConfigError, ModelError, Predictor, resolve_config, train
 from conftest import _save_tiny, tiny_options
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "bankintent"
@@ -228,3 +228,14 @@ def test_a_model_folder_copied_without_its_detector_is_refused_at_load(tiny_prob
                                          r"incomplete copy of the model folder\?"):
         Predictor.load(copy)
     assert Predictor.load(copy, oos_score="msp").predict("hi")[0]["oos_method"] == "msp"  # the score that needs none still serves
+
+
+def test_a_file_given_for_a_model_folder_is_said_to_be_a_file(tiny_probe_run, tmp_path):
+    from bankintent import evaluate
+
+    data = tmp_path / "train.csv"  # the data's file where the model's folder goes: it read "model folder not found"
+    data.write_text("text,category\nhi,a\n")
+    with pytest.raises(ModelError, match=r"train.csv: a file, not a model folder \(a run's folder, or its adapter/ folder\)$"):
+        Predictor.load(data)
+    with pytest.raises(BankintentError, match=r"train.csv: a file, not a model folder \(the run's folder\)$"):
+        evaluate(data)

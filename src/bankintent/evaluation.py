@@ -132,8 +132,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if (oos_score is not None or oos_threshold is not None) and out.resolve() == run_dir.resolve():
         raise BankintentError("--oos-score and --oos-threshold measure another fallback than the trained one: give --output DIR "
                               "(the run's folder keeps the evaluation of the trained one, which the report reads)")
-    if not run_dir.exists():
-        raise BankintentError(f"{run_dir}: model folder not found")
+    if not run_dir.is_dir():
+        raise BankintentError(f"{run_dir}: " + ("a file, not a model folder (the run's folder)" if run_dir.is_file() else "model folder not found"))
     check_output_folder(out)
     check_writable(out)  # before the evaluation, not after it (a model on a read-only mount: --output elsewhere)
     model = str(model_folder(run_dir).resolve())

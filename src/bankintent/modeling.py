@@ -560,7 +560,8 @@ def loading(folder: Path):
 
 def read_spec(folder: Path) -> ModelSpec:
     if not folder.is_dir():
-        raise ModelError(f"{folder}: model folder not found")
+        raise ModelError(f"{folder}: " + ("a file, not a model folder (a run's folder, or its adapter/ folder)" if folder.is_file()
+                                          else "model folder not found"))
     if not (folder / SPEC_FILE).is_file():
         if (folder / "config.yaml").is_file():  # a run folder whose training has not saved its model (MODEL_DIR)
             raise ModelError(f"{folder}: no model in this run folder yet (no {MODEL_DIR}/): the command that writes it was "
