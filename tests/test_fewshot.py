@@ -2,6 +2,7 @@
 split carved, choices cross-validated, calibration cross-fitted); ``--shots``; the ``contrastive`` method."""
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -26,6 +27,22 @@ OOS_FIELDS = ("oos_score", "oos_threshold", "oos_method")
 def three_shot(tmp_path_factory):
     """The 4 tiny intents with 3 training examples each (12 rows: the old code refused them)."""
     return write_tiny_data(tmp_path_factory.mktemp("three_shot"), 3)
+
+
+def test_the_temperature_rule_counts_the_data_s_own_queries_not_the_copies_training_adds(tiny_bert, tmp_path):
+    """47 queries given, a thin intent's repeated to 52: too few to fit a temperature by likelihood, which
+    on a newcomer's 48 queries (54 with the intents' names) sharpened every answer to 0.999."""
+    import csv
+
+    (tmp_path / "data").mkdir()
+    data = write_tiny_data(tmp_path / "data", 14)
+    rows = list(csv.reader(open(data / "train.csv")))
+    thin = [row for row in rows[1:] if row[1] == "top_up_failed"][:5]
+    write_csv(data / "train.csv", [row for row in rows[1:] if row[1] != "top_up_failed"] + thin)
+    metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "run")))
+    assert metrics["train_size"] >= 50 and metrics["temperature_rule"] == "accuracy"
+    assert re.match(r"\d+ training queries' out-of-fold probe logits, of which 47 the data's own queries, fewer than 50",
+                    metrics["temperature_note"])
 
 
 def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_path):

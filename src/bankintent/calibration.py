@@ -55,6 +55,7 @@ class OutOfFold(NamedTuple):
     logits: np.ndarray  # every training query's
     labels: np.ndarray  # their label ids
     held: np.ndarray  # those of the validation split's queries (the held half of the training split)
+    given: int  # the training rows the data gave: the queries that are evidence, the intents' names and thin repeats not counted
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -130,23 +131,29 @@ def built_in_examples(labels: list[str]) -> OutOfScope:
 NOT_REACHED = ", not reached"  # what a temperature note says where the accuracy rule could not reach its target
 
 
-def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> str | None:
-    """Why the likelihood cannot choose a temperature on these outputs (of ``queries``), or None."""
+def temperature_problem(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries",
+                        given: int | None = None) -> str | None:
+    """Why the likelihood cannot choose a temperature on these outputs (of ``queries``), or None.
+    ``given``: how many of them are the data's own queries, where training added others (the intents'
+    names, thin intents' repeats), which are no more evidence of how sure to be of a customer's query."""
     if len(labels) < MIN_TEMPERATURE_QUERIES:
         return f"{len(labels)} {queries}, fewer than {MIN_TEMPERATURE_QUERIES}"
+    if given is not None and given < MIN_TEMPERATURE_QUERIES:
+        return f"{len(labels)} {queries}, of which {given} the data's own queries, fewer than {MIN_TEMPERATURE_QUERIES}"
     wrong = int((logits.argmax(-1) != labels).sum())
     if wrong == 0:
         return f"every one of the {queries} is classified right, so the likelihood has no best temperature (it would go to 0)"
     return None
 
 
-def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries") -> tuple[float, str | None, str | None]:
+def temperature(logits: np.ndarray, labels: np.ndarray, queries: str = "validation queries",
+                given: int | None = None) -> tuple[float, str | None, str | None]:
     """(the temperature, the rule that set it, a note saying why where it is not the likelihood's):
     ``fit_temperature`` where the likelihood can choose, else ``accuracy_temperature``; 1.0 with no
-    queries at all."""
+    queries at all. ``given``: as ``temperature_problem`` takes it."""
     if not len(labels):
         return 1.0, None, f"not fitted: no {queries}"
-    problem = temperature_problem(logits, labels, queries)
+    problem = temperature_problem(logits, labels, queries, given)
     if problem is None:
         return fit_temperature(logits, labels), "likelihood", None
     value = accuracy_temperature(logits, labels)
@@ -186,7 +193,7 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     else:
         fit_logits, fit_labels, logits = out_of_fold.logits, out_of_fold.labels, out_of_fold.held
     fitted_on = queries if out_of_fold is None else "training queries' out-of-fold probe logits"
-    spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on)
+    spec.temperature, rule, note = temperature(fit_logits, fit_labels, fitted_on, None if out_of_fold is None else out_of_fold.given)
     if note:  # the accuracy rule where every query is right is small data's usual case: said; no fit, or one not reached, warned of
         usual = rule == "accuracy" and NOT_REACHED not in note and bool((fit_logits.argmax(-1) == fit_labels).all())
         level = logging.INFO if usual else logging.WARNING

@@ -1011,7 +1011,8 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     model.eval()
     held_out = None
     if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
-        held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]])
+        held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]],
+                             splits.notes["train_rows_given"])
     held_half = "training queries of the held half (trained on)" if splits.small_data else "validation queries"
     extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half,
                            trained_on=splits.small_data and encoder_trained))
