@@ -239,3 +239,10 @@ def test_a_file_given_for_a_model_folder_is_said_to_be_a_file(tiny_probe_run, tm
         Predictor.load(data)
     with pytest.raises(BankintentError, match=r"train.csv: a file, not a model folder \(the run's folder\)$"):
         evaluate(data)
+
+
+def test_a_predictor_shows_its_model_and_fallback(tiny_probe_run):
+    predictor = Predictor.load(tiny_probe_run)  # a notebook showed <bankintent.predict.Predictor object at 0x...>
+    assert repr(predictor) == (f"Predictor(4 intents, linear-probe on {predictor.spec.base_model}, PyTorch on cpu, out of scope: "
+                               f"{predictor.oos_score} > {predictor.oos_threshold:.4g})")
+    assert repr(Predictor.load(tiny_probe_run, oos_score="msp", oos_threshold=0.5)).endswith("out of scope: msp > 0.5)")
