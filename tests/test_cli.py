@@ -236,6 +236,13 @@ def test_predict_refuses_options_it_would_ignore(tiny_probe_run, capsys, clean_e
         "error: query argument 2 is empty (as an unset shell variable gives); give the query's text"
 
 
+def test_a_missing_or_folder_input_is_one_line(tiny_probe_run, tmp_path, capsys, clean_env):
+    for given, said in ((tmp_path / "querys.csv", "querys.csv: file not found"), (tmp_path, f"{tmp_path}: a folder, not a file")):
+        with pytest.raises(SystemExit) as stop:  # a mistyped name was a FileNotFoundError traceback
+            cli.main(["predict", str(tiny_probe_run), "--input", str(given), "--output", str(tmp_path / "p.csv")])
+        assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
+
+
 def test_a_file_of_queries_is_read_with_the_runs_own_text_column(tiny_probe_run, tmp_path, capsys, clean_env):
     from bankintent.config import trained_text_column
 

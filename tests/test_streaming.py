@@ -306,11 +306,12 @@ def test_a_whole_number_past_int64_is_kept_as_text_in_parquet(model_dir, tmp_pat
 
 def test_a_csv_output_keeps_an_input_column_named_like_a_top_k_column(model_dir, tmp_path, capfd, monkeypatch):
     source = tmp_path / "q.csv"  # a person's own label in top1_intent was written over by the top answer
-    source.write_text("id,text,top1_intent\n1,my card was stolen,human_label\n")
+    source.write_text("id,text,top1_intent,Intent\n1,my card was stolen,human_label,Lost Card\n")
     monkeypatch.setattr("bankintent.streaming.SCAN_BAR_BYTES", 0)
     predict_file(Predictor.load(model_dir), source, tmp_path / "out.csv", top_k=2)
     row = read_output(tmp_path / "out.csv")[0]
     assert row["input_top1_intent"] == "human_label" and row["top1_intent"] in INTENTS and row["top2_intent"] in INTENTS
+    assert row["input_Intent"] == "Lost Card" and "Intent" not in row  # beside intent, one column to Excel or SQL
     assert "checking the input: " in capfd.readouterr().err  # the first read, shown where it takes seconds
 
 

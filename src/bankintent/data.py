@@ -161,6 +161,8 @@ class Splits:
 def file_kind(path: Path, suffixes: tuple[str, ...] = QUERY_SUFFIXES, what: str = "a file of queries") -> str:
     """``csv`` (.csv or .tsv), ``jsonl``, ``txt`` or ``parquet``, from ``path``'s suffix in any case, where it is one
     of ``suffixes``; else a DataError saying what ``what`` must be (a workbook: how to save it as CSV)."""
+    if path.is_dir():  # not "the name has no extension": it is no file at all
+        raise DataError(f"{path}: a folder, not a file")
     suffix = path.suffix.lower()
     if suffix in SPREADSHEETS:
         raise DataError(f"{path}: a spreadsheet workbook is not read; {SAVE_AS_CSV}")
@@ -584,19 +586,18 @@ def write_sheet(frame, path: str | Path, **options) -> None:
                                                                                             **options)
 
 
-def input_column_names(columns, taken, case_sensitive: bool = True) -> dict[str, str]:
+def input_column_names(columns, taken) -> dict[str, str]:
     """The output name of each input column kept beside a command's own columns (``taken``): its own,
-    or ``input_<name>`` (``input_input_<name>``, ...) where it clashes with one of them or with another's
-    (``case_sensitive`` False: ``Intent`` clashes with ``intent``, as in Spark)."""
-    key = (lambda name: name) if case_sensitive else str.lower
-    used = {key(name) for name in taken}
+    or ``input_<name>`` (``input_input_<name>``, ...) where it clashes with one of them or with another's,
+    in any case: ``Intent`` beside ``intent`` is one column to Spark, Excel's Power Query and SQL."""
+    used = {name.lower() for name in taken}
     names: dict[str, str] = {}
     for column in columns:
         name = column
-        while key(name) in used:
+        while name.lower() in used:
             name = f"input_{name}"
         names[column] = name
-        used.add(key(name))
+        used.add(name.lower())
     return names
 
 

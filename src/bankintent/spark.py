@@ -214,7 +214,7 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
         frame = read_queries(spark, input_path, text_column)
         udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
         # Spark's column names ignore case: "Intent" clashes with the field "intent" too
-        names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"}, case_sensitive=False)
+        names = input_column_names(frame.columns, {*FIELDS, "error", "_prediction"})
         frame = frame.toDF(*[names[column] for column in frame.columns])  # by position: "intent" and "input_intent" both renamed
         cores = spark.sparkContext.defaultParallelism
         if frame.rdd.getNumPartitions() < cores:  # one small file is one partition: spread it over every core

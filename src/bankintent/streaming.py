@@ -197,7 +197,8 @@ def _scan(input_path: Path, text_column: str, named: str) -> tuple[int, dict[str
     """(number of queries, the input's other columns and the value types each holds, the empty rows
     skipped, said in the log as the input ``named``), reading the whole input once, which validates every row."""
     total, columns, skipped = 0, {}, []
-    with tqdm(desc="checking the input", unit="q", disable=input_path.stat().st_size < SCAN_BAR_BYTES) as bar:
+    small = not input_path.is_file() or input_path.stat().st_size < SCAN_BAR_BYTES  # a missing file: iter_queries says so
+    with tqdm(desc="checking the input", unit="q", disable=small) as bar:
         for _, _, extra in iter_queries(input_path, text_column, columns=True, skipped=skipped, named=named):
             total += 1
             bar.update()
