@@ -533,6 +533,11 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
                                                   "both.csv: 3 rows of 1 intent(s) the model never saw (mortgage)"]
     caught = pd.read_csv(tmp_path / "b" / "test_out_of_scope.csv")
     assert caught.text.tolist() == new.text.tolist() and caught.line.tolist() == [len(rows) + 2 + i for i in range(3)]
+    cased = rows.assign(category=rows.category.str.upper().str.replace("_", " "))  # 'CARD ARRIVAL' for card_arrival: no new intent
+    pd.concat([cased, new]).to_csv(tmp_path / "cased.csv", index=False)  # its right answers were the fallback's misses
+    with pytest.raises(DataError, match=rf"cased.csv: line 2: label '{cased.category[0]}' is the model's intent '{rows.category[0]}' "
+                                        rf"written otherwise \({len(rows) - 1} more row\(s\) of this file likewise\); write the labels"):
+        evaluate_run(tiny_runs["bert"], data=str(tmp_path / "cased.csv"), output=tmp_path / "c", unseen_as_oos=True)
     new.to_csv(tmp_path / "new_intent.csv", index=False)  # only queries of the new intent: what the fallback catches of them
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "new_intent.csv"), output=tmp_path / "b", unseen_as_oos=True,
                            overwrite=True)

@@ -1069,6 +1069,20 @@ def _check_known(examples: Examples, path: Path, known: set[str], oos_label: str
             raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} never seen in training{also}{why}")
 
 
+def _check_written_otherwise(examples: Examples, path: Path, known: set[str]) -> None:
+    """Refuse a label that is one of ``known`` written otherwise (``lost card`` for the model's ``Lost
+    Card``): not an intent the model never saw, nor a mistake to score its answers against (with
+    --unseen-as-oos its right answers were counted as the fallback's misses)."""
+    keys = {_label_key(name): name for name in known}
+    for row, label in zip(examples.rows or [], examples.labels):
+        meant = keys.get(_label_key(label)) if label not in known else None
+        if meant is not None:
+            more = sum(1 for other in examples.labels if other not in known and _label_key(other) in keys) - 1
+            also = f" ({more} more row(s) of this file likewise)" if more else ""
+            raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} is the model's intent {meant!r} written otherwise{also}; "
+                            f"write the labels as the model's intents are written")
+
+
 def read_test_file(path: Path, known: set[str], text_column: str = "text", label_column: str = "category",
                    strict_data: bool = False, oos_label: str | None = "out_of_scope",
                    unseen_as_oos: bool | None = None) -> tuple[Examples | None, OutOfScope]:
@@ -1079,6 +1093,7 @@ def read_test_file(path: Path, known: set[str], text_column: str = "text", label
     (training's test file), so the error does not offer it."""
     oos_label = oos_name(oos_label)
     test, oos = set_apart(read_examples(path, text_column, label_column, strict_data), oos_label)
+    _check_written_otherwise(test, path, known)
     out_of_scope = OutOfScope()
     out_of_scope.add(oos.texts, f"{path.name}: {_rows(len(oos))} labelled {oos_label!r}", oos.rows, path)
     away = [i for i, label in enumerate(test.labels) if label not in known] if unseen_as_oos else []
