@@ -600,6 +600,10 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tm
                                                      tmp_path) if "--oos-threshold 0.42" in line) for n in (4, 300)}
     assert advice[4].endswith("(set on 4 queries, it may answer a share many points off on new ones: set it on a few hundred)")
     assert advice[300].endswith("catching 100.0% of the out-of-scope examples")  # enough queries: no warning
+    from bankintent.evaluation import threshold_text  # 6 digits, not 17, rounded up: every query it answered is answered still
+
+    assert [threshold_text(t) for t in (3.0888447761535645, -2.6532111, 1234567.89, 1e-9, 0.42)] == \
+        ["3.08885", "-2.65321", "1234570", "0.000000001", "0.42"]
     from bankintent.evaluation import scores  # macro-F1 is the mean of the F1s the table has: never_asked's is none, not 0
 
     assert scores(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])) == {"accuracy": 0.75, "macro_f1": pytest.approx((2 / 3 + 1) / 2)}

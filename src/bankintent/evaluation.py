@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from decimal import ROUND_CEILING, Decimal
 from numbers import Real
 from pathlib import Path
 
@@ -312,6 +313,16 @@ def _by_source(coverage: dict) -> str:
 FEW_FOR_A_THRESHOLD = 100
 
 
+def threshold_text(threshold: float, digits: int = 6) -> str:
+    """A threshold to copy into --oos-threshold: ``digits`` significant digits, rounded up, so that every
+    query it answered is answered still (a query is answered where its score is at most the threshold);
+    the 17 digits of a float read as a precision the threshold does not have."""
+    exact = Decimal(repr(float(threshold)))
+    if not exact.is_finite() or exact.is_zero():
+        return repr(float(threshold))
+    return format(exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1), rounding=ROUND_CEILING).normalize(), "f")
+
+
 def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
     accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
@@ -361,7 +372,7 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
             few = (f" (set on {queries} queries, it may answer a share many points off on new ones: set it on a few hundred)"
                    if isinstance(queries, int) and queries < FEW_FOR_A_THRESHOLD else "")
             lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 1)} of these in-scope queries: {score}--oos-threshold "
-                         f"{aimed['threshold']!r}{recall}{few}")
+                         f"{threshold_text(aimed['threshold'])}{recall}{few}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
     if written:
