@@ -388,7 +388,7 @@ def test_shots_keep_a_validation_file_whole(tmp_path):
 def test_duplicates_are_counted_and_kept(tmp_path, caplog):
     examples = read_examples(write_csv(tmp_path / "d.csv", GOOD + GOOD[:3]))
     assert len(examples) == 43
-    assert "3 duplicated row(s) kept" in caplog.text
+    assert "d.csv: 3 duplicated row(s) kept (lines 42, 43, 44, each the same text and label as a row above)" in caplog.text
 
 
 def test_iter_queries(tmp_path):

@@ -483,9 +483,12 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     if unlabelled:
         log.warning("%s: %d row(s) with no label in column %r skipped (%s); label them to use them "
                     "(strict_data / --strict-data refuses them)", path, len(unlabelled), label_column, line_list(unlabelled, numbered(path)))
-    duplicates = len(texts) - len(set(zip(texts, labels)))
+    first: dict[tuple[str, str], int] = {}
+    copies = [number for text, label, number in zip(texts, labels, numbers) if first.setdefault((text, label), number) != number]
+    duplicates = len(copies)
     if duplicates:
-        log.warning("%s: %d duplicated row(s) kept", path, duplicates)
+        log.warning("%s: %d duplicated row(s) kept (%s, each the same text and label as a row above)", path, duplicates,
+                    line_list(copies, numbered(path)))
     _warn_conflicts(path, texts, labels, numbers)
     return Examples(texts, labels, numbers, len(empty) + len(unlabelled), duplicates)
 
