@@ -295,8 +295,10 @@ def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_
     assert "they also chose the score" not in said  # the log agrees with metrics.json
     card = (tmp_path / "tuned" / "adapter" / "README.md").read_text()
     assert "queries the encoder trained on: it turns away more new in-scope queries than that" in card
-    said = next(r for r in caplog.records if r.getMessage().startswith("the out-of-scope threshold answers"))  # the log as the card
+    said = next(r for r in caplog.records if r.getMessage().startswith("the out-of-scope threshold, set for"))  # the log as the card
     assert said.levelname == "WARNING" and "which the encoder trained on: new in-scope queries lie farther" in said.getMessage()
+    assert said.getMessage().startswith("the out-of-scope threshold, set for 95% of in-scope queries, answers 100.0% of the 6 "
+                                        "training queries of the held half (trained on) (too few to leave one out), which")
     assert "interval" not in said.getMessage() and "bankintent evaluate RUN --data FILE" in said.getMessage()
     low, high = tuned["oos_coverage_interval"]  # from the held half's queries
     assert tuned["oos_coverage_queries"] == 6 and 0.5 < low < high < 1  # half the 12 rows given, not the intents' names

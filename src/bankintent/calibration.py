@@ -268,10 +268,11 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     low, high = metrics["oos_coverage_interval"]
     short = expected < cfg.oos_coverage  # too few queries to set a threshold for the target: it answers each of them
     if trained_on:  # as the model card says it: no interval for new queries, which lie farther than these
-        log.warning("the out-of-scope threshold answers %.1f%% of the %d %s, which the encoder trained on: new in-scope queries "
-                    "lie farther from what it learned, and fewer of them are answered; measure it on labelled queries it never "
-                    "saw (bankintent evaluate RUN --data FILE), whose advice sets --oos-threshold", 100 * kept["coverage"],
-                    len(labels), queries)
+        log.warning("the out-of-scope threshold, set for %.0f%% of in-scope queries, answers %.1f%% of the %d %s%s, which the "
+                    "encoder trained on: new in-scope queries lie farther from what it learned, and fewer of them are answered; "
+                    "measure it on labelled queries it never saw (bankintent evaluate RUN --data FILE), whose advice sets "
+                    "--oos-threshold", 100 * cfg.oos_coverage, 100 * kept["coverage"], len(labels), queries,
+                    " (too few to leave one out)" if short else "")
         return metrics
     log.log(logging.WARNING if short else logging.INFO,
             "the out-of-scope threshold answers %.1f%% of the %d %s; of new in-scope queries like them, %.1f%% on average, "
