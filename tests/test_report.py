@@ -513,6 +513,17 @@ def test_evaluate_reads_out_of_scope_rows_under_the_label_the_user_names(tiny_ru
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "helt.csv"), output=tmp_path / "c", unseen_as_oos=True)
 
 
+def test_evaluate_reads_the_file_before_loading_the_model(tiny_runs, tmp_path, monkeypatch):
+    (tmp_path / "held.csv").write_text("text,category\ni lost my card,lost_or_stolen_card\nmy card,never_trained\n")
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the file's bad row was said")
+
+    monkeypatch.setattr("bankintent.evaluation.Predictor.load", loaded)
+    with pytest.raises(DataError, match=r"held.csv: line 3: label 'never_trained' never seen in training"):
+        evaluate_run(tiny_runs["bert"], data=str(tmp_path / "held.csv"), output=tmp_path / "out")
+
+
 def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_when_asked(tiny_runs, tiny_data, tmp_path):
     rows = pd.read_csv(tiny_data / "test.csv")
     new = pd.DataFrame({"text": ["i want a mortgage", "what rate for a home loan", "remortgage my flat"], "category": "mortgage"})

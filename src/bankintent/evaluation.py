@@ -20,6 +20,7 @@ from bankintent.config import TrainConfig, check_output_folder, check_writable, 
 from bankintent.data import (BANKING77, Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
                              seen_in_training, test_digest, write_sheet)
 from bankintent.errors import BankintentError, DataError
+from bankintent.modeling import read_spec
 from bankintent.predict import OUT_OF_SCOPE, Predictor, model_folder, softmax
 from bankintent.results import finite, percent_in_words, write_json
 
@@ -148,11 +149,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if given_file:
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
-        predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
-        path = Path(data).expanduser().resolve()
-        examples, own = read_test_file(path, set(predictor.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
-                                       unseen_as_oos)
+        path = Path(data).expanduser().resolve()  # read before the model loads (seconds): a bad row is said at once
+        examples, own = read_test_file(path, set(read_spec(Path(model)).labels), cfg.text_column, cfg.label_column, cfg.strict_data,
+                                       cfg.oos_label, unseen_as_oos)
         check_replace(out, run_dir, "test", str(path), model, overwrite)
+        predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
         if examples is None:  # out-of-scope queries alone: what the fallback catches of them
             return evaluate_out_of_scope(predictor, own, out, "test", source=str(path), model=model)
         trained = trained_splits(run_dir)  # queries the model trained on score as if unseen: said, where the data is still there
