@@ -79,8 +79,8 @@ def test_temperature_uses_the_likelihood_only_where_it_can_choose():
     assert temperature_problem(noisy, labels) is None
     value, rule, note = temperature(noisy, labels)
     assert rule == "likelihood" and note is None and value == pytest.approx(fit_temperature(noisy, labels))
-    # 54 queries of which 48 the data's own (the rest the intents' names): the own ones count (a newcomer's
-    # 6 intents of 8 examples got a likelihood temperature of 0.1 and 0.999 on a wrong answer)
+    # 54 queries of which 48 the data's own (the rest the intents' names): the own ones count
+    # (docs/results/fewshot/levers/temperature-rule-own-queries)
     value, rule, note = temperature(noisy[:54], labels[:54], "training queries", given=48)
     assert rule == "accuracy" and note.startswith("54 training queries, of which 48 the data's own queries, fewer than 50: set so")
     assert temperature(noisy[:54], labels[:54], given=50)[1] == "likelihood"

@@ -213,12 +213,22 @@ def test_utf16_without_its_mark_nul_bytes_and_unreadable_files_are_one_line(tmp_
     path.write_bytes("text\nthe card\n".encode("utf-16-be"))
     with pytest.raises(DataError, match=r"UTF-16 \(big-endian\) without"):
         read_queries(path)
+    path.write_bytes("text,category\n\u043c\u043e\u044f \u043a\u0430\u0440\u0442\u0430,a\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"UTF-16 \(little-endian\) without"):  # Cyrillic queries: told by the header, not the whole
+        read_examples(path)
     path.write_bytes(b"text,category\nthe card,a\nthe\x00card,b\n")
     with pytest.raises(DataError, match=r"train.csv: line 3: not text: it holds NUL bytes"):
         read_examples(path)
     path.write_text("text,category,text\nthe card,a,my note\n")
     with pytest.raises(DataError, match=r"train.csv: line 1: 2 columns named 'text' \(columns: 'text', 'category', 'text'\); rename all but"):
         read_examples(path)  # the note was read as the query
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = pa.array([b"the card \xff", b"ok"], type=pa.binary()).view(pa.string())  # a writer that wrote other bytes as text
+    pq.write_table(pa.table({"text": texts, "category": ["a", "b"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: a text column holds bytes that are not UTF-8; write the file's texts as UTF-8$"):
+        read_examples(tmp_path / "bad.parquet")  # not "line 1 ... (in Excel: CSV UTF-8)"
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(DataError, match=r"folder.csv: a folder, not a file$"):
         read_queries(tmp_path / "folder.csv")

@@ -16,7 +16,7 @@ from bankintent.cli import build_parser, main
 from bankintent.config import AUTO, for_data
 from bankintent.errors import ConfigError, DataError
 from bankintent.contrastive import PAIR_BUDGET, pairs, pairs_per_query
-from bankintent.data import run_splits
+from bankintent.data import query_key, run_splits
 from bankintent.training import CROSS_FITTED, CROSS_FITTED_OUT_OF_FOLD
 from conftest import INTENTS, tiny_options, write_csv, write_tiny_data
 
@@ -30,18 +30,21 @@ def three_shot(tmp_path_factory):
 
 
 def test_the_temperature_rule_counts_the_data_s_own_queries_not_the_copies_training_adds(tiny_bert, tmp_path):
-    """47 queries given, a thin intent's repeated to 52: too few to fit a temperature by likelihood, which
-    on a newcomer's 48 queries (54 with the intents' names) sharpened every answer to 0.999."""
+    """47 queries given, a thin intent's repeated past 50, and a copy of a row: too few to fit a temperature
+    by likelihood (docs/results/fewshot/levers/temperature-rule-own-queries)."""
     import csv
 
     (tmp_path / "data").mkdir()
     data = write_tiny_data(tmp_path / "data", 14)
     rows = list(csv.reader(open(data / "train.csv")))
     thin = [row for row in rows[1:] if row[1] == "top_up_failed"][:5]
-    write_csv(data / "train.csv", [row for row in rows[1:] if row[1] != "top_up_failed"] + thin)
+    given = [row for row in rows[1:] if row[1] != "top_up_failed"] + thin + thin[:1]  # 48 rows, a copy among them
+    write_csv(data / "train.csv", given)
+    distinct = len({(query_key(text), label) for text, label in given})
+    assert distinct < len(given) == 48
     metrics = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "run")))
     assert metrics["train_size"] >= 50 and metrics["temperature_rule"] == "accuracy"
-    assert re.match(r"\d+ training queries' out-of-fold probe logits, of which 47 the data's own queries, fewer than 50",
+    assert re.match(rf"\d+ training queries' out-of-fold probe logits, of which {distinct} the data's own queries, fewer than 50",
                     metrics["temperature_note"])
 
 
@@ -296,9 +299,9 @@ def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_
     card = (tmp_path / "tuned" / "adapter" / "README.md").read_text()
     assert "queries the encoder trained on: it turns away more new in-scope queries than that" in card
     said = next(r for r in caplog.records if r.getMessage().startswith("the out-of-scope threshold, set for"))  # the log as the card
-    assert said.levelname == "WARNING" and "which the encoder trained on: new in-scope queries lie farther" in said.getMessage()
-    assert said.getMessage().startswith("the out-of-scope threshold, set for 95% of in-scope queries, answers 100.0% of the 6 "
-                                        "training queries of the held half (trained on) (too few to leave one out), which")
+    assert said.levelname == "WARNING" and said.getMessage().startswith(
+        "the out-of-scope threshold, set for 95% of in-scope queries, answers 100.0% of the 6 training queries of the held half "
+        "(trained on), too few to leave one out: new in-scope queries lie farther from what the encoder learned")
     assert "interval" not in said.getMessage() and "bankintent evaluate RUN --data FILE" in said.getMessage()
     low, high = tuned["oos_coverage_interval"]  # from the held half's queries
     assert tuned["oos_coverage_queries"] == 6 and 0.5 < low < high < 1  # half the 12 rows given, not the intents' names

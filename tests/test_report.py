@@ -549,6 +549,9 @@ def test_evaluate_takes_the_rows_of_intents_the_model_never_saw_as_out_of_scope_
     with pytest.raises(DataError, match=rf"cased.csv: line 2: label '{cased.category[0]}' is the model's intent '{rows.category[0]}' "
                                         rf"written otherwise \({len(rows) - 1} more row\(s\) of this file likewise\); write the labels"):
         evaluate_run(tiny_runs["bert"], data=str(tmp_path / "cased.csv"), output=tmp_path / "c", unseen_as_oos=True)
+    from bankintent.data import Examples, _check_written_otherwise
+
+    _check_written_otherwise(Examples(["a", "b"], ["-1", "1.0"], [2, 3]), tmp_path / "ids.csv", {"1", "10"})  # ids: no guess
     new.to_csv(tmp_path / "new_intent.csv", index=False)  # only queries of the new intent: what the fallback catches of them
     summary = evaluate_run(tiny_runs["bert"], data=str(tmp_path / "new_intent.csv"), output=tmp_path / "b", unseen_as_oos=True,
                            overwrite=True)
@@ -611,7 +614,7 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tm
                                                      tmp_path) if "--oos-threshold 0.42" in line) for n in (4, 300)}
     assert advice[4].endswith("(set on 4 queries, it may answer a share many points off on new ones: set it on a few hundred)")
     assert advice[300].endswith("catching 100.0% of the out-of-scope examples")  # enough queries: no warning
-    from bankintent.evaluation import threshold_text  # 6 digits, not 17, rounded up: every query it answered is answered still
+    from bankintent.ood import threshold_text  # 6 digits, not 17, rounded up: every query it answered is answered still
 
     assert [threshold_text(t) for t in (3.0888447761535645, -2.6532111, 1234567.89, 1e-9, 0.42)] == \
         ["3.08885", "-2.65321", "1234570", "0.000000001", "0.42"]

@@ -55,7 +55,7 @@ class OutOfFold(NamedTuple):
     logits: np.ndarray  # every training query's
     labels: np.ndarray  # their label ids
     held: np.ndarray  # those of the validation split's queries (the held half of the training split)
-    given: int  # the training rows the data gave: the queries that are evidence, the intents' names and thin repeats not counted
+    given: int  # the distinct queries of the rows the data gave: the evidence, not copies or the intents' names added
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -268,11 +268,10 @@ def calibrate(predictor: Predictor, splits: Splits, cfg: TrainConfig,
     low, high = metrics["oos_coverage_interval"]
     short = expected < cfg.oos_coverage  # too few queries to set a threshold for the target: it answers each of them
     if trained_on:  # as the model card says it: no interval for new queries, which lie farther than these
-        log.warning("the out-of-scope threshold, set for %.0f%% of in-scope queries, answers %.1f%% of the %d %s%s, which the "
-                    "encoder trained on: new in-scope queries lie farther from what it learned, and fewer of them are answered; "
-                    "measure it on labelled queries it never saw (bankintent evaluate RUN --data FILE), whose advice sets "
-                    "--oos-threshold", 100 * cfg.oos_coverage, 100 * kept["coverage"], len(labels), queries,
-                    " (too few to leave one out)" if short else "")
+        log.warning("the out-of-scope threshold, set for %.0f%% of in-scope queries, answers %.1f%% of the %d %s%s: new in-scope "
+                    "queries lie farther from what the encoder learned, and fewer of them are answered; measure it on labelled "
+                    "queries it never saw (bankintent evaluate RUN --data FILE), whose advice sets --oos-threshold",
+                    100 * cfg.oos_coverage, 100 * kept["coverage"], len(labels), queries, ", too few to leave one out" if short else "")
         return metrics
     log.log(logging.WARNING if short else logging.INFO,
             "the out-of-scope threshold answers %.1f%% of the %d %s; of new in-scope queries like them, %.1f%% on average, "

@@ -199,9 +199,11 @@ def _encoding(path: Path) -> str:
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     if b"\x00" in lines:  # valid UTF-8 too, so read as text it would be queries of "h\x00e\x00l\x00l\x00o"
-        order = next((name for name, zeros in (("little-endian", lines[1::2]), ("big-endian", lines[::2]))
+        first = lines.split(b"\n\x00", 1)[0].split(b"\x00\n", 1)[0]  # the header, most often ASCII: half its bytes NUL
+        order = next((name for name, zeros in (("little-endian", first[1::2]), ("big-endian", first[::2]))
                       if zeros.count(0) > 0.9 * len(zeros)), None)
-        what = f"UTF-16 ({order}) without the byte-order mark that says so" if order else "NUL bytes, as binary files do"
+        what = (f"UTF-16 ({order}) without the byte-order mark that says so" if order else
+                "NUL bytes, as binary files and UTF-16 without its byte-order mark do")
         number = lines.count(b"\n", 0, lines.index(0)) + 1
         raise DataError(f"{path}: line {number}: not text: it holds {what}; save it as UTF-8 (in Excel: CSV UTF-8)")
     try:
@@ -250,6 +252,8 @@ def iter_rows(path: str | Path, columns: tuple[str, ...]) -> Iterator[tuple[int,
                 for number, line in enumerate(handle, start=1):
                     yield number, {"text": line.rstrip("\r\n")}
     except UnicodeDecodeError:  # past the bytes _encoding read
+        if kind == "parquet":  # no lines, and not saved from Excel
+            raise DataError(f"{path}: a text column holds bytes that are not UTF-8; write the file's texts as UTF-8") from None
         raise _not_utf8(path, *_first_bad_line(path)) from None
     except OSError as exc:  # no permission to read it, a disk error
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
@@ -912,9 +916,15 @@ def is_small(labels: list[str]) -> bool:
     return bool(counts) and float(np.median(counts)) < SMALL_DATA_PER_INTENT
 
 
+def distinct_queries(keys, labels) -> Counter:
+    """Each label's distinct queries, ``keys`` being each row's query as ``query_key`` reads it: a
+    repeated row (a file's copy, a thin intent's repeat) teaches nothing new, nor is more evidence."""
+    return Counter(label for _, label in set(zip(keys, labels)))
+
+
 def _check_two_per_intent(full: Examples, train_file: Path) -> None:
     # distinct queries, as the validation split tells them apart (``query_key``): a repeated row teaches nothing new
-    counts = Counter(label for _, label in {(query_key(text), label) for text, label in zip(full.texts, full.labels)})
+    counts = distinct_queries([query_key(text) for text in full.texts], full.labels)
     rare = sorted(label for label, n in counts.items() if n < 2)
     if rare:
         known = [label for label, n in counts.items() if n >= 2]
@@ -1076,11 +1086,14 @@ def _check_written_otherwise(examples: Examples, path: Path, known: set[str]) ->
     """Refuse a label that is one of ``known`` written otherwise (``lost card`` for the model's ``Lost
     Card``): not an intent the model never saw, nor a mistake to score its answers against (with
     --unseen-as-oos its right answers were counted as the fallback's misses)."""
-    keys = {_label_key(name): name for name in known}
+    def key(label: str) -> str | None:  # case, spaces and _ or - between words aside; no guess for '-1' and '1'
+        return re.sub(r"[\s_-]+", " ", label).strip().casefold() if re.search(r"[^\W\d_]", label) else None
+
+    keys = {key(name): name for name in known if key(name)}
     for row, label in zip(examples.rows or [], examples.labels):
-        meant = keys.get(_label_key(label)) if label not in known else None
+        meant = keys.get(key(label)) if label not in known else None
         if meant is not None:
-            more = sum(1 for other in examples.labels if other not in known and _label_key(other) in keys) - 1
+            more = sum(1 for other in examples.labels if other not in known and key(other) in keys) - 1
             also = f" ({more} more row(s) of this file likewise)" if more else ""
             raise DataError(f"{path}: {numbered(path)} {row}: label {label!r} is the model's intent {meant!r} written otherwise{also}; "
                             f"write the labels as the model's intents are written")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from decimal import ROUND_CEILING, Decimal
 from numbers import Real
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
+from bankintent import ood
 from bankintent.calibration import coverage_report, expected_calibration_error, out_of_scope_report
 from bankintent.config import TrainConfig, check_output_folder, check_writable, first_few, read_yaml, run_config_file
 from bankintent.data import (BANKING77, Examples, OutOfScope, Splits, check_trained_intents, queries_digest, read_test_file, run_splits,
@@ -134,8 +134,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if (oos_score is not None or oos_threshold is not None) and out.resolve() == run_dir.resolve():
         raise BankintentError("--oos-score and --oos-threshold measure another fallback than the trained one: give --output DIR "
                               "(the run's folder keeps the evaluation of the trained one, which the report reads)")
-    if not run_dir.is_dir():
-        raise BankintentError(f"{run_dir}: " + ("a file, not a model folder (the run's folder)" if run_dir.is_file() else "model folder not found"))
+    spec = read_spec(model_folder(run_dir))  # a missing folder, a file, a folder of no model: said before anything is read
     check_output_folder(out)
     check_writable(out)  # before the evaluation, not after it (a model on a read-only mount: --output elsewhere)
     model = str(model_folder(run_dir).resolve())
@@ -150,8 +149,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         if split != "test":
             raise BankintentError(f"{data}: a file given with --data is evaluated as the test split; leave --split out")
         path = Path(data).expanduser().resolve()  # read before the model loads (seconds): a bad row is said at once
-        examples, own = read_test_file(path, set(read_spec(Path(model)).labels), cfg.text_column, cfg.label_column, cfg.strict_data,
-                                       cfg.oos_label, unseen_as_oos)
+        examples, own = read_test_file(path, set(spec.labels), cfg.text_column, cfg.label_column, cfg.strict_data, cfg.oos_label,
+                                       unseen_as_oos)
         check_replace(out, run_dir, "test", str(path), model, overwrite)
         predictor = Predictor.load(run_dir, oos_score=oos_score, oos_threshold=oos_threshold, allow_pickle=allow_pickle)
         if examples is None:  # out-of-scope queries alone: what the fallback catches of them
@@ -314,16 +313,6 @@ def _by_source(coverage: dict) -> str:
 FEW_FOR_A_THRESHOLD = 100
 
 
-def threshold_text(threshold: float, digits: int = 6) -> str:
-    """A threshold to copy into --oos-threshold: ``digits`` significant digits, rounded up, so that every
-    query it answered is answered still (a query is answered where its score is at most the threshold);
-    the 17 digits of a float read as a precision the threshold does not have."""
-    exact = Decimal(repr(float(threshold)))
-    if not exact.is_finite() or exact.is_zero():
-        return repr(float(threshold))
-    return format(exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1), rounding=ROUND_CEILING).normalize(), "f")
-
-
 def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
     """``evaluate_run``'s summary as the lines ``bankintent evaluate`` prints: accuracy, calibration error,
     accuracy by length, the most confused pairs, the fallback's coverage and recall, the files written."""
@@ -372,8 +361,8 @@ def summary_lines(summary: dict, split: str, folder: Path) -> list[str]:
             queries = summary.get("queries")
             few = (f" (set on {queries} queries, it may answer a share many points off on new ones: set it on a few hundred)"
                    if isinstance(queries, int) and queries < FEW_FOR_A_THRESHOLD else "")
-            lines.append(f"  the lowest threshold that answers {pct(aimed['coverage'], 1)} of these in-scope queries: {score}--oos-threshold "
-                         f"{threshold_text(aimed['threshold'])}{recall}{few}")
+            lines.append(f"  the threshold that answers {pct(aimed['coverage'], 1)} of these in-scope queries: {score}--oos-threshold "
+                         f"{ood.threshold_text(aimed['threshold'])}{recall}{few}")
         lines.append(f"  every score at other thresholds (the share answered, accuracy, recall): {split}_coverage.csv")
     written = [path.name for path in evaluation_files(folder) if path.name.startswith(f"{split}_")]
     if written:

@@ -62,6 +62,7 @@ or recall is reported.
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, Decimal
 from importlib import resources
 
 import numpy as np
@@ -381,3 +382,13 @@ def coverage_curve(scores: np.ndarray, correct: np.ndarray, oos_scores: np.ndarr
             "oos_recall": float((oos_scores > threshold).mean()) if oos_scores is not None and len(oos_scores) else float("nan"),
         })
     return rows
+
+
+def threshold_text(threshold: float, digits: int = 6) -> str:
+    """A threshold to copy into --oos-threshold: ``digits`` significant digits, rounded up, so that every
+    query it answered is answered still (a query is answered where its score is at most the threshold);
+    the 17 digits of a float read as a precision the threshold does not have."""
+    exact = Decimal(repr(float(threshold)))
+    if not exact.is_finite() or exact.is_zero():
+        return repr(float(threshold))
+    return format(exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1), rounding=ROUND_CEILING).normalize(), "f")

@@ -322,7 +322,7 @@ class Predictor:
             raise ModelError(f"{folder}: {exc}") from None
 
     def __repr__(self) -> str:  # what a notebook shows of it: which model, and how it falls back
-        fallback = f"{self.oos_score} > {self.oos_threshold:.4g}" if self.oos_threshold is not None else "none"
+        fallback = f"{self.oos_score} > {ood.threshold_text(self.oos_threshold)}" if self.oos_threshold is not None else "none"
         backend = "ONNX Runtime" if isinstance(self.backend, OnnxModel) else f"PyTorch on {self.backend.device}"
         return (f"Predictor({len(self.labels)} intents, {self.spec.method} on {self.spec.base_model}, {backend}, "
                 f"out of scope: {fallback})")

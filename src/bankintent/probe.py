@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import Counter
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from bankintent.config import DEFAULT_BASE_MODEL
-from bankintent.data import query_key
+from bankintent.data import distinct_queries, query_key
 from bankintent.evaluation import confused_pairs
 from bankintent.modeling import MeanPoolClassifier, ModelSpec, build_model, encode_batches, load_tokenizer
 
@@ -39,8 +38,9 @@ def embed(model: MeanPoolClassifier, tokenizer, texts: list[str], max_length: in
 def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[int], cs: list[float], seed: int,
         choose_on_validation: bool = False, groups: list[str] | None = None):
     """Logistic regression with its regularisation C chosen by stratified k-fold cross-validation on
-    the training split (k = 5, or the fewest examples of an intent if fewer: steadier than the 1,001
-    validation queries of Banking77), refitted on all of it; with ``choose_on_validation`` (small
+    the training split (k = 5, or the fewest examples of an intent if fewer, or with ``groups`` as
+    ``stratified_folds`` counts them: steadier than the 1,001 validation queries of Banking77),
+    refitted on all of it; with ``choose_on_validation`` (small
     training data beside the user's own validation file), C is the one best on validation instead.
     ``groups`` (each row's query as ``data.query_key`` reads it): where the rows hold copies (thin
     intents' repeats, a file's duplicated rows) and every intent has two distinct queries, the folds
@@ -61,7 +61,7 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
             clf, c = best[0], best[1]
         else:
             cv = min(5, fewest)
-            if groups is not None and len(set(groups)) < len(groups) and _distinct_queries(train_y, groups) >= 2:
+            if groups is not None and len(set(groups)) < len(groups) and min(distinct_queries(groups, train_y.tolist()).values()) >= 2:
                 cv = stratified_folds(train_y, seed, groups)
             clf = LogisticRegressionCV(Cs=list(cs), cv=cv, scoring="accuracy", max_iter=2000, random_state=seed, n_jobs=-1)
             clf.fit(train_x, train_y)
@@ -91,11 +91,6 @@ def stratified_folds(y, seed: int, groups=None) -> list[tuple[np.ndarray, np.nda
         return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
-def _distinct_queries(y: np.ndarray, groups: list[str]) -> int:
-    """The fewest distinct queries (``groups``' keys) an intent of the labels ``y`` has."""
-    return min(Counter(label for _, label in set(zip(groups, np.asarray(y).tolist()))).values())
-
-
 def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: int, groups: list[str]) -> np.ndarray | None:
     """Each training query's logits from a probe of regularisation ``c`` fitted without it or a copy of
     it (``stratified_folds``; ``groups``: each row's query as ``data.query_key`` reads it, where the rows
@@ -106,7 +101,7 @@ def out_of_fold_logits(train_x: np.ndarray, train_y: list[int], c: float, seed: 
     each query as to a user's."""
     train_y = np.asarray(train_y)
     labels = np.unique(train_y)
-    if _distinct_queries(train_y, groups) < 2:
+    if min(distinct_queries(groups, train_y.tolist()).values()) < 2:
         return None
     copies = len(set(groups)) < len(groups)
     out = np.zeros((len(train_y), len(labels)))

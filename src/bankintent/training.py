@@ -77,8 +77,8 @@ from bankintent import contrastive, probe
 from bankintent.calibration import OutOfFold, calibrate
 from bankintent.config import (AUTO, MODEL_DIR, TrainConfig, check_output_folder, check_writable, differences, first_few, for_data,
                                read_yaml, recorded_path, unused_options)
-from bankintent.data import (Examples, Splits, data_changes, data_record, is_small, query_key, run_splits, test_digest, thin_intents,
-                             thin_intents_warning, thin_validation, training_counts)
+from bankintent.data import (Examples, Splits, data_changes, data_record, distinct_queries, is_small, query_key, run_splits, test_digest,
+                             thin_intents, thin_intents_warning, thin_validation, training_counts)
 from bankintent.errors import TERMINATED, ConfigError, TrainingInterrupted
 from bankintent.evaluation import evaluate_split, evaluation_files
 from bankintent.model_card import write_model_card
@@ -1011,8 +1011,9 @@ def save_and_score(model, tokenizer, spec: ModelSpec, splits: Splits, cfg: Train
     model.eval()
     held_out = None
     if out_of_fold is not None:  # small data: the probe's logits of the held half's queries stand in for the model's
-        held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]],
-                             splits.notes["train_rows_given"])
+        given = splits.notes["train_rows_given"]  # the data's own rows, first in the training split; their distinct queries
+        own = sum(distinct_queries([query_key(t) for t in splits.train.texts[:given]], splits.train.labels[:given]).values())
+        held_out = OutOfFold(out_of_fold, np.array(splits.ids(splits.train)), out_of_fold[_halves(splits, cfg)[1]], own)
     held_half = "training queries of the held half (trained on)" if splits.small_data else "validation queries"
     extra.update(calibrate(Predictor(model, tokenizer, spec), calibration_splits(splits, cfg), cfg, held_out, held_half,
                            trained_on=splits.small_data and encoder_trained))
