@@ -222,6 +222,8 @@ def test_utf16_without_its_mark_nul_bytes_and_unreadable_files_are_one_line(tmp_
     path.write_text("text,category,text\nthe card,a,my note\n")
     with pytest.raises(DataError, match=r"train.csv: line 1: 2 columns named 'text' \(columns: 'text', 'category', 'text'\); rename all but"):
         read_examples(path)  # the note was read as the query
+    path.write_text("id,text,id,id.1\n1,the card,2,3\n")  # another column named twice: kept as pandas names it, not replaced
+    assert [extra for _, _, extra in iter_queries(path, columns=True)] == [{"id": "1", "id.2": "2", "id.1": "3"}]
     import pyarrow as pa
     import pyarrow.parquet as pq
 

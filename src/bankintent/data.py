@@ -294,6 +294,7 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
         if twice:
             raise DataError(f"{path}: line {skipped + 1}: {header.count(twice[0])} columns named {twice[0]!r} (columns: {_names(written)}); "
                             f"rename all but the one to read")
+        header = _numbered_repeats(header)
         end = skipped + reader.line_num
         for values in reader:
             start, end = end + 1, skipped + reader.line_num
@@ -321,6 +322,21 @@ def _csv_rows(path: Path, handle, columns, separator: str = ",", skipped: int = 
             raise DataError(f"{path}: {_lines(end + 1, skipped + reader.line_num)}: a field of over {csv.field_size_limit():,} "
                             f"characters (no query is that long: a double quote left open, or a document pasted into a cell)") from None
         raise DataError(f"{path}: {_lines(end + 1, skipped + reader.line_num)}: malformed CSV ({exc})") from None
+
+
+def _numbered_repeats(header: list[str]) -> list[str]:
+    """A header's other columns named twice (``id,id``) as pandas names them, ``id`` and ``id.1``: each
+    kept beside the predictions, where the second had replaced the first. Unnamed columns (a sheet's
+    trailing commas) are left as they are."""
+    seen, taken, named = Counter(), set(header), []
+    for name in header:
+        seen[name] += 1
+        number, given = seen[name] - 1, name
+        while name and number and (given := f"{name}.{number}") in taken:  # id, id.1, id: the second id is id.2
+            number += 1
+        taken.add(given)
+        named.append(given)
+    return named
 
 
 def _match_header(header: list[str], columns: tuple[str, ...]) -> list[str]:
