@@ -134,10 +134,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     if (oos_score is not None or oos_threshold is not None) and out.resolve() == run_dir.resolve():
         raise BankintentError("--oos-score and --oos-threshold measure another fallback than the trained one: give --output DIR "
                               "(the run's folder keeps the evaluation of the trained one, which the report reads)")
-    spec = read_spec(model_folder(run_dir))  # a missing folder, a file, a folder of no model: said before anything is read
+    folder = model_folder(run_dir)
+    spec = read_spec(folder)  # a missing folder, a file, a folder of no model: said before anything is read
     check_output_folder(out)
     check_writable(out)  # before the evaluation, not after it (a model on a read-only mount: --output elsewhere)
-    model = str(model_folder(run_dir).resolve())
+    model = str(folder.resolve())
     cfg = data_config(run_dir, data, text_column=text_column, label_column=label_column, oos_label=oos_label)
     given_file = data is not None and Path(data).expanduser().is_file()
     if (oos_label or unseen_as_oos) and not given_file:  # --oos-label would change which rows of the run's data trained
