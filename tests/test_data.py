@@ -411,6 +411,9 @@ def test_iter_queries(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"query": "b"}\n')
     with pytest.raises(DataError, match=r"q.jsonl: line 2: missing column 'text'"):
         list(iter_queries(tmp_path / "q.jsonl"))
+    (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"id": 1, "text": "b", "text": "c"}\n')
+    with pytest.raises(DataError, match=r"q.jsonl: line 2: key 'text' given twice in one object; keep one$"):  # not 'c' read for 'b'
+        list(iter_queries(tmp_path / "q.jsonl"))
     (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"text": "tab\there"}\n')  # where on the line the JSON breaks
     with pytest.raises(DataError, match=r"q.jsonl: line 2: not valid JSON \(Invalid control character at column 14\)$"):
         list(iter_queries(tmp_path / "q.jsonl"))

@@ -67,7 +67,6 @@ def evaluate(run, split: str = "test", data=None, **options) -> dict:
     (accuracy, macro-F1, the fallback's coverage, ...) and writes the evaluation files into the run, or
     into ``output=``. ``options``: ``evaluate_run``'s (``output``, ``overwrite``, ``text_column``, ...)."""
     import inspect
-
     import os
 
     from bankintent.config import SPLITS, unknown_names

@@ -374,6 +374,17 @@ def _lines(start: int, end: int) -> str:
     return f"line {start}" if start >= end else f"lines {start}-{end}, one record (is a quote on line {start} left open?)"
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _one_value_a_key(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        raise _RepeatedKey(next(key for i, (key, _) in enumerate(pairs) if any(key == other for other, _ in pairs[:i])))
+    return row
+
+
 def _jsonl_rows(path: Path, handle, columns):
     for number, line in enumerate(handle, start=1):
         if not line.strip():
@@ -382,7 +393,9 @@ def _jsonl_rows(path: Path, handle, columns):
             raise DataError(f"{path}: line {number}: a JSON array, where JSON lines (one object a line) are read; write the file "
                             f"with pandas' to_json(orient='records', lines=True)")
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_one_value_a_key)
+        except _RepeatedKey as exc:  # json keeps the last value silently: the other would be lost, or read as the text
+            raise DataError(f"{path}: line {number}: key {exc.args[0]!r} given twice in one object; keep one") from None
         except (json.JSONDecodeError, RecursionError) as exc:
             detail = (f"{exc.msg.removesuffix(' at')} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
                       else "nested too deeply")
