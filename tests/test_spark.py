@@ -117,6 +117,9 @@ def test_bad_inputs_get_one_line_errors(spark, tmp_path):
         read_queries(spark, tmp_path / "logs.csv")
     with pytest.raises(DataError, match="unknown input format '.xml'"):
         score_file(tmp_path, tmp_path / "logs.xml", tmp_path / "out.parquet")
+    (tmp_path / "logs.json").write_text('{"text": "i lost my card"}\n')  # refused as predict refuses it without Spark
+    with pytest.raises(DataError, match="unknown input format '.json'; use .parquet, .csv, .tsv, .jsonl, .txt"):
+        score_file(tmp_path, tmp_path / "logs.json", tmp_path / "out.parquet")
     (tmp_path / "logs.txt").write_text("i lost my card\n\nexchange rates\n")  # a query a line, as predict reads it without Spark
     lines = read_queries(spark, tmp_path / "logs.txt", "utterance").toPandas()  # text, whatever the run's column
     assert list(lines.columns) == ["text"] and list(lines["text"]) == ["i lost my card", "", "exchange rates"]

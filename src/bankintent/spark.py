@@ -37,7 +37,7 @@ from bankintent.text import blank
 
 # predict.ANSWER_FIELDS but the text, the input row's own column (spelt out: the driver need not import torch)
 FIELDS = ("intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "oos_method", "closest_intent", "top_k")
-INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".txt": "text"}
+INPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".txt": "text"}  # as predict reads without Spark
 _TYPES = {
     "intent": "string", "confidence": "double", "out_of_scope": "boolean", "oos_score": "double",
     "oos_threshold": "double", "oos_method": "string", "closest_intent": "string",
