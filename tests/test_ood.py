@@ -62,6 +62,18 @@ def test_mahalanobis_with_one_query_an_intent_uses_the_spread_of_all_queries():
     np.testing.assert_allclose(ood.mahalanobis(features[:1] + 2.0, one), [32.0], rtol=1e-4)
 
 
+def test_training_embeddings_all_alike_fit_every_score():
+    """Queries cut to no words (a max_length of 2) give every query one embedding: the background's
+    covariance of zeros ended training in numpy's LinAlgError, after training, with nothing saved."""
+    same = np.tile(np.random.default_rng(0).normal(size=(1, 8)), (6, 1))
+    for features, labels in ((same, np.array([0, 0, 0, 1, 1, 1])), (same[:1], np.zeros(1, dtype=int))):
+        stats = ood.fit(features, labels, 2)
+        assert all(np.isfinite(value).all() for value in stats.values())
+        ready = ood.for_scoring(stats)
+        np.testing.assert_allclose(ood.relative_mahalanobis(np.vstack([same[:1], same[:1] + 2.0]), ready), [0.0, 0.0], atol=1e-3)
+        assert ood.mahalanobis(same[:1] + 2.0, ready)[0] == pytest.approx(32.0, rel=1e-4)  # Euclidean: 8 dimensions of 2
+
+
 def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding_both_centred():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 8)) + 3.0  # a common direction, as mean-pooled embeddings share
@@ -317,7 +329,7 @@ def test_threshold_returns_out_of_scope_where_it_should(run):
     scores = predictor.oos_scores(softmax(logits / predictor.spec.temperature), features, "mahalanobis")
     order = np.argsort(scores)
     middle = float((scores[order[1]] + scores[order[2]]) / 2)  # the highest-scoring query alone crosses it
-    plain = Predictor.load(run, oos_threshold=float("inf")).predict(texts)
+    plain = Predictor.load(run, oos_threshold=1e30).predict(texts)  # no query is out of scope
     results = Predictor.load(run, oos_score="mahalanobis", oos_threshold=middle).predict(texts)
     for i, (result, reference) in enumerate(zip(results, plain)):
         assert {"text", "intent", "confidence", "out_of_scope", "oos_score", "oos_threshold", "closest_intent", "top_k"} <= set(result)

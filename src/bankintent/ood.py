@@ -143,9 +143,12 @@ def fit_background(features: np.ndarray) -> dict[str, np.ndarray]:
     """One Gaussian of every training embedding, whatever its intent (the "background" of Ren et al.,
     2021), as a whitening matrix and its centre after whitening, stacked into ``background``."""
     features = features.astype(np.float64)
-    fitted = LedoitWolf().fit(features)
-    whitening = np.linalg.cholesky(fitted.precision_)
-    return {"background": np.vstack([fitted.location_ @ whitening, whitening]).astype(np.float32)}
+    if np.ptp(features, axis=0).any():  # (not the trace: rounding leaves identical rows a covariance of 1e-30s)
+        fitted = LedoitWolf().fit(features)
+        location, whitening = fitted.location_, np.linalg.cholesky(fitted.precision_)
+    else:  # every embedding the same (one query, or queries cut to no words): plain Euclidean distances
+        location, whitening = features.mean(0), np.eye(features.shape[1])
+    return {"background": np.vstack([location @ whitening, whitening]).astype(np.float32)}
 
 
 def relative_mahalanobis(features: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
