@@ -109,3 +109,25 @@ def test_passes_are_cut_where_padding_would_cost_more_than_a_pass():
     assert [p.tolist() for p in length_batches(lengths, 4, float("inf"))] == [[1, 3, 5, 2], [4, 0]]
     same = length_batches(np.full(20, 10), 8, 8)
     assert [len(p) for p in same] == [4, 8, 8] and sorted(np.concatenate(same).tolist()) == list(range(20))
+
+
+def test_predictions_that_overlap_leave_numpy_its_blas_threads():
+    """Threads predicting at once (the service's, a user's) limit BLAS to one thread while scoring: the
+    first in sets the process's limit and the last out restores it. Each restoring the limit it found
+    left numpy on one thread for good (the second in found the first's limit of one)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from bankintent.predict import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert set(blas_threads()) == {2}
+        one_blas_thread.__enter__()  # a first call scores
+        one_blas_thread.__enter__()  # a second starts scoring before the first ends
+        assert set(blas_threads()) == {1}
+        one_blas_thread.__exit__(None, None, None)  # the first ends
+        assert set(blas_threads()) == {1}  # the second still scores
+        one_blas_thread.__exit__(None, None, None)
+        assert set(blas_threads()) == {2}

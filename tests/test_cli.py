@@ -426,7 +426,7 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, 
     with pytest.raises(DataError, match=r"^text 3 \(index 'c'\): expected a string, got float$"):
         predictor.predict(pd.Series(["my card", "my money", np.nan], index=["a", "b", "c"]))
     assert predictor.predict(" " * 2500 + "my card")[0]["text"] == "my card"  # spaces removed, then cut (it answered '')
-    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got '2'"):
+    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a finite number, got '2'"):
         Predictor.load(tiny_probe_run, oos_threshold="2")
     with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):
         Predictor.load(tiny_probe_run, batch_size=0)

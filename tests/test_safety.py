@@ -186,9 +186,29 @@ def test_lora_layers_that_are_not_there_are_refused_before_training(tiny_bert, t
     assert not (tmp_path / "run").exists()
 
 
-def test_a_threshold_that_is_not_a_number_is_refused(tiny_probe_run):
-    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a number, got nan"):
-        Predictor.load(tiny_probe_run, oos_threshold=float("nan"))
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tiny_probe_run):
+    """nan answered every query in scope; inf was taken, and the service's JSON has no inf: every request a 500."""
+    from bankintent.serving import check_serve_options, create_app
+
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match=f"the out-of-scope threshold must be a finite number, got {value}"):
+            Predictor.load(tiny_probe_run, oos_threshold=float(value))
+    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a finite number, got inf"):
+        create_app(tiny_probe_run, oos_threshold=float("inf"))
+    with pytest.raises(ConfigError, match="the out-of-scope threshold must be a finite number, got -inf"):
+        check_serve_options(None, 64, 2.0, float("-inf"))  # before --workers start, each of which said it in a traceback
+
+
+def test_a_model_whose_outputs_are_not_numbers_says_so(tiny_probe_run):
+    """A model whose weights hold nan (a diverged training, a broken file) answered in scope at confidence nan."""
+    import torch
+
+    predictor = Predictor.load(tiny_probe_run)
+    assert predictor.oos_threshold is not None  # the fallback, which a nan score would pass silently
+    with torch.no_grad():
+        list(predictor.model.parameters())[-1][1] = float("nan")  # the head's bias: one intent's logit
+    with pytest.raises(ModelError, match=r"^the model's outputs are not numbers \(nan or inf\) for 2 of 2 texts, the first text 1: "):
+        predictor.predict(["my card", "where is my money"])
 
 
 def test_a_hub_id_is_refused_at_once_where_the_hub_cannot_be_reached(monkeypatch):

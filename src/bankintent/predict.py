@@ -97,16 +97,35 @@ def length_batches(lengths: np.ndarray, batch_size: int, pass_tokens: float) -> 
     return passes[::-1]
 
 
+class OneBlasThread:
+    """A context in which numpy's BLAS uses one thread. The small matrix products after a forward pass
+    (the Mahalanobis score) run while PyTorch's or ONNX Runtime's threads still spin on both cores,
+    and a two-thread BLAS fighting them for the cores took many times as long as one thread alone.
+    The limit is the process's: with threads predicting at once, the first in sets it and the last out
+    restores it (each restoring its own would leave the limit of whichever entered second)."""
+
+    def __init__(self):
+        self._lock, self._inside, self._limiter = threading.Lock(), 0, None
+
+    def __enter__(self):
+        with self._lock:
+            if not self._inside:
+                self._limiter = _threadpools().limit(limits=1, user_api="blas")
+            self._inside += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._inside -= 1
+            if not self._inside:
+                self._limiter.restore_original_limits()
+
+
 @functools.cache
 def _threadpools() -> ThreadpoolController:
     return ThreadpoolController()  # inspects the loaded libraries once (a few ms)
 
 
-def one_blas_thread():
-    """A context in which numpy's BLAS uses one thread. The small matrix products after a forward pass
-    (the Mahalanobis score) run while PyTorch's or ONNX Runtime's threads still spin on both cores,
-    and a two-thread BLAS fighting them for the cores took many times as long as one thread alone."""
-    return _threadpools().limit(limits=1, user_api="blas")
+one_blas_thread = OneBlasThread()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -252,6 +271,14 @@ class OnnxModel:
         return logits, features
 
 
+def check_threshold(oos_threshold) -> None:
+    """ConfigError unless ``oos_threshold`` is None or a finite number: nan answers every query in scope,
+    and an answer's JSON (the service's, a .jsonl file's) has no inf."""
+    if oos_threshold is not None and (isinstance(oos_threshold, bool) or not isinstance(oos_threshold, numbers.Real)
+                                      or not np.isfinite(oos_threshold)):
+        raise ConfigError(f"the out-of-scope threshold must be a finite number, got {oos_threshold!r}")
+
+
 class Predictor:
     """Intents, calibrated confidences and the out-of-scope decision for queries.
 
@@ -264,9 +291,7 @@ class Predictor:
                  oos_score: str | None = None, oos_threshold: float | None = None):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
             raise ConfigError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
-        if oos_threshold is not None and (isinstance(oos_threshold, bool) or not isinstance(oos_threshold, numbers.Real)
-                                          or np.isnan(oos_threshold)):  # nan would answer every query in scope (inf says so)
-            raise ConfigError(f"the out-of-scope threshold must be a number, got {oos_threshold!r}")
+        check_threshold(oos_threshold)
         self.oos_score = oos_score or spec.oos_score or ("msp" if oos_threshold is not None else None)
         if self.oos_score is not None and self.oos_score not in ood.SCORES:
             raise ConfigError(f"unknown out-of-scope score {self.oos_score!r}; choose one of {', '.join(ood.SCORES)}")
@@ -367,7 +392,13 @@ class Predictor:
                 features.append(batch_features)
                 bar.update(len(batch_logits))
         inverse = np.argsort(np.concatenate(passes))
-        return np.concatenate(logits)[inverse], np.concatenate(features)[inverse]
+        logits = np.concatenate(logits)[inverse]
+        broken = ~np.isfinite(logits).all(-1)
+        if broken.any():  # else answered in scope with a confidence of nan, whatever the threshold
+            raise ModelError(f"the model's outputs are not numbers (nan or inf) for {broken.sum()} of {len(texts)} texts, the first "
+                             f"text {np.argmax(broken) + 1}: its weights hold nan or inf (a training that diverged: a lower "
+                             f"learning rate) or its export is broken")
+        return logits, np.concatenate(features)[inverse]
 
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.outputs(texts)[0]
@@ -419,7 +450,7 @@ class Predictor:
         if self.oos_threshold is None:
             scores = np.full(len(texts), np.nan)
         else:
-            with one_blas_thread():
+            with one_blas_thread:
                 scores = self.oos_scores(probs, features)
         top_k = min(top_k, len(self.labels))
         results = []

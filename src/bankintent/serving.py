@@ -57,7 +57,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from bankintent import ood
 from bankintent.config import check_port
 from bankintent.errors import BankintentError, ConfigError
-from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel
+from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel, check_threshold
 from bankintent.registry import Registry, ServedModel, UnknownModel
 from bankintent.text import blank
 
@@ -662,6 +662,7 @@ def check_serve_options(models_dir: str | Path | None, max_batch: int, max_wait_
     their processes, and by ``create_app``."""
     if max_batch < 1 or max_wait_ms < 0:
         raise ConfigError(f"--max-batch must be >= 1 and --max-wait-ms >= 0 (got {max_batch}, {max_wait_ms})")
+    check_threshold(oos_threshold)
     if oos_threshold is not None and models_dir:
         raise ConfigError("--oos-threshold is for one model (a threshold is on one model's score scale); serve its folder, "
                           "or give --oos-score alone, which takes each model's threshold for that score")
