@@ -431,14 +431,21 @@ def test_the_python_predictor_refuses_bad_arguments_in_one_line(tiny_probe_run, 
     with pytest.raises(ConfigError, match="batch_size must be a whole number of at least 1, got 0"):
         Predictor.load(tiny_probe_run, batch_size=0)
     trained = Predictor.load(tiny_probe_run)  # a threshold kept from a model that used another score is said to be
+    msp = trained.spec.oos_thresholds["msp"]
+    assert trained.oos_score == "knn+msp+rmd" and 0 < msp < 0.5  # in-scope standard deviations; a probability
     with caplog.at_level(logging.WARNING, logger="bankintent"):
-        Predictor.load(tiny_probe_run, oos_threshold=1.5 * trained.oos_threshold)
+        Predictor.load(tiny_probe_run, oos_threshold=trained.oos_threshold - 2.5)  # near, whatever its size or sign
+        Predictor.load(tiny_probe_run, oos_score="msp", oos_threshold=2 * msp)
         assert "far from this model's trained" not in caplog.text
         Predictor.load(tiny_probe_run, oos_threshold=700.0)
-    assert (f"out-of-scope threshold 700 is far from this model's trained {trained.oos_score} threshold "
-            f"({trained.oos_threshold:.4g}): few queries will be out of scope") in caplog.text
-    Predictor.load(tiny_probe_run, oos_threshold=trained.oos_threshold / 100)
-    assert "most queries will be out of scope" in caplog.text
+        assert (f"out-of-scope threshold 700 is far from this model's trained {trained.oos_score} threshold "
+                f"({trained.oos_threshold:.4g}): few queries will be out of scope") in caplog.text
+        caplog.clear()
+        Predictor.load(tiny_probe_run, oos_threshold=trained.oos_threshold - 15)  # as large as the trained one, negative: was silent
+        assert "most queries will be out of scope" in caplog.text
+        caplog.clear()
+        Predictor.load(tiny_probe_run, oos_score="msp", oos_threshold=msp / 100)
+        assert "trained msp threshold" in caplog.text and "most queries will be out of scope" in caplog.text
     with pytest.raises(ModelError, match="device 'tpu': "):
         Predictor.load(tiny_probe_run, device="tpu")
 

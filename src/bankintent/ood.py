@@ -88,6 +88,8 @@ KNN_K = 1
 KNN_BANK = 20_000  # most embeddings kept for the knn score without labels (a seeded sample of larger sets)
 KNN_PROTOTYPES = 12  # k-means centroids of each intent's training embeddings that the knn score compares with
 COMBINED_WEIGHT = 0.25  # msp's weight in knn+msp
+STANDARDISED = ("knn+msp", "knn+msp+rmd")  # counted in in-scope standard deviations, of either sign
+FAR_DEVIATIONS = 3.0  # a threshold this many of them from the trained one is warned about (far_from_trained)
 RMD_WEIGHT = 0.25  # the relative Mahalanobis distance's weight in knn+msp+rmd
 # The least standard deviation msp is divided by in knn+msp: a model sure of nearly every validation
 # query (a few easy intents, a sharp temperature) has msp all but constant there, and a query it is
@@ -259,6 +261,16 @@ def fit_scales(probabilities: np.ndarray, features: np.ndarray, stats: dict[str,
     ready = for_scoring(stats)
     return {**fit_combination(knn(features, ready), 1.0 - probabilities.max(-1)),
             **fit_rmd_scale(relative_mahalanobis(features, ready))}
+
+
+def far_from_trained(name: str, threshold: float, trained: float) -> bool:
+    """Whether a threshold given for score ``name`` is so far from the trained one that it likely is
+    another score's (msp's 0 to 1, Mahalanobis's hundreds): for the combined scores, which count
+    in-scope standard deviations and take either sign, over ``FAR_DEVIATIONS`` of them away (a ratio
+    means nothing about a score near 0); for the others, which are positive, ten times larger or smaller."""
+    if name in STANDARDISED:
+        return abs(threshold - trained) > FAR_DEVIATIONS
+    return trained > 0 and not trained / 10 <= threshold <= 10 * trained
 
 
 def _missing(name: str, stats: dict[str, np.ndarray] | None) -> list[str]:

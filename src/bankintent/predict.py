@@ -304,7 +304,7 @@ class Predictor:
         self.tokenizer.no_padding()  # batches are padded after sorting by length (``outputs``)
         trained = spec.oos_thresholds.get(self.oos_score)
         self.oos_threshold = oos_threshold if oos_threshold is not None else trained
-        if oos_threshold is not None and trained and not abs(trained) / 10 <= abs(oos_threshold) <= 10 * abs(trained):
+        if oos_threshold is not None and trained is not None and ood.far_from_trained(self.oos_score, oos_threshold, trained):
             # a threshold is on one score's scale (msp's is 0-1, Mahalanobis's hundreds): one kept from a model that
             # used another score would turn the fallback off, or everything away, without a word
             log.warning("out-of-scope threshold %g is far from this model's trained %s threshold (%.4g): %s; a threshold is on "
