@@ -136,8 +136,8 @@ def test_coverage_table_and_curve(run, tiny_data, tmp_path):
     assert width > 1.5 * 6.4 * 110  # with out-of-scope examples (the probe set here), a second panel: caught against answered
     scores = predictor.oos_scores(softmax(logits / predictor.spec.temperature), features)
     aimed = summary["for_target"]  # evaluate's advice: the lowest threshold that answers the run's target share of these queries
-    assert aimed["coverage"] == predictor.spec.oos_choice["coverage"] and np.mean(scores <= aimed["threshold"]) >= aimed["coverage"]
-    assert np.mean(scores < aimed["threshold"]) < aimed["coverage"]
+    assert aimed["aim"] == predictor.spec.oos_choice["coverage"] and aimed["coverage"] == np.mean(scores <= aimed["threshold"])
+    assert aimed["coverage"] >= aimed["aim"] > np.mean(scores < aimed["threshold"])  # the share it answers, not the aim
     for row in test_table.itertuples():  # a threshold copied from the table answers its row's share (rounded, it answered one less)
         again = Predictor.load(run, oos_score=row.score, oos_threshold=row.threshold)
         assert np.mean(again.oos_scores(softmax(logits / again.spec.temperature), features) <= again.oos_threshold) == row.kept

@@ -614,6 +614,11 @@ def test_an_intent_with_no_query_in_the_split_has_no_f1_rather_than_the_worst(tm
                                                      tmp_path) if "--oos-threshold 0.42" in line) for n in (4, 300)}
     assert advice[4].endswith("(set on 4 queries, it may answer a share many points off on new ones: set it on a few hundred)")
     assert advice[300].endswith("catching 100.0% of the out-of-scope examples")  # enough queries: no warning
+    assert "answers 75.0% of these in-scope queries: --oos-threshold" in advice[300]  # its aim reached: not said twice
+    fallback["for_target"] |= {"aim": 0.95, "coverage": 1.0}  # 14 queries: 13 answered is 92.9%, below the aim
+    advice = next(line for line in summary_lines({"queries": 14, "accuracy": 1.0, "macro_f1": 1.0, "out_of_scope": fallback}, "test",
+                                                 tmp_path) if "--oos-threshold 0.42" in line)
+    assert "the threshold that answers 100.0% of these in-scope queries (the nearest to 95% that 14 queries allow): --oos" in advice
     from bankintent.ood import threshold_text  # 6 digits, not 17, rounded up: every query it answered is answered still
 
     assert [threshold_text(t) for t in (3.0888447761535645, -2.6532111, 1234567.89, 1e-9, 0.42)] == \

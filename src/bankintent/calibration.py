@@ -368,7 +368,8 @@ def write_coverage(correct: np.ndarray, scores: dict[str, np.ndarray], oos_score
         summary["coverage_target"] = target
         aim = target or predictor.spec.oos_choice.get("coverage") or TrainConfig.oos_coverage
         at = ood.threshold_for_coverage(scores[name], aim)
-        summary["for_target"] = {"coverage": aim, "threshold": at, "other_score": name != predictor.spec.oos_score,
+        summary["for_target"] = {"aim": aim, "coverage": float((scores[name] <= at).mean()), "threshold": at,  # the share it answers:
+                                 "other_score": name != predictor.spec.oos_score,  # the nearest above the aim that n queries allow
                                  "oos_recall": float((oos_scores[name] > at).mean()) if oos_scores else None}
         below = target is not None and binomtest(int(kept.sum()), len(kept), target, alternative="less").pvalue < BELOW_TARGET_P
         if split != "validation" and (below or len(kept) >= MIN_COVERAGE_QUERIES and kept.mean() < LOW_COVERAGE):
