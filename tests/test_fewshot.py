@@ -90,7 +90,8 @@ def test_intent_names_join_the_training_queries_of_small_data(setting, per_inten
     metrics = train(resolve_config(None, method="linear-probe", intent_names=setting, **tiny_options(tiny_bert, data, tmp_path / "run")))
     assert metrics["intent_names_added"] == added and metrics["train_size"] + metrics["val_size"] == 4 * per_intent + added
     card = (tmp_path / "run" / "adapter" / "README.md").read_text()
-    assert ("include each intent's name as words (4: `--intent-names`)" in card) == bool(added)
+    assert ("added each intent's name as a query in words (4: `--intent-names`)" in card) == bool(added)
+    assert f"({metrics['train_size'] - added} training queries)" in card  # the data's own, the names said apart
 
 
 def test_small_training_file_beside_a_validation_file_chooses_on_it(tiny_bert, three_shot, tiny_data, tmp_path):

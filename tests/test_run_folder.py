@@ -254,7 +254,8 @@ def test_a_thin_new_intent_is_said_and_weighed_nearer_the_others(tiny_bert, tiny
     assert "`buy_crypto` (7). Their training queries were repeated (`buy_crypto` x2, `--thin-repeats`)" in card
     plain = _train(tiny_bert, data, tmp_path / "plain", thin_repeats=1)
     assert plain["thin_intents"] == {"buy_crypto": 7} and plain["thin_intents_repeated"] == {}
-    assert metrics["train_size"] == plain["train_size"] + 7
+    assert metrics["train_size"] == plain["train_size"] + 7 == metrics["data_record"]["train"] + metrics["intent_names_added"] + 7  # copies too
+    assert f"({metrics['data_record']['train']} training queries)" in card  # the data's own: the copies are said apart
 
 
 def test_config_records_absolute_paths_and_evaluate_works_elsewhere(tiny_bert, tiny_data, tmp_path, monkeypatch):

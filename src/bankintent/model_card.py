@@ -178,9 +178,15 @@ def _distilled(metrics: dict) -> str:
             f"{predictions} and the true labels")
 
 
+def _given(metrics: dict) -> int:
+    """The data's own training queries: ``train_size`` also counts what training added to them (the
+    intents' names, thin intents' repeats), which the card says apart."""
+    return (metrics.get("data_record") or {}).get("train", metrics["train_size"])
+
+
 def _names(metrics: dict) -> str:
     added = metrics.get("intent_names_added")
-    return f" The training queries include each intent's name as words ({added}: `--intent-names`)." if added else ""
+    return f" Training added each intent's name as a query in words ({added}: `--intent-names`)." if added else ""
 
 
 def distill_command(metrics: dict, output: str | None = None) -> str:
@@ -286,7 +292,7 @@ parameters trained, {metrics['trainable_pct']:.2f}%; this folder holds {human_by
 
 Routing English customer-service queries{" of a bank or payment app" if banking else ""} to one of the intents in
 `labels.json`. {fallback_text(metrics, cfg.oos_label)} It was trained on short, single-intent, written queries
-({metrics['train_size']:,} training queries); expect lower accuracy on long, multi-intent, spoken or
+({_given(metrics):,} training queries); expect lower accuracy on long, multi-intent, spoken or
 non-English queries, on products and intents the data does not cover, and on data whose distribution
 differs from {cfg.data}. It is not meant for decisions about customers without human review.
 
@@ -303,7 +309,7 @@ or `bankintent predict path/to/this/folder {example!r}`. The base model is {base
 
 ## Training data
 
-{_source(cfg, metrics)}: {metrics['train_size']:,} training and
+{_source(cfg, metrics)}: {_given(metrics):,} training and
 {metrics['val_size']:,} validation queries ({metrics.get('validation') or f'a stratified {cfg.val_fraction:.0%} of the training file'}),
 {metrics['test_size']:,} test queries, {metrics['num_labels']} intents.{_names(metrics)}
 Preprocessing: {preprocessing}. Augmentation: {f"{metrics['augment_copies']} perturbed copy(ies) of each training query, labelled by the teacher" if method == 'distill' else cfg.augment or 'none'}.
