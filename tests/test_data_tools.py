@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from bankintent import cli
-from bankintent.discover import cluster, keywords, terms
+from bankintent.discover import cluster, keywords, representatives, terms
 from bankintent.selection import margins, rank
 from conftest import tiny_options, write_csv
 
@@ -196,6 +196,10 @@ def test_copies_of_one_query_are_one_query_to_the_minimum_size():
     assert list(cluster(features, min_size=5, keys=keys)) == [-1] * 12 + [0] * 5
     assert list(cluster(features, min_size=5)) == [0] * 12 + [1] * 5  # without keys every row is a query
     assert list(cluster(features, min_size=1, keys=keys)) == [0] * 12 + [1] * 5  # ordered by rows, copies counted
+    found = cluster(features, min_size=1, keys=keys)
+    texts = ["hi", "Hi", "HI"] * 4 + [f"request {i}" for i in range(5)]
+    shown = representatives(texts, features, found, keys)  # one text of each query: "hi", "Hi" and "HI" are one
+    assert shown[0] == ["hi"] and len(shown[1]) == 3 and all(text.startswith("request") for text in shown[1])
 
 
 def test_keywords_leave_out_asking_words_and_a_plural_of_a_word_shown():

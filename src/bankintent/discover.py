@@ -118,14 +118,19 @@ def keywords(texts: list[str], clusters: np.ndarray, top: int = KEYWORDS) -> dic
     return chosen
 
 
-def representatives(texts: list[str], features: np.ndarray, clusters: np.ndarray, top: int = REPRESENTATIVES) -> dict[int, list[str]]:
-    """Each cluster's queries nearest its normalised centroid (distinct texts)."""
+def representatives(texts: list[str], features: np.ndarray, clusters: np.ndarray, keys: list[str],
+                    top: int = REPRESENTATIVES) -> dict[int, list[str]]:
+    """Each cluster's queries nearest its normalised centroid, one text of each query (``keys``: "hi"
+    and "HI" are one, as ``cluster`` counts them), so that its examples show distinct phrasings."""
     out = {}
     for k in sorted(c for c in set(clusters.tolist()) if c >= 0):
         members = np.flatnonzero(clusters == k)
         centroid = features[members].mean(0)
         ranked = members[np.argsort(-(features[members] @ centroid), kind="stable")]
-        out[k] = list(dict.fromkeys(texts[i] for i in ranked))[:top]
+        first = {}
+        for i in ranked:
+            first.setdefault(keys[i], texts[i])
+        out[k] = list(first.values())[:top]
     return out
 
 
@@ -191,7 +196,7 @@ def discover(run: str | Path, input: str | Path, output: str | Path, all_queries
     clusters = cluster(chosen_features, distance_threshold, min_size, keys)
     firsts = np.unique(keys, return_index=True)[1] if keys else np.zeros(0, dtype=int)
     words = keywords([chosen_texts[i] for i in firsts], clusters[firsts])
-    examples = representatives(chosen_texts, chosen_features, clusters)
+    examples = representatives(chosen_texts, chosen_features, clusters, keys)
 
     out.mkdir(parents=True, exist_ok=True)
     closest = probabilities.argmax(1)
