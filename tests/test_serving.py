@@ -490,7 +490,7 @@ def test_an_empty_models_folder_answers_that_no_model_is_served_yet(tmp_path):
 
 def test_api_keys(runs, tmp_path, caplog):
     keys = tmp_path / "keys.txt"
-    keys.write_text("# service keys\nkey-one\n\nkey-two\n")
+    keys.write_bytes("key-one\n# service keys\n\nkey-two\n".encode("utf-8-sig"))  # Notepad's byte-order mark: no part of key-one
     with serve_in_background(create_app(model_dir=runs / "bank_a", api_key_file=keys)) as url, httpx.Client(base_url=url) as client:
         body = {"texts": ["i lost my card"]}
         for headers in ({}, {"Authorization": "Bearer key-three"}, {"Authorization": "Basic key-one"}, {"Authorization": "Bearer key-one2"}):
@@ -498,6 +498,7 @@ def test_api_keys(runs, tmp_path, caplog):
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
             assert "key-" not in response.text
         assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-two"}).status_code == 200
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer key-one"}).status_code == 200
         assert client.get("/metrics").status_code == 401
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         keys.write_text("key-three\n")  # rotated: the file is read again, without a restart
@@ -524,6 +525,9 @@ def test_bad_service_options(runs, tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ConfigError, match="empty.txt: no API keys"):
         create_app(model_dir=runs / "bank_a", api_key_file=tmp_path / "empty.txt")
+    (tmp_path / "commented.txt").write_text("# ops\nkey-one\nkey-two  # ci\n")  # the key would be "key-two  # ci"
+    with pytest.raises(ConfigError, match=r"commented.txt: line 3: a key with a space in it \(a comment goes on a line of its own"):
+        create_app(model_dir=runs / "bank_a", api_key_file=tmp_path / "commented.txt")
     with pytest.raises(ConfigError, match="--max-batch must be >= 1"):
         create_app(model_dir=runs / "bank_a", max_batch=0)
 

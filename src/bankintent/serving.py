@@ -568,15 +568,20 @@ class Service:
 
 
 def read_api_keys(path: str | Path) -> list[bytes]:
-    """The keys of an API key file: one a line; blank lines and ``#`` comments are skipped."""
+    """The keys of an API key file: one a line; blank lines and lines starting with ``#`` are skipped. A
+    byte-order mark (Notepad's UTF-8) is no part of the first key; a line with a space inside (a comment
+    after its key) is refused: a bearer key has none, and the key would never match."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: API key file not found")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file of API keys (not UTF-8)") from None
     keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    spaced = next((number for number, line in enumerate(lines, start=1) if len(line.split()) > 1 and not line.lstrip().startswith("#")), None)
+    if spaced:
+        raise ConfigError(f"{path}: line {spaced}: a key with a space in it (a comment goes on a line of its own, starting with #)")
     if not keys:
         raise ConfigError(f"{path}: no API keys in the file")
     return [hashlib.sha256(key.encode()).digest() for key in keys]
