@@ -143,9 +143,16 @@ def test_resume_refuses_an_output_of_another_input(model_dir, queries, single_pa
     output.write_text(json.dumps({**single_pass[0], "text": "something else"}) + "\n")
     with pytest.raises(DataError, match=r"does not answer row 1 of .*queries.txt; not its output"):
         predict_file(predictor, queries, output, resume=True)
-    output.write_text("not json\n")
+    output.write_text('{"a": 1}\nnot json\n{"a": 2}')  # another file named by mistake: refused, and left as it was
     with pytest.raises(DataError, match="not its output"):
         predict_file(predictor, queries, output, resume=True)
+    assert output.read_text() == '{"a": 1}\nnot json\n{"a": 2}'
+    logs = tmp_path / "logs.jsonl"  # the output named as the input: --overwrite removed it, --resume cut its last line
+    logs.write_text('{"text": "my card was stolen"}\n{"text": "exchange rates"}')
+    for options in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(DataError, match="logs.jsonl: is the input file; write the predictions to another file"):
+            predict_file(predictor, logs, logs, **options)
+    assert logs.read_text() == '{"text": "my card was stolen"}\n{"text": "exchange rates"}'
     short = tmp_path / "short.txt"
     short.write_text("my card was stolen\n")
     output.write_text("".join(json.dumps(r) + "\n" for r in single_pass[:2]))

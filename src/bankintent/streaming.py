@@ -63,18 +63,18 @@ SCAN_BAR_BYTES = 16 * 2**20
 INT64 = (-2**63, 2**63 - 1)  # the whole numbers a Parquet int64 column holds
 
 
-def _complete_lines(output: Path) -> tuple[int, bytes | None]:
-    """(number of complete lines of ``output``, the last of them), after truncating a torn last line."""
+def _complete_lines(output: Path) -> tuple[int, bytes | None, int]:
+    """(number of complete lines of ``output``, the last of them, the bytes they take: where a torn last
+    line is cut once the file is known to be this run's)."""
     if not output.exists():
-        return 0, None
-    with open(output, "rb+") as handle:
+        return 0, None, 0
+    with open(output, "rb") as handle:
         count, end, last = 0, 0, None
         for line in handle:
             if not line.endswith(b"\n"):
                 break
             count, end, last = count + 1, end + len(line), line
-        handle.truncate(end)
-    return count, last
+    return count, last, end
 
 
 def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text: str) -> dict:
@@ -92,14 +92,18 @@ def _check_continues(output: Path, last: bytes, input_path: Path, row: int, text
 
 
 def _resume_point(output: Path, input_path: Path, text_column: str, total: int) -> tuple[int, dict | None]:
-    """(lines of ``output`` done, the last of them) for ``resume``."""
-    done, last = _complete_lines(output)
+    """(lines of ``output`` done, the last of them) for ``resume``; a torn last line (the run killed while
+    writing it) cut off, once the file's last complete line shows it is this input's output."""
+    done, last, end = _complete_lines(output)
     if done > total:
         raise DataError(f"{output}: holds {done} lines but {input_path} has only {total} queries; not its output")
-    if not done:
-        return 0, None
-    row, text = next(islice(iter_queries(input_path, text_column, warn=False), done - 1, None))
-    return done, _check_continues(output, last, input_path, row, text)
+    result = None
+    if done:
+        row, text = next(islice(iter_queries(input_path, text_column, warn=False), done - 1, None))
+        result = _check_continues(output, last, input_path, row, text)
+    if output.exists():
+        os.truncate(output, end)
+    return done, result
 
 
 def _same(a, b) -> bool:
@@ -267,6 +271,9 @@ def predict_file(predictor: Predictor | Callable[[], Predictor], input_path: str
     function returning one, called once the input and output have been checked."""
     kind = output_format(output_path)
     _check_output(output_path, kind, resume, overwrite)
+    if STDIN not in (str(input_path), str(output_path)) and Path(output_path).exists() and Path(input_path).exists() \
+            and os.path.samefile(input_path, output_path):  # --overwrite removed the input, --resume cut its last line
+        raise DataError(f"{output_path}: is the input file; write the predictions to another file")
     named = STDIN_NAME if str(input_path) == STDIN else str(input_path)
     with _readable(input_path) as readable:
         return _predict_file(predictor, readable, named, output_path, kind, text_column, top_k, resume, overwrite)
@@ -308,7 +315,10 @@ def _predict_file(predictor, input_path: Path, named: str, output_path, kind: st
         if writer is not None:
             writer.abort()
         if isinstance(exc, KeyboardInterrupt):  # a .jsonl's lines counted: a chunk may be in it whose count was not yet added
-            kept = _complete_lines(Path(output_path))[0] if kind == "jsonl" else None  # the others keep nothing
+            kept = None  # the others keep nothing
+            if kind == "jsonl":
+                kept, _, end = _complete_lines(Path(output_path))
+                os.truncate(output_path, end)  # a line torn by the interruption: the file reads as JSON lines
             raise PredictionInterrupted(interrupted_note(output_path, kept)) from None
         raise
     if writer is not None:
