@@ -17,6 +17,7 @@ the names served; it is tried again once its files change.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -43,6 +44,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 class UnknownModel(ModelError):
     """A request named a model that is not served (or named none where several are)."""
+
+
+class Unloaded(ModelError):
+    """A model taken for a request was unloaded (its folder rewritten or removed) before the request's
+    batch ran: the request is sent again, to the model the folder holds now."""
 
 
 def model_name(path: str | Path) -> str:
@@ -101,6 +107,8 @@ class ServedModel:
     stamp: int = 0  # mtime of the folder's COMPLETE marker when loaded
     base: SharedBase | None = None
     saved: str | None = None  # when the model folder was saved (modeling.saved_at)
+    adapter: str | None = None  # its adapter's name on the shared base: one of each load, never the folder's name,
+    # which a folder rewritten with other intents reuses (its old labels would read the new adapter's scores)
 
     @property
     def labels(self) -> list[str]:
@@ -110,7 +118,9 @@ class ServedModel:
         if self.base is None:
             return self.predictor.predict(texts, top_k=top_k)
         with self.base.lock:
-            self.base.model.set_adapter(self.name, inference_mode=True)
+            if self.adapter not in self.base.adapters:
+                raise Unloaded(f"model {self.name} was unloaded while a request waited for it")
+            self.base.model.set_adapter(self.adapter, inference_mode=True)
             return self.predictor.predict(texts, top_k=top_k)
 
 
@@ -162,6 +172,7 @@ class Registry:
     _failed: dict[str, tuple[frozenset, str]] = field(default_factory=dict, init=False, repr=False)  # name: (_contents, error)
     _bases: dict[tuple[str, str], SharedBase] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    _loads: itertools.count = field(default_factory=itertools.count, init=False, repr=False)  # numbers each adapter loaded
 
     def __post_init__(self) -> None:
         if bool(self.model_dir) == bool(self.models_dir):
@@ -265,8 +276,7 @@ class Registry:
         """Re-read the models folder's listing (at most every ``rescan_s``), unloading models whose
         folder has gone or has been rewritten since they were loaded."""
         if self.model_dir or (not force and time.monotonic() - self._scanned < self.rescan_s):
-            self._scanned = time.monotonic()
-            return self._listing
+            return self._listing  # (the time of the last scan kept: polled more often, the folder is still read again)
         with self._lock:
             listing, rewriting, incomplete = {}, set(), set()
             for entry in os.scandir(self.models_dir):
@@ -302,28 +312,29 @@ class Registry:
         spec = read_spec(folder)
         key = (spec.base_model, spec.pooling, spec.logit_scale)  # the scale lives in the shared MeanPoolClassifier
         base = self._bases.get(key)
+        adapter = f"adapter{next(self._loads)}"
         if base is None:
             log.info("loading base model %s with adapter %s", spec.base_model, name)
-            base = self._bases[key] = SharedBase(name, folder, spec)
+            base = self._bases[key] = SharedBase(adapter, folder, spec)
         else:
             log.info("loading adapter %s onto %s", name, spec.base_model)
-            base.add(name, folder)
+            base.add(adapter, folder)
         try:
             return ServedModel(name, Predictor(base.model, base.tokenizer, spec, oos_score=self.oos_score), stamp, base,
-                               saved_at(folder))
+                               saved_at(folder), adapter)
         except ModelError as exc:  # a score the model cannot use (Predictor's check)
-            self._release(name, base)
+            self._release(adapter, base)
             raise ModelError(f"{folder}: {exc}") from None
 
     def _unload(self, name: str) -> None:
         served = self._loaded.pop(name)
         log.info("unloading model %s (folder removed or rewritten)", name)
         if served.base is not None:
-            self._release(name, served.base)
+            self._release(served.adapter, served.base)
 
-    def _release(self, name: str, base: SharedBase) -> None:
-        """Take adapter ``name`` off ``base``, and drop the base when it was the last one."""
-        if base.adapters == [name]:
+    def _release(self, adapter: str, base: SharedBase) -> None:
+        """Take ``adapter`` off ``base``, and drop the base when it was the last one."""
+        if base.adapters == [adapter]:
             self._bases = {key: other for key, other in self._bases.items() if other is not base}
         else:
-            base.remove(name)
+            base.remove(adapter)

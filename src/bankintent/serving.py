@@ -58,7 +58,7 @@ from bankintent import ood
 from bankintent.config import check_port
 from bankintent.errors import BankintentError, ConfigError
 from bankintent.predict import ANSWER_FIELDS, MAX_CHARS, OUT_OF_SCOPE, OnnxModel, check_threshold
-from bankintent.registry import Registry, ServedModel, UnknownModel
+from bankintent.registry import Registry, ServedModel, UnknownModel, Unloaded
 from bankintent.text import blank
 
 log = logging.getLogger(__name__)
@@ -555,7 +555,10 @@ class Service:
         if served.name not in self.batchers:
             self.batchers[served.name] = MicroBatcher(self.executor, self.max_batch, self.max_wait_ms / 1000, self.metrics)
         try:
-            return await self.batchers[served.name].submit(served, request.texts, request.top_k)
+            try:
+                return await self.batchers[served.name].submit(served, request.texts, request.top_k)
+            except Unloaded:  # its folder was rewritten while the request waited: the model it holds now answers
+                return await self.batchers[served.name].submit(await self.model(request.model), request.texts, request.top_k)
         except BankintentError as exc:
             raise HTTPException(422, str(exc)) from None
         except Overloaded as exc:
