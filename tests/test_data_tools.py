@@ -282,14 +282,19 @@ def test_discover_separates_two_intents_the_model_never_saw(subset_run, tmp_path
 
 @pytest.mark.e2e
 def test_select_cli_writes_a_deterministic_labelling_file(subset_run, banking77_subset, tmp_path):
-    queries = tmp_path / "pool.txt"
-    queries.write_text("\n".join(text for text, _ in _rows(banking77_subset / "test.csv")) + "\n\n")
+    from conftest import BANKING77
+
+    intents = {label for _, label in _rows(banking77_subset / "test.csv")}
+    tested = [text for text, _ in _rows(banking77_subset / "test.csv")]  # the run's test queries, the first 20 of each intent
+    new = [text for intent in sorted(intents) for text in [t for t, label in _rows(BANKING77 / "test.csv") if label == intent][20:40]]
+    queries = tmp_path / "pool.txt"  # 100 new queries, then the run's test queries and a copy: left out
+    queries.write_text("\n".join(new + tested[:5] + [new[0].upper()]) + "\n\n")
     for name in ("a.csv", "b.csv"):
         cli.main(["select", str(subset_run), "--input", str(queries), "--budget", "10", "--output", str(tmp_path / name)])
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert a.equals(b) and len(a) == 10 and list(a["rank"]) == list(range(1, 11))
     assert list(a.columns) == ["rank", "row", "text", "predicted_intent", "out_of_scope", "confidence", "margin", "label"]
-    assert a["text"].is_unique
+    assert a["text"].is_unique and not set(a["text"]) & set(tested)
     from bankintent import Predictor
 
     answers = Predictor.load(subset_run).predict(list(a["text"]))  # the fallback's answer, beside the closest intent
@@ -311,6 +316,18 @@ def test_select_cli_writes_a_deterministic_labelling_file(subset_run, banking77_
     logits = Predictor.load(subset_run).outputs(texts)[0]
     uncertain = {texts[i] for i in np.argsort(margins(logits))[:30]}  # the 3 x 10 candidates: it took the file's first 30
     assert set(pd.read_csv(tmp_path / "d.csv")["text"]) <= uncertain
+
+
+def test_select_leaves_out_every_query_the_run_s_data_labels(tiny_bert, tiny_data, tmp_path):
+    """A --shots run trained on a draw of its training file: the rows it left undrawn are labelled all the
+    same, and so are its test file's (labelled again and trained on, they would flatter the next evaluation)."""
+    from bankintent import resolve_config, train
+    from bankintent.data import query_key
+    from bankintent.selection import labelled_queries
+
+    train(resolve_config(None, method="linear-probe", shots=3, **tiny_options(tiny_bert, tiny_data, tmp_path / "run")))
+    every = [text for name in ("train.csv", "test.csv") for text, _ in _rows(tiny_data / name)]
+    assert labelled_queries(tmp_path / "run") == {query_key(text) for text in every} and len(every) == 100
 
 
 def test_cli_defaults_match_the_modules():

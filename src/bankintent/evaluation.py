@@ -211,13 +211,16 @@ def evaluate_out_of_scope(predictor: Predictor, examples: OutOfScope, out: Path,
     return summary
 
 
-def trained_splits(run_dir: str | Path) -> Splits | None:
+def trained_splits(run_dir: str | Path, undrawn: bool = False) -> Splits | None:
     """The splits the model in ``run_dir`` trained on, from its run's ``config.yaml``; None where there
-    is none (an export) or its data has moved since."""
+    is none (an export) or its data has moved since. ``undrawn``: every row of its training file, the
+    ``shots`` or ``max_train_samples`` draw not made."""
     config = run_config_file(run_dir)
     saved = read_yaml(config) if config else {}
     if not saved:  # TrainConfig's default data would be Banking77, not this model's
         return None
+    if undrawn:
+        saved = {**saved, "shots": None, "max_train_samples": None}
     try:
         return run_splits(TrainConfig(**saved), notes=False)
     except BankintentError:

@@ -55,13 +55,19 @@ def rank(probabilities: np.ndarray, features: np.ndarray, budget: int, seed: int
 
 
 def labelled_queries(run: str | Path) -> set[str]:
-    """The queries (``query_key``) the run's data labels: its training and validation splits and its
-    out-of-scope rows; empty where the run records no data (an export) or the data has moved."""
+    """The queries (``query_key``) the run's data labels: every row of its training file (those a
+    ``--shots`` draw left out too), its validation and test files and its out-of-scope rows (a test query
+    labelled again and trained on would flatter the next evaluation); empty where the run records no data
+    (an export) or the data has moved."""
     from bankintent.data import query_key
     from bankintent.evaluation import trained_splits
 
-    splits = trained_splits(run)
-    return set() if splits is None else {query_key(t) for t in splits.train.texts + splits.validation.texts + splits.out_of_scope.texts}
+    splits = trained_splits(run, undrawn=True)
+    if splits is None:
+        return set()
+    test = splits.test.texts if splits.test is not None else []
+    return {query_key(t) for t in splits.train.texts + splits.validation.texts + test + splits.out_of_scope.texts
+            + splits.test_out_of_scope.texts}
 
 
 def select(run: str | Path, input: str | Path, budget: int, output: str | Path, text_column: str = "text", seed: int = 42,
@@ -78,11 +84,13 @@ def select(run: str | Path, input: str | Path, budget: int, output: str | Path, 
     rows, texts, others = read_queries(input, text_column, columns=True)
     check_labelling_sheet(output, COLUMNS, overwrite)
     labelled = labelled_queries(run)  # a query labelled in an earlier round and trained on is no use picked again
-    fresh = [i for i, text in enumerate(texts) if query_key(text) not in labelled]
-    if len(fresh) < len(texts):
-        known = len(texts) - len(fresh)
+    keys = [query_key(text) for text in texts]
+    known = sum(key in labelled for key in keys)
+    if known:
         log.info("%s: %d of its %d queries %s labelled in the run's data already, left out", input, known, len(texts),
                  "is" if known == 1 else "are")
+    seen = set(labelled)  # and a query asked many times is picked once: its copies after the first are left out
+    fresh = [i for i, key in enumerate(keys) if key not in seen and not seen.add(key)]
     rows, texts, others = [rows[i] for i in fresh], [texts[i] for i in fresh], [others[i] for i in fresh]
     if not texts:
         raise DataError(f"{input}: every query is labelled in the run's data already")
