@@ -149,6 +149,27 @@ def test_ctrl_c_between_trials_is_said_so(tiny_bert, tiny_data, tmp_path, monkey
         run_search("lpft", trials=2, storage=f"sqlite:///{tmp_path}/study.db", base_model=str(tiny_bert), data=str(tiny_data))
 
 
+def test_a_study_named_by_a_relative_path_continues_from_another_folder(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """The trials' folders are recorded absolute: continued from another folder, the summary read
+    ``study/trial-0/metrics.json`` from there (a traceback), and an interrupted trial trained anew elsewhere."""
+    import bankintent.search
+
+    def trained(trial, command, run_dir, bar):
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, "test_accuracy": 0.25, "val_size": 4}))
+        return 0.5
+
+    monkeypatch.setattr(bankintent.search, "run_trial", trained)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    options = {"base_model": str(tiny_bert), "data": str(tiny_data)}
+    run_search("lpft", trials=1, storage="sqlite:///study/study.db", **options)
+    monkeypatch.chdir(tmp_path / "other")
+    summary = run_search("lpft", trials=2, storage="sqlite:///../study/study.db", **options)
+    folders = [t.user_attrs["run_dir"] for t in optuna.load_study(study_name="bankintent-lpft", storage="sqlite:///../study/study.db").trials]
+    assert folders == [str(tmp_path / "study" / "trial-0"), str(tmp_path / "study" / "trial-1")] and summary["best_test_accuracy"] == 0.25
+
+
 def test_a_trial_stopped_by_ctrl_c_runs_again_once_in_its_folder(tmp_path):
     """Ctrl-C fails the trial in optuna's books: its hyperparameters are queued again with its folder
     (whose checkpoint the trial run again continues), once; a trial failed otherwise is not retried."""

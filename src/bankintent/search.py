@@ -197,8 +197,8 @@ def run_search(method: str | None = None, trials: int = 20, storage: str = "", o
     """Run the study up to ``trials`` finished (complete or pruned) trials; write and return the summary.
     ``method``: the config file's, else ``auto``, the method ``train`` would choose for the data (``for_data``)."""
     method = method or (read_yaml(config_file).get("method") if config_file else None) or AUTO
-    out = Path(output) if output else study_folder(storage)
-    check_output_folder(out)
+    out = (Path(output) if output else study_folder(storage)).resolve()  # the trials' folders are recorded absolute: the
+    check_output_folder(out)  # study continued from another folder finds them (a relative one trained an interrupted trial anew)
     if method in UNTUNED:
         raise ConfigError(f"--method {method}: {UNTUNED[method]}; search one of {', '.join(m for m in METHODS if m not in UNTUNED)}")
     base = resolve_config(config_file, method=method, **overrides)  # validates the options before any trial
