@@ -93,10 +93,15 @@ def test_a_yaml_number_read_as_text_is_taken_and_a_wrong_type_refused_in_one_lin
     path.write_text('epochs: "3"\nlr: 1e-4\nbatch_size: 1e1\nintent_names: on\n')  # PyYAML: text, text, text and true
     cfg = resolve_config(path)
     assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.intent_names) == (3, 1e-4, 10, "on")
+    for written, probe_c in (('"1,3"', [1.0, 3.0]), ('"3"', [3.0]), ("3", [3.0]), ('[1, "3e-1"]', [1.0, 0.3])):
+        path.write_text(f"probe_c: {written}\n")
+        assert resolve_config(path).probe_c == probe_c
     for content, message in (("epochs: three", "epochs must be a whole number, got 'three'"), ("epochs: 2.5", "got 2.5"),
                              ("overwrite: maybe", "overwrite must be true or false, got 'maybe'"),
                              ("data: 5", "data must be a .csv, .tsv, .jsonl or .parquet file, a folder holding train.csv, or 'banking77', got int 5"),
-                             ("base_model: [a, b]", r"base_model must be text, got list \['a', 'b'\]")):
+                             ("base_model: [a, b]", r"base_model must be text, got list \['a', 'b'\]"),
+                             ("probe_c: [1, x]", "probe_c must be a number, got 'x'"),  # was a TypeError in the range check
+                             ("seed: null", "seed must be a whole number, got None")):  # was a TypeError inside torch
         path.write_text(content + "\n")
         with pytest.raises(ConfigError, match=message):
             resolve_config(path)

@@ -149,16 +149,18 @@ class TrainConfig:
         return self
 
     def __post_init__(self) -> None:
-        for name, kind in _scalar_kinds().items():
-            setattr(self, name, as_kind(name, getattr(self, name), kind))
+        for name, (kind, optional) in _scalar_kinds().items():
+            setattr(self, name, as_kind(name, getattr(self, name), kind, optional))
         for f in fields(self):  # the options with a fixed set of values: method, pooling, augment, intent_names
             value, allowed = getattr(self, f.name), f.metadata.get("choices")
             if allowed and value is not None and value not in allowed:
                 raise ConfigError(f"unknown {f.name} {value!r}; choose one of {', '.join(allowed)}")
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
-        if isinstance(self.probe_c, (int, float)):
-            self.probe_c = [float(self.probe_c)]
+        if isinstance(self.probe_c, (int, float, str)):  # a YAML file's 3, "3" or "1,3"
+            self.probe_c = str(self.probe_c).replace(",", " ").split() if isinstance(self.probe_c, str) else [self.probe_c]
+        if isinstance(self.probe_c, (list, tuple)):
+            self.probe_c = [as_kind("probe_c", c, float, optional=False) for c in self.probe_c]
         if self.resume and self.overwrite:
             raise ConfigError(f"{self.output}: --resume continues the run in the output folder and --overwrite replaces it; "
                               f"give one of them (in Python: resume=True or overwrite=True)")
@@ -215,8 +217,9 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
 @functools.cache
-def _scalar_kinds() -> dict[str, type]:
-    """The type of each ``TrainConfig`` field that holds one value (``int | None`` as int); lists aside."""
+def _scalar_kinds() -> dict[str, tuple[type, bool]]:
+    """The type of each ``TrainConfig`` field that holds one value (``int | None`` as int), and whether
+    it may be None; lists aside."""
     import types
     import typing
 
@@ -225,19 +228,19 @@ def _scalar_kinds() -> dict[str, type]:
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         kind = next((t for t in typing.get_args(hint) if t is not type(None)), None) if union else hint
         if kind in (bool, int, float, str):
-            kinds[name] = kind
+            kinds[name] = kind, union and type(None) in typing.get_args(hint)
     return kinds
 
 
 SPLITS = ("test", "validation")  # what evaluate measures a model on
 
 
-def as_kind(name: str, value: Any, kind: type) -> Any:
+def as_kind(name: str, value: Any, kind: type, optional: bool = True) -> Any:
     """``value`` as the option ``name``'s ``kind``, or a one-line ConfigError. A YAML file reads
     ``1e-4`` and a quoted number as text, and ``on`` as true: a number written as text is taken as
     that number, on/off for ``intent_names`` as the words; anything else of the wrong type is refused
-    (it failed deep inside training with a TypeError)."""
-    if value is None or type(value) is kind:  # exactly: a bool is an int to isinstance
+    (it failed deep inside training with a TypeError), None too where the option is not ``optional``."""
+    if (value is None and optional) or type(value) is kind:  # exactly: a bool is an int to isinstance
         return value
     if kind is str and isinstance(value, os.PathLike):  # data=Path("my_intents")
         return os.fspath(value)
