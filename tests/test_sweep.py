@@ -68,6 +68,9 @@ def test_sweep_writes_both_tables_and_skips_finished_runs(tiny_bert, tiny_data, 
     config.write_text(yaml.safe_dump({"base": {**yaml.safe_load(config.read_text())["base"], "data": tiny_data.name}, "runs": runs}))
     assert run_sweep(config, out).test_accuracy.equals(results.test_accuracy)
     assert (out / "runs" / "probe_C=3" / "seed-42" / "metrics.json").stat().st_mtime_ns == first  # not trained again
+    one = sweep_file(tmp_path / "one.yaml", tiny_bert, tiny_data, [{**runs[0], "seeds": 1}])
+    run_sweep(one, out, seeds=2, train=False)  # --seeds 2 over a file of one: saved, the report reads both seeds' runs
+    assert [run.seeds for run in read_sweep(out / "sweep.yaml")[1]] == [[42, 43]]
     from bankintent.report import collect
 
     monkeypatch.chdir(tmp_path)  # where the sweep file's relative data names nothing: its results are read all the same
@@ -194,3 +197,27 @@ def test_reference_sweep_is_valid_and_ordered():
     assert [len(r.seeds) for r in runs][:2] == [3, 3]
     hyper = [(r.options["lr"], r.options["lora_r"], r.options["lora_alpha"]) for r in runs if "hyperparameters" in r.tables]
     assert hyper == [(1e-4, 8, 32), (5e-5, 16, 16), (1e-5, 8, 16)]
+
+
+def test_ctrl_c_says_how_many_stopped_runs_kept_a_checkpoint(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """A run stopped before its first checkpoint starts again: said so, not "stopped with a checkpoint"."""
+    import subprocess
+
+    import bankintent.sweep
+
+    def started(command, run_dir, resume):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if "seed-43" in str(run_dir):  # the second seed got as far as a checkpoint
+            (run_dir / "checkpoints").mkdir()
+        return subprocess.Popen(["sleep", "30"])
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bankintent.sweep, "start_run", started)
+    monkeypatch.setattr(bankintent.sweep.time, "sleep", interrupted)
+    runs = [{"name": "probe", "seeds": 2, "options": {"method": "linear-probe"}}]
+    config = sweep_file(tmp_path / "sweep.yaml", tiny_bert, tiny_data, runs)
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted: 2 run\(s\) in training stopped, 1 of them with a checkpoint \(the others "
+                                                r"start again\); continue with: bankintent sweep --config "):
+        run_sweep(config, tmp_path / "sweep", jobs=2)

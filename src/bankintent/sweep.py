@@ -253,6 +253,8 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
         log.info("%d of %d runs finished already in %s: kept, not trained again", len(planned) - len(todo), len(planned), out)
     check_data(config, todo)
     out.mkdir(parents=True, exist_ok=True)  # the sweep file saved once nothing refuses it: the report reads the runs with it
+    if seeds:  # the seeds run, which the report reads the runs by: --seeds in place of each run's
+        content = {**content, "runs": [{**entry, "seeds": seeds} for entry in content["runs"]]}
     (out / "sweep.yaml").write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
     failed: list[str] = []
     running: dict[subprocess.Popen, tuple[RunSpec, int]] = {}
@@ -279,8 +281,9 @@ def run_sweep(config: str | Path, output: str | Path, seeds: int | None = None, 
                 write_results(out, runs, sweep_command)
     except KeyboardInterrupt:
         stop_children(running)
-        raise KeyboardInterrupt(f"interrupted: {len(running)} run(s) in training stopped with a checkpoint; continue them "
-                                f"with: {sweep_command}") from None
+        kept = sum((run_folder(out, run.name, seed) / "checkpoints").is_dir() for run, seed in running.values())
+        stopped = f"{len(running)} run(s) in training stopped, {kept} of them with a checkpoint (the others start again)"
+        raise KeyboardInterrupt(f"interrupted: {stopped}; continue with: {sweep_command}") from None
     results = write_results(out, runs, sweep_command)
     if failed:
         raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)}; start the sweep again to retry them")
