@@ -73,6 +73,31 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tiny_bert, dat
     assert not (tmp_path / "checkpoints").exists()  # finished: nothing left to resume
 
 
+def test_ctrl_c_inside_an_epoch_then_resume_trains_what_the_run_would_have(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """The second epoch stopped midway and resumed: its order is drawn as it was, and the weights are the
+    uninterrupted run's. The resumed epoch was shuffled anew: some queries trained twice, others never."""
+    from safetensors.torch import load_file
+
+    from bankintent.errors import TrainingInterrupted
+
+    options = tiny_options(tiny_bert, tiny_data, tmp_path, epochs=2, batch_size=4, average_weights=True)  # both epochs count
+    whole = train(resolve_config(None, method="lora", **{**options, "output": str(tmp_path / "whole")}))
+    stop_at = whole["optimizer_steps"] * 3 // 4  # inside the second epoch
+    stop = SaveOnInterrupt.on_step_end
+
+    def stopped(self, args, state, control, **kwargs):
+        self.interrupted = self.interrupted or state.global_step == stop_at  # as Ctrl-C sets it
+        return stop(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(SaveOnInterrupt, "on_step_end", stopped)
+    with pytest.raises(TrainingInterrupted, match=f"interrupted at step {stop_at}"):
+        train(resolve_config(None, method="lora", **{**options, "output": str(tmp_path / "cut")}))
+    monkeypatch.setattr(SaveOnInterrupt, "on_step_end", stop)
+    train(resolve_config(None, method="lora", resume=True, **{**options, "output": str(tmp_path / "cut")}))
+    weights = [load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("whole", "cut")]
+    assert weights[0].keys() == weights[1].keys() and all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+
+
 def test_a_stop_at_an_epochs_last_step_still_evaluates_that_epoch():
     """Ctrl-C during an epoch's last step: that epoch is whole, so it is evaluated (and the checkpoint
     saved with its evaluation); --resume then goes on as the uninterrupted run does. Mid-epoch, not."""

@@ -347,10 +347,21 @@ class SaveOnInterrupt(TrainerCallback, StopRequest):
     def on_train_begin(self, args, state, control, **kwargs):
         self.install()
 
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_rng = torch.get_rng_state()  # what the epoch's shuffle (the length-grouped sampler) draws from
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        """A stop inside an epoch: the random state the epoch's order was drawn from, with the checkpoint.
+        The sampler draws the order of a resumed epoch before the Trainer restores the checkpoint's random
+        state, so the resumed epoch was shuffled otherwise: the batches it skipped were not those trained."""
+        folder = saved_checkpoint(args, state)
+        if self.interrupted and state.is_world_process_zero and folder.is_dir() and abs((state.epoch or 0) - round(state.epoch or 0)) > 1e-6:
+            torch.save(self.epoch_rng, folder / EPOCH_ORDER_FILE)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # no evaluation of a partial epoch: it is not a candidate for the best epoch. An epoch that the
@@ -397,6 +408,7 @@ def use_training_bar(trainer: Trainer) -> None:
 
 PROBE_METRICS = "probe.json"  # in checkpoints/: the probe's metrics, for a resumed run's metrics.json
 ELAPSED_FILE = "elapsed.json"  # in each checkpoint: the training seconds spent up to it
+EPOCH_ORDER_FILE = "epoch_rng_state.pt"  # in a checkpoint saved inside an epoch: the random state its order was drawn from
 
 # files that a launcher (the sweep, a job script's ``> train.log``) writes into the run folder before
 # training starts: they do not make the folder "not empty", and --overwrite keeps them
@@ -909,6 +921,8 @@ def _fine_tune(model: nn.Module, tokenizer, splits: Splits, cfg: TrainConfig, ch
         **rdrop,
     )
     use_training_bar(trainer)
+    if resume_from and (Path(resume_from) / EPOCH_ORDER_FILE).is_file():  # stopped inside an epoch: shuffled as it was
+        torch.set_rng_state(torch.load(Path(resume_from) / EPOCH_ORDER_FILE))
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     finally:  # on an error too, which the Trainer ends without on_train_end: a notebook's Ctrl-C works again
