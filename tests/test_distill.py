@@ -156,6 +156,20 @@ def test_distilled_run_saves_loads_exports_and_answers(teacher, data, tmp_path, 
         load_model(folder)
 
 
+def test_the_runs_out_of_scope_examples_are_left_out_of_the_unlabelled_queries(tmp_path):
+    """They choose the student's out-of-scope score and threshold, and the test file's are scored on."""
+    from bankintent.data import load_splits
+    from bankintent.distill import held_out_removed
+
+    rows = [(f"card query {i}", "card") for i in range(6)] + [(f"rate query {i}", "rate") for i in range(6)]
+    write_csv(tmp_path / "train.csv", rows + [("book me a flight", "out_of_scope")])
+    write_csv(tmp_path / "test.csv", [("card query 9", "card"), ("what is the weather on mars", "out_of_scope")])
+    splits = load_splits(str(tmp_path))
+    texts = ["Book me a flight", "what is the weather on MARS", "card query 9", "is my card on its way"]
+    assert held_out_removed(texts, splits, "logs.txt") == (
+        ["is my card on its way"], {"test": 1, "out-of-scope example": 1, "test out-of-scope": 1})
+
+
 def test_a_student_into_a_folder_another_run_is_writing_is_refused(teacher, tmp_path):
     from bankintent.training import output_lock
 

@@ -129,11 +129,13 @@ def logits_of(model: nn.Module, tokenizer, texts: list[str], max_length: int, de
 
 
 def held_out_removed(texts: list[str], splits, path) -> tuple[list[str], dict[str, int]]:
-    """``texts`` (the unlabelled queries) without the run's validation and test queries, and how many
-    of each were left out. Chat logs exported whole may hold them; a student trained to match the
-    teacher on them would be chosen on, and scored on, queries it has seen."""
-    held = {name: {query_key(t) for t in split.texts} for name, split in (("validation", splits.validation),
-                                                                          ("test", splits.test)) if split is not None}
+    """``texts`` (the unlabelled queries) without the run's validation and test queries, in scope or not
+    (the out-of-scope examples choose the student's score and threshold), and how many of each were left
+    out. Chat logs exported whole may hold them; a student trained to match the teacher on them would be
+    chosen on, and scored on, queries it has seen."""
+    held = {name: {query_key(t) for t in split.texts} for name, split in (
+        ("validation", splits.validation), ("test", splits.test), ("out-of-scope example", splits.out_of_scope),
+        ("test out-of-scope", splits.test_out_of_scope)) if split is not None and len(split.texts)}
     left_out = {name: sum(query_key(t) in keys for t in texts) for name, keys in held.items()}
     left_out = {name: n for name, n in left_out.items() if n}
     if left_out:
