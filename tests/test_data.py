@@ -42,6 +42,18 @@ def test_max_train_samples_keeps_every_intent(tiny_data):
     assert len(splits.train) == 40 and set(splits.train.labels) == set(splits.labels)
 
 
+def test_max_train_samples_that_leaves_small_data_an_intent_of_one_example_is_refused(tmp_path):
+    """Small data has no validation split: its choices are cross-validated over two halves of each intent,
+    and training failed after it had trained, with a scikit-learn traceback."""
+    from conftest import write_tiny_data
+
+    data = write_tiny_data(tmp_path, 10)
+    assert not len(load_splits(str(data), max_train_samples=8).validation)  # two of each of the 4 intents
+    with pytest.raises(DataError, match=r"train.csv: max_train_samples=6 leaves 2 intent\(s\) with one example \('.*', '.*'\); "
+                                        r"with no validation split every intent needs 2"):
+        load_splits(str(data), max_train_samples=6)
+
+
 def test_jsonl_and_custom_columns(tmp_path):
     lines = [f'{{"utterance": "query number {i}", "intent": "{"a" if i % 2 else "b"}"}}' for i in range(20)]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")

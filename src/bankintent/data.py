@@ -1278,6 +1278,11 @@ def load_splits(
     if max_train_samples is not None and max_train_samples < len(train):
         keep, _ = train_test_split(range(len(train)), train_size=max_train_samples, stratify=train.labels, random_state=split_seed)
         train = train.take(keep)
+        single = sorted(label for label, n in distinct_queries([query_key(t) for t in train.texts], train.labels).items() if n < 2)
+        if single and not len(validation):  # small data's choices are cross-validated: it failed after training
+            raise DataError(f"{files.train}: max_train_samples={max_train_samples} leaves {len(single)} intent(s) with one example "
+                            f"({first_few(map(repr, single), 3)}); with no validation split every intent needs 2 (small data's "
+                            f"choices are cross-validated): sample more, or give a validation file")
     test, seen = None, {}
     if how == "file":
         seen["validation"] = seen_in_training(validation, files.validation, train, files.train)
