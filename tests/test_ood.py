@@ -74,6 +74,16 @@ def test_training_embeddings_all_alike_fit_every_score():
         assert ood.mahalanobis(same[:1] + 2.0, ready)[0] == pytest.approx(32.0, rel=1e-4)  # Euclidean: 8 dimensions of 2
 
 
+def test_two_training_queries_fit_every_score():
+    """Two intents of two queries: small data's half fitted on holds one row an intent, which LedoitWolf
+    does not shrink at all; the covariance was singular and training ended in LinAlgError."""
+    features = np.random.default_rng(0).normal(size=(2, 8))
+    stats = ood.fit(features, np.array([0, 1]), 2)
+    assert all(np.isfinite(value).all() for value in stats.values())
+    distances = ood.mahalanobis(np.vstack([features[1], features[1] + 5.0]), ood.for_scoring(stats))
+    assert distances[0] == pytest.approx(0, abs=1e-3) and distances[1] > 1
+
+
 def test_knn_is_the_cosine_distance_to_the_nearest_training_embedding_both_centred():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 8)) + 3.0  # a common direction, as mean-pooled embeddings share

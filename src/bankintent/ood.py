@@ -137,8 +137,19 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_labels: int) -
     covariance = LedoitWolf().fit(residuals if residuals.any() else features).covariance_ if len(features) > 1 else None
     if covariance is None or not np.trace(covariance) > 0:  # one query in all: plain Euclidean distances
         covariance = np.eye(features.shape[1])
-    whitening = np.linalg.cholesky(np.linalg.inv(covariance))
+    whitening = _whitening(covariance)
     return {"centroids": (centroids @ whitening).astype(np.float32), "whitening": whitening.astype(np.float32)}
+
+
+def _whitening(covariance: np.ndarray, precision: np.ndarray | None = None) -> np.ndarray:
+    """``W`` with ``W @ W.T`` the inverse of ``covariance`` (``precision`` where given); for one that
+    cannot be inverted, that of its mean variance on every axis: plain distances, scaled. Two intents of
+    two queries leave each half one row an intent, which LedoitWolf shrinks not at all: a singular
+    covariance, and training ended in LinAlgError."""
+    try:
+        return np.linalg.cholesky(np.linalg.inv(covariance) if precision is None else precision)
+    except np.linalg.LinAlgError:
+        return np.eye(len(covariance)) / np.sqrt(np.trace(covariance) / len(covariance))
 
 
 def fit_background(features: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,7 +158,7 @@ def fit_background(features: np.ndarray) -> dict[str, np.ndarray]:
     features = features.astype(np.float64)
     if np.ptp(features, axis=0).any():  # (not the trace: rounding leaves identical rows a covariance of 1e-30s)
         fitted = LedoitWolf().fit(features)
-        location, whitening = fitted.location_, np.linalg.cholesky(fitted.precision_)
+        location, whitening = fitted.location_, _whitening(fitted.covariance_, fitted.precision_)
     else:  # every embedding the same (one query, or queries cut to no words): plain Euclidean distances
         location, whitening = features.mean(0), np.eye(features.shape[1])
     return {"background": np.vstack([location @ whitening, whitening]).astype(np.float32)}
