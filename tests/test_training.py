@@ -208,6 +208,10 @@ def test_the_probe_s_regularisation_is_cross_validated_with_a_query_s_copies_in_
     clf, _, _ = probe.fit(copied_x[:16], [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], np.zeros((0, 100)), [], [1.0], seed=0,
                           groups=["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4)
     assert clf.scores_[0].shape == (4, 1)
+    val_x, val_y = rng.normal(size=(6, 100)), [0, 0, 1, 1, 2, 2]  # with validation queries, C is chosen on them instead
+    clf, _, accuracy = probe.fit(copied_x[:16], [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2], val_x, val_y, [1.0, 3.0], seed=0,
+                                 groups=["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4)
+    assert not hasattr(clf, "scores_") and accuracy is not None  # a plain fit for each C, scored on validation; no folds
 
 
 def test_an_intent_with_fewer_examples_than_folds_is_held_in_fewer_folds_not_every_intent():

@@ -48,7 +48,9 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
     weakest regularisation look best, as it scores the very queries it memorised.
     Returns (classifier, C, validation accuracy; None without validation queries)."""
     train_y, val_y = np.asarray(train_y), np.asarray(val_y)
-    fewest = min(np.unique(train_y, return_counts=True)[1]) if len(train_y) else 0
+    rows = min(np.unique(train_y, return_counts=True)[1]) if len(train_y) else 0
+    # an intent of one distinct query (repeated as a thin intent) cannot be held apart from its copies
+    fewest = min(distinct_queries(groups, train_y.tolist()).values()) if groups is not None and len(train_y) else rows
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         if (choose_on_validation or fewest < 2) and len(val_y):
@@ -60,7 +62,7 @@ def fit(train_x: np.ndarray, train_y: list[int], val_x: np.ndarray, val_y: list[
                     best = (candidate, float(c), accuracy)
             clf, c = best[0], best[1]
         else:
-            cv = min(5, fewest)
+            cv = min(5, rows)
             if groups is not None and len(set(groups)) < len(groups) and min(distinct_queries(groups, train_y.tolist()).values()) >= 2:
                 cv = stratified_folds(train_y, seed, groups)
             clf = LogisticRegressionCV(Cs=list(cs), cv=cv, scoring="accuracy", max_iter=2000, random_state=seed, n_jobs=-1)
