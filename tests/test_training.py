@@ -633,3 +633,25 @@ def test_the_training_bar_reckons_time_left_from_the_mean_rate_and_a_resumed_run
         assert bar.training_bar.format_dict["rate"] is None  # so tqdm takes (n - initial) / elapsed, the mean since the start
     finally:
         bar.training_bar.close()
+
+
+def test_small_data_calibration_halves_keep_a_query_s_rows_in_one_half():
+    """The out-of-scope statistics are fitted on one half and the thresholds set on the other's queries,
+    as new ones: a row the data repeats, in both halves, was scored by a kNN bank that holds it. Without
+    repeated rows, the halves are drawn as they were."""
+    from sklearn.model_selection import train_test_split
+
+    from bankintent.data import Examples, Splits
+    from bankintent.training import _halves
+
+    texts, labels = [f"query {i}" for i in range(12)], ["a", "b", "c"] * 4
+    plain = Splits(Examples(texts, labels), Examples([], []), None, ["a", "b", "c"], "data", notes={"train_rows_given": 12})
+    cfg = resolve_config(None, split_seed=7)
+    assert list(_halves(plain, cfg)) == list(train_test_split(range(12), test_size=0.5, stratify=labels, random_state=7))
+    repeated = texts + ["QUERY 0", "query  3", "query 0"]  # the data's own copies
+    copies = Splits(Examples(repeated, labels + ["a", "a", "a"]), Examples([], []), None, ["a", "b", "c"], "data",
+                    notes={"train_rows_given": 15})
+    fitted, held = _halves(copies, cfg)
+    assert sorted(fitted + held) == list(range(15))
+    for rows in ({0, 12, 14}, {3, 13}):
+        assert rows <= set(fitted) or rows <= set(held)

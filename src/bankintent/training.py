@@ -1089,9 +1089,16 @@ def _halves(splits: Splits, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     """The two stratified halves of small data's training split (indices) that calibration is cross-fitted
     on: of the rows the data gave, each intent having 2 or more. The rows training added (intents'
     names, thin intents' copies, augmented copies) are in neither: they are no customer's queries, and
-    a copy in one half of a row of the other would score that row as seen."""
+    a copy in one half of a row of the other would score that row as seen; so is a row the data repeats
+    (``query_key``): a query's rows are in one half, drawn as one."""
     given = splits.notes.get("train_rows_given", len(splits.train))
-    return train_test_split(range(given), test_size=0.5, stratify=splits.train.labels[:given], random_state=cfg.split_seed)
+    rows = [(query_key(text), label) for text, label in zip(splits.train.texts[:given], splits.train.labels[:given])]
+    at: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        at.setdefault(row, []).append(i)
+    queries = list(at)  # without repeated rows: the rows themselves, drawn as before
+    halves = train_test_split(range(len(queries)), test_size=0.5, stratify=[label for _, label in queries], random_state=cfg.split_seed)
+    return tuple([i for q in half for i in at[queries[q]]] for half in halves)
 
 
 def preprocess_splits(splits: Splits, preprocessing: dict) -> None:
