@@ -156,7 +156,7 @@ def test_a_study_named_by_a_relative_path_continues_from_another_folder(tiny_ber
 
     def trained(trial, command, run_dir, bar):
         run_dir.mkdir(parents=True)
-        (run_dir / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, "test_accuracy": 0.25, "val_size": 4}))
+        (run_dir / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, "test_accuracy": 0.25, "val_size": 4, "epochs_run": 3}))
         return 0.5
 
     monkeypatch.setattr(bankintent.search, "run_trial", trained)
@@ -168,6 +168,8 @@ def test_a_study_named_by_a_relative_path_continues_from_another_folder(tiny_ber
     summary = run_search("lpft", trials=2, storage="sqlite:///../study/study.db", **options)
     folders = [t.user_attrs["run_dir"] for t in optuna.load_study(study_name="bankintent-lpft", storage="sqlite:///../study/study.db").trials]
     assert folders == [str(tmp_path / "study" / "trial-0"), str(tmp_path / "study" / "trial-1")] and summary["best_test_accuracy"] == 0.25
+    assert [t["epochs_run"] for t in summary["trials"]] == [3, 3]  # the runs' epochs, where none was reported to the pruner
+    assert "| Trial | State | Val Acc | Epochs run |" in (tmp_path / "study" / "search.md").read_text()
 
 
 def test_a_trial_stopped_by_ctrl_c_runs_again_once_in_its_folder(tmp_path):

@@ -310,7 +310,7 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
         "importance": importance,
         "trials": [{"number": t.number, "state": "INTERRUPTED" if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
                     else t.state.name, "value": t.value, "params": t.params,
-                    "epochs_reported": len(t.intermediate_values)} for t in study.get_trials(deepcopy=False)],
+                    "epochs_run": _epochs(t)} for t in study.get_trials(deepcopy=False)],
         "hardware": best_metrics.get("hardware"),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -320,10 +320,20 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> dict:
     return summary
 
 
+def _epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """The epochs a trial trained: its run's ``epochs_run`` where it finished (``contrastive``'s epochs on
+    pairs report no validation accuracy to the pruner: it said 0), else the epochs it reported before it
+    was pruned or stopped."""
+    metrics = Path(trial.user_attrs.get("run_dir") or "-") / "metrics.json"
+    if metrics.is_file():
+        return int(json.loads(metrics.read_text()).get("epochs_run", len(trial.intermediate_values)))
+    return len(trial.intermediate_values)
+
+
 def summary_markdown(summary: dict) -> str:
     params = sorted({p for t in summary["trials"] for p in t["params"]})
     rows = [{"Trial": t["number"], "State": t["state"].lower(), "Val Acc": "-" if t["value"] is None else f"{100 * t['value']:.2f}%",
-             "Epochs seen": t["epochs_reported"], **{p: _fmt(t["params"].get(p)) for p in params}} for t in summary["trials"]]
+             "Epochs run": t["epochs_run"], **{p: _fmt(t["params"].get(p)) for p in params}} for t in summary["trials"]]
     importance = [{"Hyperparameter": k, "Importance": f"{v:.3f}"} for k, v in summary["importance"].items()]
     test = summary["best_test_accuracy"]
     return "\n\n".join(filter(None, [
