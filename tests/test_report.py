@@ -650,6 +650,29 @@ def test_runs_of_other_intents_or_other_test_queries_are_said_not_to_compare(tmp
     assert _not_comparable([v1, full], {"v1": {"test_data": "/x/held.csv", "test_sha256": "ab"}}) == ""  # evaluate --data's file: its digest
 
 
+def test_runs_of_two_folders_named_alike_are_told_apart_not_averaged_as_seeds(tmp_path, monkeypatch):
+    """`report A/run B/run`: two models, one name; their curves were averaged as one run's seeds, one cost
+    row and one test score shown for both. A sweep's seeds keep their run's one name."""
+    from bankintent import ood
+    from bankintent.report import collect, measured_test
+
+    def run_folder(folder, **metrics):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"seed": 42, **metrics}))
+
+    run_folder(tmp_path / "A" / "run", num_labels=4)
+    run_folder(tmp_path / "B" / "run", num_labels=3, test_accuracy=None)
+    for seed in (42, 43):
+        run_folder(tmp_path / "sweep" / "runs" / "lora" / f"seed-{seed}", num_labels=4)
+    monkeypatch.chdir(tmp_path)
+    runs, _ = collect(["A/run", "B/run", "sweep/runs/lora/seed-42", "sweep/runs/lora/seed-43"])
+    assert [r.name for r in runs] == ["A/run", "B/run", "lora", "lora"]
+    (tmp_path / "B" / "run" / "test_evaluation.json").write_text(json.dumps(  # evaluate --data FILE of no out-of-scope row
+        {"accuracy": 0.8, "out_of_scope": {"oos_examples": ood.PROBE_SET, "oos_recall": 0.88, "coverage": 0.9}}))
+    measured = measured_test(runs[1])  # the probe set's recall is not the file's own ("caught on test")
+    assert measured["test_accuracy"] == 0.8 and measured["test_oos_recall"] is None and measured["test_answered"] == 0.9
+
+
 def test_runs_tied_on_validation_analyse_the_last_given(tmp_path):
     """v1, v2, v3 of a growing data set all at 100% validation accuracy: the first given was analysed,
     and the new intents of the later runs never showed. The last of the tied (most often the newest) is,

@@ -17,6 +17,7 @@ import dataclasses
 import html
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -98,7 +99,7 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
     or a run stopped before it finished) is left out with a warning, unless it is all there is."""
     from bankintent.sweep import collect as sweep_results, read_sweep
 
-    runs, sweeps, others = [], [], []
+    runs, sweeps, others, groups = [], [], [], []  # groups: what a run is one seed of (a run name of a sweep, a folder)
     for folder in map(Path, dirs):
         if not folder.is_dir():
             missing = "not a folder" if folder.exists() else "not found"
@@ -110,11 +111,13 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
             for row in results.itertuples():
                 run_dir = folder / row.run_dir
                 runs.append(Run(row.name, run_dir, json.loads((run_dir / "metrics.json").read_text()), row.command))
+                groups.append(folder / row.name)
         elif (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text())
             # a sweep's run folder (runs/NAME/seed-S) by its run's name, not "seed-S"
             name = folder.parent.name if re.fullmatch(r"seed-\d+", folder.name) and folder.parent.parent.name == "runs" else folder.name
             runs.append(Run(name, folder, metrics, _command(folder, metrics)))
+            groups.append(folder.parent if name != folder.name else folder)
         elif (folder / "search.json").is_file():
             best = json.loads((folder / "search.json").read_text()).get("best_trial")
             trials = {int(match[1]): trial for trial in folder.glob("trial-*") if (match := re.fullmatch(r"trial-(\d+)", trial.name))}
@@ -123,12 +126,19 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
                 if (trial / "metrics.json").is_file():  # a trial stopped or pruned has none
                     metrics = json.loads((trial / "metrics.json").read_text())
                     runs.append(Run(f"{folder.name}/{trial.name}", trial, metrics, _command(trial, metrics), candidate=number != best))
+                    groups.append(trial)
         else:
             others.append(f"{folder}: not a training run (no metrics.json), a sweep (no sweep.yaml) nor a search (no search.json)")
     if not runs:
         raise ConfigError(others[0] if len(dirs) == 1 and others else "no finished runs in " + ", ".join(map(str, dirs)))
     for other in others:
         log.warning("%s: left out of the report", other)
+    named: dict[str, set[Path]] = {}
+    for run, group in zip(runs, groups):
+        named.setdefault(run.name, set()).add(group)
+    for run, group in zip(runs, groups):  # runs of two folders named alike (A/run, B/run): told apart, not averaged as seeds
+        if len(named[run.name]) > 1:
+            run.name = os.path.relpath(group) if not os.path.relpath(group).startswith("..") else str(group)
     return runs, sweeps
 
 
@@ -272,10 +282,11 @@ def measured_test(run: Run) -> dict:
     if run.metrics.get("test_accuracy") is not None or not written_for_this_model(run, path):
         return {}
     summary = json.loads(path.read_text())
+    fallback = summary.get("out_of_scope") or {}
+    own = fallback.get("oos_examples") != ood.PROBE_SET  # a file with no out-of-scope row is measured on the probe set
     return {"test_accuracy": summary.get("accuracy"), "test_macro_f1": summary.get("macro_f1"), "test_queries": summary.get("queries", 0),
             "test_data": summary.get("data", ""), "test_sha256": summary.get("data_sha256"),
-            "test_oos_recall": (summary.get("out_of_scope") or {}).get("oos_recall"),
-            "test_answered": (summary.get("out_of_scope") or {}).get("coverage")}
+            "test_oos_recall": fallback.get("oos_recall") if own else None, "test_answered": fallback.get("coverage")}
 
 
 def curves_section(runs: list[Run], figures: Path) -> str:
