@@ -62,7 +62,8 @@ def test_three_examples_per_intent_train_with_lpft(tiny_bert, three_shot, tmp_pa
     assert metrics["probe_c_chosen"] == "by cross-validation on the training split" and metrics["probe_val_accuracy"] is None
     # calibration cross-fitted on halves of the training split: a working out-of-scope fallback
     assert metrics["calibration"] == CROSS_FITTED and metrics["oos_threshold"] is not None
-    assert metrics["oos_coverage_queries"] == 6  # half of the 12 rows given: the intents' names are no customer's queries
+    # the held half of the 11 distinct queries given (6; the one written twice, both its rows in one half): the intents'
+    assert metrics["oos_coverage_queries"] == 7  # names are no customer's queries
     assert metrics["temperature_rule"] == "accuracy" and "fewer than 50" in metrics["temperature_note"]
     assert metrics["temperature_fitted_on"] == "training queries of the held half (trained on)"  # lpft fine-tunes its head after the probe
     result = Predictor.load(tmp_path).predict(["my card was stolen"])[0]
@@ -301,13 +302,13 @@ def test_with_small_data_a_trained_encoder_keeps_the_default_score_and_says_its_
     assert "queries the encoder trained on: it turns away more new in-scope queries than that" in card
     said = next(r for r in caplog.records if r.getMessage().startswith("the out-of-scope threshold, set for"))  # the log as the card
     assert said.levelname == "WARNING" and said.getMessage().startswith(
-        "the out-of-scope threshold, set for 95% of in-scope queries, answers 100.0% of the 6 training queries of the held half "
+        "the out-of-scope threshold, set for 95% of in-scope queries, answers 100.0% of the 7 training queries of the held half "
         "(trained on), too few to leave one out: new in-scope queries lie farther from what the encoder learned")
     assert "interval" not in said.getMessage() and "bankintent evaluate RUN --data FILE" in said.getMessage()
     low, high = tuned["oos_coverage_interval"]  # from the held half's queries
-    assert tuned["oos_coverage_queries"] == 6 and 0.5 < low < high < 1  # half the 12 rows given, not the intents' names
-    assert tuned["oos_coverage_expected"] == 6 / 7  # too few to set a threshold for 95%: it answers each of them
-    assert ("too few to answer 95% of new in-scope queries with an intent: it answers each of them, and 85.7% of new ones on "
+    assert tuned["oos_coverage_queries"] == 7 and 0.5 < low < high < 1  # the held half of the rows given, not the intents' names
+    assert tuned["oos_coverage_expected"] == 7 / 8  # too few to set a threshold for 95%: it answers each of them
+    assert ("too few to answer 95% of new in-scope queries with an intent: it answers each of them, and 87.5% of new ones on "
             "average, queries the encoder trained on") in card and "90% interval" not in card  # trained on: no interval for new ones
     probe = train(resolve_config(None, method="linear-probe", **tiny_options(tiny_bert, data, tmp_path / "probe")))
     assert probe["oos_score_reason"].startswith("catches the most of train.csv: 4 rows") and probe["oos_coverage_optimistic"] is False
