@@ -172,6 +172,25 @@ def test_after_ctrl_c_the_note_and_the_model_loaders_say_what_the_folder_holds(t
                                      f"train(output={str(run)!r}, resume=True))")
 
 
+def test_a_run_on_two_processes_resumes_on_two(tmp_path, monkeypatch):
+    """Stopped, a --nproc 2 run printed the resume command without --nproc, and that command continued in
+    one process, each optimizer step on half the batch; now it says --nproc 2, and another count is refused."""
+    from bankintent.training import check_same_processes, interrupted_note, record_processes
+
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    record_processes(checkpoints, 2)
+    check_same_processes(checkpoints, 1, run)  # stopped before its first checkpoint: it starts again, in any number
+    (checkpoints / "checkpoint-5").mkdir()
+    (checkpoints / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it in each process
+    assert interrupted_note(run) == f"Continue with: bankintent train --nproc 2 --config {run}/config.yaml --resume"
+    with pytest.raises(ConfigError, match=r"run: the run trained in 2 process\(es\) and would continue in 1, each optimizer step on "
+                                          r"another batch; continue with: bankintent train --nproc 2 --config .*/run/config.yaml --resume$"):
+        check_same_processes(checkpoints, 1, run)
+    check_same_processes(checkpoints, 2, run)
+
+
 def test_resume_on_a_finished_run_keeps_it(tiny_bert, tiny_data, previous_run, caplog):
     metrics = previous_run / "metrics.json"
     written = metrics.stat().st_mtime_ns

@@ -512,6 +512,27 @@ def check_resumed_options(cfg: TrainConfig, folder: Path) -> None:
 
 
 DATA_RECORD = "data.json"  # in checkpoints/: what the run trains on, for --resume to compare
+PROCESSES_RECORD = "processes.json"  # in checkpoints/: how many processes train the run, for --resume to compare
+
+
+def record_processes(checkpoints: Path, processes: int) -> None:
+    if not (checkpoints / PROCESSES_RECORD).is_file():
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / PROCESSES_RECORD).write_text(json.dumps({"processes": processes}))
+
+
+def check_same_processes(checkpoints: Path, processes: int, output: str | Path) -> None:
+    """A run stopped at a checkpoint continues in as many processes as it trained in: in another number,
+    each optimizer step takes another batch (``batch_size`` times the processes) and the learning-rate
+    schedule's steps no longer match the epochs. Where it stopped before its first checkpoint, it starts
+    again, in any number."""
+    path = checkpoints / PROCESSES_RECORD
+    if not path.is_file() or last_checkpoint(checkpoints, remove_incomplete=False) is None:
+        return
+    trained = json.loads(path.read_text()).get("processes", 1)
+    if trained != processes:
+        raise ConfigError(f"{output}: the run trained in {trained} process(es) and would continue in {processes}, each optimizer "
+                          f"step on another batch; continue with: {resume_command(output, trained).split(' (in Python')[0]}")
 
 
 def record_data(splits: Splits, checkpoints: Path) -> None:
@@ -680,7 +701,7 @@ def train(cfg: TrainConfig) -> dict:
         if reason is None:
             raise
         raise ConfigError(f"{cfg.output}: writing failed ({reason}); free disk space, then continue with: "
-                          f"bankintent train --config {shlex.quote(str(Path(cfg.output) / 'config.yaml'))} --resume") from None
+                          f"{resume_command(cfg.output).split(' (in Python')[0]}") from None
 
 
 @contextmanager
@@ -712,12 +733,23 @@ def output_lock(folder: str | Path):
         yield
 
 
+def resume_command(output: str | Path, processes: int | None = None) -> str:
+    """The command that continues the run in ``output``, in as many processes as it trained in
+    (``processes``, default: this one's, as torchrun numbers them): in fewer, each optimizer step would
+    take a smaller batch from there on."""
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+    config = shlex.quote(str(Path(output) / "config.yaml"))
+    if processes > 1:
+        return f"bankintent train --nproc {processes} --config {config} --resume"
+    return f"bankintent train --config {config} --resume (in Python: train(output={str(output)!r}, resume=True))"
+
+
 def interrupted_note(output: str | Path) -> str:
     """What to do after Ctrl-C stopped ``train`` once its run folder was started (``TrainingInterrupted.
     resumable``): continue from the checkpoint the run left, or, where it had none yet (the contrastive
     pair training and the probe keep none), start it again."""
     folder = Path(output)
-    command = f"bankintent train --config {shlex.quote(str(folder / 'config.yaml'))} --resume (in Python: train(output={str(folder)!r}, resume=True))"
+    command = resume_command(folder)
     if last_checkpoint(folder / "checkpoints", remove_incomplete=False) is None:
         return f"Stopped before the run's first checkpoint: nothing to continue from; {command} starts it again from the beginning"
     return f"Continue with: {command}"
@@ -778,6 +810,7 @@ def _train(cfg: TrainConfig) -> dict:
         raise
     if main:
         _start_run_folder(cfg, splits, out, tokenizer)
+        record_processes(out / "checkpoints", process.num_processes)
     record = data_record(splits)  # the data as read, before the names and repeats training adds: what the report compares
     splits = prepare_splits(splits, cfg, spec.preprocessing, main)
     checkpoints = out / "checkpoints"
@@ -836,6 +869,7 @@ def _resolve(cfg: TrainConfig, processes: int = 1) -> tuple[TrainConfig, Splits,
     splits = run_splits(cfg)
     if cfg.resume:
         check_same_data(splits, Path(cfg.output) / "checkpoints")
+        check_same_processes(Path(cfg.output) / "checkpoints", processes, cfg.output)
     if cfg.method == AUTO:
         cfg = for_data(cfg, splits.few_examples)
         log.info("method: %s (the default for %s)", cfg.method, "few examples per intent" if splits.few_examples else "this data")
