@@ -176,3 +176,26 @@ def test_a_failed_spark_job_is_said_by_its_cause_and_leaves_no_partial_folder(tm
     _remove_partial(partial)
     _remove_partial(done)
     assert not partial.exists() and (done / "_SUCCESS").is_file()
+
+
+def test_ctrl_c_during_the_job_is_one_line_and_leaves_no_output(tiny_probe_run, tmp_path):
+    """PySpark's own Ctrl-C handler cancelled the job from inside the py4j call the main thread waited in:
+    five Python tracebacks and Spark's log of every aborted task buried the line saying what to do."""
+    import signal
+    import time
+
+    pd.DataFrame({"text": ["i lost my card", "where is my new card"] * 100_000}).to_parquet(tmp_path / "logs.parquet")
+    output = tmp_path / "scored.parquet"
+    command = [sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(tmp_path / "logs.parquet"),
+               "--output", str(output), "--engine", "spark", "--master", "local[2]"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not output.exists():  # the job has started writing
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted: scored.parquet not written" in err.replace(str(tmp_path) + "/", "")
+    assert "Traceback" not in err and " ERROR " not in err, err[-3000:]
+    assert not output.exists()  # the partial folder removed: the same command runs again

@@ -210,7 +210,9 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     folder = model_folder(Path(model_dir).expanduser().resolve())
     read_spec(folder)
     spark = session(master)
-    try:
+    counts = []
+
+    def job() -> None:
         frame = read_queries(spark, input_path, text_column)
         udf = predict_udf(folder, top_k=top_k, batch_size=batch_size, threads=threads, oos_score=oos_score, oos_threshold=oos_threshold)
         # Spark's column names ignore case: "Intent" clashes with the field "intent" too
@@ -223,7 +225,11 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
         scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
         from pyspark.sql import functions
 
-        written, failed = spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first()
+        counts.extend(spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first())
+
+    try:
+        stoppable(spark, job)
+        written, failed = counts
     except BankintentError:
         raise
     except KeyboardInterrupt:
@@ -235,6 +241,41 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
         reachable = " (is the master running and reachable from here?)" if master and not master.startswith("local") else ""
         raise DataError(f"the Spark job failed (master {master or 'default'}): {spark_cause(exc)}{reachable}") from None
     return written, failed
+
+
+def stoppable(spark, job) -> None:
+    """Run ``job`` (a Spark action) in a thread, so that Ctrl-C, which Python takes in the main thread,
+    cancels it from there, Spark's logs off: PySpark's own handler cancelled it from inside the py4j call
+    the main thread was blocked in, and printed py4j's tracebacks and Spark's log of every task aborted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        job()
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller below)
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, name="spark-job", daemon=True)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        spark.sparkContext.setLogLevel("OFF")  # the aborted tasks' errors: the cancel's, not the job's
+        spark.sparkContext.cancelAllJobs()
+        worker.join(60)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if failed:
+        raise failed[0]
 
 
 def _remove_partial(output: Path) -> None:
