@@ -184,16 +184,15 @@ def test_ctrl_c_during_the_job_is_one_line_and_leaves_no_output(tiny_probe_run, 
     import signal
     import time
 
-    pd.DataFrame({"text": ["i lost my card", "where is my new card"] * 100_000}).to_parquet(tmp_path / "logs.parquet")
+    pd.DataFrame({"text": ["i lost my card", "where is my new card"] * 300_000}).to_parquet(tmp_path / "logs.parquet")
     output = tmp_path / "scored.parquet"
     command = [sys.executable, "-m", "bankintent.cli", "predict", str(tiny_probe_run), "--input", str(tmp_path / "logs.parquet"),
                "--output", str(output), "--engine", "spark", "--master", "local[2]"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not output.exists():  # the job has started writing
+    while not (output / "_temporary").exists():  # the job has started writing
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
-        time.sleep(0.2)
-    time.sleep(1)
+        time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted: scored.parquet not written" in err.replace(str(tmp_path) + "/", "")

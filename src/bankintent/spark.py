@@ -233,6 +233,9 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     except BankintentError:
         raise
     except KeyboardInterrupt:
+        if (output / "_SUCCESS").is_file():  # stopped while its rows were counted: the file is whole
+            raise KeyboardInterrupt(f"interrupted: {output} was written whole; its rows were not counted") from None
+        spark.stop()  # its cancelled tasks stop writing: a file of theirs written after the folder went would bring it back
         _remove_partial(output)
         raise KeyboardInterrupt(f"interrupted: {output} not written (Spark's partial folder removed); run the same command "
                                 f"again") from None
