@@ -223,17 +223,18 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
             frame = frame.repartition(cores)
         scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
         scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
+        counts.append("written")
         from pyspark.sql import functions
 
         counts.extend(spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first())
 
     try:
         stoppable(spark, job)
-        written, failed = counts
+        _, written, failed = counts
     except BankintentError:
         raise
     except KeyboardInterrupt:
-        if (output / "_SUCCESS").is_file():  # stopped while its rows were counted: the file is whole
+        if counts:  # stopped while its rows were counted: the file is whole
             raise KeyboardInterrupt(f"interrupted: {output} was written whole; its rows were not counted") from None
         spark.stop()  # its cancelled tasks stop writing: a file of theirs written after the folder went would bring it back
         _remove_partial(output)
