@@ -532,7 +532,7 @@ def check_same_processes(checkpoints: Path, processes: int, output: str | Path) 
     trained = json.loads(path.read_text()).get("processes", 1)
     if trained != processes:
         raise ConfigError(f"{output}: the run trained in {trained} process(es) and would continue in {processes}, each optimizer "
-                          f"step on another batch; continue with: {resume_command(output, trained).split(' (in Python')[0]}")
+                          f"step on another batch; continue with: {resume_command(output, trained, python=False)}")
 
 
 def record_data(splits: Splits, checkpoints: Path) -> None:
@@ -701,7 +701,7 @@ def train(cfg: TrainConfig) -> dict:
         if reason is None:
             raise
         raise ConfigError(f"{cfg.output}: writing failed ({reason}); free disk space, then continue with: "
-                          f"{resume_command(cfg.output).split(' (in Python')[0]}") from None
+                          f"{resume_command(cfg.output, python=False)}") from None
 
 
 @contextmanager
@@ -733,15 +733,16 @@ def output_lock(folder: str | Path):
         yield
 
 
-def resume_command(output: str | Path, processes: int | None = None) -> str:
+def resume_command(output: str | Path, processes: int | None = None, python: bool = True) -> str:
     """The command that continues the run in ``output``, in as many processes as it trained in
     (``processes``, default: this one's, as torchrun numbers them): in fewer, each optimizer step would
-    take a smaller batch from there on."""
+    take a smaller batch from there on. ``python``: and the call that does it in Python (one process)."""
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     config = shlex.quote(str(Path(output) / "config.yaml"))
     if processes > 1:
         return f"bankintent train --nproc {processes} --config {config} --resume"
-    return f"bankintent train --config {config} --resume (in Python: train(output={str(output)!r}, resume=True))"
+    command = f"bankintent train --config {config} --resume"
+    return f"{command} (in Python: train(output={str(output)!r}, resume=True))" if python else command
 
 
 def interrupted_note(output: str | Path) -> str:
