@@ -138,7 +138,8 @@ def collect(dirs: list[str | Path]) -> tuple[list[Run], list[Sweep]]:
         named.setdefault(run.name, set()).add(group)
     for run, group in zip(runs, groups):  # runs of two folders named alike (A/run, B/run): told apart, not averaged as seeds
         if len(named[run.name]) > 1:
-            run.name = os.path.relpath(group) if not os.path.relpath(group).startswith("..") else str(group)
+            relative = os.path.relpath(group)
+            run.name = str(group) if relative.startswith("..") else relative
     return runs, sweeps
 
 

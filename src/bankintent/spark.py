@@ -210,7 +210,7 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
     folder = model_folder(Path(model_dir).expanduser().resolve())
     read_spec(folder)
     spark = session(master)
-    counts = []
+    done: dict = {}  # "written" once the output is whole, then "counts": (rows, rows with an error)
 
     def job() -> None:
         frame = read_queries(spark, input_path, text_column)
@@ -223,18 +223,18 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
             frame = frame.repartition(cores)
         scored = frame.withColumn("_prediction", udf(frame[names[text_column]])).select(*frame.columns, "_prediction.*")
         scored.write.parquet(str(output), mode="overwrite" if overwrite else "errorifexists")
-        counts.append("written")
+        done["written"] = True
         from pyspark.sql import functions
 
-        counts.extend(spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first())
+        done["counts"] = spark.read.parquet(str(output)).agg(functions.count("*"), functions.count("error")).first()
 
     try:
         stoppable(spark, job)
-        _, written, failed = counts
+        written, failed = done["counts"]
     except BankintentError:
         raise
     except KeyboardInterrupt:
-        if counts:  # stopped while its rows were counted: the file is whole
+        if done.get("written"):  # stopped while its rows were counted: the file is whole
             raise KeyboardInterrupt(f"interrupted: {output} was written whole; its rows were not counted") from None
         spark.stop()  # its cancelled tasks stop writing: a file of theirs written after the folder went would bring it back
         _remove_partial(output)
